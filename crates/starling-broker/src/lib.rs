@@ -1,0 +1,2 @@
+//! The Starling MQTT broker.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! An async MQTT client.
+#![forbid(unsafe_code)]
