@@ -1,4 +1,45 @@
-//! The `starling` command.
+//! The `starling` command: the broker, the `pub`/`sub` clients, the `bench` load
+//! generator and the `passwd` tool. Argument parsing and wiring only; protocol
+//! logic lives in the library crates.
 #![forbid(unsafe_code)]
 
-fn main() {}
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Starling: an MQTT 3.1 / 3.1.1 / 5.0 broker, client and load generator.
+#[derive(Parser)]
+#[command(name = "starling", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Broker(Box<cmd::broker::BrokerArgs>),
+    /// Publish messages (like mosquitto_pub).
+    Pub(Box<cmd::pubsub::PubArgs>),
+    /// Subscribe and print messages (like mosquitto_sub).
+    Sub(Box<cmd::pubsub::SubArgs>),
+    /// Add or update a user in a password file (like mosquitto_passwd).
+    Passwd(cmd::passwd::PasswdArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Broker(args) => cmd::broker::run(*args),
+        Command::Pub(args) => cmd::pubsub::run_pub(*args),
+        Command::Sub(args) => cmd::pubsub::run_sub(*args),
+        Command::Passwd(args) => cmd::passwd::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("starling: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
