@@ -10,6 +10,9 @@ use crate::wire::{parse_varint, Reader, MAX_REMAINING_LENGTH};
 /// The default maximum packet size: the largest packet the wire format allows.
 pub const DEFAULT_MAX_PACKET_SIZE: usize = MAX_REMAINING_LENGTH + 5;
 
+/// The most [`Decoder::decode`] reserves ahead for a body that has not arrived yet.
+const MAX_RESERVE_AHEAD: usize = 64 * 1024;
+
 /// Decodes a stream of packets, one connection's worth.
 ///
 /// A decoder made with [`Decoder::new`] expects CONNECT first and takes the
@@ -96,7 +99,9 @@ impl Decoder {
         // Check the type before waiting for the body: a reserved type is refused early.
         let ptype = self.packet_type(first >> 4)?;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
+            // Reserve for the body, but not more than a bounded step ahead: a peer
+            // must not make us allocate a maximum-size packet with five bytes.
+            buf.reserve((total - buf.len()).min(MAX_RESERVE_AHEAD));
             return Ok(None);
         }
         let mut frame = buf.split_to(total).freeze();

@@ -262,7 +262,9 @@ impl ConnAck {
 
     pub(crate) fn decode(r: &mut Reader, v: ProtocolVersion) -> Result<Self, DecodeError> {
         let flags = r.u8("acknowledge flags")?;
-        if flags & 0xFE != 0 {
+        // MQTT 3.1 has no session present flag: the whole byte is reserved.
+        let reserved = if v == ProtocolVersion::V3_1 { 0xFF } else { 0xFE };
+        if flags & reserved != 0 {
             return Err(DecodeError::ConnAckReservedFlags);
         }
         let session_present = flags & 0x01 != 0;
