@@ -1,2 +1,46 @@
-//! An async MQTT client.
+//! An async MQTT 3.1 / 3.1.1 / 5.0 client for tokio, built on the Starling codec.
+//!
+//! ```no_run
+//! use starling_client::{Client, ConnectOptions, QoS};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let opts = ConnectOptions::from_url("mqtt://localhost:1883?client_id=demo")?;
+//! let (client, connack) = Client::connect(opts).await?;
+//! println!("session present: {}", connack.session_present);
+//! client.subscribe("sensors/#", QoS::AtLeastOnce).await?;
+//! client.publish("sensors/t1", "21.5", QoS::AtLeastOnce, false).await?;
+//! if let Some(msg) = client.recv().await {
+//!     println!("{}: {:?}", msg.topic, msg.payload);
+//! }
+//! client.disconnect().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! - [`Client::connect`] takes [`ConnectOptions`] (from a URL: `mqtt://`,
+//!   `tcp://`, `mqtts://`, `ws://`, `wss://`) and returns the typed CONNACK
+//!   ([`ConnAckInfo`]), or a [`ConnectError`] whose message names the reason of
+//!   a refusal.
+//! - The protocol logic lives in [`state`], which does no I/O; the connection
+//!   task in [`Client`] drives it. See [`client`] for the backpressure rules.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
+mod error;
+mod options;
+pub mod state;
+mod transport;
+mod types;
+
+pub use client::Client;
+pub use error::{ClientError, ConnectCode, ConnectError, Refusal};
+pub use options::{
+    parse_version, ClientTlsConfig, ConnectOptions, LastWill, ReconnectOptions, TransportKind,
+};
+pub use types::{ConnAckInfo, ConnectionStatus, Message, ServerLimits};
+
+pub use starling_codec::{
+    ByteString, ConnectReturnCode, Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling,
+    SubscriptionOptions,
+};
