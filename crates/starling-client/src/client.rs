@@ -667,25 +667,36 @@ impl Driver {
             Some(Event::Message { publish, ack }) => {
                 self.deliveries.push_back((Message::from(publish), ack));
             }
-            Some(Event::PublishDone { token, reason }) => {
-                if let Token::Publish(tx) = token {
-                    let _ = tx.send(Ok(reason));
-                }
+            Some(Event::PublishDone {
+                token: Token::Publish(tx),
+                reason,
+            }) => {
+                let _ = tx.send(Ok(reason));
             }
-            Some(Event::SubscribeDone { token, ack }) => {
-                if let Token::Subscribe(tx) = token {
-                    let _ = tx.send(Ok(ack.reason_codes));
-                }
+            Some(Event::SubscribeDone {
+                token: Token::Subscribe(tx),
+                ack,
+            }) => {
+                let _ = tx.send(Ok(ack.reason_codes));
             }
-            Some(Event::UnsubscribeDone { token, ack }) => {
-                if let Token::Unsubscribe(tx, n) = token {
-                    let codes = if self.opts.version.is_v5() {
-                        ack.reason_codes
-                    } else {
-                        vec![ReasonCode::SUCCESS; n]
-                    };
-                    let _ = tx.send(Ok(codes));
-                }
+            Some(Event::UnsubscribeDone {
+                token: Token::Unsubscribe(tx, n),
+                ack,
+            }) => {
+                let codes = if self.opts.version.is_v5() {
+                    ack.reason_codes
+                } else {
+                    vec![ReasonCode::SUCCESS; n]
+                };
+                let _ = tx.send(Ok(codes));
+            }
+            Some(Event::PublishDone { token, .. })
+            | Some(Event::SubscribeDone { token, .. })
+            | Some(Event::UnsubscribeDone { token, .. }) => {
+                // The state pairs each acknowledgement with the token of its own kind.
+                token.fail(ClientError::ConnectionLost(
+                    "mismatched acknowledgement".into(),
+                ));
             }
             Some(Event::ServerDisconnect(d)) => {
                 let mut reason = format!("the server sent DISCONNECT: {}", d.reason_code);

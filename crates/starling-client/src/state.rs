@@ -85,6 +85,8 @@ enum Pending<T> {
 }
 
 /// Something the application must be told.
+// Events live for one call; boxing the message would cost an allocation per PUBLISH.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Event<T> {
     /// An application message arrived. `ack` is the PUBACK or PUBREC to send once
@@ -634,5 +636,458 @@ impl<T> MqttState<T> {
                 | Pending::Unsubscribe { token, .. } => token,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_codec::{SubscriptionOptions, UnsubAck};
+
+    type State = MqttState<&'static str>;
+
+    fn state(v: ProtocolVersion, keep_alive_secs: u64, now: Instant) -> State {
+        MqttState::new(v, Duration::from_secs(keep_alive_secs), 10, now)
+    }
+
+    fn publish(qos: QoS) -> Publish {
+        let mut p = Publish::new("a/b", "payload");
+        p.qos = qos;
+        p
+    }
+
+    fn connack(session_present: bool) -> ConnAck {
+        ConnAck {
+            session_present,
+            ..ConnAck::default()
+        }
+    }
+
+    fn ack_with(id: u16, code: ReasonCode) -> Ack {
+        let mut a = Ack::new(id);
+        a.reason_code = code;
+        a
+    }
+
+    #[test]
+    fn qos0_completes_at_once() {
+        let mut s = state(ProtocolVersion::V5, 0, Instant::now());
+        let mut out = vec![];
+        let token = s.publish(publish(QoS::AtMostOnce), "t", &mut out).unwrap();
+        assert_eq!(token, Some("t"));
+        assert!(matches!(&out[..], [Packet::Publish(p)] if p.packet_id == 0));
+        assert_eq!(s.pending_len(), 0);
+    }
+
+    #[test]
+    fn qos1_publish_completes_on_puback() {
+        let mut s = state(ProtocolVersion::V3_1_1, 0, Instant::now());
+        let mut out = vec![];
+        assert_eq!(
+            s.publish(publish(QoS::AtLeastOnce), "t", &mut out).unwrap(),
+            None
+        );
+        let Packet::Publish(p) = &out[0] else {
+            panic!()
+        };
+        assert_eq!(p.packet_id, 1);
+        assert_eq!(s.pending_len(), 1);
+        out.clear();
+        let ev = s.handle(Packet::PubAck(Ack::new(1)), &mut out).unwrap();
+        assert!(
+            matches!(ev, Some(Event::PublishDone { token: "t", reason }) if reason == ReasonCode::SUCCESS)
+        );
+        assert_eq!(s.pending_len(), 0);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn qos2_publish_full_flow() {
+        let mut s = state(ProtocolVersion::V5, 0, Instant::now());
+        let mut out = vec![];
+        s.publish(publish(QoS::ExactlyOnce), "t", &mut out).unwrap();
+        out.clear();
+        // PUBACK is the wrong acknowledgement for QoS 2.
+        assert!(s.handle(Packet::PubAck(Ack::new(1)), &mut out).is_err());
+        assert_eq!(s.pending_len(), 1);
+        assert!(s
+            .handle(Packet::PubRec(Ack::new(1)), &mut out)
+            .unwrap()
+            .is_none());
+        assert_eq!(out, vec![Packet::PubRel(Ack::new(1))]);
+        out.clear();
+        // A repeated PUBREC gets PUBREL again.
+        s.handle(Packet::PubRec(Ack::new(1)), &mut out).unwrap();
+        assert_eq!(out, vec![Packet::PubRel(Ack::new(1))]);
+        out.clear();
+        let ev = s.handle(Packet::PubComp(Ack::new(1)), &mut out).unwrap();
+        assert!(matches!(ev, Some(Event::PublishDone { token: "t", .. })));
+        assert_eq!(s.pending_len(), 0);
+    }
+
+    #[test]
+    fn qos2_error_pubrec_ends_the_exchange() {
+        let mut s = state(ProtocolVersion::V5, 0, Instant::now());
+        let mut out = vec![];
+        s.publish(publish(QoS::ExactlyOnce), "t", &mut out).unwrap();
+        out.clear();
+        let ev = s
+            .handle(
+                Packet::PubRec(ack_with(1, ReasonCode::NOT_AUTHORIZED)),
+                &mut out,
+            )
+            .unwrap();
+        assert!(
+            matches!(ev, Some(Event::PublishDone { reason, .. }) if reason == ReasonCode::NOT_AUTHORIZED)
+        );
+        assert!(out.is_empty());
+        assert_eq!(s.pending_len(), 0);
+    }
+
+    #[test]
+    fn unknown_acks_are_errors() {
+        let mut s = state(ProtocolVersion::V3_1_1, 0, Instant::now());
+        let mut out = vec![];
+        assert_eq!(
+            s.handle(Packet::PubAck(Ack::new(7)), &mut out).unwrap_err(),
+            StateError::UnknownPacketId {
+                packet: "PUBACK",
+                packet_id: 7
+            }
+        );
+        assert!(s.handle(Packet::PubComp(Ack::new(7)), &mut out).is_err());
+        assert!(s.handle(Packet::PingReq, &mut out).is_err());
+        assert!(s
+            .handle(Packet::ConnAck(ConnAck::default()), &mut out)
+            .is_err());
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_use_and_wrap() {
+        let mut s = state(ProtocolVersion::V5, 0, Instant::now());
+        let mut out = vec![];
+        s.next_packet_id = u16::MAX;
+        s.publish(publish(QoS::AtLeastOnce), "a", &mut out).unwrap();
+        s.publish(publish(QoS::AtLeastOnce), "b", &mut out).unwrap();
+        let ids: Vec<u16> = out
+            .iter()
+            .map(|p| match p {
+                Packet::Publish(p) => p.packet_id,
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(ids, vec![u16::MAX, 1]);
+        // 1 is in use, so the next allocation after wrapping again skips it.
+        s.next_packet_id = 1;
+        out.clear();
+        s.publish(publish(QoS::AtLeastOnce), "c", &mut out).unwrap();
+        assert!(matches!(&out[0], Packet::Publish(p) if p.packet_id == 2));
+    }
+
+    #[test]
+    fn receive_maximum_limits_inflight() {
+        let mut s = state(ProtocolVersion::V5, 0, Instant::now());
+        let mut out = vec![];
+        let mut ca = connack(false);
+        ca.properties.receive_maximum = Some(2);
+        s.on_connack(&ca, Instant::now(), &mut out);
+        s.publish(publish(QoS::AtLeastOnce), "a", &mut out).unwrap();
+        s.publish(publish(QoS::ExactlyOnce), "b", &mut out).unwrap();
+        assert!(!s.can_publish());
+        let (err, token) = s
+            .publish(publish(QoS::AtLeastOnce), "c", &mut out)
+            .unwrap_err();
+        assert_eq!((err, token), (StateError::ReceiveMaximumReached(2), "c"));
+        // QoS 0 is not limited.
+        assert!(s.publish(publish(QoS::AtMostOnce), "d", &mut out).is_ok());
+        s.handle(Packet::PubAck(Ack::new(1)), &mut out).unwrap();
+        assert!(s.can_publish());
+    }
+
+    #[test]
+    fn incoming_qos1_acked_after_delivery() {
+        let mut s = state(ProtocolVersion::V3_1_1, 0, Instant::now());
+        let mut out = vec![];
+        let mut p = publish(QoS::AtLeastOnce);
+        p.packet_id = 9;
+        let ev = s.handle(Packet::Publish(p), &mut out).unwrap();
+        let Some(Event::Message { publish, ack }) = ev else {
+            panic!()
+        };
+        assert_eq!(&*publish.topic, "a/b");
+        assert_eq!(ack, Some(Packet::PubAck(Ack::new(9))));
+        assert!(out.is_empty(), "the ack waits for delivery");
+    }
+
+    #[test]
+    fn incoming_qos2_delivered_once() {
+        let mut s = state(ProtocolVersion::V5, 0, Instant::now());
+        let mut out = vec![];
+        let mut p = publish(QoS::ExactlyOnce);
+        p.packet_id = 3;
+        let ev = s.handle(Packet::Publish(p.clone()), &mut out).unwrap();
+        assert!(matches!(
+            ev,
+            Some(Event::Message {
+                ack: Some(Packet::PubRec(_)),
+                ..
+            })
+        ));
+        assert_eq!(s.incoming_qos2_len(), 1);
+        // A redelivery before PUBREL: PUBREC again, no second message.
+        p.dup = true;
+        assert!(s.handle(Packet::Publish(p), &mut out).unwrap().is_none());
+        assert_eq!(out, vec![Packet::PubRec(Ack::new(3))]);
+        out.clear();
+        s.handle(Packet::PubRel(Ack::new(3)), &mut out).unwrap();
+        assert_eq!(out, vec![Packet::PubComp(Ack::new(3))]);
+        assert_eq!(s.incoming_qos2_len(), 0);
+        out.clear();
+        // PUBREL for an unknown id: PUBCOMP with "packet identifier not found".
+        s.handle(Packet::PubRel(Ack::new(4)), &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![Packet::PubComp(ack_with(
+                4,
+                ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+            ))]
+        );
+    }
+
+    #[test]
+    fn topic_aliases_resolve() {
+        let mut s = state(ProtocolVersion::V5, 0, Instant::now());
+        let mut out = vec![];
+        let mut p = publish(QoS::AtMostOnce);
+        p.properties.topic_alias = Some(2);
+        s.handle(Packet::Publish(p), &mut out).unwrap();
+        let mut p = Publish::new("", "x");
+        p.properties.topic_alias = Some(2);
+        let Some(Event::Message { publish, .. }) = s.handle(Packet::Publish(p), &mut out).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(&*publish.topic, "a/b");
+        let mut p = Publish::new("", "x");
+        p.properties.topic_alias = Some(3);
+        assert_eq!(
+            s.handle(Packet::Publish(p), &mut out).unwrap_err(),
+            StateError::UnknownTopicAlias(3)
+        );
+        let mut p = Publish::new("t", "x");
+        p.properties.topic_alias = Some(11);
+        assert_eq!(
+            s.handle(Packet::Publish(p), &mut out).unwrap_err(),
+            StateError::TopicAliasTooLarge(11)
+        );
+    }
+
+    #[test]
+    fn subscribe_and_unsubscribe_track_subscriptions() {
+        let mut s = state(ProtocolVersion::V5, 0, Instant::now());
+        let mut out = vec![];
+        let sub = |f: &str| Subscription {
+            filter: f.into(),
+            options: SubscriptionOptions::default(),
+        };
+        let subscribe = Subscribe {
+            packet_id: 0,
+            properties: Default::default(),
+            subscriptions: vec![sub("a/#"), sub("bad")],
+        };
+        s.subscribe(subscribe, "s", &mut out).unwrap();
+        let Packet::Subscribe(sent) = &out[0] else {
+            panic!()
+        };
+        let id = sent.packet_id;
+        assert_ne!(id, 0);
+        let ev = s
+            .handle(
+                Packet::SubAck(SubAck {
+                    packet_id: id,
+                    properties: Default::default(),
+                    reason_codes: vec![ReasonCode::GRANTED_QOS_0, ReasonCode::NOT_AUTHORIZED],
+                }),
+                &mut out,
+            )
+            .unwrap();
+        assert!(matches!(ev, Some(Event::SubscribeDone { token: "s", .. })));
+        assert_eq!(
+            s.subscriptions().len(),
+            1,
+            "only the granted filter is remembered"
+        );
+        out.clear();
+        let unsub = Unsubscribe {
+            packet_id: 0,
+            properties: Default::default(),
+            filters: vec!["a/#".into()],
+        };
+        s.unsubscribe(unsub, "u", &mut out).unwrap();
+        let Packet::Unsubscribe(sent) = &out[0] else {
+            panic!()
+        };
+        let ev = s
+            .handle(
+                Packet::UnsubAck(UnsubAck {
+                    packet_id: sent.packet_id,
+                    properties: Default::default(),
+                    reason_codes: vec![ReasonCode::SUCCESS],
+                }),
+                &mut out,
+            )
+            .unwrap();
+        assert!(matches!(
+            ev,
+            Some(Event::UnsubscribeDone { token: "u", .. })
+        ));
+        assert!(s.subscriptions().is_empty());
+    }
+
+    #[test]
+    fn reconnect_with_session_resends_with_dup_and_pubrel() {
+        let mut s = state(ProtocolVersion::V5, 0, Instant::now());
+        let mut out = vec![];
+        s.publish(publish(QoS::AtLeastOnce), "a", &mut out).unwrap();
+        s.publish(publish(QoS::ExactlyOnce), "b", &mut out).unwrap();
+        s.publish(publish(QoS::ExactlyOnce), "c", &mut out).unwrap();
+        s.handle(Packet::PubRec(Ack::new(3)), &mut out).unwrap();
+        out.clear();
+        s.on_connack(&connack(true), Instant::now(), &mut out);
+        assert_eq!(out.len(), 3);
+        assert!(matches!(&out[0], Packet::Publish(p) if p.dup && p.packet_id == 1));
+        assert!(matches!(&out[1], Packet::Publish(p) if p.dup && p.packet_id == 2));
+        assert_eq!(out[2], Packet::PubRel(Ack::new(3)));
+    }
+
+    #[test]
+    fn reconnect_without_session_restarts_and_resubscribes() {
+        let mut s = state(ProtocolVersion::V3_1_1, 0, Instant::now());
+        let mut out = vec![];
+        let subscribe = Subscribe {
+            packet_id: 0,
+            properties: Default::default(),
+            subscriptions: vec![Subscription {
+                filter: "x/+".into(),
+                options: SubscriptionOptions::default(),
+            }],
+        };
+        s.subscribe(subscribe, "s", &mut out).unwrap();
+        s.handle(
+            Packet::SubAck(SubAck {
+                packet_id: 1,
+                properties: Default::default(),
+                reason_codes: vec![ReasonCode::GRANTED_QOS_0],
+            }),
+            &mut out,
+        )
+        .unwrap();
+        s.publish(publish(QoS::ExactlyOnce), "p", &mut out).unwrap();
+        s.handle(Packet::PubRec(Ack::new(2)), &mut out).unwrap();
+        let mut incoming = publish(QoS::ExactlyOnce);
+        incoming.packet_id = 5;
+        s.handle(Packet::Publish(incoming), &mut out).unwrap();
+        out.clear();
+        s.on_connack(&connack(false), Instant::now(), &mut out);
+        assert_eq!(s.incoming_qos2_len(), 0);
+        // The subscription is restored and the QoS 2 publish starts over, without DUP.
+        assert!(matches!(&out[0], Packet::Subscribe(sub) if sub.subscriptions[0].filter == "x/+"));
+        let restore_id = match &out[0] {
+            Packet::Subscribe(sub) => sub.packet_id,
+            _ => 0,
+        };
+        assert!(matches!(&out[1], Packet::Publish(p) if !p.dup && p.packet_id == 2));
+        // The restoring SUBACK completes nothing; PUBREC then gets PUBREL.
+        let ev = s
+            .handle(
+                Packet::SubAck(SubAck {
+                    packet_id: restore_id,
+                    properties: Default::default(),
+                    reason_codes: vec![ReasonCode::GRANTED_QOS_0],
+                }),
+                &mut out,
+            )
+            .unwrap();
+        assert!(ev.is_none());
+        out.clear();
+        s.handle(Packet::PubRec(Ack::new(2)), &mut out).unwrap();
+        assert_eq!(out, vec![Packet::PubRel(Ack::new(2))]);
+    }
+
+    #[test]
+    fn keep_alive_pings_when_idle_and_detects_dead_link() {
+        let t0 = Instant::now();
+        let mut s = state(ProtocolVersion::V5, 10, t0);
+        let mut out = vec![];
+        assert_eq!(
+            s.next_keep_alive_deadline(),
+            Some(t0 + Duration::from_secs(10))
+        );
+        s.poll_keep_alive(t0 + Duration::from_secs(5), &mut out)
+            .unwrap();
+        assert!(out.is_empty());
+        // Traffic pushes the deadline back.
+        s.note_sent(t0 + Duration::from_secs(5));
+        s.poll_keep_alive(t0 + Duration::from_secs(12), &mut out)
+            .unwrap();
+        assert!(out.is_empty());
+        s.poll_keep_alive(t0 + Duration::from_secs(15), &mut out)
+            .unwrap();
+        assert_eq!(out, vec![Packet::PingReq]);
+        out.clear();
+        s.handle(Packet::PingResp, &mut out).unwrap();
+        assert_eq!(
+            s.next_keep_alive_deadline(),
+            Some(t0 + Duration::from_secs(25))
+        );
+        s.poll_keep_alive(t0 + Duration::from_secs(25), &mut out)
+            .unwrap();
+        assert_eq!(out, vec![Packet::PingReq]);
+        // No PINGRESP within the keep alive: dead.
+        s.poll_keep_alive(t0 + Duration::from_secs(34), &mut out)
+            .unwrap();
+        assert_eq!(
+            s.poll_keep_alive(t0 + Duration::from_secs(35), &mut out),
+            Err(StateError::PingTimeout(Duration::from_secs(10)))
+        );
+    }
+
+    #[test]
+    fn server_keep_alive_overrides_ours_and_zero_disables() {
+        let t0 = Instant::now();
+        let mut s = state(ProtocolVersion::V5, 10, t0);
+        let mut ca = connack(false);
+        ca.properties.server_keep_alive = Some(0);
+        s.on_connack(&ca, t0, &mut vec![]);
+        assert_eq!(s.next_keep_alive_deadline(), None);
+        let mut out = vec![];
+        s.poll_keep_alive(t0 + Duration::from_secs(1000), &mut out)
+            .unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn drain_pending_returns_every_token() {
+        let mut s = state(ProtocolVersion::V5, 0, Instant::now());
+        let mut out = vec![];
+        s.publish(publish(QoS::AtLeastOnce), "a", &mut out).unwrap();
+        s.publish(publish(QoS::ExactlyOnce), "b", &mut out).unwrap();
+        assert_eq!(s.drain_pending(), vec!["a", "b"]);
+        assert!(s.can_publish());
+        assert_eq!(s.pending_len(), 0);
+    }
+
+    #[test]
+    fn server_disconnect_is_an_event() {
+        let mut s = state(ProtocolVersion::V5, 0, Instant::now());
+        let ev = s
+            .handle(
+                Packet::Disconnect(Disconnect::new(ReasonCode::SESSION_TAKEN_OVER)),
+                &mut vec![],
+            )
+            .unwrap();
+        assert!(
+            matches!(ev, Some(Event::ServerDisconnect(d)) if d.reason_code == ReasonCode::SESSION_TAKEN_OVER)
+        );
     }
 }
