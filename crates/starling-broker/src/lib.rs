@@ -1,2 +1,24 @@
-//! The Starling MQTT broker.
+//! The Starling MQTT broker: listeners, the connection state machine, sessions,
+//! the topic index, retained messages, wills, authentication and ACLs.
+//!
+//! [`Broker::bind`] binds the listeners of a [`Config`]; [`Broker::run`] serves
+//! until its [`ShutdownHandle`] fires. See `ARCHITECTURE.md` for the data path.
 #![forbid(unsafe_code)]
+
+pub mod auth;
+mod broker;
+pub mod config;
+mod connection;
+mod lifecycle;
+pub mod message;
+pub mod metrics;
+pub mod retained;
+mod server;
+pub mod session;
+mod sys;
+pub mod topic_tree;
+
+pub use broker::BrokerState;
+pub use config::{Config, ConfigError};
+pub use server::{Broker, ListenerUrl, ShutdownHandle, StartError};
+pub use sys::VERSION;

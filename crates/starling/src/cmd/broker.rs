@@ -1,11 +1,123 @@
-//! `starling broker`.
+//! `starling broker`: builds the configuration from the file and the flags (flags
+//! win), starts the broker, and shuts it down gracefully on SIGINT or SIGTERM.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context;
+use starling_broker::{Broker, Config};
 
 /// Arguments of `starling broker`.
 #[derive(clap::Args, Debug)]
-pub struct BrokerArgs {}
+pub struct BrokerArgs {
+    /// TOML configuration file; flags override its values.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listener URL, e.g. mqtt://0.0.0.0:1883 (repeatable).
+    #[arg(long = "listen", value_name = "URL")]
+    listen: Vec<String>,
+    /// Data directory of the persistent store.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Allow clients without a user name.
+    #[arg(long, value_name = "BOOL")]
+    allow_anonymous: Option<bool>,
+    /// Password file (written by `starling passwd`, or Mosquitto's).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// ACL file in Mosquitto's format.
+    #[arg(long, value_name = "FILE")]
+    acl_file: Option<PathBuf>,
+    /// Largest keep alive a client may use, in seconds.
+    #[arg(long, value_name = "SECS")]
+    max_keepalive: Option<u16>,
+    /// Seconds a new connection has to send CONNECT.
+    #[arg(long, value_name = "SECS")]
+    connect_timeout: Option<u64>,
+    /// Most simultaneous connections (0: no limit).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Log level (error, warn, info, debug, trace) when RUST_LOG is not set.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
 
-pub fn run(_args: BrokerArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("starling broker is not implemented yet")
+impl BrokerArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if !self.listen.is_empty() {
+            config.listen = self.listen;
+        }
+        macro_rules! flag {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { config.$field = v; } )* };
+        }
+        flag!(
+            data_dir,
+            allow_anonymous,
+            max_keepalive,
+            connect_timeout,
+            max_connections,
+            log_level
+        );
+        if self.password_file.is_some() {
+            config.password_file = self.password_file;
+        }
+        if self.acl_file.is_some() {
+            config.acl_file = self.acl_file;
+        }
+        config.validate("command line")?;
+        Ok(config)
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the broker until SIGINT or SIGTERM.
+pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
+    let config = args.into_config()?;
+    init_logging(&config.log_level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let broker = Broker::bind(config).await?;
+        let handle = broker.shutdown_handle();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            handle.shutdown();
+        });
+        broker.run().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -1,0 +1,93 @@
+//! Authentication and authorization: the pluggable [`Authenticator`], the
+//! password file, and Mosquitto-format ACLs.
+
+mod acl;
+mod password;
+
+pub use acl::{Access, Acl};
+pub use password::{hash_password, PasswordFile};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// What a client presents in CONNECT.
+#[derive(Debug, Clone, Copy)]
+pub struct Credentials<'a> {
+    /// Client identifier.
+    pub client_id: &'a str,
+    /// User name, if any.
+    pub username: Option<&'a str>,
+    /// Password, if any.
+    pub password: Option<&'a [u8]>,
+    /// Remote address.
+    pub peer: SocketAddr,
+}
+
+/// The outcome of authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthDecision {
+    /// Let the client in.
+    Allow,
+    /// Unknown user or wrong password: 3.x code 4, MQTT 5 0x86. Which one is never told.
+    BadCredentials,
+    /// Authenticated (or anonymous) but not allowed: 3.x code 5, MQTT 5 0x87.
+    NotAuthorized,
+}
+
+/// Decides whether a client may connect. Implementations may block (hashing is
+/// slow on purpose); the broker calls them on a blocking thread.
+pub trait Authenticator: Send + Sync + 'static {
+    /// Checks a client's credentials.
+    fn authenticate(&self, credentials: &Credentials<'_>) -> AuthDecision;
+}
+
+/// Errors loading the password or ACL file. One line, naming the file and line.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthFileError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A line could not be understood.
+    #[error("{path}:{line}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The default authenticator: anonymous access on or off, and an optional password file.
+#[derive(Debug)]
+pub struct FileAuthenticator {
+    /// Whether clients without a user name are let in.
+    pub allow_anonymous: bool,
+    /// Users and password hashes.
+    pub passwords: Option<PasswordFile>,
+}
+
+impl Authenticator for FileAuthenticator {
+    fn authenticate(&self, c: &Credentials<'_>) -> AuthDecision {
+        match (c.username, &self.passwords) {
+            (None, _) if self.allow_anonymous => AuthDecision::Allow,
+            (None, _) => AuthDecision::NotAuthorized,
+            (Some(user), Some(file)) => {
+                if file.verify(user, c.password.unwrap_or_default()) {
+                    AuthDecision::Allow
+                } else {
+                    AuthDecision::BadCredentials
+                }
+            }
+            // A user name but no password file: treated as anonymous, like Mosquitto.
+            (Some(_), None) if self.allow_anonymous => AuthDecision::Allow,
+            (Some(_), None) => AuthDecision::BadCredentials,
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The state every connection shares: the session registry, the subscription
+//! index, retained messages, auth, and counters; and the routing of one message
+//! to its subscribers, done by the task that received it.
+//!
+//! Locking: `sessions` (a `parking_lot::Mutex`) is taken only when a client
+//! connects or a session ends. `topics` and `retained` are `parking_lot::RwLock`s:
+//! publishers take the read side in parallel, subscribe and unsubscribe the write
+//! side. No lock is held across an `.await`, and a session's own lock is never
+//! taken while `topics` is write-locked.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use starling_codec::topic::parse_shared;
+use starling_codec::{ByteString, QoS};
+use tokio::time::Instant;
+
+use crate::auth::{Access, Acl, Authenticator};
+use crate::config::{Config, SharedStrategy};
+use crate::message::{Delivery, Message};
+use crate::metrics::Metrics;
+use crate::retained::RetainedTree;
+use crate::session::{QueueLimits, Session};
+use crate::topic_tree::{Matches, TopicTree};
+
+/// Shared broker state.
+pub struct BrokerState {
+    /// The configuration in force.
+    pub config: Config,
+    /// Sessions by client id.
+    pub sessions: Mutex<HashMap<ByteString, Arc<Session>>>,
+    /// The subscription index.
+    pub topics: RwLock<TopicTree>,
+    /// Retained messages.
+    pub retained: RwLock<RetainedTree>,
+    /// Decides who may connect.
+    pub authenticator: RwLock<Arc<dyn Authenticator>>,
+    /// Who may read and write what; `None` allows everything.
+    pub acl: RwLock<Option<Arc<Acl>>>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Source of connection ids.
+    pub next_conn_id: AtomicU64,
+    /// When the broker started.
+    pub started: Instant,
+}
+
+impl std::fmt::Debug for BrokerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerState").finish_non_exhaustive()
+    }
+}
+
+impl BrokerState {
+    /// New state for `config`.
+    pub fn new(config: Config, authenticator: Arc<dyn Authenticator>, acl: Option<Acl>) -> Self {
+        BrokerState {
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            topics: RwLock::new(TopicTree::default()),
+            retained: RwLock::new(RetainedTree::default()),
+            authenticator: RwLock::new(authenticator),
+            acl: RwLock::new(acl.map(Arc::new)),
+            metrics: Metrics::default(),
+            next_conn_id: AtomicU64::new(1),
+            started: Instant::now(),
+        }
+    }
+
+    /// Queue bounds for new sessions.
+    pub fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            max_messages: self.config.max_queued_messages,
+            max_bytes: self.config.max_queued_bytes,
+            policy: self.config.queue_overflow,
+            qos0_offline: self.config.queue_qos0_offline,
+        }
+    }
+
+    /// Whether the ACL lets a client read or write a topic (or filter).
+    pub fn allowed(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+        topic: &str,
+        access: Access,
+    ) -> bool {
+        match &*self.acl.read() {
+            Some(acl) => acl.check(username, client_id, topic, access),
+            None => true,
+        }
+    }
+
+    /// Stores a retained message (or deletes one, for an empty payload).
+    pub fn retain(&self, msg: &Arc<Message>) {
+        if self.config.retain_available {
+            self.retained.write().set(msg.clone());
+        }
+    }
+
+    /// Hands `msg` to every matching subscriber's queue. Returns how many sessions
+    /// it was offered to.
+    pub fn route(&self, msg: &Arc<Message>) -> usize {
+        let now = Instant::now();
+        if msg.is_expired(now) {
+            Metrics::add(&self.metrics.messages_expired, 1);
+            return 0;
+        }
+        // Collect targets under the read lock, enqueue after releasing it.
+        let mut targets: Vec<(Arc<Session>, QoS, bool, Option<u32>)> = Vec::new();
+        {
+            let tree = self.topics.read();
+            let mut m = Matches::default();
+            tree.matches(&msg.topic, &mut m);
+            for s in m.subscribers {
+                if s.options.no_local && msg.publisher.as_ref() == Some(&s.session.client_id) {
+                    continue;
+                }
+                targets.push((
+                    s.session.clone(),
+                    s.options.qos,
+                    s.options.retain_as_published,
+                    s.id,
+                ));
+            }
+            for group in m.groups {
+                let seed = match self.config.shared_subscription_strategy {
+                    SharedStrategy::RoundRobin => None,
+                    SharedStrategy::Random => Some(rand::random::<usize>()),
+                    SharedStrategy::HashClientId => {
+                        Some(hash_str(msg.publisher.as_deref().unwrap_or("")))
+                    }
+                };
+                if let Some(s) = group.pick(seed) {
+                    targets.push((
+                        s.session.clone(),
+                        s.options.qos,
+                        s.options.retain_as_published,
+                        s.id,
+                    ));
+                }
+            }
+        }
+        if targets.is_empty() {
+            return 0;
+        }
+        // One copy per session: the highest granted QoS and every subscription id.
+        targets.sort_by_key(|t| Arc::as_ptr(&t.0) as usize);
+        let acl = self.acl.read().clone();
+        let mut offered = 0;
+        let mut i = 0;
+        while i < targets.len() {
+            let session = targets[i].0.clone();
+            let mut granted = QoS::AtMostOnce;
+            let mut rap = false;
+            let mut ids = Vec::new();
+            while i < targets.len() && Arc::ptr_eq(&targets[i].0, &session) {
+                granted = granted.max(targets[i].1);
+                rap |= targets[i].2;
+                if let Some(id) = targets[i].3 {
+                    ids.push(id);
+                }
+                i += 1;
+            }
+            if let Some(acl) = &acl {
+                let user = session.state.lock().username.clone();
+                if !acl.check(
+                    user.as_deref(),
+                    &session.client_id,
+                    &msg.topic,
+                    Access::Read,
+                ) {
+                    continue;
+                }
+            }
+            let delivery = Delivery {
+                msg: msg.clone(),
+                qos: msg.qos.min(granted),
+                retain: rap && msg.retain,
+                subscription_ids: ids,
+            };
+            if matches!(
+                session.enqueue(delivery),
+                crate::session::Enqueued::Dropped | crate::session::Enqueued::DroppedOldest
+            ) {
+                Metrics::add(&self.metrics.messages_dropped, 1);
+            }
+            offered += 1;
+        }
+        offered
+    }
+
+    /// Removes every subscription of `session` from the index.
+    pub fn unsubscribe_all(&self, session: &Arc<Session>) {
+        let filters: Vec<ByteString> = session.state.lock().subscriptions.keys().cloned().collect();
+        let mut tree = self.topics.write();
+        for f in filters {
+            let (share, filter) = split_share(&f);
+            tree.unsubscribe(share, filter, session);
+        }
+    }
+}
+
+/// Splits `$share/group/filter` into its group and filter.
+pub fn split_share(filter: &str) -> (Option<&str>, &str) {
+    match parse_shared(filter) {
+        Ok(Some(s)) => (Some(s.group), s.filter),
+        _ => (None, filter),
+    }
+}
+
+fn hash_str(s: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish() as usize
+}

@@ -1,0 +1,237 @@
+//! Broker configuration: every option and limit, its default, and loading from a
+//! TOML file with one-line errors that name the file, the line and the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// What happens when a session's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverflowPolicy {
+    /// Drop the oldest queued message to make room for the new one.
+    #[default]
+    DropOldest,
+    /// Drop the new message.
+    DropNewest,
+}
+
+/// How a shared subscription group picks the member that gets a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SharedStrategy {
+    /// Each member in turn.
+    #[default]
+    RoundRobin,
+    /// A member at random.
+    Random,
+    /// Always the same member for a publisher's client id.
+    HashClientId,
+}
+
+/// The broker's configuration. Every field has a default; see the README for the table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// Listener URLs such as `mqtt://127.0.0.1:1883`.
+    pub listen: Vec<String>,
+    /// Directory of the persistent store.
+    pub data_dir: PathBuf,
+    /// Whether clients without a user name may connect.
+    pub allow_anonymous: bool,
+    /// Password file (`user:hash` lines; argon2id, or Mosquitto `$6$`/`$7$`).
+    pub password_file: Option<PathBuf>,
+    /// ACL file in Mosquitto's format.
+    pub acl_file: Option<PathBuf>,
+    /// Largest keep alive a client may use, in seconds; 0 means no limit.
+    pub max_keepalive: u16,
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout: u64,
+    /// Most simultaneous connections; 0 means no limit.
+    pub max_connections: usize,
+    /// Largest packet accepted from a client, in bytes.
+    pub max_packet_size: u32,
+    /// Most QoS 1/2 messages a client may have unacknowledged towards the broker.
+    pub receive_maximum: u16,
+    /// Most topic aliases a client may use towards the broker.
+    pub topic_alias_maximum: u16,
+    /// Most messages queued per session.
+    pub max_queued_messages: usize,
+    /// Most payload bytes queued per session.
+    pub max_queued_bytes: usize,
+    /// What a full queue drops.
+    pub queue_overflow: OverflowPolicy,
+    /// Queue QoS 0 messages for offline MQTT 3.x persistent sessions.
+    pub queue_qos0_offline: bool,
+    /// Session expiry, in seconds, for MQTT 3.x persistent sessions; none means never.
+    pub persistent_session_expiry: Option<u32>,
+    /// Most bytes a client id may have; 0 means the protocol limit (65535).
+    pub max_client_id_len: usize,
+    /// Whether retained messages are supported.
+    pub retain_available: bool,
+    /// Seconds between `$SYS` updates; 0 disables them.
+    pub sys_interval: u64,
+    /// How shared subscription groups pick a member.
+    pub shared_subscription_strategy: SharedStrategy,
+    /// Log level when `RUST_LOG` is not set.
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec!["mqtt://127.0.0.1:1883".to_string()],
+            data_dir: PathBuf::from("./starling-data"),
+            allow_anonymous: true,
+            password_file: None,
+            acl_file: None,
+            max_keepalive: 65535,
+            connect_timeout: 10,
+            max_connections: 0,
+            max_packet_size: 268_435_460,
+            receive_maximum: 65535,
+            topic_alias_maximum: 65535,
+            max_queued_messages: 1000,
+            max_queued_bytes: 64 * 1024 * 1024,
+            queue_overflow: OverflowPolicy::DropOldest,
+            queue_qos0_offline: false,
+            persistent_session_expiry: None,
+            max_client_id_len: 0,
+            retain_available: true,
+            sys_interval: 10,
+            shared_subscription_strategy: SharedStrategy::RoundRobin,
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+/// A configuration that could not be loaded. Its message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a bad key or value.
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// A value is out of its range.
+    #[error("{origin}: {key}: {message}")]
+    Invalid {
+        /// The file, or "command line".
+        origin: String,
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads a TOML configuration file; keys missing from it keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses TOML text; `path` is used in error messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| {
+            let line = err
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(1);
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                message: err.message().replace('\n', " "),
+            }
+        })?;
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Checks ranges that the types alone do not.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                key,
+                message: message.to_string(),
+            })
+        };
+        if self.listen.is_empty() {
+            return invalid("listen", "at least one listener is needed");
+        }
+        if self.receive_maximum == 0 {
+            return invalid("receive-maximum", "must be at least 1");
+        }
+        if self.max_packet_size < 16 {
+            return invalid("max-packet-size", "must be at least 16 bytes");
+        }
+        if self.max_queued_messages == 0 {
+            return invalid("max-queued-messages", "must be at least 1");
+        }
+        if self.connect_timeout == 0 {
+            return invalid("connect-timeout", "must be at least 1 second");
+        }
+        Ok(())
+    }
+
+    /// The connect timeout as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate("defaults").unwrap();
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let err = Config::from_toml(
+            "allow-anonymous = true\nmax-keepalive = \"x\"\n",
+            Path::new("b.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("b.toml:2:"), "{err}");
+        assert!(
+            err.contains("max-keepalive") || err.contains("invalid type"),
+            "{err}"
+        );
+        let err = Config::from_toml("nope = 1\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("c.toml:1:") && err.contains("nope"),
+            "{err}"
+        );
+        let err = Config::from_toml("receive-maximum = 0\n", Path::new("d.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "d.toml: receive-maximum: must be at least 1");
+        assert!(!err.contains('\n'));
+    }
+}

@@ -1,0 +1,248 @@
+//! The CONNECT handshake: reading the first packet, validating the client id,
+//! authenticating, attaching the session and answering with CONNACK.
+
+use std::time::Duration;
+
+use starling_codec::{
+    ByteString, ConnAck, Connect, DecodeError, Packet, ProtocolVersion, ReasonCode,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Client, Close, Connection};
+use crate::auth::{AuthDecision, Credentials};
+use crate::lifecycle;
+
+impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
+    /// Reads the first packet, which must be CONNECT. On a malformed CONNECT the
+    /// CONNACK the spec allows is left in the write buffer and an error returned.
+    pub(crate) async fn read_connect(&mut self) -> Result<Option<Box<Connect>>, Close> {
+        loop {
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(Packet::Connect(connect))) => return Ok(Some(connect)),
+                Ok(Some(other)) => {
+                    let msg = format!("first packet {:?}", other.packet_type());
+                    return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, msg));
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    self.refuse_malformed(&err);
+                    return Err(Close::Protocol(err.reason_code(), err.to_string()));
+                }
+            }
+            match self.fill().await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// Writes the CONNACK a malformed CONNECT gets, where the spec allows one.
+    fn refuse_malformed(&mut self, err: &DecodeError) {
+        match err {
+            // [MQTT-3.1.2-2]: answer an unsupported level in a form its version reads.
+            DecodeError::UnsupportedProtocolLevel { level, .. } if *level < 5 => {
+                let ack = ConnAck {
+                    reason_code: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                    ..ConnAck::default()
+                };
+                self.send(&Packet::ConnAck(ack), ProtocolVersion::V3_1_1);
+            }
+            DecodeError::UnsupportedProtocolLevel { .. } => {
+                self.connack_v5(ReasonCode::UNSUPPORTED_PROTOCOL_VERSION);
+            }
+            // A bad protocol name: close without answering ([MQTT-3.1.2-1]).
+            DecodeError::InvalidProtocolName(_) => {}
+            _ if self.decoder.version() == Some(ProtocolVersion::V5) => {
+                self.connack_v5(err.reason_code());
+            }
+            // 3.1.1 has no return code for a malformed CONNECT: close silently.
+            _ => {}
+        }
+    }
+
+    fn connack_v5(&mut self, code: ReasonCode) {
+        let ack = ConnAck {
+            reason_code: code,
+            ..ConnAck::default()
+        };
+        self.send(&Packet::ConnAck(ack), ProtocolVersion::V5);
+    }
+
+    /// Writes a refusal CONNACK for `connect`'s version.
+    fn refuse(&mut self, connect: &Connect, code: ReasonCode, why: &str) {
+        tracing::info!(
+            peer = %self.peer,
+            client_id = %connect.client_id,
+            reason = %code,
+            "connection refused: {why}"
+        );
+        let ack = ConnAck {
+            reason_code: code,
+            ..ConnAck::default()
+        };
+        self.send(&Packet::ConnAck(ack), connect.protocol);
+    }
+
+    /// Validates, authenticates and attaches a client; writes the CONNACK.
+    /// Returns `None` when the connection was refused.
+    pub(crate) async fn accept(
+        &mut self,
+        mut connect: Connect,
+        over_limit: bool,
+    ) -> Option<Client> {
+        let v = connect.protocol;
+        let config = &self.broker.config;
+        if over_limit {
+            self.refuse(&connect, ReasonCode::QUOTA_EXCEEDED, "too many connections");
+            return None;
+        }
+        // Client identifier rules.
+        let id_len = connect.client_id.len();
+        let too_long = config.max_client_id_len > 0 && id_len > config.max_client_id_len;
+        let v31_bad = v == ProtocolVersion::V3_1 && !(1..=23).contains(&id_len);
+        let empty_persistent = v == ProtocolVersion::V3_1_1 && id_len == 0 && !connect.clean_start;
+        if too_long || v31_bad || empty_persistent {
+            self.refuse(
+                &connect,
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                "client identifier not valid",
+            );
+            return None;
+        }
+        // Starling offers no extended authentication method.
+        if connect.properties.authentication_method.is_some() {
+            self.refuse(
+                &connect,
+                ReasonCode::BAD_AUTHENTICATION_METHOD,
+                "unsupported authentication method",
+            );
+            return None;
+        }
+        let assigned = id_len == 0;
+        if assigned {
+            connect.client_id =
+                ByteString::from(format!("starling-{:016x}", rand::random::<u64>()));
+        }
+        // Authentication runs on a blocking thread: password hashing is slow on purpose.
+        let authenticator = self.broker.authenticator.read().clone();
+        let decision = {
+            let client_id = connect.client_id.to_string();
+            let username = connect.username.as_ref().map(|u| u.to_string());
+            let password = connect.password.clone();
+            let peer = self.peer;
+            tokio::task::spawn_blocking(move || {
+                authenticator.authenticate(&Credentials {
+                    client_id: &client_id,
+                    username: username.as_deref(),
+                    password: password.as_deref(),
+                    peer,
+                })
+            })
+            .await
+            .unwrap_or(AuthDecision::NotAuthorized)
+        };
+        match decision {
+            AuthDecision::Allow => {}
+            AuthDecision::BadCredentials => {
+                self.refuse(
+                    &connect,
+                    ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                    "bad user name or password",
+                );
+                return None;
+            }
+            AuthDecision::NotAuthorized => {
+                self.refuse(&connect, ReasonCode::NOT_AUTHORIZED, "not authorized");
+                return None;
+            }
+        }
+        let broker = self.broker.clone();
+        let config = &broker.config;
+        // Keep alive: the configured maximum caps it (MQTT 5 is told via Server Keep Alive).
+        let max_ka = config.max_keepalive;
+        let mut keep_alive = connect.keep_alive;
+        let mut server_keep_alive = None;
+        if max_ka > 0 && (keep_alive > max_ka || (keep_alive == 0 && max_ka < u16::MAX)) {
+            keep_alive = max_ka;
+            if v.is_v5() {
+                server_keep_alive = Some(max_ka);
+            }
+        }
+        let expiry_interval = if v.is_v5() {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            config.persistent_session_expiry.unwrap_or(u32::MAX)
+        };
+        let (kick_tx, kick_rx) = tokio::sync::oneshot::channel();
+        let (session, present) = lifecycle::attach(
+            &self.broker,
+            &connect.client_id,
+            connect.clean_start,
+            expiry_interval,
+            connect.username.clone(),
+            self.conn_id,
+            kick_tx,
+        );
+        let mut ack = ConnAck {
+            session_present: present,
+            reason_code: ReasonCode::SUCCESS,
+            ..ConnAck::default()
+        };
+        if v.is_v5() {
+            let p = &mut ack.properties;
+            p.receive_maximum =
+                (config.receive_maximum < u16::MAX).then_some(config.receive_maximum);
+            p.maximum_packet_size = (config.max_packet_size
+                < starling_codec::DEFAULT_MAX_PACKET_SIZE as u32)
+                .then_some(config.max_packet_size);
+            p.topic_alias_maximum =
+                (config.topic_alias_maximum > 0).then_some(config.topic_alias_maximum);
+            p.retain_available = (!config.retain_available).then_some(false);
+            p.wildcard_subscription_available = Some(true);
+            p.subscription_identifier_available = Some(true);
+            p.shared_subscription_available = Some(true);
+            p.server_keep_alive = server_keep_alive;
+            if assigned {
+                p.assigned_client_identifier = Some(connect.client_id.clone());
+            }
+        }
+        self.send(&Packet::ConnAck(ack), v);
+        tracing::info!(
+            client_id = %connect.client_id,
+            peer = %self.peer,
+            version = %v,
+            clean_start = connect.clean_start,
+            session_present = present,
+            keep_alive,
+            "client connected"
+        );
+        let aliases = if v.is_v5() {
+            config.topic_alias_maximum as usize
+        } else {
+            0
+        };
+        let client = Client {
+            version: v,
+            client_id: connect.client_id.clone(),
+            username: connect.username.clone(),
+            session,
+            keep_alive: Duration::from_secs(u64::from(keep_alive)),
+            will: connect.will.take(),
+            expiry_interval,
+            client_receive_max: usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX))
+                .min(usize::from(u16::MAX) - 1),
+            client_max_packet: connect
+                .properties
+                .maximum_packet_size
+                .map_or(usize::MAX, |m| m as usize),
+            aliases: vec![None; aliases],
+            kick: kick_rx,
+        };
+        if present {
+            self.resend_inflight(&client);
+        }
+        Some(client)
+    }
+}

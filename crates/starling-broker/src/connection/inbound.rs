@@ -1,0 +1,349 @@
+//! Handling of every packet a connected client sends.
+
+use std::sync::Arc;
+
+use starling_codec::topic::{parse_shared, validate_filter};
+use starling_codec::{
+    Ack, Disconnect, Packet, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck,
+    Unsubscribe,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+use super::{Client, Close, Connection};
+use crate::auth::Access;
+use crate::broker::split_share;
+use crate::message::{Delivery, Message};
+use crate::metrics::Metrics;
+use crate::session::SubEntry;
+use crate::topic_tree::Subscriber;
+
+fn protocol_error(msg: impl Into<String>) -> Close {
+    Close::Protocol(ReasonCode::PROTOCOL_ERROR, msg.into())
+}
+
+impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
+    /// Handles one packet; an `Err` ends the connection.
+    pub(crate) fn handle(&mut self, client: &mut Client, packet: Packet) -> Result<(), Close> {
+        let v = client.version;
+        match packet {
+            Packet::Publish(publish) => self.on_publish(client, publish),
+            Packet::PubAck(ack) => {
+                let mut st = client.session.state.lock();
+                if let Some(pos) = st
+                    .inflight
+                    .iter()
+                    .position(|i| i.packet_id == ack.packet_id && !i.released)
+                {
+                    st.inflight.remove(pos);
+                }
+                Ok(())
+            }
+            Packet::PubRec(ack) => {
+                let code = {
+                    let mut st = client.session.state.lock();
+                    match st
+                        .inflight
+                        .iter_mut()
+                        .find(|i| i.packet_id == ack.packet_id)
+                    {
+                        Some(i) if ack.reason_code.is_error() => {
+                            // The receiver refused the message: the exchange ends here.
+                            let id = i.packet_id;
+                            st.take_inflight(id);
+                            None
+                        }
+                        Some(i) => {
+                            i.released = true;
+                            Some(ReasonCode::SUCCESS)
+                        }
+                        None => Some(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND),
+                    }
+                };
+                if let Some(code) = code {
+                    let rel = Ack {
+                        packet_id: ack.packet_id,
+                        reason_code: code,
+                        ..Ack::default()
+                    };
+                    self.send(&Packet::PubRel(rel), v);
+                }
+                Ok(())
+            }
+            Packet::PubRel(ack) => {
+                let found = client
+                    .session
+                    .state
+                    .lock()
+                    .incoming_qos2
+                    .remove(&ack.packet_id);
+                let comp = Ack {
+                    packet_id: ack.packet_id,
+                    reason_code: if found {
+                        ReasonCode::SUCCESS
+                    } else {
+                        ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                    },
+                    ..Ack::default()
+                };
+                self.send(&Packet::PubComp(comp), v);
+                Ok(())
+            }
+            Packet::PubComp(ack) => {
+                client.session.state.lock().take_inflight(ack.packet_id);
+                Ok(())
+            }
+            Packet::Subscribe(sub) => {
+                self.on_subscribe(client, sub);
+                Ok(())
+            }
+            Packet::Unsubscribe(unsub) => {
+                self.on_unsubscribe(client, unsub);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.send(&Packet::PingResp, v);
+                Ok(())
+            }
+            Packet::Disconnect(d) => self.on_disconnect(client, d),
+            Packet::Auth(_) => Err(protocol_error("AUTH without an authentication method")),
+            Packet::Connect(_) => Err(protocol_error("[MQTT-3.1.0-2] second CONNECT")),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => Err(
+                protocol_error(format!("{:?} from a client", packet.packet_type())),
+            ),
+        }
+    }
+
+    fn on_disconnect(&mut self, client: &mut Client, d: Disconnect) -> Result<(), Close> {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            // [MQTT-3.14.2-2]: a session that ended with the connection cannot be revived.
+            if client.expiry_interval == 0 && expiry != 0 {
+                return Err(protocol_error(
+                    "[MQTT-3.14.2-2] session expiry changed from 0",
+                ));
+            }
+            client.expiry_interval = expiry;
+        }
+        if d.reason_code == ReasonCode::DISCONNECT_WITH_WILL {
+            Err(Close::NormalWithWill)
+        } else {
+            Err(Close::Normal)
+        }
+    }
+
+    fn on_publish(&mut self, client: &mut Client, mut publish: Publish) -> Result<(), Close> {
+        let v = client.version;
+        let config = &self.broker.config;
+        Metrics::add(&self.broker.metrics.messages_received, 1);
+        if v.is_v5() {
+            if !publish.properties.subscription_identifiers.is_empty() {
+                return Err(protocol_error(
+                    "[MQTT-3.3.4-6] subscription identifier from a client",
+                ));
+            }
+            if let Some(alias) = publish.properties.topic_alias {
+                let slot = client
+                    .aliases
+                    .get_mut(usize::from(alias) - 1)
+                    .ok_or_else(|| {
+                        Close::Protocol(
+                            ReasonCode::TOPIC_ALIAS_INVALID,
+                            format!("topic alias {alias}"),
+                        )
+                    })?;
+                if publish.topic.is_empty() {
+                    publish.topic = slot.clone().ok_or_else(|| {
+                        protocol_error(format!("[MQTT-3.3.2-12] unknown topic alias {alias}"))
+                    })?;
+                } else {
+                    *slot = Some(publish.topic.clone());
+                }
+            }
+            if publish.retain && !config.retain_available {
+                return Err(Close::Protocol(
+                    ReasonCode::RETAIN_NOT_SUPPORTED,
+                    "retain".into(),
+                ));
+            }
+        }
+        let qos = publish.qos;
+        let packet_id = publish.packet_id;
+        // Exactly once: a resent QoS 2 PUBLISH whose PUBREC we sent is not routed again.
+        if qos == QoS::ExactlyOnce {
+            let st = client.session.state.lock();
+            if st.incoming_qos2.contains(&packet_id) {
+                drop(st);
+                self.send(&Packet::PubRec(Ack::new(packet_id)), v);
+                return Ok(());
+            }
+            if st.incoming_qos2.len() >= usize::from(config.receive_maximum) {
+                return Err(Close::Protocol(
+                    ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                    "[MQTT-3.3.4-9] receive maximum exceeded".into(),
+                ));
+            }
+        }
+        let mut code = ReasonCode::SUCCESS;
+        if publish.properties.payload_format_indicator == Some(true)
+            && std::str::from_utf8(&publish.payload).is_err()
+        {
+            if qos == QoS::AtMostOnce {
+                return Err(Close::Protocol(
+                    ReasonCode::PAYLOAD_FORMAT_INVALID,
+                    "payload is not UTF-8".into(),
+                ));
+            }
+            code = ReasonCode::PAYLOAD_FORMAT_INVALID;
+        } else if !self.broker.allowed(
+            client.username.as_deref(),
+            &client.client_id,
+            &publish.topic,
+            Access::Write,
+        ) {
+            tracing::debug!(client_id = %client.client_id, topic = %publish.topic, "publish denied by ACL");
+            code = ReasonCode::NOT_AUTHORIZED;
+        } else {
+            let msg = Arc::new(Message::from_publish(
+                publish,
+                Some(client.client_id.clone()),
+                Instant::now(),
+            ));
+            if msg.retain {
+                self.broker.retain(&msg);
+            }
+            let offered = self.broker.route(&msg);
+            if offered == 0 {
+                code = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+            }
+        }
+        // 3.x cannot report a refusal: the message is acknowledged and dropped.
+        if !v.is_v5() {
+            code = ReasonCode::SUCCESS;
+        }
+        let ack = Ack {
+            packet_id,
+            reason_code: code,
+            ..Ack::default()
+        };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(ack), v),
+            QoS::ExactlyOnce => {
+                if !code.is_error() {
+                    client.session.state.lock().incoming_qos2.insert(packet_id);
+                }
+                self.send(&Packet::PubRec(ack), v);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, client: &mut Client, sub: Subscribe) {
+        let v = client.version;
+        let now = Instant::now();
+        let sub_id = sub.properties.subscription_identifiers.first().copied();
+        let mut codes = Vec::with_capacity(sub.subscriptions.len());
+        let mut retained: Vec<Delivery> = Vec::new();
+        for s in &sub.subscriptions {
+            let filter = &s.filter;
+            let shared = parse_shared(filter);
+            let valid = match &shared {
+                Ok(Some(_)) => true,
+                Ok(None) => validate_filter(filter).is_ok(),
+                Err(_) => false,
+            };
+            if !valid {
+                codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            let (share, inner) = split_share(filter);
+            if !self.broker.allowed(
+                client.username.as_deref(),
+                &client.client_id,
+                inner,
+                Access::Read,
+            ) {
+                codes.push(ReasonCode::NOT_AUTHORIZED);
+                continue;
+            }
+            let granted = s.options.qos.min(QoS::ExactlyOnce);
+            let mut options = s.options;
+            options.qos = granted;
+            let existed = self.broker.topics.write().subscribe(
+                share,
+                inner,
+                Subscriber {
+                    session: client.session.clone(),
+                    options,
+                    id: sub_id,
+                },
+            );
+            client.session.state.lock().subscriptions.insert(
+                filter.clone(),
+                SubEntry {
+                    options,
+                    id: sub_id,
+                },
+            );
+            codes.push(ReasonCode(granted as u8));
+            // Retained messages: never for shared subscriptions ([MQTT-3.8.4-?]), and
+            // as Retain Handling says.
+            let send_retained = share.is_none()
+                && match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                for msg in self.broker.retained.read().matching(inner, now) {
+                    retained.push(Delivery {
+                        qos: msg.qos.min(granted),
+                        retain: true,
+                        subscription_ids: sub_id.into_iter().collect(),
+                        msg,
+                    });
+                }
+            }
+        }
+        let ack = SubAck {
+            packet_id: sub.packet_id,
+            properties: Default::default(),
+            reason_codes: codes,
+        };
+        self.send(&Packet::SubAck(ack), v);
+        for d in retained {
+            if self.broker.allowed(
+                client.username.as_deref(),
+                &client.client_id,
+                &d.msg.topic,
+                Access::Read,
+            ) {
+                client.session.enqueue(d);
+            }
+        }
+    }
+
+    fn on_unsubscribe(&mut self, client: &mut Client, unsub: Unsubscribe) {
+        let mut codes = Vec::with_capacity(unsub.filters.len());
+        for filter in &unsub.filters {
+            let (share, inner) = split_share(filter);
+            let removed = self
+                .broker
+                .topics
+                .write()
+                .unsubscribe(share, inner, &client.session);
+            client.session.state.lock().subscriptions.remove(filter);
+            codes.push(if removed {
+                ReasonCode::SUCCESS
+            } else {
+                ReasonCode::NO_SUBSCRIPTION_EXISTED
+            });
+        }
+        let ack = UnsubAck {
+            packet_id: unsub.packet_id,
+            properties: Default::default(),
+            reason_codes: codes,
+        };
+        self.send(&Packet::UnsubAck(ack), client.version);
+    }
+}

@@ -1,0 +1,324 @@
+//! One task per connection: the CONNECT handshake, then a loop that reads and
+//! decodes packets, drains the session's queue into one write buffer, writes it
+//! with as few syscalls as possible, and watches the keep-alive deadline.
+//!
+//! Reading pauses while the write buffer is above its high-water mark, so a
+//! client that does not read its socket cannot make the broker buffer without
+//! bound; its own session queue fills and overflows instead.
+
+mod handshake;
+mod inbound;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use starling_codec::{ByteString, Decoder, Disconnect, Packet, ProtocolVersion, ReasonCode, Will};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{oneshot, watch};
+use tokio::time::{sleep_until, timeout, Instant};
+
+use crate::broker::BrokerState;
+use crate::metrics::Metrics;
+use crate::session::{Inflight, Kick, Session};
+
+/// Above this many buffered outgoing bytes the connection stops reading and
+/// stops draining its queue until the socket takes some.
+const HIGH_WATER: usize = 64 * 1024;
+/// Buffers larger than this are released when they empty.
+const IDLE_BUFFER: usize = 16 * 1024;
+/// Room made in the read buffer before each read.
+const READ_CHUNK: usize = 4096;
+/// How long a final DISCONNECT may take to flush.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Close {
+    /// DISCONNECT with reason 0x00: the will is discarded.
+    Normal,
+    /// DISCONNECT with reason 0x04: the will is published.
+    NormalWithWill,
+    /// The peer closed the socket or it failed.
+    PeerClosed,
+    /// Nothing arrived within 1.5 times the keep alive.
+    KeepAlive,
+    /// A protocol violation, with the reason code to report.
+    Protocol(ReasonCode, String),
+    /// Another connection took the client id over.
+    TakenOver,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+impl Close {
+    /// The DISCONNECT reason the broker sends for this close, if it sends one.
+    fn server_reason(&self) -> Option<ReasonCode> {
+        match self {
+            Close::KeepAlive => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
+            Close::Protocol(code, _) => Some(*code),
+            Close::TakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),
+            Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+            _ => None,
+        }
+    }
+}
+
+/// The client side of an attached connection.
+pub(crate) struct Client {
+    pub version: ProtocolVersion,
+    pub client_id: ByteString,
+    pub username: Option<ByteString>,
+    pub session: Arc<Session>,
+    pub keep_alive: Duration,
+    pub will: Option<Will>,
+    pub expiry_interval: u32,
+    pub client_receive_max: usize,
+    pub client_max_packet: usize,
+    pub aliases: Vec<Option<ByteString>>,
+    pub kick: oneshot::Receiver<Kick>,
+}
+
+/// A connection's transport halves and buffers.
+pub(crate) struct Connection<S> {
+    pub broker: Arc<BrokerState>,
+    pub rd: ReadHalf<S>,
+    pub wr: WriteHalf<S>,
+    pub rbuf: BytesMut,
+    pub wbuf: BytesMut,
+    pub decoder: Decoder,
+    pub peer: SocketAddr,
+    pub conn_id: u64,
+}
+
+/// Serves one accepted connection to its end.
+pub(crate) async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    broker: Arc<BrokerState>,
+    mut shutdown: watch::Receiver<bool>,
+    over_limit: bool,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    let mut decoder = Decoder::new();
+    decoder.set_max_packet_size(broker.config.max_packet_size as usize);
+    let conn_id = broker
+        .next_conn_id
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut conn = Connection {
+        broker,
+        rd,
+        wr,
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+        decoder,
+        peer,
+        conn_id,
+    };
+    let connect_timeout = conn.broker.config.connect_timeout();
+    let first = tokio::select! {
+        r = timeout(connect_timeout, conn.read_connect()) => r,
+        _ = shutdown.changed() => return,
+    };
+    let connect = match first {
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT within {connect_timeout:?}; closing");
+            return;
+        }
+        Ok(Err(close)) => {
+            tracing::info!(%peer, reason = ?close, "refused malformed CONNECT");
+            conn.flush_and_close().await;
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(connect))) => connect,
+    };
+    let Some(mut client) = conn.accept(*connect, over_limit).await else {
+        conn.flush_and_close().await;
+        return;
+    };
+    Metrics::add(&conn.broker.metrics.clients_connected, 1);
+    let close = conn.run(&mut client, &mut shutdown).await;
+    conn.finish(client, close).await;
+    conn.broker
+        .metrics
+        .clients_connected
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
+    /// Encodes a packet into the write buffer.
+    pub(crate) fn send(&mut self, packet: &Packet, version: ProtocolVersion) {
+        if let Err(err) = packet.encode(version, &mut self.wbuf) {
+            tracing::warn!(peer = %self.peer, ?err, "could not encode {:?}", packet.packet_type());
+        }
+    }
+
+    /// Reads one more chunk into the read buffer. `Ok(false)` on end of stream.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        self.rbuf.reserve(READ_CHUNK);
+        let n = self.rd.read_buf(&mut self.rbuf).await?;
+        Metrics::add(&self.broker.metrics.bytes_received, n as u64);
+        Ok(n > 0)
+    }
+
+    /// Writes out the buffer (bounded by a timeout) and shuts the socket down.
+    pub(crate) async fn flush_and_close(&mut self) {
+        let wr = &mut self.wr;
+        let buf = &mut self.wbuf;
+        let _ = timeout(FLUSH_TIMEOUT, async {
+            wr.write_all_buf(buf).await?;
+            wr.shutdown().await
+        })
+        .await;
+    }
+
+    /// The main loop of an attached connection.
+    async fn run(&mut self, client: &mut Client, shutdown: &mut watch::Receiver<bool>) -> Close {
+        let mut last_rx = Instant::now();
+        let session = client.session.clone();
+        loop {
+            if self.wbuf.len() < HIGH_WATER {
+                self.drain(client);
+            }
+            let reading = self.wbuf.len() < HIGH_WATER;
+            if reading {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            let keep_alive = client.keep_alive;
+            let deadline = last_rx + keep_alive.mul_f32(1.5);
+            tokio::select! {
+                biased;
+                kick = &mut client.kick => {
+                    return match kick {
+                        Ok(Kick::Shutdown) => Close::Shutdown,
+                        _ => Close::TakenOver,
+                    };
+                }
+                _ = shutdown.changed() => return Close::Shutdown,
+                res = self.wr.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
+                    match res {
+                        Ok(0) | Err(_) => return Close::PeerClosed,
+                        Ok(n) => {
+                            Metrics::add(&self.broker.metrics.bytes_sent, n as u64);
+                            if self.wbuf.is_empty() && self.wbuf.capacity() > IDLE_BUFFER {
+                                self.wbuf = BytesMut::new();
+                            }
+                        }
+                    }
+                }
+                res = self.rd.read_buf(&mut self.rbuf), if reading => {
+                    match res {
+                        Ok(0) | Err(_) => return Close::PeerClosed,
+                        Ok(n) => Metrics::add(&self.broker.metrics.bytes_received, n as u64),
+                    }
+                    last_rx = Instant::now();
+                    loop {
+                        match self.decoder.decode(&mut self.rbuf) {
+                            Ok(Some(packet)) => {
+                                if let Err(close) = self.handle(client, packet) {
+                                    return close;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(err) => {
+                                return Close::Protocol(err.reason_code(), err.to_string());
+                            }
+                        }
+                    }
+                    if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_BUFFER {
+                        self.rbuf = BytesMut::new();
+                    }
+                }
+                _ = session.notify.notified() => {}
+                _ = sleep_until(deadline), if !keep_alive.is_zero() => return Close::KeepAlive,
+            }
+        }
+    }
+
+    /// Moves queued messages into the write buffer, within the client's receive
+    /// maximum and the buffer's high-water mark.
+    fn drain(&mut self, client: &mut Client) {
+        let now = Instant::now();
+        let mut st = client.session.state.lock();
+        if !st.is_attached_to(self.conn_id) {
+            return;
+        }
+        while self.wbuf.len() < HIGH_WATER {
+            let Some(delivery) = st.pop() else { break };
+            if delivery.msg.is_expired(now) {
+                Metrics::add(&self.broker.metrics.messages_expired, 1);
+                continue;
+            }
+            let qos1 = delivery.qos != starling_codec::QoS::AtMostOnce;
+            if qos1 && st.inflight.len() >= client.client_receive_max {
+                st.unpop(delivery);
+                break;
+            }
+            let packet_id = if qos1 { st.next_packet_id() } else { 0 };
+            let packet = Packet::Publish(delivery.to_publish(packet_id, false, now));
+            match packet.encoded_len(client.version) {
+                Ok(len) if len <= client.client_max_packet => {}
+                _ => {
+                    // [MQTT-3.1.2-25]: never send a packet above the client's maximum.
+                    client
+                        .session
+                        .dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Metrics::add(&self.broker.metrics.messages_dropped, 1);
+                    continue;
+                }
+            }
+            if let Err(err) = packet.encode(client.version, &mut self.wbuf) {
+                tracing::warn!(?err, "could not encode PUBLISH");
+                continue;
+            }
+            Metrics::add(&self.broker.metrics.messages_sent, 1);
+            if qos1 {
+                st.inflight.push_back(Inflight {
+                    packet_id,
+                    delivery,
+                    released: false,
+                });
+            }
+        }
+    }
+
+    /// Resends in-flight messages after a session resumes: PUBLISH with DUP, or
+    /// PUBREL for QoS 2 messages already received by the client.
+    fn resend_inflight(&mut self, client: &Client) {
+        let now = Instant::now();
+        let st = client.session.state.lock();
+        for inflight in &st.inflight {
+            let packet = if inflight.released {
+                Packet::PubRel(starling_codec::Ack::new(inflight.packet_id))
+            } else {
+                Packet::Publish(inflight.delivery.to_publish(inflight.packet_id, true, now))
+            };
+            if let Err(err) = packet.encode(client.version, &mut self.wbuf) {
+                tracing::warn!(?err, "could not encode resend");
+            }
+        }
+    }
+
+    /// Ends an attached connection: final DISCONNECT, will, session detach.
+    async fn finish(&mut self, client: Client, close: Close) {
+        let version = client.version;
+        if version.is_v5() {
+            if let Some(code) = close.server_reason() {
+                self.send(&Packet::Disconnect(Disconnect::new(code)), version);
+            }
+        }
+        tracing::info!(
+            client_id = %client.client_id,
+            peer = %self.peer,
+            reason = ?close,
+            "client disconnected"
+        );
+        self.flush_and_close().await;
+        crate::lifecycle::detach(&self.broker, self.conn_id, client, close);
+    }
+}

@@ -1,0 +1,95 @@
+//! An application message as the broker routes it: stored once, shared by every
+//! subscriber's queue through an `Arc`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use starling_codec::{ByteString, Properties, Publish, QoS};
+use tokio::time::Instant;
+
+/// A message accepted from a publisher (or a will), ready to route.
+#[derive(Debug)]
+pub struct Message {
+    /// Topic name (aliases already resolved).
+    pub topic: ByteString,
+    /// Payload, shared with the publisher's receive buffer.
+    pub payload: Bytes,
+    /// QoS the publisher used.
+    pub qos: QoS,
+    /// RETAIN flag the publisher set.
+    pub retain: bool,
+    /// Properties forwarded to subscribers (topic alias and subscription ids removed).
+    pub properties: Properties,
+    /// When the Message Expiry Interval runs out.
+    pub expires_at: Option<Instant>,
+    /// Client id of the publisher, for No Local. `None` for broker-made messages.
+    pub publisher: Option<ByteString>,
+}
+
+impl Message {
+    /// Builds a message from a PUBLISH whose topic alias has been resolved.
+    pub fn from_publish(publish: Publish, publisher: Option<ByteString>, now: Instant) -> Message {
+        let mut properties = publish.properties;
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        let expires_at = properties
+            .message_expiry_interval
+            .map(|secs| now + std::time::Duration::from_secs(u64::from(secs)));
+        Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            properties,
+            expires_at,
+            publisher,
+        }
+    }
+
+    /// True once the message expiry interval has passed.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Whole seconds of expiry left, rounded up, for the forwarded property.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        })
+    }
+}
+
+/// One message on its way to one subscriber.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The shared message.
+    pub msg: Arc<Message>,
+    /// QoS for this subscriber: min(published, granted).
+    pub qos: QoS,
+    /// RETAIN flag as this subscriber sees it.
+    pub retain: bool,
+    /// Identifiers of the subscriptions that matched (MQTT 5).
+    pub subscription_ids: Vec<u32>,
+}
+
+impl Delivery {
+    /// The PUBLISH to send for this delivery.
+    pub fn to_publish(&self, packet_id: u16, dup: bool, now: Instant) -> Publish {
+        let mut properties = self.msg.properties.clone();
+        properties
+            .subscription_identifiers
+            .clone_from(&self.subscription_ids);
+        properties.message_expiry_interval = self.msg.remaining_expiry(now);
+        Publish {
+            dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: self.msg.topic.clone(),
+            packet_id,
+            properties,
+            payload: self.msg.payload.clone(),
+        }
+    }
+}

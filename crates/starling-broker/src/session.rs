@@ -1,0 +1,236 @@
+//! A session: the state that outlives a connection. Its subscriptions, its queue
+//! of messages not yet sent, its in-flight QoS 1/2 messages in both directions,
+//! and the link to the connection attached to it, if any.
+//!
+//! Locking: `state` is a `parking_lot::Mutex`, held only for short, synchronous
+//! updates and never across an `.await`. Publishers take it to push a delivery;
+//! the attached connection takes it to drain the queue and record acks.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use starling_codec::{ByteString, QoS, SubscriptionOptions};
+use tokio::sync::{oneshot, Notify};
+
+use crate::config::OverflowPolicy;
+use crate::message::Delivery;
+
+/// Why a connection is told to close by someone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// Another connection took the client id over.
+    TakenOver,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+/// The attached connection, as the session sees it.
+#[derive(Debug)]
+pub struct Link {
+    /// Broker-wide id of the connection.
+    pub conn_id: u64,
+    /// Tells the connection to close.
+    pub kick: oneshot::Sender<Kick>,
+}
+
+/// A subscription as the session remembers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubEntry {
+    /// Options granted.
+    pub options: SubscriptionOptions,
+    /// MQTT 5 subscription identifier.
+    pub id: Option<u32>,
+}
+
+/// An outgoing QoS 1/2 message waiting for its acknowledgement.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    /// Packet identifier used.
+    pub packet_id: u16,
+    /// The delivery, kept for resending.
+    pub delivery: Delivery,
+    /// QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP.
+    pub released: bool,
+}
+
+/// Bounds of one session's queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Most messages.
+    pub max_messages: usize,
+    /// Most payload bytes.
+    pub max_bytes: usize,
+    /// What a full queue drops.
+    pub policy: OverflowPolicy,
+    /// Whether QoS 0 messages are queued while no connection is attached.
+    pub qos0_offline: bool,
+}
+
+/// The mutable part of a session.
+#[derive(Debug)]
+pub struct SessionState {
+    /// Messages not yet sent, oldest first.
+    pub queue: VecDeque<Delivery>,
+    /// Payload bytes in `queue`.
+    pub queued_bytes: usize,
+    /// Outgoing QoS 1/2 messages sent and not yet fully acknowledged, in send order.
+    pub inflight: VecDeque<Inflight>,
+    next_packet_id: u16,
+    /// Incoming QoS 2 packet ids for which PUBREC was sent and PUBREL is awaited.
+    pub incoming_qos2: HashSet<u16>,
+    /// Subscriptions by filter.
+    pub subscriptions: HashMap<ByteString, SubEntry>,
+    /// The connection attached now.
+    pub link: Option<Link>,
+    /// Session Expiry Interval in seconds; `u32::MAX` never expires.
+    pub expiry_interval: u32,
+    /// Counts attachments; timers compare it to know whether the session was resumed.
+    pub generation: u64,
+    /// Queue bounds.
+    pub limits: QueueLimits,
+    /// User name of the last connection, for read ACL checks at delivery.
+    pub username: Option<ByteString>,
+}
+
+/// A session, shared between the registry, the topic index and its connection.
+#[derive(Debug)]
+pub struct Session {
+    /// The client identifier.
+    pub client_id: ByteString,
+    /// Mutable state; see the module docs for the locking rule.
+    pub state: Mutex<SessionState>,
+    /// Wakes the attached connection when the queue gains a message.
+    pub notify: Notify,
+    /// Messages dropped because the queue was full, or too large for the client.
+    pub dropped: AtomicU64,
+}
+
+/// What happened to a delivery offered to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued.
+    Queued,
+    /// Queued after dropping the oldest message.
+    DroppedOldest,
+    /// Not queued.
+    Dropped,
+    /// Not queued: QoS 0 to an offline session is not kept.
+    Skipped,
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(client_id: ByteString, expiry_interval: u32, limits: QueueLimits) -> Session {
+        Session {
+            client_id,
+            state: Mutex::new(SessionState {
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                inflight: VecDeque::new(),
+                next_packet_id: 1,
+                incoming_qos2: HashSet::new(),
+                subscriptions: HashMap::new(),
+                link: None,
+                expiry_interval,
+                generation: 0,
+                limits,
+                username: None,
+            }),
+            notify: Notify::new(),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Offers a delivery to the session's queue, applying its bounds, and wakes
+    /// the attached connection.
+    pub fn enqueue(&self, delivery: Delivery) -> Enqueued {
+        let outcome = {
+            let mut st = self.state.lock();
+            st.push(delivery)
+        };
+        match outcome {
+            Enqueued::Queued => self.notify.notify_one(),
+            Enqueued::DroppedOldest => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.notify.notify_one();
+            }
+            Enqueued::Dropped => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Enqueued::Skipped => {}
+        }
+        outcome
+    }
+}
+
+impl SessionState {
+    fn push(&mut self, delivery: Delivery) -> Enqueued {
+        if delivery.qos == QoS::AtMostOnce && self.link.is_none() && !self.limits.qos0_offline {
+            return Enqueued::Skipped;
+        }
+        let size = delivery.msg.payload.len();
+        let full = self.queue.len() >= self.limits.max_messages
+            || self.queued_bytes + size > self.limits.max_bytes;
+        let mut outcome = Enqueued::Queued;
+        if full {
+            if delivery.qos == QoS::AtMostOnce || self.limits.policy == OverflowPolicy::DropNewest {
+                return Enqueued::Dropped;
+            }
+            // Drop the oldest until the new message fits.
+            while !self.queue.is_empty()
+                && (self.queue.len() >= self.limits.max_messages
+                    || self.queued_bytes + size > self.limits.max_bytes)
+            {
+                if let Some(old) = self.queue.pop_front() {
+                    self.queued_bytes -= old.msg.payload.len();
+                }
+            }
+            if size > self.limits.max_bytes {
+                return Enqueued::Dropped;
+            }
+            outcome = Enqueued::DroppedOldest;
+        }
+        self.queued_bytes += size;
+        self.queue.push_back(delivery);
+        outcome
+    }
+
+    /// Takes the next queued delivery.
+    pub fn pop(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.queued_bytes -= d.msg.payload.len();
+        Some(d)
+    }
+
+    /// Puts a delivery back at the front of the queue (it could not be sent yet).
+    pub fn unpop(&mut self, delivery: Delivery) {
+        self.queued_bytes += delivery.msg.payload.len();
+        self.queue.push_front(delivery);
+    }
+
+    /// A packet identifier not used by any in-flight outgoing message.
+    pub fn next_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1).max(1);
+            if !self.inflight.iter().any(|i| i.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Removes the in-flight message with this id, if any.
+    pub fn take_inflight(&mut self, packet_id: u16) -> Option<Inflight> {
+        let pos = self
+            .inflight
+            .iter()
+            .position(|i| i.packet_id == packet_id)?;
+        self.inflight.remove(pos)
+    }
+
+    /// Whether the attached connection is `conn_id`.
+    pub fn is_attached_to(&self, conn_id: u64) -> bool {
+        self.link.as_ref().is_some_and(|l| l.conn_id == conn_id)
+    }
+}

@@ -1,0 +1,370 @@
+//! The subscription index: a trie over topic levels.
+//!
+//! A lookup walks the levels of the topic and follows, at each node, the exact
+//! child, the `+` child and the `#` subscribers, so its cost depends on the depth
+//! of the topic and the branches that match, never on how many subscriptions
+//! exist. Shared subscriptions (`$share/group/filter`) hang off the node of
+//! their filter, one group per share name.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use starling_codec::SubscriptionOptions;
+
+use crate::session::Session;
+
+/// A subscriber at a node.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// The subscribing session.
+    pub session: Arc<Session>,
+    /// Options granted.
+    pub options: SubscriptionOptions,
+    /// MQTT 5 subscription identifier.
+    pub id: Option<u32>,
+}
+
+/// The members of one shared subscription group.
+#[derive(Debug, Default)]
+pub struct SharedGroup {
+    /// Members, in subscribe order.
+    pub members: Vec<Subscriber>,
+    /// Round-robin cursor.
+    pub next: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    plus: Option<Box<Node>>,
+    /// Subscribers whose filter ends here.
+    exact: Vec<Subscriber>,
+    /// Subscribers whose filter ends with `#` after this node.
+    hash: Vec<Subscriber>,
+    /// Shared groups whose filter ends here, by share name.
+    shared: HashMap<Box<str>, SharedGroup>,
+    /// Shared groups whose filter ends with `#` after this node.
+    shared_hash: HashMap<Box<str>, SharedGroup>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.exact.is_empty()
+            && self.hash.is_empty()
+            && self.shared.is_empty()
+            && self.shared_hash.is_empty()
+    }
+}
+
+/// Everything a topic matched.
+#[derive(Debug, Default)]
+pub struct Matches<'a> {
+    /// Ordinary subscribers (a session may appear more than once).
+    pub subscribers: Vec<&'a Subscriber>,
+    /// Shared groups, each of which delivers to one member.
+    pub groups: Vec<&'a SharedGroup>,
+}
+
+/// The subscription trie.
+#[derive(Debug, Default)]
+pub struct TopicTree {
+    root: Node,
+    count: usize,
+}
+
+fn same(a: &Subscriber, session: &Arc<Session>) -> bool {
+    Arc::ptr_eq(&a.session, session)
+}
+
+impl TopicTree {
+    /// Number of subscriptions (shared members included).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when there is no subscription.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Adds or replaces `session`'s subscription to a valid `filter`, in the group
+    /// `share` if it is a shared subscription. Returns true if it already existed.
+    pub fn subscribe(&mut self, share: Option<&str>, filter: &str, sub: Subscriber) -> bool {
+        let (node, hash) = self.node_mut(filter);
+        let list = match (share, hash) {
+            (None, false) => &mut node.exact,
+            (None, true) => &mut node.hash,
+            (Some(group), false) => &mut node.shared.entry(group.into()).or_default().members,
+            (Some(group), true) => &mut node.shared_hash.entry(group.into()).or_default().members,
+        };
+        if let Some(existing) = list.iter_mut().find(|s| same(s, &sub.session)) {
+            *existing = sub;
+            true
+        } else {
+            list.push(sub);
+            self.count += 1;
+            false
+        }
+    }
+
+    /// Removes `session`'s subscription to `filter`. Returns true if it existed.
+    pub fn unsubscribe(
+        &mut self,
+        share: Option<&str>,
+        filter: &str,
+        session: &Arc<Session>,
+    ) -> bool {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let removed = Self::remove(&mut self.root, &levels, share, session);
+        if removed {
+            self.count -= 1;
+        }
+        removed
+    }
+
+    fn remove(
+        node: &mut Node,
+        levels: &[&str],
+        share: Option<&str>,
+        session: &Arc<Session>,
+    ) -> bool {
+        let take = |list: &mut Vec<Subscriber>| {
+            let before = list.len();
+            list.retain(|s| !same(s, session));
+            before != list.len()
+        };
+        let take_shared = |groups: &mut HashMap<Box<str>, SharedGroup>, group: &str| {
+            let Some(g) = groups.get_mut(group) else {
+                return false;
+            };
+            let removed = take(&mut g.members);
+            if g.members.is_empty() {
+                groups.remove(group);
+            }
+            removed
+        };
+        match levels {
+            [] => match share {
+                None => take(&mut node.exact),
+                Some(g) => take_shared(&mut node.shared, g),
+            },
+            ["#"] => match share {
+                None => take(&mut node.hash),
+                Some(g) => take_shared(&mut node.shared_hash, g),
+            },
+            [first, rest @ ..] => {
+                let removed;
+                if *first == "+" {
+                    let Some(child) = node.plus.as_mut() else {
+                        return false;
+                    };
+                    removed = Self::remove(child, rest, share, session);
+                    if child.is_empty() {
+                        node.plus = None;
+                    }
+                } else {
+                    let Some(child) = node.children.get_mut(*first) else {
+                        return false;
+                    };
+                    removed = Self::remove(child, rest, share, session);
+                    if child.is_empty() {
+                        node.children.remove(*first);
+                    }
+                }
+                removed
+            }
+        }
+    }
+
+    /// The node a filter ends at, and whether it ends with `#`.
+    fn node_mut(&mut self, filter: &str) -> (&mut Node, bool) {
+        let mut node = &mut self.root;
+        let mut levels = filter.split('/').peekable();
+        while let Some(level) = levels.next() {
+            if level == "#" && levels.peek().is_none() {
+                return (node, true);
+            }
+            node = if level == "+" {
+                node.plus.get_or_insert_with(Default::default)
+            } else {
+                node.children.entry(level.into()).or_default()
+            };
+        }
+        (node, false)
+    }
+
+    /// Collects everything that matches `topic`.
+    pub fn matches<'a>(&'a self, topic: &str, out: &mut Matches<'a>) {
+        let levels: Vec<&str> = topic.split('/').collect();
+        // [MQTT-4.7.2-1]: wildcards at the first level do not match `$` topics.
+        let dollar = topic.starts_with('$');
+        Self::walk(&self.root, &levels, dollar, out);
+    }
+
+    fn walk<'a>(node: &'a Node, levels: &[&str], skip_wild: bool, out: &mut Matches<'a>) {
+        if !skip_wild {
+            out.subscribers.extend(node.hash.iter());
+            out.groups.extend(node.shared_hash.values());
+        }
+        match levels.split_first() {
+            None => {
+                out.subscribers.extend(node.exact.iter());
+                out.groups.extend(node.shared.values());
+            }
+            Some((level, rest)) => {
+                if let Some(child) = node.children.get(*level) {
+                    Self::walk(child, rest, false, out);
+                }
+                if !skip_wild {
+                    if let Some(child) = &node.plus {
+                        Self::walk(child, rest, false, out);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl SharedGroup {
+    /// Picks the member that gets the next message: round robin (or a fixed
+    /// `seed`), preferring members with a connection attached.
+    pub fn pick(&self, seed: Option<usize>) -> Option<&Subscriber> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = seed.unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed)) % n;
+        (0..n)
+            .map(|i| &self.members[(start + i) % n])
+            .find(|m| m.session.state.lock().link.is_some())
+            .or(Some(&self.members[start]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OverflowPolicy;
+    use crate::session::QueueLimits;
+
+    fn session(id: &str) -> Arc<Session> {
+        let limits = QueueLimits {
+            max_messages: 10,
+            max_bytes: 1000,
+            policy: OverflowPolicy::DropOldest,
+            qos0_offline: false,
+        };
+        Arc::new(Session::new(id.into(), 0, limits))
+    }
+
+    fn sub(s: &Arc<Session>) -> Subscriber {
+        Subscriber {
+            session: s.clone(),
+            options: SubscriptionOptions::default(),
+            id: None,
+        }
+    }
+
+    fn matched(tree: &TopicTree, topic: &str) -> Vec<String> {
+        let mut m = Matches::default();
+        tree.matches(topic, &mut m);
+        let mut ids: Vec<String> = m
+            .subscribers
+            .iter()
+            .map(|s| s.session.client_id.to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn table() {
+        // (filter, topic, matches)
+        let cases: &[(&str, &str, bool)] = &[
+            ("a/b", "a/b", true),
+            ("a/b", "a/c", false),
+            ("a/+", "a/b", true),
+            ("a/+", "a", false),
+            ("a/+", "a/b/c", false),
+            ("a/#", "a", true),
+            ("a/#", "a/b", true),
+            ("a/#", "a/b/c", true),
+            ("a/#", "b", false),
+            ("#", "a", true),
+            ("#", "a/b/c", true),
+            ("#", "/", true),
+            ("+/+", "a/b", true),
+            ("+/+", "/b", true),
+            ("+/+", "a", false),
+            ("+", "", true),
+            ("/+", "/a", true),
+            ("a//b", "a//b", true),
+            ("a/+/b", "a//b", true),
+            ("a/+/#", "a/x", true),
+            ("#", "$SYS/uptime", false),
+            ("+/uptime", "$SYS/uptime", false),
+            ("$SYS/#", "$SYS/uptime", true),
+            ("$SYS/+", "$SYS/uptime", true),
+            ("a/b/c", "a/b", false),
+        ];
+        for (filter, topic, expect) in cases {
+            let mut tree = TopicTree::default();
+            let s = session("c");
+            tree.subscribe(None, filter, sub(&s));
+            assert_eq!(
+                !matched(&tree, topic).is_empty(),
+                *expect,
+                "{filter:?} vs {topic:?}"
+            );
+            assert!(tree.unsubscribe(None, filter, &s), "{filter}");
+            assert!(tree.root.is_empty(), "{filter} leaves no nodes");
+        }
+    }
+
+    #[test]
+    fn overlapping_and_replace() {
+        let mut tree = TopicTree::default();
+        let a = session("a");
+        let b = session("b");
+        assert!(!tree.subscribe(None, "x/+", sub(&a)));
+        assert!(!tree.subscribe(None, "x/#", sub(&a)));
+        assert!(tree.subscribe(None, "x/#", sub(&a)));
+        tree.subscribe(None, "x/y", sub(&b));
+        assert_eq!(matched(&tree, "x/y"), ["a", "a", "b"]);
+        assert_eq!(tree.len(), 3);
+        assert!(tree.unsubscribe(None, "x/+", &a));
+        assert!(!tree.unsubscribe(None, "x/+", &a));
+        assert_eq!(matched(&tree, "x/y"), ["a", "b"]);
+    }
+
+    #[test]
+    fn shared_groups_round_robin() {
+        let mut tree = TopicTree::default();
+        let a = session("a");
+        let b = session("b");
+        tree.subscribe(Some("g"), "s/+", sub(&a));
+        tree.subscribe(Some("g"), "s/+", sub(&b));
+        let mut picks = Vec::new();
+        for _ in 0..4 {
+            let mut m = Matches::default();
+            tree.matches("s/1", &mut m);
+            assert!(m.subscribers.is_empty());
+            assert_eq!(m.groups.len(), 1);
+            picks.push(
+                m.groups[0]
+                    .pick(None)
+                    .unwrap()
+                    .session
+                    .client_id
+                    .to_string(),
+            );
+        }
+        assert_eq!(picks, ["a", "b", "a", "b"]);
+        assert!(tree.unsubscribe(Some("g"), "s/+", &a));
+        assert!(tree.unsubscribe(Some("g"), "s/+", &b));
+        assert!(tree.root.is_empty());
+    }
+}
