@@ -184,6 +184,9 @@ impl SubAck {
     }
 
     pub(crate) fn body_len(&self, v: ProtocolVersion) -> Result<usize, EncodeError> {
+        if self.packet_id == 0 {
+            return Err(EncodeError::InvalidValue("packet identifier 0"));
+        }
         let mut len = 2 + self.reason_codes.len();
         if v.is_v5() {
             len += props_len(&self.properties, PropertyContext::SubAck)?.1;
@@ -300,6 +303,9 @@ impl UnsubAck {
     }
 
     pub(crate) fn body_len(&self, v: ProtocolVersion) -> Result<usize, EncodeError> {
+        if self.packet_id == 0 {
+            return Err(EncodeError::InvalidValue("packet identifier 0"));
+        }
         if !v.is_v5() {
             return Ok(2);
         }
