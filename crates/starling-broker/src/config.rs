@@ -89,7 +89,7 @@ impl Default for Config {
             max_keepalive: 65535,
             connect_timeout: 10,
             max_connections: 0,
-            max_packet_size: 268_435_460,
+            max_packet_size: 1024 * 1024,
             receive_maximum: 65535,
             topic_alias_maximum: 65535,
             max_queued_messages: 1000,

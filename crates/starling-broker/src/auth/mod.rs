@@ -39,6 +39,12 @@ pub enum AuthDecision {
 pub trait Authenticator: Send + Sync + 'static {
     /// Checks a client's credentials.
     fn authenticate(&self, credentials: &Credentials<'_>) -> AuthDecision;
+
+    /// Whether [`Authenticator::authenticate`] may be slow for these credentials
+    /// and so must run on a blocking thread. Defaults to `true`.
+    fn is_slow(&self, _credentials: &Credentials<'_>) -> bool {
+        true
+    }
 }
 
 /// Errors loading the password or ACL file. One line, naming the file and line.
@@ -89,5 +95,9 @@ impl Authenticator for FileAuthenticator {
             (Some(_), None) if self.allow_anonymous => AuthDecision::Allow,
             (Some(_), None) => AuthDecision::BadCredentials,
         }
+    }
+
+    fn is_slow(&self, c: &Credentials<'_>) -> bool {
+        c.username.is_some() && self.passwords.is_some()
     }
 }

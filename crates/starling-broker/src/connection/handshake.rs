@@ -125,21 +125,33 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         }
         // Authentication runs on a blocking thread: password hashing is slow on purpose.
         let authenticator = self.broker.authenticator.read().clone();
-        let decision = {
-            let client_id = connect.client_id.to_string();
-            let username = connect.username.as_ref().map(|u| u.to_string());
-            let password = connect.password.clone();
-            let peer = self.peer;
-            tokio::task::spawn_blocking(move || {
-                authenticator.authenticate(&Credentials {
-                    client_id: &client_id,
-                    username: username.as_deref(),
-                    password: password.as_deref(),
-                    peer,
+        let quick = {
+            let credentials = Credentials {
+                client_id: &connect.client_id,
+                username: connect.username.as_deref(),
+                password: connect.password.as_deref(),
+                peer: self.peer,
+            };
+            (!authenticator.is_slow(&credentials)).then(|| authenticator.authenticate(&credentials))
+        };
+        let decision = match quick {
+            Some(decision) => decision,
+            None => {
+                let client_id = connect.client_id.to_string();
+                let username = connect.username.as_ref().map(|u| u.to_string());
+                let password = connect.password.clone();
+                let peer = self.peer;
+                tokio::task::spawn_blocking(move || {
+                    authenticator.authenticate(&Credentials {
+                        client_id: &client_id,
+                        username: username.as_deref(),
+                        password: password.as_deref(),
+                        peer,
+                    })
                 })
-            })
-            .await
-            .unwrap_or(AuthDecision::NotAuthorized)
+                .await
+                .unwrap_or(AuthDecision::NotAuthorized)
+            }
         };
         match decision {
             AuthDecision::Allow => {}

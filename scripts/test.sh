@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need (apt and pip packages for
+# the interoperability tests), then checks formatting and lints, and runs every
+# test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+for script in scripts/install-test-deps.d/*.sh; do
+    echo "==> $script"
+    bash "$script"
+done
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+    cargo test --workspace --doc --locked
+else
+    cargo test --workspace --locked --no-fail-fast
+fi
