@@ -1,0 +1,650 @@
+//! The client against a real Mosquitto broker, started on a free port per test.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::Mosquitto;
+use starling_client::{
+    Client, ClientError, ConnectCode, ConnectError, ConnectOptions, ConnectReturnCode,
+    ConnectionStatus, LastWill, Message, Properties, ProtocolVersion, QoS, ReasonCode,
+    ReconnectOptions, SubscriptionOptions,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn opts(m: &Mosquitto, version: ProtocolVersion, id: &str) -> ConnectOptions {
+    let mut o = ConnectOptions::from_url(&m.url()).expect("url");
+    o.version = version;
+    o.client_id = id.to_owned();
+    o
+}
+
+async fn connect(m: &Mosquitto, version: ProtocolVersion, id: &str) -> Client {
+    Client::connect(opts(m, version, id))
+        .await
+        .expect("connect")
+        .0
+}
+
+async fn recv(c: &Client) -> Message {
+    tokio::time::timeout(WAIT, c.recv())
+        .await
+        .expect("timed out waiting for a message")
+        .expect("client closed")
+}
+
+async fn wait_status(c: &Client, f: impl FnMut(&ConnectionStatus) -> bool) {
+    let mut rx = c.status();
+    tokio::time::timeout(WAIT, rx.wait_for(f))
+        .await
+        .expect("timed out waiting for the status")
+        .expect("status channel closed");
+}
+
+const VERSIONS: [ProtocolVersion; 3] = [
+    ProtocolVersion::V3_1,
+    ProtocolVersion::V3_1_1,
+    ProtocolVersion::V5,
+];
+
+#[tokio::test]
+async fn connects_with_each_version() {
+    let m = Mosquitto::start();
+    for v in VERSIONS {
+        let (c, ack) = Client::connect(opts(&m, v, &format!("ver-{v}")))
+            .await
+            .unwrap_or_else(|e| panic!("{v}: {e}"));
+        assert!(!ack.session_present);
+        assert!(ack.code.is_success());
+        assert_eq!(ack.version, v);
+        assert_eq!(ack.client_id, format!("ver-{v}"));
+        match v {
+            ProtocolVersion::V5 => {
+                assert_eq!(ack.code, ConnectCode::V5(ReasonCode::SUCCESS))
+            }
+            _ => assert_eq!(ack.code, ConnectCode::V3(ConnectReturnCode::Accepted)),
+        }
+        c.disconnect().await.unwrap();
+        // After DISCONNECT, operations fail with a typed error and recv ends.
+        assert!(matches!(
+            c.publish("a", "b", QoS::AtMostOnce, false).await,
+            Err(ClientError::Closed(_))
+        ));
+        assert!(c.recv().await.is_none());
+    }
+}
+
+#[tokio::test]
+async fn v5_empty_client_id_gets_an_assigned_one() {
+    let m = Mosquitto::start();
+    let (c, ack) = Client::connect(opts(&m, ProtocolVersion::V5, ""))
+        .await
+        .unwrap();
+    let assigned = ack.assigned_client_id.expect("assigned id");
+    assert!(!assigned.is_empty());
+    assert_eq!(ack.client_id, assigned);
+    c.disconnect().await.unwrap();
+}
+
+#[tokio::test]
+async fn v311_empty_client_id_with_clean_session() {
+    let m = Mosquitto::start();
+    let (c, ack) = Client::connect(opts(&m, ProtocolVersion::V3_1_1, ""))
+        .await
+        .unwrap();
+    assert_eq!(ack.assigned_client_id, None);
+    c.disconnect().await.unwrap();
+}
+
+#[tokio::test]
+async fn connects_with_every_option() {
+    let m = Mosquitto::start_with_password("alice", "s3cret");
+    for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let mut o = opts(&m, v, &format!("every-{v}"));
+        o.clean_start = false;
+        o.session_expiry = Some(60);
+        o.username = Some("alice".into());
+        o.password = Some(Bytes::from_static(b"s3cret"));
+        let mut will = LastWill::new("wills/every", "gone");
+        will.qos = QoS::AtLeastOnce;
+        will.retain = false;
+        will.properties.will_delay_interval = Some(0);
+        will.properties.content_type = Some("text/plain".into());
+        will.properties.user_properties = vec![("k".into(), "v".into())];
+        o.will = Some(will);
+        o.keep_alive = Duration::from_secs(30);
+        o.connect_timeout = Duration::from_secs(5);
+        o.receive_maximum = Some(10);
+        o.maximum_packet_size = Some(64 * 1024);
+        o.topic_alias_maximum = Some(5);
+        o.user_properties = vec![("app".into(), "starling-test".into())];
+        let (c, ack) = Client::connect(o)
+            .await
+            .unwrap_or_else(|e| panic!("{v}: {e}"));
+        assert!(ack.code.is_success());
+        if v.is_v5() {
+            // Mosquitto announces its limits in CONNACK.
+            assert!(ack.limits.receive_maximum > 0);
+        }
+        // The session survives: a second connection finds it.
+        c.disconnect().await.unwrap();
+        let mut o = opts(&m, v, &format!("every-{v}"));
+        o.clean_start = false;
+        o.session_expiry = Some(60);
+        o.username = Some("alice".into());
+        o.password = Some(Bytes::from_static(b"s3cret"));
+        let (c, ack) = Client::connect(o).await.unwrap();
+        assert!(ack.session_present, "{v}: session present");
+        c.disconnect().await.unwrap();
+    }
+}
+
+async fn refusal(o: ConnectOptions) -> (ConnectCode, String) {
+    match Client::connect(o).await {
+        Err(ConnectError::Refused(r)) => {
+            let text = ConnectError::Refused(r.clone()).to_string();
+            (r.code, text)
+        }
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("expected a refusal, got a connection"),
+    }
+}
+
+#[tokio::test]
+async fn refusals_name_their_reason() {
+    let m = Mosquitto::start_with_password("alice", "s3cret");
+    // Bad password.
+    for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let mut o = opts(&m, v, "bad-pass");
+        o.username = Some("alice".into());
+        o.password = Some(Bytes::from_static(b"wrong"));
+        let (code, text) = refusal(o).await;
+        assert!(text.starts_with("connection refused: "), "{text}");
+        match v {
+            ProtocolVersion::V5 => {
+                // Mosquitto 2.0 answers a wrong password with "not authorized".
+                assert!(
+                    matches!(
+                        code,
+                        ConnectCode::V5(
+                            ReasonCode::BAD_USER_NAME_OR_PASSWORD | ReasonCode::NOT_AUTHORIZED
+                        )
+                    ),
+                    "{code:?}"
+                );
+                assert!(text.contains(code.reason_code().name().unwrap()), "{text}");
+            }
+            _ => {
+                assert!(
+                    matches!(
+                        code,
+                        ConnectCode::V3(
+                            ConnectReturnCode::BadUserNameOrPassword
+                                | ConnectReturnCode::NotAuthorized
+                        )
+                    ),
+                    "{code:?}"
+                );
+                assert!(text.contains(&code.to_string()), "{text}");
+            }
+        }
+    }
+    // No credentials at all.
+    for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let (code, text) = refusal(opts(&m, v, "anon")).await;
+        match v {
+            ProtocolVersion::V5 => assert_eq!(code, ConnectCode::V5(ReasonCode::NOT_AUTHORIZED)),
+            _ => assert_eq!(code, ConnectCode::V3(ConnectReturnCode::NotAuthorized)),
+        }
+        assert!(text.contains("not authorized"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn refusal_identifier_rejected() {
+    let m = Mosquitto::start();
+    // 3.1 has no empty client ids; 3.1.1 allows one only with a clean session ([MQTT-3.1.3-8]).
+    for (v, clean) in [
+        (ProtocolVersion::V3_1, true),
+        (ProtocolVersion::V3_1_1, false),
+    ] {
+        let mut o = opts(&m, v, "");
+        o.clean_start = clean;
+        let (code, text) = refusal(o).await;
+        assert_eq!(code, ConnectCode::V3(ConnectReturnCode::IdentifierRejected));
+        assert_eq!(
+            text,
+            "connection refused: identifier rejected (return code 2)"
+        );
+    }
+    // 5.0: a server that assigns no identifiers.
+    let m = Mosquitto::start_with(
+        "allow_anonymous true\nallow_zero_length_clientid false\n",
+        |_| {},
+    );
+    // Mosquitto 2.0.11 answers with "unspecified error" here; 0x85 is what the spec suggests.
+    let (code, text) = refusal(opts(&m, ProtocolVersion::V5, "")).await;
+    assert!(
+        matches!(
+            code,
+            ConnectCode::V5(
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID | ReasonCode::UNSPECIFIED_ERROR
+            )
+        ),
+        "{code:?}"
+    );
+    assert!(text.contains(code.reason_code().name().unwrap()), "{text}");
+}
+
+async fn round_trip(v: ProtocolVersion, qos: QoS) {
+    let m = Mosquitto::start();
+    let sub = connect(&m, v, &format!("sub-{v}-{qos:?}")).await;
+    let publ = connect(&m, v, &format!("pub-{v}-{qos:?}")).await;
+    let granted = sub.subscribe("rt/+", qos).await.unwrap();
+    assert_eq!(granted, ReasonCode(qos as u8), "{v} {qos:?}");
+    let code = publ.publish("rt/one", "hello", qos, false).await.unwrap();
+    assert!(!code.is_error());
+    let msg = recv(&sub).await;
+    assert_eq!(&*msg.topic, "rt/one");
+    assert_eq!(&msg.payload[..], b"hello");
+    assert_eq!(msg.qos, qos);
+    assert!(!msg.retain);
+    // Several in a row keep their order.
+    for i in 0..20 {
+        publ.publish("rt/seq", format!("{i}"), qos, false)
+            .await
+            .unwrap();
+    }
+    for i in 0..20 {
+        let msg = recv(&sub).await;
+        assert_eq!(msg.payload, Bytes::from(format!("{i}")));
+    }
+    publ.disconnect().await.unwrap();
+    sub.disconnect().await.unwrap();
+}
+
+#[tokio::test]
+async fn qos0_round_trip_v311() {
+    round_trip(ProtocolVersion::V3_1_1, QoS::AtMostOnce).await;
+}
+
+#[tokio::test]
+async fn qos1_round_trip_v311() {
+    round_trip(ProtocolVersion::V3_1_1, QoS::AtLeastOnce).await;
+}
+
+#[tokio::test]
+async fn qos2_round_trip_v311() {
+    round_trip(ProtocolVersion::V3_1_1, QoS::ExactlyOnce).await;
+}
+
+#[tokio::test]
+async fn qos0_round_trip_v5() {
+    round_trip(ProtocolVersion::V5, QoS::AtMostOnce).await;
+}
+
+#[tokio::test]
+async fn qos1_round_trip_v5() {
+    round_trip(ProtocolVersion::V5, QoS::AtLeastOnce).await;
+}
+
+#[tokio::test]
+async fn qos2_round_trip_v5() {
+    round_trip(ProtocolVersion::V5, QoS::ExactlyOnce).await;
+}
+
+#[tokio::test]
+async fn qos2_round_trip_v31() {
+    round_trip(ProtocolVersion::V3_1, QoS::ExactlyOnce).await;
+}
+
+#[tokio::test]
+async fn retained_messages_and_properties_v5() {
+    let m = Mosquitto::start();
+    let publ = connect(&m, ProtocolVersion::V5, "ret-pub").await;
+    let props = Properties {
+        content_type: Some("application/json".into()),
+        user_properties: vec![("a".into(), "1".into())],
+        ..Properties::default()
+    };
+    publ.publish_with_properties("ret/x", "{}", QoS::AtLeastOnce, true, props)
+        .await
+        .unwrap();
+    let sub = connect(&m, ProtocolVersion::V5, "ret-sub").await;
+    let codes = sub
+        .subscribe_many(
+            [(
+                "ret/#",
+                SubscriptionOptions {
+                    qos: QoS::AtLeastOnce,
+                    ..Default::default()
+                },
+            )],
+            Properties {
+                subscription_identifiers: vec![7],
+                ..Properties::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(codes, vec![ReasonCode::GRANTED_QOS_1]);
+    let msg = recv(&sub).await;
+    assert!(msg.retain);
+    assert_eq!(
+        msg.properties.content_type.as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(msg.properties.subscription_identifiers, vec![7]);
+    assert_eq!(msg.properties.user_properties.len(), 1);
+    let codes = sub
+        .unsubscribe(["ret/#", "never/subscribed"])
+        .await
+        .unwrap();
+    assert_eq!(
+        codes,
+        vec![ReasonCode::SUCCESS, ReasonCode::NO_SUBSCRIPTION_EXISTED]
+    );
+    // Clear the retained message.
+    publ.publish("ret/x", "", QoS::AtLeastOnce, true)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn invalid_topics_fail_locally() {
+    let m = Mosquitto::start();
+    let c = connect(&m, ProtocolVersion::V5, "invalid").await;
+    assert!(matches!(
+        c.publish("a/+", "x", QoS::AtMostOnce, false).await,
+        Err(ClientError::InvalidTopic(_))
+    ));
+    assert!(matches!(
+        c.subscribe("a/#/b", QoS::AtMostOnce).await,
+        Err(ClientError::InvalidTopic(_))
+    ));
+    // The connection is still fine.
+    c.publish("a/b", "x", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn will_fires_on_abrupt_drop() {
+    let m = Mosquitto::start();
+    for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let watcher = connect(&m, v, &format!("will-watch-{v}")).await;
+        watcher.subscribe("will/#", QoS::AtLeastOnce).await.unwrap();
+        let mut o = opts(&m, v, &format!("will-owner-{v}"));
+        let mut will = LastWill::new(format!("will/{v}"), "owner died");
+        will.qos = QoS::AtLeastOnce;
+        o.will = Some(will);
+        let (owner, _) = Client::connect(o).await.unwrap();
+        owner.drop_connection().await.unwrap();
+        let msg = recv(&watcher).await;
+        assert_eq!(&*msg.topic, format!("will/{v}"));
+        assert_eq!(&msg.payload[..], b"owner died");
+        // The owner is closed (no reconnect configured).
+        assert!(owner.recv().await.is_none());
+        watcher.disconnect().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn will_not_sent_on_clean_disconnect() {
+    let m = Mosquitto::start();
+    let watcher = connect(&m, ProtocolVersion::V5, "nowill-watch").await;
+    watcher
+        .subscribe("nowill/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut o = opts(&m, ProtocolVersion::V5, "nowill-owner");
+    o.will = Some(LastWill::new("nowill/w", "should not appear"));
+    let (owner, _) = Client::connect(o).await.unwrap();
+    owner.disconnect().await.unwrap();
+    // A marker published after the disconnect arrives first: no will came before it.
+    let marker = connect(&m, ProtocolVersion::V5, "nowill-marker").await;
+    marker
+        .publish("nowill/marker", "m", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let msg = recv(&watcher).await;
+    assert_eq!(&*msg.topic, "nowill/marker");
+}
+
+#[tokio::test]
+async fn offline_messages_wait_in_a_persistent_session() {
+    let m = Mosquitto::start();
+    for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let id = format!("persist-{v}");
+        let mut o = opts(&m, v, &id);
+        o.clean_start = false;
+        o.session_expiry = Some(300);
+        let (c, _) = Client::connect(o.clone()).await.unwrap();
+        c.subscribe("persist/t", QoS::AtLeastOnce).await.unwrap();
+        c.disconnect().await.unwrap();
+        let publ = connect(&m, v, &format!("persist-pub-{v}")).await;
+        publ.publish("persist/t", "while away", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        let (c, ack) = Client::connect(o).await.unwrap();
+        assert!(ack.session_present);
+        let msg = recv(&c).await;
+        assert_eq!(&msg.payload[..], b"while away");
+        c.disconnect().await.unwrap();
+    }
+}
+
+fn reconnecting(o: &mut ConnectOptions) {
+    o.reconnect = Some(ReconnectOptions {
+        initial_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+        max_attempts: Some(50),
+    });
+}
+
+#[tokio::test]
+async fn reconnect_resumes_the_session() {
+    let m = Mosquitto::start();
+    let mut o = opts(&m, ProtocolVersion::V5, "resume");
+    o.clean_start = false;
+    o.session_expiry = Some(300);
+    reconnecting(&mut o);
+    let (c, _) = Client::connect(o).await.unwrap();
+    c.subscribe("resume/t", QoS::AtLeastOnce).await.unwrap();
+    c.drop_connection().await.unwrap();
+    wait_status(&c, |s| {
+        matches!(
+            s,
+            ConnectionStatus::Connected {
+                connects: 2,
+                session_present: true
+            }
+        )
+    })
+    .await;
+    let publ = connect(&m, ProtocolVersion::V5, "resume-pub").await;
+    publ.publish("resume/t", "after", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(&recv(&c).await.payload[..], b"after");
+    // Publishing through the reconnected client works too.
+    c.publish("resume/t", "own", QoS::ExactlyOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(&recv(&c).await.payload[..], b"own");
+    c.disconnect().await.unwrap();
+}
+
+#[tokio::test]
+async fn reconnect_without_session_resubscribes() {
+    let m = Mosquitto::start();
+    let mut o = opts(&m, ProtocolVersion::V3_1_1, "resub");
+    reconnecting(&mut o);
+    let (c, _) = Client::connect(o).await.unwrap();
+    c.subscribe("resub/t", QoS::AtLeastOnce).await.unwrap();
+    c.drop_connection().await.unwrap();
+    wait_status(&c, |s| {
+        matches!(
+            s,
+            ConnectionStatus::Connected {
+                connects: 2,
+                session_present: false
+            }
+        )
+    })
+    .await;
+    // The restoring SUBSCRIBE is in flight; publish from a second client until it lands.
+    let publ = connect(&m, ProtocolVersion::V3_1_1, "resub-pub").await;
+    let got = tokio::time::timeout(WAIT, async {
+        loop {
+            publ.publish("resub/t", "again", QoS::AtLeastOnce, false)
+                .await
+                .unwrap();
+            if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(200), c.recv()).await
+            {
+                return msg;
+            }
+        }
+    })
+    .await
+    .expect("resubscribed");
+    assert_eq!(&got.payload[..], b"again");
+    c.disconnect().await.unwrap();
+}
+
+#[tokio::test]
+async fn slow_reader_loses_nothing() {
+    let m = Mosquitto::start();
+    let mut o = opts(&m, ProtocolVersion::V5, "slow");
+    o.message_capacity = 4;
+    let (sub, _) = Client::connect(o).await.unwrap();
+    sub.subscribe("slow/t", QoS::AtLeastOnce).await.unwrap();
+    let publ = connect(&m, ProtocolVersion::V5, "slow-pub").await;
+    const N: usize = 300;
+    for i in 0..N {
+        publ.publish("slow/t", format!("{i}"), QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+    // Only now does the subscriber read: everything is there, in order.
+    for i in 0..N {
+        let msg = recv(&sub).await;
+        assert_eq!(msg.payload, Bytes::from(format!("{i}")));
+    }
+}
+
+#[tokio::test]
+async fn many_publishes_in_flight_at_once() {
+    let m = Mosquitto::start();
+    let c = connect(&m, ProtocolVersion::V5, "burst").await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let c = c.clone();
+        let qos = if i % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
+        tasks.push(tokio::spawn(async move {
+            c.publish(format!("burst/{i}"), "x", qos, false).await
+        }));
+    }
+    for t in tasks {
+        assert!(!t.await.unwrap().unwrap().is_error());
+    }
+    c.disconnect().await.unwrap();
+}
+
+/// A WebSocket front for mosquitto's TCP listener (Debian's mosquitto cannot
+/// open a websockets listener): accepts `ws://` with subprotocol `mqtt` and
+/// relays binary frames. Returns the port it listens on.
+#[allow(clippy::collapsible_match)]
+async fn websocket_bridge(tcp_port: u16) -> u16 {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::{handshake::server, Message as WsMessage};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                #[allow(clippy::result_large_err)] // tungstenite's callback signature
+                let callback = |req: &server::Request, mut resp: server::Response| {
+                    let proto = req.headers().get("Sec-WebSocket-Protocol").cloned();
+                    assert_eq!(proto.as_ref().and_then(|p| p.to_str().ok()), Some("mqtt"));
+                    resp.headers_mut()
+                        .insert("Sec-WebSocket-Protocol", proto.unwrap());
+                    Ok(resp)
+                };
+                let ws = tokio_tungstenite::accept_hdr_async(stream, callback)
+                    .await
+                    .expect("ws handshake");
+                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tcp_port))
+                    .await
+                    .expect("mosquitto");
+                let (mut tcp_rd, mut tcp_wr) = tcp.into_split();
+                let (mut ws_tx, mut ws_rx) = ws.split();
+                let up = async move {
+                    while let Some(Ok(msg)) = ws_rx.next().await {
+                        match msg {
+                            WsMessage::Binary(data) => {
+                                if tcp_wr.write_all(&data).await.is_err() {
+                                    break;
+                                }
+                            }
+                            WsMessage::Close(_) => break,
+                            WsMessage::Text(_) => {
+                                panic!("MQTT over WebSocket must use binary frames")
+                            }
+                            _ => {}
+                        }
+                    }
+                    let _ = tcp_wr.shutdown().await;
+                };
+                let down = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        match tcp_rd.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                let data = Bytes::copy_from_slice(&buf[..n]);
+                                if ws_tx.send(WsMessage::Binary(data)).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = ws_tx.close().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn websocket_round_trip() {
+    let m = Mosquitto::start();
+    let ws_port = websocket_bridge(m.port).await;
+    for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let url = format!("ws://127.0.0.1:{ws_port}/mqtt");
+        let mut o = ConnectOptions::from_url(&url).unwrap();
+        o.version = v;
+        o.client_id = format!("ws-{v}");
+        let (c, ack) = Client::connect(o)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", m.log()));
+        assert!(ack.code.is_success());
+        c.subscribe("ws/t", QoS::ExactlyOnce).await.unwrap();
+        c.publish("ws/t", "over websocket", QoS::ExactlyOnce, false)
+            .await
+            .unwrap();
+        let msg = recv(&c).await;
+        assert_eq!(&msg.payload[..], b"over websocket");
+        c.disconnect().await.unwrap();
+    }
+}
