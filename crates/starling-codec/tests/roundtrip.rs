@@ -330,16 +330,16 @@ fn publish(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
 
 #[derive(Debug, Clone, Copy)]
 enum AckKind {
-    PubAck,
-    PubRec,
-    PubRel,
-    PubComp,
+    Ack,
+    Rec,
+    Rel,
+    Comp,
 }
 
 fn ack(v: ProtocolVersion, kind: AckKind) -> impl Strategy<Value = Packet> {
     let codes = match kind {
-        AckKind::PubAck | AckKind::PubRec => PUBACK_CODES,
-        AckKind::PubRel | AckKind::PubComp => PUBREL_CODES,
+        AckKind::Ack | AckKind::Rec => PUBACK_CODES,
+        AckKind::Rel | AckKind::Comp => PUBREL_CODES,
     };
     let codes = if v.is_v5() { codes } else { SUCCESS_ONLY };
     (
@@ -354,10 +354,10 @@ fn ack(v: ProtocolVersion, kind: AckKind) -> impl Strategy<Value = Packet> {
                 properties,
             };
             match kind {
-                AckKind::PubAck => Packet::PubAck(ack),
-                AckKind::PubRec => Packet::PubRec(ack),
-                AckKind::PubRel => Packet::PubRel(ack),
-                AckKind::PubComp => Packet::PubComp(ack),
+                AckKind::Ack => Packet::PubAck(ack),
+                AckKind::Rec => Packet::PubRec(ack),
+                AckKind::Rel => Packet::PubRel(ack),
+                AckKind::Comp => Packet::PubComp(ack),
             }
         })
 }
@@ -496,10 +496,10 @@ fn any_packet_after_connect(v: ProtocolVersion) -> BoxedStrategy<Packet> {
     let mut all = vec![
         connack(v).boxed(),
         publish(v).boxed(),
-        ack(v, AckKind::PubAck).boxed(),
-        ack(v, AckKind::PubRec).boxed(),
-        ack(v, AckKind::PubRel).boxed(),
-        ack(v, AckKind::PubComp).boxed(),
+        ack(v, AckKind::Ack).boxed(),
+        ack(v, AckKind::Rec).boxed(),
+        ack(v, AckKind::Rel).boxed(),
+        ack(v, AckKind::Comp).boxed(),
         subscribe(v).boxed(),
         suback(v).boxed(),
         unsubscribe(v).boxed(),
@@ -699,18 +699,18 @@ roundtrip_tests! {
     publish_v3_1: publish(V3_1), V3_1;
     publish_v3_1_1: publish(V3_1_1), V3_1_1;
     publish_v5: publish(V5), V5;
-    puback_v3_1: ack(V3_1, AckKind::PubAck), V3_1;
-    puback_v3_1_1: ack(V3_1_1, AckKind::PubAck), V3_1_1;
-    puback_v5: ack(V5, AckKind::PubAck), V5;
-    pubrec_v3_1: ack(V3_1, AckKind::PubRec), V3_1;
-    pubrec_v3_1_1: ack(V3_1_1, AckKind::PubRec), V3_1_1;
-    pubrec_v5: ack(V5, AckKind::PubRec), V5;
-    pubrel_v3_1: ack(V3_1, AckKind::PubRel), V3_1;
-    pubrel_v3_1_1: ack(V3_1_1, AckKind::PubRel), V3_1_1;
-    pubrel_v5: ack(V5, AckKind::PubRel), V5;
-    pubcomp_v3_1: ack(V3_1, AckKind::PubComp), V3_1;
-    pubcomp_v3_1_1: ack(V3_1_1, AckKind::PubComp), V3_1_1;
-    pubcomp_v5: ack(V5, AckKind::PubComp), V5;
+    puback_v3_1: ack(V3_1, AckKind::Ack), V3_1;
+    puback_v3_1_1: ack(V3_1_1, AckKind::Ack), V3_1_1;
+    puback_v5: ack(V5, AckKind::Ack), V5;
+    pubrec_v3_1: ack(V3_1, AckKind::Rec), V3_1;
+    pubrec_v3_1_1: ack(V3_1_1, AckKind::Rec), V3_1_1;
+    pubrec_v5: ack(V5, AckKind::Rec), V5;
+    pubrel_v3_1: ack(V3_1, AckKind::Rel), V3_1;
+    pubrel_v3_1_1: ack(V3_1_1, AckKind::Rel), V3_1_1;
+    pubrel_v5: ack(V5, AckKind::Rel), V5;
+    pubcomp_v3_1: ack(V3_1, AckKind::Comp), V3_1;
+    pubcomp_v3_1_1: ack(V3_1_1, AckKind::Comp), V3_1_1;
+    pubcomp_v5: ack(V5, AckKind::Comp), V5;
     subscribe_v3_1: subscribe(V3_1), V3_1;
     subscribe_v3_1_1: subscribe(V3_1_1), V3_1_1;
     subscribe_v5: subscribe(V5), V5;
