@@ -205,7 +205,7 @@ async fn connect(args: &ConnArgs, role: &str) -> anyhow::Result<Client> {
 /// Arguments of `starling pub`.
 #[derive(clap::Args, Debug)]
 #[command(disable_help_flag = true)]
-#[command(group(clap::ArgGroup::new("message").required(true).args(["message", "file", "stdin_file", "stdin_line", "null_message"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["message", "file", "stdin_file", "stdin_line", "null_message"])))]
 pub struct PubArgs {
     #[command(flatten)]
     conn: ConnArgs,
@@ -533,6 +533,13 @@ mod tests {
             dup: false,
             properties: Properties::default(),
         }
+    }
+
+    #[test]
+    fn clap_definitions_are_valid() {
+        use clap::Args;
+        PubArgs::augment_args(clap::Command::new("pub")).debug_assert();
+        SubArgs::augment_args(clap::Command::new("sub")).debug_assert();
     }
 
     #[test]
