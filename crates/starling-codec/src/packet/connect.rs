@@ -263,7 +263,11 @@ impl ConnAck {
     pub(crate) fn decode(r: &mut Reader, v: ProtocolVersion) -> Result<Self, DecodeError> {
         let flags = r.u8("acknowledge flags")?;
         // MQTT 3.1 has no session present flag: the whole byte is reserved.
-        let reserved = if v == ProtocolVersion::V3_1 { 0xFF } else { 0xFE };
+        let reserved = if v == ProtocolVersion::V3_1 {
+            0xFF
+        } else {
+            0xFE
+        };
         if flags & reserved != 0 {
             return Err(DecodeError::ConnAckReservedFlags);
         }
