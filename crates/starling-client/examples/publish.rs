@@ -9,7 +9,9 @@ use starling_client::{Client, ConnectOptions, QoS};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let url = args.next().unwrap_or_else(|| "mqtt://localhost:1883".into());
+    let url = args
+        .next()
+        .unwrap_or_else(|| "mqtt://localhost:1883".into());
     let topic = args.next().unwrap_or_else(|| "starling/example".into());
     let payload = args.next().unwrap_or_else(|| "hello from starling".into());
     let qos = match args.next().as_deref() {

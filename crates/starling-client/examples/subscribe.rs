@@ -10,7 +10,9 @@ use starling_client::{Client, ConnectOptions, QoS, ReconnectOptions};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let url = args.next().unwrap_or_else(|| "mqtt://localhost:1883".into());
+    let url = args
+        .next()
+        .unwrap_or_else(|| "mqtt://localhost:1883".into());
     let filter = args.next().unwrap_or_else(|| "starling/#".into());
 
     let mut opts = ConnectOptions::from_url(&url)?;

@@ -33,6 +33,12 @@ pub(crate) type BoxIo = Box<dyn Io>;
 /// Opens the transport `opts` asks for, handshakes included.
 pub(crate) async fn connect(opts: &ConnectOptions) -> Result<BoxIo, ConnectError> {
     let address = opts.address();
+    // Build the TLS configuration first: a bad certificate file fails before any traffic.
+    let tls = if opts.transport.is_tls() {
+        Some(Arc::new(tls_config(&opts.tls)?))
+    } else {
+        None
+    };
     let tcp = TcpStream::connect((opts.host.as_str(), opts.port))
         .await
         .map_err(|source| ConnectError::Io {
@@ -42,26 +48,26 @@ pub(crate) async fn connect(opts: &ConnectOptions) -> Result<BoxIo, ConnectError
     // MQTT packets are small and latency-sensitive; the driver batches writes itself.
     let _ = tcp.set_nodelay(true);
     tracing::debug!(%address, transport = ?opts.transport, "TCP connected");
-    match opts.transport {
-        TransportKind::Tcp => Ok(Box::new(tcp)),
-        TransportKind::Tls => Ok(Box::new(tls_handshake(opts, tcp).await?)),
-        TransportKind::Ws => Ok(Box::new(ws_handshake(opts, "ws", tcp).await?)),
-        TransportKind::Wss => {
-            let tls = tls_handshake(opts, tcp).await?;
+    match (opts.transport, tls) {
+        (TransportKind::Ws, _) => Ok(Box::new(ws_handshake(opts, "ws", tcp).await?)),
+        (TransportKind::Tls, Some(config)) => Ok(Box::new(tls_handshake(opts, config, tcp).await?)),
+        (TransportKind::Wss, Some(config)) => {
+            let tls = tls_handshake(opts, config, tcp).await?;
             Ok(Box::new(ws_handshake(opts, "wss", tls).await?))
         }
+        _ => Ok(Box::new(tcp)),
     }
 }
 
 async fn tls_handshake(
     opts: &ConnectOptions,
+    config: Arc<rustls::ClientConfig>,
     tcp: TcpStream,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
-    let config = tls_config(&opts.tls)?;
     let name = opts.tls.server_name.clone().unwrap_or(opts.host.clone());
     let server_name = ServerName::try_from(name.clone())
         .map_err(|e| ConnectError::Tls(format!("invalid server name {name:?}: {e}")))?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(config);
     let stream = connector
         .connect(server_name, tcp)
         .await
