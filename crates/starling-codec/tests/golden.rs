@@ -852,3 +852,72 @@ fn server_stream_takes_the_version_from_connect() {
     assert_eq!(dec.decode(&mut buf), Ok(Some(Packet::PingReq)));
     assert_eq!(dec.decode(&mut buf), Ok(None));
 }
+
+/// The remaining length boundaries of spec table 1.5.5 (and 2.1.4 in 3.1.1),
+/// through PUBLISH packets whose body has exactly that size.
+#[test]
+fn remaining_length_boundaries() {
+    let table: [(usize, &[u8]); 7] = [
+        (5, &[0x05]),
+        (127, &[0x7F]),
+        (128, &[0x80, 0x01]),
+        (16_383, &[0xFF, 0x7F]),
+        (16_384, &[0x80, 0x80, 0x01]),
+        (2_097_151, &[0xFF, 0xFF, 0x7F]),
+        (2_097_152, &[0x80, 0x80, 0x80, 0x01]),
+    ];
+    for (remaining, encoded) in table {
+        assert_eq!(starling_codec::varint_len(remaining), encoded.len());
+        // Topic "t" takes 3 bytes of the body; the payload the rest.
+        let payload = Bytes::from(vec![0x11; remaining - 3]);
+        let wire = cat(&[&[0x30], encoded, b"\x00\x01t", &payload]);
+        golden(V3_1_1, &wire, Packet::Publish(Publish::new("t", payload)));
+    }
+    assert_eq!(starling_codec::MAX_REMAINING_LENGTH, 268_435_455);
+    assert_eq!(starling_codec::varint_len(268_435_455), 4);
+}
+
+/// A packet whose remaining length does not fit four bytes is not encoded.
+#[test]
+fn encode_refuses_a_packet_over_256_mb() {
+    let payload = Bytes::from(vec![0u8; starling_codec::MAX_REMAINING_LENGTH]);
+    let p = Packet::Publish(Publish::new("t", payload));
+    let mut out = BytesMut::new();
+    assert!(matches!(
+        p.encode(V3_1_1, &mut out),
+        Err(starling_codec::EncodeError::PacketTooLarge(n)) if n == 268_435_458
+    ));
+    assert!(out.is_empty());
+}
+
+/// An MQTT 5 reason code with no 3.x equivalent goes out as the closest return code.
+#[test]
+fn connack_v5_reasons_encoded_for_v3() {
+    let cases = [
+        (ReasonCode::SERVER_BUSY, 3),
+        (ReasonCode::QUOTA_EXCEEDED, 3),
+        (ReasonCode::BANNED, 5),
+        (ReasonCode::BAD_AUTHENTICATION_METHOD, 4),
+        (ReasonCode::NOT_AUTHORIZED, 5),
+        (ReasonCode::SUCCESS, 0),
+    ];
+    for (reason_code, rc) in cases {
+        let p = Packet::ConnAck(ConnAck {
+            reason_code,
+            ..ConnAck::default()
+        });
+        for v in [V3_1, V3_1_1] {
+            let mut out = BytesMut::new();
+            p.encode(v, &mut out).expect("encodes");
+            assert_eq!(&out[..], &[0x20, 0x02, 0x00, rc], "{reason_code:?} in {v}");
+        }
+    }
+    // 3.1 has no session present flag: it is never written.
+    let resumed = Packet::ConnAck(ConnAck {
+        session_present: true,
+        ..ConnAck::default()
+    });
+    let mut out = BytesMut::new();
+    resumed.encode(V3_1, &mut out).expect("encodes");
+    assert_eq!(&out[..], &[0x20, 0x02, 0x00, 0x00]);
+}
