@@ -20,5 +20,5 @@ pub mod topic_tree;
 
 pub use broker::BrokerState;
 pub use config::{Config, ConfigError};
-pub use server::{Broker, ListenerUrl, ShutdownHandle, StartError};
+pub use server::{Broker, ListenerUrl, LocalConnector, ShutdownHandle, StartError};
 pub use sys::VERSION;

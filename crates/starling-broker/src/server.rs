@@ -93,6 +93,27 @@ impl ShutdownHandle {
     }
 }
 
+/// Opens in-memory connections to a broker (see [`Broker::local_connector`]).
+#[derive(Debug, Clone)]
+pub struct LocalConnector {
+    state: Arc<BrokerState>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl LocalConnector {
+    /// Opens a connection; the returned stream is the client's end.
+    pub fn connect(&self) -> tokio::io::DuplexStream {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let state = self.state.clone();
+        let shutdown = self.shutdown.clone();
+        let peer = SocketAddr::from(([0, 0, 0, 0], 0));
+        tokio::spawn(crate::connection::serve(
+            server, peer, state, shutdown, false,
+        ));
+        client
+    }
+}
+
 /// A broker with its listeners bound, ready to run.
 pub struct Broker {
     state: Arc<BrokerState>,
@@ -162,6 +183,15 @@ impl Broker {
     /// The shared state (for metrics and tests).
     pub fn state(&self) -> Arc<BrokerState> {
         self.state.clone()
+    }
+
+    /// A connector that opens in-memory connections to this broker, for tests
+    /// and embedding. They behave like TCP connections from `0.0.0.0:0`.
+    pub fn local_connector(&self) -> LocalConnector {
+        LocalConnector {
+            state: self.state.clone(),
+            shutdown: self.shutdown.subscribe(),
+        }
     }
 
     /// A handle that stops the broker.

@@ -26,6 +26,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     /// Handles one packet; an `Err` ends the connection.
     pub(crate) fn handle(&mut self, client: &mut Client, packet: Packet) -> Result<(), Close> {
         let v = client.version;
+        tracing::trace!(client_id = %client.client_id, packet = ?packet.packet_type(), "received");
         match packet {
             Packet::Publish(publish) => self.on_publish(client, publish),
             Packet::PubAck(ack) => {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use starling_broker::{Broker, BrokerState, Config, ShutdownHandle};
+use starling_broker::{Broker, BrokerState, Config, LocalConnector, ShutdownHandle};
 use starling_codec::{
     ConnAck, Connect, Decoder, Packet, ProtocolVersion, Publish, QoS, Subscribe, Subscription,
     SubscriptionOptions,
@@ -20,8 +20,20 @@ use tokio::task::JoinHandle;
 /// broker's own timers (all shorter) fire first.
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// A connection to the broker: TCP, or in memory for tests that pause time
+/// (a paused clock jumps ahead while loopback TCP data is still in the kernel).
+pub enum Addr {
+    Tcp(SocketAddr),
+    Local(LocalConnector),
+}
+
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 pub struct TestBroker {
-    pub addr: SocketAddr,
+    pub tcp: SocketAddr,
+    /// Where tests connect: TCP by default, in memory under a paused clock.
+    pub addr: &'static Addr,
     pub handle: ShutdownHandle,
     pub state: Arc<BrokerState>,
     pub join: JoinHandle<()>,
@@ -29,6 +41,10 @@ pub struct TestBroker {
 
 impl TestBroker {
     pub async fn start(mut config: Config) -> TestBroker {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         config.listen = vec!["mqtt://127.0.0.1:0".to_string()];
         config.sys_interval = 0;
         let broker = Broker::bind(config).await.expect("broker binds");
@@ -36,11 +52,17 @@ impl TestBroker {
     }
 
     pub fn run(broker: Broker) -> TestBroker {
-        let addr = broker.local_addrs()[0];
+        let tcp = broker.local_addrs()[0];
+        let addr: &'static Addr = if paused() {
+            Box::leak(Box::new(Addr::Local(broker.local_connector())))
+        } else {
+            Box::leak(Box::new(Addr::Tcp(tcp)))
+        };
         let handle = broker.shutdown_handle();
         let state = broker.state();
         let join = tokio::spawn(broker.run());
         TestBroker {
+            tcp,
             addr,
             handle,
             state,
@@ -61,17 +83,26 @@ impl TestBroker {
     }
 }
 
+fn paused() -> bool {
+    let before = tokio::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(2));
+    tokio::time::Instant::now() == before
+}
+
 /// A peer that speaks raw MQTT through the codec.
 pub struct Raw {
-    pub stream: TcpStream,
+    pub stream: Box<dyn Stream>,
     pub buf: BytesMut,
     pub decoder: Decoder,
     pub version: ProtocolVersion,
 }
 
 impl Raw {
-    pub async fn open(addr: SocketAddr, version: ProtocolVersion) -> Raw {
-        let stream = TcpStream::connect(addr).await.expect("connect");
+    pub async fn open(addr: &Addr, version: ProtocolVersion) -> Raw {
+        let stream: Box<dyn Stream> = match addr {
+            Addr::Tcp(a) => Box::new(TcpStream::connect(a).await.expect("connect")),
+            Addr::Local(c) => Box::new(c.connect()),
+        };
         Raw {
             stream,
             buf: BytesMut::new(),
@@ -81,7 +112,7 @@ impl Raw {
     }
 
     /// Opens a socket, sends CONNECT and returns the CONNACK.
-    pub async fn connect(addr: SocketAddr, connect: Connect) -> (Raw, ConnAck) {
+    pub async fn connect(addr: &Addr, connect: Connect) -> (Raw, ConnAck) {
         let mut raw = Raw::open(addr, connect.protocol).await;
         raw.send(Packet::Connect(Box::new(connect))).await;
         match raw.recv().await {
@@ -91,7 +122,7 @@ impl Raw {
     }
 
     /// Connects with a client id and clean start, and asserts success.
-    pub async fn client(addr: SocketAddr, version: ProtocolVersion, id: &str) -> Raw {
+    pub async fn client(addr: &Addr, version: ProtocolVersion, id: &str) -> Raw {
         let (raw, ack) = Raw::connect(addr, Connect::new(version, id)).await;
         assert_eq!(ack.reason_code.0, 0, "{ack:?}");
         raw
