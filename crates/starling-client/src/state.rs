@@ -226,6 +226,8 @@ impl<T> MqttState<T> {
             self.keep_alive = Duration::from_secs(u64::from(ka));
         }
         self.topic_aliases.clear();
+        // SUBSCRIBEs restoring subscriptions on the previous connection are void now.
+        self.restoring.clear();
         self.ping_sent = None;
         self.last_sent = now;
         if !connack.session_present {

@@ -648,3 +648,40 @@ async fn websocket_round_trip() {
         c.disconnect().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn v5_disconnect_with_session_expiry_and_will() {
+    let m = Mosquitto::start();
+    // DISCONNECT with session expiry 0 ends a session that would have lasted.
+    let mut o = opts(&m, ProtocolVersion::V5, "expiry");
+    o.clean_start = false;
+    o.session_expiry = Some(300);
+    let (c, _) = Client::connect(o.clone()).await.unwrap();
+    c.subscribe("expiry/t", QoS::AtLeastOnce).await.unwrap();
+    c.disconnect_with(ReasonCode::NORMAL_DISCONNECTION, Some(0))
+        .await
+        .unwrap();
+    let (c, ack) = Client::connect(o.clone()).await.unwrap();
+    assert!(
+        !ack.session_present,
+        "the session ended with the connection"
+    );
+    // Without the override, the session is kept.
+    c.disconnect().await.unwrap();
+    let (c, ack) = Client::connect(o).await.unwrap();
+    assert!(ack.session_present);
+    c.disconnect().await.unwrap();
+
+    // DISCONNECT "with will message" makes the server publish the will.
+    let watcher = connect(&m, ProtocolVersion::V5, "dww-watch").await;
+    watcher.subscribe("dww/#", QoS::AtLeastOnce).await.unwrap();
+    let mut o = opts(&m, ProtocolVersion::V5, "dww-owner");
+    o.will = Some(LastWill::new("dww/w", "asked for it"));
+    let (owner, _) = Client::connect(o).await.unwrap();
+    owner
+        .disconnect_with(ReasonCode::DISCONNECT_WITH_WILL, None)
+        .await
+        .unwrap();
+    let msg = recv(&watcher).await;
+    assert_eq!(&msg.payload[..], b"asked for it");
+}
