@@ -1,6 +1,8 @@
 //! The client against a real Mosquitto broker, started on a free port per test.
 
 mod common;
+#[path = "support/ws_bridge.rs"]
+mod ws_bridge;
 
 use std::time::Duration;
 
@@ -557,79 +559,10 @@ async fn many_publishes_in_flight_at_once() {
     c.disconnect().await.unwrap();
 }
 
-/// A WebSocket front for mosquitto's TCP listener (Debian's mosquitto cannot
-/// open a websockets listener): accepts `ws://` with subprotocol `mqtt` and
-/// relays binary frames. Returns the port it listens on.
-#[allow(clippy::collapsible_match)]
-async fn websocket_bridge(tcp_port: u16) -> u16 {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_tungstenite::tungstenite::{handshake::server, Message as WsMessage};
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                #[allow(clippy::result_large_err)] // tungstenite's callback signature
-                let callback = |req: &server::Request, mut resp: server::Response| {
-                    let proto = req.headers().get("Sec-WebSocket-Protocol").cloned();
-                    assert_eq!(proto.as_ref().and_then(|p| p.to_str().ok()), Some("mqtt"));
-                    resp.headers_mut()
-                        .insert("Sec-WebSocket-Protocol", proto.unwrap());
-                    Ok(resp)
-                };
-                let ws = tokio_tungstenite::accept_hdr_async(stream, callback)
-                    .await
-                    .expect("ws handshake");
-                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tcp_port))
-                    .await
-                    .expect("mosquitto");
-                let (mut tcp_rd, mut tcp_wr) = tcp.into_split();
-                let (mut ws_tx, mut ws_rx) = ws.split();
-                let up = async move {
-                    while let Some(Ok(msg)) = ws_rx.next().await {
-                        match msg {
-                            WsMessage::Binary(data) => {
-                                if tcp_wr.write_all(&data).await.is_err() {
-                                    break;
-                                }
-                            }
-                            WsMessage::Close(_) => break,
-                            WsMessage::Text(_) => {
-                                panic!("MQTT over WebSocket must use binary frames")
-                            }
-                            _ => {}
-                        }
-                    }
-                    let _ = tcp_wr.shutdown().await;
-                };
-                let down = async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        match tcp_rd.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                let data = Bytes::copy_from_slice(&buf[..n]);
-                                if ws_tx.send(WsMessage::Binary(data)).await.is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    let _ = ws_tx.close().await;
-                };
-                tokio::join!(up, down);
-            });
-        }
-    });
-    port
-}
-
 #[tokio::test]
 async fn websocket_round_trip() {
     let m = Mosquitto::start();
-    let ws_port = websocket_bridge(m.port).await;
+    let ws_port = ws_bridge::websocket_bridge(m.port, None).await;
     for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
         let url = format!("ws://127.0.0.1:{ws_port}/mqtt");
         let mut o = ConnectOptions::from_url(&url).unwrap();

@@ -1,6 +1,8 @@
 //! `mqtts://` against a Mosquitto TLS listener, with certificates made by the test.
 
 mod common;
+#[path = "support/ws_bridge.rs"]
+mod ws_bridge;
 
 use std::path::Path;
 
@@ -135,4 +137,45 @@ async fn cert_without_key_is_refused_locally() {
         err.to_string().contains("both a certificate and a key"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn websocket_over_tls() {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use std::sync::Arc;
+
+    let m = Mosquitto::start();
+    let pki = Pki::new("wss test CA");
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &pki.ca, &pki.ca_key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from(cert.der().to_vec())],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let port = ws_bridge::websocket_bridge(m.port, Some(acceptor)).await;
+    let dir = common::temp_dir("wss");
+    pki.write_ca(&dir.join("ca.pem"));
+    let mut o = ConnectOptions::from_url(&format!("wss://localhost:{port}/mqtt")).unwrap();
+    o.client_id = "wss-client".into();
+    o.tls.ca_file = Some(dir.join("ca.pem"));
+    let (c, _) = Client::connect(o).await.unwrap();
+    c.subscribe("wss/t", QoS::ExactlyOnce).await.unwrap();
+    c.publish("wss/t", "tls+ws", QoS::ExactlyOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(&c.recv().await.unwrap().payload[..], b"tls+ws");
+    c.disconnect().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
 }
