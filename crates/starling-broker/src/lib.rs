@@ -21,4 +21,4 @@ pub mod topic_tree;
 pub use broker::BrokerState;
 pub use config::{Config, ConfigError};
 pub use server::{Broker, ListenerUrl, LocalConnector, ShutdownHandle, StartError};
-pub use sys::VERSION;
+pub use sys::{publish as publish_sys, VERSION};

@@ -261,13 +261,9 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         Metrics::add(&state.metrics.connections_total, 1);
-        let permit = match &limit {
-            Some(sem) => match sem.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => None,
-            },
-            None => None,
-        };
+        let permit = limit
+            .as_ref()
+            .and_then(|sem| sem.clone().try_acquire_owned().ok());
         let over_limit = limit.is_some() && permit.is_none();
         let state = state.clone();
         let shutdown = shutdown.clone();

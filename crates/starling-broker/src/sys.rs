@@ -31,7 +31,7 @@ pub(crate) async fn run(broker: Arc<BrokerState>, mut shutdown: watch::Receiver<
 }
 
 /// Publishes one round of `$SYS` values.
-pub(crate) fn publish(broker: &Arc<BrokerState>) {
+pub fn publish(broker: &Arc<BrokerState>) {
     let m = &broker.metrics;
     let uptime = broker.started.elapsed().as_secs();
     let subscriptions = broker.topics.read().len();
