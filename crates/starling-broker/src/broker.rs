@@ -109,7 +109,7 @@ impl BrokerState {
             return 0;
         }
         // Collect targets under the read lock, enqueue after releasing it.
-        let mut targets: Vec<(Arc<Session>, QoS, bool, Option<u32>)> = Vec::new();
+        let mut targets: Vec<Target> = Vec::new();
         {
             let tree = self.topics.read();
             let mut m = Matches::default();
@@ -123,6 +123,7 @@ impl BrokerState {
                     s.options.qos,
                     s.options.retain_as_published,
                     s.id,
+                    None,
                 ));
             }
             for group in m.groups {
@@ -139,6 +140,7 @@ impl BrokerState {
                         s.options.qos,
                         s.options.retain_as_published,
                         s.id,
+                        group.key.clone(),
                     ));
                 }
             }
@@ -156,7 +158,11 @@ impl BrokerState {
             let mut granted = QoS::AtMostOnce;
             let mut rap = false;
             let mut ids = Vec::new();
+            let mut share = None;
             while i < targets.len() && Arc::ptr_eq(&targets[i].0, &session) {
+                if share.is_none() {
+                    share = targets[i].4.take();
+                }
                 granted = granted.max(targets[i].1);
                 rap |= targets[i].2;
                 if let Some(id) = targets[i].3 {
@@ -180,6 +186,7 @@ impl BrokerState {
                 qos: msg.qos.min(granted),
                 retain: rap && msg.retain,
                 subscription_ids: ids,
+                share,
             };
             if matches!(
                 session.enqueue(delivery),
@@ -192,6 +199,66 @@ impl BrokerState {
         offered
     }
 
+    /// Hands the unacknowledged messages that a shared subscription gave to
+    /// `session` to other members of their groups ([MQTT-4.8.2-?]: a member that
+    /// leaves does not keep the group's messages). Messages whose group has no
+    /// other member stay with the session.
+    pub fn redistribute_shared(&self, session: &Arc<Session>) {
+        let taken: Vec<Delivery> = {
+            let mut st = session.state.lock();
+            let mut taken = Vec::new();
+            let inflight = std::mem::take(&mut st.inflight);
+            for i in inflight {
+                if i.delivery.share.is_some() && !i.released {
+                    taken.push(i.delivery);
+                } else {
+                    st.inflight.push_back(i);
+                }
+            }
+            let queue = std::mem::take(&mut st.queue);
+            st.queued_bytes = 0;
+            for d in queue {
+                if d.share.is_some() {
+                    taken.push(d);
+                } else {
+                    st.queued_bytes += d.msg.payload.len();
+                    st.queue.push_back(d);
+                }
+            }
+            taken
+        };
+        for mut d in taken {
+            let Some(key) = d.share.clone() else { continue };
+            let (group, filter) = split_share(&key);
+            let other = {
+                let tree = self.topics.read();
+                group
+                    .and_then(|g| tree.shared_group(g, filter))
+                    .and_then(|g| {
+                        g.members
+                            .iter()
+                            .filter(|m| !Arc::ptr_eq(&m.session, session))
+                            .find(|m| m.session.state.lock().link.is_some())
+                            .or_else(|| {
+                                g.members.iter().find(|m| !Arc::ptr_eq(&m.session, session))
+                            })
+                            .map(|m| (m.session.clone(), m.options.qos, m.id))
+                    })
+            };
+            match other {
+                Some((member, granted, id)) => {
+                    d.qos = d.msg.qos.min(granted);
+                    d.subscription_ids = id.into_iter().collect();
+                    member.enqueue(d);
+                }
+                None => {
+                    // Nobody else in the group: keep it for this session.
+                    let _ = session.enqueue(d);
+                }
+            }
+        }
+    }
+
     /// Removes every subscription of `session` from the index.
     pub fn unsubscribe_all(&self, session: &Arc<Session>) {
         let filters: Vec<ByteString> = session.state.lock().subscriptions.keys().cloned().collect();
@@ -202,6 +269,10 @@ impl BrokerState {
         }
     }
 }
+
+/// A session chosen for a message: granted QoS, Retain As Published, the
+/// subscription identifier, and the shared subscription that chose it.
+type Target = (Arc<Session>, QoS, bool, Option<u32>, Option<Arc<str>>);
 
 /// Splits `$share/group/filter` into its group and filter.
 pub fn split_share(filter: &str) -> (Option<&str>, &str) {

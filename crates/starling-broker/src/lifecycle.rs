@@ -102,6 +102,9 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Client, cl
             None
         }
     };
+    if detached.is_some() {
+        broker.redistribute_shared(&session);
+    }
     let Some((generation, expiry)) = detached else {
         // Taken over. The will goes now unless the new connection resumed this
         // session and the will has a delay (the resume came within it).

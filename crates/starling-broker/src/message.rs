@@ -72,6 +72,9 @@ pub struct Delivery {
     pub retain: bool,
     /// Identifiers of the subscriptions that matched (MQTT 5).
     pub subscription_ids: Vec<u32>,
+    /// The shared subscription (`$share/group/filter`) that chose this session,
+    /// so the message can go to another member if this one leaves unacknowledged.
+    pub share: Option<Arc<str>>,
 }
 
 impl Delivery {

@@ -28,6 +28,8 @@ pub struct Subscriber {
 /// The members of one shared subscription group.
 #[derive(Debug, Default)]
 pub struct SharedGroup {
+    /// The whole shared filter, `$share/{group}/{filter}`.
+    pub key: Option<Arc<str>>,
     /// Members, in subscribe order.
     pub members: Vec<Subscriber>,
     /// Round-robin cursor.
@@ -97,8 +99,17 @@ impl TopicTree {
         let list = match (share, hash) {
             (None, false) => &mut node.exact,
             (None, true) => &mut node.hash,
-            (Some(group), false) => &mut node.shared.entry(group.into()).or_default().members,
-            (Some(group), true) => &mut node.shared_hash.entry(group.into()).or_default().members,
+            (Some(group), hash) => {
+                let groups = if hash {
+                    &mut node.shared_hash
+                } else {
+                    &mut node.shared
+                };
+                let g = groups.entry(group.into()).or_default();
+                g.key
+                    .get_or_insert_with(|| Arc::from(format!("$share/{group}/{filter}")));
+                &mut g.members
+            }
         };
         if let Some(existing) = list.iter_mut().find(|s| same(s, &sub.session)) {
             *existing = sub;
@@ -194,6 +205,23 @@ impl TopicTree {
             };
         }
         (node, false)
+    }
+
+    /// The group of a shared subscription, if it has members.
+    pub fn shared_group(&self, group: &str, filter: &str) -> Option<&SharedGroup> {
+        let mut node = &self.root;
+        let mut levels = filter.split('/').peekable();
+        while let Some(level) = levels.next() {
+            if level == "#" && levels.peek().is_none() {
+                return node.shared_hash.get(group);
+            }
+            node = if level == "+" {
+                node.plus.as_deref()?
+            } else {
+                node.children.get(level)?
+            };
+        }
+        node.shared.get(group)
     }
 
     /// Collects everything that matches `topic`.

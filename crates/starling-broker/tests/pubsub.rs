@@ -644,3 +644,33 @@ async fn sys_topics_are_published() {
 fn starling_broker_sys_tick(b: &TestBroker) {
     starling_broker::publish_sys(&b.state);
 }
+
+#[tokio::test]
+async fn shared_member_leaving_hands_its_unacked_messages_to_another() {
+    let b = TestBroker::default().await;
+    let mut m1 = Raw::client(b.addr, V::V5, "sm1").await;
+    m1.subscribe("$share/g/sh", QoS::AtLeastOnce).await;
+    let mut m2 = Raw::client(b.addr, V::V5, "sm2").await;
+    m2.subscribe("$share/g/sh", QoS::AtLeastOnce).await;
+    let mut publ = Raw::client(b.addr, V::V5, "pub").await;
+    publ.publish("sh", b"a", QoS::AtLeastOnce, 1).await;
+    publ.publish("sh", b"b", QoS::AtLeastOnce, 2).await;
+    // Each member has one unacknowledged message; m1 leaves without acking.
+    let got1 = m1.expect_publish().await;
+    drop(m1);
+    let mut payloads = Vec::new();
+    while payloads.len() < 2 {
+        let p = m2.expect_publish().await;
+        m2.send(Packet::PubAck(Ack::new(p.packet_id))).await;
+        payloads.push(p.payload.clone());
+    }
+    assert!(
+        payloads.contains(&got1.payload),
+        "m1's message went to m2: {payloads:?}"
+    );
+    payloads.sort();
+    assert_eq!(
+        payloads,
+        [Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+    );
+}

@@ -301,6 +301,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                         qos: msg.qos.min(granted),
                         retain: true,
                         subscription_ids: sub_id.into_iter().collect(),
+                        share: None,
                         msg,
                     });
                 }
