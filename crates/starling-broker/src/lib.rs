@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod retained;
 mod server;
 pub mod session;
+pub mod store;
 mod sys;
 pub mod topic_tree;
 

@@ -1,0 +1,215 @@
+//! Persistent sessions: the [`Store`] trait, its embedded default (redb, in
+//! `--data-dir`), and [`Persistence`], the writer thread that applies changes in
+//! batches so that concurrent publishers share one fsync (group commit).
+//!
+//! What is stored: persistent sessions with their expiry, their subscriptions,
+//! their queued and in-flight QoS 1/2 messages, incoming QoS 2 packet ids
+//! awaiting PUBREL, retained messages, and wills waiting for their delay. Clean
+//! sessions never touch the disk.
+
+mod record;
+mod redb_store;
+
+pub use record::{MessageRecord, RecordError, SessionRecord, SubscriptionRecord, WillRecord};
+pub use redb_store::RedbStore;
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use starling_codec::ByteString;
+use tokio::sync::oneshot;
+
+/// How hard the broker works to keep acknowledged messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// A QoS 1/2 message is on disk (fsynced) before its PUBACK/PUBREC is sent.
+    #[default]
+    Always,
+    /// Changes are written at once and fsynced every `durability-interval-ms`.
+    Periodic,
+    /// Memory only: nothing survives a restart.
+    None,
+}
+
+/// One change to the store.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Creates or updates a session.
+    Session(ByteString, SessionRecord),
+    /// Deletes a session and everything it owns.
+    DeleteSession(ByteString),
+    /// Creates or updates a subscription.
+    Subscribe(ByteString, ByteString, SubscriptionRecord),
+    /// Deletes a subscription.
+    Unsubscribe(ByteString, ByteString),
+    /// Stores a message of a session's queue under its sequence number.
+    Message(ByteString, u64, Bytes),
+    /// Deletes a message of a session's queue.
+    DeleteMessage(ByteString, u64),
+    /// Stores a retained message under its topic.
+    Retained(ByteString, Bytes),
+    /// Deletes the retained message of a topic.
+    DeleteRetained(ByteString),
+    /// Records an incoming QoS 2 packet id awaiting PUBREL.
+    IncomingQos2(ByteString, u16),
+    /// Forgets an incoming QoS 2 packet id.
+    DeleteIncomingQos2(ByteString, u16),
+    /// Stores a will waiting for its delay.
+    Will(ByteString, Bytes),
+    /// Deletes a waiting will.
+    DeleteWill(ByteString),
+}
+
+/// Everything read back at startup. Records that failed to decode were logged
+/// with their location and left out.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Sessions.
+    pub sessions: Vec<(ByteString, SessionRecord)>,
+    /// Subscriptions: client id, filter, record.
+    pub subscriptions: Vec<(ByteString, ByteString, SubscriptionRecord)>,
+    /// Queued messages in sequence order per client: client id, sequence, record.
+    pub messages: Vec<(ByteString, u64, MessageRecord)>,
+    /// Retained messages.
+    pub retained: Vec<MessageRecord>,
+    /// Incoming QoS 2 packet ids.
+    pub incoming_qos2: Vec<(ByteString, u16)>,
+    /// Waiting wills.
+    pub wills: Vec<(ByteString, WillRecord)>,
+    /// Records skipped because they were corrupt.
+    pub skipped: usize,
+}
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+#[error("store {path}: {message}")]
+pub struct StoreError {
+    /// The store's location.
+    pub path: String,
+    /// What failed.
+    pub message: String,
+}
+
+/// An embedded key-value store for sessions.
+pub trait Store: Send + 'static {
+    /// Applies a batch of changes atomically; with `durable`, it is on stable
+    /// storage when this returns.
+    fn apply(&mut self, ops: &[Op], durable: bool) -> Result<(), StoreError>;
+    /// Makes everything applied so far durable.
+    fn sync(&mut self) -> Result<(), StoreError>;
+    /// Reads everything back, skipping (and logging) corrupt records.
+    fn load(&mut self) -> Result<Loaded, StoreError>;
+}
+
+struct Request {
+    ops: Vec<Op>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// The front of the store: a writer thread that batches what every connection
+/// submits, so one fsync covers many publishers.
+#[derive(Debug, Clone)]
+pub struct Persistence {
+    tx: mpsc::Sender<Request>,
+    durability: Durability,
+}
+
+impl Persistence {
+    /// Starts the writer thread for `store`.
+    pub fn start(
+        mut store: Box<dyn Store>,
+        durability: Durability,
+        interval: Duration,
+    ) -> Persistence {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("starling-store".into())
+            .spawn(move || {
+                let durable = durability == Durability::Always;
+                let mut last_sync = std::time::Instant::now();
+                loop {
+                    let first = match rx.recv_timeout(interval) {
+                        Ok(r) => r,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if durability == Durability::Periodic {
+                                if let Err(e) = store.sync() {
+                                    tracing::error!("{e}");
+                                }
+                                last_sync = std::time::Instant::now();
+                            }
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
+                    // Group commit: everything that queued up while the last
+                    // commit ran goes into this one.
+                    let mut ops = first.ops;
+                    let mut waiters: Vec<oneshot::Sender<()>> = first.done.into_iter().collect();
+                    while ops.len() < 65_536 {
+                        match rx.try_recv() {
+                            Ok(r) => {
+                                ops.extend(r.ops);
+                                waiters.extend(r.done);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = store.apply(&ops, durable) {
+                        tracing::error!("{e}");
+                    }
+                    if durability == Durability::Periodic && last_sync.elapsed() >= interval {
+                        if let Err(e) = store.sync() {
+                            tracing::error!("{e}");
+                        }
+                        last_sync = std::time::Instant::now();
+                    }
+                    for w in waiters {
+                        let _ = w.send(());
+                    }
+                }
+                if let Err(e) = store.sync() {
+                    tracing::error!("{e}");
+                }
+            })
+            .expect("spawning the store thread");
+        Persistence { tx, durability }
+    }
+
+    /// Submits changes without waiting for them.
+    pub fn submit(&self, ops: Vec<Op>) {
+        if !ops.is_empty() {
+            let _ = self.tx.send(Request { ops, done: None });
+        }
+    }
+
+    /// Submits changes; the receiver completes once they are durable (with
+    /// `durability = always`) or written (otherwise).
+    pub fn submit_and_wait(&self, ops: Vec<Op>) -> oneshot::Receiver<()> {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Request {
+            ops,
+            done: Some(done),
+        });
+        rx
+    }
+
+    /// Whether acknowledgements must wait for the disk.
+    pub fn acks_wait(&self) -> bool {
+        self.durability == Durability::Always
+    }
+
+    /// Waits until everything submitted so far has been applied.
+    pub async fn flush(&self) {
+        let _ = self.submit_and_wait(Vec::new()).await;
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
