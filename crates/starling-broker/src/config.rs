@@ -76,6 +76,10 @@ pub struct Config {
     pub shared_subscription_strategy: SharedStrategy,
     /// Log level when `RUST_LOG` is not set.
     pub log_level: String,
+    /// When acknowledged QoS 1/2 messages reach the disk.
+    pub durability: crate::store::Durability,
+    /// With `durability = "periodic"`, milliseconds between fsyncs.
+    pub durability_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -102,6 +106,8 @@ impl Default for Config {
             sys_interval: 10,
             shared_subscription_strategy: SharedStrategy::RoundRobin,
             log_level: "info".to_string(),
+            durability: crate::store::Durability::Always,
+            durability_interval_ms: 100,
         }
     }
 }
@@ -186,6 +192,9 @@ impl Config {
         }
         if self.max_queued_messages == 0 {
             return invalid("max-queued-messages", "must be at least 1");
+        }
+        if self.durability_interval_ms == 0 {
+            return invalid("durability-interval-ms", "must be at least 1");
         }
         if self.connect_timeout == 0 {
             return invalid("connect-timeout", "must be at least 1 second");
