@@ -31,15 +31,19 @@ const INSTALL_HINT: &str = "install the interoperability test dependencies with 
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum V {
+    V31,
     V311,
     V5,
 }
 
 const VERSIONS: [V; 2] = [V::V311, V::V5];
+/// With MQTT 3.1 too, for the basic publish/subscribe tests.
+const ALL_VERSIONS: [V; 3] = [V::V31, V::V311, V::V5];
 
 impl V {
     fn mosquitto(self) -> &'static str {
         match self {
+            V::V31 => "mqttv31",
             V::V311 => "mqttv311",
             V::V5 => "mqttv5",
         }
@@ -47,6 +51,7 @@ impl V {
 
     fn paho(self) -> &'static str {
         match self {
+            V::V31 => "3.1",
             V::V311 => "3.1.1",
             V::V5 => "5",
         }
@@ -54,6 +59,7 @@ impl V {
 
     fn tag(self) -> &'static str {
         match self {
+            V::V31 => "v31",
             V::V311 => "v311",
             V::V5 => "v5",
         }
@@ -236,7 +242,21 @@ async fn need_mosquitto() {
 async fn need_paho() {
     let check = "import paho.mqtt, sys; v = paho.mqtt.__version__; \
                  sys.exit(0 if v.split('.')[0] == '2' else 'paho-mqtt ' + v + ' is not 2.x')";
-    Proc::spawn("python3", &["-c", check]).success().await;
+    let out = timeout(
+        PROC_TIMEOUT,
+        Command::new("python3")
+            .args(["-c", check])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("python3 -c 'import paho.mqtt' hangs"))
+    .unwrap_or_else(|e| panic!("python3 is missing ({e}); {INSTALL_HINT}"));
+    assert!(
+        out.status.success(),
+        "python3 cannot import paho-mqtt 2.x: {}; {INSTALL_HINT}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
 }
 
 fn mosquitto_args(b: &TestBroker, v: V) -> Vec<String> {
@@ -302,13 +322,14 @@ fn sorted(mut lines: Vec<String>) -> Vec<String> {
 
 // 1. mosquitto_pub -> mosquitto_sub ------------------------------------------
 
-/// QoS 0, 1 and 2 from mosquitto_pub reach two mosquitto_subs: one at QoS 2
+/// QoS 0, 1 and 2 from mosquitto_pub reach two mosquitto_subs (MQTT 3.1,
+/// 3.1.1 and 5.0): one at QoS 2
 /// printing `-v` (topic payload), one at QoS 1 printing QoS and retain flag,
 /// so the delivered QoS is the lower of the published and the granted one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_pub_sub_qos_0_1_2() {
     need_mosquitto().await;
-    for v in VERSIONS {
+    for v in ALL_VERSIONS {
         let b = TestBroker::default().await;
         let filter = format!("mq/{}/#", v.tag());
         let mut verbose = mosquitto_sub(
@@ -437,14 +458,14 @@ async fn mosquitto_persistent_session_gets_queued_message() {
 
 // 2. paho-mqtt -----------------------------------------------------------------
 
-/// Two paho clients publish at QoS 0, 1 and 2 to themselves and to each
-/// other, with QoS downgrade, a 16 KiB binary payload and unsubscribe; the
+/// Two paho clients (MQTT 3.1, 3.1.1 and 5.0) publish at QoS 0, 1 and 2 to
+/// themselves and to each other, with QoS downgrade, a 16 KiB binary payload and unsubscribe; the
 /// CONNACK reason code and session present flag are checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paho_pubsub_qos_0_1_2() {
     need_paho().await;
     let b = TestBroker::default().await;
-    for v in VERSIONS {
+    for v in ALL_VERSIONS {
         paho_ok(&b, "pubsub", v).await;
     }
     b.stop().await;

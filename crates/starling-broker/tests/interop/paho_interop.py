@@ -5,7 +5,7 @@ Run by crates/starling-broker/tests/interop.rs against an in-process broker:
 
     paho_interop.py SCENARIO PORT VERSION [ARGS...]
 
-VERSION is "3.1.1" or "5". Every scenario exits 0 on success. On failure it
+VERSION is "3.1", "3.1.1" or "5". Every scenario exits 0 on success. On failure it
 prints "FAIL: <reason>" to stderr and exits 1. Every wait is bounded by WAIT
 seconds, and the whole script by an alarm, so it can never hang.
 
@@ -45,7 +45,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 HOST = "127.0.0.1"
 WAIT = 15.0
-VERSIONS = {"3.1.1": mqtt.MQTTv311, "5": mqtt.MQTTv5}
+VERSIONS = {"3.1": mqtt.MQTTv31, "3.1.1": mqtt.MQTTv311, "5": mqtt.MQTTv5}
 
 
 class Failure(Exception):
@@ -553,7 +553,8 @@ def main(argv):
         print(__doc__, file=sys.stderr)
         return 2
     scenario, port, version = argv[1], int(argv[2]), VERSIONS[argv[3]]
-    tag = ("v5" if version == mqtt.MQTTv5 else "v311") + f"-{os.getpid()}"
+    # Short enough for MQTT 3.1 client ids (at most 23 characters).
+    tag = {mqtt.MQTTv31: "v31", mqtt.MQTTv311: "v311", mqtt.MQTTv5: "v5"}[version] + f"-{os.getpid()}"
     # A hard bound on the whole run, whatever happens in paho's threads.
     def expired(*_):
         sys.stderr.write(f"FAIL: {scenario} {argv[3]}: still running after {int(WAIT * 4)} s\n")
