@@ -80,6 +80,58 @@ pub struct Config {
     pub durability: crate::store::Durability,
     /// With `durability = "periodic"`, milliseconds between fsyncs.
     pub durability_interval_ms: u64,
+    /// Listeners with their own settings (`[[listener]]` tables), served beside
+    /// those of `listen`. When a file has `[[listener]]` tables and no `listen`
+    /// key, only the tables are served.
+    pub listener: Vec<ListenerConfig>,
+    /// PEM certificate chain of TLS listeners (`mqtts://`, `wss://`, `quic://`)
+    /// that do not name their own.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of TLS listeners that do not name their own.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates that client certificates are verified against, for
+    /// TLS listeners that do not name their own. Without one, client
+    /// certificates are not asked for.
+    pub tls_ca: Option<PathBuf>,
+    /// Refuse TLS clients without a certificate signed by `tls-ca`, during the handshake.
+    pub require_client_cert: bool,
+    /// Use the client certificate's CN (or first SAN) as the user name; the
+    /// client needs no password. Implies `require-client-cert`.
+    pub use_identity_as_username: bool,
+    /// Seconds a TLS, WebSocket or QUIC handshake may take before the
+    /// connection is dropped.
+    pub handshake_timeout: u64,
+    /// Failed authentications allowed per source address per minute; past it,
+    /// connections from that address are refused (CONNACK 0x9F, 3.x code 3)
+    /// until the oldest failure is a minute old. 0 disables the limit.
+    pub auth_failure_limit: u32,
+}
+
+/// A `[[listener]]` table: one listener and its own settings. Settings left out
+/// take the top-level value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ListenerConfig {
+    /// `mqtt://HOST:PORT` (or `tcp://`), `mqtts://`, `ws://HOST:PORT/PATH`,
+    /// `wss://HOST:PORT/PATH` or `quic://HOST:PORT`.
+    pub url: String,
+    /// PEM certificate chain (TLS listeners).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (TLS listeners).
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates for client certificates (TLS listeners).
+    pub tls_ca: Option<PathBuf>,
+    /// Refuse clients without a valid certificate (TLS listeners).
+    pub require_client_cert: Option<bool>,
+    /// Use the certificate's CN (or first SAN) as the user name (TLS listeners).
+    pub use_identity_as_username: Option<bool>,
+    /// Whether clients without a user name may connect on this listener.
+    pub allow_anonymous: Option<bool>,
+    /// Most simultaneous connections on this listener; 0 means no limit of its own.
+    #[serde(default)]
+    pub max_connections: usize,
+    /// WebSocket path (`ws`, `wss`); else the URL's path, else `/mqtt`.
+    pub path: Option<String>,
 }
 
 impl Default for Config {
@@ -108,6 +160,14 @@ impl Default for Config {
             log_level: "info".to_string(),
             durability: crate::store::Durability::Always,
             durability_interval_ms: 100,
+            listener: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            require_client_cert: false,
+            use_identity_as_username: false,
+            handshake_timeout: 10,
+            auth_failure_limit: 10,
         }
     }
 }
@@ -157,7 +217,7 @@ impl Config {
 
     /// Parses TOML text; `path` is used in error messages.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|err| {
+        let mut config: Config = toml::from_str(text).map_err(|err| {
             let line = err
                 .span()
                 .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
@@ -168,6 +228,15 @@ impl Config {
                 message: err.message().replace('\n', " "),
             }
         })?;
+        // `[[listener]]` tables without a `listen` key replace the default listener.
+        if !config.listener.is_empty() {
+            let has_listen = text
+                .parse::<toml::Table>()
+                .is_ok_and(|t| t.contains_key("listen"));
+            if !has_listen {
+                config.listen.clear();
+            }
+        }
         config.validate(&path.display().to_string())?;
         Ok(config)
     }
@@ -181,7 +250,7 @@ impl Config {
                 message: message.to_string(),
             })
         };
-        if self.listen.is_empty() {
+        if self.listen.is_empty() && self.listener.is_empty() {
             return invalid("listen", "at least one listener is needed");
         }
         if self.receive_maximum == 0 {
@@ -199,6 +268,9 @@ impl Config {
         if self.connect_timeout == 0 {
             return invalid("connect-timeout", "must be at least 1 second");
         }
+        if self.handshake_timeout == 0 {
+            return invalid("handshake-timeout", "must be at least 1 second");
+        }
         Ok(())
     }
 
@@ -211,6 +283,30 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listener_tables() {
+        let text = "[[listener]]\nurl = \"mqtts://0.0.0.0:8883\"\ntls-cert = \"c.pem\"\ntls-key = \"k.pem\"\nrequire-client-cert = true\n\n[[listener]]\nurl = \"ws://127.0.0.1:8080\"\npath = \"/ws\"\nmax-connections = 5\n";
+        let config = Config::from_toml(text, Path::new("l.toml")).unwrap();
+        assert!(config.listen.is_empty());
+        assert_eq!(config.listener.len(), 2);
+        assert_eq!(config.listener[0].require_client_cert, Some(true));
+        assert_eq!(config.listener[1].path.as_deref(), Some("/ws"));
+        assert_eq!(config.listener[1].max_connections, 5);
+        let text = format!("listen = [\"mqtt://127.0.0.1:1883\"]\n{text}");
+        let config = Config::from_toml(&text, Path::new("l.toml")).unwrap();
+        assert_eq!(config.listen.len(), 1);
+        let err = Config::from_toml(
+            "[[listener]]\nurl = \"mqtt://x:1\"\nbogus = 1\n",
+            Path::new("m.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("m.toml:3:") && err.contains("bogus"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -18,8 +18,12 @@ pub mod session;
 pub mod store;
 mod sys;
 pub mod topic_tree;
+mod transport;
 
 pub use broker::BrokerState;
 pub use config::{Config, ConfigError};
-pub use server::{Broker, ListenerUrl, LocalConnector, ShutdownHandle, StartError};
+pub use server::{
+    Broker, ListenerUrl, LocalConnector, ReloadError, ReloadHandle, ShutdownHandle, StartError,
+    Transport,
+};
 pub use sys::{publish as publish_sys, VERSION};

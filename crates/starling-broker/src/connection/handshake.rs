@@ -123,9 +123,39 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             connect.client_id =
                 ByteString::from(format!("starling-{:016x}", rand::random::<u64>()));
         }
+        // Listener context (crate::transport): a source address past its failed-
+        // authentication limit is refused before its credentials are looked at; a
+        // verified certificate identity replaces the user name and password; a
+        // listener's own anonymous setting decides for clients without a user name.
+        let ctx = crate::transport::context();
+        if ctx
+            .limiter
+            .as_ref()
+            .is_some_and(|l| l.is_blocked(self.peer.ip()))
+        {
+            tracing::warn!(peer = %self.peer, "too many failed authentications from this address");
+            self.refuse(
+                &connect,
+                ReasonCode::CONNECTION_RATE_EXCEEDED,
+                "failed-authentication limit reached",
+            );
+            return None;
+        }
+        if let Some(identity) = &ctx.identity {
+            connect.username = Some(ByteString::from(identity.as_str()));
+            connect.password = None;
+        }
+        let listener_decision = match (&ctx.identity, &connect.username, ctx.allow_anonymous) {
+            (Some(_), _, _) => Some(AuthDecision::Allow),
+            (None, None, Some(true)) => Some(AuthDecision::Allow),
+            (None, None, Some(false)) => Some(AuthDecision::NotAuthorized),
+            _ => None,
+        };
         // Authentication runs on a blocking thread: password hashing is slow on purpose.
         let authenticator = self.broker.authenticator.read().clone();
-        let quick = {
+        let quick = if listener_decision.is_some() {
+            listener_decision
+        } else {
             let credentials = Credentials {
                 client_id: &connect.client_id,
                 username: connect.username.as_deref(),
@@ -153,6 +183,13 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 .unwrap_or(AuthDecision::NotAuthorized)
             }
         };
+        if decision != AuthDecision::Allow {
+            if let Some(limiter) = &ctx.limiter {
+                if limiter.record_failure(self.peer.ip()) {
+                    tracing::warn!(peer = %self.peer, "failed-authentication limit reached; refusing this address for a while");
+                }
+            }
+        }
         match decision {
             AuthDecision::Allow => {}
             AuthDecision::BadCredentials => {
