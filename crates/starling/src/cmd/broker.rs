@@ -1,5 +1,7 @@
 //! `starling broker`: builds the configuration from the file and the flags (flags
 //! win), starts the broker, and shuts it down gracefully on SIGINT or SIGTERM.
+//! SIGHUP reloads the TLS certificates and keys, and the password and ACL
+//! files, without dropping connections.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +39,25 @@ pub struct BrokerArgs {
     /// Most simultaneous connections (0: no limit).
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// PEM certificate chain for TLS listeners (mqtts://, wss://, quic://).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS listeners.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates that client certificates are verified against.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Refuse TLS clients without a certificate signed by --tls-ca.
+    #[arg(long)]
+    require_client_cert: bool,
+    /// Use the client certificate's CN (or first SAN) as the user name; no
+    /// password needed. Implies --require-client-cert.
+    #[arg(long)]
+    use_identity_as_username: bool,
+    /// Failed authentications allowed per source address per minute (0: no limit).
+    #[arg(long, value_name = "N")]
+    auth_failure_limit: Option<u32>,
     /// Log level (error, warn, info, debug, trace) when RUST_LOG is not set.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
@@ -62,6 +83,20 @@ impl BrokerArgs {
             max_connections,
             log_level
         );
+        if self.tls_cert.is_some() {
+            config.tls_cert = self.tls_cert;
+        }
+        if self.tls_key.is_some() {
+            config.tls_key = self.tls_key;
+        }
+        if self.tls_ca.is_some() {
+            config.tls_ca = self.tls_ca;
+        }
+        config.require_client_cert |= self.require_client_cert;
+        config.use_identity_as_username |= self.use_identity_as_username;
+        if let Some(n) = self.auth_failure_limit {
+            config.auth_failure_limit = n;
+        }
         if self.password_file.is_some() {
             config.password_file = self.password_file;
         }
@@ -94,6 +129,7 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let broker = Broker::bind(config).await?;
         let handle = broker.shutdown_handle();
+        tokio::spawn(reload_on_sighup(broker.reload_handle()));
         tokio::spawn(async move {
             wait_for_signal().await;
             handle.shutdown();
@@ -101,6 +137,33 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
         broker.run().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Reloads certificates and the password and ACL files on each SIGHUP. A
+/// reload that fails changes nothing and is logged.
+async fn reload_on_sighup(reload: starling_broker::ReloadHandle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let reload = reload.clone();
+            match tokio::task::spawn_blocking(move || reload.reload()).await {
+                Ok(Ok(())) => tracing::info!("SIGHUP: certificates and auth files reloaded"),
+                Ok(Err(err)) => {
+                    tracing::error!("SIGHUP: reload failed, keeping the previous files: {err}")
+                }
+                Err(err) => tracing::error!("SIGHUP: reload failed: {err}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reload;
+        std::future::pending::<()>().await
+    }
 }
 
 async fn wait_for_signal() {
