@@ -25,6 +25,8 @@ enum Command {
     Sub(Box<cmd::pubsub::SubArgs>),
     /// Add or update a user in a password file (like mosquitto_passwd).
     Passwd(cmd::passwd::PasswdArgs),
+    /// Load generator: connections, publishers, subscribers, end-to-end latency.
+    Bench(Box<cmd::bench::BenchArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +36,7 @@ fn main() -> std::process::ExitCode {
         Command::Pub(args) => cmd::pubsub::run_pub(*args),
         Command::Sub(args) => cmd::pubsub::run_sub(*args),
         Command::Passwd(args) => cmd::passwd::run(args),
+        Command::Bench(args) => cmd::bench::run(*args),
     };
     match result {
         Ok(code) => code,

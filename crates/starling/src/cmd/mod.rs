@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod bench;
 pub mod broker;
 pub mod passwd;
 pub mod pubsub;
