@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Test dependencies of the broker's browser test (crates/starling-broker/tests/browser.rs):
+# Debian's chromium, run headless, and MQTT.js from npm, installed under
+# ${STARLING_BROWSER_DEPS:-$HOME/.cache/starling/browser}. Idempotent.
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+if ! command -v chromium >/dev/null 2>&1; then
+    $SUDO apt-get update
+    $SUDO apt-get install -y --no-install-recommends chromium
+fi
+if ! command -v npm >/dev/null 2>&1; then
+    $SUDO apt-get update
+    $SUDO apt-get install -y --no-install-recommends nodejs npm
+fi
+DIR="${STARLING_BROWSER_DEPS:-$HOME/.cache/starling/browser}"
+if [ ! -f "$DIR/node_modules/mqtt/dist/mqtt.min.js" ]; then
+    mkdir -p "$DIR"
+    npm install --prefix "$DIR" --no-audit --no-fund --silent 'mqtt@5'
+fi
