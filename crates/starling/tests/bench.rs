@@ -259,6 +259,46 @@ async fn pubsub_pairs_qos2_with_rate_and_small_window() {
     assert_eq!(u(&v, "connections"), 6);
 }
 
+/// Other transports than mqtt:// go through starling-client: same figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_over_websocket() {
+    let dir = std::env::temp_dir().join(format!("starling-bench-ws-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = Config {
+        listen: vec![
+            "mqtt://127.0.0.1:0".to_string(),
+            "ws://127.0.0.1:0/mqtt".to_string(),
+        ],
+        data_dir: dir.join("data"),
+        sys_interval: 0,
+        max_queued_messages: 1_000_000,
+        ..Config::default()
+    };
+    let broker = Broker::bind(config).await.expect("broker binds");
+    let ws = broker.local_addrs()[1];
+    let b = Starling {
+        addr: broker.local_addrs()[0],
+        handle: broker.shutdown_handle(),
+        dir,
+    };
+    tokio::spawn(broker.run());
+    let url = format!("ws://{ws}/mqtt");
+    for (qos, mode, n, expected) in [("1", "fan-in", "2000", 2000), ("0", "fan-out", "200", 1000)] {
+        let v = run(
+            &b,
+            &[
+                "pubsub", "-L", &url, "--mode", mode, "-c", "5", "-n", n, "-q", qos, "-V", "5",
+            ],
+        )
+        .await;
+        let sent = n.parse().unwrap();
+        check_pubsub(&v, mode, qos.parse().unwrap(), sent, expected);
+    }
+    let v = run(&b, &["conn", "-L", &url, "-c", "20", "--hold", "0"]).await;
+    assert_eq!(u(&v, "connected"), 20, "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conn_opens_and_holds_50_connections() {
     let b = start_broker("conn").await;

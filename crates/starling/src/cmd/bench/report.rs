@@ -435,16 +435,25 @@ impl Summary {
     pub fn text(&self, wall: f64) -> String {
         let mut s = String::new();
         let mode = self.mode.map(|m| format!(" {m}")).unwrap_or_default();
-        let _ = writeln!(
+        let _ = write!(
             s,
-            "starling bench {}{mode}: MQTT {}, QoS {}, {} B payload, {} publishers, {} subscribers",
-            self.scenario,
-            self.version,
-            self.qos,
-            self.payload_size,
-            self.publishers,
-            self.subscribers
+            "starling bench {}{mode}: MQTT {}",
+            self.scenario, self.version
         );
+        if self.publishers > 0 {
+            let _ = write!(
+                s,
+                ", QoS {}, {} B payload, {} publishers",
+                self.qos, self.payload_size, self.publishers
+            );
+        }
+        if self.subscribers > 0 {
+            if self.publishers == 0 {
+                let _ = write!(s, ", QoS {}", self.qos);
+            }
+            let _ = write!(s, ", {} subscribers", self.subscribers);
+        }
+        s.push('\n');
         let _ = writeln!(
             s,
             "  connections  {}/{} in {:.3} s ({:.0}/s), {} failed; connect {}",
