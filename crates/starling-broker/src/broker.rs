@@ -23,7 +23,9 @@ use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::retained::RetainedTree;
 use crate::session::{QueueLimits, Session};
+use crate::store::{Durability, Op, Persistence, RedbStore, Store, StoreError};
 use crate::topic_tree::{Matches, TopicTree};
+use std::time::Duration;
 
 /// Shared broker state.
 pub struct BrokerState {
@@ -45,6 +47,8 @@ pub struct BrokerState {
     pub next_conn_id: AtomicU64,
     /// When the broker started.
     pub started: Instant,
+    /// The store's writer, unless `durability = "none"`.
+    pub store: Option<Persistence>,
 }
 
 impl std::fmt::Debug for BrokerState {
@@ -54,9 +58,38 @@ impl std::fmt::Debug for BrokerState {
 }
 
 impl BrokerState {
-    /// New state for `config`.
+    /// Opens the store in the data directory (unless durability is `none`),
+    /// and restores the persistent sessions and retained messages it holds.
+    pub fn open(
+        config: Config,
+        authenticator: Arc<dyn Authenticator>,
+        acl: Option<Acl>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let (store, loaded) = match config.durability {
+            Durability::None => (None, None),
+            durability => {
+                let mut store = RedbStore::open(&config.data_dir)?;
+                let loaded = store.load()?;
+                let interval = Duration::from_millis(config.durability_interval_ms);
+                (
+                    Some(Persistence::start(Box::new(store), durability, interval)),
+                    Some(loaded),
+                )
+            }
+        };
+        let mut state = Self::new(config, authenticator, acl);
+        state.store = store;
+        let state = Arc::new(state);
+        if let Some(loaded) = loaded {
+            crate::persist::restore(&state, loaded);
+        }
+        Ok(state)
+    }
+
+    /// New state for `config`, with no store.
     pub fn new(config: Config, authenticator: Arc<dyn Authenticator>, acl: Option<Acl>) -> Self {
         BrokerState {
+            store: None,
             config,
             sessions: Mutex::new(HashMap::new()),
             topics: RwLock::new(TopicTree::default()),
@@ -93,16 +126,29 @@ impl BrokerState {
         }
     }
 
-    /// Stores a retained message (or deletes one, for an empty payload).
-    pub fn retain(&self, msg: &Arc<Message>) {
-        if self.config.retain_available {
-            self.retained.write().set(msg.clone());
+    /// Stores a retained message (or deletes one, for an empty payload), adding
+    /// the store write to `ops`. `$SYS` topics are not persisted.
+    pub fn retain(&self, msg: &Arc<Message>, ops: &mut Vec<Op>) {
+        if !self.config.retain_available {
+            return;
+        }
+        self.retained.write().set(msg.clone());
+        if self.store.is_some() && !msg.topic.starts_with("$SYS") {
+            if msg.payload.is_empty() {
+                ops.push(Op::DeleteRetained(msg.topic.clone()));
+            } else if let Some(r) = crate::persist::retained_record(msg) {
+                ops.push(Op::Retained(msg.topic.clone(), r));
+            }
         }
     }
 
-    /// Hands `msg` to every matching subscriber's queue. Returns how many sessions
-    /// it was offered to.
-    pub fn route(&self, msg: &Arc<Message>) -> usize {
+    /// Hands `msg` to every matching subscriber's queue; with `ops`, the store
+    /// writes for persistent subscribers are added to it. Returns how many
+    /// sessions it was offered to.
+    pub fn route(&self, msg: &Arc<Message>, mut ops: Option<&mut Vec<Op>>) -> usize {
+        if self.store.is_none() {
+            ops = None;
+        }
         let now = Instant::now();
         if msg.is_expired(now) {
             Metrics::add(&self.metrics.messages_expired, 1);
@@ -187,9 +233,10 @@ impl BrokerState {
                 retain: rap && msg.retain,
                 subscription_ids: ids,
                 share,
+                seq: 0,
             };
             if matches!(
-                session.enqueue(delivery),
+                session.enqueue(delivery, ops.as_deref_mut()),
                 crate::session::Enqueued::Dropped | crate::session::Enqueued::DroppedOldest
             ) {
                 Metrics::add(&self.metrics.messages_dropped, 1);
@@ -204,12 +251,16 @@ impl BrokerState {
     /// leaves does not keep the group's messages). Messages whose group has no
     /// other member stay with the session.
     pub fn redistribute_shared(&self, session: &Arc<Session>) {
+        let mut ops = Vec::new();
         let taken: Vec<Delivery> = {
             let mut st = session.state.lock();
             let mut taken = Vec::new();
             let inflight = std::mem::take(&mut st.inflight);
             for i in inflight {
                 if i.delivery.share.is_some() && !i.released {
+                    if i.delivery.seq != 0 {
+                        ops.push(Op::DeleteMessage(session.client_id.clone(), i.delivery.seq));
+                    }
                     taken.push(i.delivery);
                 } else {
                     st.inflight.push_back(i);
@@ -219,6 +270,9 @@ impl BrokerState {
             st.queued_bytes = 0;
             for d in queue {
                 if d.share.is_some() {
+                    if d.seq != 0 {
+                        ops.push(Op::DeleteMessage(session.client_id.clone(), d.seq));
+                    }
                     taken.push(d);
                 } else {
                     st.queued_bytes += d.msg.payload.len();
@@ -228,6 +282,7 @@ impl BrokerState {
             taken
         };
         for mut d in taken {
+            d.seq = 0;
             let Some(key) = d.share.clone() else { continue };
             let (group, filter) = split_share(&key);
             let other = {
@@ -249,13 +304,16 @@ impl BrokerState {
                 Some((member, granted, id)) => {
                     d.qos = d.msg.qos.min(granted);
                     d.subscription_ids = id.into_iter().collect();
-                    member.enqueue(d);
+                    member.enqueue(d, Some(&mut ops));
                 }
                 None => {
                     // Nobody else in the group: keep it for this session.
-                    let _ = session.enqueue(d);
+                    let _ = session.enqueue(d, Some(&mut ops));
                 }
             }
+        }
+        if let Some(store) = &self.store {
+            store.submit(ops);
         }
     }
 

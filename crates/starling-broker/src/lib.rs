@@ -12,6 +12,7 @@ mod connection;
 mod lifecycle;
 pub mod message;
 pub mod metrics;
+mod persist;
 pub mod retained;
 mod server;
 pub mod session;

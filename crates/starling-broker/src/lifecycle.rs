@@ -1,6 +1,8 @@
 //! How sessions begin and end: attaching a connection (with takeover), detaching
-//! it, the will message with its delay, and session expiry.
+//! it, the will message with its delay, and session expiry, with the store
+//! writes each step implies for persistent sessions.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +15,9 @@ use crate::broker::BrokerState;
 use crate::connection::{Client, Close};
 use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::persist;
 use crate::session::{Kick, Link, Session};
+use crate::store::Op;
 
 /// Attaches connection `conn_id` to the session of `client_id`, taking it over
 /// from another connection if one holds it. A clean start discards any stored
@@ -40,7 +44,9 @@ pub(crate) fn attach(
                     Metrics::add(&broker.metrics.takeovers, 1);
                     tracing::info!(client_id = %client_id, "session taken over");
                 }
-                if clean_start {
+                // A clean start discards the old session; so does a session that
+                // was to end with its connection ([MQTT-3.1.2-6]): it is never resumed.
+                if clean_start || st.expiry_interval == 0 {
                     drop(st);
                     discarded = sessions.remove(client_id);
                     None
@@ -74,6 +80,29 @@ pub(crate) fn attach(
             }
         }
     };
+    if let Some(store) = &broker.store {
+        let (session, resumed) = &result;
+        let mut ops = Vec::new();
+        if let Some(old) = &discarded {
+            if old.persistent.swap(false, Ordering::Relaxed) {
+                ops.push(Op::DeleteSession(client_id.clone()));
+            }
+        }
+        let was = session.persistent.load(Ordering::Relaxed);
+        let now = expiry_interval > 0;
+        if now {
+            ops.push(persist::session_op(client_id, expiry_interval, true));
+        } else if was {
+            // Resumed with expiry 0: the session now ends with this connection.
+            ops.push(Op::DeleteSession(client_id.clone()));
+        }
+        if *resumed && was {
+            // A will waiting for its delay is cancelled by the resume.
+            ops.push(Op::DeleteWill(client_id.clone()));
+        }
+        session.persistent.store(now, Ordering::Relaxed);
+        store.submit(ops);
+    }
     if let Some(old) = discarded {
         broker.unsubscribe_all(&old);
     }
@@ -121,11 +150,22 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Client, cl
         return;
     };
     if expiry == 0 {
-        end_session(broker, &session);
+        end_session_unless_resumed(broker, &session, generation);
         if let Some(will) = will {
             publish_will(broker, &client.client_id, client.username.as_deref(), will);
         }
         return;
+    }
+    if let (Some(store), true) = (&broker.store, session.persistent.load(Ordering::Relaxed)) {
+        let mut ops = vec![persist::session_op(&session.client_id, expiry, false)];
+        if let Some(w) = will.as_ref().filter(|_| will_delay > 0) {
+            let delay = will_delay.min(expiry);
+            ops.extend(
+                persist::will_record(w, delay, client.username.as_deref())
+                    .map(|r| Op::Will(session.client_id.clone(), r)),
+            );
+        }
+        store.submit(ops);
     }
     if let Some(will) = will {
         if will_delay == 0 {
@@ -133,42 +173,87 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Client, cl
         } else {
             // The will waits for its delay, or for the end of the session if sooner.
             let wait = Duration::from_secs(u64::from(will_delay.min(expiry)));
-            let broker = broker.clone();
-            let session = session.clone();
-            let username = client.username.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(wait).await;
-                let resumed = {
-                    let st = session.state.lock();
-                    st.generation != generation || st.link.is_some()
-                };
-                if !resumed {
-                    publish_will(&broker, &session.client_id, username.as_deref(), will);
-                }
-            });
+            schedule_will(
+                broker,
+                Some(session.clone()),
+                session.client_id.clone(),
+                client.username.clone(),
+                will,
+                generation,
+                wait,
+            );
         }
     }
     if expiry != u32::MAX {
-        let broker = broker.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
-            let expired = {
-                let st = session.state.lock();
-                st.generation == generation && st.link.is_none()
-            };
-            if expired {
-                tracing::debug!(client_id = %session.client_id, "session expired");
-                end_session(&broker, &session);
-            }
-        });
+        schedule_expiry(
+            broker,
+            session,
+            generation,
+            Duration::from_secs(u64::from(expiry)),
+        );
     }
 }
 
-/// Removes a session from the registry (if it is still the registered one) and
-/// its subscriptions from the index.
-fn end_session(broker: &Arc<BrokerState>, session: &Arc<Session>) {
+/// Publishes `will` after `wait`, unless `session` was resumed in the meantime
+/// (its generation changed or a connection is attached).
+pub(crate) fn schedule_will(
+    broker: &Arc<BrokerState>,
+    session: Option<Arc<Session>>,
+    client_id: ByteString,
+    username: Option<ByteString>,
+    will: Will,
+    generation: u64,
+    wait: Duration,
+) {
+    let broker = broker.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        let resumed = session.as_ref().is_some_and(|s| {
+            let st = s.state.lock();
+            st.generation != generation || st.link.is_some()
+        });
+        if let Some(store) = &broker.store {
+            store.submit(vec![Op::DeleteWill(client_id.clone())]);
+        }
+        if !resumed {
+            publish_will(&broker, &client_id, username.as_deref(), will);
+        }
+    });
+}
+
+/// Ends `session` after `wait` unless it was resumed in the meantime.
+pub(crate) fn schedule_expiry(
+    broker: &Arc<BrokerState>,
+    session: Arc<Session>,
+    generation: u64,
+    wait: Duration,
+) {
+    let broker = broker.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        if end_session_unless_resumed(&broker, &session, generation) {
+            tracing::debug!(client_id = %session.client_id, "session expired");
+        }
+    });
+}
+
+/// Ends `session` unless a connection resumed it since `generation`. The check
+/// and the removal from the registry happen under the registry lock (taken
+/// before the session's own, as in [`attach`]), so a reconnect cannot slip in
+/// between. Returns whether the session ended.
+fn end_session_unless_resumed(
+    broker: &Arc<BrokerState>,
+    session: &Arc<Session>,
+    generation: u64,
+) -> bool {
     {
         let mut sessions = broker.sessions.lock();
+        {
+            let st = session.state.lock();
+            if st.generation != generation || st.link.is_some() {
+                return false;
+            }
+        }
         if sessions
             .get(&session.client_id)
             .is_some_and(|s| Arc::ptr_eq(s, session))
@@ -176,7 +261,13 @@ fn end_session(broker: &Arc<BrokerState>, session: &Arc<Session>) {
             sessions.remove(&session.client_id);
         }
     }
+    if session.persistent.swap(false, Ordering::Relaxed) {
+        if let Some(store) = &broker.store {
+            store.submit(vec![Op::DeleteSession(session.client_id.clone())]);
+        }
+    }
     broker.unsubscribe_all(session);
+    true
 }
 
 /// Publishes a will, if the ACL lets its client write the topic.
@@ -205,8 +296,12 @@ pub(crate) fn publish_will(
         publisher: Some(client_id.clone()),
     });
     tracing::debug!(client_id = %client_id, topic = %msg.topic, "publishing will");
+    let mut ops = Vec::new();
     if msg.retain {
-        broker.retain(&msg);
+        broker.retain(&msg, &mut ops);
     }
-    broker.route(&msg);
+    broker.route(&msg, Some(&mut ops));
+    if let Some(store) = &broker.store {
+        store.submit(ops);
+    }
 }

@@ -75,6 +75,8 @@ pub struct Delivery {
     /// The shared subscription (`$share/group/filter`) that chose this session,
     /// so the message can go to another member if this one leaves unacknowledged.
     pub share: Option<Arc<str>>,
+    /// Its key in the store (per-session sequence number); 0 when not stored.
+    pub seq: u64,
 }
 
 impl Delivery {

@@ -487,7 +487,7 @@ impl Broker {
         }
         let (tx, _rx) = watch::channel(false);
         let limiter = Arc::new(AuthLimiter::new(config.auth_failure_limit));
-        let state = Arc::new(BrokerState::new(config, authenticator, acl));
+        let state = BrokerState::open(config, authenticator, acl)?;
         let tls = listeners
             .iter()
             .filter_map(|l| {

@@ -7,7 +7,7 @@
 //! the attached connection takes it to drain the queue and record acks.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use starling_codec::{ByteString, QoS, SubscriptionOptions};
@@ -15,6 +15,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::config::OverflowPolicy;
 use crate::message::Delivery;
+use crate::store::Op;
 
 /// Why a connection is told to close by someone else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +92,8 @@ pub struct SessionState {
     pub limits: QueueLimits,
     /// User name of the last connection, for read ACL checks at delivery.
     pub username: Option<ByteString>,
+    /// Next store sequence number for a queued message.
+    pub next_seq: u64,
 }
 
 /// A session, shared between the registry, the topic index and its connection.
@@ -104,6 +107,9 @@ pub struct Session {
     pub notify: Notify,
     /// Messages dropped because the queue was full, or too large for the client.
     pub dropped: AtomicU64,
+    /// Whether the session is kept in the store (it outlives its connection and
+    /// the broker persists).
+    pub persistent: AtomicBool,
 }
 
 /// What happened to a delivery offered to a session.
@@ -136,19 +142,44 @@ impl Session {
                 generation: 0,
                 limits,
                 username: None,
+                next_seq: 1,
             }),
             notify: Notify::new(),
             dropped: AtomicU64::new(0),
+            persistent: AtomicBool::new(false),
         }
     }
 
     /// Offers a delivery to the session's queue, applying its bounds, and wakes
-    /// the attached connection.
-    pub fn enqueue(&self, delivery: Delivery) -> Enqueued {
-        let outcome = {
+    /// the attached connection. With `ops`, a QoS 1/2 delivery to a persistent
+    /// session is given a sequence number and its store write is added to `ops`,
+    /// as is the removal of any message the bound evicted.
+    pub fn enqueue(&self, mut delivery: Delivery, ops: Option<&mut Vec<Op>>) -> Enqueued {
+        let stored = ops.is_some()
+            && delivery.qos != QoS::AtMostOnce
+            && self.persistent.load(Ordering::Relaxed);
+        let (outcome, evicted) = {
             let mut st = self.state.lock();
-            st.push(delivery)
+            if stored {
+                delivery.seq = st.next_seq;
+                st.next_seq += 1;
+            }
+            let record = stored.then(|| crate::persist::message_record(&delivery));
+            let seq = delivery.seq;
+            let (outcome, evicted) = st.push(delivery);
+            if let Some(ops) = ops {
+                if let (Some(Some(record)), Enqueued::Queued | Enqueued::DroppedOldest) =
+                    (record, outcome)
+                {
+                    ops.push(Op::Message(self.client_id.clone(), seq, record));
+                }
+                for e in &evicted {
+                    ops.push(Op::DeleteMessage(self.client_id.clone(), *e));
+                }
+            }
+            (outcome, evicted)
         };
+        drop(evicted);
         match outcome {
             Enqueued::Queued => self.notify.notify_one(),
             Enqueued::DroppedOldest => {
@@ -165,9 +196,12 @@ impl Session {
 }
 
 impl SessionState {
-    fn push(&mut self, delivery: Delivery) -> Enqueued {
+    /// Queues a delivery within the bounds. Returns the outcome and the store
+    /// sequence numbers of messages evicted to make room.
+    fn push(&mut self, delivery: Delivery) -> (Enqueued, Vec<u64>) {
+        let mut evicted = Vec::new();
         if delivery.qos == QoS::AtMostOnce && self.link.is_none() && !self.limits.qos0_offline {
-            return Enqueued::Skipped;
+            return (Enqueued::Skipped, evicted);
         }
         let size = delivery.msg.payload.len();
         let full = self.queue.len() >= self.limits.max_messages
@@ -175,7 +209,7 @@ impl SessionState {
         let mut outcome = Enqueued::Queued;
         if full {
             if delivery.qos == QoS::AtMostOnce || self.limits.policy == OverflowPolicy::DropNewest {
-                return Enqueued::Dropped;
+                return (Enqueued::Dropped, evicted);
             }
             // Drop the oldest until the new message fits.
             while !self.queue.is_empty()
@@ -184,16 +218,19 @@ impl SessionState {
             {
                 if let Some(old) = self.queue.pop_front() {
                     self.queued_bytes -= old.msg.payload.len();
+                    if old.seq != 0 {
+                        evicted.push(old.seq);
+                    }
                 }
             }
             if size > self.limits.max_bytes {
-                return Enqueued::Dropped;
+                return (Enqueued::Dropped, evicted);
             }
             outcome = Enqueued::DroppedOldest;
         }
         self.queued_bytes += size;
         self.queue.push_back(delivery);
-        outcome
+        (outcome, evicted)
     }
 
     /// Takes the next queued delivery.

@@ -84,7 +84,7 @@ pub fn publish(broker: &Arc<BrokerState>) {
             expires_at: None,
             publisher: None,
         });
-        broker.retain(&msg);
-        broker.route(&msg);
+        broker.retain(&msg, &mut Vec::new());
+        broker.route(&msg, None);
     }
 }

@@ -517,7 +517,6 @@ async fn paho_persistent_session_resumes() {
 /// connection, so CONNACK must say session present 0 and the new session must
 /// not inherit its subscriptions ([MQTT-3.1.2-6]; MQTT 5 section 3.1.2.11.2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broker bug: takeover of a clean session resumes it (session present 1, subscriptions kept)"]
 async fn paho_takeover_of_clean_session_starts_fresh() {
     need_paho().await;
     let b = TestBroker::default().await;

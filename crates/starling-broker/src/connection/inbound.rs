@@ -16,6 +16,7 @@ use crate::broker::split_share;
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::session::SubEntry;
+use crate::store::Op;
 use crate::topic_tree::Subscriber;
 
 fn protocol_error(msg: impl Into<String>) -> Close {
@@ -30,37 +31,47 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         match packet {
             Packet::Publish(publish) => self.on_publish(client, publish),
             Packet::PubAck(ack) => {
-                let mut st = client.session.state.lock();
-                if let Some(pos) = st
-                    .inflight
-                    .iter()
-                    .position(|i| i.packet_id == ack.packet_id && !i.released)
-                {
-                    st.inflight.remove(pos);
-                }
+                let done = {
+                    let mut st = client.session.state.lock();
+                    let pos = st
+                        .inflight
+                        .iter()
+                        .position(|i| i.packet_id == ack.packet_id && !i.released);
+                    pos.and_then(|pos| st.inflight.remove(pos))
+                };
+                self.forget(client, done.map(|i| i.delivery.seq));
                 Ok(())
             }
             Packet::PubRec(ack) => {
-                let code = {
+                let (code, forget, record) = {
                     let mut st = client.session.state.lock();
                     match st
                         .inflight
-                        .iter_mut()
-                        .find(|i| i.packet_id == ack.packet_id)
+                        .iter()
+                        .position(|i| i.packet_id == ack.packet_id)
                     {
-                        Some(i) if ack.reason_code.is_error() => {
+                        Some(pos) if ack.reason_code.is_error() => {
                             // The receiver refused the message: the exchange ends here.
-                            let id = i.packet_id;
-                            st.take_inflight(id);
-                            None
+                            let seq = st.inflight.remove(pos).map(|i| i.delivery.seq);
+                            (None, seq, None)
                         }
-                        Some(i) => {
+                        Some(pos) => {
+                            let i = &mut st.inflight[pos];
                             i.released = true;
-                            Some(ReasonCode::SUCCESS)
+                            let record = (i.delivery.seq != 0)
+                                .then(|| {
+                                    crate::persist::inflight_record(i).map(|r| (i.delivery.seq, r))
+                                })
+                                .flatten();
+                            (Some(ReasonCode::SUCCESS), None, record)
                         }
-                        None => Some(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND),
+                        None => (Some(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND), None, None),
                     }
                 };
+                self.forget(client, forget);
+                if let (Some(store), Some((seq, record))) = (&self.broker.store, record) {
+                    store.submit(vec![Op::Message(client.client_id.clone(), seq, record)]);
+                }
                 if let Some(code) = code {
                     let rel = Ack {
                         packet_id: ack.packet_id,
@@ -78,6 +89,19 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     .lock()
                     .incoming_qos2
                     .remove(&ack.packet_id);
+                if found
+                    && client
+                        .session
+                        .persistent
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    if let Some(store) = &self.broker.store {
+                        store.submit(vec![Op::DeleteIncomingQos2(
+                            client.client_id.clone(),
+                            ack.packet_id,
+                        )]);
+                    }
+                }
                 let comp = Ack {
                     packet_id: ack.packet_id,
                     reason_code: if found {
@@ -87,11 +111,12 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     },
                     ..Ack::default()
                 };
-                self.send(&Packet::PubComp(comp), v);
+                self.send_ack(Packet::PubComp(comp), None, v);
                 Ok(())
             }
             Packet::PubComp(ack) => {
-                client.session.state.lock().take_inflight(ack.packet_id);
+                let done = client.session.state.lock().take_inflight(ack.packet_id);
+                self.forget(client, done.map(|i| i.delivery.seq));
                 Ok(())
             }
             Packet::Subscribe(sub) => {
@@ -112,6 +137,13 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => Err(
                 protocol_error(format!("{:?} from a client", packet.packet_type())),
             ),
+        }
+    }
+
+    /// Removes a delivered message's record from the store.
+    fn forget(&self, client: &Client, seq: Option<u64>) {
+        if let (Some(store), Some(seq)) = (&self.broker.store, seq.filter(|s| *s != 0)) {
+            store.submit(vec![Op::DeleteMessage(client.client_id.clone(), seq)]);
         }
     }
 
@@ -174,7 +206,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             let st = client.session.state.lock();
             if st.incoming_qos2.contains(&packet_id) {
                 drop(st);
-                self.send(&Packet::PubRec(Ack::new(packet_id)), v);
+                self.send_ack(Packet::PubRec(Ack::new(packet_id)), None, v);
                 return Ok(());
             }
             if st.incoming_qos2.len() >= usize::from(config.receive_maximum) {
@@ -185,6 +217,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             }
         }
         let mut code = ReasonCode::SUCCESS;
+        let mut ops = Vec::new();
         if publish.properties.payload_format_indicator == Some(true)
             && std::str::from_utf8(&publish.payload).is_err()
         {
@@ -210,9 +243,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 Instant::now(),
             ));
             if msg.retain {
-                self.broker.retain(&msg);
+                self.broker.retain(&msg, &mut ops);
             }
-            let offered = self.broker.route(&msg);
+            let offered = self.broker.route(&msg, Some(&mut ops));
             if offered == 0 {
                 code = ReasonCode::NO_MATCHING_SUBSCRIBERS;
             }
@@ -226,15 +259,38 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             reason_code: code,
             ..Ack::default()
         };
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(&Packet::PubAck(ack), v),
+        let persistent = client
+            .session
+            .persistent
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let packet = match qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(Packet::PubAck(ack)),
             QoS::ExactlyOnce => {
                 if !code.is_error() {
                     client.session.state.lock().incoming_qos2.insert(packet_id);
+                    if persistent {
+                        ops.push(Op::IncomingQos2(client.client_id.clone(), packet_id));
+                    }
                 }
-                self.send(&Packet::PubRec(ack), v);
+                Some(Packet::PubRec(ack))
             }
+        };
+        // With durability "always", the acknowledgement waits until what it
+        // acknowledges is on disk; acknowledgements keep their order.
+        let wait = match &self.broker.store {
+            Some(store) if !ops.is_empty() => {
+                if packet.is_some() && store.acks_wait() {
+                    Some(store.submit_and_wait(ops))
+                } else {
+                    store.submit(ops);
+                    None
+                }
+            }
+            _ => None,
+        };
+        if let Some(packet) = packet {
+            self.send_ack(packet, wait, v);
         }
         Ok(())
     }
@@ -302,6 +358,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                         retain: true,
                         subscription_ids: sub_id.into_iter().collect(),
                         share: None,
+                        seq: 0,
                         msg,
                     });
                 }
@@ -313,6 +370,24 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             reason_codes: codes,
         };
         self.send(&Packet::SubAck(ack), v);
+        let mut ops = Vec::new();
+        if client
+            .session
+            .persistent
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let st = client.session.state.lock();
+            for s in &sub.subscriptions {
+                if let Some(entry) = st.subscriptions.get(&s.filter) {
+                    ops.push(crate::persist::subscription_op(
+                        &client.client_id,
+                        &s.filter,
+                        entry,
+                    ));
+                }
+            }
+        }
+        let store = self.broker.store.is_some();
         for d in retained {
             if self.broker.allowed(
                 client.username.as_deref(),
@@ -320,8 +395,11 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 &d.msg.topic,
                 Access::Read,
             ) {
-                client.session.enqueue(d);
+                client.session.enqueue(d, store.then_some(&mut ops));
             }
+        }
+        if let Some(store) = &self.broker.store {
+            store.submit(ops);
         }
     }
 
@@ -334,7 +412,26 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 .topics
                 .write()
                 .unsubscribe(share, inner, &client.session);
-            client.session.state.lock().subscriptions.remove(filter);
+            let existed = client
+                .session
+                .state
+                .lock()
+                .subscriptions
+                .remove(filter)
+                .is_some();
+            if existed
+                && client
+                    .session
+                    .persistent
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                if let Some(store) = &self.broker.store {
+                    store.submit(vec![Op::Unsubscribe(
+                        client.client_id.clone(),
+                        filter.clone(),
+                    )]);
+                }
+            }
             codes.push(if removed {
                 ReasonCode::SUCCESS
             } else {

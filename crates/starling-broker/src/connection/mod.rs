@@ -9,6 +9,7 @@
 mod handshake;
 mod inbound;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 use crate::broker::BrokerState;
 use crate::metrics::Metrics;
 use crate::session::{Inflight, Kick, Session};
+use crate::store::Op;
 
 /// Above this many buffered outgoing bytes the connection stops reading and
 /// stops draining its queue until the socket takes some.
@@ -65,6 +67,13 @@ impl Close {
     }
 }
 
+/// Completes when the first pending acknowledgement may be sent.
+async fn first_ack(pending: &mut VecDeque<(Option<oneshot::Receiver<()>>, Packet)>) {
+    if let Some((Some(rx), _)) = pending.front_mut() {
+        let _ = rx.await;
+    }
+}
+
 /// The client side of an attached connection.
 pub(crate) struct Client {
     pub version: ProtocolVersion,
@@ -90,6 +99,8 @@ pub(crate) struct Connection<S> {
     pub decoder: Decoder,
     pub peer: SocketAddr,
     pub conn_id: u64,
+    /// Acknowledgements waiting for the store, in the order they must be sent.
+    pub pending_acks: VecDeque<(Option<oneshot::Receiver<()>>, Packet)>,
 }
 
 /// Serves one accepted connection to its end.
@@ -117,6 +128,7 @@ pub(crate) async fn serve<S>(
         decoder,
         peer,
         conn_id,
+        pending_acks: VecDeque::new(),
     };
     let connect_timeout = conn.broker.config.connect_timeout();
     let first = tokio::select! {
@@ -154,6 +166,35 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     pub(crate) fn send(&mut self, packet: &Packet, version: ProtocolVersion) {
         if let Err(err) = packet.encode(version, &mut self.wbuf) {
             tracing::warn!(peer = %self.peer, ?err, "could not encode {:?}", packet.packet_type());
+        }
+    }
+
+    /// Sends an acknowledgement once `wait` completes, after every earlier one
+    /// ([MQTT-4.6.0-2]: acknowledgements go out in the order the PUBLISHes came).
+    pub(crate) fn send_ack(
+        &mut self,
+        packet: Packet,
+        wait: Option<oneshot::Receiver<()>>,
+        version: ProtocolVersion,
+    ) {
+        if wait.is_none() && self.pending_acks.is_empty() {
+            self.send(&packet, version);
+        } else {
+            self.pending_acks.push_back((wait, packet));
+        }
+    }
+
+    /// Writes the acknowledgements at the front whose store writes are done.
+    fn release_acks(&mut self, version: ProtocolVersion) {
+        while let Some((wait, _)) = self.pending_acks.front_mut() {
+            if let Some(rx) = wait {
+                if rx.try_recv().is_err() && !rx.is_terminated() {
+                    break;
+                }
+            }
+            if let Some((_, packet)) = self.pending_acks.pop_front() {
+                self.send(&packet, version);
+            }
         }
     }
 
@@ -233,6 +274,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                         self.rbuf = BytesMut::new();
                     }
                 }
+                _ = first_ack(&mut self.pending_acks), if !self.pending_acks.is_empty() => {
+                    self.release_acks(client.version);
+                }
                 _ = session.notify.notified() => {}
                 _ = sleep_until(deadline), if !keep_alive.is_zero() => return Close::KeepAlive,
             }
@@ -243,6 +287,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     /// maximum and the buffer's high-water mark.
     fn drain(&mut self, client: &mut Client) {
         let now = Instant::now();
+        let mut ops = Vec::new();
         let mut st = client.session.state.lock();
         if !st.is_attached_to(self.conn_id) {
             return;
@@ -251,6 +296,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             let Some(delivery) = st.pop() else { break };
             if delivery.msg.is_expired(now) {
                 Metrics::add(&self.broker.metrics.messages_expired, 1);
+                if delivery.seq != 0 {
+                    ops.push(Op::DeleteMessage(client.client_id.clone(), delivery.seq));
+                }
                 continue;
             }
             let qos1 = delivery.qos != starling_codec::QoS::AtMostOnce;
@@ -278,12 +326,30 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             }
             Metrics::add(&self.broker.metrics.messages_sent, 1);
             if qos1 {
-                st.inflight.push_back(Inflight {
+                let inflight = Inflight {
                     packet_id,
                     delivery,
                     released: false,
-                });
+                };
+                // QoS 2: remember the packet id, so a restart resends it with DUP
+                // and the receiver can recognise the duplicate.
+                if inflight.delivery.seq != 0
+                    && inflight.delivery.qos == starling_codec::QoS::ExactlyOnce
+                {
+                    if let Some(r) = crate::persist::inflight_record(&inflight) {
+                        ops.push(Op::Message(
+                            client.client_id.clone(),
+                            inflight.delivery.seq,
+                            r,
+                        ));
+                    }
+                }
+                st.inflight.push_back(inflight);
             }
+        }
+        drop(st);
+        if let Some(store) = &self.broker.store {
+            store.submit(ops);
         }
     }
 

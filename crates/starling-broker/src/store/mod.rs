@@ -106,6 +106,10 @@ pub trait Store: Send + 'static {
 struct Request {
     ops: Vec<Op>,
     done: Option<oneshot::Sender<()>>,
+    /// Make everything durable, whatever the durability setting.
+    sync: bool,
+    /// Then close the store and end the writer thread.
+    close: bool,
 }
 
 /// The front of the store: a writer thread that batches what every connection
@@ -147,16 +151,20 @@ impl Persistence {
                     // commit ran goes into this one.
                     let mut ops = first.ops;
                     let mut waiters: Vec<oneshot::Sender<()>> = first.done.into_iter().collect();
+                    let mut sync = first.sync;
+                    let mut close = first.close;
                     while ops.len() < 65_536 {
                         match rx.try_recv() {
                             Ok(r) => {
                                 ops.extend(r.ops);
                                 waiters.extend(r.done);
+                                sync |= r.sync;
+                                close |= r.close;
                             }
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = store.apply(&ops, durable) {
+                    if let Err(e) = store.apply(&ops, durable || sync) {
                         tracing::error!("{e}");
                     }
                     if durability == Durability::Periodic && last_sync.elapsed() >= interval {
@@ -164,6 +172,13 @@ impl Persistence {
                             tracing::error!("{e}");
                         }
                         last_sync = std::time::Instant::now();
+                    }
+                    if close {
+                        drop(store);
+                        for w in waiters {
+                            let _ = w.send(());
+                        }
+                        return;
                     }
                     for w in waiters {
                         let _ = w.send(());
@@ -180,7 +195,12 @@ impl Persistence {
     /// Submits changes without waiting for them.
     pub fn submit(&self, ops: Vec<Op>) {
         if !ops.is_empty() {
-            let _ = self.tx.send(Request { ops, done: None });
+            let _ = self.tx.send(Request {
+                ops,
+                done: None,
+                sync: false,
+                close: false,
+            });
         }
     }
 
@@ -191,6 +211,8 @@ impl Persistence {
         let _ = self.tx.send(Request {
             ops,
             done: Some(done),
+            sync: false,
+            close: false,
         });
         rx
     }
@@ -200,9 +222,29 @@ impl Persistence {
         self.durability == Durability::Always
     }
 
-    /// Waits until everything submitted so far has been applied.
+    /// Waits until everything submitted so far is on stable storage.
     pub async fn flush(&self) {
-        let _ = self.submit_and_wait(Vec::new()).await;
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Request {
+            ops: Vec::new(),
+            done: Some(done),
+            sync: true,
+            close: false,
+        });
+        let _ = rx.await;
+    }
+
+    /// Makes everything durable and closes the store; later submissions are
+    /// ignored. Returns once the store's files are released.
+    pub async fn close(&self) {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Request {
+            ops: Vec::new(),
+            done: Some(done),
+            sync: true,
+            close: true,
+        });
+        let _ = rx.await;
     }
 }
 

@@ -361,3 +361,22 @@ mod tests {
         assert_eq!(seqs, [1, 3]);
     }
 }
+
+#[cfg(test)]
+mod close_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn close_releases_the_file() {
+        let d = std::env::temp_dir().join(format!("starling-store-close-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let s = RedbStore::open(&d).unwrap();
+        let p = crate::store::Persistence::start(
+            Box::new(s),
+            crate::store::Durability::Always,
+            std::time::Duration::from_millis(100),
+        );
+        p.close().await;
+        RedbStore::open(&d).unwrap();
+    }
+}

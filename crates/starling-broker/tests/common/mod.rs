@@ -47,6 +47,10 @@ impl TestBroker {
             .try_init();
         config.listen = vec!["mqtt://127.0.0.1:0".to_string()];
         config.sys_interval = 0;
+        // Memory only unless a test asks for the store (and gives it a data dir).
+        if config.data_dir == Config::default().data_dir {
+            config.durability = starling_broker::store::Durability::None;
+        }
         let broker = Broker::bind(config).await.expect("broker binds");
         Self::run(broker)
     }
@@ -80,6 +84,9 @@ impl TestBroker {
             .await
             .expect("broker stops")
             .expect("no panic");
+        if let Some(store) = &self.state.store {
+            store.close().await;
+        }
     }
 }
 

@@ -124,7 +124,12 @@ pub struct Running {
 impl Running {
     pub async fn start(mut config: Config) -> Running {
         config.sys_interval = 0;
-        let broker = Broker::bind(config).await.expect("broker binds");
+        let broker = Broker::bind(starling_broker::Config {
+            durability: starling_broker::store::Durability::None,
+            ..config
+        })
+        .await
+        .expect("broker binds");
         let addrs = broker.local_addrs();
         let handle = broker.shutdown_handle();
         let reload = broker.reload_handle();

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use starling_broker::store::Durability;
 use starling_broker::{Broker, Config};
 
 /// Arguments of `starling broker`.
@@ -39,6 +40,10 @@ pub struct BrokerArgs {
     /// Most simultaneous connections (0: no limit).
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// When acknowledged messages reach the disk: always (fsync before the
+    /// acknowledgement), periodic, or none (memory only).
+    #[arg(long, value_name = "MODE", value_parser = ["always", "periodic", "none"])]
+    durability: Option<String>,
     /// PEM certificate chain for TLS listeners (mqtts://, wss://, quic://).
     #[arg(long, value_name = "FILE")]
     tls_cert: Option<PathBuf>,
@@ -83,6 +88,13 @@ impl BrokerArgs {
             max_connections,
             log_level
         );
+        if let Some(d) = self.durability.as_deref() {
+            config.durability = match d {
+                "periodic" => Durability::Periodic,
+                "none" => Durability::None,
+                _ => Durability::Always,
+            };
+        }
         if self.tls_cert.is_some() {
             config.tls_cert = self.tls_cert;
         }
@@ -134,7 +146,11 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
             wait_for_signal().await;
             handle.shutdown();
         });
+        let state = broker.state();
         broker.run().await;
+        if let Some(store) = &state.store {
+            store.close().await;
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

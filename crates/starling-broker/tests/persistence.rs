@@ -1,0 +1,258 @@
+//! Persistent sessions across a broker restart: subscriptions, queued messages
+//! in order, in-flight messages with DUP, exactly-once QoS 2 state, retained
+//! messages, expiry, and corruption tolerance.
+
+mod common;
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use common::{Raw, TestBroker};
+use starling_broker::store::Durability;
+use starling_broker::Config;
+use starling_codec::{Ack, Connect, Disconnect, Packet, ProtocolVersion as V, Publish, QoS};
+
+fn data_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("starling-persist-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn config(dir: &std::path::Path, durability: Durability) -> Config {
+    Config {
+        data_dir: dir.to_path_buf(),
+        durability,
+        ..Config::default()
+    }
+}
+
+fn persistent(v: V, id: &str) -> Connect {
+    let mut c = Connect::new(v, id);
+    c.clean_start = false;
+    if v == V::V5 {
+        c.properties.session_expiry_interval = Some(3600);
+    }
+    c
+}
+
+async fn restart(b: TestBroker, cfg: Config) -> TestBroker {
+    b.stop().await;
+    TestBroker::start(cfg).await
+}
+
+#[tokio::test]
+async fn queued_messages_and_subscriptions_survive_a_restart() {
+    for durability in [Durability::Always, Durability::Periodic] {
+        let dir = data_dir(&format!("queue-{durability:?}"));
+        let b = TestBroker::start(config(&dir, durability)).await;
+        for v in [V::V3_1_1, V::V5] {
+            let (mut sub, _) =
+                Raw::connect(b.addr, persistent(v, &format!("sub{}", v.level()))).await;
+            sub.subscribe("p/+", QoS::ExactlyOnce).await;
+            sub.send(Packet::Disconnect(Disconnect::default())).await;
+            sub.closed().await;
+        }
+        let mut publ = Raw::client(b.addr, V::V5, "pub").await;
+        for (i, payload) in [&b"one"[..], b"two", b"three"].into_iter().enumerate() {
+            let mut p = Publish::new("p/x", Bytes::from_static(payload));
+            p.qos = if i == 1 {
+                QoS::ExactlyOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            p.packet_id = i as u16 + 1;
+            publ.send(Packet::Publish(p)).await;
+            match publ.recv().await {
+                Packet::PubAck(_) => {}
+                Packet::PubRec(_) => {
+                    publ.send(Packet::PubRel(Ack::new(i as u16 + 1))).await;
+                    assert!(matches!(publ.recv().await, Packet::PubComp(_)));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        drop(publ);
+        let b = restart(b, config(&dir, durability)).await;
+        for v in [V::V3_1_1, V::V5] {
+            let (mut sub, ack) =
+                Raw::connect(b.addr, persistent(v, &format!("sub{}", v.level()))).await;
+            assert!(
+                ack.session_present,
+                "{durability:?} {v}: session present after restart"
+            );
+            let mut got = Vec::new();
+            while got.len() < 3 {
+                match sub.recv().await {
+                    Packet::Publish(p) => {
+                        got.push(p.payload.clone());
+                        match p.qos {
+                            QoS::AtLeastOnce => {
+                                sub.send(Packet::PubAck(Ack::new(p.packet_id))).await
+                            }
+                            QoS::ExactlyOnce => {
+                                sub.send(Packet::PubRec(Ack::new(p.packet_id))).await
+                            }
+                            QoS::AtMostOnce => {}
+                        }
+                    }
+                    Packet::PubRel(r) => sub.send(Packet::PubComp(Ack::new(r.packet_id))).await,
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(
+                got,
+                [&b"one"[..], b"two", b"three"],
+                "{durability:?} {v}: in order"
+            );
+            // Complete what is still open (and the other version's live message).
+            for p in sub.sync().await {
+                match p {
+                    Packet::PubRel(r) => sub.send(Packet::PubComp(Ack::new(r.packet_id))).await,
+                    Packet::Publish(p) => {
+                        assert_eq!(&p.topic[..], "p/y");
+                        sub.send(Packet::PubAck(Ack::new(p.packet_id))).await;
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            // The subscription is still there: no resubscribe needed.
+            let mut publ = Raw::client(b.addr, V::V5, "pub2").await;
+            publ.publish("p/y", b"live", QoS::AtLeastOnce, 1).await;
+            let p = sub.expect_publish().await;
+            assert_eq!(&p.payload[..], b"live");
+            sub.send(Packet::PubAck(Ack::new(p.packet_id))).await;
+            sub.send(Packet::Disconnect(Disconnect::default())).await;
+            sub.closed().await;
+        }
+        // Acknowledged messages are gone from the store: a second restart delivers nothing.
+        let b = restart(b, config(&dir, durability)).await;
+        let (mut sub, ack) = Raw::connect(b.addr, persistent(V::V5, "sub5")).await;
+        assert!(ack.session_present);
+        let left = sub.sync().await;
+        assert!(left.is_empty(), "{durability:?}: nothing left: {left:?}");
+        b.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn inflight_qos2_is_resent_with_dup_after_restart() {
+    let dir = data_dir("inflight");
+    let b = TestBroker::start(config(&dir, Durability::Always)).await;
+    let (mut sub, _) = Raw::connect(b.addr, persistent(V::V5, "q2")).await;
+    sub.subscribe("q2", QoS::ExactlyOnce).await;
+    let mut publ = Raw::client(b.addr, V::V5, "pub").await;
+    publ.publish("q2", b"a", QoS::ExactlyOnce, 1).await;
+    publ.publish("q2", b"b", QoS::ExactlyOnce, 2).await;
+    let first = sub.expect_publish().await;
+    let second = sub.expect_publish().await;
+    // Complete half of the first exchange only.
+    sub.send(Packet::PubRec(Ack::new(first.packet_id))).await;
+    assert!(matches!(sub.recv().await, Packet::PubRel(_)));
+    drop(sub);
+    drop(publ);
+    let b = restart(b, config(&dir, Durability::Always)).await;
+    let (mut sub, ack) = Raw::connect(b.addr, persistent(V::V5, "q2")).await;
+    assert!(ack.session_present);
+    let mut saw_rel = false;
+    let mut saw_dup = false;
+    for p in sub.sync().await {
+        match p {
+            Packet::PubRel(r) => {
+                assert_eq!(r.packet_id, first.packet_id);
+                saw_rel = true;
+            }
+            Packet::Publish(p) => {
+                assert_eq!(&p.payload[..], b"b");
+                assert!(p.dup, "resent with DUP");
+                assert_eq!(p.packet_id, second.packet_id, "same packet id");
+                saw_dup = true;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(saw_rel && saw_dup);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn incoming_qos2_state_survives_a_restart() {
+    let dir = data_dir("incoming");
+    let b = TestBroker::start(config(&dir, Durability::Always)).await;
+    let (mut sub, _) = Raw::connect(b.addr, persistent(V::V5, "watch")).await;
+    sub.subscribe("in", QoS::AtLeastOnce).await;
+    drop(sub);
+    let (mut publ, _) = Raw::connect(b.addr, persistent(V::V5, "pub")).await;
+    let mut p = Publish::new("in", Bytes::from_static(b"once"));
+    p.qos = QoS::ExactlyOnce;
+    p.packet_id = 5;
+    publ.send(Packet::Publish(p.clone())).await;
+    assert!(matches!(publ.recv().await, Packet::PubRec(_)));
+    drop(publ);
+    let b = restart(b, config(&dir, Durability::Always)).await;
+    // The publisher resends with DUP: it must not be routed a second time.
+    let (mut publ, ack) = Raw::connect(b.addr, persistent(V::V5, "pub")).await;
+    assert!(ack.session_present);
+    p.dup = true;
+    publ.send(Packet::Publish(p)).await;
+    assert!(matches!(publ.recv().await, Packet::PubRec(_)));
+    publ.send(Packet::PubRel(Ack::new(5))).await;
+    assert!(matches!(publ.recv().await, Packet::PubComp(_)));
+    let (mut sub, _) = Raw::connect(b.addr, persistent(V::V5, "watch")).await;
+    let got = sub.expect_publish().await;
+    assert_eq!(&got.payload[..], b"once");
+    sub.send(Packet::PubAck(Ack::new(got.packet_id))).await;
+    assert!(
+        sub.sync().await.is_empty(),
+        "exactly once across the restart"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn retained_messages_survive_and_clean_sessions_do_not() {
+    let dir = data_dir("retained");
+    let b = TestBroker::start(config(&dir, Durability::Always)).await;
+    let mut publ = Raw::client(b.addr, V::V3_1_1, "pub").await;
+    let mut p = Publish::new("ret/a", Bytes::from_static(b"kept"));
+    p.retain = true;
+    p.qos = QoS::AtLeastOnce;
+    p.packet_id = 1;
+    publ.send(Packet::Publish(p)).await;
+    publ.recv().await;
+    let mut clean = Raw::client(b.addr, V::V3_1_1, "clean").await;
+    clean.subscribe("x", QoS::AtLeastOnce).await;
+    drop(clean);
+    let b = restart(b, config(&dir, Durability::Always)).await;
+    let mut sub = Raw::client(b.addr, V::V3_1_1, "sub").await;
+    sub.subscribe("ret/#", QoS::AtLeastOnce).await;
+    let p = sub.expect_publish().await;
+    assert!(p.retain);
+    assert_eq!(&p.payload[..], b"kept");
+    let (_c, ack) = Raw::connect(b.addr, persistent(V::V3_1_1, "clean")).await;
+    assert!(!ack.session_present, "clean sessions are not stored");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn expired_sessions_are_gone_after_a_restart() {
+    let dir = data_dir("expired");
+    let b = TestBroker::start(config(&dir, Durability::Always)).await;
+    let mut c = persistent(V::V5, "short");
+    c.properties.session_expiry_interval = Some(1);
+    let (mut raw, _) = Raw::connect(b.addr, c.clone()).await;
+    raw.send(Packet::Disconnect(Disconnect::default())).await;
+    raw.closed().await;
+    b.stop().await;
+    // Wall-clock expiry: the store records when the session was left.
+    let started = std::time::Instant::now();
+    loop {
+        if started.elapsed() > std::time::Duration::from_millis(1100) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let b = TestBroker::start(config(&dir, Durability::Always)).await;
+    let (_raw, ack) = Raw::connect(b.addr, c).await;
+    assert!(!ack.session_present);
+    b.stop().await;
+}
