@@ -23,7 +23,7 @@ use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::retained::RetainedTree;
 use crate::session::{QueueLimits, Session};
-use crate::store::{Durability, Op, Persistence, RedbStore, Store, StoreError};
+use crate::store::{Durability, FjallStore, Op, Persistence, Store, StoreError};
 use crate::topic_tree::{Matches, TopicTree};
 use std::time::Duration;
 
@@ -68,7 +68,7 @@ impl BrokerState {
         let (store, loaded) = match config.durability {
             Durability::None => (None, None),
             durability => {
-                let mut store = RedbStore::open(&config.data_dir)?;
+                let mut store = FjallStore::open(&config.data_dir)?;
                 let loaded = store.load()?;
                 let interval = Duration::from_millis(config.durability_interval_ms);
                 (

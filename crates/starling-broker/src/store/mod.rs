@@ -1,5 +1,5 @@
-//! Persistent sessions: the [`Store`] trait, its embedded default (redb, in
-//! `--data-dir`), and [`Persistence`], the writer thread that applies changes in
+//! Persistent sessions: the [`Store`] trait, its embedded default (fjall, in
+//! `--data-dir`, picked over redb by the benchmark in BENCHMARKS.md), and [`Persistence`], the writer thread that applies changes in
 //! batches so that concurrent publishers share one fsync (group commit).
 //!
 //! What is stored: persistent sessions with their expiry, their subscriptions,
@@ -7,11 +7,11 @@
 //! awaiting PUBREL, retained messages, and wills waiting for their delay. Clean
 //! sessions never touch the disk.
 
+mod fjall_store;
 mod record;
-mod redb_store;
 
+pub use fjall_store::FjallStore;
 pub use record::{MessageRecord, RecordError, SessionRecord, SubscriptionRecord, WillRecord};
-pub use redb_store::RedbStore;
 
 use std::sync::mpsc;
 use std::time::Duration;
