@@ -1,0 +1,270 @@
+//! The fault test of persistent sessions: the broker runs as a child process
+//! with `durability = "always"`, publishers send to a persistent subscriber's
+//! offline session, the broker is killed with SIGKILL mid-stream and restarted
+//! on the same data directory, and every acknowledged message must arrive
+//! (QoS 1: duplicates allowed, no loss; QoS 2: exactly once).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use starling_codec::{
+    Ack, Connect, Decoder, Packet, ProtocolVersion, Publish, QoS, Subscribe, Subscription,
+    SubscriptionOptions,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct BrokerProcess(Child);
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_broker(dir: &Path, port: u16) -> BrokerProcess {
+    let child = Command::new(env!("CARGO_BIN_EXE_starling"))
+        .args(["broker", "--listen", &format!("mqtt://127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--durability", "always", "--log-level", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starling broker starts");
+    let proc = BrokerProcess(child);
+    // Ready when it accepts connections (bounded polling, not a fixed sleep).
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..3000 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return proc;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("broker did not start listening on {addr}");
+}
+
+struct Peer {
+    stream: TcpStream,
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
+impl Peer {
+    async fn connect(port: u16, id: &str, clean: bool) -> (Peer, bool) {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let mut peer = Peer {
+            stream,
+            buf: BytesMut::new(),
+            decoder: Decoder::with_version(ProtocolVersion::V5),
+        };
+        let mut c = Connect::new(ProtocolVersion::V5, id);
+        c.clean_start = clean;
+        c.properties.session_expiry_interval = Some(u32::MAX);
+        c.properties.receive_maximum = Some(100);
+        peer.send(Packet::Connect(Box::new(c)))
+            .await
+            .expect("send CONNECT");
+        match peer.recv().await {
+            Some(Packet::ConnAck(a)) => {
+                assert!(!a.reason_code.is_error(), "{a:?}");
+                (peer, a.session_present)
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    async fn send(&mut self, p: Packet) -> std::io::Result<()> {
+        let mut out = BytesMut::new();
+        p.encode(ProtocolVersion::V5, &mut out).expect("encodes");
+        self.stream.write_all(&out).await
+    }
+
+    async fn recv(&mut self) -> Option<Packet> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(p)) => return Some(p),
+                Ok(None) => {}
+                Err(e) => panic!("bad packet from broker: {e}"),
+            }
+            match tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// Publishes `name-N` messages with a window of 20 in flight until the
+/// connection fails; returns nothing, records what was acknowledged.
+async fn publisher(port: u16, name: String, qos: QoS, acked: Arc<Mutex<HashSet<String>>>) {
+    let (mut p, _) = Peer::connect(port, &name, true).await;
+    let mut inflight: HashMap<u16, String> = HashMap::new();
+    let mut n: u32 = 0;
+    loop {
+        while inflight.len() < 20 {
+            n += 1;
+            let id = (n % 60_000) as u16 + 1;
+            let payload = format!("{name}-{n}");
+            let mut publish = Publish::new("k/t", Bytes::from(payload.clone()));
+            publish.qos = qos;
+            publish.packet_id = id;
+            if p.send(Packet::Publish(publish)).await.is_err() {
+                return;
+            }
+            inflight.insert(id, payload);
+        }
+        match p.recv().await {
+            Some(Packet::PubAck(a)) if qos == QoS::AtLeastOnce => {
+                if let Some(m) = inflight.remove(&a.packet_id) {
+                    acked.lock().unwrap().insert(m);
+                }
+            }
+            Some(Packet::PubRec(a)) => {
+                if p.send(Packet::PubRel(Ack::new(a.packet_id))).await.is_err() {
+                    return;
+                }
+            }
+            Some(Packet::PubComp(a)) => {
+                if let Some(m) = inflight.remove(&a.packet_id) {
+                    acked.lock().unwrap().insert(m);
+                }
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+            None => return,
+        }
+    }
+}
+
+async fn fault_run(qos: QoS) {
+    let dir = std::env::temp_dir().join(format!(
+        "starling-kill9-{}-{}",
+        std::process::id(),
+        qos as u8
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = free_port();
+    let mut broker = start_broker(&dir, port).await;
+
+    // A persistent subscriber, then offline: everything goes to its stored queue.
+    let (mut sub, _) = Peer::connect(port, "durable-sub", false).await;
+    sub.send(Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Default::default(),
+        subscriptions: vec![Subscription {
+            filter: "k/#".into(),
+            options: SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+        }],
+    }))
+    .await
+    .unwrap();
+    assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+    sub.send(Packet::Disconnect(Default::default()))
+        .await
+        .unwrap();
+    drop(sub);
+
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let tasks: Vec<_> = (0..4)
+        .map(|i| tokio::spawn(publisher(port, format!("pub{i}"), qos, acked.clone())))
+        .collect();
+    // Kill -9 once a few hundred messages are acknowledged, mid-stream.
+    let target = 400;
+    for _ in 0..6000 {
+        if acked.lock().unwrap().len() >= target {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        acked.lock().unwrap().len() >= target,
+        "publishers got acknowledgements"
+    );
+    broker.0.kill().expect("SIGKILL");
+    let _ = broker.0.wait();
+    for t in tasks {
+        let _ = tokio::time::timeout(WAIT, t).await;
+    }
+    let acked: HashSet<String> = acked.lock().unwrap().clone();
+
+    let _broker = start_broker(&dir, port).await;
+    let (mut sub, present) = Peer::connect(port, "durable-sub", false).await;
+    assert!(present, "session present after kill -9");
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let mut missing: HashSet<&String> = acked.iter().collect();
+    while !missing.is_empty() {
+        match sub.recv().await {
+            Some(Packet::Publish(p)) => {
+                let m = String::from_utf8_lossy(&p.payload).into_owned();
+                missing.remove(&m);
+                *seen.entry(m).or_default() += 1;
+                match p.qos {
+                    QoS::AtLeastOnce => sub
+                        .send(Packet::PubAck(Ack::new(p.packet_id)))
+                        .await
+                        .unwrap(),
+                    QoS::ExactlyOnce => sub
+                        .send(Packet::PubRec(Ack::new(p.packet_id)))
+                        .await
+                        .unwrap(),
+                    QoS::AtMostOnce => {}
+                }
+            }
+            Some(Packet::PubRel(r)) => sub
+                .send(Packet::PubComp(Ack::new(r.packet_id)))
+                .await
+                .unwrap(),
+            Some(other) => panic!("unexpected {other:?}"),
+            None => panic!(
+                "{} of {} acknowledged messages lost, e.g. {:?}",
+                missing.len(),
+                acked.len(),
+                missing.iter().take(5).collect::<Vec<_>>()
+            ),
+        }
+    }
+    println!(
+        "{qos:?}: {} acknowledged before kill -9, {} distinct received after restart, {} deliveries",
+        acked.len(),
+        seen.len(),
+        seen.values().sum::<u32>()
+    );
+    if qos == QoS::ExactlyOnce {
+        let dups: Vec<_> = seen
+            .iter()
+            .filter(|(m, c)| **c > 1 && acked.contains(*m))
+            .collect();
+        assert!(dups.is_empty(), "QoS 2 duplicates: {dups:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_loses_no_acknowledged_qos1_message() {
+    fault_run(QoS::AtLeastOnce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_keeps_qos2_exactly_once() {
+    fault_run(QoS::ExactlyOnce).await;
+}
