@@ -375,7 +375,19 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         let version = client.version;
         if version.is_v5() {
             if let Some(code) = close.server_reason() {
-                self.send(&Packet::Disconnect(Disconnect::new(code)), version);
+                let mut disconnect = Disconnect::new(code);
+                // A reason string says which rule was broken, unless it would
+                // push the packet over the client's maximum ([MQTT-3.1.2-25]).
+                if let Close::Protocol(_, why) = &close {
+                    disconnect.properties.reason_string = Some(why.as_str().into());
+                    let fits = Packet::Disconnect(disconnect.clone())
+                        .encoded_len(version)
+                        .is_ok_and(|n| n <= client.client_max_packet);
+                    if !fits {
+                        disconnect.properties.reason_string = None;
+                    }
+                }
+                self.send(&Packet::Disconnect(disconnect), version);
             }
         }
         tracing::info!(
