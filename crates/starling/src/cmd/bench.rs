@@ -16,6 +16,7 @@
 
 mod net;
 mod report;
+mod subs;
 mod worker;
 
 use std::net::IpAddr;
@@ -54,6 +55,8 @@ enum Scenario {
     Sub(SubBench),
     /// Publishers and subscribers in one run: throughput, end-to-end latency, loss.
     Pubsub(PubSubBench),
+    /// Many subscriptions per connection (mixed exact and wildcard), held idle.
+    Subs(subs::SubsBench),
 }
 
 /// Connection and run flags shared by every scenario.
@@ -370,6 +373,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Scenario::Pub(a) => &a.net,
         Scenario::Sub(a) => &a.net,
         Scenario::Pubsub(a) => &a.net,
+        Scenario::Subs(a) => a.net(),
     };
     let threads = net.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -401,6 +405,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             Scenario::Pubsub(a) => {
                 let json = a.net.json;
                 pubsub_main(a).await.map(|s| (s, json))
+            }
+            Scenario::Subs(a) => {
+                let json = a.net().json;
+                subs::subs_main(a).await.map(|s| (s, json))
             }
         }
     })?;
