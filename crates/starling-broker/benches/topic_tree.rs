@@ -48,7 +48,11 @@ fn tree(subscriptions: usize, sessions: &[Arc<Session>]) -> TopicTree {
         );
     }
     // The subscriptions every lookup below hits, present in both trees.
-    for f in ["site/7/dev/7/temp", "site/7/dev/+/alarm/#", "site/+/dev/7/temp"] {
+    for f in [
+        "site/7/dev/7/temp",
+        "site/7/dev/+/alarm/#",
+        "site/+/dev/7/temp",
+    ] {
         tree.subscribe(
             None,
             f,
@@ -68,14 +72,22 @@ fn lookup(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     for n in [10usize, 1_000_000] {
         let tree = tree(n, &pool);
-        for topic in ["site/7/dev/7/temp", "site/7/dev/3/alarm/fire", "nobody/listens/here"] {
-            group.bench_with_input(BenchmarkId::new(format!("{n}_subs"), topic), &topic, |b, topic| {
-                b.iter(|| {
-                    let mut m = Matches::default();
-                    tree.matches(topic, &mut m);
-                    std::hint::black_box(m.subscribers.len())
-                })
-            });
+        for topic in [
+            "site/7/dev/7/temp",
+            "site/7/dev/3/alarm/fire",
+            "nobody/listens/here",
+        ] {
+            group.bench_with_input(
+                BenchmarkId::new(format!("{n}_subs"), topic),
+                &topic,
+                |b, topic| {
+                    b.iter(|| {
+                        let mut m = Matches::default();
+                        tree.matches(topic, &mut m);
+                        std::hint::black_box(m.subscribers.len())
+                    })
+                },
+            );
         }
     }
     group.finish();

@@ -27,4 +27,4 @@ pub use server::{
     Broker, ListenerUrl, LocalConnector, ReloadError, ReloadHandle, ShutdownHandle, StartError,
     Transport,
 };
-pub use sys::{publish as publish_sys, VERSION};
+pub use sys::{publish as publish_sys, sweep, VERSION};

@@ -123,22 +123,22 @@ impl RetainedTree {
         }
     }
 
-    /// Removes expired messages; returns how many.
-    pub fn sweep(&mut self, now: Instant) -> usize {
-        fn sweep_node(node: &mut Node, now: Instant) -> usize {
-            let mut removed = 0;
+    /// Removes expired messages; returns their topics.
+    pub fn sweep(&mut self, now: Instant) -> Vec<starling_codec::ByteString> {
+        fn sweep_node(node: &mut Node, now: Instant, out: &mut Vec<starling_codec::ByteString>) {
             if node.message.as_ref().is_some_and(|m| m.is_expired(now)) {
-                node.message = None;
-                removed += 1;
+                if let Some(m) = node.message.take() {
+                    out.push(m.topic.clone());
+                }
             }
             node.children.retain(|_, child| {
-                removed += sweep_node(child, now);
+                sweep_node(child, now, out);
                 child.message.is_some() || !child.children.is_empty()
             });
-            removed
         }
-        let removed = sweep_node(&mut self.root, now);
-        self.count -= removed;
+        let mut removed = Vec::new();
+        sweep_node(&mut self.root, now, &mut removed);
+        self.count -= removed.len();
         removed
     }
 
@@ -217,7 +217,7 @@ mod tests {
         };
         tree.set(Arc::new(m));
         assert!(tree.matching("e", now).is_empty());
-        assert_eq!(tree.sweep(now), 1);
+        assert_eq!(tree.sweep(now).len(), 1);
         assert!(tree.is_empty());
         m = Message {
             topic: "f".into(),

@@ -11,22 +11,59 @@ use tokio::sync::watch;
 use crate::broker::BrokerState;
 use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::store::Op;
 
 /// The broker version string published on `$SYS/broker/version`.
 pub const VERSION: &str = concat!("starling ", env!("CARGO_PKG_VERSION"));
 
-/// Publishes `$SYS` topics until shutdown.
+/// How often expired retained and queued messages are reclaimed.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Publishes `$SYS` topics and sweeps expired messages until shutdown.
 pub(crate) async fn run(broker: Arc<BrokerState>, mut shutdown: watch::Receiver<bool>) {
     let secs = broker.config.sys_interval;
-    if secs == 0 {
-        return;
-    }
-    let mut tick = tokio::time::interval(Duration::from_secs(secs));
+    let mut sys_tick = tokio::time::interval(Duration::from_secs(secs.max(1)));
+    let mut sweep_tick = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tokio::select! {
-            _ = tick.tick() => publish(&broker),
+            _ = sys_tick.tick(), if secs > 0 => publish(&broker),
+            _ = sweep_tick.tick() => sweep(&broker),
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// Reclaims expired messages: retained ones, and those queued for sessions
+/// with no connection (a connected session drops them when it drains), with
+/// their store records, so disk use stays bounded.
+pub fn sweep(broker: &Arc<BrokerState>) {
+    let now = tokio::time::Instant::now();
+    let mut ops = Vec::new();
+    let expired_retained = broker.retained.write().sweep(now);
+    ops.extend(expired_retained.into_iter().map(Op::DeleteRetained));
+    let sessions: Vec<_> = broker.sessions.lock().values().cloned().collect();
+    let mut expired = 0u64;
+    for session in sessions {
+        let mut st = session.state.lock();
+        if st.link.is_some() || st.queue.is_empty() {
+            continue;
+        }
+        let queue = std::mem::take(&mut st.queue);
+        for d in queue {
+            if d.msg.is_expired(now) {
+                st.queued_bytes -= d.msg.payload.len();
+                expired += 1;
+                if d.seq != 0 {
+                    ops.push(Op::DeleteMessage(session.client_id.clone(), d.seq));
+                }
+            } else {
+                st.queue.push_back(d);
+            }
+        }
+    }
+    Metrics::add(&broker.metrics.messages_expired, expired);
+    if let Some(store) = &broker.store {
+        store.submit(ops);
     }
 }
 

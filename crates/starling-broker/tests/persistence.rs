@@ -256,3 +256,53 @@ async fn expired_sessions_are_gone_after_a_restart() {
     assert!(!ack.session_present);
     b.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_sweeper_reclaims_expired_messages_of_offline_sessions() {
+    // Periodic durability: acknowledgements do not wait for the store thread,
+    // which a paused clock would otherwise skip past.
+    let dir = data_dir("sweep");
+    let b = TestBroker::start(config(&dir, Durability::Periodic)).await;
+    let (mut sub, _) = Raw::connect(b.addr, persistent(V::V5, "swept")).await;
+    sub.subscribe("sw", QoS::AtLeastOnce).await;
+    sub.send(Packet::Disconnect(Disconnect::default())).await;
+    sub.closed().await;
+    let mut publ = Raw::client(b.addr, V::V5, "pub").await;
+    for (expiry, id) in [(5u32, 1u16), (500, 2)] {
+        let mut p = Publish::new("sw", Bytes::from_static(b"x"));
+        p.qos = QoS::AtLeastOnce;
+        p.packet_id = id;
+        p.properties.message_expiry_interval = Some(expiry);
+        publ.send(Packet::Publish(p)).await;
+        assert!(matches!(publ.recv().await, Packet::PubAck(_)));
+    }
+    let mut retained = Publish::new("sw/r", Bytes::from_static(b"r"));
+    retained.retain = true;
+    retained.properties.message_expiry_interval = Some(5);
+    publ.send(Packet::Publish(retained)).await;
+    publ.sync().await;
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    starling_broker::sweep(&b.state);
+    {
+        let sessions = b.state.sessions.lock();
+        let st = sessions.get("swept").unwrap().state.lock();
+        assert_eq!(st.queue.len(), 1, "the expired message was reclaimed");
+    }
+    assert_eq!(
+        b.state.retained.read().len(),
+        0,
+        "the expired retained message too"
+    );
+    let expired = starling_broker::metrics::Metrics::get(&b.state.metrics.messages_expired);
+    assert_eq!(expired, 1);
+    drop(publ);
+    let b = restart(b, config(&dir, Durability::Periodic)).await;
+    assert_eq!(b.state.retained.read().len(), 0);
+    let sessions = b.state.sessions.lock();
+    let st = sessions.get("swept").unwrap().state.lock();
+    assert_eq!(
+        st.queue.len(),
+        1,
+        "the store no longer holds the reclaimed message"
+    );
+}
