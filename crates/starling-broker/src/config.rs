@@ -132,6 +132,12 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     /// WebSocket path (`ws`, `wss`); else the URL's path, else `/mqtt`.
     pub path: Option<String>,
+    /// Expect a PROXY protocol header (v1 or v2) at the start of every
+    /// connection (TCP-based listeners: `mqtt`, `mqtts`, `ws`, `wss`); the
+    /// client address it names becomes the connection's peer. Also
+    /// `?proxy-protocol=true` on a listener URL.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 impl Default for Config {

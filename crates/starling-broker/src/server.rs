@@ -5,13 +5,16 @@
 //! [`crate::transport`]) and hands it to [`crate::connection::serve`]: plain TCP
 //! as is; TLS, WebSocket and WSS after their handshakes, which run in the
 //! connection's own task under `handshake-timeout`; QUIC one bidirectional
-//! stream per MQTT connection.
+//! stream per MQTT connection. A TCP-based listener with `proxy-protocol` first
+//! reads the PROXY header ([`crate::transport::proxy`]), under the same timeout,
+//! and serves the connection as coming from the client address it names.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -21,6 +24,7 @@ use crate::broker::BrokerState;
 use crate::config::{Config, ListenerConfig};
 use crate::metrics::Metrics;
 use crate::transport::tls::{Reloadable, TlsSettings};
+use crate::transport::ws::Rewind;
 use crate::transport::{self, AuthLimiter, ConnContext, Flushing};
 
 /// Why the broker could not start.
@@ -121,11 +125,14 @@ pub struct ListenerUrl {
     pub transport: Transport,
     /// The URL's path, when it has one other than `/` (WebSocket endpoints).
     pub path: Option<String>,
+    /// `?proxy-protocol=true`: connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 impl ListenerUrl {
     /// Parses `mqtt://HOST:PORT` (or `tcp://`), `mqtts://HOST:PORT` (or `ssl://`,
     /// `tls://`), `ws://HOST:PORT/PATH`, `wss://HOST:PORT/PATH` or `quic://HOST:PORT`.
+    /// The one query parameter is `proxy-protocol=true|false` (TCP-based listeners).
     pub fn parse(url: &str) -> Result<ListenerUrl, StartError> {
         let bad = |message: &str| StartError::BadUrl {
             url: url.to_string(),
@@ -158,11 +165,24 @@ impl ListenerUrl {
         if path.is_some() && !matches!(transport, Transport::Ws | Transport::Wss) {
             return Err(bad("only ws:// and wss:// listeners have a path"));
         }
+        let mut proxy_protocol = false;
+        for (key, value) in parsed.query_pairs() {
+            match (&*key, &*value) {
+                ("proxy-protocol", "true" | "1" | "") => proxy_protocol = true,
+                ("proxy-protocol", "false" | "0") => proxy_protocol = false,
+                ("proxy-protocol", _) => return Err(bad("proxy-protocol is true or false")),
+                _ => return Err(bad(&format!("unknown URL parameter {key:?}"))),
+            }
+        }
+        if proxy_protocol && transport == Transport::Quic {
+            return Err(bad("the PROXY protocol needs a TCP-based listener"));
+        }
         Ok(ListenerUrl {
             scheme,
             addr: format!("{host}:{port}"),
             transport,
             path,
+            proxy_protocol,
         })
     }
 }
@@ -297,6 +317,8 @@ struct ListenerInfo {
     use_identity: bool,
     allow_anonymous: Option<bool>,
     limit: Option<Arc<Semaphore>>,
+    /// Connections start with a PROXY protocol header.
+    proxy_protocol: bool,
 }
 
 enum Socket {
@@ -371,6 +393,10 @@ async fn bind_listener(
         return Err(bad(
             "TLS settings need a TLS listener (mqtts://, wss:// or quic://)",
         ));
+    }
+    let proxy_protocol = lc.proxy_protocol || parsed.proxy_protocol;
+    if proxy_protocol && transport == Transport::Quic {
+        return Err(bad("the PROXY protocol needs a TCP-based listener"));
     }
     let is_ws = matches!(transport, Transport::Ws | Transport::Wss);
     if lc.path.is_some() && !is_ws {
@@ -451,6 +477,7 @@ async fn bind_listener(
             use_identity: use_identity && transport.is_tls(),
             allow_anonymous: lc.allow_anonymous,
             limit: (lc.max_connections > 0).then(|| Arc::new(Semaphore::new(lc.max_connections))),
+            proxy_protocol,
         }),
         socket,
     })
@@ -697,7 +724,23 @@ impl Shared {
     }
 
     /// Handles one accepted TCP connection of a TCP, TLS, WS or WSS listener.
-    async fn tcp_connection(&self, info: &ListenerInfo, stream: TcpStream, peer: SocketAddr) {
+    async fn tcp_connection(&self, info: &ListenerInfo, stream: TcpStream, mut peer: SocketAddr) {
+        // With the PROXY protocol, the header comes first and names the client.
+        let stream = if info.proxy_protocol {
+            let Some((stream, client)) = self
+                .handshake(info, peer, transport::proxy::accept(stream))
+                .await
+            else {
+                return;
+            };
+            if let Some(client) = client {
+                tracing::debug!(%client, proxy = %peer, url = %info.url, "PROXY header");
+                peer = client;
+            }
+            stream
+        } else {
+            Rewind::new(Bytes::new(), stream)
+        };
         let (permits, over) = self.admit(info);
         let max_message = (self.state.config.max_packet_size as usize)
             .saturating_mul(2)

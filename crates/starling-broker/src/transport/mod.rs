@@ -6,12 +6,15 @@
 //! - [`ws`]: MQTT over WebSocket (`ws://` and, over [`tls`], `wss://`).
 //! - [`quic`]: MQTT over QUIC through quinn, one bidirectional stream per MQTT
 //!   connection.
+//! - [`proxy`]: the PROXY protocol header (v1 and v2) that a load balancer
+//!   puts in front of a TCP connection, naming the client's real address.
 //!
 //! The connection code does not know which transport it runs on. What it needs
 //! from the listener (the certificate identity, the listener's anonymous
 //! setting, the failed-authentication limiter) travels in a task-local
 //! [`ConnContext`], set by the accept loop around the connection task.
 
+pub(crate) mod proxy;
 pub(crate) mod quic;
 pub(crate) mod tls;
 pub(crate) mod ws;

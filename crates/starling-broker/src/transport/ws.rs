@@ -135,6 +135,13 @@ pub(crate) struct Rewind<S> {
     inner: S,
 }
 
+impl<S> Rewind<S> {
+    /// A stream that yields `prefix`, then what `inner` reads.
+    pub(crate) fn new(prefix: Bytes, inner: S) -> Rewind<S> {
+        Rewind { prefix, inner }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
