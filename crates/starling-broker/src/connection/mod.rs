@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::sync::{oneshot, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 
+use crate::auth::{Acl, ListenerFile};
 use crate::broker::BrokerState;
 use crate::metrics::Metrics;
 use crate::session::{Inflight, Kick, Session};
@@ -87,6 +88,8 @@ pub(crate) struct Client {
     pub client_max_packet: usize,
     pub aliases: Vec<Option<ByteString>>,
     pub kick: oneshot::Receiver<Kick>,
+    /// The listener's own ACL, used instead of the broker's.
+    pub acl: Option<Arc<ListenerFile<Acl>>>,
 }
 
 /// A connection's transport halves and buffers.
@@ -220,15 +223,20 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     /// The main loop of an attached connection.
     async fn run(&mut self, client: &mut Client, shutdown: &mut watch::Receiver<bool>) -> Close {
         let mut last_rx = Instant::now();
+        let mut busy = false;
         let session = client.session.clone();
         loop {
             if self.wbuf.len() < HIGH_WATER {
                 self.drain(client);
             }
             let reading = self.wbuf.len() < HIGH_WATER;
-            if reading {
+            // An idle connection waits with no read buffer to speak of (the
+            // first read takes what fits in a minimal one); a busy one, whose
+            // last read filled its buffer, reads in full chunks.
+            if reading && (busy || !self.rbuf.is_empty()) {
                 self.rbuf.reserve(READ_CHUNK);
             }
+            let spare = self.rbuf.capacity() - self.rbuf.len();
             let keep_alive = client.keep_alive;
             let deadline = last_rx + keep_alive.mul_f32(1.5);
             tokio::select! {
@@ -254,7 +262,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 res = self.rd.read_buf(&mut self.rbuf), if reading => {
                     match res {
                         Ok(0) | Err(_) => return Close::PeerClosed,
-                        Ok(n) => Metrics::add(&self.broker.metrics.bytes_received, n as u64),
+                        Ok(n) => {
+                            Metrics::add(&self.broker.metrics.bytes_received, n as u64);
+                            busy = n >= spare.max(64);
+                        }
                     }
                     last_rx = Instant::now();
                     loop {
@@ -270,7 +281,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                             }
                         }
                     }
-                    if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_BUFFER {
+                    if self.rbuf.is_empty() && (!busy || self.rbuf.capacity() > IDLE_BUFFER) {
                         self.rbuf = BytesMut::new();
                     }
                 }
