@@ -107,6 +107,10 @@ pub enum ConnectError {
     /// The WebSocket handshake failed.
     #[error("WebSocket: {0}")]
     WebSocket(String),
+    /// The QUIC connection or its stream could not be opened (no answer, wrong
+    /// ALPN, closed by the server, ...). Certificate problems are [`Self::Tls`].
+    #[error("QUIC: {0}")]
+    Quic(String),
     /// The server closed the connection before answering CONNECT.
     #[error("the server closed the connection before sending CONNACK")]
     ClosedBeforeConnAck,

@@ -18,9 +18,16 @@
 //! ```
 //!
 //! - [`Client::connect`] takes [`ConnectOptions`] (from a URL: `mqtt://`,
-//!   `tcp://`, `mqtts://`, `ws://`, `wss://`) and returns the typed CONNACK
-//!   ([`ConnAckInfo`]), or a [`ConnectError`] whose message names the reason of
-//!   a refusal.
+//!   `tcp://`, `mqtts://`, `ws://`, `wss://`, `quic://`) and returns the typed
+//!   CONNACK ([`ConnAckInfo`]), or a [`ConnectError`] whose message names the
+//!   reason of a refusal.
+//! - Transports: TCP, TLS (rustls), WebSocket (subprotocol `mqtt`, binary
+//!   frames), WebSocket over TLS, and QUIC through quinn (`quic://HOST:PORT`,
+//!   TLS 1.3 with ALPN `mqtt`, one bidirectional stream per connection, as
+//!   EMQX, NanoMQ and the Starling broker serve it). The TLS transports share
+//!   [`ClientTlsConfig`]: CA file, client certificate and key, server name,
+//!   `insecure`. Keep alive, QoS, sessions and reconnection work the same
+//!   over all of them.
 //! - The protocol logic lives in [`state`], which does no I/O; the connection
 //!   task in [`Client`] drives it. See [`client`] for the backpressure rules.
 #![forbid(unsafe_code)]

@@ -19,12 +19,15 @@ pub enum TransportKind {
     Ws,
     /// WebSocket over TLS (`wss://`).
     Wss,
+    /// QUIC (`quic://`): TLS 1.3 with ALPN `mqtt`, one bidirectional stream
+    /// per MQTT connection.
+    Quic,
 }
 
 impl TransportKind {
     /// True for the transports that run TLS.
     pub fn is_tls(self) -> bool {
-        matches!(self, Self::Tls | Self::Wss)
+        matches!(self, Self::Tls | Self::Wss | Self::Quic)
     }
 
     /// The port used when a URL names none.
@@ -34,11 +37,12 @@ impl TransportKind {
             Self::Tls => 8883,
             Self::Ws => 80,
             Self::Wss => 443,
+            Self::Quic => 14567,
         }
     }
 }
 
-/// TLS settings for `mqtts://` and `wss://`.
+/// TLS settings for `mqtts://`, `wss://` and `quic://`.
 ///
 /// Without a CA file the server is verified against the Mozilla root store
 /// bundled through `webpki-roots`.
@@ -116,7 +120,7 @@ pub struct ConnectOptions {
     pub transport: TransportKind,
     /// Host name or IP address of the server.
     pub host: String,
-    /// TCP port.
+    /// TCP port (UDP for QUIC).
     pub port: u16,
     /// Path of the WebSocket endpoint (`/mqtt` by default).
     pub ws_path: String,
@@ -140,7 +144,7 @@ pub struct ConnectOptions {
     pub keep_alive: Duration,
     /// Time allowed for the transport, its handshakes and the CONNACK; 30 s by default.
     pub connect_timeout: Duration,
-    /// TLS settings, used by `mqtts://` and `wss://`.
+    /// TLS settings, used by `mqtts://`, `wss://` and `quic://`.
     pub tls: ClientTlsConfig,
     /// MQTT 5 Receive Maximum: how many QoS 1/2 messages the server may have in
     /// flight towards us.
@@ -189,7 +193,8 @@ impl ConnectOptions {
     }
 
     /// Options from a URL: `mqtt://`, `tcp://`, `mqtts://` (also `ssl://`,
-    /// `tls://`), `ws://host:port/path` or `wss://`.
+    /// `tls://`), `ws://host:port/path`, `wss://` or `quic://` (UDP port 14567
+    /// unless given).
     ///
     /// User name and password may be given in the URL (`mqtt://user:pass@host`),
     /// and so may the query parameters `client_id`, `version` (`3.1`, `3.1.1`,
@@ -202,7 +207,7 @@ impl ConnectOptions {
             "mqtts" | "ssl" | "tls" => TransportKind::Tls,
             "ws" => TransportKind::Ws,
             "wss" => TransportKind::Wss,
-            "quic" => return Err(ConnectError::Unsupported("the QUIC transport")),
+            "quic" => TransportKind::Quic,
             other => return Err(bad(&format!("unknown scheme {other:?}"))),
         };
         let host = parsed
@@ -322,10 +327,19 @@ mod tests {
         assert!(!o.clean_start);
         assert!(ConnectOptions::from_url("http://h").is_err());
         assert!(ConnectOptions::from_url("mqtt://h?bogus=1").is_err());
-        assert!(matches!(
-            ConnectOptions::from_url("quic://h"),
-            Err(ConnectError::Unsupported(_))
-        ));
+        let o = ConnectOptions::from_url("quic://h").unwrap();
+        assert_eq!((o.transport, o.port), (TransportKind::Quic, 14567));
+        let o = ConnectOptions::from_url("quic://127.0.0.1:4433?version=3.1.1").unwrap();
+        assert_eq!(
+            (o.transport, o.port, o.host.as_str(), o.version),
+            (
+                TransportKind::Quic,
+                4433,
+                "127.0.0.1",
+                ProtocolVersion::V3_1_1
+            )
+        );
+        assert!(o.transport.is_tls());
     }
 
     #[test]

@@ -1,7 +1,5 @@
-//! Transports: TCP, TLS, WebSocket and WebSocket over TLS, all seen by the
-//! driver as one byte stream ([`BoxIo`]).
-//!
-//! A new transport (QUIC) is one more arm in [`connect`] that yields a byte stream.
+//! Transports: TCP, TLS, WebSocket, WebSocket over TLS and QUIC, all seen by
+//! the driver as one byte stream ([`BoxIo`]).
 
 use std::io;
 use std::pin::Pin;
@@ -23,6 +21,8 @@ use tokio_tungstenite::WebSocketStream;
 use crate::error::ConnectError;
 use crate::options::{ClientTlsConfig, ConnectOptions, TransportKind};
 
+mod quic;
+
 /// A bidirectional byte stream.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
@@ -32,6 +32,9 @@ pub(crate) type BoxIo = Box<dyn Io>;
 
 /// Opens the transport `opts` asks for, handshakes included.
 pub(crate) async fn connect(opts: &ConnectOptions) -> Result<BoxIo, ConnectError> {
+    if opts.transport == TransportKind::Quic {
+        return Ok(Box::new(quic::connect(opts).await?));
+    }
     let address = opts.address();
     // Build the TLS configuration first: a bad certificate file fails before any traffic.
     let tls = if opts.transport.is_tls() {
@@ -76,12 +79,20 @@ async fn tls_handshake(
     Ok(stream)
 }
 
-/// Builds the rustls configuration for `tls`.
+/// Builds the rustls configuration for `tls` (TLS 1.2 and 1.3).
 pub(crate) fn tls_config(tls: &ClientTlsConfig) -> Result<rustls::ClientConfig, ConnectError> {
+    tls_config_with(tls, rustls::DEFAULT_VERSIONS)
+}
+
+/// Builds the rustls configuration for `tls`, offering the protocol `versions`.
+pub(crate) fn tls_config_with(
+    tls: &ClientTlsConfig,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<rustls::ClientConfig, ConnectError> {
     let err = |e: &dyn std::fmt::Display| ConnectError::Tls(e.to_string());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|e| err(&e))?;
     let builder = if tls.insecure {
         builder

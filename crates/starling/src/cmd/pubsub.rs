@@ -27,7 +27,7 @@ pub struct ConnArgs {
     /// Port to connect to (1883, or 8883 with TLS).
     #[arg(short = 'p', long = "port")]
     port: Option<u16>,
-    /// Connect to this URL instead: mqtt://, mqtts://, ws://host:port/mqtt, wss://.
+    /// Connect to this URL instead: mqtt://, mqtts://, ws://host:port/mqtt, wss://, quic://.
     #[arg(short = 'L', long = "url")]
     url: Option<String>,
     /// Client id; by default one is made up from the process id.
