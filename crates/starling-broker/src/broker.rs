@@ -17,7 +17,7 @@ use starling_codec::topic::parse_shared;
 use starling_codec::{ByteString, QoS};
 use tokio::time::Instant;
 
-use crate::auth::{Access, Acl, Authenticator};
+use crate::auth::{Access, Acl, Authenticator, ListenerFile};
 use crate::config::{Config, SharedStrategy};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
@@ -126,6 +126,22 @@ impl BrokerState {
         }
     }
 
+    /// Like [`BrokerState::allowed`], with a listener's own ACL in place of the
+    /// broker's when `own` is given.
+    pub fn allowed_with(
+        &self,
+        own: Option<&ListenerFile<Acl>>,
+        username: Option<&str>,
+        client_id: &str,
+        topic: &str,
+        access: Access,
+    ) -> bool {
+        match own {
+            Some(acl) => acl.current().check(username, client_id, topic, access),
+            None => self.allowed(username, client_id, topic, access),
+        }
+    }
+
     /// Stores a retained message (or deletes one, for an empty payload), adding
     /// the store write to `ops`. `$SYS` topics are not persisted.
     pub fn retain(&self, msg: &Arc<Message>, ops: &mut Vec<Op>) {
@@ -216,8 +232,13 @@ impl BrokerState {
                 }
                 i += 1;
             }
-            if let Some(acl) = &acl {
-                let user = session.state.lock().username.clone();
+            // The read check at delivery: the ACL of the listener the session's
+            // client came through, if it has one, else the broker's.
+            let (user, own) = {
+                let st = session.state.lock();
+                (st.username.clone(), st.acl.as_ref().map(|a| a.current()))
+            };
+            if let Some(acl) = own.as_ref().or(acl.as_ref()) {
                 if !acl.check(
                     user.as_deref(),
                     &session.client_id,

@@ -138,6 +138,13 @@ pub struct ListenerConfig {
     /// `?proxy-protocol=true` on a listener URL.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// This listener's own password file: its clients are authenticated
+    /// against it instead of the top-level `password-file`. Reloads on SIGHUP.
+    pub password_file: Option<PathBuf>,
+    /// This listener's own ACL file: its clients' publishes, subscriptions,
+    /// deliveries and wills are checked against it instead of the top-level
+    /// `acl-file`. Reloads on SIGHUP.
+    pub acl_file: Option<PathBuf>,
 }
 
 impl Default for Config {

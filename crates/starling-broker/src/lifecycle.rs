@@ -10,7 +10,7 @@ use starling_codec::{ByteString, Will};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::auth::Access;
+use crate::auth::{Access, Acl, ListenerFile};
 use crate::broker::BrokerState;
 use crate::connection::{Client, Close};
 use crate::message::Message;
@@ -21,13 +21,17 @@ use crate::store::Op;
 
 /// Attaches connection `conn_id` to the session of `client_id`, taking it over
 /// from another connection if one holds it. A clean start discards any stored
-/// session. Returns the session and whether a stored one was resumed.
+/// session. The session takes the user name and the listener's own ACL (if
+/// any) for read checks at delivery. Returns the session and whether a stored
+/// one was resumed.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn attach(
     broker: &Arc<BrokerState>,
     client_id: &ByteString,
     clean_start: bool,
     expiry_interval: u32,
     username: Option<ByteString>,
+    acl: Option<Arc<ListenerFile<Acl>>>,
     conn_id: u64,
     kick: oneshot::Sender<Kick>,
 ) -> (Arc<Session>, bool) {
@@ -54,6 +58,7 @@ pub(crate) fn attach(
                     st.generation += 1;
                     st.expiry_interval = expiry_interval;
                     st.username = username.clone();
+                    st.acl = acl.clone();
                     st.link = link.take();
                     drop(st);
                     Some(existing.clone())
@@ -72,6 +77,7 @@ pub(crate) fn attach(
                 {
                     let mut st = session.state.lock();
                     st.username = username;
+                    st.acl = acl;
                     st.generation = 1;
                     st.link = link.take();
                 }
@@ -144,7 +150,13 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Client, cl
                 .get(&session.client_id)
                 .is_some_and(|s| Arc::ptr_eq(s, &session));
             if will_delay == 0 || !resumed {
-                publish_will(broker, &client.client_id, client.username.as_deref(), will);
+                publish_will(
+                    broker,
+                    &client.client_id,
+                    client.username.as_deref(),
+                    client.acl.as_deref(),
+                    will,
+                );
             }
         }
         return;
@@ -152,7 +164,13 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Client, cl
     if expiry == 0 {
         end_session_unless_resumed(broker, &session, generation);
         if let Some(will) = will {
-            publish_will(broker, &client.client_id, client.username.as_deref(), will);
+            publish_will(
+                broker,
+                &client.client_id,
+                client.username.as_deref(),
+                client.acl.as_deref(),
+                will,
+            );
         }
         return;
     }
@@ -169,7 +187,13 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Client, cl
     }
     if let Some(will) = will {
         if will_delay == 0 {
-            publish_will(broker, &client.client_id, client.username.as_deref(), will);
+            publish_will(
+                broker,
+                &client.client_id,
+                client.username.as_deref(),
+                client.acl.as_deref(),
+                will,
+            );
         } else {
             // The will waits for its delay, or for the end of the session if sooner.
             let wait = Duration::from_secs(u64::from(will_delay.min(expiry)));
@@ -216,7 +240,15 @@ pub(crate) fn schedule_will(
             store.submit(vec![Op::DeleteWill(client_id.clone())]);
         }
         if !resumed {
-            publish_will(&broker, &client_id, username.as_deref(), will);
+            // The ACL of the listener the client came through, if it has one.
+            let acl = session.as_ref().and_then(|s| s.state.lock().acl.clone());
+            publish_will(
+                &broker,
+                &client_id,
+                username.as_deref(),
+                acl.as_deref(),
+                will,
+            );
         }
     });
 }
@@ -270,14 +302,16 @@ fn end_session_unless_resumed(
     true
 }
 
-/// Publishes a will, if the ACL lets its client write the topic.
+/// Publishes a will, if the ACL (the listener's own `acl`, else the broker's)
+/// lets its client write the topic.
 pub(crate) fn publish_will(
     broker: &Arc<BrokerState>,
     client_id: &ByteString,
     username: Option<&str>,
+    acl: Option<&ListenerFile<Acl>>,
     will: Will,
 ) {
-    if !broker.allowed(username, client_id, &will.topic, Access::Write) {
+    if !broker.allowed_with(acl, username, client_id, &will.topic, Access::Write) {
         tracing::info!(client_id = %client_id, topic = %will.topic, "will not published: denied by ACL");
         return;
     }

@@ -19,7 +19,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::auth::{Acl, AuthFileError, Authenticator, FileAuthenticator, PasswordFile};
+use crate::auth::{
+    Acl, AuthFileError, Authenticator, FileAuthenticator, ListenerFile, PasswordFile,
+};
 use crate::broker::BrokerState;
 use crate::config::{Config, ListenerConfig};
 use crate::metrics::Metrics;
@@ -208,6 +210,8 @@ impl ShutdownHandle {
 pub struct ReloadHandle {
     state: Arc<BrokerState>,
     tls: Vec<TlsListener>,
+    /// The listeners' own password and ACL files.
+    listener_files: Vec<ListenerFiles>,
     /// Whether the authenticator and ACL come from the configured files (bound
     /// with [`Broker::bind`], not [`Broker::bind_with`]).
     files: bool,
@@ -222,6 +226,13 @@ impl std::fmt::Debug for ReloadHandle {
     }
 }
 
+/// A listener's own password and ACL files.
+#[derive(Clone, Default)]
+struct ListenerFiles {
+    passwords: Option<Arc<ListenerFile<PasswordFile>>>,
+    acl: Option<Arc<ListenerFile<Acl>>>,
+}
+
 /// A TLS listener's reloadable configuration (and its QUIC endpoint, if QUIC).
 #[derive(Clone)]
 struct TlsListener {
@@ -232,7 +243,8 @@ struct TlsListener {
 
 impl ReloadHandle {
     /// Re-reads every TLS listener's certificate, key and CA file, and the
-    /// password and ACL files; installs them all, or nothing on error.
+    /// password and ACL files (the broker's and the listeners' own); installs
+    /// them all, or nothing on error.
     pub fn reload(&self) -> Result<(), ReloadError> {
         let mut tls = Vec::new();
         for l in &self.tls {
@@ -259,6 +271,20 @@ impl ReloadHandle {
         } else {
             None
         };
+        let mut listener_files = Vec::new();
+        for f in &self.listener_files {
+            let passwords = f.passwords.as_ref().map(|p| p.read()).transpose()?;
+            let acl = f.acl.as_ref().map(|a| a.read()).transpose()?;
+            listener_files.push((f, passwords, acl));
+        }
+        for (f, passwords, acl) in listener_files {
+            if let (Some(file), Some(passwords)) = (&f.passwords, passwords) {
+                file.install(passwords);
+            }
+            if let (Some(file), Some(acl)) = (&f.acl, acl) {
+                file.install(acl);
+            }
+        }
         for (l, config, quic) in tls {
             l.config.install(config);
             if let (Some(endpoint), Some(quic)) = (&l.quic, quic) {
@@ -275,6 +301,7 @@ impl ReloadHandle {
         tracing::info!(
             tls_listeners = self.tls.len(),
             auth_files = self.files,
+            listener_auth_files = self.listener_files.len(),
             "reloaded"
         );
         Ok(())
@@ -319,6 +346,8 @@ struct ListenerInfo {
     limit: Option<Arc<Semaphore>>,
     /// Connections start with a PROXY protocol header.
     proxy_protocol: bool,
+    /// The listener's own password and ACL files.
+    files: ListenerFiles,
 }
 
 enum Socket {
@@ -394,6 +423,20 @@ async fn bind_listener(
             "TLS settings need a TLS listener (mqtts://, wss:// or quic://)",
         ));
     }
+    let files = ListenerFiles {
+        passwords: lc
+            .password_file
+            .as_deref()
+            .map(|p| ListenerFile::open(p, PasswordFile::load))
+            .transpose()?
+            .map(Arc::new),
+        acl: lc
+            .acl_file
+            .as_deref()
+            .map(|p| ListenerFile::open(p, Acl::load))
+            .transpose()?
+            .map(Arc::new),
+    };
     let proxy_protocol = lc.proxy_protocol || parsed.proxy_protocol;
     if proxy_protocol && transport == Transport::Quic {
         return Err(bad("the PROXY protocol needs a TCP-based listener"));
@@ -478,6 +521,7 @@ async fn bind_listener(
             allow_anonymous: lc.allow_anonymous,
             limit: (lc.max_connections > 0).then(|| Arc::new(Semaphore::new(lc.max_connections))),
             proxy_protocol,
+            files,
         }),
         socket,
     })
@@ -532,6 +576,11 @@ impl Broker {
             reload: ReloadHandle {
                 state: state.clone(),
                 tls,
+                listener_files: listeners
+                    .iter()
+                    .map(|l| l.info.files.clone())
+                    .filter(|f| f.passwords.is_some() || f.acl.is_some())
+                    .collect(),
                 files: false,
             },
             state,
@@ -679,6 +728,8 @@ impl Shared {
             identity: identity.filter(|_| info.use_identity),
             allow_anonymous: info.allow_anonymous,
             limiter: Some(self.limiter.clone()),
+            passwords: info.files.passwords.clone(),
+            acl: info.files.acl.clone(),
         }
     }
 

@@ -8,11 +8,13 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use starling_codec::{ByteString, QoS, SubscriptionOptions};
 use tokio::sync::{oneshot, Notify};
 
+use crate::auth::{Acl, ListenerFile};
 use crate::config::OverflowPolicy;
 use crate::message::Delivery;
 use crate::store::Op;
@@ -94,6 +96,9 @@ pub struct SessionState {
     pub username: Option<ByteString>,
     /// Next store sequence number for a queued message.
     pub next_seq: u64,
+    /// The ACL of the listener the last connection came through, when it has
+    /// its own (`acl-file` in `[[listener]]`); `None` uses the broker's.
+    pub acl: Option<Arc<ListenerFile<Acl>>>,
 }
 
 /// A session, shared between the registry, the topic index and its connection.
@@ -143,6 +148,7 @@ impl Session {
                 limits,
                 username: None,
                 next_seq: 1,
+                acl: None,
             }),
             notify: Notify::new(),
             dropped: AtomicU64::new(0),

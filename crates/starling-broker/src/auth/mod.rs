@@ -8,7 +8,10 @@ pub use acl::{Access, Acl};
 pub use password::{hash_password, PasswordFile};
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 /// What a client presents in CONNECT.
 #[derive(Debug, Clone, Copy)]
@@ -81,23 +84,94 @@ pub struct FileAuthenticator {
 
 impl Authenticator for FileAuthenticator {
     fn authenticate(&self, c: &Credentials<'_>) -> AuthDecision {
-        match (c.username, &self.passwords) {
-            (None, _) if self.allow_anonymous => AuthDecision::Allow,
-            (None, _) => AuthDecision::NotAuthorized,
-            (Some(user), Some(file)) => {
-                if file.verify(user, c.password.unwrap_or_default()) {
-                    AuthDecision::Allow
-                } else {
-                    AuthDecision::BadCredentials
-                }
-            }
-            // A user name but no password file: treated as anonymous, like Mosquitto.
-            (Some(_), None) if self.allow_anonymous => AuthDecision::Allow,
-            (Some(_), None) => AuthDecision::BadCredentials,
-        }
+        decide(self.allow_anonymous, self.passwords.as_ref(), c)
     }
 
     fn is_slow(&self, c: &Credentials<'_>) -> bool {
         c.username.is_some() && self.passwords.is_some()
+    }
+}
+
+fn decide(
+    allow_anonymous: bool,
+    passwords: Option<&PasswordFile>,
+    c: &Credentials<'_>,
+) -> AuthDecision {
+    match (c.username, passwords) {
+        (None, _) if allow_anonymous => AuthDecision::Allow,
+        (None, _) => AuthDecision::NotAuthorized,
+        (Some(user), Some(file)) => {
+            if file.verify(user, c.password.unwrap_or_default()) {
+                AuthDecision::Allow
+            } else {
+                AuthDecision::BadCredentials
+            }
+        }
+        // A user name but no password file: treated as anonymous, like Mosquitto.
+        (Some(_), None) if allow_anonymous => AuthDecision::Allow,
+        (Some(_), None) => AuthDecision::BadCredentials,
+    }
+}
+
+/// A password or ACL file of one listener (`password-file`, `acl-file` in a
+/// `[[listener]]` table), which a reload reads again. Connections and sessions
+/// hold the handle and use what is current at each check.
+#[derive(Debug)]
+pub struct ListenerFile<T> {
+    path: PathBuf,
+    load: fn(&Path) -> Result<T, AuthFileError>,
+    current: RwLock<Arc<T>>,
+}
+
+impl<T> ListenerFile<T> {
+    /// Loads the file at `path` with `load` ([`PasswordFile::load`], [`Acl::load`]).
+    pub fn open(
+        path: &Path,
+        load: fn(&Path) -> Result<T, AuthFileError>,
+    ) -> Result<ListenerFile<T>, AuthFileError> {
+        Ok(ListenerFile {
+            path: path.to_path_buf(),
+            load,
+            current: RwLock::new(Arc::new(load(path)?)),
+        })
+    }
+
+    /// Reads the file again, without installing it.
+    pub(crate) fn read(&self) -> Result<T, AuthFileError> {
+        (self.load)(&self.path)
+    }
+
+    /// The file's contents as last loaded.
+    pub fn current(&self) -> Arc<T> {
+        self.current.read().clone()
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replaces the contents (after a reload).
+    pub(crate) fn install(&self, value: T) {
+        *self.current.write() = Arc::new(value);
+    }
+}
+
+/// Authentication against a listener's own password file.
+#[derive(Debug)]
+pub(crate) struct ListenerAuthenticator {
+    /// Whether clients without a user name are let in.
+    pub allow_anonymous: bool,
+    /// The listener's password file as it is now.
+    pub passwords: Arc<PasswordFile>,
+}
+
+impl Authenticator for ListenerAuthenticator {
+    fn authenticate(&self, c: &Credentials<'_>) -> AuthDecision {
+        decide(self.allow_anonymous, Some(&self.passwords), c)
+    }
+
+    fn is_slow(&self, c: &Credentials<'_>) -> bool {
+        c.username.is_some()
     }
 }

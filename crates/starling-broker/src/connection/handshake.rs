@@ -1,6 +1,7 @@
 //! The CONNECT handshake: reading the first packet, validating the client id,
 //! authenticating, attaching the session and answering with CONNACK.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use starling_codec::{
@@ -9,7 +10,7 @@ use starling_codec::{
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Client, Close, Connection};
-use crate::auth::{AuthDecision, Credentials};
+use crate::auth::{AuthDecision, Authenticator, Credentials, ListenerAuthenticator};
 use crate::lifecycle;
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
@@ -151,8 +152,16 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             (None, None, Some(false)) => Some(AuthDecision::NotAuthorized),
             _ => None,
         };
-        // Authentication runs on a blocking thread: password hashing is slow on purpose.
-        let authenticator = self.broker.authenticator.read().clone();
+        // Authentication runs on a blocking thread: password hashing is slow on
+        // purpose. A listener with its own password file uses it instead of the
+        // broker's authenticator.
+        let authenticator: Arc<dyn Authenticator> = match &ctx.passwords {
+            Some(file) => Arc::new(ListenerAuthenticator {
+                allow_anonymous: ctx.allow_anonymous.unwrap_or(config.allow_anonymous),
+                passwords: file.current(),
+            }),
+            None => self.broker.authenticator.read().clone(),
+        };
         let quick = if listener_decision.is_some() {
             listener_decision
         } else {
@@ -231,6 +240,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             connect.clean_start,
             expiry_interval,
             connect.username.clone(),
+            ctx.acl.clone(),
             self.conn_id,
             kick_tx,
         );
@@ -288,6 +298,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 .map_or(usize::MAX, |m| m as usize),
             aliases: vec![None; aliases],
             kick: kick_rx,
+            acl: ctx.acl.clone(),
         };
         if present {
             self.resend_inflight(&client);

@@ -228,7 +228,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 ));
             }
             code = ReasonCode::PAYLOAD_FORMAT_INVALID;
-        } else if !self.broker.allowed(
+        } else if !self.broker.allowed_with(
+            client.acl.as_deref(),
             client.username.as_deref(),
             &client.client_id,
             &publish.topic,
@@ -314,7 +315,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 continue;
             }
             let (share, inner) = split_share(filter);
-            if !self.broker.allowed(
+            if !self.broker.allowed_with(
+                client.acl.as_deref(),
                 client.username.as_deref(),
                 &client.client_id,
                 inner,
@@ -389,7 +391,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         }
         let store = self.broker.store.is_some();
         for d in retained {
-            if self.broker.allowed(
+            if self.broker.allowed_with(
+                client.acl.as_deref(),
                 client.username.as_deref(),
                 &client.client_id,
                 &d.msg.topic,

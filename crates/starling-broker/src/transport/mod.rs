@@ -11,7 +11,8 @@
 //!
 //! The connection code does not know which transport it runs on. What it needs
 //! from the listener (the certificate identity, the listener's anonymous
-//! setting, the failed-authentication limiter) travels in a task-local
+//! setting, its own password and ACL files, the failed-authentication limiter)
+//! travels in a task-local
 //! [`ConnContext`], set by the accept loop around the connection task.
 
 pub(crate) mod proxy;
@@ -28,6 +29,8 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+
+use crate::auth::{Acl, ListenerFile, PasswordFile};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
@@ -41,6 +44,10 @@ pub(crate) struct ConnContext {
     pub allow_anonymous: Option<bool>,
     /// The broker's failed-authentication limiter.
     pub limiter: Option<Arc<AuthLimiter>>,
+    /// The listener's own password file, used instead of the broker's authenticator.
+    pub passwords: Option<Arc<ListenerFile<PasswordFile>>>,
+    /// The listener's own ACL, used instead of the broker's.
+    pub acl: Option<Arc<ListenerFile<Acl>>>,
 }
 
 tokio::task_local! {
