@@ -7,6 +7,13 @@ use bytes::Bytes;
 use starling_codec::{ByteString, Properties, Publish, QoS};
 use tokio::time::Instant;
 
+/// A copy of `s` in an allocation of its own. Long-lived strings (client ids,
+/// filters, alias topics) are copied out of the receive buffer so that they do
+/// not keep the whole buffer they were sliced from alive.
+pub fn owned(s: &ByteString) -> ByteString {
+    ByteString::from(&**s)
+}
+
 /// A message accepted from a publisher (or a will), ready to route.
 #[derive(Debug)]
 pub struct Message {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use starling_codec::ByteString;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -348,6 +349,8 @@ struct ListenerInfo {
     proxy_protocol: bool,
     /// The listener's own password and ACL files.
     files: ListenerFiles,
+    /// The listener's mountpoint.
+    mountpoint: Option<ByteString>,
 }
 
 enum Socket {
@@ -437,6 +440,15 @@ async fn bind_listener(
             .transpose()?
             .map(Arc::new),
     };
+    let mountpoint = lc.mountpoint.as_deref().filter(|m| !m.is_empty());
+    if let Some(m) = mountpoint {
+        if m.contains(['+', '#', '\0']) || m.starts_with('$') {
+            return Err(bad(
+                "a mountpoint has no wildcards (+, #) and does not start with $",
+            ));
+        }
+    }
+    let mountpoint = mountpoint.map(ByteString::from);
     let proxy_protocol = lc.proxy_protocol || parsed.proxy_protocol;
     if proxy_protocol && transport == Transport::Quic {
         return Err(bad("the PROXY protocol needs a TCP-based listener"));
@@ -522,6 +534,7 @@ async fn bind_listener(
             limit: (lc.max_connections > 0).then(|| Arc::new(Semaphore::new(lc.max_connections))),
             proxy_protocol,
             files,
+            mountpoint,
         }),
         socket,
     })
@@ -730,6 +743,7 @@ impl Shared {
             limiter: Some(self.limiter.clone()),
             passwords: info.files.passwords.clone(),
             acl: info.files.acl.clone(),
+            mountpoint: info.mountpoint.clone(),
         }
     }
 
@@ -745,7 +759,10 @@ impl Shared {
             self.shutdown.clone(),
             over_limit,
         );
-        transport::with_context(ctx, serve).await;
+        // Boxed, like the handshakes: the task of a plain TCP connection must
+        // not be as large as the largest transport's state (rustls,
+        // tungstenite); idle connections are meant to be cheap.
+        transport::with_context(ctx, Box::pin(serve)).await;
     }
 
     /// Runs a transport handshake under the handshake timeout; `None` if it
@@ -755,6 +772,7 @@ impl Shared {
         F: std::future::Future<Output = Result<T, E>>,
         E: std::fmt::Display,
     {
+        let fut = Box::pin(fut);
         let limit = Duration::from_secs(self.state.config.handshake_timeout);
         let mut shutdown = self.shutdown.clone();
         let url = &info.url;

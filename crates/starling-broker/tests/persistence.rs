@@ -263,7 +263,11 @@ async fn the_sweeper_reclaims_expired_messages_of_offline_sessions() {
     // which a paused clock would otherwise skip past.
     let dir = data_dir("sweep");
     let b = TestBroker::start(config(&dir, Durability::Periodic)).await;
-    let (mut sub, _) = Raw::connect(b.addr, persistent(V::V5, "swept")).await;
+    // A session that never expires: no expiry timer for the paused clock to
+    // jump to while the test waits for the store thread.
+    let mut forever = persistent(V::V5, "swept");
+    forever.properties.session_expiry_interval = Some(u32::MAX);
+    let (mut sub, _) = Raw::connect(b.addr, forever).await;
     sub.subscribe("sw", QoS::AtLeastOnce).await;
     sub.send(Packet::Disconnect(Disconnect::default())).await;
     sub.closed().await;

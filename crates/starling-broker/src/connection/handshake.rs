@@ -119,6 +119,13 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             );
             return None;
         }
+        // What outlives the handshake is copied out of the receive buffer.
+        connect.client_id = crate::message::owned(&connect.client_id);
+        connect.username = connect.username.as_ref().map(crate::message::owned);
+        if let Some(will) = connect.will.as_mut() {
+            will.topic = crate::message::owned(&will.topic);
+            will.payload = bytes::Bytes::copy_from_slice(&will.payload);
+        }
         let assigned = id_len == 0;
         if assigned {
             connect.client_id =
@@ -282,13 +289,18 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         } else {
             0
         };
+        // Under a mountpoint the will topic gets the prefix too.
+        let mut will = connect.will.take();
+        if let (Some(w), Some(m)) = (will.as_mut(), &ctx.mountpoint) {
+            w.topic = super::mount::topic(m, &w.topic);
+        }
         let client = Client {
             version: v,
             client_id: connect.client_id.clone(),
             username: connect.username.clone(),
             session,
             keep_alive: Duration::from_secs(u64::from(keep_alive)),
-            will: connect.will.take(),
+            will,
             expiry_interval,
             client_receive_max: usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX))
                 .min(usize::from(u16::MAX) - 1),
@@ -296,9 +308,11 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 .properties
                 .maximum_packet_size
                 .map_or(usize::MAX, |m| m as usize),
-            aliases: vec![None; aliases],
+            aliases: Vec::new(),
+            alias_max: aliases,
             kick: kick_rx,
             acl: ctx.acl.clone(),
+            mountpoint: ctx.mountpoint.clone(),
         };
         if present {
             self.resend_inflight(&client);

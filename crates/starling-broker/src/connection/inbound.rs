@@ -175,27 +175,38 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 ));
             }
             if let Some(alias) = publish.properties.topic_alias {
-                let slot = client
-                    .aliases
-                    .get_mut(usize::from(alias) - 1)
-                    .ok_or_else(|| {
-                        Close::Protocol(
-                            ReasonCode::TOPIC_ALIAS_INVALID,
-                            format!("topic alias {alias}"),
-                        )
-                    })?;
+                let idx = usize::from(alias) - 1;
+                if idx >= client.alias_max {
+                    return Err(Close::Protocol(
+                        ReasonCode::TOPIC_ALIAS_INVALID,
+                        format!("[MQTT-3.3.2-9] topic alias {alias} above the maximum"),
+                    ));
+                }
                 if publish.topic.is_empty() {
-                    publish.topic = slot.clone().ok_or_else(|| {
-                        protocol_error(format!("[MQTT-3.3.2-12] unknown topic alias {alias}"))
-                    })?;
+                    publish.topic =
+                        client.aliases.get(idx).cloned().flatten().ok_or_else(|| {
+                            protocol_error(format!("[MQTT-3.3.2-12] unknown topic alias {alias}"))
+                        })?;
                 } else {
-                    *slot = Some(publish.topic.clone());
+                    if client.aliases.len() <= idx {
+                        client.aliases.resize(idx + 1, None);
+                    }
+                    client.aliases[idx] = Some(crate::message::owned(&publish.topic));
                 }
             }
             if publish.retain && !config.retain_available {
                 return Err(Close::Protocol(
                     ReasonCode::RETAIN_NOT_SUPPORTED,
                     "retain".into(),
+                ));
+            }
+        }
+        if let Some(m) = &client.mountpoint {
+            publish.topic = super::mount::topic(m, &publish.topic);
+            if publish.topic.len() > usize::from(u16::MAX) {
+                return Err(Close::Protocol(
+                    ReasonCode::TOPIC_NAME_INVALID,
+                    "topic name too long with the mountpoint".into(),
                 ));
             }
         }
@@ -314,6 +325,12 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 codes.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }
+            // Under a mountpoint the filter gets the prefix (inside `$share/group/`).
+            let filter = &super::mount::filter_for(client.mountpoint.as_ref(), filter);
+            if !super::mount::valid_filter(filter) {
+                codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
             let (share, inner) = split_share(filter);
             if !self.broker.allowed_with(
                 client.acl.as_deref(),
@@ -338,7 +355,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 },
             );
             client.session.state.lock().subscriptions.insert(
-                filter.clone(),
+                crate::message::owned(filter),
                 SubEntry {
                     options,
                     id: sub_id,
@@ -380,10 +397,11 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         {
             let st = client.session.state.lock();
             for s in &sub.subscriptions {
-                if let Some(entry) = st.subscriptions.get(&s.filter) {
+                let filter = super::mount::filter_for(client.mountpoint.as_ref(), &s.filter);
+                if let Some(entry) = st.subscriptions.get(&filter) {
                     ops.push(crate::persist::subscription_op(
                         &client.client_id,
-                        &s.filter,
+                        &filter,
                         entry,
                     ));
                 }
@@ -409,6 +427,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     fn on_unsubscribe(&mut self, client: &mut Client, unsub: Unsubscribe) {
         let mut codes = Vec::with_capacity(unsub.filters.len());
         for filter in &unsub.filters {
+            let filter = &super::mount::filter_for(client.mountpoint.as_ref(), filter);
             let (share, inner) = split_share(filter);
             let removed = self
                 .broker

@@ -8,6 +8,7 @@
 
 mod handshake;
 mod inbound;
+mod mount;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ const HIGH_WATER: usize = 64 * 1024;
 const IDLE_BUFFER: usize = 16 * 1024;
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 4096;
+/// Room made in the read buffer before each read of the handshake.
+const HANDSHAKE_CHUNK: usize = 256;
 /// How long a final DISCONNECT may take to flush.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -86,10 +89,15 @@ pub(crate) struct Client {
     pub expiry_interval: u32,
     pub client_receive_max: usize,
     pub client_max_packet: usize,
+    /// Topic aliases the client set, grown on demand up to `alias_max`.
     pub aliases: Vec<Option<ByteString>>,
+    /// The Topic Alias Maximum the broker announced to this client.
+    pub alias_max: usize,
     pub kick: oneshot::Receiver<Kick>,
     /// The listener's own ACL, used instead of the broker's.
     pub acl: Option<Arc<ListenerFile<Acl>>>,
+    /// The listener's mountpoint (topic prefix); see [`mount`].
+    pub mountpoint: Option<ByteString>,
 }
 
 /// A connection's transport halves and buffers.
@@ -155,6 +163,10 @@ pub(crate) async fn serve<S>(
         conn.flush_and_close().await;
         return;
     };
+    if conn.rbuf.is_empty() {
+        // Release the handshake's read buffer: an idle connection keeps none.
+        conn.rbuf = BytesMut::new();
+    }
     Metrics::add(&conn.broker.metrics.clients_connected, 1);
     let close = conn.run(&mut client, &mut shutdown).await;
     conn.finish(client, close).await;
@@ -203,7 +215,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
 
     /// Reads one more chunk into the read buffer. `Ok(false)` on end of stream.
     async fn fill(&mut self) -> std::io::Result<bool> {
-        self.rbuf.reserve(READ_CHUNK);
+        // CONNECT is small: the handshake reads in small steps, so thousands of
+        // connections arriving at once do not each hold a full read chunk.
+        self.rbuf.reserve(HANDSHAKE_CHUNK);
         let n = self.rd.read_buf(&mut self.rbuf).await?;
         Metrics::add(&self.broker.metrics.bytes_received, n as u64);
         Ok(n > 0)
@@ -312,13 +326,23 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 }
                 continue;
             }
+            // Under a mountpoint the client sees topics without the prefix, and
+            // nothing outside it.
+            let Some(topic) = mount::strip(client.mountpoint.as_ref(), &delivery.msg.topic) else {
+                if delivery.seq != 0 {
+                    ops.push(Op::DeleteMessage(client.client_id.clone(), delivery.seq));
+                }
+                continue;
+            };
             let qos1 = delivery.qos != starling_codec::QoS::AtMostOnce;
             if qos1 && st.inflight.len() >= client.client_receive_max {
                 st.unpop(delivery);
                 break;
             }
             let packet_id = if qos1 { st.next_packet_id() } else { 0 };
-            let packet = Packet::Publish(delivery.to_publish(packet_id, false, now));
+            let mut publish = delivery.to_publish(packet_id, false, now);
+            publish.topic = topic;
+            let packet = Packet::Publish(publish);
             match packet.encoded_len(client.version) {
                 Ok(len) if len <= client.client_max_packet => {}
                 _ => {
@@ -373,7 +397,15 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             let packet = if inflight.released {
                 Packet::PubRel(starling_codec::Ack::new(inflight.packet_id))
             } else {
-                Packet::Publish(inflight.delivery.to_publish(inflight.packet_id, true, now))
+                let mut publish = inflight.delivery.to_publish(inflight.packet_id, true, now);
+                // A session resumed through a listener with another mountpoint
+                // does not show this client what lies outside its own.
+                let mount = client.mountpoint.as_ref();
+                let Some(topic) = mount::strip(mount, &publish.topic) else {
+                    continue;
+                };
+                publish.topic = topic;
+                Packet::Publish(publish)
             };
             if let Err(err) = packet.encode(client.version, &mut self.wbuf) {
                 tracing::warn!(?err, "could not encode resend");
