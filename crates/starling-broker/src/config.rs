@@ -145,6 +145,11 @@ pub struct ListenerConfig {
     /// deliveries and wills are checked against it instead of the top-level
     /// `acl-file`. Reloads on SIGHUP.
     pub acl_file: Option<PathBuf>,
+    /// A topic prefix (such as `"tenant/a/"`) for this listener's clients: added
+    /// to what they publish (will included) and subscribe to, removed from what
+    /// they receive; they receive nothing outside it. `$SYS` topics are left as
+    /// they are. ACLs see the prefixed topics.
+    pub mountpoint: Option<String>,
 }
 
 impl Default for Config {

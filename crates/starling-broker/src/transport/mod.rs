@@ -11,7 +11,8 @@
 //!
 //! The connection code does not know which transport it runs on. What it needs
 //! from the listener (the certificate identity, the listener's anonymous
-//! setting, its own password and ACL files, the failed-authentication limiter)
+//! setting, its own password and ACL files, its mountpoint, the
+//! failed-authentication limiter)
 //! travels in a task-local
 //! [`ConnContext`], set by the accept loop around the connection task.
 
@@ -29,6 +30,8 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+
+use starling_codec::ByteString;
 
 use crate::auth::{Acl, ListenerFile, PasswordFile};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -48,6 +51,8 @@ pub(crate) struct ConnContext {
     pub passwords: Option<Arc<ListenerFile<PasswordFile>>>,
     /// The listener's own ACL, used instead of the broker's.
     pub acl: Option<Arc<ListenerFile<Acl>>>,
+    /// The listener's mountpoint (a topic prefix).
+    pub mountpoint: Option<ByteString>,
 }
 
 tokio::task_local! {
