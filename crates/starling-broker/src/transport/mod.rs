@@ -12,9 +12,8 @@
 //! The connection code does not know which transport it runs on. What it needs
 //! from the listener (the certificate identity, the listener's anonymous
 //! setting, its own password and ACL files, its mountpoint, the
-//! failed-authentication limiter)
-//! travels in a task-local
-//! [`ConnContext`], set by the accept loop around the connection task.
+//! failed-authentication limiter) travels in a task-local [`ConnContext`], set
+//! by the accept loop around the connection task.
 
 pub(crate) mod proxy;
 pub(crate) mod quic;
@@ -30,12 +29,11 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-
 use starling_codec::ByteString;
-
-use crate::auth::{Acl, ListenerFile, PasswordFile};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+use crate::auth::{Acl, ListenerFile, PasswordFile};
 
 /// What a connection task knows about the listener that accepted it.
 #[derive(Debug, Clone, Default)]
