@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use starling_broker::auth::{hash_password, PasswordFile};
+use starling_broker::store::Durability;
 use starling_broker::{Broker, Config, ShutdownHandle};
 use starling_client::{
     Client, ClientError, ConnectCode, ConnectError, ConnectOptions, ConnectReturnCode,
@@ -63,6 +64,8 @@ impl Starling {
             listen: vec!["mqtt://127.0.0.1:0".to_string()],
             data_dir: dir.join("data"),
             sys_interval: 0,
+            // Memory only: these tests are about the wire, not the disk.
+            durability: Durability::None,
             ..Config::default()
         };
         edit(&mut config, &dir);

@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
+use starling_broker::store::Durability;
 use starling_broker::{Broker, Config, ShutdownHandle};
 use tokio::process::Command;
 
@@ -35,6 +36,8 @@ async fn start_broker(tag: &str) -> Starling {
         listen: vec!["mqtt://127.0.0.1:0".to_string()],
         data_dir: dir.join("data"),
         sys_interval: 0,
+        // Memory only: these tests are about the wire, not the disk.
+        durability: Durability::None,
         max_queued_messages: 1_000_000,
         ..Config::default()
     };
@@ -272,6 +275,8 @@ async fn pubsub_over_websocket() {
         ],
         data_dir: dir.join("data"),
         sys_interval: 0,
+        // Memory only: these tests are about the wire, not the disk.
+        durability: Durability::None,
         max_queued_messages: 1_000_000,
         ..Config::default()
     };
@@ -389,6 +394,8 @@ async fn refused_connections_fail_the_run_with_the_reason() {
         listen: vec!["mqtt://127.0.0.1:0".to_string()],
         data_dir: dir.join("data"),
         sys_interval: 0,
+        // Memory only: these tests are about the wire, not the disk.
+        durability: Durability::None,
         allow_anonymous: false,
         ..Config::default()
     };

@@ -7,6 +7,7 @@ use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use starling_broker::auth::{hash_password, PasswordFile};
+use starling_broker::store::Durability;
 use starling_broker::{Broker, Config, ShutdownHandle};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -35,6 +36,8 @@ impl Starling {
             listen: vec!["mqtt://127.0.0.1:0".to_string()],
             data_dir: dir.join("data"),
             sys_interval: 0,
+            // Memory only: these tests are about the wire, not the disk.
+            durability: Durability::None,
             ..Config::default()
         };
         edit(&mut config, &dir);
