@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use starling_broker::auth::{hash_password, PasswordFile};
@@ -121,7 +121,11 @@ fn publish(b: &Starling, extra: &[&str]) {
     );
 }
 
-fn spawn_sub(b: &Starling, extra: &[&str]) -> (Child, BufReader<ChildStdout>) {
+/// Lines printed by a `starling sub`, read on a thread so that a test waits for
+/// one with a time limit instead of blocking forever.
+struct Lines(std::sync::mpsc::Receiver<String>);
+
+fn spawn_sub(b: &Starling, extra: &[&str]) -> (Child, Lines) {
     let mut child = starling()
         .arg("sub")
         .args(b.args())
@@ -131,19 +135,32 @@ fn spawn_sub(b: &Starling, extra: &[&str]) -> (Child, BufReader<ChildStdout>) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn starling sub");
-    let out = BufReader::new(child.stdout.take().unwrap());
-    (child, out)
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || loop {
+        let mut line = String::new();
+        match out.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (child, Lines(rx))
 }
 
-fn read_line(r: &mut BufReader<ChildStdout>) -> String {
-    let mut line = String::new();
-    r.read_line(&mut line).expect("read sub output");
-    line
+fn read_line(lines: &mut Lines) -> String {
+    lines
+        .0
+        .recv_timeout(LIMIT)
+        .expect("starling sub printed a line in time")
 }
 
 /// Publishes a retained marker on `topic` and reads lines until the sub prints
 /// it: from then on its subscription is active.
-fn wait_subscribed(b: &Starling, out: &mut BufReader<ChildStdout>, topic: &str, version: &str) {
+fn wait_subscribed(b: &Starling, out: &mut Lines, topic: &str, version: &str) {
     publish(b, &["-t", topic, "-m", "ready", "-r", "-V", version]);
     assert!(read_line(out).contains("ready"));
 }
@@ -288,9 +305,10 @@ fn will_fires_when_sub_is_killed() {
             "5",
         ],
     );
-    // The owner is connected once it prints its own marker.
-    publish(&b, &["-t", "cli/owner", "-m", "up"]);
+    // The owner is subscribed once it prints its own (retained) marker.
+    publish(&b, &["-t", "cli/owner", "-m", "up", "-r"]);
     assert_eq!(read_line(&mut owner_out), "up\n");
+    publish(&b, &["-t", "cli/owner", "-n", "-r"]);
     owner.kill().unwrap();
     let _ = owner.wait();
     assert_eq!(read_line(&mut out), "cli/will/gone owner died\n");
