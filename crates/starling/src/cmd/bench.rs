@@ -99,6 +99,10 @@ struct NetArgs {
     /// Seconds to wait for each connection's CONNACK.
     #[arg(long = "connect-timeout", default_value_t = 30)]
     connect_timeout: u64,
+    /// Persistent sessions: clean session / Clean Start off, and (MQTT 5) this
+    /// Session Expiry Interval in seconds. Use a fresh --prefix per run.
+    #[arg(short = 'x', long = "session-expiry")]
+    session_expiry: Option<u32>,
     /// Connections opened per second (0: as fast as --connect-concurrency allows).
     #[arg(short = 'R', long = "conn-rate", default_value_t = 0.0)]
     conn_rate: f64,
@@ -156,6 +160,10 @@ impl NetArgs {
             o.password = Some(Bytes::from(p.clone()));
         }
         o.keep_alive = Duration::from_secs(self.keepalive.into());
+        if let Some(expiry) = self.session_expiry {
+            o.clean_start = false;
+            o.session_expiry = Some(expiry);
+        }
         o.connect_timeout = Duration::from_secs(self.connect_timeout.max(1));
         o.message_capacity = 1024;
         o.request_capacity = 256;

@@ -103,7 +103,10 @@ impl NetConfig {
         let _ = stream.set_nodelay(true);
         let o = &self.opts;
         let mut c = Connect::new(o.version, client_id.as_str());
-        c.clean_start = true;
+        c.clean_start = o.clean_start;
+        if o.version.is_v5() {
+            c.properties.session_expiry_interval = o.session_expiry;
+        }
         c.keep_alive = u16::try_from(o.keep_alive.as_secs()).unwrap_or(u16::MAX);
         c.username = o.username.as_deref().map(ByteString::from);
         c.password = o.password.clone();
