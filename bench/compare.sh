@@ -9,7 +9,9 @@
 #
 # Options: --reps N (default 3), --only a,b,c (scenarios: fanin fanout fanout-lat
 # qos1 latency conn conn100k subs), --out DIR (default: a new directory under /tmp),
-# --no-build.
+# --no-build, --mosquitto-nodelay (adds `set_tcp_nodelay true` to Mosquitto's config,
+# as Starling sets TCP_NODELAY; off by default: it halves Mosquitto's fan-in
+# throughput here). STARLING_BIN=path uses that binary instead of target/release/starling.
 #
 # Each scenario runs against both brokers in turn (A B A B ...), each run on a
 # freshly started broker, on free loopback ports. For each run the script records
@@ -20,13 +22,14 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN="$ROOT/target/release/starling"
+BIN=${STARLING_BIN:-"$ROOT/target/release/starling"}
 PIN=0
 SMOKE=0
 REPS=3
 ONLY=""
 OUT=""
 BUILD=1
+MOSQ_NODELAY=0
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -36,6 +39,7 @@ while [ $# -gt 0 ]; do
         --only) ONLY=$2; shift ;;
         --out) OUT=$2; shift ;;
         --no-build) BUILD=0 ;;
+        --mosquitto-nodelay) MOSQ_NODELAY=1 ;;
         -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
@@ -144,7 +148,7 @@ EOF
                 --data-dir "$dir/data" > "$dir/broker.log" 2>&1 &
             ;;
         mosquitto)
-            # Starling sets TCP_NODELAY on every connection; so does this config.
+            # Mosquitto's defaults, except persistence, limits and the listener.
             cat > "$dir/mosquitto.conf" <<EOF
 listener $PORT 127.0.0.1
 allow_anonymous true
@@ -153,8 +157,8 @@ max_queued_messages 10000000
 max_queued_bytes 0
 max_inflight_messages 65535
 max_keepalive 65535
-set_tcp_nodelay true
 EOF
+            if [ "$MOSQ_NODELAY" = 1 ]; then echo "set_tcp_nodelay true" >> "$dir/mosquitto.conf"; fi
             "${BROKER_CPU[@]}" "$MOSQUITTO" -c "$dir/mosquitto.conf" > "$dir/broker.log" 2>&1 &
             ;;
     esac
@@ -302,6 +306,7 @@ smoke=$SMOKE
 reps=$REPS
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 fds=$FDS
+mosquitto_nodelay=$MOSQ_NODELAY
 EOF
 log "load average: $(cut -d' ' -f1-3 /proc/loadavg), nproc $(nproc), pin=$PIN, smoke=$SMOKE, reps=$REPS"
 
@@ -433,6 +438,12 @@ lat = lambda q: (lambda r: r["bench"]["latency_us"][q] / 1000.0 if r["bench"]["l
 rss_per_conn = lambda r: (int(r["meta"]["rss1"]) - int(r["meta"]["rss0"])) / int(r["meta"]["conns"]) if r["meta"]["rss1"] != "0" else None
 broker_cpu = lambda r: 100.0 * int(r["meta"]["cpu_ticks"]) / int(r["meta"]["tck"]) / float(r["meta"]["wall"])
 bench_cpu = lambda r: r["bench"]["cpu_percent"]
+def cpu_per_item(r):  # broker CPU µs per message received (or per connection)
+    b = r["bench"]
+    n = b["received"] or b["connected"]
+    return 1e6 * int(r["meta"]["cpu_ticks"]) / int(r["meta"]["tck"]) / n if n else None
+def fmt_small(x):
+    return "–" if x is None else (f"{x:.2f}" if x < 10 else f"{x:,.0f}")
 
 fanin_base = {v: med(vals("fanin", v, rate("recv_rate"))) for v in ("starling", "mosquitto")}
 
@@ -467,15 +478,15 @@ lines.append(f"Run {env.get('date')}: {title}; {env.get('reps')} repetition(s) p
              f"nproc {env.get('nproc')}, {env.get('cpu')}, kernel {env.get('kernel')}; {env.get('mosquitto')}; "
              f"Starling {env.get('starling')}; load average {env.get('load_before')} before, {env.get('load_after')} after.")
 lines.append("")
-lines.append("| scenario | figure | Starling | Mosquitto | ratio S/M | target | Starling CPU % | Mosquitto CPU % | bench CPU % (S / M) |")
-lines.append("|---|---|---:|---:|---:|---|---:|---:|---:|")
+lines.append("| scenario | figure | Starling | Mosquitto | ratio S/M | target | Starling CPU % | Mosquitto CPU % | broker CPU µs per msg or conn (S / M) | bench CPU % (S / M) |")
+lines.append("|---|---|---:|---:|---:|---|---:|---:|---:|---:|")
 for scen, fig, sv, mv, f, unit, better, target in rows:
     if not runs.get((scen, sv)) and not runs.get((scen, mv)):
         continue
     if f is None:  # subs relative to plain fan-in
         sx = [x / fanin_base["starling"] * 100 for x in vals(scen, sv, rate("recv_rate"))] if fanin_base["starling"] else []
         mx = [x / fanin_base["mosquitto"] * 100 for x in vals(scen, mv, rate("recv_rate"))] if fanin_base["mosquitto"] else []
-        lines.append(f"| {scen} | {fig} | {cell(sx, '%')} % | {cell(mx, '%')} % | | | | | |")
+        lines.append(f"| {scen} | {fig} | {cell(sx, '%')} % | {cell(mx, '%')} % | | | | | | |")
         continue
     sx, mx = vals(scen, sv, f), vals(scen, mv, f)
     ratio = med(sx) / med(mx) if sx and mx and med(mx) else None
@@ -493,10 +504,13 @@ for scen, fig, sv, mv, f, unit, better, target in rows:
     bs, bm = med(vals(scen, sv, bench_cpu)), med(vals(scen, mv, bench_cpu))
     bcpu = f"{fmt(bs, '')} / {fmt(bm, '')}"
     r = "–" if ratio is None else f"{ratio:.2f}×"
-    lines.append(f"| {scen} | {fig} | {cell(sx, unit)} | {cell(mx, unit)} | {r} | {verdict} | {cpu_s} | {cpu_m} | {bcpu} |")
+    per = f"{fmt_small(med(vals(scen, sv, cpu_per_item)))} / {fmt_small(med(vals(scen, mv, cpu_per_item)))}"
+    lines.append(f"| {scen} | {fig} | {cell(sx, unit)} | {cell(mx, unit)} | {r} | {verdict} | {cpu_s} | {cpu_m} | {per} | {bcpu} |")
 lines.append("")
 lines.append("CPU % is of one core (200 % = both cores of a 2-CPU machine), over the run of `starling bench` "
-             "(for conn: until every connection is open; for subs: over the fan-in).")
+             "(for conn: until every connection is open; for subs: over the fan-in). "
+             "Mosquitto runs with its defaults apart from the listener, persistence and queue limits"
+             + (", plus `set_tcp_nodelay true`." if env.get("mosquitto_nodelay") == "1" else " (so without TCP_NODELAY, which Starling sets)."))
 if problems:
     lines.append("")
     lines.append("Problems:")
