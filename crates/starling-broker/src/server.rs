@@ -793,6 +793,14 @@ impl Shared {
     }
 
     /// Handles one accepted TCP connection of a TCP, TLS, WS or WSS listener.
+    /// Serves a plain TCP connection (no TLS, no PROXY header).
+    async fn plain_connection(&self, info: &ListenerInfo, stream: TcpStream, peer: SocketAddr) {
+        let (permits, over) = self.admit(info);
+        let ctx = self.context(info, None);
+        self.serve(ctx, stream, peer, over).await;
+        drop(permits);
+    }
+
     async fn tcp_connection(&self, info: &ListenerInfo, stream: TcpStream, mut peer: SocketAddr) {
         // With the PROXY protocol, the header comes first and names the client.
         let stream = if info.proxy_protocol {
@@ -898,7 +906,13 @@ async fn accept_loop(listener: TcpListener, info: Arc<ListenerInfo>, shared: Sha
         let shared = shared.clone();
         let info = info.clone();
         tokio::spawn(async move {
-            shared.tcp_connection(&info, stream, peer).await;
+            // The common case, plain TCP, gets a small task of its own: the
+            // other transports' state is boxed behind `tcp_connection`.
+            if info.transport == Transport::Tcp && !info.proxy_protocol {
+                shared.plain_connection(&info, stream, peer).await;
+            } else {
+                Box::pin(shared.tcp_connection(&info, stream, peer)).await;
+            }
         });
     }
 }

@@ -157,9 +157,10 @@ pub(crate) async fn serve<S>(
             return;
         }
         Ok(Ok(None)) => return,
-        Ok(Ok(Some(connect))) => connect,
+        // Unboxed at once, so the box is not kept for the connection's life.
+        Ok(Ok(Some(connect))) => *connect,
     };
-    let Some(mut client) = conn.accept(*connect, over_limit).await else {
+    let Some(mut client) = conn.accept(connect, over_limit).await else {
         conn.flush_and_close().await;
         return;
     };
