@@ -121,7 +121,7 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Client, cl
     let session = client.session;
     let will = match close {
         Close::Normal => None,
-        _ => client.will,
+        _ => client.will.map(|w| *w),
     };
     let will_delay = will
         .as_ref()

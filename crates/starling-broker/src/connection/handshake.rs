@@ -88,7 +88,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     /// Returns `None` when the connection was refused.
     pub(crate) async fn accept(
         &mut self,
-        mut connect: Connect,
+        mut connect: Box<Connect>,
         over_limit: bool,
     ) -> Option<Client> {
         let v = connect.protocol;
@@ -300,7 +300,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             username: connect.username.clone(),
             session,
             keep_alive: Duration::from_secs(u64::from(keep_alive)),
-            will,
+            will: will.map(Box::new),
             expiry_interval,
             client_receive_max: usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX))
                 .min(usize::from(u16::MAX) - 1),

@@ -85,7 +85,8 @@ pub(crate) struct Client {
     pub username: Option<ByteString>,
     pub session: Arc<Session>,
     pub keep_alive: Duration,
-    pub will: Option<Will>,
+    /// Boxed: a will with its properties is large and most clients have none.
+    pub will: Option<Box<Will>>,
     pub expiry_interval: u32,
     pub client_receive_max: usize,
     pub client_max_packet: usize,
@@ -143,7 +144,7 @@ pub(crate) async fn serve<S>(
     };
     let connect_timeout = conn.broker.config.connect_timeout();
     let first = tokio::select! {
-        r = timeout(connect_timeout, conn.read_connect()) => r,
+        r = timeout(connect_timeout, Box::pin(conn.read_connect())) => r,
         _ = shutdown.changed() => return,
     };
     let connect = match first {
@@ -157,10 +158,11 @@ pub(crate) async fn serve<S>(
             return;
         }
         Ok(Ok(None)) => return,
-        // Unboxed at once, so the box is not kept for the connection's life.
-        Ok(Ok(Some(connect))) => *connect,
+        Ok(Ok(Some(connect))) => connect,
     };
-    let Some(mut client) = conn.accept(connect, over_limit).await else {
+    // The handshake's state (CONNECT, authentication) is boxed: it is freed
+    // when the handshake ends instead of sizing the connection's task.
+    let Some(mut client) = Box::pin(conn.accept(connect, over_limit)).await else {
         conn.flush_and_close().await;
         return;
     };
