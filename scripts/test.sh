@@ -23,3 +23,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --locked --no-fail-fast
 fi
+
+echo "==> benchmark smoke (Starling vs Mosquitto, tiny counts, no speed checks)"
+cargo build -p starling --locked --quiet
+STARLING_BIN="$PWD/target/debug/starling" scripts/bench-smoke.sh --no-build
