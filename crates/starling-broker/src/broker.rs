@@ -213,6 +213,7 @@ impl BrokerState {
         // One copy per session: the highest granted QoS and every subscription id.
         targets.sort_by_key(|t| Arc::as_ptr(&t.0) as usize);
         let acl = self.acl.read().clone();
+        let check_acl = acl.is_some() || self.config.listener.iter().any(|l| l.acl_file.is_some());
         let mut offered = 0;
         let mut i = 0;
         while i < targets.len() {
@@ -234,11 +235,15 @@ impl BrokerState {
             }
             // The read check at delivery: the ACL of the listener the session's
             // client came through, if it has one, else the broker's.
-            let (user, own) = {
+            if !check_acl {
+                // No ACL anywhere: nothing to look up per delivery.
+            } else if let Some(acl) = {
                 let st = session.state.lock();
-                (st.username.clone(), st.acl.as_ref().map(|a| a.current()))
-            };
-            if let Some(acl) = own.as_ref().or(acl.as_ref()) {
+                let own = st.acl.as_ref().map(|a| a.current());
+                own.or_else(|| acl.clone())
+                    .map(|a| (a, st.username.clone()))
+            } {
+                let (acl, user) = acl;
                 if !acl.check(
                     user.as_deref(),
                     &session.client_id,

@@ -89,11 +89,21 @@ pub struct Delivery {
 impl Delivery {
     /// The PUBLISH to send for this delivery.
     pub fn to_publish(&self, packet_id: u16, dup: bool, now: Instant) -> Publish {
-        let mut properties = self.msg.properties.clone();
-        properties
-            .subscription_identifiers
-            .clone_from(&self.subscription_ids);
-        properties.message_expiry_interval = self.msg.remaining_expiry(now);
+        self.to_publish_for(true, packet_id, dup, now)
+    }
+
+    /// The PUBLISH to send; without MQTT 5 there are no properties to copy.
+    pub fn to_publish_for(&self, v5: bool, packet_id: u16, dup: bool, now: Instant) -> Publish {
+        let properties = if v5 {
+            let mut properties = self.msg.properties.clone();
+            properties
+                .subscription_identifiers
+                .clone_from(&self.subscription_ids);
+            properties.message_expiry_interval = self.msg.remaining_expiry(now);
+            properties
+        } else {
+            starling_codec::Properties::default()
+        };
         Publish {
             dup,
             qos: self.qos,

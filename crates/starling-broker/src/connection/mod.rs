@@ -316,6 +316,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     fn drain(&mut self, client: &mut Client) {
         let now = Instant::now();
         let mut ops = Vec::new();
+        let mut sent = 0u64;
         let mut st = client.session.state.lock();
         if !st.is_attached_to(self.conn_id) {
             return;
@@ -343,10 +344,13 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 break;
             }
             let packet_id = if qos1 { st.next_packet_id() } else { 0 };
-            let mut publish = delivery.to_publish(packet_id, false, now);
+            let mut publish =
+                delivery.to_publish_for(client.version.is_v5(), packet_id, false, now);
             publish.topic = topic;
             let packet = Packet::Publish(publish);
+            let limited = client.client_max_packet != usize::MAX;
             match packet.encoded_len(client.version) {
+                _ if !limited => {}
                 Ok(len) if len <= client.client_max_packet => {}
                 _ => {
                     // [MQTT-3.1.2-25]: never send a packet above the client's maximum.
@@ -362,7 +366,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 tracing::warn!(?err, "could not encode PUBLISH");
                 continue;
             }
-            Metrics::add(&self.broker.metrics.messages_sent, 1);
+            sent += 1;
             if qos1 {
                 let inflight = Inflight {
                     packet_id,
@@ -386,6 +390,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             }
         }
         drop(st);
+        // One update of the shared counter per drain, not per message.
+        Metrics::add(&self.broker.metrics.messages_sent, sent);
         if let Some(store) = &self.broker.store {
             store.submit(ops);
         }
