@@ -674,3 +674,32 @@ async fn shared_member_leaving_hands_its_unacked_messages_to_another() {
         [Bytes::from_static(b"a"), Bytes::from_static(b"b")]
     );
 }
+
+#[tokio::test]
+async fn topic_aliases_towards_the_client() {
+    let b = TestBroker::default().await;
+    let mut c = starling_codec::Connect::new(V::V5, "aliased");
+    c.properties.topic_alias_maximum = Some(2);
+    let (mut sub, _) = Raw::connect(b.addr, c).await;
+    sub.subscribe("al/#", QoS::AtMostOnce).await;
+    let mut publ = Raw::client(b.addr, V::V5, "pub").await;
+    for t in ["al/a", "al/a", "al/b", "al/c", "al/b"] {
+        publ.publish(t, b"x", QoS::AtLeastOnce, 1).await;
+    }
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let p = sub.expect_publish().await;
+        seen.push((p.topic.to_string(), p.properties.topic_alias));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("al/a".to_string(), Some(1)),
+            (String::new(), Some(1)),
+            ("al/b".to_string(), Some(2)),
+            ("al/c".to_string(), None),
+            (String::new(), Some(2)),
+        ],
+        "aliases within the client's maximum, then full topics"
+    );
+}

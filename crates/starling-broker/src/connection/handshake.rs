@@ -310,6 +310,16 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 .map_or(usize::MAX, |m| m as usize),
             aliases: Vec::new(),
             alias_max: aliases,
+            out_aliases: std::collections::HashMap::new(),
+            out_alias_max: if v.is_v5() {
+                connect
+                    .properties
+                    .topic_alias_maximum
+                    .unwrap_or(0)
+                    .min(super::OUT_ALIAS_CAP)
+            } else {
+                0
+            },
             kick: kick_rx,
             acl: ctx.acl.clone(),
             mountpoint: ctx.mountpoint.clone(),

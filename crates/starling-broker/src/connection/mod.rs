@@ -36,6 +36,9 @@ const IDLE_BUFFER: usize = 16 * 1024;
 const READ_CHUNK: usize = 4096;
 /// Room made in the read buffer before each read of the handshake.
 const HANDSHAKE_CHUNK: usize = 256;
+/// Most topic aliases the broker assigns towards one client, whatever the
+/// client allows: the map of aliases is per-connection memory.
+pub(crate) const OUT_ALIAS_CAP: u16 = 1024;
 /// How long a final DISCONNECT may take to flush.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -71,6 +74,29 @@ impl Close {
     }
 }
 
+/// Topic aliases towards the client: a topic seen before goes as its alias
+/// with an empty topic name; a new one is given the next free alias (sent once
+/// with the full topic) while the client's maximum allows.
+fn apply_out_alias(
+    client: &Client,
+    publish: &mut starling_codec::Publish,
+) -> Option<(ByteString, u16)> {
+    if client.out_alias_max == 0 {
+        return None;
+    }
+    if let Some(&alias) = client.out_aliases.get(&publish.topic) {
+        publish.properties.topic_alias = Some(alias);
+        publish.topic = ByteString::new();
+        None
+    } else if client.out_aliases.len() < usize::from(client.out_alias_max) {
+        let alias = client.out_aliases.len() as u16 + 1;
+        publish.properties.topic_alias = Some(alias);
+        Some((crate::message::owned(&publish.topic), alias))
+    } else {
+        None
+    }
+}
+
 /// Completes when the first pending acknowledgement may be sent.
 async fn first_ack(pending: &mut VecDeque<(Option<oneshot::Receiver<()>>, Packet)>) {
     if let Some((Some(rx), _)) = pending.front_mut() {
@@ -94,6 +120,11 @@ pub(crate) struct Client {
     pub aliases: Vec<Option<ByteString>>,
     /// The Topic Alias Maximum the broker announced to this client.
     pub alias_max: usize,
+    /// Topic aliases the broker assigned towards the client (MQTT 5).
+    pub out_aliases: std::collections::HashMap<ByteString, u16>,
+    /// How many the broker may assign: the client's Topic Alias Maximum,
+    /// capped at [`OUT_ALIAS_CAP`].
+    pub out_alias_max: u16,
     pub kick: oneshot::Receiver<Kick>,
     /// The listener's own ACL, used instead of the broker's.
     pub acl: Option<Arc<ListenerFile<Acl>>>,
@@ -347,6 +378,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             let mut publish =
                 delivery.to_publish_for(client.version.is_v5(), packet_id, false, now);
             publish.topic = topic;
+            let new_alias = apply_out_alias(client, &mut publish);
             let packet = Packet::Publish(publish);
             let limited = client.client_max_packet != usize::MAX;
             match packet.encoded_len(client.version) {
@@ -365,6 +397,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             if let Err(err) = packet.encode(client.version, &mut self.wbuf) {
                 tracing::warn!(?err, "could not encode PUBLISH");
                 continue;
+            }
+            // The alias counts only once the client has the packet that sets it.
+            if let Some((topic, alias)) = new_alias {
+                client.out_aliases.insert(topic, alias);
             }
             sent += 1;
             if qos1 {
