@@ -54,6 +54,9 @@ pub struct Config {
     pub max_packet_size: u32,
     /// Most QoS 1/2 messages a client may have unacknowledged towards the broker.
     pub receive_maximum: u16,
+    /// Most QoS 1/2 messages the broker has unacknowledged towards one client
+    /// (further capped by the client's Receive Maximum).
+    pub max_inflight_messages: u16,
     /// Most topic aliases a client may use towards the broker.
     pub topic_alias_maximum: u16,
     /// Most messages queued per session.
@@ -165,6 +168,7 @@ impl Default for Config {
             max_connections: 0,
             max_packet_size: 1024 * 1024,
             receive_maximum: 65535,
+            max_inflight_messages: 100,
             topic_alias_maximum: 65535,
             max_queued_messages: 1000,
             max_queued_bytes: 64 * 1024 * 1024,
@@ -270,6 +274,9 @@ impl Config {
         };
         if self.listen.is_empty() && self.listener.is_empty() {
             return invalid("listen", "at least one listener is needed");
+        }
+        if self.max_inflight_messages == 0 {
+            return invalid("max-inflight-messages", "must be at least 1");
         }
         if self.receive_maximum == 0 {
             return invalid("receive-maximum", "must be at least 1");

@@ -302,8 +302,16 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             keep_alive: Duration::from_secs(u64::from(keep_alive)),
             will: will.map(Box::new),
             expiry_interval,
-            client_receive_max: usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX))
-                .min(usize::from(u16::MAX) - 1),
+            // The window of unacknowledged messages towards the client: its
+            // Receive Maximum, capped by `max-inflight-messages`.
+            client_receive_max: usize::from(
+                connect
+                    .properties
+                    .receive_maximum
+                    .unwrap_or(u16::MAX)
+                    .min(config.max_inflight_messages)
+                    .min(u16::MAX - 1),
+            ),
             client_max_packet: connect
                 .properties
                 .maximum_packet_size
