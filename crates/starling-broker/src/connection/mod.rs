@@ -203,7 +203,8 @@ pub(crate) async fn serve<S>(
     }
     Metrics::add(&conn.broker.metrics.clients_connected, 1);
     let close = conn.run(&mut client, &mut shutdown).await;
-    conn.finish(client, close).await;
+    // Boxed: the closing path is larger than the loop and runs once.
+    Box::pin(conn.finish(client, close)).await;
     conn.broker
         .metrics
         .clients_connected
