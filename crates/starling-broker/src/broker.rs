@@ -72,7 +72,7 @@ impl BrokerState {
                 let loaded = store.load()?;
                 let interval = Duration::from_millis(config.durability_interval_ms);
                 (
-                    Some(Persistence::start(Box::new(store), durability, interval)),
+                    Some(Persistence::start(Box::new(store), durability, interval)?),
                     Some(loaded),
                 )
             }

@@ -335,7 +335,8 @@ mod tests {
             Box::new(s),
             crate::store::Durability::Always,
             std::time::Duration::from_millis(100),
-        );
+        )
+        .unwrap();
         p.submit(vec![Op::Retained("t".into(), msg(b"x"))]);
         p.close().await;
         let l = FjallStore::open(&d).unwrap().load().unwrap();

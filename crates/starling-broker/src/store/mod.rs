@@ -126,7 +126,7 @@ impl Persistence {
         mut store: Box<dyn Store>,
         durability: Durability,
         interval: Duration,
-    ) -> Persistence {
+    ) -> Result<Persistence, StoreError> {
         let (tx, rx) = mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name("starling-store".into())
@@ -188,8 +188,11 @@ impl Persistence {
                     tracing::error!("{e}");
                 }
             })
-            .expect("spawning the store thread");
-        Persistence { tx, durability }
+            .map_err(|e| StoreError {
+                path: "store writer thread".into(),
+                message: e.to_string(),
+            })?;
+        Ok(Persistence { tx, durability })
     }
 
     /// Submits changes without waiting for them.
