@@ -273,7 +273,7 @@ impl BrokerState {
     }
 
     /// Hands the unacknowledged messages that a shared subscription gave to
-    /// `session` to other members of their groups ([MQTT-4.8.2-?]: a member that
+    /// `session` to other members of their groups (spec 4.8.2: a member that
     /// leaves does not keep the group's messages). Messages whose group has no
     /// other member stay with the session.
     pub fn redistribute_shared(&self, session: &Arc<Session>) {

@@ -362,7 +362,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 },
             );
             codes.push(ReasonCode(granted as u8));
-            // Retained messages: never for shared subscriptions ([MQTT-3.8.4-?]), and
+            // Retained messages: never for shared subscriptions (spec 4.8.2), and
             // as Retain Handling says.
             let send_retained = share.is_none()
                 && match options.retain_handling {
