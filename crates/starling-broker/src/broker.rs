@@ -47,6 +47,9 @@ pub struct BrokerState {
     pub next_conn_id: AtomicU64,
     /// When the broker started.
     pub started: Instant,
+    /// Where idle plain-TCP connections park; set when the broker starts
+    /// (unless `hibernate-after-ms` is 0).
+    pub(crate) reactor: std::sync::OnceLock<Arc<crate::hibernate::Reactor>>,
     /// The store's writer, unless `durability = "none"`.
     pub store: Option<Persistence>,
 }
@@ -99,7 +102,14 @@ impl BrokerState {
             metrics: Metrics::default(),
             next_conn_id: AtomicU64::new(1),
             started: Instant::now(),
+            reactor: std::sync::OnceLock::new(),
         }
+    }
+
+    /// How many connected clients are parked (idle, without a task of their
+    /// own; see `hibernate`). They are counted in `clients_connected` too.
+    pub fn parked_connections(&self) -> usize {
+        self.reactor.get().map_or(0, |r| r.count())
     }
 
     /// Queue bounds for new sessions.

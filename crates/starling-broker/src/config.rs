@@ -57,6 +57,10 @@ pub struct Config {
     /// Most QoS 1/2 messages the broker has unacknowledged towards one client
     /// (further capped by the client's Receive Maximum).
     pub max_inflight_messages: u16,
+    /// Milliseconds of quiet after which a plain TCP connection gives up its
+    /// task and parks (a client that says nothing after its CONNACK parks at
+    /// once); 0 never parks. See `crate::hibernate`.
+    pub hibernate_after_ms: u64,
     /// Most topic aliases a client may use towards the broker.
     pub topic_alias_maximum: u16,
     /// Most messages queued per session.
@@ -169,6 +173,7 @@ impl Default for Config {
             max_packet_size: 1024 * 1024,
             receive_maximum: 65535,
             max_inflight_messages: 100,
+            hibernate_after_ms: 2000,
             topic_alias_maximum: 65535,
             max_queued_messages: 1000,
             max_queued_bytes: 64 * 1024 * 1024,
@@ -302,6 +307,11 @@ impl Config {
     /// The connect timeout as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout)
+    }
+
+    /// How long a connection stays quiet before it parks.
+    pub fn hibernate_after(&self) -> Duration {
+        Duration::from_millis(self.hibernate_after_ms)
     }
 }
 

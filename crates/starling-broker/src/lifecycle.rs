@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use starling_codec::{ByteString, Will};
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::auth::{Access, Acl, ListenerFile};
@@ -16,7 +15,7 @@ use crate::connection::{Client, Close};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::persist;
-use crate::session::{Kick, Link, Session};
+use crate::session::{Link, Session};
 use crate::store::Op;
 
 /// Attaches connection `conn_id` to the session of `client_id`, taking it over
@@ -33,9 +32,8 @@ pub(crate) fn attach(
     username: Option<ByteString>,
     acl: Option<Arc<ListenerFile<Acl>>>,
     conn_id: u64,
-    kick: oneshot::Sender<Kick>,
 ) -> (Arc<Session>, bool) {
-    let mut link = Some(Link { conn_id, kick });
+    let mut link = Some(Link::new(conn_id));
     let mut discarded = None;
     let result = {
         let mut sessions = broker.sessions.lock();
@@ -44,7 +42,7 @@ pub(crate) fn attach(
                 let mut st = existing.state.lock();
                 if let Some(old) = st.link.take() {
                     // The old connection is told to go; it publishes its own will.
-                    let _ = old.kick.send(Kick::TakenOver);
+                    old.taken_over(existing);
                     Metrics::add(&broker.metrics.takeovers, 1);
                     tracing::info!(client_id = %client_id, "session taken over");
                 }

@@ -685,6 +685,14 @@ impl Broker {
             }
         }
         tokio::spawn(crate::sys::run(state.clone(), shutdown.subscribe()));
+        if state.config.hibernate_after_ms > 0 && state.reactor.get().is_none() {
+            match crate::hibernate::Reactor::start(&state, shutdown.subscribe()) {
+                Ok(reactor) => {
+                    let _ = state.reactor.set(reactor);
+                }
+                Err(err) => tracing::warn!(?err, "idle connections will not park"),
+            }
+        }
         let mut rx = shutdown.subscribe();
         let _ = rx.wait_for(|stop| *stop).await;
         tracing::info!("shutting down");
@@ -797,8 +805,21 @@ impl Shared {
     async fn plain_connection(&self, info: &ListenerInfo, stream: TcpStream, peer: SocketAddr) {
         let (permits, over) = self.admit(info);
         let ctx = self.context(info, None);
-        self.serve(ctx, stream, peer, over).await;
-        drop(permits);
+        // The connection keeps its slots and the shutdown barrier while parked.
+        let keep = crate::connection::Keep {
+            _done: self._done.clone(),
+            _permits: (permits._global.is_some() || permits._listener.is_some())
+                .then(|| Box::new(permits) as Box<dyn Send + Sync>),
+        };
+        let serve = crate::connection::serve_tcp(
+            stream,
+            peer,
+            self.state.clone(),
+            self.shutdown.clone(),
+            over,
+            keep,
+        );
+        transport::with_context(ctx, Box::pin(serve)).await;
     }
 
     async fn tcp_connection(&self, info: &ListenerInfo, stream: TcpStream, mut peer: SocketAddr) {

@@ -12,29 +12,42 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use starling_codec::{ByteString, QoS, SubscriptionOptions};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 use crate::auth::{Acl, ListenerFile};
 use crate::config::OverflowPolicy;
+use crate::hibernate::ParkedAt;
 use crate::message::Delivery;
 use crate::store::Op;
 
-/// Why a connection is told to close by someone else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kick {
-    /// Another connection took the client id over.
-    TakenOver,
-    /// The broker is shutting down.
-    Shutdown,
-}
-
-/// The attached connection, as the session sees it.
+/// The attached connection, as the session sees it. Taking the link away
+/// tells the connection to close: it checks whether it is still attached each
+/// time it wakes, and [`Link::taken_over`] wakes it.
 #[derive(Debug)]
 pub struct Link {
     /// Broker-wide id of the connection.
     pub conn_id: u64,
-    /// Tells the connection to close.
-    pub kick: oneshot::Sender<Kick>,
+    /// Set while the connection is parked (see [`crate::hibernate`]).
+    pub(crate) parked: Option<ParkedAt>,
+}
+
+impl Link {
+    /// A link to connection `conn_id`.
+    pub fn new(conn_id: u64) -> Link {
+        Link {
+            conn_id,
+            parked: None,
+        }
+    }
+
+    /// Wakes the connection of a link just taken from `session`, so that it
+    /// sees it is detached and closes.
+    pub fn taken_over(self, session: &Session) {
+        match &self.parked {
+            Some(p) => p.wake(self.conn_id),
+            None => session.notify.notify_waiters(),
+        }
+    }
 }
 
 /// A subscription as the session remembers it.
@@ -164,7 +177,7 @@ impl Session {
         let stored = ops.is_some()
             && delivery.qos != QoS::AtMostOnce
             && self.persistent.load(Ordering::Relaxed);
-        let (outcome, evicted) = {
+        let (outcome, evicted, parked) = {
             let mut st = self.state.lock();
             if stored {
                 delivery.seq = st.next_seq;
@@ -183,14 +196,26 @@ impl Session {
                     ops.push(Op::DeleteMessage(self.client_id.clone(), *e));
                 }
             }
-            (outcome, evicted)
+            // A parked connection is woken through the reactor, an active one
+            // through `notify`.
+            let parked = match (&outcome, &st.link) {
+                (Enqueued::Queued | Enqueued::DroppedOldest, Some(link)) => {
+                    link.parked.as_ref().map(|p| (p.clone(), link.conn_id))
+                }
+                _ => None,
+            };
+            (outcome, evicted, parked)
         };
         drop(evicted);
+        let wake = || match &parked {
+            Some((at, conn_id)) => at.wake(*conn_id),
+            None => self.notify.notify_one(),
+        };
         match outcome {
-            Enqueued::Queued => self.notify.notify_one(),
+            Enqueued::Queued => wake(),
             Enqueued::DroppedOldest => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-                self.notify.notify_one();
+                wake();
             }
             Enqueued::Dropped => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -73,12 +73,16 @@ pub fn publish(broker: &Arc<BrokerState>) {
     let uptime = broker.started.elapsed().as_secs();
     let subscriptions = broker.topics.read().len();
     let retained = broker.retained.read().len();
-    let values: [(&str, String); 12] = [
+    let values: [(&str, String); 13] = [
         ("$SYS/broker/version", VERSION.to_string()),
         ("$SYS/broker/uptime", format!("{uptime} seconds")),
         (
             "$SYS/broker/clients/connected",
             Metrics::get(&m.clients_connected).to_string(),
+        ),
+        (
+            "$SYS/broker/clients/hibernating",
+            broker.parked_connections().to_string(),
         ),
         (
             "$SYS/broker/clients/total",

@@ -240,7 +240,6 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         } else {
             config.persistent_session_expiry.unwrap_or(u32::MAX)
         };
-        let (kick_tx, kick_rx) = tokio::sync::oneshot::channel();
         let (session, present) = lifecycle::attach(
             &self.broker,
             &connect.client_id,
@@ -249,7 +248,6 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             connect.username.clone(),
             ctx.acl.clone(),
             self.conn_id,
-            kick_tx,
         );
         let mut ack = ConnAck {
             session_present: present,
@@ -328,7 +326,6 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             } else {
                 0
             },
-            kick: kick_rx,
             acl: ctx.acl.clone(),
             mountpoint: ctx.mountpoint.clone(),
         };

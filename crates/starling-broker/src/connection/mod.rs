@@ -18,13 +18,15 @@ use std::time::Duration;
 use bytes::BytesMut;
 use starling_codec::{ByteString, Decoder, Disconnect, Packet, ProtocolVersion, ReasonCode, Will};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::auth::{Acl, ListenerFile};
 use crate::broker::BrokerState;
+use crate::hibernate::Parked;
 use crate::metrics::Metrics;
-use crate::session::{Inflight, Kick, Session};
+use crate::session::{Inflight, Session};
 use crate::store::Op;
 
 /// Above this many buffered outgoing bytes the connection stops reading and
@@ -59,6 +61,8 @@ pub(crate) enum Close {
     TakenOver,
     /// The broker is shutting down.
     Shutdown,
+    /// Not a close: the connection is idle and may park (see [`crate::hibernate`]).
+    Hibernate,
 }
 
 impl Close {
@@ -125,7 +129,6 @@ pub(crate) struct Client {
     /// How many the broker may assign: the client's Topic Alias Maximum,
     /// capped at [`OUT_ALIAS_CAP`].
     pub out_alias_max: u16,
-    pub kick: oneshot::Receiver<Kick>,
     /// The listener's own ACL, used instead of the broker's.
     pub acl: Option<Arc<ListenerFile<Acl>>>,
     /// The listener's mountpoint (topic prefix); see [`mount`].
@@ -144,6 +147,16 @@ pub(crate) struct Connection<S> {
     pub conn_id: u64,
     /// Acknowledgements waiting for the store, in the order they must be sent.
     pub pending_acks: VecDeque<(Option<oneshot::Receiver<()>>, Packet)>,
+    /// When the client last sent anything; keep alive counts from here.
+    pub last_rx: Instant,
+}
+
+/// What a connection holds on the broker's behalf for as long as it lives,
+/// parked or not: the shutdown barrier and its connection slots.
+pub(crate) struct Keep {
+    pub _done: tokio::sync::mpsc::Sender<()>,
+    /// Connection slots, when the broker or the listener limits connections.
+    pub _permits: Option<Box<dyn Send + Sync>>,
 }
 
 /// Serves one accepted connection to its end.
@@ -154,6 +167,53 @@ pub(crate) async fn serve<S>(
     mut shutdown: watch::Receiver<bool>,
     over_limit: bool,
 ) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let Some((mut conn, mut client)) = open(stream, peer, broker, &mut shutdown, over_limit).await
+    else {
+        return;
+    };
+    let close = conn.run(&mut client, &mut shutdown, None).await;
+    conn.close(client, close).await;
+}
+
+/// Serves a plain TCP connection, which parks when idle (see [`crate::hibernate`]).
+pub(crate) async fn serve_tcp(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<BrokerState>,
+    mut shutdown: watch::Receiver<bool>,
+    over_limit: bool,
+    keep: Keep,
+) {
+    let Some((conn, client)) = open(stream, peer, broker, &mut shutdown, over_limit).await else {
+        return;
+    };
+    // A client that has said nothing since its CONNACK parks at once.
+    serve_attached_tcp(conn, client, shutdown, keep, Duration::ZERO).await;
+}
+
+/// Serves a parked connection again (called by the reactor, in a new task).
+pub(crate) async fn resume(
+    broker: Arc<BrokerState>,
+    parked: Parked,
+    shutdown: watch::Receiver<bool>,
+) {
+    if let Some((conn, client, keep)) = Connection::from_parked(broker, parked) {
+        let idle = conn.broker.config.hibernate_after();
+        serve_attached_tcp(conn, client, shutdown, keep, idle).await;
+    }
+}
+
+/// The CONNECT handshake: `None` when the connection ended in it.
+async fn open<S>(
+    stream: S,
+    peer: SocketAddr,
+    broker: Arc<BrokerState>,
+    shutdown: &mut watch::Receiver<bool>,
+    over_limit: bool,
+) -> Option<(Connection<S>, Client)>
+where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (rd, wr) = tokio::io::split(stream);
@@ -172,43 +232,148 @@ pub(crate) async fn serve<S>(
         peer,
         conn_id,
         pending_acks: VecDeque::new(),
+        last_rx: Instant::now(),
     };
     let connect_timeout = conn.broker.config.connect_timeout();
     let first = tokio::select! {
         r = timeout(connect_timeout, Box::pin(conn.read_connect())) => r,
-        _ = shutdown.changed() => return,
+        _ = shutdown.changed() => return None,
     };
     let connect = match first {
         Err(_) => {
             tracing::debug!(%peer, "no CONNECT within {connect_timeout:?}; closing");
-            return;
+            return None;
         }
         Ok(Err(close)) => {
             tracing::info!(%peer, reason = ?close, "refused malformed CONNECT");
             conn.flush_and_close().await;
-            return;
+            return None;
         }
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Ok(Some(connect))) => connect,
     };
     // The handshake's state (CONNECT, authentication) is boxed: it is freed
     // when the handshake ends instead of sizing the connection's task.
-    let Some(mut client) = Box::pin(conn.accept(connect, over_limit)).await else {
+    let Some(client) = Box::pin(conn.accept(connect, over_limit)).await else {
         conn.flush_and_close().await;
-        return;
+        return None;
     };
     if conn.rbuf.is_empty() {
         // Release the handshake's read buffer: an idle connection keeps none.
         conn.rbuf = BytesMut::new();
     }
+    conn.last_rx = Instant::now();
     Metrics::add(&conn.broker.metrics.clients_connected, 1);
-    let close = conn.run(&mut client, &mut shutdown).await;
-    // Boxed: the closing path is larger than the loop and runs once.
-    Box::pin(conn.finish(client, close)).await;
-    conn.broker
+    Some((conn, client))
+}
+
+/// Serves an attached TCP connection until it closes or parks. It parks when
+/// it has been idle for `idle`, then for `hibernate-after-ms` after each time
+/// it was refused (its queue gained a message meanwhile).
+async fn serve_attached_tcp(
+    mut conn: Connection<TcpStream>,
+    mut client: Client,
+    mut shutdown: watch::Receiver<bool>,
+    mut keep: Keep,
+    mut idle: Duration,
+) {
+    let reactor = conn.broker.reactor.get().cloned();
+    loop {
+        let hibernate = reactor.is_some().then_some(idle);
+        let close = conn.run(&mut client, &mut shutdown, hibernate).await;
+        let Some(reactor) = reactor.as_ref().filter(|_| close == Close::Hibernate) else {
+            conn.close(client, close).await;
+            return;
+        };
+        let broker = conn.broker.clone();
+        let Some(parked) = conn.into_parked(client, keep) else {
+            return;
+        };
+        match reactor.park(parked) {
+            Ok(()) => return,
+            Err(parked) => match Connection::from_parked(broker, *parked) {
+                Some(back) => (conn, client, keep) = back,
+                None => return,
+            },
+        }
+        idle = conn.broker.config.hibernate_after();
+    }
+}
+
+/// Ends a connection whose socket was lost while parking or resuming.
+fn finish_lost(broker: &Arc<BrokerState>, conn_id: u64, client: Client) {
+    tracing::info!(client_id = %client.client_id, "connection lost while parking");
+    crate::lifecycle::detach(broker, conn_id, client, Close::PeerClosed);
+    broker
         .metrics
         .clients_connected
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+impl Connection<TcpStream> {
+    /// Takes the connection out of tokio's hands, for parking. `None` when
+    /// that failed; the connection is then closed and detached.
+    fn into_parked(self, client: Client, keep: Keep) -> Option<Box<Parked>> {
+        let Connection {
+            broker,
+            rd,
+            wr,
+            peer,
+            conn_id,
+            last_rx,
+            ..
+        } = self;
+        match rd.unsplit(wr).into_std() {
+            Ok(stream) => Some(Box::new(Parked {
+                stream,
+                peer,
+                conn_id,
+                client,
+                last_rx,
+                keep,
+            })),
+            Err(err) => {
+                tracing::warn!(?err, "could not park a connection");
+                finish_lost(&broker, conn_id, client);
+                None
+            }
+        }
+    }
+
+    /// Gives a parked connection back to tokio. `None` when that failed; the
+    /// connection is then closed and detached.
+    fn from_parked(broker: Arc<BrokerState>, p: Parked) -> Option<(Self, Client, Keep)> {
+        {
+            let mut st = p.client.session.state.lock();
+            if let Some(link) = st.link.as_mut().filter(|l| l.conn_id == p.conn_id) {
+                link.parked = None;
+            }
+        }
+        let stream = match TcpStream::from_std(p.stream) {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(?err, "could not resume a parked connection");
+                finish_lost(&broker, p.conn_id, p.client);
+                return None;
+            }
+        };
+        let (rd, wr) = tokio::io::split(stream);
+        let mut decoder = Decoder::with_version(p.client.version);
+        decoder.set_max_packet_size(broker.config.max_packet_size as usize);
+        let conn = Connection {
+            broker,
+            rd,
+            wr,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            decoder,
+            peer: p.peer,
+            conn_id: p.conn_id,
+            pending_acks: VecDeque::new(),
+            last_rx: p.last_rx,
+        };
+        Some((conn, p.client, p.keep))
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
@@ -269,14 +434,41 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         .await;
     }
 
-    /// The main loop of an attached connection.
-    async fn run(&mut self, client: &mut Client, shutdown: &mut watch::Receiver<bool>) -> Close {
-        let mut last_rx = Instant::now();
+    /// Ends an attached connection (see [`Connection::finish`]).
+    async fn close(mut self, client: Client, close: Close) {
+        // Boxed: the closing path is larger than the loop and runs once.
+        Box::pin(self.finish(client, close)).await;
+        self.broker
+            .metrics
+            .clients_connected
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The main loop of an attached connection. With `hibernate`, it returns
+    /// [`Close::Hibernate`] once nothing has happened for that long and nothing
+    /// is buffered.
+    async fn run(
+        &mut self,
+        client: &mut Client,
+        shutdown: &mut watch::Receiver<bool>,
+        hibernate: Option<Duration>,
+    ) -> Close {
+        if *shutdown.borrow() {
+            return Close::Shutdown;
+        }
         let mut busy = false;
+        let mut last_active = Instant::now();
         let session = client.session.clone();
         loop {
-            if self.wbuf.len() < HIGH_WATER {
-                self.drain(client);
+            // Enabled before the attachment check, so that a takeover between
+            // the two still wakes this loop.
+            let notified = session.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.drain(client) {
+                // Pass on any wakeup meant for the connection that took over.
+                session.notify.notify_one();
+                return Close::TakenOver;
             }
             let reading = self.wbuf.len() < HIGH_WATER;
             // An idle connection waits with no read buffer to speak of (the
@@ -287,20 +479,20 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             }
             let spare = self.rbuf.capacity() - self.rbuf.len();
             let keep_alive = client.keep_alive;
-            let deadline = last_rx + keep_alive.mul_f32(1.5);
+            let ka_deadline =
+                (!keep_alive.is_zero()).then(|| self.last_rx + keep_alive.mul_f32(1.5));
+            let timer = match (ka_deadline, hibernate.map(|d| last_active + d)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 biased;
-                kick = &mut client.kick => {
-                    return match kick {
-                        Ok(Kick::Shutdown) => Close::Shutdown,
-                        _ => Close::TakenOver,
-                    };
-                }
                 _ = shutdown.changed() => return Close::Shutdown,
                 res = self.wr.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
                     match res {
                         Ok(0) | Err(_) => return Close::PeerClosed,
                         Ok(n) => {
+                            last_active = Instant::now();
                             Metrics::add(&self.broker.metrics.bytes_sent, n as u64);
                             if self.wbuf.is_empty() && self.wbuf.capacity() > IDLE_BUFFER {
                                 self.wbuf = BytesMut::new();
@@ -316,7 +508,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                             busy = n >= spare.max(64);
                         }
                     }
-                    last_rx = Instant::now();
+                    self.last_rx = Instant::now();
+                    last_active = self.last_rx;
                     loop {
                         match self.decoder.decode(&mut self.rbuf) {
                             Ok(Some(packet)) => {
@@ -337,22 +530,35 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 _ = first_ack(&mut self.pending_acks), if !self.pending_acks.is_empty() => {
                     self.release_acks(client.version);
                 }
-                _ = session.notify.notified() => {}
-                _ = sleep_until(deadline), if !keep_alive.is_zero() => return Close::KeepAlive,
+                _ = &mut notified => last_active = Instant::now(),
+                _ = sleep_until(timer.unwrap_or(last_active)), if timer.is_some() => {
+                    let now = Instant::now();
+                    if ka_deadline.is_some_and(|d| now >= d) {
+                        return Close::KeepAlive;
+                    }
+                    if self.wbuf.is_empty() && self.rbuf.is_empty() && self.pending_acks.is_empty() {
+                        return Close::Hibernate;
+                    }
+                    last_active = now;
+                }
             }
         }
     }
 
     /// Moves queued messages into the write buffer, within the client's receive
-    /// maximum and the buffer's high-water mark.
-    fn drain(&mut self, client: &mut Client) {
+    /// maximum and the buffer's high-water mark. `false` when the session is
+    /// no longer attached to this connection (it was taken over).
+    fn drain(&mut self, client: &mut Client) -> bool {
+        let mut st = client.session.state.lock();
+        if !st.is_attached_to(self.conn_id) {
+            return false;
+        }
+        if self.wbuf.len() >= HIGH_WATER {
+            return true;
+        }
         let now = Instant::now();
         let mut ops = Vec::new();
         let mut sent = 0u64;
-        let mut st = client.session.state.lock();
-        if !st.is_attached_to(self.conn_id) {
-            return;
-        }
         while self.wbuf.len() < HIGH_WATER {
             let Some(delivery) = st.pop() else { break };
             if delivery.msg.is_expired(now) {
@@ -432,6 +638,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         if let Some(store) = &self.broker.store {
             store.submit(ops);
         }
+        true
     }
 
     /// Resends in-flight messages after a session resumes: PUBLISH with DUP, or

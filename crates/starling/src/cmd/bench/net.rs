@@ -3,7 +3,7 @@
 //! launcher that opens N connections at a rate with bounded concurrency.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,25 @@ pub struct NetConfig {
     /// Local addresses to bind, round-robin (for more than ~28k connections
     /// from one address).
     pub ifaddrs: Vec<IpAddr>,
+    /// Next source port to try (see [`NetConfig::bind_source`]).
+    next_port: AtomicUsize,
+    /// The ephemeral port range, from `/proc/sys/net/ipv4/ip_local_port_range`.
+    ports: (u16, u16),
+}
+
+/// How many source ports to try before letting the kernel choose.
+const PORT_TRIES: usize = 16;
+
+/// The kernel's ephemeral port range, or Linux's default.
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .filter(|(lo, hi)| lo < hi)
+        .unwrap_or((32768, 60999))
 }
 
 impl NetConfig {
@@ -45,11 +64,50 @@ impl NetConfig {
             }
             None
         };
+        let ports = ephemeral_ports();
+        // Start somewhere random, so that back-to-back runs do not reuse the
+        // ports that the last one left in TIME_WAIT.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as usize);
         Ok(NetConfig {
             opts,
             addr,
             ifaddrs,
+            next_port: AtomicUsize::new(start),
+            ports,
         })
+    }
+
+    /// A socket bound to a source port picked here, round-robin over the
+    /// ephemeral range. Left to itself, `connect` searches the range for a free
+    /// port under a kernel lock, and with tens of thousands of connections that
+    /// search dominates the load generator's time (perf: `__inet_hash_connect`,
+    /// `__inet_check_established`) and caps the connection rate whatever the
+    /// broker. A port already in use is skipped; after a few misses the kernel
+    /// chooses after all.
+    fn bind_source(&self, local: IpAddr) -> std::io::Result<TcpSocket> {
+        let new = || {
+            if local.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }
+        };
+        let (lo, hi) = self.ports;
+        let span = usize::from(hi - lo) + 1;
+        for _ in 0..PORT_TRIES {
+            let socket = new()?;
+            socket.set_reuseaddr(true)?;
+            let n = self.next_port.fetch_add(1, Ordering::Relaxed);
+            let port = lo + (n % span) as u16;
+            if socket.bind(SocketAddr::new(local, port)).is_ok() {
+                return Ok(socket);
+            }
+        }
+        let socket = new()?;
+        socket.bind(SocketAddr::new(local, 0))?;
+        Ok(socket)
     }
 
     pub fn version(&self) -> ProtocolVersion {
@@ -85,21 +143,35 @@ impl NetConfig {
         client_id: String,
         index: usize,
     ) -> anyhow::Result<RawConn> {
-        let stream = if self.ifaddrs.is_empty() {
-            TcpStream::connect(addr).await
+        let local = if self.ifaddrs.is_empty() {
+            match addr {
+                SocketAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            }
         } else {
-            let local = self.ifaddrs[index % self.ifaddrs.len()];
-            let socket = if local.is_ipv4() {
-                TcpSocket::new_v4()
-            } else {
-                TcpSocket::new_v6()
-            }?;
-            socket
-                .bind(SocketAddr::new(local, 0))
+            self.ifaddrs[index % self.ifaddrs.len()]
+        };
+        let mut tries = 0;
+        let stream = loop {
+            let socket = self
+                .bind_source(local)
                 .with_context(|| format!("cannot bind {local}"))?;
-            socket.connect(addr).await
-        }
-        .with_context(|| format!("cannot connect to {addr}"))?;
+            match socket.connect(addr).await {
+                Ok(stream) => break stream,
+                // The 4-tuple is still taken (TIME_WAIT from an earlier run):
+                // take another port.
+                Err(e)
+                    if tries < PORT_TRIES
+                        && matches!(
+                            e.kind(),
+                            std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
+                        ) =>
+                {
+                    tries += 1;
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot connect to {addr}")),
+            }
+        };
         let _ = stream.set_nodelay(true);
         let o = &self.opts;
         let mut c = Connect::new(o.version, client_id.as_str());

@@ -1,0 +1,300 @@
+//! Hibernation: an idle plain-TCP connection gives up its task.
+//!
+//! A connection task costs a few kilobytes (the task, its future, tokio's I/O
+//! registration). Most connections of a large deployment are idle: sensors that
+//! publish once a minute, subscribers waiting for rare events. When a
+//! connection has nothing buffered, nothing to acknowledge and nothing queued,
+//! and has been quiet for `hibernate-after-ms` (or has just received its
+//! CONNACK), it leaves its task and becomes a [`Parked`] entry here: the
+//! socket, the client's settings and the keep-alive time, a couple of hundred
+//! bytes.
+//!
+//! One task watches every parked socket through its own `mio` poller (the
+//! kernel keeps the interest list, so a parked socket costs nothing in user
+//! space beyond its entry) and wakes a connection back into a task of its own
+//! ([`crate::connection::resume`]) when any of these happens:
+//! - the socket becomes readable (a packet, or the peer closing);
+//! - the session's queue gains a message ([`crate::session::Session::enqueue`]);
+//! - another connection takes the session over;
+//! - the keep-alive deadline passes (the resumed task closes it);
+//! - the broker shuts down.
+//!
+//! The resumed task does the work, with the same code as any connection. This
+//! module never reads a socket or touches the protocol.
+//!
+//! Locking: [`Reactor::park`] takes the reactor's lock, then the session's;
+//! nothing takes them in the other order.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
+use parking_lot::Mutex;
+use slab::Slab;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::broker::BrokerState;
+use crate::connection::{Client, Keep};
+
+/// A connection without a task.
+pub(crate) struct Parked {
+    /// The socket, registered with the reactor's poller while parked.
+    pub stream: std::net::TcpStream,
+    pub peer: SocketAddr,
+    pub conn_id: u64,
+    pub client: Client,
+    /// When the client last sent anything (keep alive counts from here).
+    pub last_rx: Instant,
+    /// What the connection holds for the broker (connection slots, the
+    /// shutdown barrier).
+    pub keep: Keep,
+}
+
+/// Where a session's parked connection is, so that whoever queues a message
+/// for it, or takes it over, can wake it.
+#[derive(Clone)]
+pub(crate) struct ParkedAt {
+    pub reactor: Arc<Reactor>,
+    pub index: usize,
+}
+
+impl std::fmt::Debug for ParkedAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ParkedAt({})", self.index)
+    }
+}
+
+impl ParkedAt {
+    /// Asks the reactor to give connection `conn_id` its task back.
+    pub fn wake(&self, conn_id: u64) {
+        self.reactor.wake(self.index, conn_id);
+    }
+}
+
+/// The parked connections and the task that watches them.
+pub(crate) struct Reactor {
+    registry: Registry,
+    inner: Mutex<Inner>,
+    /// Wakes the reactor task: wakes queued, or an earlier deadline.
+    notify: Notify,
+}
+
+struct Inner {
+    parked: Slab<Box<Parked>>,
+    /// Connections to resume, by index and connection id (an index may have
+    /// been reused since; the id tells).
+    wakes: Vec<(usize, u64)>,
+    /// Set at shutdown: nothing parks any more.
+    closed: bool,
+}
+
+/// How many poller events are handled per system call.
+const EVENTS: usize = 256;
+/// How often parked connections are checked for an expired keep alive. A
+/// client that went silent is closed up to this much later than one and a half
+/// times its keep alive; a heap of deadlines would be exact, at 30-50 bytes
+/// per parked connection.
+const SWEEP: Duration = Duration::from_millis(500);
+
+impl Reactor {
+    /// Starts the reactor task on the current runtime.
+    pub fn start(
+        broker: &Arc<BrokerState>,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<Arc<Reactor>> {
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let reactor = Arc::new(Reactor {
+            registry,
+            inner: Mutex::new(Inner {
+                parked: Slab::new(),
+                wakes: Vec::new(),
+                closed: false,
+            }),
+            notify: Notify::new(),
+        });
+        // `AsyncFd` owns the poller, so its descriptor lives exactly as long as
+        // the registration: the I/O-safety concern behind the deprecation
+        // (a borrowed descriptor closed while registered) does not arise.
+        #[allow(deprecated)]
+        let poll = AsyncFd::with_interest(poll, tokio::io::Interest::READABLE)?;
+        tokio::spawn(run(reactor.clone(), poll, broker.clone(), shutdown));
+        Ok(reactor)
+    }
+
+    /// Parks a connection. Refused (and handed back) when the session's queue
+    /// is not empty, the connection is no longer attached, or the broker is
+    /// shutting down: the caller then keeps serving it.
+    pub fn park(self: &Arc<Self>, p: Box<Parked>) -> Result<(), Box<Parked>> {
+        let mut inner = self.inner.lock();
+        if inner.closed {
+            return Err(p);
+        }
+        let index = inner.parked.vacant_key();
+        let noted = {
+            let mut st = p.client.session.state.lock();
+            let idle = st.queue.is_empty();
+            match st.link.as_mut() {
+                Some(link) if idle && link.conn_id == p.conn_id => {
+                    link.parked = Some(ParkedAt {
+                        reactor: self.clone(),
+                        index,
+                    });
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !noted {
+            return Err(p);
+        }
+        let fd = p.stream.as_raw_fd();
+        if let Err(err) =
+            self.registry
+                .register(&mut SourceFd(&fd), Token(index), Interest::READABLE)
+        {
+            tracing::warn!(?err, "could not park a connection");
+            unpark_link(&p);
+            return Err(p);
+        }
+        inner.parked.insert(p);
+        Ok(())
+    }
+
+    /// Queues connection `conn_id` at `index` to be resumed.
+    fn wake(&self, index: usize, conn_id: u64) {
+        let mut inner = self.inner.lock();
+        let first = inner.wakes.is_empty();
+        inner.wakes.push((index, conn_id));
+        drop(inner);
+        if first {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Removes a parked connection from the poller and the table.
+    fn take(&self, inner: &mut Inner, index: usize, conn_id: Option<u64>) -> Option<Box<Parked>> {
+        match inner.parked.get(index) {
+            Some(p) if conn_id.is_none_or(|id| id == p.conn_id) => {}
+            _ => return None,
+        }
+        let p = inner.parked.remove(index);
+        let fd = p.stream.as_raw_fd();
+        if let Err(err) = self.registry.deregister(&mut SourceFd(&fd)) {
+            tracing::debug!(?err, "deregistering a parked socket");
+        }
+        Some(p)
+    }
+
+    /// How many connections are parked now.
+    pub fn count(&self) -> usize {
+        self.inner.lock().parked.len()
+    }
+}
+
+/// When a parked connection's keep alive runs out, if it has one.
+fn keep_alive_deadline(p: &Parked) -> Option<Instant> {
+    let ka = p.client.keep_alive;
+    (!ka.is_zero()).then(|| p.last_rx + ka.mul_f32(1.5))
+}
+
+/// Clears the session's note that `p` is parked (it was not parked after all).
+fn unpark_link(p: &Parked) {
+    let mut st = p.client.session.state.lock();
+    if let Some(link) = st.link.as_mut() {
+        if link.conn_id == p.conn_id {
+            link.parked = None;
+        }
+    }
+}
+
+/// Gives a parked connection its task back.
+fn resume(broker: &Arc<BrokerState>, shutdown: &watch::Receiver<bool>, p: Box<Parked>) {
+    tokio::spawn(crate::connection::resume(
+        broker.clone(),
+        *p,
+        shutdown.clone(),
+    ));
+}
+
+/// The reactor task: waits for parked sockets, wakes and deadlines, and
+/// resumes the connections they concern.
+async fn run(
+    reactor: Arc<Reactor>,
+    mut poll: AsyncFd<Poll>,
+    broker: Arc<BrokerState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut events = Events::with_capacity(EVENTS);
+    let mut ready = Vec::new();
+    let mut sweep = tokio::time::interval(SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut swept = false;
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            guard = poll.readable_mut() => {
+                let Ok(mut guard) = guard else { break };
+                loop {
+                    if let Err(err) = guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO)) {
+                        if err.kind() != std::io::ErrorKind::Interrupted {
+                            tracing::warn!(?err, "polling parked connections");
+                        }
+                        break;
+                    }
+                    let n = events.iter().count();
+                    ready.extend(events.iter().map(|e| e.token().0));
+                    if n < EVENTS {
+                        guard.clear_ready();
+                        break;
+                    }
+                }
+            }
+            _ = reactor.notify.notified() => {}
+            _ = sweep.tick() => swept = true,
+        }
+        let mut due = Vec::new();
+        {
+            let mut inner = reactor.inner.lock();
+            for index in ready.drain(..) {
+                due.extend(reactor.take(&mut inner, index, None));
+            }
+            let wakes = std::mem::take(&mut inner.wakes);
+            for (index, conn_id) in wakes {
+                due.extend(reactor.take(&mut inner, index, Some(conn_id)));
+            }
+            if swept {
+                let now = Instant::now();
+                let expired: Vec<usize> = inner
+                    .parked
+                    .iter()
+                    .filter(|(_, p)| keep_alive_deadline(p).is_some_and(|d| d <= now))
+                    .map(|(k, _)| k)
+                    .collect();
+                for index in expired {
+                    due.extend(reactor.take(&mut inner, index, None));
+                }
+            }
+        }
+        for p in due {
+            resume(&broker, &shutdown, p);
+        }
+    }
+    // Shutting down: every parked connection gets its task back to say goodbye.
+    let all: Vec<_> = {
+        let mut inner = reactor.inner.lock();
+        inner.closed = true;
+        let keys: Vec<usize> = inner.parked.iter().map(|(k, _)| k).collect();
+        keys.into_iter()
+            .filter_map(|k| reactor.take(&mut inner, k, None))
+            .collect()
+    };
+    for p in all {
+        resume(&broker, &shutdown, p);
+    }
+}
