@@ -19,7 +19,7 @@ fn sessions(n: usize) -> Vec<Arc<Session>> {
         qos0_offline: false,
     };
     (0..n)
-        .map(|i| Arc::new(Session::new(format!("c{i}").into(), 0, limits)))
+        .map(|i| Arc::new(Session::new(format!("c{i}").into(), 0, Arc::new(limits))))
         .collect()
 }
 

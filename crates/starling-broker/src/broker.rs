@@ -8,7 +8,6 @@
 //! side. No lock is held across an `.await`, and a session's own lock is never
 //! taken while `topics` is write-locked.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -22,7 +21,7 @@ use crate::config::{Config, SharedStrategy};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::retained::RetainedTree;
-use crate::session::{QueueLimits, Session};
+use crate::session::{QueueLimits, Session, Sessions};
 use crate::store::{Durability, FjallStore, Op, Persistence, Store, StoreError};
 use crate::topic_tree::{Matches, TopicTree};
 use std::time::Duration;
@@ -32,7 +31,7 @@ pub struct BrokerState {
     /// The configuration in force.
     pub config: Config,
     /// Sessions by client id.
-    pub sessions: Mutex<HashMap<ByteString, Arc<Session>>>,
+    pub sessions: Mutex<Sessions>,
     /// The subscription index.
     pub topics: RwLock<TopicTree>,
     /// Retained messages.
@@ -50,6 +49,8 @@ pub struct BrokerState {
     /// Where idle plain-TCP connections park; set when the broker starts
     /// (unless `hibernate-after-ms` is 0).
     pub(crate) reactor: std::sync::OnceLock<Arc<crate::hibernate::Reactor>>,
+    /// Queue bounds, from the configuration, shared by every session.
+    limits: Arc<QueueLimits>,
     /// The store's writer, unless `durability = "none"`.
     pub store: Option<Persistence>,
 }
@@ -93,8 +94,7 @@ impl BrokerState {
     pub fn new(config: Config, authenticator: Arc<dyn Authenticator>, acl: Option<Acl>) -> Self {
         BrokerState {
             store: None,
-            config,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
             topics: RwLock::new(TopicTree::default()),
             retained: RwLock::new(RetainedTree::default()),
             authenticator: RwLock::new(authenticator),
@@ -103,6 +103,13 @@ impl BrokerState {
             next_conn_id: AtomicU64::new(1),
             started: Instant::now(),
             reactor: std::sync::OnceLock::new(),
+            limits: Arc::new(QueueLimits {
+                max_messages: config.max_queued_messages,
+                max_bytes: config.max_queued_bytes,
+                policy: config.queue_overflow,
+                qos0_offline: config.queue_qos0_offline,
+            }),
+            config,
         }
     }
 
@@ -113,13 +120,8 @@ impl BrokerState {
     }
 
     /// Queue bounds for new sessions.
-    pub fn queue_limits(&self) -> QueueLimits {
-        QueueLimits {
-            max_messages: self.config.max_queued_messages,
-            max_bytes: self.config.max_queued_bytes,
-            policy: self.config.queue_overflow,
-            qos0_offline: self.config.queue_qos0_offline,
-        }
+    pub fn queue_limits(&self) -> Arc<QueueLimits> {
+        self.limits.clone()
     }
 
     /// Whether the ACL lets a client read or write a topic (or filter).

@@ -23,9 +23,10 @@
 //! module never reads a socket or touches the protocol.
 //!
 //! Locking: [`Reactor::park`] takes the reactor's lock, then the session's;
-//! nothing takes them in the other order.
+//! nothing takes them in the other order. Wakes, which come from under
+//! session locks (a takeover holds the registry and the old session), go
+//! through a separate lock that is never held while taking another.
 
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,20 +40,19 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::broker::BrokerState;
-use crate::connection::{Client, Keep};
+use crate::connection::{Client, Slots};
 
 /// A connection without a task.
 pub(crate) struct Parked {
     /// The socket, registered with the reactor's poller while parked.
     pub stream: std::net::TcpStream,
-    pub peer: SocketAddr,
     pub conn_id: u64,
     pub client: Client,
-    /// When the client last sent anything (keep alive counts from here).
-    pub last_rx: Instant,
-    /// What the connection holds for the broker (connection slots, the
-    /// shutdown barrier).
-    pub keep: Keep,
+    /// When the client last sent anything (keep alive counts from here), in
+    /// milliseconds since the reactor started (see [`Reactor::millis`]).
+    pub last_rx: u64,
+    /// The connection's slots in the broker's and the listener's limits.
+    pub slots: Option<Box<Slots>>,
 }
 
 /// Where a session's parked connection is, so that whoever queues a message
@@ -79,16 +79,19 @@ impl ParkedAt {
 /// The parked connections and the task that watches them.
 pub(crate) struct Reactor {
     registry: Registry,
+    /// The origin of parked connections' times.
+    epoch: Instant,
     inner: Mutex<Inner>,
-    /// Wakes the reactor task: wakes queued, or an earlier deadline.
+    /// Connections to resume, by index and connection id (an index may have
+    /// been reused since; the id tells). A lock of its own, taken with
+    /// nothing else held inside it: wakes come from under session locks.
+    wakes: Mutex<Vec<(usize, u64)>>,
+    /// Wakes the reactor task when wakes are queued.
     notify: Notify,
 }
 
 struct Inner {
     parked: Slab<Box<Parked>>,
-    /// Connections to resume, by index and connection id (an index may have
-    /// been reused since; the id tells).
-    wakes: Vec<(usize, u64)>,
     /// Set at shutdown: nothing parks any more.
     closed: bool,
 }
@@ -103,19 +106,23 @@ const SWEEP: Duration = Duration::from_millis(500);
 
 impl Reactor {
     /// Starts the reactor task on the current runtime.
+    /// `done` is the broker's shutdown barrier: the reactor task holds it, and
+    /// gives a copy to each connection it resumes.
     pub fn start(
         broker: &Arc<BrokerState>,
         shutdown: watch::Receiver<bool>,
+        done: tokio::sync::mpsc::Sender<()>,
     ) -> std::io::Result<Arc<Reactor>> {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
         let reactor = Arc::new(Reactor {
             registry,
+            epoch: Instant::now(),
             inner: Mutex::new(Inner {
                 parked: Slab::new(),
-                wakes: Vec::new(),
                 closed: false,
             }),
+            wakes: Mutex::new(Vec::new()),
             notify: Notify::new(),
         });
         // `AsyncFd` owns the poller, so its descriptor lives exactly as long as
@@ -123,7 +130,7 @@ impl Reactor {
         // (a borrowed descriptor closed while registered) does not arise.
         #[allow(deprecated)]
         let poll = AsyncFd::with_interest(poll, tokio::io::Interest::READABLE)?;
-        tokio::spawn(run(reactor.clone(), poll, broker.clone(), shutdown));
+        tokio::spawn(run(reactor.clone(), poll, broker.clone(), shutdown, done));
         Ok(reactor)
     }
 
@@ -168,10 +175,10 @@ impl Reactor {
 
     /// Queues connection `conn_id` at `index` to be resumed.
     fn wake(&self, index: usize, conn_id: u64) {
-        let mut inner = self.inner.lock();
-        let first = inner.wakes.is_empty();
-        inner.wakes.push((index, conn_id));
-        drop(inner);
+        let mut wakes = self.wakes.lock();
+        let first = wakes.is_empty();
+        wakes.push((index, conn_id));
+        drop(wakes);
         if first {
             self.notify.notify_one();
         }
@@ -191,6 +198,17 @@ impl Reactor {
         Some(p)
     }
 
+    /// `t` as milliseconds since the reactor started (a parked connection
+    /// keeps its times in 8 bytes rather than 16).
+    pub fn millis(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The instant `ms` milliseconds after the reactor started.
+    pub fn instant(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+
     /// How many connections are parked now.
     pub fn count(&self) -> usize {
         self.inner.lock().parked.len()
@@ -198,9 +216,9 @@ impl Reactor {
 }
 
 /// When a parked connection's keep alive runs out, if it has one.
-fn keep_alive_deadline(p: &Parked) -> Option<Instant> {
+fn keep_alive_deadline(reactor: &Reactor, p: &Parked) -> Option<Instant> {
     let ka = p.client.keep_alive;
-    (!ka.is_zero()).then(|| p.last_rx + ka.mul_f32(1.5))
+    (!ka.is_zero()).then(|| reactor.instant(p.last_rx) + ka.mul_f32(1.5))
 }
 
 /// Clears the session's note that `p` is parked (it was not parked after all).
@@ -213,13 +231,25 @@ fn unpark_link(p: &Parked) {
     }
 }
 
-/// Gives a parked connection its task back.
-fn resume(broker: &Arc<BrokerState>, shutdown: &watch::Receiver<bool>, p: Box<Parked>) {
-    tokio::spawn(crate::connection::resume(
-        broker.clone(),
-        *p,
-        shutdown.clone(),
-    ));
+/// What the reactor task needs to resume connections.
+struct Resumer {
+    reactor: Arc<Reactor>,
+    broker: Arc<BrokerState>,
+    shutdown: watch::Receiver<bool>,
+    done: tokio::sync::mpsc::Sender<()>,
+}
+
+impl Resumer {
+    /// Gives a parked connection its task back.
+    fn resume(&self, p: Parked) {
+        tokio::spawn(crate::connection::resume(
+            self.broker.clone(),
+            self.reactor.clone(),
+            p,
+            self.shutdown.clone(),
+            self.done.clone(),
+        ));
+    }
 }
 
 /// The reactor task: waits for parked sockets, wakes and deadlines, and
@@ -229,7 +259,14 @@ async fn run(
     mut poll: AsyncFd<Poll>,
     broker: Arc<BrokerState>,
     mut shutdown: watch::Receiver<bool>,
+    done: tokio::sync::mpsc::Sender<()>,
 ) {
+    let resumer = Resumer {
+        reactor: reactor.clone(),
+        broker,
+        shutdown: shutdown.clone(),
+        done,
+    };
     let mut events = Events::with_capacity(EVENTS);
     let mut ready = Vec::new();
     let mut sweep = tokio::time::interval(SWEEP);
@@ -259,12 +296,12 @@ async fn run(
             _ = sweep.tick() => swept = true,
         }
         let mut due = Vec::new();
+        let wakes = std::mem::take(&mut *reactor.wakes.lock());
         {
             let mut inner = reactor.inner.lock();
             for index in ready.drain(..) {
                 due.extend(reactor.take(&mut inner, index, None));
             }
-            let wakes = std::mem::take(&mut inner.wakes);
             for (index, conn_id) in wakes {
                 due.extend(reactor.take(&mut inner, index, Some(conn_id)));
             }
@@ -273,7 +310,7 @@ async fn run(
                 let expired: Vec<usize> = inner
                     .parked
                     .iter()
-                    .filter(|(_, p)| keep_alive_deadline(p).is_some_and(|d| d <= now))
+                    .filter(|(_, p)| keep_alive_deadline(&reactor, p).is_some_and(|d| d <= now))
                     .map(|(k, _)| k)
                     .collect();
                 for index in expired {
@@ -282,7 +319,7 @@ async fn run(
             }
         }
         for p in due {
-            resume(&broker, &shutdown, p);
+            resumer.resume(*p);
         }
     }
     // Shutting down: every parked connection gets its task back to say goodbye.
@@ -295,6 +332,23 @@ async fn run(
             .collect()
     };
     for p in all {
-        resume(&broker, &shutdown, p);
+        resumer.resume(*p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// What an idle connection costs is mostly these two (BENCHMARKS.md,
+    /// "memory per idle connection"); a field added to either shows here.
+    #[test]
+    fn parked_connections_stay_small() {
+        use std::mem::size_of;
+        assert!(
+            size_of::<super::Parked>() <= 144,
+            "{}",
+            size_of::<super::Parked>()
+        );
+        let session = size_of::<crate::session::Session>();
+        assert!(session <= 288, "{session}");
     }
 }

@@ -67,8 +67,11 @@ pub(crate) fn attach(
         match resumed {
             Some(session) => (session, true),
             None => {
+                // A copy of its own, not a clone: cloning would turn the id's
+                // buffer into a shared one (a second allocation) that
+                // outlives the CONNECT it came from.
                 let session = Arc::new(Session::new(
-                    client_id.clone(),
+                    ByteString::from(&**client_id),
                     expiry_interval,
                     broker.queue_limits(),
                 ));
@@ -79,7 +82,7 @@ pub(crate) fn attach(
                     st.generation = 1;
                     st.link = link.take();
                 }
-                sessions.insert(client_id.clone(), session.clone());
+                sessions.insert(session.clone());
                 (session, false)
             }
         }
@@ -150,7 +153,7 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Client, cl
             if will_delay == 0 || !resumed {
                 publish_will(
                     broker,
-                    &client.client_id,
+                    &session.client_id,
                     client.username.as_deref(),
                     client.acl.as_deref(),
                     will,
@@ -164,7 +167,7 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Client, cl
         if let Some(will) = will {
             publish_will(
                 broker,
-                &client.client_id,
+                &session.client_id,
                 client.username.as_deref(),
                 client.acl.as_deref(),
                 will,
@@ -187,7 +190,7 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Client, cl
         if will_delay == 0 {
             publish_will(
                 broker,
-                &client.client_id,
+                &session.client_id,
                 client.username.as_deref(),
                 client.acl.as_deref(),
                 will,

@@ -255,7 +255,7 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
         );
     }
     let count = sessions.len();
-    state.sessions.lock().extend(sessions);
+    state.sessions.lock().extend(sessions.into_values());
     if let Some(store) = &state.store {
         store.submit(ops);
     }

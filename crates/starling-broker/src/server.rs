@@ -18,7 +18,7 @@ use bytes::Bytes;
 use starling_codec::ByteString;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::auth::{
     Acl, AuthFileError, Authenticator, FileAuthenticator, ListenerFile, PasswordFile,
@@ -659,6 +659,19 @@ impl Broker {
             global,
             limiter,
         };
+        // Before the listeners: every connection can park from the start.
+        if state.config.hibernate_after_ms > 0 && state.reactor.get().is_none() {
+            match crate::hibernate::Reactor::start(
+                &state,
+                shutdown.subscribe(),
+                shared._done.clone(),
+            ) {
+                Ok(reactor) => {
+                    let _ = state.reactor.set(reactor);
+                }
+                Err(err) => tracing::warn!(?err, "idle connections will not park"),
+            }
+        }
         let mut endpoints = Vec::new();
         for Listener { info, socket } in listeners {
             let addr = match &socket {
@@ -685,14 +698,6 @@ impl Broker {
             }
         }
         tokio::spawn(crate::sys::run(state.clone(), shutdown.subscribe()));
-        if state.config.hibernate_after_ms > 0 && state.reactor.get().is_none() {
-            match crate::hibernate::Reactor::start(&state, shutdown.subscribe()) {
-                Ok(reactor) => {
-                    let _ = state.reactor.set(reactor);
-                }
-                Err(err) => tracing::warn!(?err, "idle connections will not park"),
-            }
-        }
         let mut rx = shutdown.subscribe();
         let _ = rx.wait_for(|stop| *stop).await;
         tracing::info!("shutting down");
@@ -718,11 +723,7 @@ struct Shared {
     limiter: Arc<AuthLimiter>,
 }
 
-/// Connection slots held by a connection, released when it ends.
-struct Permits {
-    _global: Option<OwnedSemaphorePermit>,
-    _listener: Option<OwnedSemaphorePermit>,
-}
+use crate::connection::Slots as Permits;
 
 impl Shared {
     /// Takes a slot in the broker's and the listener's limits. The flag is true
@@ -807,9 +808,9 @@ impl Shared {
         let ctx = self.context(info, None);
         // The connection keeps its slots and the shutdown barrier while parked.
         let keep = crate::connection::Keep {
-            _done: self._done.clone(),
-            _permits: (permits._global.is_some() || permits._listener.is_some())
-                .then(|| Box::new(permits) as Box<dyn Send + Sync>),
+            done: self._done.clone(),
+            slots: (permits._global.is_some() || permits._listener.is_some())
+                .then(|| Box::new(permits)),
         };
         let serve = crate::connection::serve_tcp(
             stream,

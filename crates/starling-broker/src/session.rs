@@ -70,6 +70,119 @@ pub struct Inflight {
     pub released: bool,
 }
 
+/// A collection allocated on first insert: an empty one costs one pointer in
+/// the session instead of its whole header (48 bytes for a hash map), which
+/// matters for the many sessions of idle clients. Reads see an empty
+/// collection until then.
+#[derive(Debug)]
+pub struct Lazy<T>(Option<Box<T>>);
+
+impl<T> Default for Lazy<T> {
+    fn default() -> Self {
+        Lazy(None)
+    }
+}
+
+impl<T: Default> Lazy<T> {
+    /// The collection, allocating it if needed.
+    pub fn get_mut(&mut self) -> &mut T {
+        self.0.get_or_insert_with(Default::default)
+    }
+}
+
+impl<K: Eq + std::hash::Hash, V> Lazy<HashMap<K, V>> {
+    /// See [`HashMap::insert`].
+    pub fn insert(&mut self, k: K, v: V) -> Option<V> {
+        self.get_mut().insert(k, v)
+    }
+
+    /// See [`HashMap::get`].
+    pub fn get<Q>(&self, k: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.0.as_ref()?.get(k)
+    }
+
+    /// See [`HashMap::contains_key`].
+    pub fn contains_key<Q>(&self, k: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.get(k).is_some()
+    }
+
+    /// See [`HashMap::remove`]; the last removal frees the map.
+    pub fn remove<Q>(&mut self, k: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let map = self.0.as_mut()?;
+        let v = map.remove(k);
+        if map.is_empty() {
+            self.0 = None;
+        }
+        v
+    }
+
+    /// See [`HashMap::keys`].
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.0.iter().flat_map(|m| m.keys())
+    }
+
+    /// See [`HashMap::iter`].
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.iter().flat_map(|m| m.iter())
+    }
+
+    /// See [`HashMap::len`].
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |m| m.len())
+    }
+
+    /// See [`HashMap::is_empty`].
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<K: Eq + std::hash::Hash> Lazy<HashSet<K>> {
+    /// See [`HashSet::insert`].
+    pub fn insert(&mut self, k: K) -> bool {
+        self.get_mut().insert(k)
+    }
+
+    /// See [`HashSet::contains`].
+    pub fn contains(&self, k: &K) -> bool {
+        self.0.as_ref().is_some_and(|s| s.contains(k))
+    }
+
+    /// See [`HashSet::remove`]; the last removal frees the set.
+    pub fn remove(&mut self, k: &K) -> bool {
+        let Some(set) = self.0.as_mut() else {
+            return false;
+        };
+        let found = set.remove(k);
+        if set.is_empty() {
+            self.0 = None;
+        }
+        found
+    }
+
+    /// See [`HashSet::len`].
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |s| s.len())
+    }
+
+    /// See [`HashSet::is_empty`].
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Bounds of one session's queue.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
@@ -94,17 +207,17 @@ pub struct SessionState {
     pub inflight: VecDeque<Inflight>,
     next_packet_id: u16,
     /// Incoming QoS 2 packet ids for which PUBREC was sent and PUBREL is awaited.
-    pub incoming_qos2: HashSet<u16>,
+    pub incoming_qos2: Lazy<HashSet<u16>>,
     /// Subscriptions by filter.
-    pub subscriptions: HashMap<ByteString, SubEntry>,
+    pub subscriptions: Lazy<HashMap<ByteString, SubEntry>>,
     /// The connection attached now.
     pub link: Option<Link>,
     /// Session Expiry Interval in seconds; `u32::MAX` never expires.
     pub expiry_interval: u32,
     /// Counts attachments; timers compare it to know whether the session was resumed.
     pub generation: u64,
-    /// Queue bounds.
-    pub limits: QueueLimits,
+    /// Queue bounds (shared by every session of the broker).
+    pub limits: Arc<QueueLimits>,
     /// User name of the last connection, for read ACL checks at delivery.
     pub username: Option<ByteString>,
     /// Next store sequence number for a queued message.
@@ -145,7 +258,7 @@ pub enum Enqueued {
 
 impl Session {
     /// A new, empty session.
-    pub fn new(client_id: ByteString, expiry_interval: u32, limits: QueueLimits) -> Session {
+    pub fn new(client_id: ByteString, expiry_interval: u32, limits: Arc<QueueLimits>) -> Session {
         Session {
             client_id,
             state: Mutex::new(SessionState {
@@ -153,8 +266,8 @@ impl Session {
                 queued_bytes: 0,
                 inflight: VecDeque::new(),
                 next_packet_id: 1,
-                incoming_qos2: HashSet::new(),
-                subscriptions: HashMap::new(),
+                incoming_qos2: Lazy::default(),
+                subscriptions: Lazy::default(),
                 link: None,
                 expiry_interval,
                 generation: 0,
@@ -300,5 +413,74 @@ impl SessionState {
     /// Whether the attached connection is `conn_id`.
     pub fn is_attached_to(&self, conn_id: u64) -> bool {
         self.link.as_ref().is_some_and(|l| l.conn_id == conn_id)
+    }
+}
+
+/// The broker's sessions by client id. The key is the session's own
+/// `client_id`, so an entry costs one pointer (a map from id to session would
+/// hold a second copy of the id in every entry).
+#[derive(Debug, Default)]
+pub struct Sessions(HashSet<ById>);
+
+/// A session in [`Sessions`], hashed and compared by its client id.
+#[derive(Debug, Clone)]
+struct ById(Arc<Session>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.client_id == other.0.client_id
+    }
+}
+
+impl Eq for ById {}
+
+impl std::hash::Hash for ById {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        // As `str` hashes: lookups borrow the key as `&str`.
+        <str as std::hash::Hash>::hash(&self.0.client_id, h);
+    }
+}
+
+impl std::borrow::Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.client_id
+    }
+}
+
+impl Sessions {
+    /// The session of `client_id`.
+    pub fn get(&self, client_id: &str) -> Option<&Arc<Session>> {
+        self.0.get(client_id).map(|s| &s.0)
+    }
+
+    /// Adds a session, replacing one with the same client id (returned).
+    pub fn insert(&mut self, session: Arc<Session>) -> Option<Arc<Session>> {
+        self.0.replace(ById(session)).map(|s| s.0)
+    }
+
+    /// Removes the session of `client_id`.
+    pub fn remove(&mut self, client_id: &str) -> Option<Arc<Session>> {
+        self.0.take(client_id).map(|s| s.0)
+    }
+
+    /// Every session.
+    pub fn values(&self) -> impl Iterator<Item = &Arc<Session>> {
+        self.0.iter().map(|s| &s.0)
+    }
+
+    /// How many sessions there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Extend<Arc<Session>> for Sessions {
+    fn extend<I: IntoIterator<Item = Arc<Session>>>(&mut self, iter: I) {
+        self.0.extend(iter.into_iter().map(ById));
     }
 }

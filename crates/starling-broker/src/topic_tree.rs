@@ -285,7 +285,7 @@ mod tests {
             policy: OverflowPolicy::DropOldest,
             qos0_offline: false,
         };
-        Arc::new(Session::new(id.into(), 0, limits))
+        Arc::new(Session::new(id.into(), 0, Arc::new(limits)))
     }
 
     fn sub(s: &Arc<Session>) -> Subscriber {

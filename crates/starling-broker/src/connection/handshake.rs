@@ -282,8 +282,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             keep_alive,
             "client connected"
         );
-        let aliases = if v.is_v5() {
-            config.topic_alias_maximum as usize
+        let alias_max = if v.is_v5() {
+            config.topic_alias_maximum
         } else {
             0
         };
@@ -294,7 +294,6 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         }
         let client = Client {
             version: v,
-            client_id: connect.client_id.clone(),
             username: connect.username.clone(),
             session,
             keep_alive: Duration::from_secs(u64::from(keep_alive)),
@@ -302,21 +301,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             expiry_interval,
             // The window of unacknowledged messages towards the client: its
             // Receive Maximum, capped by `max-inflight-messages`.
-            client_receive_max: usize::from(
-                connect
-                    .properties
-                    .receive_maximum
-                    .unwrap_or(u16::MAX)
-                    .min(config.max_inflight_messages)
-                    .min(u16::MAX - 1),
-            ),
-            client_max_packet: connect
+            client_receive_max: connect
                 .properties
-                .maximum_packet_size
-                .map_or(usize::MAX, |m| m as usize),
-            aliases: Vec::new(),
-            alias_max: aliases,
-            out_aliases: std::collections::HashMap::new(),
+                .receive_maximum
+                .unwrap_or(u16::MAX)
+                .min(config.max_inflight_messages)
+                .min(u16::MAX - 1),
+            client_max_packet: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
+            alias_max,
             out_alias_max: if v.is_v5() {
                 connect
                     .properties
@@ -326,8 +318,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             } else {
                 0
             },
+            aliases: None,
             acl: ctx.acl.clone(),
-            mountpoint: ctx.mountpoint.clone(),
+            mountpoint: ctx.mountpoint.clone().map(Box::new),
         };
         if present {
             self.resend_inflight(&client);

@@ -27,7 +27,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     /// Handles one packet; an `Err` ends the connection.
     pub(crate) fn handle(&mut self, client: &mut Client, packet: Packet) -> Result<(), Close> {
         let v = client.version;
-        tracing::trace!(client_id = %client.client_id, packet = ?packet.packet_type(), "received");
+        tracing::trace!(client_id = %client.client_id(), packet = ?packet.packet_type(), "received");
         match packet {
             Packet::Publish(publish) => self.on_publish(client, publish),
             Packet::PubAck(ack) => {
@@ -70,7 +70,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 };
                 self.forget(client, forget);
                 if let (Some(store), Some((seq, record))) = (&self.broker.store, record) {
-                    store.submit(vec![Op::Message(client.client_id.clone(), seq, record)]);
+                    store.submit(vec![Op::Message(client.client_id().clone(), seq, record)]);
                 }
                 if let Some(code) = code {
                     let rel = Ack {
@@ -97,7 +97,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 {
                     if let Some(store) = &self.broker.store {
                         store.submit(vec![Op::DeleteIncomingQos2(
-                            client.client_id.clone(),
+                            client.client_id().clone(),
                             ack.packet_id,
                         )]);
                     }
@@ -143,7 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     /// Removes a delivered message's record from the store.
     fn forget(&self, client: &Client, seq: Option<u64>) {
         if let (Some(store), Some(seq)) = (&self.broker.store, seq.filter(|s| *s != 0)) {
-            store.submit(vec![Op::DeleteMessage(client.client_id.clone(), seq)]);
+            store.submit(vec![Op::DeleteMessage(client.client_id().clone(), seq)]);
         }
     }
 
@@ -176,22 +176,23 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             }
             if let Some(alias) = publish.properties.topic_alias {
                 let idx = usize::from(alias) - 1;
-                if idx >= client.alias_max {
+                if idx >= usize::from(client.alias_max) {
                     return Err(Close::Protocol(
                         ReasonCode::TOPIC_ALIAS_INVALID,
                         format!("[MQTT-3.3.2-9] topic alias {alias} above the maximum"),
                     ));
                 }
                 if publish.topic.is_empty() {
-                    publish.topic =
-                        client.aliases.get(idx).cloned().flatten().ok_or_else(|| {
-                            protocol_error(format!("[MQTT-3.3.2-12] unknown topic alias {alias}"))
-                        })?;
+                    let known = client.aliases.as_ref().and_then(|a| a.inbound.get(idx));
+                    publish.topic = known.cloned().flatten().ok_or_else(|| {
+                        protocol_error(format!("[MQTT-3.3.2-12] unknown topic alias {alias}"))
+                    })?;
                 } else {
-                    if client.aliases.len() <= idx {
-                        client.aliases.resize(idx + 1, None);
+                    let inbound = &mut client.aliases_mut().inbound;
+                    if inbound.len() <= idx {
+                        inbound.resize(idx + 1, None);
                     }
-                    client.aliases[idx] = Some(crate::message::owned(&publish.topic));
+                    inbound[idx] = Some(crate::message::owned(&publish.topic));
                 }
             }
             if publish.retain && !config.retain_available {
@@ -242,16 +243,16 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         } else if !self.broker.allowed_with(
             client.acl.as_deref(),
             client.username.as_deref(),
-            &client.client_id,
+            client.client_id(),
             &publish.topic,
             Access::Write,
         ) {
-            tracing::debug!(client_id = %client.client_id, topic = %publish.topic, "publish denied by ACL");
+            tracing::debug!(client_id = %client.client_id(), topic = %publish.topic, "publish denied by ACL");
             code = ReasonCode::NOT_AUTHORIZED;
         } else {
             let msg = Arc::new(Message::from_publish(
                 publish,
-                Some(client.client_id.clone()),
+                Some(client.client_id().clone()),
                 Instant::now(),
             ));
             if msg.retain {
@@ -282,7 +283,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 if !code.is_error() {
                     client.session.state.lock().incoming_qos2.insert(packet_id);
                     if persistent {
-                        ops.push(Op::IncomingQos2(client.client_id.clone(), packet_id));
+                        ops.push(Op::IncomingQos2(client.client_id().clone(), packet_id));
                     }
                 }
                 Some(Packet::PubRec(ack))
@@ -326,7 +327,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 continue;
             }
             // Under a mountpoint the filter gets the prefix (inside `$share/group/`).
-            let filter = &super::mount::filter_for(client.mountpoint.as_ref(), filter);
+            let filter = &super::mount::filter_for(client.mountpoint.as_deref(), filter);
             if !super::mount::valid_filter(filter) {
                 codes.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
@@ -335,7 +336,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             if !self.broker.allowed_with(
                 client.acl.as_deref(),
                 client.username.as_deref(),
-                &client.client_id,
+                client.client_id(),
                 inner,
                 Access::Read,
             ) {
@@ -397,10 +398,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         {
             let st = client.session.state.lock();
             for s in &sub.subscriptions {
-                let filter = super::mount::filter_for(client.mountpoint.as_ref(), &s.filter);
+                let filter = super::mount::filter_for(client.mountpoint.as_deref(), &s.filter);
                 if let Some(entry) = st.subscriptions.get(&filter) {
                     ops.push(crate::persist::subscription_op(
-                        &client.client_id,
+                        client.client_id(),
                         &filter,
                         entry,
                     ));
@@ -412,7 +413,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             if self.broker.allowed_with(
                 client.acl.as_deref(),
                 client.username.as_deref(),
-                &client.client_id,
+                client.client_id(),
                 &d.msg.topic,
                 Access::Read,
             ) {
@@ -427,7 +428,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     fn on_unsubscribe(&mut self, client: &mut Client, unsub: Unsubscribe) {
         let mut codes = Vec::with_capacity(unsub.filters.len());
         for filter in &unsub.filters {
-            let filter = &super::mount::filter_for(client.mountpoint.as_ref(), filter);
+            let filter = &super::mount::filter_for(client.mountpoint.as_deref(), filter);
             let (share, inner) = split_share(filter);
             let removed = self
                 .broker
@@ -449,7 +450,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             {
                 if let Some(store) = &self.broker.store {
                     store.submit(vec![Op::Unsubscribe(
-                        client.client_id.clone(),
+                        client.client_id().clone(),
                         filter.clone(),
                     )]);
                 }

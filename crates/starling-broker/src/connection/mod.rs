@@ -24,7 +24,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::auth::{Acl, ListenerFile};
 use crate::broker::BrokerState;
-use crate::hibernate::Parked;
+use crate::hibernate::{Parked, Reactor};
 use crate::metrics::Metrics;
 use crate::session::{Inflight, Session};
 use crate::store::Op;
@@ -88,12 +88,13 @@ fn apply_out_alias(
     if client.out_alias_max == 0 {
         return None;
     }
-    if let Some(&alias) = client.out_aliases.get(&publish.topic) {
+    let assigned = client.aliases.as_ref().map(|a| &a.outbound);
+    if let Some(&alias) = assigned.and_then(|m| m.get(&publish.topic)) {
         publish.properties.topic_alias = Some(alias);
         publish.topic = ByteString::new();
         None
-    } else if client.out_aliases.len() < usize::from(client.out_alias_max) {
-        let alias = client.out_aliases.len() as u16 + 1;
+    } else if assigned.map_or(0, |m| m.len()) < usize::from(client.out_alias_max) {
+        let alias = assigned.map_or(0, |m| m.len()) as u16 + 1;
         publish.properties.topic_alias = Some(alias);
         Some((crate::message::owned(&publish.topic), alias))
     } else {
@@ -108,31 +109,58 @@ async fn first_ack(pending: &mut VecDeque<(Option<oneshot::Receiver<()>>, Packet
     }
 }
 
-/// The client side of an attached connection.
+/// The client side of an attached connection. Kept small: a parked
+/// connection is mostly this (see [`crate::hibernate`]).
 pub(crate) struct Client {
     pub version: ProtocolVersion,
-    pub client_id: ByteString,
     pub username: Option<ByteString>,
+    /// The session; its `client_id` is the client's.
     pub session: Arc<Session>,
     pub keep_alive: Duration,
     /// Boxed: a will with its properties is large and most clients have none.
     pub will: Option<Box<Will>>,
     pub expiry_interval: u32,
-    pub client_receive_max: usize,
-    pub client_max_packet: usize,
-    /// Topic aliases the client set, grown on demand up to `alias_max`.
-    pub aliases: Vec<Option<ByteString>>,
+    /// The window of unacknowledged messages towards the client.
+    pub client_receive_max: u16,
+    /// The client's Maximum Packet Size (`u32::MAX` when it set none).
+    pub client_max_packet: u32,
     /// The Topic Alias Maximum the broker announced to this client.
-    pub alias_max: usize,
-    /// Topic aliases the broker assigned towards the client (MQTT 5).
-    pub out_aliases: std::collections::HashMap<ByteString, u16>,
-    /// How many the broker may assign: the client's Topic Alias Maximum,
-    /// capped at [`OUT_ALIAS_CAP`].
+    pub alias_max: u16,
+    /// How many aliases the broker may assign towards the client: its Topic
+    /// Alias Maximum, capped at [`OUT_ALIAS_CAP`].
     pub out_alias_max: u16,
+    /// Topic aliases in use, both ways; allocated when the first is.
+    pub aliases: Option<Box<Aliases>>,
     /// The listener's own ACL, used instead of the broker's.
     pub acl: Option<Arc<ListenerFile<Acl>>>,
     /// The listener's mountpoint (topic prefix); see [`mount`].
-    pub mountpoint: Option<ByteString>,
+    pub mountpoint: Option<Box<ByteString>>,
+}
+
+/// The topic aliases of an MQTT 5 connection.
+#[derive(Default)]
+pub(crate) struct Aliases {
+    /// Set by the client, by alias - 1, grown on demand up to `alias_max`.
+    pub inbound: Vec<Option<ByteString>>,
+    /// Assigned by the broker towards the client.
+    pub outbound: std::collections::HashMap<ByteString, u16>,
+}
+
+impl Client {
+    /// The client identifier.
+    pub fn client_id(&self) -> &ByteString {
+        &self.session.client_id
+    }
+
+    /// The topic aliases, allocating them on first use.
+    pub fn aliases_mut(&mut self) -> &mut Aliases {
+        self.aliases.get_or_insert_with(Default::default)
+    }
+
+    /// Whether a packet of `len` bytes fits the client's Maximum Packet Size.
+    pub fn fits(&self, len: usize) -> bool {
+        u32::try_from(len).is_ok_and(|n| n <= self.client_max_packet)
+    }
 }
 
 /// A connection's transport halves and buffers.
@@ -151,12 +179,20 @@ pub(crate) struct Connection<S> {
     pub last_rx: Instant,
 }
 
-/// What a connection holds on the broker's behalf for as long as it lives,
-/// parked or not: the shutdown barrier and its connection slots.
+/// What a connection task holds on the broker's behalf: the shutdown barrier
+/// (shutdown waits until every task has dropped its sender) and the
+/// connection's slots. A parked connection keeps only its slots; the reactor
+/// task holds the barrier for all of them.
 pub(crate) struct Keep {
-    pub _done: tokio::sync::mpsc::Sender<()>,
-    /// Connection slots, when the broker or the listener limits connections.
-    pub _permits: Option<Box<dyn Send + Sync>>,
+    pub done: tokio::sync::mpsc::Sender<()>,
+    pub slots: Option<Box<Slots>>,
+}
+
+/// Connection slots held by a connection, released when it ends (`None` in
+/// [`Keep`] when the broker and the listener set no limit).
+pub(crate) struct Slots {
+    pub _global: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub _listener: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Serves one accepted connection to its end.
@@ -196,10 +232,12 @@ pub(crate) async fn serve_tcp(
 /// Serves a parked connection again (called by the reactor, in a new task).
 pub(crate) async fn resume(
     broker: Arc<BrokerState>,
+    reactor: Arc<Reactor>,
     parked: Parked,
     shutdown: watch::Receiver<bool>,
+    done: tokio::sync::mpsc::Sender<()>,
 ) {
-    if let Some((conn, client, keep)) = Connection::from_parked(broker, parked) {
+    if let Some((conn, client, keep)) = Connection::from_parked(broker, &reactor, parked, done) {
         let idle = conn.broker.config.hibernate_after();
         serve_attached_tcp(conn, client, shutdown, keep, idle).await;
     }
@@ -286,12 +324,13 @@ async fn serve_attached_tcp(
             return;
         };
         let broker = conn.broker.clone();
-        let Some(parked) = conn.into_parked(client, keep) else {
+        let Keep { done, slots } = keep;
+        let Some(parked) = conn.into_parked(reactor, client, slots) else {
             return;
         };
         match reactor.park(parked) {
             Ok(()) => return,
-            Err(parked) => match Connection::from_parked(broker, *parked) {
+            Err(parked) => match Connection::from_parked(broker, reactor, *parked, done) {
                 Some(back) => (conn, client, keep) = back,
                 None => return,
             },
@@ -302,7 +341,7 @@ async fn serve_attached_tcp(
 
 /// Ends a connection whose socket was lost while parking or resuming.
 fn finish_lost(broker: &Arc<BrokerState>, conn_id: u64, client: Client) {
-    tracing::info!(client_id = %client.client_id, "connection lost while parking");
+    tracing::info!(client_id = %client.client_id(), "connection lost while parking");
     crate::lifecycle::detach(broker, conn_id, client, Close::PeerClosed);
     broker
         .metrics
@@ -313,12 +352,16 @@ fn finish_lost(broker: &Arc<BrokerState>, conn_id: u64, client: Client) {
 impl Connection<TcpStream> {
     /// Takes the connection out of tokio's hands, for parking. `None` when
     /// that failed; the connection is then closed and detached.
-    fn into_parked(self, client: Client, keep: Keep) -> Option<Box<Parked>> {
+    fn into_parked(
+        self,
+        reactor: &Reactor,
+        client: Client,
+        slots: Option<Box<Slots>>,
+    ) -> Option<Box<Parked>> {
         let Connection {
             broker,
             rd,
             wr,
-            peer,
             conn_id,
             last_rx,
             ..
@@ -326,11 +369,10 @@ impl Connection<TcpStream> {
         match rd.unsplit(wr).into_std() {
             Ok(stream) => Some(Box::new(Parked {
                 stream,
-                peer,
                 conn_id,
                 client,
-                last_rx,
-                keep,
+                last_rx: reactor.millis(last_rx),
+                slots,
             })),
             Err(err) => {
                 tracing::warn!(?err, "could not park a connection");
@@ -342,7 +384,12 @@ impl Connection<TcpStream> {
 
     /// Gives a parked connection back to tokio. `None` when that failed; the
     /// connection is then closed and detached.
-    fn from_parked(broker: Arc<BrokerState>, p: Parked) -> Option<(Self, Client, Keep)> {
+    fn from_parked(
+        broker: Arc<BrokerState>,
+        reactor: &Reactor,
+        p: Parked,
+        done: tokio::sync::mpsc::Sender<()>,
+    ) -> Option<(Self, Client, Keep)> {
         {
             let mut st = p.client.session.state.lock();
             if let Some(link) = st.link.as_mut().filter(|l| l.conn_id == p.conn_id) {
@@ -357,6 +404,10 @@ impl Connection<TcpStream> {
                 return None;
             }
         };
+        // Not kept while parked: the socket knows it.
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (rd, wr) = tokio::io::split(stream);
         let mut decoder = Decoder::with_version(p.client.version);
         decoder.set_max_packet_size(broker.config.max_packet_size as usize);
@@ -367,12 +418,16 @@ impl Connection<TcpStream> {
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             decoder,
-            peer: p.peer,
+            peer,
             conn_id: p.conn_id,
             pending_acks: VecDeque::new(),
-            last_rx: p.last_rx,
+            last_rx: reactor.instant(p.last_rx),
         };
-        Some((conn, p.client, p.keep))
+        let keep = Keep {
+            done,
+            slots: p.slots,
+        };
+        Some((conn, p.client, keep))
     }
 }
 
@@ -564,20 +619,21 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             if delivery.msg.is_expired(now) {
                 Metrics::add(&self.broker.metrics.messages_expired, 1);
                 if delivery.seq != 0 {
-                    ops.push(Op::DeleteMessage(client.client_id.clone(), delivery.seq));
+                    ops.push(Op::DeleteMessage(client.client_id().clone(), delivery.seq));
                 }
                 continue;
             }
             // Under a mountpoint the client sees topics without the prefix, and
             // nothing outside it.
-            let Some(topic) = mount::strip(client.mountpoint.as_ref(), &delivery.msg.topic) else {
+            let Some(topic) = mount::strip(client.mountpoint.as_deref(), &delivery.msg.topic)
+            else {
                 if delivery.seq != 0 {
-                    ops.push(Op::DeleteMessage(client.client_id.clone(), delivery.seq));
+                    ops.push(Op::DeleteMessage(client.client_id().clone(), delivery.seq));
                 }
                 continue;
             };
             let qos1 = delivery.qos != starling_codec::QoS::AtMostOnce;
-            if qos1 && st.inflight.len() >= client.client_receive_max {
+            if qos1 && st.inflight.len() >= usize::from(client.client_receive_max) {
                 st.unpop(delivery);
                 break;
             }
@@ -587,10 +643,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             publish.topic = topic;
             let new_alias = apply_out_alias(client, &mut publish);
             let packet = Packet::Publish(publish);
-            let limited = client.client_max_packet != usize::MAX;
+            let limited = client.client_max_packet != u32::MAX;
             match packet.encoded_len(client.version) {
                 _ if !limited => {}
-                Ok(len) if len <= client.client_max_packet => {}
+                Ok(len) if client.fits(len) => {}
                 _ => {
                     // [MQTT-3.1.2-25]: never send a packet above the client's maximum.
                     client
@@ -607,7 +663,11 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             }
             // The alias counts only once the client has the packet that sets it.
             if let Some((topic, alias)) = new_alias {
-                client.out_aliases.insert(topic, alias);
+                client
+                    .aliases
+                    .get_or_insert_with(Default::default)
+                    .outbound
+                    .insert(topic, alias);
             }
             sent += 1;
             if qos1 {
@@ -623,7 +683,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 {
                     if let Some(r) = crate::persist::inflight_record(&inflight) {
                         ops.push(Op::Message(
-                            client.client_id.clone(),
+                            client.client_id().clone(),
                             inflight.delivery.seq,
                             r,
                         ));
@@ -653,7 +713,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 let mut publish = inflight.delivery.to_publish(inflight.packet_id, true, now);
                 // A session resumed through a listener with another mountpoint
                 // does not show this client what lies outside its own.
-                let mount = client.mountpoint.as_ref();
+                let mount = client.mountpoint.as_deref();
                 let Some(topic) = mount::strip(mount, &publish.topic) else {
                     continue;
                 };
@@ -678,7 +738,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     disconnect.properties.reason_string = Some(why.as_str().into());
                     let fits = Packet::Disconnect(disconnect.clone())
                         .encoded_len(version)
-                        .is_ok_and(|n| n <= client.client_max_packet);
+                        .is_ok_and(|n| client.fits(n));
                     if !fits {
                         disconnect.properties.reason_string = None;
                     }
@@ -687,7 +747,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             }
         }
         tracing::info!(
-            client_id = %client.client_id,
+            client_id = %client.client_id(),
             peer = %self.peer,
             reason = ?close,
             "client disconnected"
