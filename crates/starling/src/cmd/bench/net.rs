@@ -151,27 +151,32 @@ impl NetConfig {
         } else {
             self.ifaddrs[index % self.ifaddrs.len()]
         };
-        let mut tries = 0;
-        let stream = loop {
-            let socket = self
-                .bind_source(local)
-                .with_context(|| format!("cannot bind {local}"))?;
-            match socket.connect(addr).await {
-                Ok(stream) => break stream,
-                // The 4-tuple is still taken (TIME_WAIT from an earlier run):
-                // take another port.
-                Err(e)
-                    if tries < PORT_TRIES
-                        && matches!(
-                            e.kind(),
-                            std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
-                        ) =>
-                {
-                    tries += 1;
-                }
-                Err(e) => return Err(e).with_context(|| format!("cannot connect to {addr}")),
+        let socket = self
+            .bind_source(local)
+            .with_context(|| format!("cannot bind {local}"))?;
+        let stream = match socket.connect(addr).await {
+            Ok(stream) => Ok(stream),
+            // The 4-tuple is taken (another process connected from that port,
+            // or TIME_WAIT from an earlier run): let the kernel choose.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
+                ) =>
+            {
+                let socket = if local.is_ipv4() {
+                    TcpSocket::new_v4()
+                } else {
+                    TcpSocket::new_v6()
+                }?;
+                socket
+                    .bind(SocketAddr::new(local, 0))
+                    .with_context(|| format!("cannot bind {local}"))?;
+                socket.connect(addr).await
             }
-        };
+            Err(e) => Err(e),
+        }
+        .with_context(|| format!("cannot connect to {addr}"))?;
         let _ = stream.set_nodelay(true);
         let o = &self.opts;
         let mut c = Connect::new(o.version, client_id.as_str());
