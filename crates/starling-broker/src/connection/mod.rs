@@ -20,7 +20,7 @@ use starling_codec::{ByteString, Decoder, Disconnect, Packet, ProtocolVersion, R
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{timeout, Instant};
 
 use crate::auth::{Acl, ListenerFile};
 use crate::broker::BrokerState;
@@ -514,6 +514,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         let mut busy = false;
         let mut last_active = Instant::now();
         let session = client.session.clone();
+        // One timer for the keep-alive and idle deadlines, moved only when a
+        // deadline comes earlier than the one it is set for. Activity moves
+        // both later, so usually it is left alone, and when it fires early the
+        // loop checks the real deadlines and sets it again: no timer-wheel
+        // work per packet or per wakeup.
+        let timer = tokio::time::sleep_until(last_active);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             // Enabled before the attachment check, so that a takeover between
             // the two still wakes this loop.
@@ -536,10 +544,17 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             let keep_alive = client.keep_alive;
             let ka_deadline =
                 (!keep_alive.is_zero()).then(|| self.last_rx + keep_alive.mul_f32(1.5));
-            let timer = match (ka_deadline, hibernate.map(|d| last_active + d)) {
+            let idle_deadline = hibernate.map(|d| last_active + d);
+            let next = match (ka_deadline, idle_deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            if let Some(next) = next {
+                if armed.is_none_or(|at| next < at) {
+                    timer.as_mut().reset(next);
+                    armed = Some(next);
+                }
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return Close::Shutdown,
@@ -586,15 +601,18 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     self.release_acks(client.version);
                 }
                 _ = &mut notified => last_active = Instant::now(),
-                _ = sleep_until(timer.unwrap_or(last_active)), if timer.is_some() => {
+                _ = &mut timer, if armed.is_some() => {
+                    armed = None;
                     let now = Instant::now();
                     if ka_deadline.is_some_and(|d| now >= d) {
                         return Close::KeepAlive;
                     }
-                    if self.wbuf.is_empty() && self.rbuf.is_empty() && self.pending_acks.is_empty() {
-                        return Close::Hibernate;
+                    if idle_deadline.is_some_and(|d| now >= d) {
+                        if self.wbuf.is_empty() && self.rbuf.is_empty() && self.pending_acks.is_empty() {
+                            return Close::Hibernate;
+                        }
+                        last_active = now;
                     }
-                    last_active = now;
                 }
             }
         }
