@@ -79,35 +79,49 @@ impl NetConfig {
         })
     }
 
-    /// A socket bound to a source port picked here, round-robin over the
+    /// Connects from a source port picked here, round-robin over the
     /// ephemeral range. Left to itself, `connect` searches the range for a free
     /// port under a kernel lock, and with tens of thousands of connections that
     /// search dominates the load generator's time (perf: `__inet_hash_connect`,
     /// `__inet_check_established`) and caps the connection rate whatever the
-    /// broker. A port already in use is skipped; after a few misses the kernel
-    /// chooses after all.
-    fn bind_source(&self, local: IpAddr) -> std::io::Result<TcpSocket> {
-        let new = || {
-            if local.is_ipv4() {
-                TcpSocket::new_v4()
-            } else {
-                TcpSocket::new_v6()
-            }
-        };
+    /// broker. A port that cannot be bound, or whose 4-tuple is taken (another
+    /// process connected from it, or TIME_WAIT), is skipped; `None` after a
+    /// few misses, and the caller lets the kernel choose after all.
+    async fn connect_from_own_port(
+        &self,
+        local: IpAddr,
+        addr: SocketAddr,
+    ) -> Option<std::io::Result<TcpStream>> {
         let (lo, hi) = self.ports;
         let span = usize::from(hi - lo) + 1;
         for _ in 0..PORT_TRIES {
-            let socket = new()?;
-            socket.set_reuseaddr(true)?;
+            let socket = match if local.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            } {
+                Ok(s) => s,
+                Err(e) => return Some(Err(e)),
+            };
+            if let Err(e) = socket.set_reuseaddr(true) {
+                return Some(Err(e));
+            }
             let n = self.next_port.fetch_add(1, Ordering::Relaxed);
             let port = lo + (n % span) as u16;
-            if socket.bind(SocketAddr::new(local, port)).is_ok() {
-                return Ok(socket);
+            if socket.bind(SocketAddr::new(local, port)).is_err() {
+                continue;
+            }
+            match socket.connect(addr).await {
+                Ok(stream) => return Some(Ok(stream)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
+                    ) => {}
+                Err(e) => return Some(Err(e)),
             }
         }
-        let socket = new()?;
-        socket.bind(SocketAddr::new(local, 0))?;
-        Ok(socket)
+        None
     }
 
     pub fn version(&self) -> ProtocolVersion {
@@ -151,19 +165,10 @@ impl NetConfig {
         } else {
             self.ifaddrs[index % self.ifaddrs.len()]
         };
-        let socket = self
-            .bind_source(local)
-            .with_context(|| format!("cannot bind {local}"))?;
-        let stream = match socket.connect(addr).await {
-            Ok(stream) => Ok(stream),
-            // The 4-tuple is taken (another process connected from that port,
-            // or TIME_WAIT from an earlier run): let the kernel choose.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
-                ) =>
-            {
+        let stream = match self.connect_from_own_port(local, addr).await {
+            Some(result) => result,
+            None if self.ifaddrs.is_empty() => TcpStream::connect(addr).await,
+            None => {
                 let socket = if local.is_ipv4() {
                     TcpSocket::new_v4()
                 } else {
@@ -174,7 +179,6 @@ impl NetConfig {
                     .with_context(|| format!("cannot bind {local}"))?;
                 socket.connect(addr).await
             }
-            Err(e) => Err(e),
         }
         .with_context(|| format!("cannot connect to {addr}"))?;
         let _ = stream.set_nodelay(true);
