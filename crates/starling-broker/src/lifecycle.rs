@@ -141,6 +141,10 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Client, cl
     if detached.is_some() {
         broker.redistribute_shared(&session);
     }
+    let publish = |will| {
+        let (username, acl) = (client.username.as_deref(), client.acl.as_deref());
+        publish_will(broker, &session.client_id, username, acl, will);
+    };
     let Some((generation, expiry)) = detached else {
         // Taken over. The will goes now unless the new connection resumed this
         // session and the will has a delay (the resume came within it).
@@ -151,13 +155,7 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Client, cl
                 .get(&session.client_id)
                 .is_some_and(|s| Arc::ptr_eq(s, &session));
             if will_delay == 0 || !resumed {
-                publish_will(
-                    broker,
-                    &session.client_id,
-                    client.username.as_deref(),
-                    client.acl.as_deref(),
-                    will,
-                );
+                publish(will);
             }
         }
         return;
@@ -165,13 +163,7 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Client, cl
     if expiry == 0 {
         end_session_unless_resumed(broker, &session, generation);
         if let Some(will) = will {
-            publish_will(
-                broker,
-                &session.client_id,
-                client.username.as_deref(),
-                client.acl.as_deref(),
-                will,
-            );
+            publish(will);
         }
         return;
     }
@@ -188,13 +180,7 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Client, cl
     }
     if let Some(will) = will {
         if will_delay == 0 {
-            publish_will(
-                broker,
-                &session.client_id,
-                client.username.as_deref(),
-                client.acl.as_deref(),
-                will,
-            );
+            publish(will);
         } else {
             // The will waits for its delay, or for the end of the session if sooner.
             let wait = Duration::from_secs(u64::from(will_delay.min(expiry)));

@@ -254,24 +254,17 @@ async fn open<S>(
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (rd, wr) = tokio::io::split(stream);
-    let mut decoder = Decoder::new();
-    decoder.set_max_packet_size(broker.config.max_packet_size as usize);
     let conn_id = broker
         .next_conn_id
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut conn = Connection {
+    let mut conn = Connection::new(
         broker,
-        rd,
-        wr,
-        rbuf: BytesMut::new(),
-        wbuf: BytesMut::new(),
-        decoder,
+        stream,
         peer,
         conn_id,
-        pending_acks: VecDeque::new(),
-        last_rx: Instant::now(),
-    };
+        Decoder::new(),
+        Instant::now(),
+    );
     let connect_timeout = conn.broker.config.connect_timeout();
     let first = tokio::select! {
         r = timeout(connect_timeout, Box::pin(conn.read_connect())) => r,
@@ -408,21 +401,9 @@ impl Connection<TcpStream> {
         let peer = stream
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let (rd, wr) = tokio::io::split(stream);
-        let mut decoder = Decoder::with_version(p.client.version);
-        decoder.set_max_packet_size(broker.config.max_packet_size as usize);
-        let conn = Connection {
-            broker,
-            rd,
-            wr,
-            rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
-            decoder,
-            peer,
-            conn_id: p.conn_id,
-            pending_acks: VecDeque::new(),
-            last_rx: reactor.instant(p.last_rx),
-        };
+        let decoder = Decoder::with_version(p.client.version);
+        let last_rx = reactor.instant(p.last_rx);
+        let conn = Connection::new(broker, stream, peer, p.conn_id, decoder, last_rx);
         let keep = Keep {
             done,
             slots: p.slots,
@@ -432,6 +413,32 @@ impl Connection<TcpStream> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
+    /// A connection over `stream`, with empty buffers and the broker's
+    /// maximum packet size on `decoder`.
+    fn new(
+        broker: Arc<BrokerState>,
+        stream: S,
+        peer: SocketAddr,
+        conn_id: u64,
+        mut decoder: Decoder,
+        last_rx: Instant,
+    ) -> Self {
+        decoder.set_max_packet_size(broker.config.max_packet_size as usize);
+        let (rd, wr) = tokio::io::split(stream);
+        Connection {
+            broker,
+            rd,
+            wr,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            decoder,
+            peer,
+            conn_id,
+            pending_acks: VecDeque::new(),
+            last_rx,
+        }
+    }
+
     /// Encodes a packet into the write buffer.
     pub(crate) fn send(&mut self, packet: &Packet, version: ProtocolVersion) {
         if let Err(err) = packet.encode(version, &mut self.wbuf) {
@@ -544,7 +551,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             let keep_alive = client.keep_alive;
             let ka_deadline =
                 (!keep_alive.is_zero()).then(|| self.last_rx + keep_alive.mul_f32(1.5));
-            let idle_deadline = hibernate.map(|d| last_active + d);
+            // `checked_add`: a huge `hibernate-after-ms` means never, not a panic.
+            let idle_deadline = hibernate.and_then(|d| last_active.checked_add(d));
             let next = match (ka_deadline, idle_deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),

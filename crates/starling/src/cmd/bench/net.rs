@@ -36,6 +36,15 @@ pub struct NetConfig {
 /// How many source ports to try before letting the kernel choose.
 const PORT_TRIES: usize = 16;
 
+/// A TCP socket of `local`'s address family.
+fn new_socket(local: IpAddr) -> std::io::Result<TcpSocket> {
+    if local.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+}
+
 /// The kernel's ephemeral port range, or Linux's default.
 fn ephemeral_ports() -> (u16, u16) {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -95,11 +104,7 @@ impl NetConfig {
         let (lo, hi) = self.ports;
         let span = usize::from(hi - lo) + 1;
         for _ in 0..PORT_TRIES {
-            let socket = match if local.is_ipv4() {
-                TcpSocket::new_v4()
-            } else {
-                TcpSocket::new_v6()
-            } {
+            let socket = match new_socket(local) {
                 Ok(s) => s,
                 Err(e) => return Some(Err(e)),
             };
@@ -169,11 +174,7 @@ impl NetConfig {
             Some(result) => result,
             None if self.ifaddrs.is_empty() => TcpStream::connect(addr).await,
             None => {
-                let socket = if local.is_ipv4() {
-                    TcpSocket::new_v4()
-                } else {
-                    TcpSocket::new_v6()
-                }?;
+                let socket = new_socket(local)?;
                 socket
                     .bind(SocketAddr::new(local, 0))
                     .with_context(|| format!("cannot bind {local}"))?;
