@@ -69,14 +69,28 @@ impl BrokerState {
         authenticator: Arc<dyn Authenticator>,
         acl: Option<Acl>,
     ) -> Result<Arc<Self>, StoreError> {
+        Self::open_with_store(config, authenticator, acl, None)
+    }
+
+    /// Like [`BrokerState::open`], with `store` in place of the embedded
+    /// store in the data directory (when durability is not `none`).
+    pub fn open_with_store(
+        config: Config,
+        authenticator: Arc<dyn Authenticator>,
+        acl: Option<Acl>,
+        store: Option<Box<dyn Store>>,
+    ) -> Result<Arc<Self>, StoreError> {
         let (store, loaded) = match config.durability {
             Durability::None => (None, None),
             durability => {
-                let mut store = FjallStore::open(&config.data_dir)?;
+                let mut store = match store {
+                    Some(store) => store,
+                    None => Box::new(FjallStore::open(&config.data_dir)?),
+                };
                 let loaded = store.load()?;
                 let interval = Duration::from_millis(config.durability_interval_ms);
                 (
-                    Some(Persistence::start(Box::new(store), durability, interval)?),
+                    Some(Persistence::start(store, durability, interval)?),
                     Some(loaded),
                 )
             }

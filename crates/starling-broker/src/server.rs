@@ -565,13 +565,24 @@ impl Broker {
         authenticator: Arc<dyn Authenticator>,
         acl: Option<Acl>,
     ) -> Result<Broker, StartError> {
+        Self::bind_with_store(config, authenticator, acl, None).await
+    }
+
+    /// Like [`Broker::bind_with`], keeping sessions in `store` instead of the
+    /// embedded store in the data directory (unless durability is `none`).
+    pub async fn bind_with_store(
+        config: Config,
+        authenticator: Arc<dyn Authenticator>,
+        acl: Option<Acl>,
+        store: Option<Box<dyn crate::store::Store>>,
+    ) -> Result<Broker, StartError> {
         let mut listeners = Vec::new();
         for (lc, table) in listener_configs(&config) {
             listeners.push(bind_listener(&config, &lc, table).await?);
         }
         let (tx, _rx) = watch::channel(false);
         let limiter = Arc::new(AuthLimiter::new(config.auth_failure_limit));
-        let state = BrokerState::open(config, authenticator, acl)?;
+        let state = BrokerState::open_with_store(config, authenticator, acl, store)?;
         let tls = listeners
             .iter()
             .filter_map(|l| {

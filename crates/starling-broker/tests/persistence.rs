@@ -310,3 +310,94 @@ async fn the_sweeper_reclaims_expired_messages_of_offline_sessions() {
         "the store no longer holds the reclaimed message"
     );
 }
+
+/// A store whose writes of queued messages fail once `failing` is set, as a
+/// full or broken disk would make them.
+struct FailingStore {
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl starling_broker::store::Store for FailingStore {
+    fn apply(
+        &mut self,
+        ops: &[starling_broker::store::Op],
+        _durable: bool,
+    ) -> Result<(), starling_broker::store::StoreError> {
+        let message = ops
+            .iter()
+            .any(|op| matches!(op, starling_broker::store::Op::Message(..)));
+        if message && self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(starling_broker::store::StoreError {
+                path: "test".into(),
+                message: "no space left on device".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), starling_broker::store::StoreError> {
+        Ok(())
+    }
+
+    fn load(
+        &mut self,
+    ) -> Result<starling_broker::store::Loaded, starling_broker::store::StoreError> {
+        Ok(Default::default())
+    }
+}
+
+#[tokio::test]
+async fn a_failed_store_write_withholds_the_acknowledgement() {
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut cfg = config(&data_dir("failing"), Durability::Always);
+    cfg.listen = vec!["mqtt://127.0.0.1:0".into()];
+    cfg.sys_interval = 0;
+    let auth = std::sync::Arc::new(starling_broker::auth::FileAuthenticator {
+        allow_anonymous: true,
+        passwords: None,
+    });
+    let store = FailingStore {
+        failing: failing.clone(),
+    };
+    let broker = starling_broker::Broker::bind_with_store(cfg, auth, None, Some(Box::new(store)))
+        .await
+        .expect("broker binds");
+    let b = TestBroker::run(broker);
+    let (mut sub, _) = Raw::connect(b.addr, persistent(V::V5, "offline")).await;
+    sub.subscribe("f/#", QoS::AtLeastOnce).await;
+    sub.send(Packet::Disconnect(Disconnect::default())).await;
+    sub.closed().await;
+
+    // While the store works, the message is acknowledged.
+    let mut publ = Raw::client(b.addr, V::V5, "pub5").await;
+    publ.publish("f/ok", b"kept", QoS::AtLeastOnce, 1).await;
+    drop(publ);
+
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    for (v, id) in [(V::V5, "pub5"), (V::V3_1_1, "pub3")] {
+        let mut publ = Raw::client(b.addr, v, id).await;
+        let mut p = Publish::new("f/lost", Bytes::from_static(b"x"));
+        p.qos = QoS::AtLeastOnce;
+        p.packet_id = 7;
+        publ.send(Packet::Publish(p)).await;
+        let rest = publ.closed().await;
+        assert!(
+            !rest.iter().any(|p| matches!(p, Packet::PubAck(_))),
+            "{v:?}: no PUBACK for a message the store did not keep: {rest:?}"
+        );
+        if v == V::V5 {
+            match rest.as_slice() {
+                [Packet::Disconnect(d)] => {
+                    assert_eq!(d.reason_code.0, 0x80, "{d:?}");
+                }
+                other => panic!("expected DISCONNECT 0x80, got {other:?}"),
+            }
+        }
+    }
+
+    // Once the store recovers, the client's resend is acknowledged.
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut publ = Raw::client(b.addr, V::V3_1_1, "pub3").await;
+    publ.publish("f/lost", b"x", QoS::AtLeastOnce, 7).await;
+    b.stop().await;
+}

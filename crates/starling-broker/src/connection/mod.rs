@@ -61,6 +61,10 @@ pub(crate) enum Close {
     TakenOver,
     /// The broker is shutting down.
     Shutdown,
+    /// The store could not write a message that the client is waiting to
+    /// have acknowledged: the acknowledgement is withheld, so the client
+    /// sends the message again on its next connection (DISCONNECT 0x80).
+    StoreFailed,
     /// Not a close: the connection is idle and may park (see [`crate::hibernate`]).
     Hibernate,
 }
@@ -73,6 +77,16 @@ impl Close {
             Close::Protocol(code, _) => Some(*code),
             Close::TakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),
             Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+            Close::StoreFailed => Some(ReasonCode::UNSPECIFIED_ERROR),
+            _ => None,
+        }
+    }
+
+    /// The reason string sent with the DISCONNECT, if any.
+    fn reason_string(&self) -> Option<&str> {
+        match self {
+            Close::Protocol(_, why) => Some(why),
+            Close::StoreFailed => Some("the broker could not store the message"),
             _ => None,
         }
     }
@@ -102,11 +116,20 @@ fn apply_out_alias(
     }
 }
 
-/// Completes when the first pending acknowledgement may be sent.
-async fn first_ack(pending: &mut VecDeque<(Option<oneshot::Receiver<()>>, Packet)>) {
-    if let Some((Some(rx), _)) = pending.front_mut() {
-        let _ = rx.await;
+/// Completes when the store has written what the first pending
+/// acknowledgement acknowledges: `false` when it could not.
+async fn first_ack(pending: &mut VecDeque<(Option<oneshot::Receiver<()>>, Packet)>) -> bool {
+    let Some((wait, _)) = pending.front_mut() else {
+        return true;
+    };
+    let Some(rx) = wait.as_mut() else {
+        return true;
+    };
+    let written = rx.await.is_ok();
+    if written {
+        *wait = None;
     }
+    written
 }
 
 /// The client side of an attached connection. Kept small: a parked
@@ -462,17 +485,25 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     }
 
     /// Writes the acknowledgements at the front whose store writes are done.
-    fn release_acks(&mut self, version: ProtocolVersion) {
+    /// A failed write ends the connection without its acknowledgement, or any
+    /// after it: the client keeps those messages and sends them again.
+    fn release_acks(&mut self, version: ProtocolVersion) -> Result<(), Close> {
         while let Some((wait, _)) = self.pending_acks.front_mut() {
             if let Some(rx) = wait {
-                if rx.try_recv().is_err() && !rx.is_terminated() {
-                    break;
+                match rx.try_recv() {
+                    Ok(()) => {}
+                    Err(oneshot::error::TryRecvError::Empty) => break,
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        self.pending_acks.clear();
+                        return Err(Close::StoreFailed);
+                    }
                 }
             }
             if let Some((_, packet)) = self.pending_acks.pop_front() {
                 self.send(&packet, version);
             }
         }
+        Ok(())
     }
 
     /// Reads one more chunk into the read buffer. `Ok(false)` on end of stream.
@@ -605,8 +636,16 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                         self.rbuf = BytesMut::new();
                     }
                 }
-                _ = first_ack(&mut self.pending_acks), if !self.pending_acks.is_empty() => {
-                    self.release_acks(client.version);
+                written = first_ack(&mut self.pending_acks), if !self.pending_acks.is_empty() => {
+                    let released = if written {
+                        self.release_acks(client.version)
+                    } else {
+                        Err(Close::StoreFailed)
+                    };
+                    if let Err(close) = released {
+                        self.pending_acks.clear();
+                        return close;
+                    }
                 }
                 _ = &mut notified => last_active = Instant::now(),
                 _ = &mut timer, if armed.is_some() => {
@@ -760,8 +799,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 let mut disconnect = Disconnect::new(code);
                 // A reason string says which rule was broken, unless it would
                 // push the packet over the client's maximum ([MQTT-3.1.2-25]).
-                if let Close::Protocol(_, why) = &close {
-                    disconnect.properties.reason_string = Some(why.as_str().into());
+                if let Some(why) = close.reason_string() {
+                    disconnect.properties.reason_string = Some(why.into());
                     let fits = Packet::Disconnect(disconnect.clone())
                         .encoded_len(version)
                         .is_ok_and(|n| client.fits(n));

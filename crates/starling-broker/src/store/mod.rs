@@ -164,8 +164,11 @@ impl Persistence {
                             Err(_) => break,
                         }
                     }
+                    // A failed write completes nobody's wait: the receivers
+                    // see the channel closed, and withhold their acknowledgement.
                     if let Err(e) = store.apply(&ops, durable || sync) {
                         tracing::error!("{e}");
+                        waiters.clear();
                     }
                     if durability == Durability::Periodic && last_sync.elapsed() >= interval {
                         if let Err(e) = store.sync() {
@@ -208,7 +211,8 @@ impl Persistence {
     }
 
     /// Submits changes; the receiver completes once they are durable (with
-    /// `durability = always`) or written (otherwise).
+    /// `durability = always`) or written (otherwise). It fails (the sender is
+    /// dropped) when the store could not write them.
     pub fn submit_and_wait(&self, ops: Vec<Op>) -> oneshot::Receiver<()> {
         let (done, rx) = oneshot::channel();
         let _ = self.tx.send(Request {
