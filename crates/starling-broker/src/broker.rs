@@ -51,6 +51,9 @@ pub struct BrokerState {
     pub(crate) reactor: std::sync::OnceLock<Arc<crate::hibernate::Reactor>>,
     /// Queue bounds, from the configuration, shared by every session.
     limits: Arc<QueueLimits>,
+    /// Whether a listener has an ACL file of its own (read once, not per
+    /// message: the listeners do not change while the broker runs).
+    listener_acls: bool,
     /// The store's writer, unless `durability = "none"`.
     pub store: Option<Persistence>,
 }
@@ -117,6 +120,7 @@ impl BrokerState {
             next_conn_id: AtomicU64::new(1),
             started: Instant::now(),
             reactor: std::sync::OnceLock::new(),
+            listener_acls: config.listener.iter().any(|l| l.acl_file.is_some()),
             limits: Arc::new(QueueLimits {
                 max_messages: config.max_queued_messages,
                 max_bytes: config.max_queued_bytes,
@@ -239,7 +243,7 @@ impl BrokerState {
         // One copy per session: the highest granted QoS and every subscription id.
         targets.sort_by_key(|t| Arc::as_ptr(&t.0) as usize);
         let acl = self.acl.read().clone();
-        let check_acl = acl.is_some() || self.config.listener.iter().any(|l| l.acl_file.is_some());
+        let check_acl = acl.is_some() || self.listener_acls;
         let mut offered = 0;
         let mut i = 0;
         while i < targets.len() {
