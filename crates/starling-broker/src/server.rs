@@ -1006,7 +1006,7 @@ async fn quic_connection(incoming: quinn::Incoming, info: &Arc<ListenerInfo>, sh
         let active = active.clone();
         let conn = conn.clone();
         tokio::spawn(async move {
-            let io = transport::quic::QuicIo::new(send, recv);
+            let io = starling_io::quic::QuicIo::new(conn.clone(), send, recv);
             shared.serve(ctx, io, peer, over).await;
             drop(permits);
             if active.fetch_sub(1, Ordering::SeqCst) == 1 {

@@ -386,26 +386,7 @@ impl<T> MqttState<T> {
     ) -> Result<Option<Event<T>>, StateError> {
         match packet {
             Packet::Publish(p) => self.handle_publish(p, out),
-            Packet::PubAck(ack) => match self.pending.remove(&ack.packet_id) {
-                Some(Pending::Publish {
-                    stage: PublishStage::AwaitPubAck,
-                    token,
-                    ..
-                }) => {
-                    self.inflight_publishes -= 1;
-                    Ok(Some(Event::PublishDone {
-                        token,
-                        reason: ack.reason_code,
-                    }))
-                }
-                other => {
-                    self.put_back(ack.packet_id, other);
-                    Err(StateError::UnknownPacketId {
-                        packet: "PUBACK",
-                        packet_id: ack.packet_id,
-                    })
-                }
-            },
+            Packet::PubAck(ack) => self.finish_publish(&ack, PublishStage::AwaitPubAck, "PUBACK"),
             Packet::PubRec(ack) => {
                 let id = ack.packet_id;
                 match self.pending.get_mut(&id) {
@@ -450,26 +431,9 @@ impl<T> MqttState<T> {
                     }
                 }
             }
-            Packet::PubComp(ack) => match self.pending.remove(&ack.packet_id) {
-                Some(Pending::Publish {
-                    stage: PublishStage::AwaitPubComp,
-                    token,
-                    ..
-                }) => {
-                    self.inflight_publishes -= 1;
-                    Ok(Some(Event::PublishDone {
-                        token,
-                        reason: ack.reason_code,
-                    }))
-                }
-                other => {
-                    self.put_back(ack.packet_id, other);
-                    Err(StateError::UnknownPacketId {
-                        packet: "PUBCOMP",
-                        packet_id: ack.packet_id,
-                    })
-                }
-            },
+            Packet::PubComp(ack) => {
+                self.finish_publish(&ack, PublishStage::AwaitPubComp, "PUBCOMP")
+            }
             Packet::PubRel(ack) => {
                 let id = ack.packet_id;
                 let mut comp = Ack::new(id);
@@ -527,6 +491,35 @@ impl<T> MqttState<T> {
             Packet::Unsubscribe(_) => Err(StateError::UnexpectedPacket("UNSUBSCRIBE")),
             Packet::PingReq => Err(StateError::UnexpectedPacket("PINGREQ")),
             Packet::Auth(_) => Err(StateError::UnexpectedPacket("AUTH")),
+        }
+    }
+
+    /// Ends the outgoing publish that `ack` (a PUBACK or PUBCOMP, named
+    /// `packet`) completes, if it was waiting at `stage`; an acknowledgement
+    /// for anything else is an unknown packet id.
+    fn finish_publish(
+        &mut self,
+        ack: &Ack,
+        stage: PublishStage,
+        packet: &'static str,
+    ) -> Result<Option<Event<T>>, StateError> {
+        match self.pending.remove(&ack.packet_id) {
+            Some(Pending::Publish {
+                stage: at, token, ..
+            }) if at == stage => {
+                self.inflight_publishes -= 1;
+                Ok(Some(Event::PublishDone {
+                    token,
+                    reason: ack.reason_code,
+                }))
+            }
+            other => {
+                self.put_back(ack.packet_id, other);
+                Err(StateError::UnknownPacketId {
+                    packet,
+                    packet_id: ack.packet_id,
+                })
+            }
         }
     }
 

@@ -1,22 +1,17 @@
 //! Transports: TCP, TLS, WebSocket, WebSocket over TLS and QUIC, all seen by
 //! the driver as one byte stream ([`BoxIo`]).
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
-use futures_util::{Sink, Stream};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use starling_io::ws::WsIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, http::HeaderValue};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};
 
 use crate::error::ConnectError;
 use crate::options::{ClientTlsConfig, ConnectOptions, TransportKind};
@@ -216,73 +211,5 @@ where
         .await
         .map_err(|e| ConnectError::WebSocket(format!("handshake with {url}: {e}")))?;
     tracing::debug!(%url, "WebSocket handshake done");
-    Ok(WsIo {
-        inner: ws,
-        read: Bytes::new(),
-    })
-}
-
-/// A WebSocket carrying MQTT as binary messages, seen as a byte stream. Each
-/// write becomes one binary message; pings are answered by tungstenite.
-pub(crate) struct WsIo<S> {
-    inner: WebSocketStream<S>,
-    read: Bytes,
-}
-
-fn ws_err(e: tungstenite::Error) -> io::Error {
-    match e {
-        tungstenite::Error::Io(e) => e,
-        other => io::Error::other(other),
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            if !self.read.is_empty() {
-                let n = self.read.len().min(buf.remaining());
-                buf.put_slice(&self.read[..n]);
-                self.read.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
-                Some(Ok(tungstenite::Message::Binary(data))) => self.read = data,
-                Some(Ok(tungstenite::Message::Close(_))) | None => return Poll::Ready(Ok(())),
-                Some(Ok(tungstenite::Message::Text(_))) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "[MQTT-6.0.0-1] text WebSocket frame",
-                    )))
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Poll::Ready(Err(ws_err(e))),
-            }
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        ready!(Pin::new(&mut self.inner).poll_ready(cx)).map_err(ws_err)?;
-        Pin::new(&mut self.inner)
-            .start_send(tungstenite::Message::Binary(Bytes::copy_from_slice(buf)))
-            .map_err(ws_err)?;
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx).map_err(ws_err)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_close(cx).map_err(ws_err)
-    }
+    Ok(WsIo::new(ws))
 }

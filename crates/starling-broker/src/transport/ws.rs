@@ -6,23 +6,23 @@
 //!   closed cleanly, whether or not it asked for an upgrade.
 //! - The subprotocols `mqtt` and `mqttv3.1` are negotiated: the first one the
 //!   client offers is returned. A client offering none is accepted as well.
-//! - [`WsIo`] turns the WebSocket into a byte stream: binary messages are
-//!   concatenated, so a packet may span frames and a frame may carry several
-//!   packets. Each write is one binary message. A text message closes the
-//!   connection ([MQTT-6.0.0-1]).
+//! - [`WsIo`] (from `starling-io`, shared with the client) turns the
+//!   WebSocket into a byte stream: binary messages are concatenated, so a
+//!   packet may span frames and a frame may carry several packets. Each write
+//!   is one binary message. A text message closes the connection
+//!   ([MQTT-6.0.0-1]). Writes are sent on flush; wrap it in
+//!   [`super::Flushing`] for the connection loop.
 
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{Sink, Stream};
+pub(crate) use starling_io::ws::WsIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::WebSocketStream;
 
 /// The path served when a listener names none.
 pub(crate) const DEFAULT_PATH: &str = "/mqtt";
@@ -88,10 +88,7 @@ where
     let ws = tokio_tungstenite::accept_hdr_async_with_config(rewind, negotiate, Some(config))
         .await
         .map_err(|e| WsError::Handshake(e.to_string()))?;
-    Ok(WsIo {
-        inner: ws,
-        read: Bytes::new(),
-    })
+    Ok(WsIo::new(ws))
 }
 
 /// Returns the first subprotocol the client offers that MQTT uses.
@@ -173,82 +170,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// A WebSocket carrying MQTT in binary messages, seen as a byte stream.
-///
-/// Writes are sent on flush; wrap it in [`super::Flushing`] for the connection loop.
-pub(crate) struct WsIo<S> {
-    inner: WebSocketStream<S>,
-    read: Bytes,
-}
-
-fn ws_err(e: tungstenite::Error) -> io::Error {
-    match e {
-        tungstenite::Error::Io(e) => e,
-        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
-            io::ErrorKind::BrokenPipe.into()
-        }
-        other => io::Error::other(other),
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            if !self.read.is_empty() {
-                let n = self.read.len().min(buf.remaining());
-                buf.put_slice(&self.read[..n]);
-                self.read.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
-                Some(Ok(Message::Binary(data))) => self.read = data,
-                Some(Ok(Message::Close(_))) | None => return Poll::Ready(Ok(())),
-                Some(Ok(Message::Text(_))) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "[MQTT-6.0.0-1] text WebSocket message",
-                    )))
-                }
-                // Pings are answered by tungstenite; pongs need nothing.
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Poll::Ready(Err(ws_err(e))),
-            }
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        ready!(Pin::new(&mut self.inner).poll_ready(cx)).map_err(ws_err)?;
-        Pin::new(&mut self.inner)
-            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
-            .map_err(ws_err)?;
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx).map_err(ws_err)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match ready!(Pin::new(&mut self.inner).poll_close(cx)) {
-            Ok(()) => Poll::Ready(Ok(())),
-            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                Poll::Ready(Ok(()))
-            }
-            Err(e) => Poll::Ready(Err(ws_err(e))),
-        }
     }
 }
 

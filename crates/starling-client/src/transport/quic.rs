@@ -4,7 +4,7 @@
 //! - TLS 1.3 with ALPN `mqtt`; CA file, client certificate, `insecure` and
 //!   server name as for `mqtts://` (see [`super::tls_config_with`]).
 //! - Each connection attempt has its own QUIC connection (and UDP socket) with
-//!   one bidirectional stream; [`QuicIo`] joins the stream's two halves into
+//!   one bidirectional stream; `QuicIo` (from `starling-io`) joins the stream's two halves into
 //!   the byte stream the driver reads and writes, and keeps the connection
 //!   alive as long as it lives.
 //! - A host name that resolves to several addresses is tried on all of them at
@@ -13,17 +13,14 @@
 //!   succeeds wins; an answer from a server that refuses (a certificate error,
 //!   say) ends the attempt at once.
 
-use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use quinn::crypto::rustls::QuicClientConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use starling_io::quic::QuicIo;
 
 use crate::error::ConnectError;
 use crate::options::ConnectOptions;
@@ -90,13 +87,7 @@ pub(crate) async fn connect(opts: &ConnectOptions) -> Result<QuicIo, ConnectErro
         .open_bi()
         .await
         .map_err(|e| ConnectError::Quic(format!("opening a stream to {remote}: {e}")))?;
-    Ok(QuicIo {
-        send,
-        recv,
-        stopped: None,
-        conn,
-        _endpoint: endpoint,
-    })
+    Ok(QuicIo::new(conn, send, recv).owning(endpoint))
 }
 
 /// Why one address failed; `decisive` when a server answered, so other
@@ -158,77 +149,4 @@ fn handshake_failure(addr: SocketAddr, e: quinn::ConnectionError) -> Failure {
         ),
     };
     Failure { decisive, error }
-}
-
-type Stopped = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
-
-/// One bidirectional QUIC stream as a byte stream; owns its connection and
-/// endpoint, which close when it is dropped. Shutting it down finishes the send
-/// side and waits until the server has read everything (or stopped reading),
-/// so a final DISCONNECT is not lost to the close that follows.
-pub(crate) struct QuicIo {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    stopped: Option<Stopped>,
-    conn: quinn::Connection,
-    _endpoint: quinn::Endpoint,
-}
-
-impl QuicIo {
-    /// `e`, told with why the connection closed when it did: a stream error
-    /// alone says only "connection lost", the connection knows it was a TLS
-    /// alert, an idle timeout, or the server closing it.
-    fn explain<T>(&self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        match poll {
-            Poll::Ready(Err(e)) => Poll::Ready(Err(match self.conn.close_reason() {
-                Some(reason) => io::Error::new(e.kind(), format!("QUIC connection lost: {reason}")),
-                None => e,
-            })),
-            other => other,
-        }
-    }
-}
-
-impl AsyncRead for QuicIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let poll = AsyncRead::poll_read(Pin::new(&mut self.recv), cx, buf);
-        self.explain(poll)
-    }
-}
-
-impl AsyncWrite for QuicIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf);
-        self.explain(poll)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = AsyncWrite::poll_flush(Pin::new(&mut self.send), cx);
-        self.explain(poll)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.stopped.is_none() {
-            // Already finished or reset: nothing left to wait for.
-            if self.send.finish().is_err() {
-                return Poll::Ready(Ok(()));
-            }
-            let stopped = self.send.stopped();
-            self.stopped = Some(Box::pin(async move {
-                let _ = stopped.await;
-            }));
-        }
-        if let Some(stopped) = self.stopped.as_mut() {
-            ready!(stopped.as_mut().poll(cx));
-        }
-        Poll::Ready(Ok(()))
-    }
 }

@@ -20,7 +20,6 @@ mod subs;
 mod worker;
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,9 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use starling_client::{
-    parse_version, ClientTlsConfig, ConnectOptions, ProtocolVersion, QoS, TransportKind,
-};
+use starling_client::{ConnectOptions, QoS};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -59,22 +56,10 @@ enum Scenario {
     Subs(subs::SubsBench),
 }
 
-/// Connection and run flags shared by every scenario.
+/// Connection and run flags shared by every scenario. Only `mqtt://` (plain
+/// TCP) uses the load generator's raw fast path.
 #[derive(clap::Args, Debug, Clone)]
 struct NetArgs {
-    /// Host to connect to.
-    #[arg(short = 'h', long = "host", default_value = "localhost")]
-    host: String,
-    /// Port to connect to (1883, or 8883 with TLS).
-    #[arg(short = 'p', long = "port")]
-    port: Option<u16>,
-    /// Connect to this URL instead: mqtt://, mqtts://, ws://host:port/mqtt, wss://.
-    /// Only mqtt:// uses the raw fast path.
-    #[arg(short = 'L', long = "url")]
-    url: Option<String>,
-    /// Protocol version: 31, 311 or 5. Default 311.
-    #[arg(short = 'V', long = "protocol-version")]
-    version: Option<String>,
     /// User name.
     #[arg(short = 'u', long = "username")]
     username: Option<String>,
@@ -84,18 +69,8 @@ struct NetArgs {
     /// Keep alive in seconds (0 disables it).
     #[arg(short = 'k', long = "keepalive", default_value_t = 300)]
     keepalive: u16,
-    /// CA certificates (PEM) to verify the server with; enables TLS.
-    #[arg(long = "cafile")]
-    cafile: Option<PathBuf>,
-    /// Client certificate (PEM); enables TLS.
-    #[arg(long = "cert")]
-    cert: Option<PathBuf>,
-    /// Client private key (PEM).
-    #[arg(long = "key")]
-    key: Option<PathBuf>,
-    /// Do not verify the server's certificate or name; enables TLS.
-    #[arg(long = "insecure")]
-    insecure: bool,
+    #[command(flatten)]
+    server: super::ServerArgs,
     /// Seconds to wait for each connection's CONNACK.
     #[arg(long = "connect-timeout", default_value_t = 30)]
     connect_timeout: u64,
@@ -132,27 +107,7 @@ struct NetArgs {
 
 impl NetArgs {
     fn options(&self) -> anyhow::Result<ConnectOptions> {
-        let tls_flags =
-            self.cafile.is_some() || self.cert.is_some() || self.key.is_some() || self.insecure;
-        let mut o = match &self.url {
-            Some(url) => {
-                let mut o = ConnectOptions::from_url(url)?;
-                if !url.contains("version=") {
-                    o.version = ProtocolVersion::V3_1_1;
-                }
-                o
-            }
-            None => {
-                let port = self.port.unwrap_or(if tls_flags { 8883 } else { 1883 });
-                let mut o = ConnectOptions::new(self.host.clone(), port);
-                o.version = ProtocolVersion::V3_1_1;
-                o
-            }
-        };
-        if let Some(v) = &self.version {
-            o.version = parse_version(v)
-                .with_context(|| format!("unknown protocol version {v:?} (use 31, 311 or 5)"))?;
-        }
+        let mut o = super::base_options(&self.server)?;
         if let Some(u) = &self.username {
             o.username = Some(u.clone());
         }
@@ -167,20 +122,6 @@ impl NetArgs {
         o.connect_timeout = Duration::from_secs(self.connect_timeout.max(1));
         o.message_capacity = 1024;
         o.request_capacity = 256;
-        if tls_flags {
-            o.transport = match o.transport {
-                TransportKind::Tcp => TransportKind::Tls,
-                TransportKind::Ws => TransportKind::Wss,
-                other => other,
-            };
-            o.tls = ClientTlsConfig {
-                ca_file: self.cafile.clone(),
-                client_cert: self.cert.clone(),
-                client_key: self.key.clone(),
-                insecure: self.insecure,
-                server_name: None,
-            };
-        }
         Ok(o)
     }
 
@@ -611,6 +552,39 @@ impl Harness {
         }
     }
 
+    /// Holds the connections that `holders` serve for `secs` seconds (until
+    /// interrupted when `None`), then stops them and waits for them to close.
+    /// Returns how long they were held, in seconds.
+    async fn hold<T: Send + 'static>(
+        &mut self,
+        secs: Option<f64>,
+        holders: Vec<Option<tokio::task::JoinHandle<T>>>,
+    ) -> f64 {
+        let hold_start = Instant::now();
+        let mut all = self.stops.all.clone();
+        let hold = async {
+            match secs {
+                Some(s) => tokio::time::sleep(Duration::from_secs_f64(s.max(0.0))).await,
+                None => std::future::pending().await,
+            }
+        };
+        if !self.interrupted() {
+            tokio::select! {
+                _ = hold => {}
+                _ = all.changed() => {}
+            }
+        }
+        let held = hold_start.elapsed().as_secs_f64();
+        let mut set = JoinSet::new();
+        for handle in holders.into_iter().flatten() {
+            set.spawn(async move {
+                let _ = handle.await;
+            });
+        }
+        self.finish(&mut [&mut set]).await;
+        held
+    }
+
     /// Stops everything and waits (boundedly) for the workers to close.
     async fn finish(&mut self, sets: &mut [&mut JoinSet<()>]) {
         let _ = self.stop_pub.send(true);
@@ -639,28 +613,7 @@ async fn conn_main(a: ConnBench) -> anyhow::Result<Summary> {
         })
         .await;
     let connected = holders.iter().flatten().count() as u64;
-    let hold_start = Instant::now();
-    let mut all = h.stops.all.clone();
-    let hold = async {
-        match a.hold {
-            Some(s) => tokio::time::sleep(Duration::from_secs_f64(s.max(0.0))).await,
-            None => std::future::pending().await,
-        }
-    };
-    if !h.interrupted() {
-        tokio::select! {
-            _ = hold => {}
-            _ = all.changed() => {}
-        }
-    }
-    let held = hold_start.elapsed().as_secs_f64();
-    let mut set = JoinSet::new();
-    for handle in holders.into_iter().flatten() {
-        set.spawn(async move {
-            let _ = handle.await;
-        });
-    }
-    h.finish(&mut [&mut set]).await;
+    let held = h.hold(a.hold, holders).await;
     Ok(Summary {
         connections: a.count as u64,
         connected,

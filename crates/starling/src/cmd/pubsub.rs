@@ -10,10 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use starling_client::{
-    parse_version, Client, ClientTlsConfig, ConnectOptions, LastWill, Message, ProtocolVersion,
-    QoS, SubscriptionOptions, TransportKind,
-};
+use starling_client::{Client, ConnectOptions, LastWill, Message, QoS, SubscriptionOptions};
 
 /// The exit code of `sub` when `-W` expires, as `mosquitto_sub` uses.
 pub const EXIT_TIMEOUT: u8 = 27;
@@ -21,15 +18,6 @@ pub const EXIT_TIMEOUT: u8 = 27;
 /// Connection flags shared by `pub` and `sub`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConnArgs {
-    /// Host to connect to.
-    #[arg(short = 'h', long = "host", default_value = "localhost")]
-    host: String,
-    /// Port to connect to (1883, or 8883 with TLS).
-    #[arg(short = 'p', long = "port")]
-    port: Option<u16>,
-    /// Connect to this URL instead: mqtt://, mqtts://, ws://host:port/mqtt, wss://, quic://.
-    #[arg(short = 'L', long = "url")]
-    url: Option<String>,
     /// Client id; by default one is made up from the process id.
     #[arg(short = 'i', long = "id")]
     id: Option<String>,
@@ -48,9 +36,6 @@ pub struct ConnArgs {
     /// Keep alive in seconds (0 disables it).
     #[arg(short = 'k', long = "keepalive", default_value_t = 60)]
     keepalive: u16,
-    /// Protocol version: 31, 311 or 5 (also mqttv31, mqttv311, mqttv5). Default 311.
-    #[arg(short = 'V', long = "protocol-version")]
-    version: Option<String>,
     /// Topic of the will.
     #[arg(long = "will-topic")]
     will_topic: Option<String>,
@@ -63,18 +48,8 @@ pub struct ConnArgs {
     /// Retain the will.
     #[arg(long = "will-retain")]
     will_retain: bool,
-    /// CA certificates (PEM) to verify the server with; enables TLS.
-    #[arg(long = "cafile")]
-    cafile: Option<PathBuf>,
-    /// Client certificate (PEM); enables TLS.
-    #[arg(long = "cert")]
-    cert: Option<PathBuf>,
-    /// Client private key (PEM).
-    #[arg(long = "key")]
-    key: Option<PathBuf>,
-    /// Do not verify the server's certificate or name; enables TLS.
-    #[arg(long = "insecure")]
-    insecure: bool,
+    #[command(flatten)]
+    server: super::ServerArgs,
     /// Seconds to wait for the connection and CONNACK.
     #[arg(long = "connect-timeout", default_value_t = 30)]
     connect_timeout: u64,
@@ -88,29 +63,7 @@ pub struct ConnArgs {
 
 impl ConnArgs {
     fn options(&self, role: &str) -> anyhow::Result<ConnectOptions> {
-        let tls_flags = self.cafile.is_some() || self.cert.is_some() || self.insecure;
-        let mut o = match &self.url {
-            Some(url) => {
-                let mut o = ConnectOptions::from_url(url)?;
-                if !url.contains("version=") {
-                    o.version = ProtocolVersion::V3_1_1;
-                }
-                o
-            }
-            None => {
-                let port = self.port.unwrap_or(if tls_flags { 8883 } else { 1883 });
-                let mut o = ConnectOptions::new(self.host.clone(), port);
-                o.version = ProtocolVersion::V3_1_1;
-                if tls_flags {
-                    o.transport = TransportKind::Tls;
-                }
-                o
-            }
-        };
-        if let Some(v) = &self.version {
-            o.version = parse_version(v)
-                .with_context(|| format!("unknown protocol version {v:?} (use 31, 311 or 5)"))?;
-        }
+        let mut o = super::base_options(&self.server)?;
         match &self.id {
             Some(id) => o.client_id = id.clone(),
             None if o.client_id.is_empty() => {
@@ -143,20 +96,6 @@ impl ConnArgs {
             o.will = Some(will);
         } else if self.will_payload.is_some() || self.will_retain {
             bail!("--will-payload and --will-retain need --will-topic");
-        }
-        if tls_flags {
-            if o.transport == TransportKind::Tcp {
-                o.transport = TransportKind::Tls;
-            } else if o.transport == TransportKind::Ws {
-                o.transport = TransportKind::Wss;
-            }
-            o.tls = ClientTlsConfig {
-                ca_file: self.cafile.clone(),
-                client_cert: self.cert.clone(),
-                client_key: self.key.clone(),
-                insecure: self.insecure,
-                server_name: None,
-            };
         }
         Ok(o)
     }
@@ -486,7 +425,7 @@ fn json(m: &Message) -> String {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     let payload = match std::str::from_utf8(&m.payload) {
-        Ok(s) => format!("\"payload\":{}", json_string(s)),
+        Ok(s) => format!("\"payload\":{}", super::json_string(s)),
         Err(_) => {
             let hex: String = m.payload.iter().map(|b| format!("{b:02x}")).collect();
             format!("\"payload_hex\":\"{hex}\"")
@@ -494,29 +433,11 @@ fn json(m: &Message) -> String {
     };
     format!(
         "{{\"tst\":{tst:.3},\"topic\":{},\"qos\":{},\"retain\":{},\"payloadlen\":{},{payload}}}",
-        json_string(&m.topic),
+        super::json_string(&m.topic),
         m.qos as u8,
         m.retain,
         m.payload.len()
     )
-}
-
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]

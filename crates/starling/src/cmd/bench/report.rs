@@ -212,26 +212,6 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// CPU time (user + system) this process has used so far, from `/proc/self/stat`.
 pub fn cpu_time() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
@@ -389,13 +369,21 @@ impl Summary {
         let opt = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
         let mut s = String::with_capacity(1024);
         s.push('{');
-        let _ = write!(s, "\"scenario\":{},", json_string(self.scenario));
+        let _ = write!(
+            s,
+            "\"scenario\":{},",
+            crate::cmd::json_string(self.scenario)
+        );
         let _ = write!(
             s,
             "\"mode\":{},",
-            self.mode.map_or("null".to_owned(), json_string)
+            self.mode.map_or("null".to_owned(), crate::cmd::json_string)
         );
-        let _ = write!(s, "\"protocol_version\":{},", json_string(&self.version));
+        let _ = write!(
+            s,
+            "\"protocol_version\":{},",
+            crate::cmd::json_string(&self.version)
+        );
         let _ = write!(s, "\"qos\":{},", self.qos);
         let _ = write!(s, "\"payload_size\":{},", self.payload_size);
         let _ = write!(s, "\"publishers\":{},", self.publishers);
@@ -418,7 +406,7 @@ impl Summary {
             "\"first_error\":{},",
             self.first_error
                 .as_deref()
-                .map_or("null".to_owned(), json_string)
+                .map_or("null".to_owned(), crate::cmd::json_string)
         );
         let _ = write!(s, "\"send_rate\":{},", num(self.send_rate()));
         let _ = write!(s, "\"ack_rate\":{},", num(self.ack_rate()));
@@ -534,7 +522,7 @@ mod tests {
         assert_eq!(num(2.0), "2");
         assert_eq!(num(0.0), "0");
         assert_eq!(num(f64::NAN), "0");
-        assert_eq!(json_string("a\"b\n"), "\"a\\\"b\\n\"");
+        assert_eq!(crate::cmd::json_string("a\"b\n"), "\"a\\\"b\\n\"");
     }
 
     #[test]

@@ -21,11 +21,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use starling_codec::{ByteString, Packet, QoS, Subscribe, Subscription, SubscriptionOptions};
-use tokio::task::JoinSet;
 
 use super::net::Conn;
 use super::report::{ProgressKind, Summary};
@@ -165,28 +163,7 @@ pub async fn subs_main(a: SubsBench) -> anyhow::Result<Summary> {
             "subscribed: {granted} filters on {connected} connections in {connect_secs:.3} s"
         );
     }
-    let hold_start = Instant::now();
-    let mut all = h.stops.all.clone();
-    let hold = async {
-        match a.hold {
-            Some(s) => tokio::time::sleep(Duration::from_secs_f64(s.max(0.0))).await,
-            None => std::future::pending().await,
-        }
-    };
-    if !h.interrupted() {
-        tokio::select! {
-            _ = hold => {}
-            _ = all.changed() => {}
-        }
-    }
-    let held = hold_start.elapsed().as_secs_f64();
-    let mut set = JoinSet::new();
-    for handle in holders.into_iter().flatten() {
-        set.spawn(async move {
-            let _ = handle.await;
-        });
-    }
-    h.finish(&mut [&mut set]).await;
+    let held = h.hold(a.hold, holders).await;
     let mut s = h.summary("subs");
     s.sent = (a.count * a.per_client) as u64;
     s.acked = granted;
