@@ -1,6 +1,8 @@
 //! The client against a real Mosquitto broker, started on a free port per test.
 
 mod common;
+#[path = "support/scenarios.rs"]
+mod scenarios;
 #[path = "support/ws_bridge.rs"]
 mod ws_bridge;
 
@@ -8,13 +10,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::Mosquitto;
+use scenarios::recv;
 use starling_client::{
-    Client, ClientError, ConnectCode, ConnectError, ConnectOptions, ConnectReturnCode,
-    ConnectionStatus, LastWill, Message, Properties, ProtocolVersion, QoS, ReasonCode,
-    ReconnectOptions, SubscriptionOptions,
+    Client, ClientError, ConnectCode, ConnectError, ConnectOptions, ConnectReturnCode, LastWill,
+    Properties, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions,
 };
-
-const WAIT: Duration = Duration::from_secs(10);
 
 fn opts(m: &Mosquitto, version: ProtocolVersion, id: &str) -> ConnectOptions {
     let mut o = ConnectOptions::from_url(&m.url()).expect("url");
@@ -28,21 +28,6 @@ async fn connect(m: &Mosquitto, version: ProtocolVersion, id: &str) -> Client {
         .await
         .expect("connect")
         .0
-}
-
-async fn recv(c: &Client) -> Message {
-    tokio::time::timeout(WAIT, c.recv())
-        .await
-        .expect("timed out waiting for a message")
-        .expect("client closed")
-}
-
-async fn wait_status(c: &Client, f: impl FnMut(&ConnectionStatus) -> bool) {
-    let mut rx = c.status();
-    tokio::time::timeout(WAIT, rx.wait_for(f))
-        .await
-        .expect("timed out waiting for the status")
-        .expect("status channel closed");
 }
 
 const VERSIONS: [ProtocolVersion; 3] = [
@@ -242,29 +227,7 @@ async fn refusal_identifier_rejected() {
 
 async fn round_trip(v: ProtocolVersion, qos: QoS) {
     let m = Mosquitto::start();
-    let sub = connect(&m, v, &format!("sub-{v}-{qos:?}")).await;
-    let publ = connect(&m, v, &format!("pub-{v}-{qos:?}")).await;
-    let granted = sub.subscribe("rt/+", qos).await.unwrap();
-    assert_eq!(granted, ReasonCode(qos as u8), "{v} {qos:?}");
-    let code = publ.publish("rt/one", "hello", qos, false).await.unwrap();
-    assert!(!code.is_error());
-    let msg = recv(&sub).await;
-    assert_eq!(&*msg.topic, "rt/one");
-    assert_eq!(&msg.payload[..], b"hello");
-    assert_eq!(msg.qos, qos);
-    assert!(!msg.retain);
-    // Several in a row keep their order.
-    for i in 0..20 {
-        publ.publish("rt/seq", format!("{i}"), qos, false)
-            .await
-            .unwrap();
-    }
-    for i in 0..20 {
-        let msg = recv(&sub).await;
-        assert_eq!(msg.payload, Bytes::from(format!("{i}")));
-    }
-    publ.disconnect().await.unwrap();
-    sub.disconnect().await.unwrap();
+    scenarios::round_trip(&|v, id| opts(&m, v, id), v, qos).await;
 }
 
 #[tokio::test]
@@ -375,22 +338,7 @@ async fn invalid_topics_fail_locally() {
 #[tokio::test]
 async fn will_fires_on_abrupt_drop() {
     let m = Mosquitto::start();
-    for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
-        let watcher = connect(&m, v, &format!("will-watch-{v}")).await;
-        watcher.subscribe("will/#", QoS::AtLeastOnce).await.unwrap();
-        let mut o = opts(&m, v, &format!("will-owner-{v}"));
-        let mut will = LastWill::new(format!("will/{v}"), "owner died");
-        will.qos = QoS::AtLeastOnce;
-        o.will = Some(will);
-        let (owner, _) = Client::connect(o).await.unwrap();
-        owner.drop_connection().await.unwrap();
-        let msg = recv(&watcher).await;
-        assert_eq!(&*msg.topic, format!("will/{v}"));
-        assert_eq!(&msg.payload[..], b"owner died");
-        // The owner is closed (no reconnect configured).
-        assert!(owner.recv().await.is_none());
-        watcher.disconnect().await.unwrap();
-    }
+    scenarios::will_fires_on_abrupt_drop(&|v, id| opts(&m, v, id)).await;
 }
 
 #[tokio::test]
@@ -418,123 +366,26 @@ async fn will_not_sent_on_clean_disconnect() {
 #[tokio::test]
 async fn offline_messages_wait_in_a_persistent_session() {
     let m = Mosquitto::start();
-    for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
-        let id = format!("persist-{v}");
-        let mut o = opts(&m, v, &id);
-        o.clean_start = false;
-        o.session_expiry = Some(300);
-        let (c, _) = Client::connect(o.clone()).await.unwrap();
-        c.subscribe("persist/t", QoS::AtLeastOnce).await.unwrap();
-        c.disconnect().await.unwrap();
-        let publ = connect(&m, v, &format!("persist-pub-{v}")).await;
-        publ.publish("persist/t", "while away", QoS::AtLeastOnce, false)
-            .await
-            .unwrap();
-        let (c, ack) = Client::connect(o).await.unwrap();
-        assert!(ack.session_present);
-        let msg = recv(&c).await;
-        assert_eq!(&msg.payload[..], b"while away");
-        c.disconnect().await.unwrap();
-    }
-}
-
-fn reconnecting(o: &mut ConnectOptions) {
-    o.reconnect = Some(ReconnectOptions {
-        initial_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-        max_attempts: Some(50),
-    });
+    scenarios::offline_messages_wait_in_a_persistent_session(&|v, id| opts(&m, v, id)).await;
 }
 
 #[tokio::test]
 async fn reconnect_resumes_the_session() {
     let m = Mosquitto::start();
-    let mut o = opts(&m, ProtocolVersion::V5, "resume");
-    o.clean_start = false;
-    o.session_expiry = Some(300);
-    reconnecting(&mut o);
-    let (c, _) = Client::connect(o).await.unwrap();
-    c.subscribe("resume/t", QoS::AtLeastOnce).await.unwrap();
-    c.drop_connection().await.unwrap();
-    wait_status(&c, |s| {
-        matches!(
-            s,
-            ConnectionStatus::Connected {
-                connects: 2,
-                session_present: true
-            }
-        )
-    })
-    .await;
-    let publ = connect(&m, ProtocolVersion::V5, "resume-pub").await;
-    publ.publish("resume/t", "after", QoS::AtLeastOnce, false)
-        .await
-        .unwrap();
-    assert_eq!(&recv(&c).await.payload[..], b"after");
-    // Publishing through the reconnected client works too.
-    c.publish("resume/t", "own", QoS::ExactlyOnce, false)
-        .await
-        .unwrap();
-    assert_eq!(&recv(&c).await.payload[..], b"own");
-    c.disconnect().await.unwrap();
+    scenarios::reconnect_resumes_the_session(&|v, id| opts(&m, v, id), &[ProtocolVersion::V5])
+        .await;
 }
 
 #[tokio::test]
 async fn reconnect_without_session_resubscribes() {
     let m = Mosquitto::start();
-    let mut o = opts(&m, ProtocolVersion::V3_1_1, "resub");
-    reconnecting(&mut o);
-    let (c, _) = Client::connect(o).await.unwrap();
-    c.subscribe("resub/t", QoS::AtLeastOnce).await.unwrap();
-    c.drop_connection().await.unwrap();
-    wait_status(&c, |s| {
-        matches!(
-            s,
-            ConnectionStatus::Connected {
-                connects: 2,
-                session_present: false
-            }
-        )
-    })
-    .await;
-    // The restoring SUBSCRIBE is in flight; publish from a second client until it lands.
-    let publ = connect(&m, ProtocolVersion::V3_1_1, "resub-pub").await;
-    let got = tokio::time::timeout(WAIT, async {
-        loop {
-            publ.publish("resub/t", "again", QoS::AtLeastOnce, false)
-                .await
-                .unwrap();
-            if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(200), c.recv()).await
-            {
-                return msg;
-            }
-        }
-    })
-    .await
-    .expect("resubscribed");
-    assert_eq!(&got.payload[..], b"again");
-    c.disconnect().await.unwrap();
+    scenarios::reconnect_without_session_resubscribes(&|v, id| opts(&m, v, id)).await;
 }
 
 #[tokio::test]
 async fn slow_reader_loses_nothing() {
     let m = Mosquitto::start();
-    let mut o = opts(&m, ProtocolVersion::V5, "slow");
-    o.message_capacity = 4;
-    let (sub, _) = Client::connect(o).await.unwrap();
-    sub.subscribe("slow/t", QoS::AtLeastOnce).await.unwrap();
-    let publ = connect(&m, ProtocolVersion::V5, "slow-pub").await;
-    const N: usize = 300;
-    for i in 0..N {
-        publ.publish("slow/t", format!("{i}"), QoS::AtLeastOnce, false)
-            .await
-            .unwrap();
-    }
-    // Only now does the subscriber read: everything is there, in order.
-    for i in 0..N {
-        let msg = recv(&sub).await;
-        assert_eq!(msg.payload, Bytes::from(format!("{i}")));
-    }
+    scenarios::slow_reader_loses_nothing(&|v, id| opts(&m, v, id)).await;
 }
 
 #[tokio::test]

@@ -4,6 +4,9 @@
 //! servers refused, `insecure`, mutual TLS with the certificate identity as
 //! user name, keep alive and reconnection with a resumed session.
 
+#[path = "support/scenarios.rs"]
+mod scenarios;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,11 +20,11 @@ use starling_broker::config::ListenerConfig;
 use starling_broker::store::Durability;
 use starling_broker::{Broker, Config, ShutdownHandle};
 use starling_client::{
-    Client, ConnectError, ConnectOptions, ConnectionStatus, Message, ProtocolVersion as V, QoS,
-    ReasonCode, ReconnectOptions, TransportKind,
+    Client, ConnectError, ConnectOptions, ConnectionStatus, ProtocolVersion as V, QoS, ReasonCode,
+    TransportKind,
 };
 
-const WAIT: Duration = Duration::from_secs(10);
+use scenarios::{recv, WAIT};
 
 /// A certificate authority that issues certificates into files.
 struct Ca {
@@ -167,21 +170,6 @@ impl Starling {
             .unwrap_or_else(|e| panic!("connect {id}: {e}"))
             .0
     }
-}
-
-async fn recv(c: &Client) -> Message {
-    tokio::time::timeout(WAIT, c.recv())
-        .await
-        .expect("timed out waiting for a message")
-        .expect("client closed")
-}
-
-async fn wait_status(c: &Client, f: impl FnMut(&ConnectionStatus) -> bool) {
-    let mut rx = c.status();
-    tokio::time::timeout(WAIT, rx.wait_for(f))
-        .await
-        .expect("timed out waiting for the status")
-        .expect("status channel closed");
 }
 
 /// Disconnects, and checks the DISCONNECT does not wait out the close timeout.
@@ -377,38 +365,6 @@ async fn keep_alive_holds_an_idle_connection() {
 #[tokio::test]
 async fn reconnect_resumes_the_session() {
     let b = Starling::start().await;
-    for v in [V::V3_1_1, V::V5] {
-        let mut o = b.opts(v, &format!("resume-{v}"));
-        o.clean_start = false;
-        o.session_expiry = Some(300);
-        o.reconnect = Some(ReconnectOptions {
-            initial_delay: Duration::from_millis(20),
-            max_delay: Duration::from_millis(200),
-            max_attempts: Some(50),
-        });
-        let (c, _) = Client::connect(o).await.unwrap();
-        c.subscribe("resume/t", QoS::AtLeastOnce).await.unwrap();
-        c.drop_connection().await.unwrap();
-        wait_status(&c, |s| {
-            matches!(
-                s,
-                ConnectionStatus::Connected {
-                    connects: 2,
-                    session_present: true
-                }
-            )
-        })
-        .await;
-        let publ = b.connect(v, &format!("resume-pub-{v}")).await;
-        publ.publish("resume/t", "after", QoS::AtLeastOnce, false)
-            .await
-            .unwrap();
-        assert_eq!(&recv(&c).await.payload[..], b"after");
-        c.publish("resume/t", "own", QoS::ExactlyOnce, false)
-            .await
-            .unwrap();
-        assert_eq!(&recv(&c).await.payload[..], b"own");
-        disconnect(c).await;
-        disconnect(publ).await;
-    }
+    let versions = [V::V3_1_1, V::V5];
+    scenarios::reconnect_resumes_the_session(&|v, id| b.opts(v, id), &versions).await;
 }

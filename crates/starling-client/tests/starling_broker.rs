@@ -6,6 +6,9 @@
 //! properties and other PUBLISH properties passed through, topic aliases,
 //! Receive Maximum and Maximum Packet Size.
 
+#[path = "support/scenarios.rs"]
+mod scenarios;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,12 +21,12 @@ use starling_broker::{Broker, Config, ShutdownHandle};
 use starling_client::{
     Client, ClientError, ConnectCode, ConnectError, ConnectOptions, ConnectReturnCode,
     ConnectionStatus, LastWill, Message, Properties, ProtocolVersion, QoS, ReasonCode,
-    ReconnectOptions, SubscriptionOptions,
+    SubscriptionOptions,
 };
 use starling_codec::{Connect, Decoder, Packet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const WAIT: Duration = Duration::from_secs(10);
+use scenarios::{recv, wait_status, WAIT};
 
 /// A broker running in this test's runtime; shut down on drop.
 struct Starling {
@@ -107,21 +110,6 @@ impl Starling {
             .unwrap_or_else(|e| panic!("connect {id}: {e}"))
             .0
     }
-}
-
-async fn recv(c: &Client) -> Message {
-    tokio::time::timeout(WAIT, c.recv())
-        .await
-        .expect("timed out waiting for a message")
-        .expect("client closed")
-}
-
-async fn wait_status(c: &Client, f: impl FnMut(&ConnectionStatus) -> bool) {
-    let mut rx = c.status();
-    tokio::time::timeout(WAIT, rx.wait_for(f))
-        .await
-        .expect("timed out waiting for the status")
-        .expect("status channel closed");
 }
 
 /// Publishes a marker on `topic` and returns every message that arrived before it.
@@ -410,37 +398,7 @@ async fn refusal_protocol_version_and_auth_method() {
 
 async fn round_trip(v: ProtocolVersion, qos: QoS) {
     let b = Starling::start().await;
-    let sub = b.connect(v, &format!("sub-{v}-{qos:?}")).await;
-    let publ = b.connect(v, &format!("pub-{v}-{qos:?}")).await;
-    let granted = sub.subscribe("rt/+", qos).await.unwrap();
-    assert_eq!(granted, ReasonCode(qos as u8), "{v} {qos:?}");
-    let code = publ.publish("rt/one", "hello", qos, false).await.unwrap();
-    assert!(!code.is_error());
-    let msg = recv(&sub).await;
-    assert_eq!(&*msg.topic, "rt/one");
-    assert_eq!(&msg.payload[..], b"hello");
-    assert_eq!(msg.qos, qos);
-    assert!(!msg.retain);
-    assert!(!msg.dup);
-    // Many in a row keep their order.
-    for i in 0..50 {
-        publ.publish("rt/seq", format!("{i}"), qos, false)
-            .await
-            .unwrap();
-    }
-    for i in 0..50 {
-        let msg = recv(&sub).await;
-        assert_eq!(msg.payload, Bytes::from(format!("{i}")));
-    }
-    // A subscription at a lower QoS downgrades the delivery.
-    let low = b.connect(v, &format!("low-{v}-{qos:?}")).await;
-    low.subscribe("rt/one", QoS::AtMostOnce).await.unwrap();
-    publ.publish("rt/one", "down", qos, false).await.unwrap();
-    let msg = recv(&low).await;
-    assert_eq!(msg.qos, QoS::AtMostOnce);
-    publ.disconnect().await.unwrap();
-    sub.disconnect().await.unwrap();
-    low.disconnect().await.unwrap();
+    scenarios::round_trip(&|v, id| b.opts(v, id), v, qos).await;
 }
 
 #[tokio::test]
@@ -517,57 +475,13 @@ async fn many_publishes_in_flight_at_once() {
 #[tokio::test]
 async fn slow_reader_loses_nothing() {
     let b = Starling::start().await;
-    let mut o = b.opts(ProtocolVersion::V5, "slow");
-    o.message_capacity = 4;
-    let (sub, _) = Client::connect(o).await.unwrap();
-    sub.subscribe("slow/t", QoS::AtLeastOnce).await.unwrap();
-    let publ = b.connect(ProtocolVersion::V5, "slow-pub").await;
-    const N: usize = 300;
-    for i in 0..N {
-        publ.publish("slow/t", format!("{i}"), QoS::AtLeastOnce, false)
-            .await
-            .unwrap();
-    }
-    for i in 0..N {
-        let msg = recv(&sub).await;
-        assert_eq!(msg.payload, Bytes::from(format!("{i}")));
-    }
+    scenarios::slow_reader_loses_nothing(&|v, id| b.opts(v, id)).await;
 }
 
 #[tokio::test]
 async fn will_fires_on_abrupt_drop() {
     let b = Starling::start().await;
-    for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
-        let watcher = b.connect(v, &format!("will-watch-{v}")).await;
-        watcher.subscribe("will/#", QoS::AtLeastOnce).await.unwrap();
-        let mut o = b.opts(v, &format!("will-owner-{v}"));
-        let mut will = LastWill::new(format!("will/{v}"), "owner died");
-        will.qos = QoS::AtLeastOnce;
-        if v.is_v5() {
-            will.properties.content_type = Some("text/plain".into());
-            will.properties.user_properties = vec![("why".into(), "test".into())];
-        }
-        o.will = Some(will);
-        let (owner, _) = Client::connect(o).await.unwrap();
-        owner.drop_connection().await.unwrap();
-        let msg = recv(&watcher).await;
-        assert_eq!(&*msg.topic, format!("will/{v}"));
-        assert_eq!(&msg.payload[..], b"owner died");
-        assert_eq!(msg.qos, QoS::AtLeastOnce);
-        if v.is_v5() {
-            assert_eq!(msg.properties.content_type.as_deref(), Some("text/plain"));
-            assert_eq!(
-                msg.properties
-                    .user_properties
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect::<Vec<_>>(),
-                [("why".to_string(), "test".to_string())]
-            );
-        }
-        assert!(owner.recv().await.is_none());
-        watcher.disconnect().await.unwrap();
-    }
+    scenarios::will_fires_on_abrupt_drop(&|v, id| b.opts(v, id)).await;
 }
 
 #[tokio::test]
@@ -612,106 +526,20 @@ async fn retained_will_and_clean_disconnect() {
 #[tokio::test]
 async fn offline_messages_wait_in_a_persistent_session() {
     let b = Starling::start().await;
-    for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
-        let id = format!("persist-{v}");
-        let mut o = b.opts(v, &id);
-        o.clean_start = false;
-        o.session_expiry = Some(300);
-        let (c, _) = Client::connect(o.clone()).await.unwrap();
-        c.subscribe("persist/t", QoS::AtLeastOnce).await.unwrap();
-        c.disconnect().await.unwrap();
-        let publ = b.connect(v, &format!("persist-pub-{v}")).await;
-        for i in 0..5 {
-            publ.publish("persist/t", format!("away {i}"), QoS::AtLeastOnce, false)
-                .await
-                .unwrap();
-        }
-        let (c, ack) = Client::connect(o).await.unwrap();
-        assert!(ack.session_present);
-        for i in 0..5 {
-            assert_eq!(recv(&c).await.payload, Bytes::from(format!("away {i}")));
-        }
-        c.disconnect().await.unwrap();
-    }
-}
-
-fn reconnecting(o: &mut ConnectOptions) {
-    o.reconnect = Some(ReconnectOptions {
-        initial_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-        max_attempts: Some(50),
-    });
+    scenarios::offline_messages_wait_in_a_persistent_session(&|v, id| b.opts(v, id)).await;
 }
 
 #[tokio::test]
 async fn reconnect_resumes_the_session() {
     let b = Starling::start().await;
-    for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
-        let mut o = b.opts(v, &format!("resume-{v}"));
-        o.clean_start = false;
-        o.session_expiry = Some(300);
-        reconnecting(&mut o);
-        let (c, _) = Client::connect(o).await.unwrap();
-        c.subscribe("resume/t", QoS::AtLeastOnce).await.unwrap();
-        c.drop_connection().await.unwrap();
-        wait_status(&c, |s| {
-            matches!(
-                s,
-                ConnectionStatus::Connected {
-                    connects: 2,
-                    session_present: true
-                }
-            )
-        })
-        .await;
-        let publ = b.connect(v, &format!("resume-pub-{v}")).await;
-        publ.publish("resume/t", "after", QoS::AtLeastOnce, false)
-            .await
-            .unwrap();
-        assert_eq!(&recv(&c).await.payload[..], b"after");
-        c.publish("resume/t", "own", QoS::ExactlyOnce, false)
-            .await
-            .unwrap();
-        assert_eq!(&recv(&c).await.payload[..], b"own");
-        c.disconnect().await.unwrap();
-        publ.disconnect().await.unwrap();
-    }
+    let versions = [ProtocolVersion::V3_1_1, ProtocolVersion::V5];
+    scenarios::reconnect_resumes_the_session(&|v, id| b.opts(v, id), &versions).await;
 }
 
 #[tokio::test]
 async fn reconnect_without_session_resubscribes() {
     let b = Starling::start().await;
-    let mut o = b.opts(ProtocolVersion::V3_1_1, "resub");
-    reconnecting(&mut o);
-    let (c, _) = Client::connect(o).await.unwrap();
-    c.subscribe("resub/t", QoS::AtLeastOnce).await.unwrap();
-    c.drop_connection().await.unwrap();
-    wait_status(&c, |s| {
-        matches!(
-            s,
-            ConnectionStatus::Connected {
-                connects: 2,
-                session_present: false
-            }
-        )
-    })
-    .await;
-    let publ = b.connect(ProtocolVersion::V3_1_1, "resub-pub").await;
-    let got = tokio::time::timeout(WAIT, async {
-        loop {
-            publ.publish("resub/t", "again", QoS::AtLeastOnce, false)
-                .await
-                .unwrap();
-            if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(100), c.recv()).await
-            {
-                return msg;
-            }
-        }
-    })
-    .await
-    .expect("resubscribed");
-    assert_eq!(&got.payload[..], b"again");
-    c.disconnect().await.unwrap();
+    scenarios::reconnect_without_session_resubscribes(&|v, id| b.opts(v, id)).await;
 }
 
 #[tokio::test]
