@@ -3,15 +3,15 @@
 #[path = "../../starling-client/tests/common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+#[path = "support/process.rs"]
+mod process;
+
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Mosquitto;
-
-fn starling() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_starling"))
-}
+use process::{starling, wait_with_limit};
 
 fn port_args(m: &Mosquitto) -> Vec<String> {
     vec![
@@ -30,33 +30,6 @@ fn run_with_limit(mut cmd: Command, limit: Duration) -> Output {
         .spawn()
         .expect("spawn starling");
     wait_with_limit(&mut child, limit)
-}
-
-fn wait_with_limit(child: &mut Child, limit: Duration) -> Output {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let mut stdout = Vec::new();
-            let mut stderr = Vec::new();
-            if let Some(mut s) = child.stdout.take() {
-                s.read_to_end(&mut stdout).unwrap();
-            }
-            if let Some(mut s) = child.stderr.take() {
-                s.read_to_end(&mut stderr).unwrap();
-            }
-            return Output {
-                status,
-                stdout,
-                stderr,
-            };
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("starling did not finish within {limit:?}");
-        }
-        // Poll interval while waiting for the process to exit.
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn publish(m: &Mosquitto, extra: &[&str]) {

@@ -1,11 +1,15 @@
 //! `starling pub` and `starling sub` against our own broker, started in-process
 //! on a free port (the Mosquitto versions are in `cli_pubsub.rs`).
 
-use std::io::{BufRead, BufReader, Read, Write};
+#[path = "support/process.rs"]
+mod process;
+
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use process::{starling, wait_with_limit};
 use starling_broker::auth::{hash_password, PasswordFile};
 use starling_broker::store::Durability;
 use starling_broker::{Broker, Config, ShutdownHandle};
@@ -65,37 +69,6 @@ impl Starling {
             "-p".into(),
             self.addr.port().to_string(),
         ]
-    }
-}
-
-fn starling() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_starling"))
-}
-
-fn wait_with_limit(child: &mut Child, limit: Duration) -> Output {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let mut stdout = Vec::new();
-            let mut stderr = Vec::new();
-            if let Some(mut s) = child.stdout.take() {
-                s.read_to_end(&mut stdout).unwrap();
-            }
-            if let Some(mut s) = child.stderr.take() {
-                s.read_to_end(&mut stderr).unwrap();
-            }
-            return Output {
-                status,
-                stdout,
-                stderr,
-            };
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("starling did not finish within {limit:?}");
-        }
-        // Poll interval while waiting for the process to exit.
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
