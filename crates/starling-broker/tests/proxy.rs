@@ -6,53 +6,14 @@
 mod common;
 mod transport_support;
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
 
 use starling_broker::config::ListenerConfig;
 use starling_broker::{Config, ListenerUrl};
 use starling_codec::{Connect, Packet, ProtocolVersion as V, ReasonCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use transport_support::{raw, Pki, Running};
-
-/// Everything logged by this test binary.
-fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        use tracing_subscriber::util::SubscriberInitExt;
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || Capture(sink.clone()))
-            .finish()
-            .try_init();
-        buf
-    })
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn log_lines(needle: &str) -> Vec<String> {
-    String::from_utf8_lossy(&logs().lock().unwrap())
-        .lines()
-        .filter(|l| l.contains(needle))
-        .map(str::to_string)
-        .collect()
-}
+use transport_support::{log_lines, logs, raw, Pki, Running};
 
 fn login(id: &str, password: &[u8]) -> Connect {
     let mut c = Connect::new(V::V5, id);

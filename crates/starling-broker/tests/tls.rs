@@ -10,9 +10,8 @@
 mod common;
 mod transport_support;
 
-use std::io::Write;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::WAIT;
@@ -22,36 +21,9 @@ use starling_client::{Client, ConnectOptions};
 use starling_codec::{Connect, Packet, ProtocolVersion as V, Publish, QoS, ReasonCode};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use transport_support::{client_tls, connect_over, qos1_round_trip, tls_connect, Pki, Running};
-
-/// Everything logged by this test binary.
-fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        use tracing_subscriber::util::SubscriberInitExt;
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || Capture(sink.clone()))
-            .finish()
-            .try_init();
-        buf
-    })
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use transport_support::{
+    client_tls, connect_over, logs, qos1_round_trip, tls_connect, Pki, Running,
+};
 
 fn tls_config(pki: &Pki) -> Config {
     logs();
