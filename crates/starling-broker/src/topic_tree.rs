@@ -36,28 +36,101 @@ pub struct SharedGroup {
     pub next: AtomicUsize,
 }
 
+/// A level of the trie. Most nodes of a large tree are leaves with one
+/// subscriber, so everything but the exact subscribers is allocated on first
+/// use: a node is 40 bytes.
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
-    plus: Option<Box<Node>>,
+    /// Children by level name. Boxed on purpose: an empty map is 48 bytes
+    /// inline, and most nodes are leaves.
+    #[allow(clippy::box_collection)]
+    children: Option<Box<HashMap<Box<str>, Node>>>,
     /// Subscribers whose filter ends here.
     exact: Vec<Subscriber>,
+    /// The `+` child and `#` subscribers, when there are any.
+    wild: Option<Box<Wild>>,
+}
+
+/// The wildcard parts of a node.
+#[derive(Debug, Default)]
+struct Wild {
+    plus: Option<Box<Node>>,
     /// Subscribers whose filter ends with `#` after this node.
     hash: Vec<Subscriber>,
-    /// Shared groups whose filter ends here, by share name.
-    shared: HashMap<Box<str>, SharedGroup>,
-    /// Shared groups whose filter ends with `#` after this node.
-    shared_hash: HashMap<Box<str>, SharedGroup>,
+    /// Shared groups ending here, when there are any.
+    shared: Option<Box<Shared>>,
+}
+
+/// The shared groups of a node, by share name.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Groups whose filter ends here.
+    exact: HashMap<Box<str>, SharedGroup>,
+    /// Groups whose filter ends with `#` after this node.
+    hash: HashMap<Box<str>, SharedGroup>,
 }
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty()
-            && self.plus.is_none()
+        self.children.as_ref().is_none_or(|c| c.is_empty())
             && self.exact.is_empty()
+            && self.wild.as_ref().is_none_or(|w| w.is_empty())
+    }
+
+    fn child(&self, level: &str) -> Option<&Node> {
+        self.children.as_ref()?.get(level)
+    }
+
+    fn plus(&self) -> Option<&Node> {
+        self.wild.as_ref()?.plus.as_deref()
+    }
+
+    fn hash(&self) -> &[Subscriber] {
+        self.wild.as_ref().map_or(&[], |w| &w.hash)
+    }
+
+    fn shared(&self) -> Option<&Shared> {
+        self.wild.as_ref()?.shared.as_deref()
+    }
+
+    fn wild_mut(&mut self) -> &mut Wild {
+        self.wild.get_or_insert_with(Default::default)
+    }
+
+    /// Frees the parts that have become empty.
+    fn shrink(&mut self) {
+        if self.children.as_ref().is_some_and(|c| c.is_empty()) {
+            self.children = None;
+        }
+        if let Some(w) = self.wild.as_mut() {
+            if w.shared
+                .as_ref()
+                .is_some_and(|s| s.exact.is_empty() && s.hash.is_empty())
+            {
+                w.shared = None;
+            }
+            if w.plus.as_ref().is_some_and(|p| p.is_empty()) {
+                w.plus = None;
+            }
+        }
+        if self.wild.as_ref().is_some_and(|w| w.is_empty()) {
+            self.wild = None;
+        }
+    }
+}
+
+impl Wild {
+    fn is_empty(&self) -> bool {
+        self.plus.as_ref().is_none_or(|p| p.is_empty())
             && self.hash.is_empty()
-            && self.shared.is_empty()
-            && self.shared_hash.is_empty()
+            && self
+                .shared
+                .as_ref()
+                .is_none_or(|s| s.exact.is_empty() && s.hash.is_empty())
+    }
+
+    fn shared_mut(&mut self) -> &mut Shared {
+        self.shared.get_or_insert_with(Default::default)
     }
 }
 
@@ -98,12 +171,13 @@ impl TopicTree {
         let (node, hash) = self.node_mut(filter);
         let list = match (share, hash) {
             (None, false) => &mut node.exact,
-            (None, true) => &mut node.hash,
+            (None, true) => &mut node.wild_mut().hash,
             (Some(group), hash) => {
+                let shared = node.wild_mut().shared_mut();
                 let groups = if hash {
-                    &mut node.shared_hash
+                    &mut shared.hash
                 } else {
-                    &mut node.shared
+                    &mut shared.exact
                 };
                 let g = groups.entry(group.into()).or_default();
                 g.key
@@ -157,37 +231,48 @@ impl TopicTree {
             }
             removed
         };
-        match levels {
+        let removed = match levels {
             [] => match share {
                 None => take(&mut node.exact),
-                Some(g) => take_shared(&mut node.shared, g),
+                Some(g) => node
+                    .wild
+                    .as_mut()
+                    .and_then(|w| w.shared.as_mut())
+                    .is_some_and(|s| take_shared(&mut s.exact, g)),
             },
-            ["#"] => match share {
-                None => take(&mut node.hash),
-                Some(g) => take_shared(&mut node.shared_hash, g),
+            ["#"] => match (share, node.wild.as_mut()) {
+                (_, None) => false,
+                (None, Some(w)) => take(&mut w.hash),
+                (Some(g), Some(w)) => w
+                    .shared
+                    .as_mut()
+                    .is_some_and(|s| take_shared(&mut s.hash, g)),
             },
             [first, rest @ ..] => {
-                let removed;
                 if *first == "+" {
-                    let Some(child) = node.plus.as_mut() else {
-                        return false;
-                    };
-                    removed = Self::remove(child, rest, share, session);
-                    if child.is_empty() {
-                        node.plus = None;
+                    match node.wild.as_mut().and_then(|w| w.plus.as_mut()) {
+                        Some(child) => Self::remove(child, rest, share, session),
+                        None => false,
                     }
                 } else {
-                    let Some(child) = node.children.get_mut(*first) else {
-                        return false;
-                    };
-                    removed = Self::remove(child, rest, share, session);
-                    if child.is_empty() {
-                        node.children.remove(*first);
+                    let children = node.children.as_mut();
+                    match children.and_then(|c| c.get_mut(*first)) {
+                        Some(child) => {
+                            let removed = Self::remove(child, rest, share, session);
+                            if child.is_empty() {
+                                if let Some(c) = node.children.as_mut() {
+                                    c.remove(*first);
+                                }
+                            }
+                            removed
+                        }
+                        None => false,
                     }
                 }
-                removed
             }
-        }
+        };
+        node.shrink();
+        removed
     }
 
     /// The node a filter ends at, and whether it ends with `#`.
@@ -199,9 +284,12 @@ impl TopicTree {
                 return (node, true);
             }
             node = if level == "+" {
-                node.plus.get_or_insert_with(Default::default)
+                node.wild_mut().plus.get_or_insert_with(Default::default)
             } else {
-                node.children.entry(level.into()).or_default()
+                node.children
+                    .get_or_insert_with(Default::default)
+                    .entry(level.into())
+                    .or_default()
             };
         }
         (node, false)
@@ -213,15 +301,15 @@ impl TopicTree {
         let mut levels = filter.split('/').peekable();
         while let Some(level) = levels.next() {
             if level == "#" && levels.peek().is_none() {
-                return node.shared_hash.get(group);
+                return node.shared()?.hash.get(group);
             }
             node = if level == "+" {
-                node.plus.as_deref()?
+                node.plus()?
             } else {
-                node.children.get(level)?
+                node.child(level)?
             };
         }
-        node.shared.get(group)
+        node.shared()?.exact.get(group)
     }
 
     /// Collects everything that matches `topic`.
@@ -234,20 +322,24 @@ impl TopicTree {
 
     fn walk<'a>(node: &'a Node, levels: &[&str], skip_wild: bool, out: &mut Matches<'a>) {
         if !skip_wild {
-            out.subscribers.extend(node.hash.iter());
-            out.groups.extend(node.shared_hash.values());
+            out.subscribers.extend(node.hash().iter());
+            if let Some(shared) = node.shared() {
+                out.groups.extend(shared.hash.values());
+            }
         }
         match levels.split_first() {
             None => {
                 out.subscribers.extend(node.exact.iter());
-                out.groups.extend(node.shared.values());
+                if let Some(shared) = node.shared() {
+                    out.groups.extend(shared.exact.values());
+                }
             }
             Some((level, rest)) => {
-                if let Some(child) = node.children.get(*level) {
+                if let Some(child) = node.child(level) {
                     Self::walk(child, rest, false, out);
                 }
                 if !skip_wild {
-                    if let Some(child) = &node.plus {
+                    if let Some(child) = node.plus() {
                         Self::walk(child, rest, false, out);
                     }
                 }
@@ -394,5 +486,30 @@ mod tests {
         assert!(tree.unsubscribe(Some("g"), "s/+", &a));
         assert!(tree.unsubscribe(Some("g"), "s/+", &b));
         assert!(tree.root.is_empty());
+    }
+
+    #[test]
+    fn a_node_is_small_and_unsubscribing_frees_every_part() {
+        // A large tree is mostly leaves: a node must stay small.
+        assert!(
+            std::mem::size_of::<Node>() <= 40,
+            "{}",
+            std::mem::size_of::<Node>()
+        );
+        let mut tree = TopicTree::default();
+        let a = session("a");
+        let filters = ["x/y", "x/+/z", "x/#", "+/y", "#", "x/y/#"];
+        for f in filters {
+            tree.subscribe(None, f, sub(&a));
+            tree.subscribe(Some("g"), f, sub(&a));
+        }
+        assert_eq!(tree.len(), 12);
+        assert_eq!(matched(&tree, "x/y"), ["a", "a", "a", "a", "a"]);
+        for f in filters {
+            assert!(tree.unsubscribe(None, f, &a), "{f}");
+            assert!(tree.unsubscribe(Some("g"), f, &a), "{f}");
+        }
+        assert!(tree.is_empty());
+        assert!(tree.root.children.is_none() && tree.root.wild.is_none());
     }
 }
