@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::auth::{Acl, AuthFileError, FileAuthenticator, ListenerFile, PasswordFile};
 use crate::broker::BrokerState;
-use crate::transport::tls::Reloadable;
 use crate::transport;
+use crate::transport::tls::Reloadable;
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
