@@ -38,8 +38,11 @@ pub struct BrokerState {
     pub retained: RwLock<RetainedTree>,
     /// Decides who may connect.
     pub authenticator: RwLock<Arc<dyn Authenticator>>,
-    /// Who may read and write what; `None` allows everything.
-    pub acl: RwLock<Option<Arc<Acl>>>,
+    /// Who may read and write what; `None` allows everything. Set it with
+    /// [`BrokerState::set_acl`].
+    acl: RwLock<Option<Arc<Acl>>>,
+    /// Whether `acl` is set, read without its lock on every message.
+    has_acl: std::sync::atomic::AtomicBool,
     /// Counters.
     pub metrics: Metrics,
     /// Source of connection ids.
@@ -115,6 +118,7 @@ impl BrokerState {
             topics: RwLock::new(TopicTree::default()),
             retained: RwLock::new(RetainedTree::default()),
             authenticator: RwLock::new(authenticator),
+            has_acl: std::sync::atomic::AtomicBool::new(acl.is_some()),
             acl: RwLock::new(acl.map(Arc::new)),
             metrics: Metrics::default(),
             next_conn_id: AtomicU64::new(1),
@@ -140,6 +144,14 @@ impl BrokerState {
     /// Queue bounds for new sessions.
     pub fn queue_limits(&self) -> Arc<QueueLimits> {
         self.limits.clone()
+    }
+
+    /// Installs (or, with `None`, removes) the broker-wide ACL.
+    pub fn set_acl(&self, acl: Option<Acl>) {
+        let mut slot = self.acl.write();
+        self.has_acl
+            .store(acl.is_some(), std::sync::atomic::Ordering::Release);
+        *slot = acl.map(Arc::new);
     }
 
     /// Whether the ACL lets a client read or write a topic (or filter).
@@ -242,7 +254,12 @@ impl BrokerState {
         }
         // One copy per session: the highest granted QoS and every subscription id.
         targets.sort_by_key(|t| Arc::as_ptr(&t.0) as usize);
-        let acl = self.acl.read().clone();
+        // No global ACL (the usual case): no shared lock per message.
+        let acl = if self.has_acl.load(std::sync::atomic::Ordering::Acquire) {
+            self.acl.read().clone()
+        } else {
+            None
+        };
         let check_acl = acl.is_some() || self.listener_acls;
         let mut offered = 0;
         let mut i = 0;

@@ -557,6 +557,26 @@ async fn acl_denies_publish_and_subscribe() {
     assert_eq!(ack.reason_codes[0].0, 0x80);
 }
 
+#[tokio::test]
+async fn an_acl_installed_while_running_applies_to_the_next_delivery() {
+    let b = TestBroker::default().await;
+    let mut sub = Raw::client(b.addr, V::V3_1_1, "reader").await;
+    sub.subscribe("t/#", QoS::AtMostOnce).await;
+    let mut publ = Raw::client(b.addr, V::V3_1_1, "writer").await;
+    publ.publish("t/a", b"before", QoS::AtLeastOnce, 1).await;
+    assert_eq!(&sub.expect_publish().await.payload[..], b"before");
+    // Writing stays allowed; reading t/# does not.
+    let acl =
+        starling_broker::auth::Acl::parse("topic write t/#\n", std::path::Path::new("runtime.acl"))
+            .unwrap();
+    b.state.set_acl(Some(acl));
+    publ.publish("t/b", b"denied", QoS::AtLeastOnce, 2).await;
+    assert!(sub.sync().await.is_empty(), "read access was taken away");
+    b.state.set_acl(None);
+    publ.publish("t/c", b"after", QoS::AtLeastOnce, 3).await;
+    assert_eq!(&sub.expect_publish().await.payload[..], b"after");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_only_fills_its_own_queue() {
     let b = TestBroker::start(Config {

@@ -120,7 +120,7 @@ impl ReloadHandle {
                 allow_anonymous: self.state.config.allow_anonymous,
                 passwords,
             });
-            *self.state.acl.write() = acl.map(Arc::new);
+            self.state.set_acl(acl);
         }
         tracing::info!(
             tls_listeners = self.tls.len(),
