@@ -171,7 +171,7 @@ impl Default for Config {
             connect_timeout: 10,
             max_connections: 0,
             max_packet_size: 1024 * 1024,
-            receive_maximum: 65535,
+            receive_maximum: 1024,
             max_inflight_messages: 100,
             hibernate_after_ms: 2000,
             topic_alias_maximum: 65535,
