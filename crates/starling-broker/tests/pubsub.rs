@@ -416,6 +416,25 @@ async fn exceeding_the_brokers_receive_maximum_is_disconnected() {
 }
 
 #[tokio::test]
+async fn a_v311_client_is_not_held_to_a_receive_maximum_it_was_never_told() {
+    let b = TestBroker::start(Config {
+        receive_maximum: 2,
+        ..Config::default()
+    })
+    .await;
+    let mut publ = Raw::client(b.addr, V::V3_1_1, "older").await;
+    for id in 1..=3u16 {
+        publ.send(Packet::Publish(publish("rm3", b"x", QoS::ExactlyOnce, id)))
+            .await;
+        assert!(matches!(publ.recv().await, Packet::PubRec(a) if a.packet_id == id));
+    }
+    for id in 1..=3u16 {
+        publ.send(Packet::PubRel(Ack::new(id))).await;
+        assert!(matches!(publ.recv().await, Packet::PubComp(a) if a.packet_id == id));
+    }
+}
+
+#[tokio::test]
 async fn messages_above_the_clients_maximum_packet_size_are_not_sent() {
     let b = TestBroker::default().await;
     let mut c = starling_codec::Connect::new(V::V5, "small");

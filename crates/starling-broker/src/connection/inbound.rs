@@ -221,7 +221,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 self.send_ack(Packet::PubRec(Ack::new(packet_id)), None, v);
                 return Ok(());
             }
-            if st.incoming_qos2.len() >= usize::from(config.receive_maximum) {
+            // Only an MQTT 5 client has been told the Receive Maximum; an
+            // older one is bounded by the packet id space alone.
+            let limit = if v.is_v5() {
+                config.receive_maximum
+            } else {
+                u16::MAX
+            };
+            if st.incoming_qos2.len() >= usize::from(limit) {
                 return Err(Close::Protocol(
                     ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
                     "[MQTT-3.3.4-9] receive maximum exceeded".into(),
