@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need (apt and pip packages for
-# the interoperability tests), then checks formatting and lints, and runs every
-# test of the workspace.
+# the interoperability tests), then checks formatting, lints and the API docs,
+# and runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,9 @@ cargo fmt --all -- --check
 
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> cargo doc (broken links and bad doc markup are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -88,7 +88,7 @@ struct NetArgs {
     /// more connections than one source address has ports.
     #[arg(long = "ifaddr", value_delimiter = ',')]
     ifaddr: Vec<IpAddr>,
-    /// Client id prefix; ids are PREFIX-p<i> (publishers), -s<i> (subscribers), -c<i>.
+    /// Client id prefix; ids are PREFIX-pN (publishers), PREFIX-sN (subscribers), PREFIX-cN.
     #[arg(long = "prefix")]
     prefix: Option<String>,
     /// Worker threads (default: one per CPU).

@@ -27,7 +27,7 @@ pub struct NetConfig {
     /// Local addresses to bind, round-robin (for more than ~28k connections
     /// from one address).
     pub ifaddrs: Vec<IpAddr>,
-    /// Next source port to try (see [`NetConfig::bind_source`]).
+    /// Next source port to try (see [`NetConfig::connect_from_own_port`]).
     next_port: AtomicUsize,
     /// The ephemeral port range, from `/proc/sys/net/ipv4/ip_local_port_range`.
     ports: (u16, u16),
