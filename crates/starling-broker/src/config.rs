@@ -52,7 +52,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Largest packet accepted from a client, in bytes.
     pub max_packet_size: u32,
-    /// Most QoS 1/2 messages a client may have unacknowledged towards the broker.
+    /// The Receive Maximum told to MQTT 5 clients: most QoS 2 messages such a
+    /// client may leave unreleased (more is DISCONNECT 0x93). MQTT 3.x
+    /// clients, never told one, are bounded by the packet id space alone.
     pub receive_maximum: u16,
     /// Most QoS 1/2 messages the broker has unacknowledged towards one client
     /// (further capped by the client's Receive Maximum).

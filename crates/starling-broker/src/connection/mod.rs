@@ -486,17 +486,15 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
 
     /// Writes the acknowledgements at the front whose store writes are done.
     /// A failed write ends the connection without its acknowledgement, or any
-    /// after it: the client keeps those messages and sends them again.
+    /// after it (the caller drops them): the client keeps those messages and
+    /// sends them again.
     fn release_acks(&mut self, version: ProtocolVersion) -> Result<(), Close> {
         while let Some((wait, _)) = self.pending_acks.front_mut() {
             if let Some(rx) = wait {
                 match rx.try_recv() {
                     Ok(()) => {}
                     Err(oneshot::error::TryRecvError::Empty) => break,
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        self.pending_acks.clear();
-                        return Err(Close::StoreFailed);
-                    }
+                    Err(oneshot::error::TryRecvError::Closed) => return Err(Close::StoreFailed),
                 }
             }
             if let Some((_, packet)) = self.pending_acks.pop_front() {
