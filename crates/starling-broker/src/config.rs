@@ -75,6 +75,11 @@ pub struct Config {
     pub queue_qos0_offline: bool,
     /// Session expiry, in seconds, for MQTT 3.x persistent sessions; none means never.
     pub persistent_session_expiry: Option<u32>,
+    /// Most levels a topic name or filter may have (a `$share/group/` prefix
+    /// and a listener's mountpoint are counted as the broker sees the topic).
+    /// A deeper SUBSCRIBE filter gets SUBACK 0x8F (3.x: 0x80); a deeper
+    /// PUBLISH or will topic closes the connection (MQTT 5: 0x90).
+    pub max_topic_levels: usize,
     /// Most bytes a client id may have; 0 means the protocol limit (65535).
     pub max_client_id_len: usize,
     /// Whether retained messages are supported.
@@ -182,6 +187,7 @@ impl Default for Config {
             queue_overflow: OverflowPolicy::DropOldest,
             queue_qos0_offline: false,
             persistent_session_expiry: None,
+            max_topic_levels: 128,
             max_client_id_len: 0,
             retain_available: true,
             sys_interval: 10,
@@ -293,6 +299,9 @@ impl Config {
         }
         if self.max_queued_messages == 0 {
             return invalid("max-queued-messages", "must be at least 1");
+        }
+        if !(1..=65_536).contains(&self.max_topic_levels) {
+            return invalid("max-topic-levels", "must be between 1 and 65536");
         }
         if self.durability_interval_ms == 0 {
             return invalid("durability-interval-ms", "must be at least 1");

@@ -130,6 +130,10 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
     let now = Instant::now();
     let mut ops = Vec::new();
     let mut sessions: HashMap<ByteString, Arc<Session>> = HashMap::new();
+    // Records deeper than `max-topic-levels` (written before the limit, or
+    // under a higher one) are left in the store but not loaded.
+    let max_levels = state.config.max_topic_levels;
+    let mut too_deep_count = 0usize;
     for (client, rec) in loaded.sessions {
         let disconnected = if rec.disconnected_at_ms == 0 {
             now_ms
@@ -165,6 +169,10 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
                 continue;
             };
             let (share, inner) = split_share(&filter);
+            if too_deep(inner, max_levels, "subscription", &client) {
+                too_deep_count += 1;
+                continue;
+            }
             tree.subscribe(
                 share,
                 inner,
@@ -228,7 +236,9 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
         let mut retained = state.retained.write();
         for rec in loaded.retained {
             let msg = message_from(&rec);
-            if msg.is_expired(now) {
+            if too_deep(&msg.topic, max_levels, "retained message", &msg.topic) {
+                too_deep_count += 1;
+            } else if msg.is_expired(now) {
                 ops.push(Op::DeleteRetained(msg.topic.clone()));
             } else {
                 retained.set(Arc::new(msg));
@@ -236,6 +246,10 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
         }
     }
     for (client, rec) in loaded.wills {
+        if too_deep(&rec.publish.topic, max_levels, "will", &client) {
+            too_deep_count += 1;
+            continue;
+        }
         let will = Will {
             topic: rec.publish.topic.clone(),
             payload: rec.publish.payload.clone(),
@@ -263,8 +277,31 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
         sessions = count,
         messages = restored,
         skipped = loaded.skipped,
+        too_deep = too_deep_count,
         "restored persistent state"
     );
+}
+
+/// Whether a stored topic or filter is deeper than `max` levels; logs the
+/// record it skips (`what` of `whose`).
+fn too_deep(topic: &str, max: usize, what: &str, whose: &str) -> bool {
+    let levels = starling_codec::topic::levels(topic);
+    let deep = levels > max;
+    if deep {
+        // A topic of thousands of levels does not belong in a log line whole.
+        let end = (0..=whose.len().min(64))
+            .rev()
+            .find(|&i| whose.is_char_boundary(i))
+            .unwrap_or(0);
+        tracing::warn!(
+            record = what,
+            of = &whose[..end],
+            levels,
+            max_topic_levels = max,
+            "stored record skipped: its topic is deeper than max-topic-levels"
+        );
+    }
+    deep
 }
 
 /// The subscription record for a session's subscription.

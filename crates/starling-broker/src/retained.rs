@@ -14,6 +14,20 @@ struct Node {
     message: Option<Arc<Message>>,
 }
 
+/// Dropping a deep branch must not recurse once per level: the children are
+/// moved onto a heap stack and dropped one by one, each as a leaf.
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.children.is_empty() {
+            return;
+        }
+        let mut stack: Vec<Node> = self.children.drain().map(|(_, n)| n).collect();
+        while let Some(mut node) = stack.pop() {
+            stack.extend(node.children.drain().map(|(_, n)| n));
+        }
+    }
+}
+
 /// The retained message store.
 #[derive(Debug, Default)]
 pub struct RetainedTree {
@@ -35,15 +49,14 @@ impl RetainedTree {
     /// Stores `msg` as the retained message of its topic, or deletes the retained
     /// message when the payload is empty.
     pub fn set(&mut self, msg: Arc<Message>) {
-        let levels: Vec<&str> = msg.topic.split('/').collect();
         if msg.payload.is_empty() {
-            if Self::remove(&mut self.root, &levels) {
+            if self.remove(&msg.topic) {
                 self.count -= 1;
             }
             return;
         }
         let mut node = &mut self.root;
-        for level in levels {
+        for level in msg.topic.split('/') {
             node = node.children.entry(level.into()).or_default();
         }
         if node.message.replace(msg).is_none() {
@@ -51,95 +64,120 @@ impl RetainedTree {
         }
     }
 
-    fn remove(node: &mut Node, levels: &[&str]) -> bool {
-        match levels.split_first() {
-            None => node.message.take().is_some(),
-            Some((level, rest)) => {
-                let Some(child) = node.children.get_mut(*level) else {
-                    return false;
-                };
-                let removed = Self::remove(child, rest);
-                if child.message.is_none() && child.children.is_empty() {
-                    node.children.remove(*level);
-                }
-                removed
+    /// Removes the message retained on `topic` and the nodes left empty.
+    /// Returns true if there was one. Iterative: a topic's depth is the
+    /// client's to choose, the stack's is not.
+    fn remove(&mut self, topic: &str) -> bool {
+        let levels: Vec<&str> = topic.split('/').collect();
+        // The depth of the last node on the path that must stay because it
+        // holds something besides the path's next step.
+        let mut keep = 0;
+        let mut node = &self.root;
+        for (depth, level) in levels.iter().enumerate() {
+            let Some(next) = node.children.get(*level) else {
+                return false;
+            };
+            if node.message.is_some() || node.children.len() > 1 {
+                keep = depth;
             }
+            node = next;
         }
+        if node.message.is_none() {
+            return false;
+        }
+        let cut = node.children.is_empty();
+        let mut node = &mut self.root;
+        for (depth, level) in levels.iter().enumerate() {
+            if cut && depth == keep {
+                // Dropping the branch is iterative too (`Node`'s `Drop`).
+                node.children.remove(*level);
+                return true;
+            }
+            let Some(next) = node.children.get_mut(*level) else {
+                return false;
+            };
+            node = next;
+        }
+        node.message.take().is_some()
     }
 
     /// The unexpired retained messages whose topics match a valid `filter`.
+    ///
+    /// Depth-first with an explicit stack of (node, levels consumed): a node
+    /// at depth `d` is only compared with the filter's level `d`, so every
+    /// node is visited at most once and the cost is bounded by the size of the
+    /// tree above the filter's depth, whatever its wildcards.
     pub fn matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
         let levels: Vec<&str> = filter.split('/').collect();
         let mut out = Vec::new();
-        Self::walk(&self.root, &levels, true, now, &mut out);
-        out
-    }
-
-    fn walk(node: &Node, levels: &[&str], root: bool, now: Instant, out: &mut Vec<Arc<Message>>) {
         let keep = |m: &Arc<Message>, out: &mut Vec<Arc<Message>>| {
             if !m.is_expired(now) {
                 out.push(m.clone());
             }
         };
-        match levels.split_first() {
-            None => {
-                if let Some(m) = &node.message {
-                    keep(m, out);
-                }
-            }
-            Some((&"#", _)) => {
-                // `a/#` also matches `a` itself.
-                if !root {
+        // [MQTT-4.7.2-1]: wildcards at the first level do not match `$` topics.
+        let visible = |depth: usize, name: &str| !(depth == 0 && name.starts_with('$'));
+        let mut stack: Vec<(&Node, usize)> = vec![(&self.root, 0)];
+        while let Some((node, depth)) = stack.pop() {
+            match levels.get(depth).copied() {
+                None => {
                     if let Some(m) = &node.message {
-                        keep(m, out);
+                        keep(m, &mut out);
                     }
                 }
-                let mut stack: Vec<&Node> = node
-                    .children
-                    .iter()
-                    .filter(|(name, _)| !(root && name.starts_with('$')))
-                    .map(|(_, child)| child)
-                    .collect();
-                while let Some(n) = stack.pop() {
-                    if let Some(m) = &n.message {
-                        keep(m, out);
+                Some("#") => {
+                    // `a/#` also matches `a` itself.
+                    if depth > 0 {
+                        if let Some(m) = &node.message {
+                            keep(m, &mut out);
+                        }
                     }
-                    stack.extend(n.children.values());
-                }
-            }
-            Some((&"+", rest)) => {
-                for (name, child) in &node.children {
-                    if root && name.starts_with('$') {
-                        continue;
+                    let mut below: Vec<&Node> = node
+                        .children
+                        .iter()
+                        .filter(|(name, _)| visible(depth, name))
+                        .map(|(_, child)| child)
+                        .collect();
+                    while let Some(n) = below.pop() {
+                        if let Some(m) = &n.message {
+                            keep(m, &mut out);
+                        }
+                        below.extend(n.children.values());
                     }
-                    Self::walk(child, rest, false, now, out);
                 }
-            }
-            Some((level, rest)) => {
-                if let Some(child) = node.children.get(*level) {
-                    Self::walk(child, rest, false, now, out);
+                Some("+") => {
+                    for (name, child) in &node.children {
+                        if visible(depth, name) {
+                            stack.push((child, depth + 1));
+                        }
+                    }
+                }
+                Some(level) => {
+                    if let Some(child) = node.children.get(level) {
+                        stack.push((child, depth + 1));
+                    }
                 }
             }
         }
+        out
     }
 
     /// Removes expired messages; returns their topics.
     pub fn sweep(&mut self, now: Instant) -> Vec<starling_codec::ByteString> {
-        fn sweep_node(node: &mut Node, now: Instant, out: &mut Vec<starling_codec::ByteString>) {
-            if node.message.as_ref().is_some_and(|m| m.is_expired(now)) {
-                if let Some(m) = node.message.take() {
-                    out.push(m.topic.clone());
-                }
+        let mut expired: Vec<starling_codec::ByteString> = Vec::new();
+        let mut stack = vec![&self.root];
+        while let Some(n) = stack.pop() {
+            if let Some(m) = n.message.as_ref().filter(|m| m.is_expired(now)) {
+                expired.push(m.topic.clone());
             }
-            node.children.retain(|_, child| {
-                sweep_node(child, now, out);
-                child.message.is_some() || !child.children.is_empty()
-            });
+            stack.extend(n.children.values());
         }
-        let mut removed = Vec::new();
-        sweep_node(&mut self.root, now, &mut removed);
-        self.count -= removed.len();
-        removed
+        for topic in &expired {
+            if self.remove(topic) {
+                self.count -= 1;
+            }
+        }
+        expired
     }
 
     /// Every retained message, for persistence and `$SYS`.

@@ -97,6 +97,94 @@ impl Node {
         self.wild.get_or_insert_with(Default::default)
     }
 
+    /// The child a filter level leads to (`+` is the wildcard child).
+    fn step(&self, level: &str) -> Option<&Node> {
+        if level == "+" {
+            self.plus()
+        } else {
+            self.child(level)
+        }
+    }
+
+    fn step_mut(&mut self, level: &str) -> Option<&mut Node> {
+        if level == "+" {
+            self.wild.as_mut()?.plus.as_deref_mut()
+        } else {
+            self.children.as_mut()?.get_mut(level)
+        }
+    }
+
+    /// Drops the child a filter level leads to, with its whole branch.
+    fn remove_step(&mut self, level: &str) {
+        if level == "+" {
+            if let Some(w) = self.wild.as_mut() {
+                w.plus = None;
+            }
+        } else if let Some(c) = self.children.as_mut() {
+            c.remove(level);
+        }
+    }
+
+    /// Whether the node holds anything besides the child `level` leads to.
+    fn holds_more_than(&self, level: &str) -> bool {
+        let children = self.children.as_ref().map_or(0, |c| c.len());
+        let other_children = if level == "+" {
+            children
+        } else {
+            children.saturating_sub(1)
+        };
+        let wild = self.wild.as_ref().is_some_and(|w| {
+            !w.hash.is_empty()
+                || w.shared
+                    .as_ref()
+                    .is_some_and(|s| !s.exact.is_empty() || !s.hash.is_empty())
+                || (level != "+" && w.plus.as_ref().is_some_and(|p| !p.is_empty()))
+        });
+        other_children > 0 || !self.exact.is_empty() || wild
+    }
+
+    /// Removes `session` from the list a filter ending here names (`hash`: it
+    /// ends with `#` after this node). Returns true if it was there.
+    fn take(&mut self, share: Option<&str>, hash: bool, session: &Arc<Session>) -> bool {
+        let take = |list: &mut Vec<Subscriber>| {
+            let before = list.len();
+            list.retain(|s| !same(s, session));
+            before != list.len()
+        };
+        let take_shared = |groups: &mut HashMap<Box<str>, SharedGroup>, group: &str| {
+            let Some(g) = groups.get_mut(group) else {
+                return false;
+            };
+            let removed = take(&mut g.members);
+            if g.members.is_empty() {
+                groups.remove(group);
+            }
+            removed
+        };
+        match (share, hash) {
+            (None, false) => take(&mut self.exact),
+            (None, true) => self.wild.as_mut().is_some_and(|w| take(&mut w.hash)),
+            (Some(g), hash) => self
+                .wild
+                .as_mut()
+                .and_then(|w| w.shared.as_mut())
+                .is_some_and(|s| {
+                    let groups = if hash { &mut s.hash } else { &mut s.exact };
+                    take_shared(groups, g)
+                }),
+        }
+    }
+
+    /// Moves the node's children (plain and `+`) onto `out`.
+    fn take_children(&mut self, out: &mut Vec<Node>) {
+        if let Some(children) = self.children.take() {
+            out.extend((*children).into_values());
+        }
+        if let Some(plus) = self.wild.as_mut().and_then(|w| w.plus.take()) {
+            out.push(*plus);
+        }
+    }
+
     /// Frees the parts that have become empty.
     fn shrink(&mut self) {
         if self.children.as_ref().is_some_and(|c| c.is_empty()) {
@@ -115,6 +203,22 @@ impl Node {
         }
         if self.wild.as_ref().is_some_and(|w| w.is_empty()) {
             self.wild = None;
+        }
+    }
+}
+
+/// Dropping a deep branch must not recurse once per level: the children are
+/// moved onto a heap stack and dropped one by one, each as a leaf.
+impl Drop for Node {
+    fn drop(&mut self) {
+        let leaf = self.children.is_none() && self.wild.as_ref().is_none_or(|w| w.plus.is_none());
+        if leaf {
+            return;
+        }
+        let mut stack = Vec::new();
+        self.take_children(&mut stack);
+        while let Some(mut node) = stack.pop() {
+            node.take_children(&mut stack);
         }
     }
 }
@@ -196,85 +300,75 @@ impl TopicTree {
     }
 
     /// Removes `session`'s subscription to `filter`. Returns true if it existed.
+    ///
+    /// Iterative, like every walk of the tree: a filter's depth is the
+    /// client's to choose, the stack's is not.
     pub fn unsubscribe(
         &mut self,
         share: Option<&str>,
         filter: &str,
         session: &Arc<Session>,
     ) -> bool {
-        let levels: Vec<&str> = filter.split('/').collect();
-        let removed = Self::remove(&mut self.root, &levels, share, session);
-        if removed {
-            self.count -= 1;
-        }
-        removed
-    }
-
-    fn remove(
-        node: &mut Node,
-        levels: &[&str],
-        share: Option<&str>,
-        session: &Arc<Session>,
-    ) -> bool {
-        let take = |list: &mut Vec<Subscriber>| {
-            let before = list.len();
-            list.retain(|s| !same(s, session));
-            before != list.len()
-        };
-        let take_shared = |groups: &mut HashMap<Box<str>, SharedGroup>, group: &str| {
-            let Some(g) = groups.get_mut(group) else {
-                return false;
-            };
-            let removed = take(&mut g.members);
-            if g.members.is_empty() {
-                groups.remove(group);
-            }
-            removed
-        };
-        let removed = match levels {
-            [] => match share {
-                None => take(&mut node.exact),
-                Some(g) => node
-                    .wild
-                    .as_mut()
-                    .and_then(|w| w.shared.as_mut())
-                    .is_some_and(|s| take_shared(&mut s.exact, g)),
-            },
-            ["#"] => match (share, node.wild.as_mut()) {
-                (_, None) => false,
-                (None, Some(w)) => take(&mut w.hash),
-                (Some(g), Some(w)) => w
-                    .shared
-                    .as_mut()
-                    .is_some_and(|s| take_shared(&mut s.hash, g)),
-            },
-            [first, rest @ ..] => {
-                if *first == "+" {
-                    match node.wild.as_mut().and_then(|w| w.plus.as_mut()) {
-                        Some(child) => Self::remove(child, rest, share, session),
-                        None => false,
-                    }
+        let (levels, hash) = match filter.strip_suffix("#") {
+            Some(rest) if rest.is_empty() || rest.ends_with('/') => {
+                let rest = rest.strip_suffix('/').unwrap_or(rest);
+                let levels: Vec<&str> = if filter == "#" {
+                    Vec::new()
                 } else {
-                    let children = node.children.as_mut();
-                    match children.and_then(|c| c.get_mut(*first)) {
-                        Some(child) => {
-                            let removed = Self::remove(child, rest, share, session);
-                            if child.is_empty() {
-                                if let Some(c) = node.children.as_mut() {
-                                    c.remove(*first);
-                                }
-                            }
-                            removed
-                        }
-                        None => false,
-                    }
-                }
+                    rest.split('/').collect()
+                };
+                (levels, true)
             }
+            _ => (filter.split('/').collect(), false),
         };
+        let Some(node) = self.find_mut(&levels) else {
+            return false;
+        };
+        let removed = node.take(share, hash, session);
         node.shrink();
-        removed
+        if !removed {
+            return false;
+        }
+        self.count -= 1;
+        self.prune(&levels);
+        true
     }
 
+    /// The node at the end of a filter's `levels`, if it exists.
+    fn find_mut(&mut self, levels: &[&str]) -> Option<&mut Node> {
+        let mut node = &mut self.root;
+        for level in levels {
+            node = node.step_mut(level)?;
+        }
+        Some(node)
+    }
+
+    /// Cuts the branch of `levels` below the deepest node that still holds
+    /// something else, after a removal at the end of that branch.
+    fn prune(&mut self, levels: &[&str]) {
+        // The depth of the last node that must stay: one with content beside
+        // the path's next step (the root always stays).
+        let mut keep = 0;
+        let mut node = &self.root;
+        for (depth, level) in levels.iter().enumerate() {
+            let Some(next) = node.step(level) else {
+                return;
+            };
+            if node.holds_more_than(level) {
+                keep = depth;
+            }
+            node = next;
+        }
+        if levels.is_empty() || !node.is_empty() {
+            return;
+        }
+        let Some(parent) = self.find_mut(&levels[..keep]) else {
+            return;
+        };
+        // Dropping the cut branch is iterative too (`Node`'s `Drop`).
+        parent.remove_step(levels[keep]);
+        parent.shrink();
+    }
     /// The node a filter ends at, and whether it ends with `#`.
     fn node_mut(&mut self, filter: &str) -> (&mut Node, bool) {
         let mut node = &mut self.root;
@@ -317,30 +411,34 @@ impl TopicTree {
         let levels: Vec<&str> = topic.split('/').collect();
         // [MQTT-4.7.2-1]: wildcards at the first level do not match `$` topics.
         let dollar = topic.starts_with('$');
-        Self::walk(&self.root, &levels, dollar, out);
-    }
-
-    fn walk<'a>(node: &'a Node, levels: &[&str], skip_wild: bool, out: &mut Matches<'a>) {
-        if !skip_wild {
-            out.subscribers.extend(node.hash().iter());
-            if let Some(shared) = node.shared() {
-                out.groups.extend(shared.hash.values());
-            }
-        }
-        match levels.split_first() {
-            None => {
-                out.subscribers.extend(node.exact.iter());
+        // Depth-first with an explicit stack: each entry is a node and the
+        // number of levels it has consumed. Every node is visited at most once,
+        // so the cost is bounded by the depth of the topic times the branches
+        // that match, and the stack lives on the heap.
+        let mut stack: Vec<(&'a Node, usize)> = vec![(&self.root, 0)];
+        while let Some((node, depth)) = stack.pop() {
+            let skip_wild = dollar && depth == 0;
+            if !skip_wild {
+                out.subscribers.extend(node.hash().iter());
                 if let Some(shared) = node.shared() {
-                    out.groups.extend(shared.exact.values());
+                    out.groups.extend(shared.hash.values());
                 }
             }
-            Some((level, rest)) => {
-                if let Some(child) = node.child(level) {
-                    Self::walk(child, rest, false, out);
+            match levels.get(depth) {
+                None => {
+                    out.subscribers.extend(node.exact.iter());
+                    if let Some(shared) = node.shared() {
+                        out.groups.extend(shared.exact.values());
+                    }
                 }
-                if !skip_wild {
-                    if let Some(child) = node.plus() {
-                        Self::walk(child, rest, false, out);
+                Some(level) => {
+                    if !skip_wild {
+                        if let Some(child) = node.plus() {
+                            stack.push((child, depth + 1));
+                        }
+                    }
+                    if let Some(child) = node.child(level) {
+                        stack.push((child, depth + 1));
                     }
                 }
             }

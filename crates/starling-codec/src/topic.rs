@@ -10,6 +10,12 @@ pub fn has_wildcard(topic: &str) -> bool {
     topic.bytes().any(|b| b == b'+' || b == b'#')
 }
 
+/// The number of levels of a topic name or filter: one more than its `/`s.
+/// Linear in the length, with no allocation.
+pub fn levels(topic: &str) -> usize {
+    topic.bytes().filter(|&b| b == b'/').count() + 1
+}
+
 /// Why a topic filter is invalid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
@@ -139,6 +145,15 @@ mod tests {
         for (filter, topic, m) in cases {
             assert_eq!(matches(filter, topic), *m, "{filter:?} vs {topic:?}");
         }
+    }
+
+    #[test]
+    fn level_count() {
+        assert_eq!(levels(""), 1);
+        assert_eq!(levels("a"), 1);
+        assert_eq!(levels("/"), 2);
+        assert_eq!(levels("a/b/#"), 3);
+        assert_eq!(levels(&"/".repeat(65_535)), 65_536);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use starling_codec::{
-    ByteString, ConnAck, Connect, DecodeError, Packet, ProtocolVersion, ReasonCode,
+    topic, ByteString, ConnAck, Connect, DecodeError, Packet, ProtocolVersion, ReasonCode,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -148,6 +148,28 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 "failed-authentication limit reached",
             );
             return None;
+        }
+        if let Some(will) = &connect.will {
+            // Counted as the broker will see it: under the listener's mountpoint.
+            let mount = ctx
+                .mountpoint
+                .as_deref()
+                .map_or(0, |m| topic::levels(m) - 1);
+            let deep = topic::levels(&will.topic) + mount > config.max_topic_levels;
+            if deep {
+                // MQTT 5 has a reason code for it; 3.x has none, so the
+                // connection is closed without a CONNACK.
+                if v.is_v5() {
+                    self.refuse(
+                        &connect,
+                        ReasonCode::TOPIC_NAME_INVALID,
+                        "will topic has too many levels",
+                    );
+                } else {
+                    tracing::info!(peer = %self.peer, client_id = %connect.client_id, "connection refused: will topic has too many levels");
+                }
+                return None;
+            }
         }
         if let Some(identity) = &ctx.identity {
             connect.username = Some(ByteString::from(identity.as_str()));

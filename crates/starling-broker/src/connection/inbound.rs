@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use starling_codec::topic::{parse_shared, validate_filter};
+use starling_codec::topic::{self, parse_shared, validate_filter};
 use starling_codec::{
     Ack, Disconnect, Packet, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
@@ -21,6 +21,19 @@ use crate::topic_tree::Subscriber;
 
 fn protocol_error(msg: impl Into<String>) -> Close {
     Close::Protocol(ReasonCode::PROTOCOL_ERROR, msg.into())
+}
+
+/// A topic name deeper than `max-topic-levels` closes the connection with
+/// 0x90 Topic Name invalid (MQTT 5, spec 3.3.2.1; 3.x just closes).
+pub(super) fn check_topic_levels(topic: &str, max: usize) -> Result<(), Close> {
+    let levels = topic::levels(topic);
+    if levels > max {
+        return Err(Close::Protocol(
+            ReasonCode::TOPIC_NAME_INVALID,
+            format!("topic name has {levels} levels, more than max-topic-levels ({max})"),
+        ));
+    }
+    Ok(())
 }
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
@@ -211,6 +224,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 ));
             }
         }
+        check_topic_levels(&publish.topic, config.max_topic_levels)?;
         let qos = publish.qos;
         let packet_id = publish.packet_id;
         // Exactly once: a resent QoS 2 PUBLISH whose PUBREC we sent is not routed again.
@@ -340,6 +354,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 continue;
             }
             let (share, inner) = split_share(filter);
+            if topic::levels(inner) > self.broker.config.max_topic_levels {
+                codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
             if !self.broker.allowed_with(
                 client.acl.as_deref(),
                 client.username.as_deref(),
@@ -437,6 +455,11 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         for filter in &unsub.filters {
             let filter = &super::mount::filter_for(client.mountpoint.as_deref(), filter);
             let (share, inner) = split_share(filter);
+            // No filter this deep can have been granted.
+            if topic::levels(inner) > self.broker.config.max_topic_levels {
+                codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
             let removed = self
                 .broker
                 .topics

@@ -63,6 +63,9 @@ pub struct BrokerArgs {
     /// Failed authentications allowed per source address per minute (0: no limit).
     #[arg(long, value_name = "N")]
     auth_failure_limit: Option<u32>,
+    /// Most levels a topic name or filter may have.
+    #[arg(long, value_name = "N")]
+    max_topic_levels: Option<usize>,
     /// Log level (error, warn, info, debug, trace) when RUST_LOG is not set.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
@@ -86,6 +89,7 @@ impl BrokerArgs {
             max_keepalive,
             connect_timeout,
             max_connections,
+            max_topic_levels,
             log_level
         );
         if let Some(d) = self.durability.as_deref() {
