@@ -16,7 +16,7 @@ use starling_codec::topic::parse_shared;
 use starling_codec::{ByteString, QoS};
 use tokio::time::Instant;
 
-use crate::auth::{Access, Acl, Authenticator, ListenerFile};
+use crate::auth::{Access, Acl, AuthLimiter, AuthPool, Authenticator, ListenerFile};
 use crate::config::{Config, SharedStrategy};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
@@ -38,6 +38,10 @@ pub struct BrokerState {
     pub retained: RwLock<RetainedTree>,
     /// Decides who may connect.
     pub authenticator: RwLock<Arc<dyn Authenticator>>,
+    /// The threads slow authentication runs on (see [`AuthPool`]).
+    pub auth_pool: AuthPool,
+    /// Counts password attempts per source and slows down guessing.
+    pub(crate) auth_limiter: Arc<AuthLimiter>,
     /// Who may read and write what; `None` allows everything. Set it with
     /// [`BrokerState::set_acl`].
     acl: RwLock<Option<Arc<Acl>>>,
@@ -118,6 +122,8 @@ impl BrokerState {
             topics: RwLock::new(TopicTree::default()),
             retained: RwLock::new(RetainedTree::default()),
             authenticator: RwLock::new(authenticator),
+            auth_pool: AuthPool::new(config.auth_threads),
+            auth_limiter: Arc::new(AuthLimiter::new(config.auth_failure_limit)),
             has_acl: std::sync::atomic::AtomicBool::new(acl.is_some()),
             acl: RwLock::new(acl.map(Arc::new)),
             metrics: Metrics::default(),

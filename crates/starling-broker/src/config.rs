@@ -115,10 +115,13 @@ pub struct Config {
     /// Seconds a TLS, WebSocket or QUIC handshake may take before the
     /// connection is dropped.
     pub handshake_timeout: u64,
-    /// Failed authentications allowed per source address per minute; past it,
-    /// connections from that address are refused (CONNACK 0x9F, 3.x code 3)
-    /// until the oldest failure is a minute old. 0 disables the limit.
+    /// Password attempts per (source address, user name) per minute that are
+    /// checked at once; past it they are slowed down and taken one at a time
+    /// (see `auth::limiter` and the README). 0 disables the limiter.
     pub auth_failure_limit: u32,
+    /// Threads that check passwords; at most this many hashes are computed at
+    /// once, whatever the number of CONNECTs.
+    pub auth_threads: usize,
 }
 
 /// A `[[listener]]` table: one listener and its own settings. Settings left out
@@ -203,6 +206,7 @@ impl Default for Config {
             use_identity_as_username: false,
             handshake_timeout: 10,
             auth_failure_limit: 10,
+            auth_threads: 2,
         }
     }
 }
@@ -302,6 +306,9 @@ impl Config {
         }
         if !(1..=65_536).contains(&self.max_topic_levels) {
             return invalid("max-topic-levels", "must be between 1 and 65536");
+        }
+        if !(1..=64).contains(&self.auth_threads) {
+            return invalid("auth-threads", "must be between 1 and 64");
         }
         if self.durability_interval_ms == 0 {
             return invalid("durability-interval-ms", "must be at least 1");

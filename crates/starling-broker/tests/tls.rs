@@ -317,27 +317,61 @@ async fn failed_authentications_are_rate_limited() {
     })
     .await;
     let tcp = || TcpStream::connect(b.addrs[0]);
+    let attempt = |id: &'static str, v: V, password: &'static [u8]| async move {
+        let stream = tcp().await.unwrap();
+        connect_over(stream, login(v, id, Some("bob"), Some(password)))
+            .await
+            .1
+    };
+    // The first failures are answered as failures: 0x86.
     for i in 0..3 {
-        let (_r, code) = connect_over(
-            tcp().await.unwrap(),
-            login(V::V5, &format!("w{i}"), Some("bob"), Some(b"wrong")),
-        )
-        .await;
+        let code = attempt(["w0", "w1", "w2"][i], V::V5, b"wrong").await;
         assert_eq!(code, ReasonCode::BAD_USER_NAME_OR_PASSWORD.0, "attempt {i}");
     }
-    // Past the limit even the right password is refused, with 0x9F / code 3.
-    let (_r, code) = connect_over(
-        tcp().await.unwrap(),
-        login(V::V5, "r5", Some("bob"), Some(b"right")),
-    )
-    .await;
-    assert_eq!(code, ReasonCode::CONNECTION_RATE_EXCEEDED.0);
-    let (_r, code) = connect_over(
-        tcp().await.unwrap(),
-        login(V::V3_1_1, "r3", Some("bob"), Some(b"right")),
-    )
-    .await;
-    assert_eq!(code, ReasonCode::SERVER_UNAVAILABLE.0, "3.x return code 3");
+    // Past the limit, attempts wait and are checked one at a time: of two at
+    // once, one is checked (0x86) and the other refused unchecked (0x9F).
+    let (x, y) = tokio::join!(
+        attempt("c1", V::V5, b"wrong"),
+        attempt("c2", V::V5, b"wrong")
+    );
+    let mut codes = [x, y];
+    codes.sort();
+    assert_eq!(
+        codes,
+        [
+            ReasonCode::BAD_USER_NAME_OR_PASSWORD.0,
+            ReasonCode::CONNECTION_RATE_EXCEEDED.0
+        ]
+    );
+    // 3.x: code 4 and code 3
+    let (x, y) = tokio::join!(
+        attempt("c3", V::V3_1_1, b"wrong"),
+        attempt("c4", V::V3_1_1, b"wrong")
+    );
+    let mut codes = [x, y];
+    codes.sort();
+    // (read back as the MQTT 5 codes they map to)
+    assert_eq!(
+        codes,
+        [
+            ReasonCode::BAD_USER_NAME_OR_PASSWORD.0,
+            ReasonCode::SERVER_UNAVAILABLE.0
+        ],
+        "3.x codes 4 and 3"
+    );
+    // The right password still gets in, after its wait.
+    let started = std::time::Instant::now();
+    assert_eq!(attempt("r5", V::V5, b"right").await, 0);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(100),
+        "not slowed down"
+    );
+    // ... and empties the bucket: two failures at once are both checked again.
+    let (x, y) = tokio::join!(
+        attempt("w6", V::V5, b"wrong"),
+        attempt("w7", V::V5, b"wrong")
+    );
+    assert_eq!([x, y], [ReasonCode::BAD_USER_NAME_OR_PASSWORD.0; 2]);
     let text = String::from_utf8_lossy(&logs().lock().unwrap()).to_string();
     assert!(text.contains("failed-authentication limit"), "not logged");
     b.stop().await;

@@ -2,10 +2,14 @@
 //! password file, and Mosquitto-format ACLs.
 
 mod acl;
+mod limiter;
 mod password;
+mod pool;
 
 pub use acl::{Access, Acl};
-pub use password::{hash_password, PasswordFile};
+pub(crate) use limiter::{Admission, AuthLimiter};
+pub use password::{hash_password, PasswordFile, HASH_PARAMS};
+pub use pool::AuthPool;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -10,7 +10,7 @@ use starling_codec::{
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Client, Close, Connection};
-use crate::auth::{AuthDecision, Authenticator, Credentials, ListenerAuthenticator};
+use crate::auth::{Admission, AuthDecision, Authenticator, Credentials, ListenerAuthenticator};
 use crate::lifecycle;
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
@@ -84,6 +84,47 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         self.send(&Packet::ConnAck(ack), connect.protocol);
     }
 
+    /// Checks credentials that need the slow path (password hashing): counted
+    /// by the failed-login limiter first, delayed as it says, then run on the
+    /// broker's authentication pool. `None` when the limiter refuses the
+    /// attempt unchecked (a brute-force rate: 0x9F).
+    async fn check_slowly(
+        &self,
+        connect: &Connect,
+        authenticator: Arc<dyn Authenticator>,
+    ) -> Option<AuthDecision> {
+        let username = connect.username.as_ref().map(|u| u.to_string());
+        let limiter = &self.broker.auth_limiter;
+        let Admission::Check { delay, ticket } = limiter.admit(self.peer.ip(), username.as_deref())
+        else {
+            return None;
+        };
+        if !delay.is_zero() {
+            tracing::debug!(peer = %self.peer, ?delay, "authentication slowed down");
+            tokio::time::sleep(delay).await;
+        }
+        let client_id = connect.client_id.to_string();
+        let password = connect.password.clone();
+        let peer = self.peer;
+        let decision = self
+            .broker
+            .auth_pool
+            .run(move || {
+                authenticator.authenticate(&Credentials {
+                    client_id: &client_id,
+                    username: username.as_deref(),
+                    password: password.as_deref(),
+                    peer,
+                })
+            })
+            .await
+            .unwrap_or(AuthDecision::NotAuthorized);
+        if decision == AuthDecision::Allow {
+            ticket.succeeded();
+        }
+        Some(decision)
+    }
+
     /// Validates, authenticates and attaches a client; writes the CONNACK.
     /// Returns `None` when the connection was refused.
     pub(crate) async fn accept(
@@ -131,24 +172,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             connect.client_id =
                 ByteString::from(format!("starling-{:016x}", rand::random::<u64>()));
         }
-        // Listener context (crate::transport): a source address past its failed-
-        // authentication limit is refused before its credentials are looked at; a
-        // verified certificate identity replaces the user name and password; a
-        // listener's own anonymous setting decides for clients without a user name.
+        // Listener context (crate::transport): a verified certificate identity
+        // replaces the user name and password; a listener's own anonymous
+        // setting decides for clients without a user name.
         let ctx = crate::transport::context();
-        if ctx
-            .limiter
-            .as_ref()
-            .is_some_and(|l| l.is_blocked(self.peer.ip()))
-        {
-            tracing::warn!(peer = %self.peer, "too many failed authentications from this address");
-            self.refuse(
-                &connect,
-                ReasonCode::CONNECTION_RATE_EXCEEDED,
-                "failed-authentication limit reached",
-            );
-            return None;
-        }
         if let Some(will) = &connect.will {
             // Counted as the broker will see it: under the listener's mountpoint.
             let mount = ctx
@@ -204,30 +231,18 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         };
         let decision = match quick {
             Some(decision) => decision,
-            None => {
-                let client_id = connect.client_id.to_string();
-                let username = connect.username.as_ref().map(|u| u.to_string());
-                let password = connect.password.clone();
-                let peer = self.peer;
-                tokio::task::spawn_blocking(move || {
-                    authenticator.authenticate(&Credentials {
-                        client_id: &client_id,
-                        username: username.as_deref(),
-                        password: password.as_deref(),
-                        peer,
-                    })
-                })
-                .await
-                .unwrap_or(AuthDecision::NotAuthorized)
-            }
-        };
-        if decision != AuthDecision::Allow {
-            if let Some(limiter) = &ctx.limiter {
-                if limiter.record_failure(self.peer.ip()) {
-                    tracing::warn!(peer = %self.peer, "failed-authentication limit reached; refusing this address for a while");
+            None => match self.check_slowly(&connect, authenticator).await {
+                Some(decision) => decision,
+                None => {
+                    self.refuse(
+                        &connect,
+                        ReasonCode::CONNECTION_RATE_EXCEEDED,
+                        "failed-authentication limit: another attempt is being checked",
+                    );
+                    return None;
                 }
-            }
-        }
+            },
+        };
         match decision {
             AuthDecision::Allow => {}
             AuthDecision::BadCredentials => {

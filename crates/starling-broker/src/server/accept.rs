@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::broker::BrokerState;
 use crate::metrics::Metrics;
 use crate::transport::ws::Rewind;
-use crate::transport::{self, AuthLimiter, ConnContext, Flushing};
+use crate::transport::{self, ConnContext, Flushing};
 
 use super::{ListenerInfo, Transport};
 
@@ -27,7 +27,6 @@ pub(super) struct Shared {
     /// Dropped by each connection task when it ends; shutdown waits for all.
     pub(super) _done: mpsc::Sender<()>,
     pub(super) global: Option<Arc<Semaphore>>,
-    pub(super) limiter: Arc<AuthLimiter>,
 }
 
 use crate::connection::Slots as Permits;
@@ -56,7 +55,6 @@ impl Shared {
         ConnContext {
             identity: identity.filter(|_| info.use_identity),
             allow_anonymous: info.allow_anonymous,
-            limiter: Some(self.limiter.clone()),
             passwords: info.files.passwords.clone(),
             acl: info.files.acl.clone(),
             mountpoint: info.mountpoint.clone(),

@@ -23,7 +23,7 @@ use crate::auth::{
 use crate::broker::BrokerState;
 use crate::config::{Config, ListenerConfig};
 use crate::transport::tls::{Reloadable, TlsSettings};
-use crate::transport::{self, AuthLimiter, ConnContext};
+use crate::transport::{self, ConnContext};
 
 mod accept;
 mod reload;
@@ -88,7 +88,6 @@ impl ShutdownHandle {
 pub struct LocalConnector {
     state: Arc<BrokerState>,
     shutdown: watch::Receiver<bool>,
-    limiter: Arc<AuthLimiter>,
 }
 
 impl LocalConnector {
@@ -98,10 +97,7 @@ impl LocalConnector {
         let state = self.state.clone();
         let shutdown = self.shutdown.clone();
         let peer = SocketAddr::from(([0, 0, 0, 0], 0));
-        let ctx = ConnContext {
-            limiter: Some(self.limiter.clone()),
-            ..ConnContext::default()
-        };
+        let ctx = ConnContext::default();
         tokio::spawn(transport::with_context(
             ctx,
             crate::connection::serve(server, peer, state, shutdown, false),
@@ -151,7 +147,6 @@ pub struct Broker {
     state: Arc<BrokerState>,
     listeners: Vec<Listener>,
     shutdown: Arc<watch::Sender<bool>>,
-    limiter: Arc<AuthLimiter>,
     reload: ReloadHandle,
 }
 
@@ -355,7 +350,6 @@ impl Broker {
             listeners.push(bind_listener(&config, &lc, table).await?);
         }
         let (tx, _rx) = watch::channel(false);
-        let limiter = Arc::new(AuthLimiter::new(config.auth_failure_limit));
         let state = BrokerState::open_with_store(config, authenticator, acl, store)?;
         let tls = listeners
             .iter()
@@ -384,7 +378,6 @@ impl Broker {
             state,
             listeners,
             shutdown: Arc::new(tx),
-            limiter,
         })
     }
 
@@ -408,7 +401,6 @@ impl Broker {
         LocalConnector {
             state: self.state.clone(),
             shutdown: self.shutdown.subscribe(),
-            limiter: self.limiter.clone(),
         }
     }
 
@@ -429,7 +421,6 @@ impl Broker {
             state,
             listeners,
             shutdown,
-            limiter,
             reload: _,
         } = self;
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -442,7 +433,6 @@ impl Broker {
             shutdown: shutdown.subscribe(),
             _done: done_tx,
             global,
-            limiter,
         };
         // Before the listeners: every connection can park from the start.
         if state.config.hibernate_after_ms > 0 && state.reactor.get().is_none() {

@@ -11,8 +11,7 @@
 //!
 //! The connection code does not know which transport it runs on. What it needs
 //! from the listener (the certificate identity, the listener's anonymous
-//! setting, its own password and ACL files, its mountpoint, the
-//! failed-authentication limiter) travels in a task-local [`ConnContext`], set
+//! setting, its own password and ACL files, its mountpoint) travels in a task-local [`ConnContext`], set
 //! by the accept loop around the connection task.
 
 pub(crate) mod proxy;
@@ -20,18 +19,13 @@ pub(crate) mod quic;
 pub(crate) mod tls;
 pub(crate) mod ws;
 
-use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
-use parking_lot::Mutex;
 use starling_codec::ByteString;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
 
 use crate::auth::{Acl, ListenerFile, PasswordFile};
 
@@ -43,8 +37,6 @@ pub(crate) struct ConnContext {
     pub identity: Option<String>,
     /// The listener's own anonymous setting; `None` leaves it to the authenticator.
     pub allow_anonymous: Option<bool>,
-    /// The broker's failed-authentication limiter.
-    pub limiter: Option<Arc<AuthLimiter>>,
     /// The listener's own password file, used instead of the broker's authenticator.
     pub passwords: Option<Arc<ListenerFile<PasswordFile>>>,
     /// The listener's own ACL, used instead of the broker's.
@@ -65,82 +57,6 @@ pub(crate) fn context() -> ConnContext {
 /// Runs `fut` (a connection task) with `ctx` as its [`context`].
 pub(crate) async fn with_context<F: std::future::Future>(ctx: ConnContext, fut: F) -> F::Output {
     CONTEXT.scope(ctx, fut).await
-}
-
-/// Counts failed authentications per source address over a sliding minute.
-/// Past the limit, the address is refused (CONNACK 0x9F, 3.x code 3) until its
-/// oldest failure is a minute old.
-#[derive(Debug)]
-pub(crate) struct AuthLimiter {
-    limit: usize,
-    window: Duration,
-    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
-}
-
-/// Above this many tracked addresses, stale entries are swept on the next failure.
-const LIMITER_SWEEP: usize = 4096;
-
-impl AuthLimiter {
-    /// A limiter allowing `limit` failures a minute per address; 0 disables it.
-    pub(crate) fn new(limit: u32) -> AuthLimiter {
-        AuthLimiter {
-            limit: limit as usize,
-            window: Duration::from_secs(60),
-            failures: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Whether `ip` has used up its failures.
-    pub(crate) fn is_blocked(&self, ip: IpAddr) -> bool {
-        if self.limit == 0 {
-            return false;
-        }
-        let now = Instant::now();
-        let mut map = self.failures.lock();
-        let Some(times) = map.get_mut(&ip) else {
-            return false;
-        };
-        while times
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= self.window)
-        {
-            times.pop_front();
-        }
-        if times.is_empty() {
-            map.remove(&ip);
-            return false;
-        }
-        times.len() >= self.limit
-    }
-
-    /// Records a failure of `ip`. Returns true when this failure reaches the limit.
-    pub(crate) fn record_failure(&self, ip: IpAddr) -> bool {
-        if self.limit == 0 {
-            return false;
-        }
-        let now = Instant::now();
-        let mut map = self.failures.lock();
-        if map.len() >= LIMITER_SWEEP {
-            let window = self.window;
-            map.retain(|_, times| {
-                times
-                    .back()
-                    .is_some_and(|t| now.duration_since(*t) < window)
-            });
-        }
-        let times = map.entry(ip).or_default();
-        while times
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= self.window)
-        {
-            times.pop_front();
-        }
-        times.push_back(now);
-        while times.len() > self.limit {
-            times.pop_front();
-        }
-        times.len() == self.limit
-    }
 }
 
 /// Makes every write reach the transport before it completes.
@@ -203,26 +119,5 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Flushing<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn limiter_blocks_past_the_limit_for_a_minute() {
-        let l = AuthLimiter::new(3);
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let other: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!(!l.record_failure(ip));
-        assert!(!l.record_failure(ip));
-        assert!(!l.is_blocked(ip));
-        assert!(l.record_failure(ip));
-        assert!(l.is_blocked(ip));
-        assert!(!l.is_blocked(other));
-        tokio::time::advance(Duration::from_secs(61)).await;
-        assert!(!l.is_blocked(ip));
-        assert!(!AuthLimiter::new(0).record_failure(ip));
     }
 }
