@@ -71,6 +71,10 @@ struct Shared {
 }
 
 impl Node {
+    /// Whether the node holds nothing. Shallow on purpose (a recursive check
+    /// would recurse once per level): a node below the root that holds
+    /// nothing is always cut off (see [`TopicTree::unsubscribe`]), so a
+    /// child that exists is never empty.
     fn is_empty(&self) -> bool {
         self.children.as_ref().is_none_or(|c| c.is_empty())
             && self.exact.is_empty()
@@ -138,7 +142,7 @@ impl Node {
                 || w.shared
                     .as_ref()
                     .is_some_and(|s| !s.exact.is_empty() || !s.hash.is_empty())
-                || (level != "+" && w.plus.as_ref().is_some_and(|p| !p.is_empty()))
+                || (level != "+" && w.plus.is_some())
         });
         other_children > 0 || !self.exact.is_empty() || wild
     }
@@ -224,8 +228,9 @@ impl Drop for Node {
 }
 
 impl Wild {
+    /// Shallow, like [`Node::is_empty`].
     fn is_empty(&self) -> bool {
-        self.plus.as_ref().is_none_or(|p| p.is_empty())
+        self.plus.is_none()
             && self.hash.is_empty()
             && self
                 .shared
@@ -248,10 +253,19 @@ pub struct Matches<'a> {
 }
 
 /// The subscription trie.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct TopicTree {
     root: Node,
     count: usize,
+}
+
+/// Only the count: a derived `Debug` would recurse once per level.
+impl std::fmt::Debug for TopicTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicTree")
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
 }
 
 fn same(a: &Subscriber, session: &Arc<Session>) -> bool {
