@@ -184,7 +184,7 @@ impl Default for Config {
             receive_maximum: 1024,
             max_inflight_messages: 100,
             hibernate_after_ms: 2000,
-            topic_alias_maximum: 65535,
+            topic_alias_maximum: 64,
             max_queued_messages: 1000,
             max_queued_bytes: 64 * 1024 * 1024,
             queue_overflow: OverflowPolicy::DropOldest,

@@ -117,10 +117,15 @@ impl RetainedTree {
     /// node is visited at most once and the cost is bounded by the size of the
     /// tree above the filter's depth, whatever its wildcards.
     pub fn matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
+        self.matching_at_most(filter, now, usize::MAX)
+    }
+
+    /// Like [`RetainedTree::matching`], stopping after `limit` messages.
+    pub fn matching_at_most(&self, filter: &str, now: Instant, limit: usize) -> Vec<Arc<Message>> {
         let levels: Vec<&str> = filter.split('/').collect();
         let mut out = Vec::new();
         let keep = |m: &Arc<Message>, out: &mut Vec<Arc<Message>>| {
-            if !m.is_expired(now) {
+            if !m.is_expired(now) && out.len() < limit {
                 out.push(m.clone());
             }
         };
@@ -128,6 +133,9 @@ impl RetainedTree {
         let visible = |depth: usize, name: &str| !(depth == 0 && name.starts_with('$'));
         let mut stack: Vec<(&Node, usize)> = vec![(&self.root, 0)];
         while let Some((node, depth)) = stack.pop() {
+            if out.len() >= limit {
+                break;
+            }
             match levels.get(depth).copied() {
                 None => {
                     if let Some(m) = &node.message {
@@ -148,6 +156,9 @@ impl RetainedTree {
                         .map(|(_, child)| child)
                         .collect();
                     while let Some(n) = below.pop() {
+                        if out.len() >= limit {
+                            break;
+                        }
                         if let Some(m) = &n.message {
                             keep(m, &mut out);
                         }

@@ -335,6 +335,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         let sub_id = sub.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(sub.subscriptions.len());
         let mut retained: Vec<Delivery> = Vec::new();
+        // The session's queue holds at most this many messages: more retained
+        // messages than that from one SUBSCRIBE would only be dropped again,
+        // so the lookup stops there (whatever the number of filters).
+        let mut budget = self.broker.config.max_queued_messages;
         for s in &sub.subscriptions {
             let filter = &s.filter;
             let shared = parse_shared(filter);
@@ -396,8 +400,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     RetainHandling::SendIfNew => !existed,
                     RetainHandling::DoNotSend => false,
                 };
-            if send_retained {
-                for msg in self.broker.retained.read().matching(inner, now) {
+            if send_retained && budget > 0 {
+                let found = self
+                    .broker
+                    .retained
+                    .read()
+                    .matching_at_most(inner, now, budget);
+                budget -= found.len();
+                for msg in found {
                     retained.push(Delivery {
                         qos: msg.qos.min(granted),
                         retain: true,
