@@ -131,15 +131,20 @@ impl Acl {
             Some(u) => self.users.get(u).map(Vec::as_slice).unwrap_or_default(),
             None => &self.anonymous,
         };
+        // A client id or user name with a wildcard would widen a pattern it
+        // is substituted into ("clients/%c/#" with the id "#"): such a client
+        // gets no grant from patterns, while deny patterns still apply.
+        let wild = |s: &str| s.contains(['+', '#']);
+        let widening = wild(client_id) || username.is_some_and(wild);
         let substituted: Vec<(Grant, String)> = self
             .patterns
             .iter()
+            .filter(|r| !widening || r.grant == Grant::Deny)
             .map(|r| {
-                let t = r
-                    .topic
-                    .replace("%c", client_id)
-                    .replace("%u", username.unwrap_or(""));
-                (r.grant, t)
+                (
+                    r.grant,
+                    substitute(&r.topic, client_id, username.unwrap_or("")),
+                )
             })
             .collect();
         let rules = direct
@@ -157,6 +162,29 @@ impl Acl {
         }
         allowed
     }
+}
+
+/// `pattern` with `%c` and `%u` replaced in one pass (so that a client id
+/// holding `%u` is not substituted again).
+fn substitute(pattern: &str, client_id: &str, username: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut rest = pattern;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i..];
+        if let Some(r) = after.strip_prefix("%c") {
+            out.push_str(client_id);
+            rest = r;
+        } else if let Some(r) = after.strip_prefix("%u") {
+            out.push_str(username);
+            rest = r;
+        } else {
+            out.push('%');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Whether the ACL filter `rule` covers `topic` (a topic, or a subscription
@@ -212,6 +240,24 @@ mod tests {
                 "{user:?} {client} {topic} {access:?}"
             );
         }
+    }
+
+    #[test]
+    fn wildcards_in_a_client_id_or_user_name_do_not_widen_patterns() {
+        let acl = Acl::parse(
+            "pattern readwrite clients/%c/#\npattern read users/%u\npattern deny clients/%c/secret\n",
+            Path::new("acl"),
+        )
+        .unwrap();
+        // "#" as client id would make the rule clients/#/#.
+        assert!(!acl.check(None, "#", "clients/other/x", Access::Write));
+        assert!(!acl.check(None, "+", "clients/other/x", Access::Read));
+        assert!(!acl.check(Some("#"), "c", "users/alice", Access::Read));
+        assert!(acl.check(None, "c1", "clients/c1/x", Access::Write));
+        // A client id holding "%u" is not substituted again.
+        assert!(acl.check(Some("bob"), "%u", "clients/%u/x", Access::Write));
+        assert!(!acl.check(Some("bob"), "%u", "clients/bob/x", Access::Write));
+        assert_eq!(substitute("a/%c/%u/%x%", "id", "u"), "a/id/u/%x%");
     }
 
     #[test]
