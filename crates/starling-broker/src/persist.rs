@@ -46,8 +46,7 @@ pub fn message_record(d: &Delivery) -> Option<Bytes> {
         expires_at_ms: deadline_ms(d.msg.expires_at),
     }
     .encode()
-    .map_err(|e| tracing::warn!("message not stored: {e}"))
-    .ok()
+    .map_or_else(|e| not_stored("queued message", &e), Some)
 }
 
 /// The store record of an in-flight delivery (sent with `packet_id`).
@@ -61,7 +60,7 @@ pub fn inflight_record(i: &Inflight) -> Option<Bytes> {
         expires_at_ms: deadline_ms(i.delivery.msg.expires_at),
     }
     .encode()
-    .ok()
+    .map_or_else(|e| not_stored("in-flight message", &e), Some)
 }
 
 /// The store record of a retained message.
@@ -78,7 +77,7 @@ pub fn retained_record(msg: &Message) -> Option<Bytes> {
         expires_at_ms: deadline_ms(msg.expires_at),
     }
     .encode()
-    .ok()
+    .map_or_else(|e| not_stored("retained message", &e), Some)
 }
 
 /// The store record of a will waiting `delay` seconds.
@@ -94,7 +93,13 @@ pub fn will_record(will: &Will, delay: u32, username: Option<&str>) -> Option<By
         username: username.map(str::to_string),
     }
     .encode()
-    .ok()
+    .map_or_else(|e| not_stored("will", &e), Some)
+}
+
+/// Logs a record that could not be encoded (and so is kept in memory only).
+fn not_stored(what: &str, err: &dyn std::fmt::Display) -> Option<Bytes> {
+    tracing::warn!(record = what, "not stored: {err}");
+    None
 }
 
 /// The record of a session; `connected` sessions have no disconnect time yet.
@@ -161,6 +166,7 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
         }
         sessions.insert(client, session);
     }
+    let mut granted = Vec::with_capacity(loaded.subscriptions.len());
     {
         let mut tree = state.topics.write();
         for (client, filter, rec) in loaded.subscriptions {
@@ -182,14 +188,18 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
                     id: rec.id,
                 },
             );
-            session.state.lock().subscriptions.insert(
-                filter.clone(),
-                SubEntry {
-                    options: rec.options,
-                    id: rec.id,
-                },
-            );
+            granted.push((session.clone(), filter, rec));
         }
+    }
+    // A session's lock is never taken while `topics` is write-locked.
+    for (session, filter, rec) in granted {
+        session.state.lock().subscriptions.insert(
+            filter,
+            SubEntry {
+                options: rec.options,
+                id: rec.id,
+            },
+        );
     }
     let mut restored = 0usize;
     for (client, seq, rec) in loaded.messages {

@@ -330,6 +330,7 @@ impl starling_broker::store::Store for FailingStore {
             return Err(starling_broker::store::StoreError {
                 path: "test".into(),
                 message: "no space left on device".into(),
+                source: None,
             });
         }
         Ok(())

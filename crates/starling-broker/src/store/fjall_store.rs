@@ -56,19 +56,17 @@ impl FjallStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<FjallStore, StoreError> {
         let path = dir.join("fjall");
-        let err = |e: &dyn std::fmt::Display| StoreError {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        };
-        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+        let shown = path.display().to_string();
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::caused_by(shown.clone(), e))?;
+        let err = |e: fjall::Error| StoreError::caused_by(shown.clone(), e);
         let db = Database::builder(&path)
             // Bounds the journal replayed at startup.
             .max_journaling_size(64 * 1024 * 1024)
             .open()
-            .map_err(|e| err(&e))?;
+            .map_err(err)?;
         let ks = |name: &str| {
             db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(|e| err(&e))
+                .map_err(err)
         };
         Ok(FjallStore {
             sessions: ks("sessions")?,
@@ -82,11 +80,8 @@ impl FjallStore {
         })
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError {
-            path: self.path.display().to_string(),
-            message: e.to_string(),
-        }
+    fn err(&self, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        StoreError::caused_by(self.path.display().to_string(), e)
     }
 
     /// Every key of `ks` that starts with `client` and a 0 byte.

@@ -90,6 +90,23 @@ pub struct StoreError {
     pub path: String,
     /// What failed.
     pub message: String,
+    /// The underlying error, when there is one.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StoreError {
+    /// A failure at `path` caused by `source` (whose message it carries).
+    pub fn caused_by(
+        path: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StoreError {
+        StoreError {
+            path: path.into(),
+            message: source.to_string(),
+            source: Some(Box::new(source)),
+        }
+    }
 }
 
 /// An embedded key-value store for sessions.
@@ -191,17 +208,14 @@ impl Persistence {
                     tracing::error!("{e}");
                 }
             })
-            .map_err(|e| StoreError {
-                path: "store writer thread".into(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| StoreError::caused_by("store writer thread", e))?;
         Ok(Persistence { tx, durability })
     }
 
     /// Submits changes without waiting for them.
     pub fn submit(&self, ops: Vec<Op>) {
         if !ops.is_empty() {
-            let _ = self.tx.send(Request {
+            self.send(Request {
                 ops,
                 done: None,
                 sync: false,
@@ -210,12 +224,26 @@ impl Persistence {
         }
     }
 
+    /// Hands a request to the writer thread. If the thread has ended (after
+    /// `close`, or because it failed), the request's writes are lost: that is
+    /// logged, and a waiter sees its channel closed.
+    fn send(&self, request: Request) {
+        if let Err(mpsc::SendError(lost)) = self.tx.send(request) {
+            if !lost.ops.is_empty() {
+                tracing::error!(
+                    ops = lost.ops.len(),
+                    "store writer is not running: changes not written"
+                );
+            }
+        }
+    }
+
     /// Submits changes; the receiver completes once they are durable (with
     /// `durability = always`) or written (otherwise). It fails (the sender is
     /// dropped) when the store could not write them.
     pub fn submit_and_wait(&self, ops: Vec<Op>) -> oneshot::Receiver<()> {
         let (done, rx) = oneshot::channel();
-        let _ = self.tx.send(Request {
+        self.send(Request {
             ops,
             done: Some(done),
             sync: false,
@@ -232,7 +260,7 @@ impl Persistence {
     /// Waits until everything submitted so far is on stable storage.
     pub async fn flush(&self) {
         let (done, rx) = oneshot::channel();
-        let _ = self.tx.send(Request {
+        self.send(Request {
             ops: Vec::new(),
             done: Some(done),
             sync: true,
@@ -245,7 +273,7 @@ impl Persistence {
     /// ignored. Returns once the store's files are released.
     pub async fn close(&self) {
         let (done, rx) = oneshot::channel();
-        let _ = self.tx.send(Request {
+        self.send(Request {
             ops: Vec::new(),
             done: Some(done),
             sync: true,
