@@ -63,6 +63,8 @@ pub struct BrokerState {
     listener_acls: bool,
     /// The store's writer, unless `durability = "none"`.
     pub store: Option<Persistence>,
+    /// Wills waiting for their delay and sessions waiting to expire.
+    pub(crate) timers: crate::timers::Timers,
 }
 
 impl std::fmt::Debug for BrokerState {
@@ -118,6 +120,7 @@ impl BrokerState {
     pub fn new(config: Config, authenticator: Arc<dyn Authenticator>, acl: Option<Acl>) -> Self {
         BrokerState {
             store: None,
+            timers: crate::timers::Timers::default(),
             sessions: Mutex::new(Sessions::default()),
             topics: RwLock::new(TopicTree::default()),
             retained: RwLock::new(RetainedTree::default()),

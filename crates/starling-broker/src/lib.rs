@@ -19,6 +19,7 @@ mod server;
 pub mod session;
 pub mod store;
 mod sys;
+mod timers;
 pub mod topic_tree;
 mod transport;
 

@@ -216,9 +216,9 @@ pub(crate) fn schedule_will(
     generation: u64,
     wait: Duration,
 ) {
-    let broker = broker.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(wait).await;
+    let state = broker.clone();
+    broker.timers.schedule(wait, move || {
+        let broker = state;
         let resumed = session.as_ref().is_some_and(|s| {
             let st = s.state.lock();
             st.generation != generation || st.link.is_some()
@@ -247,10 +247,9 @@ pub(crate) fn schedule_expiry(
     generation: u64,
     wait: Duration,
 ) {
-    let broker = broker.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(wait).await;
-        if end_session_unless_resumed(&broker, &session, generation) {
+    let state = broker.clone();
+    broker.timers.schedule(wait, move || {
+        if end_session_unless_resumed(&state, &session, generation) {
             tracing::debug!(client_id = %session.client_id, "session expired");
         }
     });

@@ -434,6 +434,11 @@ impl Broker {
             _done: done_tx,
             global,
         };
+        // Before the listeners: wills and expiries restored from the store
+        // (and any scheduled from now on) run from the start.
+        state
+            .timers
+            .start(shutdown.subscribe(), shared._done.clone());
         // Before the listeners: every connection can park from the start.
         if state.config.hibernate_after_ms > 0 && state.reactor.get().is_none() {
             match crate::hibernate::Reactor::start(
