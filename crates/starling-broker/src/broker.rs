@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::auth::{Access, Acl, AuthLimiter, AuthPool, Authenticator, ListenerFile};
 use crate::config::{Config, SharedStrategy};
+use crate::events::{DropReason, Event};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::retained::RetainedTree;
@@ -49,6 +50,8 @@ pub struct BrokerState {
     has_acl: std::sync::atomic::AtomicBool,
     /// Counters.
     pub metrics: Metrics,
+    /// What happens, for observers (see [`crate::events`]).
+    pub events: crate::events::Events,
     /// Source of connection ids.
     pub next_conn_id: AtomicU64,
     /// When the broker started.
@@ -130,6 +133,7 @@ impl BrokerState {
             has_acl: std::sync::atomic::AtomicBool::new(acl.is_some()),
             acl: RwLock::new(acl.map(Arc::new)),
             metrics: Metrics::default(),
+            events: crate::events::Events::default(),
             next_conn_id: AtomicU64::new(1),
             started: Instant::now(),
             reactor: std::sync::OnceLock::new(),
@@ -259,6 +263,10 @@ impl BrokerState {
             }
         }
         if targets.is_empty() {
+            self.events.emit(|| Event::MessagePublished {
+                message: msg.clone(),
+                receivers: 0,
+            });
             return 0;
         }
         // One copy per session: the highest granted QoS and every subscription id.
@@ -322,9 +330,18 @@ impl BrokerState {
                 crate::session::Enqueued::Dropped | crate::session::Enqueued::DroppedOldest
             ) {
                 Metrics::add(&self.metrics.messages_dropped, 1);
+                self.events.emit(|| Event::MessageDropped {
+                    client_id: session.client_id.clone(),
+                    topic: msg.topic.clone(),
+                    reason: DropReason::QueueFull,
+                });
             }
             offered += 1;
         }
+        self.events.emit(|| Event::MessagePublished {
+            message: msg.clone(),
+            receivers: offered,
+        });
         offered
     }
 

@@ -9,6 +9,7 @@ pub mod auth;
 mod broker;
 pub mod config;
 mod connection;
+pub mod events;
 mod hibernate;
 mod lifecycle;
 pub mod message;

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::auth::{Access, Acl, ListenerFile};
 use crate::broker::BrokerState;
 use crate::connection::{Client, Close};
+use crate::events::Event;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::persist;
@@ -83,6 +84,9 @@ pub(crate) fn attach(
                     st.link = link.take();
                 }
                 sessions.insert(session.clone());
+                broker.events.emit(|| Event::SessionCreated {
+                    client_id: session.client_id.clone(),
+                });
                 (session, false)
             }
         }
@@ -111,6 +115,9 @@ pub(crate) fn attach(
         store.submit(ops);
     }
     if let Some(old) = discarded {
+        broker.events.emit(|| Event::SessionEnded {
+            client_id: old.client_id.clone(),
+        });
         broker.unsubscribe_all(&old);
     }
     result
@@ -284,6 +291,9 @@ fn end_session_unless_resumed(
             store.submit(vec![Op::DeleteSession(session.client_id.clone())]);
         }
     }
+    broker.events.emit(|| Event::SessionEnded {
+        client_id: session.client_id.clone(),
+    });
     broker.unsubscribe_all(session);
     true
 }

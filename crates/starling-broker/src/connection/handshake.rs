@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Client, Close, Connection};
 use crate::auth::{Admission, AuthDecision, Authenticator, Credentials, ListenerAuthenticator};
+use crate::events::Event;
 use crate::lifecycle;
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
@@ -310,6 +311,13 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             }
         }
         self.send(&Packet::ConnAck(ack), v);
+        self.broker.events.emit(|| Event::ClientConnected {
+            client_id: connect.client_id.clone(),
+            username: connect.username.clone(),
+            peer: self.peer,
+            protocol: v,
+            session_present: present,
+        });
         tracing::info!(
             client_id = %connect.client_id,
             peer = %self.peer,

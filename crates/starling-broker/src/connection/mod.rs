@@ -24,6 +24,7 @@ use tokio::time::{timeout, Instant};
 
 use crate::auth::{Acl, ListenerFile};
 use crate::broker::BrokerState;
+use crate::events::{DropReason, Event};
 use crate::hibernate::{Parked, Reactor};
 use crate::metrics::Metrics;
 use crate::session::{Inflight, Session};
@@ -681,6 +682,11 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             let Some(delivery) = st.pop() else { break };
             if delivery.msg.is_expired(now) {
                 Metrics::add(&self.broker.metrics.messages_expired, 1);
+                self.broker.events.emit(|| Event::MessageDropped {
+                    client_id: client.client_id().clone(),
+                    topic: delivery.msg.topic.clone(),
+                    reason: DropReason::Expired,
+                });
                 if delivery.seq != 0 {
                     ops.push(Op::DeleteMessage(client.client_id().clone(), delivery.seq));
                 }
@@ -717,6 +723,11 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                         .dropped
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     Metrics::add(&self.broker.metrics.messages_dropped, 1);
+                    self.broker.events.emit(|| Event::MessageDropped {
+                        client_id: client.client_id().clone(),
+                        topic: delivery.msg.topic.clone(),
+                        reason: DropReason::TooLarge,
+                    });
                     continue;
                 }
             }
@@ -733,6 +744,11 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     .insert(topic, alias);
             }
             sent += 1;
+            self.broker.events.emit(|| Event::MessageDelivered {
+                client_id: client.client_id().clone(),
+                topic: delivery.msg.topic.clone(),
+                qos: delivery.qos,
+            });
             if qos1 {
                 let inflight = Inflight {
                     packet_id,
@@ -809,6 +825,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 self.send(&Packet::Disconnect(disconnect), version);
             }
         }
+        self.broker.events.emit(|| Event::ClientDisconnected {
+            client_id: client.client_id().clone(),
+            reason: format!("{close:?}"),
+        });
         tracing::info!(
             client_id = %client.client_id(),
             peer = %self.peer,

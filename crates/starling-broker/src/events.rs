@@ -1,0 +1,192 @@
+//! Broker events: what happened to clients, sessions and messages, for
+//! observers (metrics, webhooks, the admin API) that must not slow the
+//! publish path down.
+//!
+//! [`Events::subscribe`] returns a receiver with a bounded buffer. Emitting
+//! costs one atomic load while nobody observes (the event is not even built);
+//! with observers, one bounded broadcast send. An observer that falls behind
+//! loses the oldest events (it is told how many), never slows the broker.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use starling_codec::{ByteString, ProtocolVersion, QoS};
+use tokio::sync::broadcast;
+
+use crate::message::Message;
+
+/// How many events an observer may fall behind before it loses some.
+pub const OBSERVER_BUFFER: usize = 4096;
+
+/// Why a message was not delivered to a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The subscriber's queue was full.
+    QueueFull,
+    /// Larger than the subscriber's Maximum Packet Size.
+    TooLarge,
+    /// Expired before it could be delivered.
+    Expired,
+}
+
+/// One thing that happened in the broker.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A client completed CONNECT (CONNACK 0x00 sent).
+    ClientConnected {
+        /// Its client id.
+        client_id: ByteString,
+        /// Its user name, if any.
+        username: Option<ByteString>,
+        /// Where it connects from.
+        peer: SocketAddr,
+        /// Its protocol version.
+        protocol: ProtocolVersion,
+        /// Whether a stored session was resumed.
+        session_present: bool,
+    },
+    /// A client's connection ended.
+    ClientDisconnected {
+        /// Its client id.
+        client_id: ByteString,
+        /// Why, in words (the close reason).
+        reason: String,
+    },
+    /// A new session was created for a client id.
+    SessionCreated {
+        /// The client id.
+        client_id: ByteString,
+    },
+    /// A session ended: expired, ended with its connection, or discarded by a
+    /// clean start.
+    SessionEnded {
+        /// The client id.
+        client_id: ByteString,
+    },
+    /// A message was accepted for routing (from a client or a will).
+    MessagePublished {
+        /// The message (its payload is shared, not copied).
+        message: Arc<Message>,
+        /// How many sessions it was offered to.
+        receivers: usize,
+    },
+    /// A message was written to a subscriber's connection.
+    MessageDelivered {
+        /// The subscriber's client id.
+        client_id: ByteString,
+        /// The topic.
+        topic: ByteString,
+        /// The QoS it was delivered at.
+        qos: QoS,
+    },
+    /// A message was not delivered to a subscriber.
+    MessageDropped {
+        /// The subscriber's client id.
+        client_id: ByteString,
+        /// The topic.
+        topic: ByteString,
+        /// Why.
+        reason: DropReason,
+    },
+}
+
+/// Where events are emitted and observed.
+#[derive(Debug)]
+pub struct Events {
+    tx: broadcast::Sender<Event>,
+    observers: Arc<AtomicUsize>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        let (tx, _) = broadcast::channel(OBSERVER_BUFFER);
+        Events {
+            tx,
+            observers: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+/// An observer's end: events from the moment it subscribed.
+#[derive(Debug)]
+pub struct Observer {
+    rx: broadcast::Receiver<Event>,
+    observers: Arc<AtomicUsize>,
+}
+
+impl Observer {
+    /// The next event; `Err(Lagged(n))` when `n` were lost because this
+    /// observer fell behind (it can go on receiving).
+    pub async fn recv(&mut self) -> Result<Event, broadcast::error::RecvError> {
+        self.rx.recv().await
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Result<Event, broadcast::error::TryRecvError> {
+        self.rx.try_recv()
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.observers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Events {
+    /// Starts observing.
+    pub fn subscribe(&self) -> Observer {
+        self.observers.fetch_add(1, Ordering::Relaxed);
+        Observer {
+            rx: self.tx.subscribe(),
+            observers: self.observers.clone(),
+        }
+    }
+
+    /// Whether anybody observes (so that events are worth building).
+    pub fn observed(&self) -> bool {
+        self.observers.load(Ordering::Relaxed) > 0
+    }
+
+    /// Emits the event `make` builds, if anybody observes.
+    pub(crate) fn emit(&self, make: impl FnOnce() -> Event) {
+        if self.observed() {
+            let _ = self.tx.send(make());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn nothing_is_built_without_observers_and_a_slow_observer_only_lags() {
+        let events = Events::default();
+        let mut built = 0;
+        events.emit(|| {
+            built += 1;
+            Event::SessionCreated {
+                client_id: "a".into(),
+            }
+        });
+        assert_eq!(built, 0);
+        let mut obs = events.subscribe();
+        for i in 0..(OBSERVER_BUFFER + 10) {
+            events.emit(|| Event::SessionEnded {
+                client_id: format!("c{i}").as_str().into(),
+            });
+        }
+        assert!(matches!(
+            obs.recv().await,
+            Err(broadcast::error::RecvError::Lagged(10))
+        ));
+        match obs.recv().await {
+            Ok(Event::SessionEnded { client_id }) => assert_eq!(&*client_id, "c10"),
+            other => panic!("{other:?}"),
+        }
+        drop(obs);
+        assert!(!events.observed());
+    }
+}
