@@ -16,7 +16,7 @@ use starling_codec::topic::parse_shared;
 use starling_codec::{ByteString, QoS};
 use tokio::time::Instant;
 
-use crate::auth::{Access, Acl, AuthLimiter, AuthPool, Authenticator, ListenerFile};
+use crate::auth::{Access, Acl, AuthLimiter, AuthPool, Authenticator, AuthzSource, ListenerFile};
 use crate::config::{Config, SharedStrategy};
 use crate::events::{DropReason, Event};
 use crate::message::{Delivery, Message};
@@ -48,6 +48,10 @@ pub struct BrokerState {
     acl: RwLock<Option<Arc<Acl>>>,
     /// Whether `acl` is set, read without its lock on every message.
     has_acl: std::sync::atomic::AtomicBool,
+    /// Authorization sources asked before the ACL (see [`crate::auth::chain`]).
+    authorizers: RwLock<Arc<[Arc<dyn AuthzSource>]>>,
+    /// Whether `authorizers` has any, read without its lock on every message.
+    has_authz: std::sync::atomic::AtomicBool,
     /// Counters.
     pub metrics: Metrics,
     /// What happens, for observers (see [`crate::events`]).
@@ -132,6 +136,8 @@ impl BrokerState {
             auth_limiter: Arc::new(AuthLimiter::new(config.auth_failure_limit)),
             has_acl: std::sync::atomic::AtomicBool::new(acl.is_some()),
             acl: RwLock::new(acl.map(Arc::new)),
+            authorizers: RwLock::new(Arc::from(Vec::new())),
+            has_authz: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::default(),
             events: crate::events::Events::default(),
             next_conn_id: AtomicU64::new(1),
@@ -181,8 +187,38 @@ impl BrokerState {
         }
     }
 
+    /// Adds an authorization source, asked after those added before it and
+    /// before the ACL file.
+    pub fn add_authorizer(&self, source: Arc<dyn AuthzSource>) {
+        let mut slot = self.authorizers.write();
+        let mut all: Vec<Arc<dyn AuthzSource>> = slot.iter().cloned().collect();
+        all.push(source);
+        *slot = Arc::from(all);
+        self.has_authz
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// What the authorization sources say, if any has an answer.
+    fn authorized(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+        topic: &str,
+        access: Access,
+    ) -> Option<bool> {
+        if !self.has_authz.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let sources = self.authorizers.read().clone();
+        let client = crate::auth::chain::Client {
+            client_id,
+            username,
+        };
+        crate::auth::chain::authorize(&sources, &client, topic, access)
+    }
+
     /// Like [`BrokerState::allowed`], with a listener's own ACL in place of the
-    /// broker's when `own` is given.
+    /// broker's when `own` is given; authorization sources are asked first.
     pub fn allowed_with(
         &self,
         own: Option<&ListenerFile<Acl>>,
@@ -191,9 +227,39 @@ impl BrokerState {
         topic: &str,
         access: Access,
     ) -> bool {
+        if let Some(answer) = self.authorized(username, client_id, topic, access) {
+            return answer;
+        }
         match own {
             Some(acl) => acl.current().check(username, client_id, topic, access),
             None => self.allowed(username, client_id, topic, access),
+        }
+    }
+
+    /// The read check at delivery: the authorization sources, then the ACL
+    /// of the listener the session's client came through, if it has one, else
+    /// the broker's (`acl`).
+    fn may_read(
+        &self,
+        session: &Session,
+        acl: Option<&Arc<Acl>>,
+        topic: &str,
+        has_authz: bool,
+    ) -> bool {
+        let (own, user) = {
+            let st = session.state.lock();
+            (st.acl.as_ref().map(|a| a.current()), st.username.clone())
+        };
+        if has_authz {
+            if let Some(answer) =
+                self.authorized(user.as_deref(), &session.client_id, topic, Access::Read)
+            {
+                return answer;
+            }
+        }
+        match own.as_ref().or(acl) {
+            Some(acl) => acl.check(user.as_deref(), &session.client_id, topic, Access::Read),
+            None => true,
         }
     }
 
@@ -277,7 +343,8 @@ impl BrokerState {
         } else {
             None
         };
-        let check_acl = acl.is_some() || self.listener_acls;
+        let has_authz = self.has_authz.load(std::sync::atomic::Ordering::Acquire);
+        let check_acl = acl.is_some() || self.listener_acls || has_authz;
         let mut offered = 0;
         let mut i = 0;
         while i < targets.len() {
@@ -299,23 +366,8 @@ impl BrokerState {
             }
             // The read check at delivery: the ACL of the listener the session's
             // client came through, if it has one, else the broker's.
-            if !check_acl {
-                // No ACL anywhere: nothing to look up per delivery.
-            } else if let Some(acl) = {
-                let st = session.state.lock();
-                let own = st.acl.as_ref().map(|a| a.current());
-                own.or_else(|| acl.clone())
-                    .map(|a| (a, st.username.clone()))
-            } {
-                let (acl, user) = acl;
-                if !acl.check(
-                    user.as_deref(),
-                    &session.client_id,
-                    &msg.topic,
-                    Access::Read,
-                ) {
-                    continue;
-                }
+            if check_acl && !self.may_read(&session, acl.as_ref(), &msg.topic, has_authz) {
+                continue;
             }
             let delivery = Delivery {
                 msg: msg.clone(),

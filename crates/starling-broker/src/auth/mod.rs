@@ -2,11 +2,13 @@
 //! password file, and Mosquitto-format ACLs.
 
 mod acl;
+pub mod chain;
 mod limiter;
 mod password;
 mod pool;
 
 pub use acl::{Access, Acl};
+pub use chain::{AuthChain, AuthnSource, AuthzSource, PasswordFileSource, Verdict};
 pub(crate) use limiter::{Admission, AuthLimiter};
 pub use password::{hash_password, PasswordFile, HASH_PARAMS};
 pub use pool::AuthPool;
@@ -96,24 +98,23 @@ impl Authenticator for FileAuthenticator {
     }
 }
 
+/// The file-based decision, as the chain of one password-file source makes it.
 fn decide(
     allow_anonymous: bool,
     passwords: Option<&PasswordFile>,
     c: &Credentials<'_>,
 ) -> AuthDecision {
-    match (c.username, passwords) {
-        (None, _) if allow_anonymous => AuthDecision::Allow,
-        (None, _) => AuthDecision::NotAuthorized,
-        (Some(user), Some(file)) => {
-            if file.verify(user, c.password.unwrap_or_default()) {
-                AuthDecision::Allow
-            } else {
-                AuthDecision::BadCredentials
-            }
-        }
+    // A client without a user name never reaches the file.
+    let Some(user) = c.username else {
+        return AuthChain::new(Vec::new(), allow_anonymous).authenticate(c);
+    };
+    match passwords {
+        Some(file) => match file.check(user, c.password.unwrap_or_default()) {
+            Some(true) => AuthDecision::Allow,
+            _ => AuthDecision::BadCredentials,
+        },
         // A user name but no password file: treated as anonymous, like Mosquitto.
-        (Some(_), None) if allow_anonymous => AuthDecision::Allow,
-        (Some(_), None) => AuthDecision::BadCredentials,
+        None => AuthChain::new(Vec::new(), allow_anonymous).authenticate(c),
     }
 }
 

@@ -113,12 +113,18 @@ impl PasswordFile {
 
     /// Whether `password` is right for `user`. Unknown users and malformed hashes fail.
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
+        self.check(user, password) == Some(true)
+    }
+
+    /// Whether `password` is right for `user`; `None` for a user the file
+    /// does not know (checked against a dummy hash all the same, so that the
+    /// time taken does not tell which part failed).
+    pub fn check(&self, user: &str, password: &[u8]) -> Option<bool> {
         let Some(hash) = self.users.get(user) else {
-            // Spend the same time, so the answer does not tell which part failed.
             let _ = verify_hash(&DUMMY_HASH, password);
-            return false;
+            return None;
         };
-        verify_hash(hash, password)
+        Some(verify_hash(hash, password))
     }
 }
 
