@@ -17,6 +17,7 @@ use starling_codec::{ByteString, QoS};
 use tokio::time::Instant;
 
 use crate::auth::{Access, Acl, AuthLimiter, AuthPool, Authenticator, AuthzSource, ListenerFile};
+use crate::cluster::{Cluster, SingleNode};
 use crate::config::{Config, SharedStrategy};
 use crate::events::{DropReason, Event};
 use crate::message::{Delivery, Message};
@@ -56,6 +57,8 @@ pub struct BrokerState {
     pub metrics: Metrics,
     /// What happens, for observers (see [`crate::events`]).
     pub events: crate::events::Events,
+    /// The other nodes (see [`crate::cluster`]); [`SingleNode`] alone.
+    cluster: RwLock<Arc<dyn Cluster>>,
     /// Source of connection ids.
     pub next_conn_id: AtomicU64,
     /// When the broker started.
@@ -140,6 +143,7 @@ impl BrokerState {
             has_authz: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::default(),
             events: crate::events::Events::default(),
+            cluster: RwLock::new(Arc::new(SingleNode)),
             next_conn_id: AtomicU64::new(1),
             started: Instant::now(),
             reactor: std::sync::OnceLock::new(),
@@ -163,6 +167,30 @@ impl BrokerState {
     /// Queue bounds for new sessions.
     pub fn queue_limits(&self) -> Arc<QueueLimits> {
         self.limits.clone()
+    }
+
+    /// Replaces the single-node seam with a cluster implementation. Call it
+    /// before the broker serves clients.
+    pub fn set_cluster(&self, cluster: Arc<dyn Cluster>) {
+        *self.cluster.write() = cluster;
+    }
+
+    /// The cluster seam in force.
+    pub fn cluster(&self) -> Arc<dyn Cluster> {
+        self.cluster.read().clone()
+    }
+
+    /// Accepts a message from a client or a will: retains it if it says so,
+    /// routes it to this node's subscribers (store writes for persistent ones
+    /// added to `ops`) and forwards it to the other nodes. Returns how many
+    /// local sessions it was offered to.
+    pub fn publish(&self, msg: &Arc<Message>, ops: &mut Vec<Op>) -> usize {
+        if msg.retain {
+            self.retain(msg, ops);
+        }
+        let offered = self.route(msg, Some(ops));
+        self.cluster.read().forward(msg);
+        offered
     }
 
     /// Installs (or, with `None`, removes) the broker-wide ACL.
@@ -471,10 +499,19 @@ impl BrokerState {
     /// Removes every subscription of `session` from the index.
     pub fn unsubscribe_all(&self, session: &Arc<Session>) {
         let filters: Vec<ByteString> = session.state.lock().subscriptions.keys().cloned().collect();
-        let mut tree = self.topics.write();
-        for f in filters {
-            let (share, filter) = split_share(&f);
-            tree.unsubscribe(share, filter, session);
+        let mut removed = Vec::new();
+        {
+            let mut tree = self.topics.write();
+            for f in filters {
+                let (share, filter) = split_share(&f);
+                if tree.unsubscribe(share, filter, session) {
+                    removed.push(f);
+                }
+            }
+        }
+        let cluster = self.cluster();
+        for f in removed {
+            cluster.interest(&f, false);
         }
     }
 }

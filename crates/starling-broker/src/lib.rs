@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod broker;
+pub mod cluster;
 pub mod config;
 mod connection;
 pub mod events;

@@ -295,6 +295,7 @@ fn end_session_unless_resumed(
         client_id: session.client_id.clone(),
     });
     broker.unsubscribe_all(session);
+    broker.cluster().release(&session.client_id);
     true
 }
 
@@ -327,10 +328,7 @@ pub(crate) fn publish_will(
     });
     tracing::debug!(client_id = %client_id, topic = %msg.topic, "publishing will");
     let mut ops = Vec::new();
-    if msg.retain {
-        broker.retain(&msg, &mut ops);
-    }
-    broker.route(&msg, Some(&mut ops));
+    broker.publish(&msg, &mut ops);
     if let Some(store) = &broker.store {
         store.submit(ops);
     }

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Client, Close, Connection};
 use crate::auth::{Admission, AuthDecision, Authenticator, Credentials, ListenerAuthenticator};
+use crate::cluster::Ownership;
 use crate::events::Event;
 use crate::lifecycle;
 
@@ -278,6 +279,17 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         } else {
             config.persistent_session_expiry.unwrap_or(u32::MAX)
         };
+        // The session is this node's to serve (a cluster takes it over from
+        // another node first).
+        let cluster = self.broker.cluster();
+        if cluster.claim(&connect.client_id).await == Ownership::Unavailable {
+            self.refuse(
+                &connect,
+                ReasonCode::SERVER_UNAVAILABLE,
+                "session could not be claimed",
+            );
+            return None;
+        }
         let (session, present) = lifecycle::attach(
             &self.broker,
             &connect.client_id,

@@ -276,10 +276,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 Some(client.client_id().clone()),
                 Instant::now(),
             ));
-            if msg.retain {
-                self.broker.retain(&msg, &mut ops);
-            }
-            let offered = self.broker.route(&msg, Some(&mut ops));
+            let offered = self.broker.publish(&msg, &mut ops);
             if offered == 0 {
                 code = ReasonCode::NO_MATCHING_SUBSCRIBERS;
             }
@@ -384,6 +381,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     id: sub_id,
                 },
             );
+            if !existed {
+                self.broker.cluster().interest(filter, true);
+            }
             client.session.state.lock().subscriptions.insert(
                 crate::message::owned(filter),
                 SubEntry {
@@ -475,6 +475,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 .topics
                 .write()
                 .unsubscribe(share, inner, &client.session);
+            if removed {
+                self.broker.cluster().interest(filter, false);
+            }
             let existed = client
                 .session
                 .state

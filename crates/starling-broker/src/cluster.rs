@@ -1,0 +1,77 @@
+//! The seam to other broker nodes: routing messages to the nodes that want
+//! them, and deciding which node owns a client's session.
+//!
+//! A single node uses [`SingleNode`], which does nothing and owns every
+//! session. The cluster work replaces it with an implementation on NATS
+//! JetStream: `forward` publishes to the nodes with matching interest,
+//! `interest` keeps this node's subscriptions known to the others, `claim`
+//! takes a session over from another node before the CONNACK, and `release`
+//! gives it up when it ends.
+//!
+//! The broker calls `forward` once per message it accepts from a client or a
+//! will ([`crate::BrokerState::publish`]), never for a message that came from
+//! another node ([`crate::BrokerState::route`] alone).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::message::Message;
+
+/// Whether this node may serve a client's session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// This node owns it now (any other node's copy has been taken over).
+    Local,
+    /// It could not be claimed (the cluster is unreachable): the client is
+    /// refused with 0x88 Server unavailable (3.x: code 3).
+    Unavailable,
+}
+
+/// A future a [`Cluster`] returns.
+pub type ClusterFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What the broker asks of the other nodes.
+pub trait Cluster: Send + Sync + 'static {
+    /// A message accepted on this node, after it was routed here: hand it to
+    /// the nodes whose subscriptions match. Must not block.
+    fn forward(&self, message: &Arc<Message>);
+    /// A local subscription to `filter` was added (`true`) or removed.
+    /// Subscriptions are counted by the implementation: each add is matched
+    /// by one removal.
+    fn interest(&self, filter: &str, added: bool);
+    /// Claims the session of `client_id` for this node, taking it over from
+    /// any other node, before the client is told it is connected.
+    fn claim(&self, client_id: &str) -> ClusterFuture<Ownership>;
+    /// The session of `client_id` ended on this node.
+    fn release(&self, client_id: &str);
+}
+
+/// One node alone: nothing to forward, every session is local.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SingleNode;
+
+impl Cluster for SingleNode {
+    fn forward(&self, _: &Arc<Message>) {}
+
+    fn interest(&self, _: &str, _: bool) {}
+
+    fn claim(&self, _: &str) -> ClusterFuture<Ownership> {
+        Box::pin(std::future::ready(Ownership::Local))
+    }
+
+    fn release(&self, _: &str) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_single_node_owns_everything_and_forwards_nothing() {
+        let node: Arc<dyn Cluster> = Arc::new(SingleNode);
+        assert_eq!(node.claim("any").await, Ownership::Local);
+        node.interest("a/#", true);
+        node.release("any");
+    }
+}

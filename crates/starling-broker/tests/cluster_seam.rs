@@ -1,0 +1,89 @@
+//! The cluster seam: a recording implementation sees every message accepted
+//! here forwarded once, interest follow subscriptions, sessions claimed before
+//! the CONNACK and released when they end; a refused claim refuses the client.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Raw, TestBroker};
+use parking_lot::Mutex;
+use starling_broker::cluster::{Cluster, ClusterFuture, Ownership};
+use starling_broker::message::Message;
+use starling_broker::{Broker, Config};
+use starling_codec::{Connect, Disconnect, Packet, ProtocolVersion as V, QoS, Unsubscribe};
+
+#[derive(Default)]
+struct Recorder {
+    log: Mutex<Vec<String>>,
+}
+
+impl Cluster for Recorder {
+    fn forward(&self, message: &Arc<Message>) {
+        self.log.lock().push(format!("forward {}", message.topic));
+    }
+    fn interest(&self, filter: &str, added: bool) {
+        self.log.lock().push(format!("interest {filter} {added}"));
+    }
+    fn claim(&self, client_id: &str) -> ClusterFuture<Ownership> {
+        self.log.lock().push(format!("claim {client_id}"));
+        let answer = if client_id == "elsewhere" {
+            Ownership::Unavailable
+        } else {
+            Ownership::Local
+        };
+        Box::pin(std::future::ready(answer))
+    }
+    fn release(&self, client_id: &str) {
+        self.log.lock().push(format!("release {client_id}"));
+    }
+}
+
+#[tokio::test]
+async fn the_broker_tells_the_cluster_what_it_needs() {
+    let broker = Broker::bind(Config {
+        listen: vec!["mqtt://127.0.0.1:0".into()],
+        sys_interval: 0,
+        durability: starling_broker::store::Durability::None,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let recorder = Arc::new(Recorder::default());
+    broker.state().set_cluster(recorder.clone());
+    let b = TestBroker::run(broker);
+    let mut sub = Raw::client(b.addr, V::V5, "sub").await;
+    sub.subscribe("c/+", QoS::AtLeastOnce).await;
+    sub.subscribe("c/+", QoS::AtMostOnce).await; // a replacement: no new interest
+    let mut publ = Raw::client(b.addr, V::V3_1_1, "pub").await;
+    publ.publish("c/1", b"x", QoS::AtLeastOnce, 1).await;
+    let _ = sub.expect_publish().await;
+    sub.send(Packet::Unsubscribe(Unsubscribe {
+        packet_id: 2,
+        properties: Default::default(),
+        filters: vec!["c/+".into()],
+    }))
+    .await;
+    assert!(matches!(sub.recv().await, Packet::UnsubAck(_)));
+    sub.subscribe("d/#", QoS::AtMostOnce).await;
+    sub.send(Packet::Disconnect(Disconnect::default())).await;
+    sub.closed().await;
+    // A claim the cluster refuses: 0x88, server unavailable.
+    let (_r, ack) = Raw::connect(b.addr, Connect::new(V::V5, "elsewhere")).await;
+    assert_eq!(ack.reason_code.0, 0x88);
+    publ.sync().await;
+    let log = recorder.log.lock().clone();
+    let expected = [
+        "claim sub",
+        "interest c/+ true",
+        "claim pub",
+        "forward c/1",
+        "interest c/+ false",
+        "interest d/# true",
+        "interest d/# false",
+        "release sub",
+        "claim elsewhere",
+    ];
+    assert_eq!(log, expected);
+    b.stop().await;
+}
