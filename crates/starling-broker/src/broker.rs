@@ -57,8 +57,9 @@ pub struct BrokerState {
     pub metrics: Metrics,
     /// What happens, for observers (see [`crate::events`]).
     pub events: crate::events::Events,
-    /// The other nodes (see [`crate::cluster`]); [`SingleNode`] alone.
-    cluster: RwLock<Arc<dyn Cluster>>,
+    /// The other nodes (see [`crate::cluster`]); [`SingleNode`] while unset.
+    /// Set once, before serving: read on every publish without a lock.
+    cluster: std::sync::OnceLock<Arc<dyn Cluster>>,
     /// Source of connection ids.
     pub next_conn_id: AtomicU64,
     /// When the broker started.
@@ -143,7 +144,7 @@ impl BrokerState {
             has_authz: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::default(),
             events: crate::events::Events::default(),
-            cluster: RwLock::new(Arc::new(SingleNode)),
+            cluster: std::sync::OnceLock::new(),
             next_conn_id: AtomicU64::new(1),
             started: Instant::now(),
             reactor: std::sync::OnceLock::new(),
@@ -169,15 +170,18 @@ impl BrokerState {
         self.limits.clone()
     }
 
-    /// Replaces the single-node seam with a cluster implementation. Call it
-    /// before the broker serves clients.
-    pub fn set_cluster(&self, cluster: Arc<dyn Cluster>) {
-        *self.cluster.write() = cluster;
+    /// Replaces the single-node seam with a cluster implementation, once,
+    /// before the broker serves clients. Returns false if one was set already.
+    pub fn set_cluster(&self, cluster: Arc<dyn Cluster>) -> bool {
+        self.cluster.set(cluster).is_ok()
     }
 
     /// The cluster seam in force.
-    pub fn cluster(&self) -> Arc<dyn Cluster> {
-        self.cluster.read().clone()
+    pub fn cluster(&self) -> &dyn Cluster {
+        match self.cluster.get() {
+            Some(c) => &**c,
+            None => &SingleNode,
+        }
     }
 
     /// Accepts a message from a client or a will: retains it if it says so,
@@ -189,7 +193,7 @@ impl BrokerState {
             self.retain(msg, ops);
         }
         let offered = self.route(msg, Some(ops));
-        self.cluster.read().forward(msg);
+        self.cluster().forward(msg);
         offered
     }
 

@@ -50,7 +50,7 @@ async fn the_broker_tells_the_cluster_what_it_needs() {
     .await
     .unwrap();
     let recorder = Arc::new(Recorder::default());
-    broker.state().set_cluster(recorder.clone());
+    assert!(broker.state().set_cluster(recorder.clone()));
     let b = TestBroker::run(broker);
     let mut sub = Raw::client(b.addr, V::V5, "sub").await;
     sub.subscribe("c/+", QoS::AtLeastOnce).await;
