@@ -7,10 +7,9 @@ use starling_codec::{
     Ack, Disconnect, Packet, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use super::{Client, Close, Connection};
+use super::{Client, Close, Machine};
 use crate::auth::Access;
 use crate::broker::split_share;
 use crate::message::{Delivery, Message};
@@ -36,7 +35,7 @@ pub(super) fn check_topic_levels(topic: &str, max: usize) -> Result<(), Close> {
     Ok(())
 }
 
-impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
+impl Machine {
     /// Handles one packet; an `Err` ends the connection.
     pub(crate) fn handle(&mut self, client: &mut Client, packet: Packet) -> Result<(), Close> {
         let v = client.version;

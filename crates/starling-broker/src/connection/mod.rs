@@ -8,27 +8,29 @@
 
 mod handshake;
 mod inbound;
+mod machine;
 mod mount;
 
-use std::collections::VecDeque;
+use machine::first_ack;
+pub(crate) use machine::Machine;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use starling_codec::{ByteString, Decoder, Disconnect, Packet, ProtocolVersion, ReasonCode, Will};
+use starling_codec::{ByteString, Decoder, ProtocolVersion, ReasonCode, Will};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 
 use crate::auth::{Acl, ListenerFile};
 use crate::broker::BrokerState;
-use crate::events::{DropReason, Event};
+use crate::events::Event;
 use crate::hibernate::{Parked, Reactor};
 use crate::metrics::Metrics;
-use crate::session::{Inflight, Session};
-use crate::store::Op;
+use crate::session::Session;
 
 /// Above this many buffered outgoing bytes the connection stops reading and
 /// stops draining its queue until the socket takes some.
@@ -93,46 +95,6 @@ impl Close {
     }
 }
 
-/// Topic aliases towards the client: a topic seen before goes as its alias
-/// with an empty topic name; a new one is given the next free alias (sent once
-/// with the full topic) while the client's maximum allows.
-fn apply_out_alias(
-    client: &Client,
-    publish: &mut starling_codec::Publish,
-) -> Option<(ByteString, u16)> {
-    if client.out_alias_max == 0 {
-        return None;
-    }
-    let assigned = client.aliases.as_ref().map(|a| &a.outbound);
-    if let Some(&alias) = assigned.and_then(|m| m.get(&publish.topic)) {
-        publish.properties.topic_alias = Some(alias);
-        publish.topic = ByteString::new();
-        None
-    } else if assigned.map_or(0, |m| m.len()) < usize::from(client.out_alias_max) {
-        let alias = assigned.map_or(0, |m| m.len()) as u16 + 1;
-        publish.properties.topic_alias = Some(alias);
-        Some((crate::message::owned(&publish.topic), alias))
-    } else {
-        None
-    }
-}
-
-/// Completes when the store has written what the first pending
-/// acknowledgement acknowledges: `false` when it could not.
-async fn first_ack(pending: &mut VecDeque<(Option<oneshot::Receiver<()>>, Packet)>) -> bool {
-    let Some((wait, _)) = pending.front_mut() else {
-        return true;
-    };
-    let Some(rx) = wait.as_mut() else {
-        return true;
-    };
-    let written = rx.await.is_ok();
-    if written {
-        *wait = None;
-    }
-    written
-}
-
 /// The client side of an attached connection. Kept small: a parked
 /// connection is mostly this (see [`crate::hibernate`]).
 pub(crate) struct Client {
@@ -187,20 +149,27 @@ impl Client {
     }
 }
 
-/// A connection's transport halves and buffers.
+/// A connection's driver: the transport halves, the read buffer and the
+/// decoder around the protocol [`Machine`] (which it dereferences to).
 pub(crate) struct Connection<S> {
-    pub broker: Arc<BrokerState>,
     pub rd: ReadHalf<S>,
     pub wr: WriteHalf<S>,
     pub rbuf: BytesMut,
-    pub wbuf: BytesMut,
     pub decoder: Decoder,
-    pub peer: SocketAddr,
-    pub conn_id: u64,
-    /// Acknowledgements waiting for the store, in the order they must be sent.
-    pub pending_acks: VecDeque<(Option<oneshot::Receiver<()>>, Packet)>,
-    /// When the client last sent anything; keep alive counts from here.
-    pub last_rx: Instant,
+    pub m: Machine,
+}
+
+impl<S> std::ops::Deref for Connection<S> {
+    type Target = Machine;
+    fn deref(&self) -> &Machine {
+        &self.m
+    }
+}
+
+impl<S> std::ops::DerefMut for Connection<S> {
+    fn deref_mut(&mut self) -> &mut Machine {
+        &mut self.m
+    }
 }
 
 /// What a connection task holds on the broker's behalf: the shutdown barrier
@@ -375,14 +344,13 @@ impl Connection<TcpStream> {
         client: Client,
         slots: Option<Box<Slots>>,
     ) -> Option<Box<Parked>> {
-        let Connection {
+        let Connection { rd, wr, m, .. } = self;
+        let Machine {
             broker,
-            rd,
-            wr,
             conn_id,
             last_rx,
             ..
-        } = self;
+        } = m;
         match rd.unsplit(wr).into_std() {
             Ok(stream) => Some(Box::new(Parked {
                 stream,
@@ -450,59 +418,12 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         decoder.set_max_packet_size(broker.config.max_packet_size as usize);
         let (rd, wr) = tokio::io::split(stream);
         Connection {
-            broker,
             rd,
             wr,
             rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
             decoder,
-            peer,
-            conn_id,
-            pending_acks: VecDeque::new(),
-            last_rx,
+            m: Machine::new(broker, peer, conn_id, last_rx),
         }
-    }
-
-    /// Encodes a packet into the write buffer.
-    pub(crate) fn send(&mut self, packet: &Packet, version: ProtocolVersion) {
-        if let Err(err) = packet.encode(version, &mut self.wbuf) {
-            tracing::warn!(peer = %self.peer, ?err, "could not encode {:?}", packet.packet_type());
-        }
-    }
-
-    /// Sends an acknowledgement once `wait` completes, after every earlier one
-    /// ([MQTT-4.6.0-2]: acknowledgements go out in the order the PUBLISHes came).
-    pub(crate) fn send_ack(
-        &mut self,
-        packet: Packet,
-        wait: Option<oneshot::Receiver<()>>,
-        version: ProtocolVersion,
-    ) {
-        if wait.is_none() && self.pending_acks.is_empty() {
-            self.send(&packet, version);
-        } else {
-            self.pending_acks.push_back((wait, packet));
-        }
-    }
-
-    /// Writes the acknowledgements at the front whose store writes are done.
-    /// A failed write ends the connection without its acknowledgement, or any
-    /// after it (the caller drops them): the client keeps those messages and
-    /// sends them again.
-    fn release_acks(&mut self, version: ProtocolVersion) -> Result<(), Close> {
-        while let Some((wait, _)) = self.pending_acks.front_mut() {
-            if let Some(rx) = wait {
-                match rx.try_recv() {
-                    Ok(()) => {}
-                    Err(oneshot::error::TryRecvError::Empty) => break,
-                    Err(oneshot::error::TryRecvError::Closed) => return Err(Close::StoreFailed),
-                }
-            }
-            if let Some((_, packet)) = self.pending_acks.pop_front() {
-                self.send(&packet, version);
-            }
-        }
-        Ok(())
     }
 
     /// Reads one more chunk into the read buffer. `Ok(false)` on end of stream.
@@ -518,7 +439,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     /// Writes out the buffer (bounded by a timeout) and shuts the socket down.
     pub(crate) async fn flush_and_close(&mut self) {
         let wr = &mut self.wr;
-        let buf = &mut self.wbuf;
+        let buf = &mut self.m.wbuf;
         let _ = timeout(FLUSH_TIMEOUT, async {
             wr.write_all_buf(buf).await?;
             wr.shutdown().await
@@ -565,12 +486,12 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             let notified = session.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if !self.drain(client) {
+            if !self.m.drain(client) {
                 // Pass on any wakeup meant for the connection that took over.
                 session.notify.notify_one();
                 return Close::TakenOver;
             }
-            let reading = self.wbuf.len() < HIGH_WATER;
+            let reading = self.m.wbuf.len() < HIGH_WATER;
             // An idle connection waits with no read buffer to speak of (the
             // first read takes what fits in a minimal one); a busy one, whose
             // last read filled its buffer, reads in full chunks.
@@ -578,9 +499,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 self.rbuf.reserve(READ_CHUNK);
             }
             let spare = self.rbuf.capacity() - self.rbuf.len();
-            let keep_alive = client.keep_alive;
-            let ka_deadline =
-                (!keep_alive.is_zero()).then(|| self.last_rx + keep_alive.mul_f32(1.5));
+            let ka_deadline = self.m.keep_alive_deadline(client);
             // `checked_add`: a huge `hibernate-after-ms` means never, not a panic.
             let idle_deadline = hibernate.and_then(|d| last_active.checked_add(d));
             let next = match (ka_deadline, idle_deadline) {
@@ -596,14 +515,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return Close::Shutdown,
-                res = self.wr.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
+                res = self.wr.write_buf(&mut self.m.wbuf), if !self.m.wbuf.is_empty() => {
                     match res {
                         Ok(0) | Err(_) => return Close::PeerClosed,
                         Ok(n) => {
                             last_active = Instant::now();
-                            Metrics::add(&self.broker.metrics.bytes_sent, n as u64);
-                            if self.wbuf.is_empty() && self.wbuf.capacity() > IDLE_BUFFER {
-                                self.wbuf = BytesMut::new();
+                            Metrics::add(&self.m.broker.metrics.bytes_sent, n as u64);
+                            if self.m.wbuf.is_empty() && self.m.wbuf.capacity() > IDLE_BUFFER {
+                                self.m.wbuf = BytesMut::new();
                             }
                         }
                     }
@@ -612,16 +531,16 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     match res {
                         Ok(0) | Err(_) => return Close::PeerClosed,
                         Ok(n) => {
-                            Metrics::add(&self.broker.metrics.bytes_received, n as u64);
+                            Metrics::add(&self.m.broker.metrics.bytes_received, n as u64);
                             busy = n >= spare.max(64);
                         }
                     }
-                    self.last_rx = Instant::now();
-                    last_active = self.last_rx;
+                    self.m.last_rx = Instant::now();
+                    last_active = self.m.last_rx;
                     loop {
                         match self.decoder.decode(&mut self.rbuf) {
                             Ok(Some(packet)) => {
-                                if let Err(close) = self.handle(client, packet) {
+                                if let Err(close) = self.m.handle(client, packet) {
                                     return close;
                                 }
                             }
@@ -635,14 +554,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                         self.rbuf = BytesMut::new();
                     }
                 }
-                written = first_ack(&mut self.pending_acks), if !self.pending_acks.is_empty() => {
+                written = first_ack(&mut self.m.pending_acks), if !self.m.pending_acks.is_empty() => {
                     let released = if written {
-                        self.release_acks(client.version)
+                        self.m.release_acks(client.version)
                     } else {
                         Err(Close::StoreFailed)
                     };
                     if let Err(close) = released {
-                        self.pending_acks.clear();
+                        self.m.pending_acks.clear();
                         return close;
                     }
                 }
@@ -654,7 +573,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                         return Close::KeepAlive;
                     }
                     if idle_deadline.is_some_and(|d| now >= d) {
-                        if self.wbuf.is_empty() && self.rbuf.is_empty() && self.pending_acks.is_empty() {
+                        if self.m.wbuf.is_empty() && self.rbuf.is_empty() && self.m.pending_acks.is_empty() {
                             return Close::Hibernate;
                         }
                         last_active = now;
@@ -664,167 +583,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         }
     }
 
-    /// Moves queued messages into the write buffer, within the client's receive
-    /// maximum and the buffer's high-water mark. `false` when the session is
-    /// no longer attached to this connection (it was taken over).
-    fn drain(&mut self, client: &mut Client) -> bool {
-        let mut st = client.session.state.lock();
-        if !st.is_attached_to(self.conn_id) {
-            return false;
-        }
-        if self.wbuf.len() >= HIGH_WATER {
-            return true;
-        }
-        let now = Instant::now();
-        let mut ops = Vec::new();
-        let mut sent = 0u64;
-        while self.wbuf.len() < HIGH_WATER {
-            let Some(delivery) = st.pop() else { break };
-            if delivery.msg.is_expired(now) {
-                Metrics::add(&self.broker.metrics.messages_expired, 1);
-                self.broker.events.emit(|| Event::MessageDropped {
-                    client_id: client.client_id().clone(),
-                    topic: delivery.msg.topic.clone(),
-                    reason: DropReason::Expired,
-                });
-                if delivery.seq != 0 {
-                    ops.push(Op::DeleteMessage(client.client_id().clone(), delivery.seq));
-                }
-                continue;
-            }
-            // Under a mountpoint the client sees topics without the prefix, and
-            // nothing outside it.
-            let Some(topic) = mount::strip(client.mountpoint.as_deref(), &delivery.msg.topic)
-            else {
-                if delivery.seq != 0 {
-                    ops.push(Op::DeleteMessage(client.client_id().clone(), delivery.seq));
-                }
-                continue;
-            };
-            let qos1 = delivery.qos != starling_codec::QoS::AtMostOnce;
-            if qos1 && st.inflight.len() >= usize::from(client.client_receive_max) {
-                st.unpop(delivery);
-                break;
-            }
-            let packet_id = if qos1 { st.next_packet_id() } else { 0 };
-            let mut publish =
-                delivery.to_publish_for(client.version.is_v5(), packet_id, false, now);
-            publish.topic = topic;
-            let new_alias = apply_out_alias(client, &mut publish);
-            let packet = Packet::Publish(publish);
-            let limited = client.client_max_packet != u32::MAX;
-            match packet.encoded_len(client.version) {
-                _ if !limited => {}
-                Ok(len) if client.fits(len) => {}
-                _ => {
-                    // [MQTT-3.1.2-25]: never send a packet above the client's maximum.
-                    client
-                        .session
-                        .dropped
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Metrics::add(&self.broker.metrics.messages_dropped, 1);
-                    self.broker.events.emit(|| Event::MessageDropped {
-                        client_id: client.client_id().clone(),
-                        topic: delivery.msg.topic.clone(),
-                        reason: DropReason::TooLarge,
-                    });
-                    continue;
-                }
-            }
-            if let Err(err) = packet.encode(client.version, &mut self.wbuf) {
-                tracing::warn!(?err, "could not encode PUBLISH");
-                continue;
-            }
-            // The alias counts only once the client has the packet that sets it.
-            if let Some((topic, alias)) = new_alias {
-                client
-                    .aliases
-                    .get_or_insert_with(Default::default)
-                    .outbound
-                    .insert(topic, alias);
-            }
-            sent += 1;
-            self.broker.events.emit(|| Event::MessageDelivered {
-                client_id: client.client_id().clone(),
-                topic: delivery.msg.topic.clone(),
-                qos: delivery.qos,
-            });
-            if qos1 {
-                let inflight = Inflight {
-                    packet_id,
-                    delivery,
-                    released: false,
-                };
-                // QoS 2: remember the packet id, so a restart resends it with DUP
-                // and the receiver can recognise the duplicate.
-                if inflight.delivery.seq != 0
-                    && inflight.delivery.qos == starling_codec::QoS::ExactlyOnce
-                {
-                    if let Some(r) = crate::persist::inflight_record(&inflight) {
-                        ops.push(Op::Message(
-                            client.client_id().clone(),
-                            inflight.delivery.seq,
-                            r,
-                        ));
-                    }
-                }
-                st.inflight.push_back(inflight);
-            }
-        }
-        drop(st);
-        // One update of the shared counter per drain, not per message.
-        Metrics::add(&self.broker.metrics.messages_sent, sent);
-        if let Some(store) = &self.broker.store {
-            store.submit(ops);
-        }
-        true
-    }
-
-    /// Resends in-flight messages after a session resumes: PUBLISH with DUP, or
-    /// PUBREL for QoS 2 messages already received by the client.
-    fn resend_inflight(&mut self, client: &Client) {
-        let now = Instant::now();
-        let st = client.session.state.lock();
-        for inflight in &st.inflight {
-            let packet = if inflight.released {
-                Packet::PubRel(starling_codec::Ack::new(inflight.packet_id))
-            } else {
-                let mut publish = inflight.delivery.to_publish(inflight.packet_id, true, now);
-                // A session resumed through a listener with another mountpoint
-                // does not show this client what lies outside its own.
-                let mount = client.mountpoint.as_deref();
-                let Some(topic) = mount::strip(mount, &publish.topic) else {
-                    continue;
-                };
-                publish.topic = topic;
-                Packet::Publish(publish)
-            };
-            if let Err(err) = packet.encode(client.version, &mut self.wbuf) {
-                tracing::warn!(?err, "could not encode resend");
-            }
-        }
-    }
-
     /// Ends an attached connection: final DISCONNECT, will, session detach.
     async fn finish(&mut self, client: Client, close: Close) {
-        let version = client.version;
-        if version.is_v5() {
-            if let Some(code) = close.server_reason() {
-                let mut disconnect = Disconnect::new(code);
-                // A reason string says which rule was broken, unless it would
-                // push the packet over the client's maximum ([MQTT-3.1.2-25]).
-                if let Some(why) = close.reason_string() {
-                    disconnect.properties.reason_string = Some(why.into());
-                    let fits = Packet::Disconnect(disconnect.clone())
-                        .encoded_len(version)
-                        .is_ok_and(|n| client.fits(n));
-                    if !fits {
-                        disconnect.properties.reason_string = None;
-                    }
-                }
-                self.send(&Packet::Disconnect(disconnect), version);
-            }
-        }
+        self.m.disconnect(&client, &close);
         self.broker.events.emit(|| Event::ClientDisconnected {
             client_id: client.client_id().clone(),
             reason: format!("{close:?}"),

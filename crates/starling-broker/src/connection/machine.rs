@@ -1,0 +1,313 @@
+//! The protocol machine of an attached connection: everything an MQTT
+//! connection decides, with no socket. It takes decoded packets and the
+//! session's queue, and produces the bytes to write ([`Machine::wbuf`]), the
+//! acknowledgements waiting for the store, in order ([`Machine::pending_acks`]),
+//! the keep-alive deadline, and the decision to close ([`Close`]). The
+//! connection task (`mod.rs`) drives it: reads, decodes, calls it, writes.
+//!
+//! Packet handling is in `inbound.rs` (`Machine::handle`).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use starling_codec::{ByteString, Disconnect, Packet, ProtocolVersion};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{mount, Client, Close, HIGH_WATER};
+use crate::broker::BrokerState;
+use crate::events::{DropReason, Event};
+use crate::metrics::Metrics;
+use crate::session::Inflight;
+use crate::store::Op;
+
+/// An acknowledgement waiting for the store (none: ready), and the packet.
+pub(crate) type PendingAck = (Option<oneshot::Receiver<()>>, Packet);
+
+/// The protocol state of one connection (the client's own settings are in
+/// [`Client`], which outlives a parked connection's machine).
+pub(crate) struct Machine {
+    pub broker: Arc<BrokerState>,
+    pub peer: SocketAddr,
+    pub conn_id: u64,
+    /// Bytes to write to the client.
+    pub wbuf: BytesMut,
+    /// Acknowledgements waiting for the store, in the order they must be sent.
+    pub pending_acks: VecDeque<PendingAck>,
+    /// When the client last sent anything; keep alive counts from here.
+    pub last_rx: Instant,
+}
+
+/// Topic aliases towards the client: a topic seen before goes as its alias
+/// with an empty topic name; a new one is given the next free alias (sent once
+/// with the full topic) while the client's maximum allows.
+fn apply_out_alias(
+    client: &Client,
+    publish: &mut starling_codec::Publish,
+) -> Option<(ByteString, u16)> {
+    if client.out_alias_max == 0 {
+        return None;
+    }
+    let assigned = client.aliases.as_ref().map(|a| &a.outbound);
+    if let Some(&alias) = assigned.and_then(|m| m.get(&publish.topic)) {
+        publish.properties.topic_alias = Some(alias);
+        publish.topic = ByteString::new();
+        None
+    } else if assigned.map_or(0, |m| m.len()) < usize::from(client.out_alias_max) {
+        let alias = assigned.map_or(0, |m| m.len()) as u16 + 1;
+        publish.properties.topic_alias = Some(alias);
+        Some((crate::message::owned(&publish.topic), alias))
+    } else {
+        None
+    }
+}
+
+/// Completes when the store has written what the first pending
+/// acknowledgement acknowledges: `false` when it could not.
+pub(crate) async fn first_ack(pending: &mut VecDeque<PendingAck>) -> bool {
+    let Some((wait, _)) = pending.front_mut() else {
+        return true;
+    };
+    let Some(rx) = wait.as_mut() else {
+        return true;
+    };
+    let written = rx.await.is_ok();
+    if written {
+        *wait = None;
+    }
+    written
+}
+
+impl Machine {
+    /// A machine for a connection from `peer`, whose client last sent
+    /// something at `last_rx`.
+    pub(crate) fn new(
+        broker: Arc<BrokerState>,
+        peer: SocketAddr,
+        conn_id: u64,
+        last_rx: Instant,
+    ) -> Machine {
+        Machine {
+            broker,
+            peer,
+            conn_id,
+            wbuf: BytesMut::new(),
+            pending_acks: VecDeque::new(),
+            last_rx,
+        }
+    }
+
+    /// When the client must have sent something by (1.5 times its keep
+    /// alive after the last packet), if it has a keep alive.
+    pub(crate) fn keep_alive_deadline(&self, client: &Client) -> Option<Instant> {
+        let keep_alive = client.keep_alive;
+        (!keep_alive.is_zero()).then(|| self.last_rx + keep_alive.mul_f32(1.5))
+    }
+
+    /// Encodes a packet into the write buffer.
+    pub(crate) fn send(&mut self, packet: &Packet, version: ProtocolVersion) {
+        if let Err(err) = packet.encode(version, &mut self.wbuf) {
+            tracing::warn!(peer = %self.peer, ?err, "could not encode {:?}", packet.packet_type());
+        }
+    }
+
+    /// Sends an acknowledgement once `wait` completes, after every earlier one
+    /// ([MQTT-4.6.0-2]: acknowledgements go out in the order the PUBLISHes came).
+    pub(crate) fn send_ack(
+        &mut self,
+        packet: Packet,
+        wait: Option<oneshot::Receiver<()>>,
+        version: ProtocolVersion,
+    ) {
+        if wait.is_none() && self.pending_acks.is_empty() {
+            self.send(&packet, version);
+        } else {
+            self.pending_acks.push_back((wait, packet));
+        }
+    }
+
+    /// Writes the acknowledgements at the front whose store writes are done.
+    /// A failed write ends the connection without its acknowledgement, or any
+    /// after it (the caller drops them): the client keeps those messages and
+    /// sends them again.
+    pub(crate) fn release_acks(&mut self, version: ProtocolVersion) -> Result<(), Close> {
+        while let Some((wait, _)) = self.pending_acks.front_mut() {
+            if let Some(rx) = wait {
+                match rx.try_recv() {
+                    Ok(()) => {}
+                    Err(oneshot::error::TryRecvError::Empty) => break,
+                    Err(oneshot::error::TryRecvError::Closed) => return Err(Close::StoreFailed),
+                }
+            }
+            if let Some((_, packet)) = self.pending_acks.pop_front() {
+                self.send(&packet, version);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves queued messages into the write buffer, within the client's receive
+    /// maximum and the buffer's high-water mark. `false` when the session is
+    /// no longer attached to this connection (it was taken over).
+    pub(crate) fn drain(&mut self, client: &mut Client) -> bool {
+        let mut st = client.session.state.lock();
+        if !st.is_attached_to(self.conn_id) {
+            return false;
+        }
+        if self.wbuf.len() >= HIGH_WATER {
+            return true;
+        }
+        let now = Instant::now();
+        let mut ops = Vec::new();
+        let mut sent = 0u64;
+        while self.wbuf.len() < HIGH_WATER {
+            let Some(delivery) = st.pop() else { break };
+            if delivery.msg.is_expired(now) {
+                Metrics::add(&self.broker.metrics.messages_expired, 1);
+                self.broker.events.emit(|| Event::MessageDropped {
+                    client_id: client.client_id().clone(),
+                    topic: delivery.msg.topic.clone(),
+                    reason: DropReason::Expired,
+                });
+                if delivery.seq != 0 {
+                    ops.push(Op::DeleteMessage(client.client_id().clone(), delivery.seq));
+                }
+                continue;
+            }
+            // Under a mountpoint the client sees topics without the prefix, and
+            // nothing outside it.
+            let Some(topic) = mount::strip(client.mountpoint.as_deref(), &delivery.msg.topic)
+            else {
+                if delivery.seq != 0 {
+                    ops.push(Op::DeleteMessage(client.client_id().clone(), delivery.seq));
+                }
+                continue;
+            };
+            let qos1 = delivery.qos != starling_codec::QoS::AtMostOnce;
+            if qos1 && st.inflight.len() >= usize::from(client.client_receive_max) {
+                st.unpop(delivery);
+                break;
+            }
+            let packet_id = if qos1 { st.next_packet_id() } else { 0 };
+            let mut publish =
+                delivery.to_publish_for(client.version.is_v5(), packet_id, false, now);
+            publish.topic = topic;
+            let new_alias = apply_out_alias(client, &mut publish);
+            let packet = Packet::Publish(publish);
+            let limited = client.client_max_packet != u32::MAX;
+            match packet.encoded_len(client.version) {
+                _ if !limited => {}
+                Ok(len) if client.fits(len) => {}
+                _ => {
+                    // [MQTT-3.1.2-25]: never send a packet above the client's maximum.
+                    client
+                        .session
+                        .dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Metrics::add(&self.broker.metrics.messages_dropped, 1);
+                    self.broker.events.emit(|| Event::MessageDropped {
+                        client_id: client.client_id().clone(),
+                        topic: delivery.msg.topic.clone(),
+                        reason: DropReason::TooLarge,
+                    });
+                    continue;
+                }
+            }
+            if let Err(err) = packet.encode(client.version, &mut self.wbuf) {
+                tracing::warn!(?err, "could not encode PUBLISH");
+                continue;
+            }
+            // The alias counts only once the client has the packet that sets it.
+            if let Some((topic, alias)) = new_alias {
+                client
+                    .aliases
+                    .get_or_insert_with(Default::default)
+                    .outbound
+                    .insert(topic, alias);
+            }
+            sent += 1;
+            self.broker.events.emit(|| Event::MessageDelivered {
+                client_id: client.client_id().clone(),
+                topic: delivery.msg.topic.clone(),
+                qos: delivery.qos,
+            });
+            if qos1 {
+                let inflight = Inflight {
+                    packet_id,
+                    delivery,
+                    released: false,
+                };
+                // QoS 2: remember the packet id, so a restart resends it with DUP
+                // and the receiver can recognise the duplicate.
+                if inflight.delivery.seq != 0
+                    && inflight.delivery.qos == starling_codec::QoS::ExactlyOnce
+                {
+                    if let Some(r) = crate::persist::inflight_record(&inflight) {
+                        ops.push(Op::Message(
+                            client.client_id().clone(),
+                            inflight.delivery.seq,
+                            r,
+                        ));
+                    }
+                }
+                st.inflight.push_back(inflight);
+            }
+        }
+        drop(st);
+        // One update of the shared counter per drain, not per message.
+        Metrics::add(&self.broker.metrics.messages_sent, sent);
+        if let Some(store) = &self.broker.store {
+            store.submit(ops);
+        }
+        true
+    }
+
+    /// Resends in-flight messages after a session resumes: PUBLISH with DUP, or
+    /// PUBREL for QoS 2 messages already received by the client.
+    pub(crate) fn resend_inflight(&mut self, client: &Client) {
+        let now = Instant::now();
+        let st = client.session.state.lock();
+        for inflight in &st.inflight {
+            let packet = if inflight.released {
+                Packet::PubRel(starling_codec::Ack::new(inflight.packet_id))
+            } else {
+                let mut publish = inflight.delivery.to_publish(inflight.packet_id, true, now);
+                // A session resumed through a listener with another mountpoint
+                // does not show this client what lies outside its own.
+                let mount = client.mountpoint.as_deref();
+                let Some(topic) = mount::strip(mount, &publish.topic) else {
+                    continue;
+                };
+                publish.topic = topic;
+                Packet::Publish(publish)
+            };
+            if let Err(err) = packet.encode(client.version, &mut self.wbuf) {
+                tracing::warn!(?err, "could not encode resend");
+            }
+        }
+    }
+
+    /// Writes the DISCONNECT an MQTT 5 client gets for `close`, if any.
+    pub(crate) fn disconnect(&mut self, client: &Client, close: &Close) {
+        let version = client.version;
+        if version.is_v5() {
+            if let Some(code) = close.server_reason() {
+                let mut disconnect = Disconnect::new(code);
+                // A reason string says which rule was broken, unless it would
+                // push the packet over the client's maximum ([MQTT-3.1.2-25]).
+                if let Some(why) = close.reason_string() {
+                    disconnect.properties.reason_string = Some(why.into());
+                    let fits = Packet::Disconnect(disconnect.clone())
+                        .encoded_len(version)
+                        .is_ok_and(|n| client.fits(n));
+                    if !fits {
+                        disconnect.properties.reason_string = None;
+                    }
+                }
+                self.send(&Packet::Disconnect(disconnect), version);
+            }
+        }
+    }
+}
