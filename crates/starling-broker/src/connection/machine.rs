@@ -311,3 +311,7 @@ impl Machine {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;
