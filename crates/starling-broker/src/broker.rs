@@ -24,9 +24,8 @@ use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::retained::RetainedTree;
 use crate::session::{QueueLimits, Session, Sessions};
-use crate::store::{Durability, FjallStore, Op, Persistence, Store, StoreError};
+use crate::store::{Op, Persistence};
 use crate::topic_tree::{Matches, TopicTree};
-use std::time::Duration;
 
 /// Shared broker state.
 pub struct BrokerState {
@@ -85,48 +84,6 @@ impl std::fmt::Debug for BrokerState {
 }
 
 impl BrokerState {
-    /// Opens the store in the data directory (unless durability is `none`),
-    /// and restores the persistent sessions and retained messages it holds.
-    pub fn open(
-        config: Config,
-        authenticator: Arc<dyn Authenticator>,
-        acl: Option<Acl>,
-    ) -> Result<Arc<Self>, StoreError> {
-        Self::open_with_store(config, authenticator, acl, None)
-    }
-
-    /// Like [`BrokerState::open`], with `store` in place of the embedded
-    /// store in the data directory (when durability is not `none`).
-    pub fn open_with_store(
-        config: Config,
-        authenticator: Arc<dyn Authenticator>,
-        acl: Option<Acl>,
-        store: Option<Box<dyn Store>>,
-    ) -> Result<Arc<Self>, StoreError> {
-        let (store, loaded) = match config.durability {
-            Durability::None => (None, None),
-            durability => {
-                let mut store = match store {
-                    Some(store) => store,
-                    None => Box::new(FjallStore::open(&config.data_dir)?),
-                };
-                let loaded = store.load()?;
-                let interval = Duration::from_millis(config.durability_interval_ms);
-                (
-                    Some(Persistence::start(store, durability, interval)?),
-                    Some(loaded),
-                )
-            }
-        };
-        let mut state = Self::new(config, authenticator, acl);
-        state.store = store;
-        let state = Arc::new(state);
-        if let Some(loaded) = loaded {
-            crate::persist::restore(&state, loaded);
-        }
-        Ok(state)
-    }
-
     /// New state for `config`, with no store.
     pub fn new(config: Config, authenticator: Arc<dyn Authenticator>, acl: Option<Acl>) -> Self {
         BrokerState {
@@ -305,7 +262,7 @@ impl BrokerState {
         if self.store.is_some() && !msg.topic.starts_with("$SYS") {
             if msg.payload.is_empty() {
                 ops.push(Op::DeleteRetained(msg.topic.clone()));
-            } else if let Some(r) = crate::persist::retained_record(msg) {
+            } else if let Some(r) = crate::journal::retained_record(msg) {
                 ops.push(Op::Retained(msg.topic.clone(), r));
             }
         }

@@ -12,6 +12,7 @@ pub mod config;
 mod connection;
 pub mod events;
 mod hibernate;
+mod journal;
 mod lifecycle;
 pub mod message;
 pub mod metrics;

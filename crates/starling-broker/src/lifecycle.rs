@@ -13,9 +13,9 @@ use crate::auth::{Access, Acl, ListenerFile};
 use crate::broker::BrokerState;
 use crate::connection::{Client, Close};
 use crate::events::Event;
+use crate::journal;
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::persist;
 use crate::session::{Link, Session};
 use crate::store::Op;
 
@@ -102,7 +102,7 @@ pub(crate) fn attach(
         let was = session.persistent.load(Ordering::Relaxed);
         let now = expiry_interval > 0;
         if now {
-            ops.push(persist::session_op(client_id, expiry_interval, true));
+            ops.push(journal::session_op(client_id, expiry_interval, true));
         } else if was {
             // Resumed with expiry 0: the session now ends with this connection.
             ops.push(Op::DeleteSession(client_id.clone()));
@@ -175,11 +175,11 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Client, cl
         return;
     }
     if let (Some(store), true) = (&broker.store, session.persistent.load(Ordering::Relaxed)) {
-        let mut ops = vec![persist::session_op(&session.client_id, expiry, false)];
+        let mut ops = vec![journal::session_op(&session.client_id, expiry, false)];
         if let Some(w) = will.as_ref().filter(|_| will_delay > 0) {
             let delay = will_delay.min(expiry);
             ops.extend(
-                persist::will_record(w, delay, client.username.as_deref())
+                journal::will_record(w, delay, client.username.as_deref())
                     .map(|r| Op::Will(session.client_id.clone(), r)),
             );
         }

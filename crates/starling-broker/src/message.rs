@@ -115,3 +115,14 @@ impl Delivery {
         }
     }
 }
+
+/// An outgoing QoS 1/2 message waiting for its acknowledgement.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    /// Packet identifier used.
+    pub packet_id: u16,
+    /// The delivery, kept for resending.
+    pub delivery: Delivery,
+    /// QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP.
+    pub released: bool,
+}

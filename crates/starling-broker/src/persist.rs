@@ -1,116 +1,29 @@
-//! The glue between live broker state and the store: turning deliveries and
-//! sessions into records, and rebuilding sessions, subscriptions, queues,
-//! retained messages and waiting wills from the store at startup.
+//! Startup: opening the store and rebuilding sessions, subscriptions, queues,
+//! retained messages and waiting wills from what it holds. (Writing records
+//! is `journal`.)
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use starling_codec::{ByteString, QoS, Will};
 use tokio::time::Instant;
 
+use crate::auth::{Acl, Authenticator};
 use crate::broker::{split_share, BrokerState};
+use crate::config::Config;
+use crate::journal::session_op;
 use crate::message::{Delivery, Message};
 use crate::session::{Inflight, Session, SubEntry};
 use crate::store::{
-    unix_ms, Loaded, MessageRecord, Op, SessionRecord, SubscriptionRecord, WillRecord,
+    unix_ms, Durability, FjallStore, Loaded, MessageRecord, Op, Persistence, Store, StoreError,
 };
 use crate::topic_tree::Subscriber;
-
-/// Wall-clock milliseconds for a `tokio` deadline.
-pub fn deadline_ms(at: Option<Instant>) -> u64 {
-    match at {
-        Some(at) => {
-            let left = at.saturating_duration_since(Instant::now());
-            unix_ms() + left.as_millis() as u64
-        }
-        None => 0,
-    }
-}
 
 /// A `tokio` deadline for wall-clock milliseconds (0: none).
 fn instant_for(ms: u64) -> Option<Instant> {
     (ms != 0).then(|| Instant::now() + Duration::from_millis(ms.saturating_sub(unix_ms())))
-}
-
-/// The store record of a queued delivery.
-pub fn message_record(d: &Delivery) -> Option<Bytes> {
-    let mut publish = d.to_publish(0, false, Instant::now());
-    publish.properties.message_expiry_interval = None;
-    MessageRecord {
-        publish,
-        packet_id: 0,
-        released: false,
-        expires_at_ms: deadline_ms(d.msg.expires_at),
-    }
-    .encode()
-    .map_or_else(|e| not_stored("queued message", &e), Some)
-}
-
-/// The store record of an in-flight delivery (sent with `packet_id`).
-pub fn inflight_record(i: &Inflight) -> Option<Bytes> {
-    let mut publish = i.delivery.to_publish(i.packet_id, false, Instant::now());
-    publish.properties.message_expiry_interval = None;
-    MessageRecord {
-        publish,
-        packet_id: i.packet_id,
-        released: i.released,
-        expires_at_ms: deadline_ms(i.delivery.msg.expires_at),
-    }
-    .encode()
-    .map_or_else(|e| not_stored("in-flight message", &e), Some)
-}
-
-/// The store record of a retained message.
-pub fn retained_record(msg: &Message) -> Option<Bytes> {
-    let mut publish = starling_codec::Publish::new(msg.topic.clone(), msg.payload.clone());
-    publish.qos = msg.qos;
-    publish.packet_id = u16::from(msg.qos != QoS::AtMostOnce);
-    publish.retain = true;
-    publish.properties = msg.properties.clone();
-    MessageRecord {
-        publish,
-        packet_id: 0,
-        released: false,
-        expires_at_ms: deadline_ms(msg.expires_at),
-    }
-    .encode()
-    .map_or_else(|e| not_stored("retained message", &e), Some)
-}
-
-/// The store record of a will waiting `delay` seconds.
-pub fn will_record(will: &Will, delay: u32, username: Option<&str>) -> Option<Bytes> {
-    let mut publish = starling_codec::Publish::new(will.topic.clone(), will.payload.clone());
-    publish.qos = will.qos;
-    publish.packet_id = u16::from(will.qos != QoS::AtMostOnce);
-    publish.retain = will.retain;
-    publish.properties = will.properties.clone();
-    WillRecord {
-        publish,
-        deadline_ms: unix_ms() + u64::from(delay) * 1000,
-        username: username.map(str::to_string),
-    }
-    .encode()
-    .map_or_else(|e| not_stored("will", &e), Some)
-}
-
-/// Logs a record that could not be encoded (and so is kept in memory only).
-fn not_stored(what: &str, err: &dyn std::fmt::Display) -> Option<Bytes> {
-    tracing::warn!(record = what, "not stored: {err}");
-    None
-}
-
-/// The record of a session; `connected` sessions have no disconnect time yet.
-pub fn session_op(client_id: &ByteString, expiry_interval: u32, connected: bool) -> Op {
-    Op::Session(
-        client_id.clone(),
-        SessionRecord {
-            expiry_interval,
-            disconnected_at_ms: if connected { 0 } else { unix_ms() },
-        },
-    )
 }
 
 fn message_from(record: &MessageRecord) -> Message {
@@ -126,6 +39,50 @@ fn message_from(record: &MessageRecord) -> Message {
         properties,
         expires_at: instant_for(record.expires_at_ms),
         publisher: None,
+    }
+}
+
+impl BrokerState {
+    /// Opens the store in the data directory (unless durability is `none`),
+    /// and restores the persistent sessions and retained messages it holds.
+    pub fn open(
+        config: Config,
+        authenticator: Arc<dyn Authenticator>,
+        acl: Option<Acl>,
+    ) -> Result<Arc<Self>, StoreError> {
+        Self::open_with_store(config, authenticator, acl, None)
+    }
+
+    /// Like [`BrokerState::open`], with `store` in place of the embedded
+    /// store in the data directory (when durability is not `none`).
+    pub fn open_with_store(
+        config: Config,
+        authenticator: Arc<dyn Authenticator>,
+        acl: Option<Acl>,
+        store: Option<Box<dyn Store>>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let (store, loaded) = match config.durability {
+            Durability::None => (None, None),
+            durability => {
+                let mut store = match store {
+                    Some(store) => store,
+                    None => Box::new(FjallStore::open(&config.data_dir)?),
+                };
+                let loaded = store.load()?;
+                let interval = Duration::from_millis(config.durability_interval_ms);
+                (
+                    Some(Persistence::start(store, durability, interval)?),
+                    Some(loaded),
+                )
+            }
+        };
+        let mut state = Self::new(config, authenticator, acl);
+        state.store = store;
+        let state = Arc::new(state);
+        if let Some(loaded) = loaded {
+            restore(&state, loaded);
+        }
+        Ok(state)
     }
 }
 
@@ -312,16 +269,4 @@ fn too_deep(topic: &str, max: usize, what: &str, whose: &str) -> bool {
         );
     }
     deep
-}
-
-/// The subscription record for a session's subscription.
-pub fn subscription_op(client: &ByteString, filter: &ByteString, entry: &SubEntry) -> Op {
-    Op::Subscribe(
-        client.clone(),
-        filter.clone(),
-        SubscriptionRecord {
-            options: entry.options,
-            id: entry.id,
-        },
-    )
 }

@@ -59,16 +59,7 @@ pub struct SubEntry {
     pub id: Option<u32>,
 }
 
-/// An outgoing QoS 1/2 message waiting for its acknowledgement.
-#[derive(Debug, Clone)]
-pub struct Inflight {
-    /// Packet identifier used.
-    pub packet_id: u16,
-    /// The delivery, kept for resending.
-    pub delivery: Delivery,
-    /// QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP.
-    pub released: bool,
-}
+pub use crate::message::Inflight;
 
 /// A collection allocated on first insert: an empty one costs one pointer in
 /// the session instead of its whole header (48 bytes for a hash map), which
@@ -296,7 +287,7 @@ impl Session {
                 delivery.seq = st.next_seq;
                 st.next_seq += 1;
             }
-            let record = stored.then(|| crate::persist::message_record(&delivery));
+            let record = stored.then(|| crate::journal::message_record(&delivery));
             let seq = delivery.seq;
             let (outcome, evicted) = st.push(delivery);
             if let Some(ops) = ops {

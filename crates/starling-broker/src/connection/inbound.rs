@@ -72,7 +72,7 @@ impl Machine {
                             i.released = true;
                             let record = (i.delivery.seq != 0)
                                 .then(|| {
-                                    crate::persist::inflight_record(i).map(|r| (i.delivery.seq, r))
+                                    crate::journal::inflight_record(i).map(|r| (i.delivery.seq, r))
                                 })
                                 .flatten();
                             (Some(ReasonCode::SUCCESS), None, record)
@@ -434,10 +434,11 @@ impl Machine {
             for s in &sub.subscriptions {
                 let filter = super::mount::filter_for(client.mountpoint.as_deref(), &s.filter);
                 if let Some(entry) = st.subscriptions.get(&filter) {
-                    ops.push(crate::persist::subscription_op(
+                    ops.push(crate::journal::subscription_op(
                         client.client_id(),
                         &filter,
-                        entry,
+                        entry.options,
+                        entry.id,
                     ));
                 }
             }

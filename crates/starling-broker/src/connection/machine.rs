@@ -244,7 +244,7 @@ impl Machine {
                 if inflight.delivery.seq != 0
                     && inflight.delivery.qos == starling_codec::QoS::ExactlyOnce
                 {
-                    if let Some(r) = crate::persist::inflight_record(&inflight) {
+                    if let Some(r) = crate::journal::inflight_record(&inflight) {
                         ops.push(Op::Message(
                             client.client_id().clone(),
                             inflight.delivery.seq,
