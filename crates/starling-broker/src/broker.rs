@@ -63,9 +63,8 @@ pub struct BrokerState {
     pub next_conn_id: AtomicU64,
     /// When the broker started.
     pub started: Instant,
-    /// Where idle plain-TCP connections park; set when the broker starts
-    /// (unless `hibernate-after-ms` is 0).
-    pub(crate) reactor: std::sync::OnceLock<Arc<crate::hibernate::Reactor>>,
+    /// How many connections are parked now (kept by the hibernation reactor).
+    pub(crate) parked: Arc<std::sync::atomic::AtomicUsize>,
     /// Queue bounds, from the configuration, shared by every session.
     limits: Arc<QueueLimits>,
     /// Whether a listener has an ACL file of its own (read once, not per
@@ -104,7 +103,7 @@ impl BrokerState {
             cluster: std::sync::OnceLock::new(),
             next_conn_id: AtomicU64::new(1),
             started: Instant::now(),
-            reactor: std::sync::OnceLock::new(),
+            parked: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             listener_acls: config.listener.iter().any(|l| l.acl_file.is_some()),
             limits: Arc::new(QueueLimits {
                 max_messages: config.max_queued_messages,
@@ -119,7 +118,7 @@ impl BrokerState {
     /// How many connected clients are parked (idle, without a task of their
     /// own; see `hibernate`). They are counted in `clients_connected` too.
     pub fn parked_connections(&self) -> usize {
-        self.reactor.get().map_or(0, |r| r.count())
+        self.parked.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Queue bounds for new sessions.

@@ -12,7 +12,8 @@
 //! One task watches every parked socket through its own `mio` poller (the
 //! kernel keeps the interest list, so a parked socket costs nothing in user
 //! space beyond its entry) and wakes a connection back into a task of its own
-//! ([`crate::connection::resume`]) when any of these happens:
+//! (through the [`Resume`] callback the server gives it: the connection
+//! module's `resume`) when any of these happens:
 //! - the socket becomes readable (a packet, or the peer closing);
 //! - the session's queue gains a message ([`crate::session::Session::enqueue`]);
 //! - another connection takes the session over;
@@ -39,8 +40,17 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::broker::BrokerState;
 use crate::connection::{Client, Slots};
+use crate::session::{ParkedAt, WakeParked};
+
+/// Gives a parked connection a task again (the connection module's `resume`,
+/// passed in by the server, so that this module never calls into it): the
+/// reactor, the connection, the shutdown signal and the shutdown barrier.
+pub(crate) type Resume = Arc<
+    dyn Fn(Arc<Reactor>, Parked, watch::Receiver<bool>, tokio::sync::mpsc::Sender<()>)
+        + Send
+        + Sync,
+>;
 
 /// A connection without a task.
 pub(crate) struct Parked {
@@ -55,27 +65,6 @@ pub(crate) struct Parked {
     pub slots: Option<Box<Slots>>,
 }
 
-/// Where a session's parked connection is, so that whoever queues a message
-/// for it, or takes it over, can wake it.
-#[derive(Clone)]
-pub(crate) struct ParkedAt {
-    pub reactor: Arc<Reactor>,
-    pub index: usize,
-}
-
-impl std::fmt::Debug for ParkedAt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ParkedAt({})", self.index)
-    }
-}
-
-impl ParkedAt {
-    /// Asks the reactor to give connection `conn_id` its task back.
-    pub fn wake(&self, conn_id: u64) {
-        self.reactor.wake(self.index, conn_id);
-    }
-}
-
 /// The parked connections and the task that watches them.
 pub(crate) struct Reactor {
     registry: Registry,
@@ -88,6 +77,8 @@ pub(crate) struct Reactor {
     wakes: Mutex<Vec<(usize, u64)>>,
     /// Wakes the reactor task when wakes are queued.
     notify: Notify,
+    /// How many connections are parked, for `$SYS` (the broker's counter).
+    count: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct Inner {
@@ -109,7 +100,8 @@ impl Reactor {
     /// `done` is the broker's shutdown barrier: the reactor task holds it, and
     /// gives a copy to each connection it resumes.
     pub fn start(
-        broker: &Arc<BrokerState>,
+        resume: Resume,
+        count: Arc<std::sync::atomic::AtomicUsize>,
         shutdown: watch::Receiver<bool>,
         done: tokio::sync::mpsc::Sender<()>,
     ) -> std::io::Result<Arc<Reactor>> {
@@ -124,13 +116,14 @@ impl Reactor {
             }),
             wakes: Mutex::new(Vec::new()),
             notify: Notify::new(),
+            count,
         });
         // `AsyncFd` owns the poller, so its descriptor lives exactly as long as
         // the registration: the I/O-safety concern behind the deprecation
         // (a borrowed descriptor closed while registered) does not arise.
         #[allow(deprecated)]
         let poll = AsyncFd::with_interest(poll, tokio::io::Interest::READABLE)?;
-        tokio::spawn(run(reactor.clone(), poll, broker.clone(), shutdown, done));
+        tokio::spawn(run(reactor.clone(), poll, resume, shutdown, done));
         Ok(reactor)
     }
 
@@ -170,11 +163,13 @@ impl Reactor {
             return Err(p);
         }
         inner.parked.insert(p);
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
     /// Queues connection `conn_id` at `index` to be resumed.
-    fn wake(&self, index: usize, conn_id: u64) {
+    fn queue_wake(&self, index: usize, conn_id: u64) {
         let mut wakes = self.wakes.lock();
         let first = wakes.is_empty();
         wakes.push((index, conn_id));
@@ -191,6 +186,8 @@ impl Reactor {
             _ => return None,
         }
         let p = inner.parked.remove(index);
+        self.count
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let fd = p.stream.as_raw_fd();
         if let Err(err) = self.registry.deregister(&mut SourceFd(&fd)) {
             tracing::debug!(?err, "deregistering a parked socket");
@@ -207,11 +204,6 @@ impl Reactor {
     /// The instant `ms` milliseconds after the reactor started.
     pub fn instant(&self, ms: u64) -> Instant {
         self.epoch + Duration::from_millis(ms)
-    }
-
-    /// How many connections are parked now.
-    pub fn count(&self) -> usize {
-        self.inner.lock().parked.len()
     }
 }
 
@@ -231,10 +223,16 @@ fn unpark_link(p: &Parked) {
     }
 }
 
+impl WakeParked for Reactor {
+    fn wake(&self, index: usize, conn_id: u64) {
+        self.queue_wake(index, conn_id);
+    }
+}
+
 /// What the reactor task needs to resume connections.
 struct Resumer {
     reactor: Arc<Reactor>,
-    broker: Arc<BrokerState>,
+    resume: Resume,
     shutdown: watch::Receiver<bool>,
     done: tokio::sync::mpsc::Sender<()>,
 }
@@ -242,13 +240,12 @@ struct Resumer {
 impl Resumer {
     /// Gives a parked connection its task back.
     fn resume(&self, p: Parked) {
-        tokio::spawn(crate::connection::resume(
-            self.broker.clone(),
+        (self.resume)(
             self.reactor.clone(),
             p,
             self.shutdown.clone(),
             self.done.clone(),
-        ));
+        );
     }
 }
 
@@ -257,13 +254,13 @@ impl Resumer {
 async fn run(
     reactor: Arc<Reactor>,
     mut poll: AsyncFd<Poll>,
-    broker: Arc<BrokerState>,
+    resume: Resume,
     mut shutdown: watch::Receiver<bool>,
     done: tokio::sync::mpsc::Sender<()>,
 ) {
     let resumer = Resumer {
         reactor: reactor.clone(),
-        broker,
+        resume,
         shutdown: shutdown.clone(),
         done,
     };

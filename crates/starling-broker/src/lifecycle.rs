@@ -11,7 +11,6 @@ use tokio::time::Instant;
 
 use crate::auth::{Access, Acl, ListenerFile};
 use crate::broker::BrokerState;
-use crate::connection::{Client, Close};
 use crate::events::Event;
 use crate::journal;
 use crate::message::Message;
@@ -123,14 +122,26 @@ pub(crate) fn attach(
     result
 }
 
+/// What a connection leaves behind when it ends.
+pub(crate) struct Departure {
+    /// The session it was attached to.
+    pub session: Arc<Session>,
+    /// The will to publish (now or after its delay); `None` when the client
+    /// had none or ended normally.
+    pub will: Option<Will>,
+    /// The session expiry in force at the end.
+    pub expiry_interval: u32,
+    /// The client's user name, for the will's ACL check.
+    pub username: Option<ByteString>,
+    /// The listener's own ACL, if it has one.
+    pub acl: Option<Arc<ListenerFile<Acl>>>,
+}
+
 /// Detaches a finished connection from its session and starts what follows: the
 /// will (now or after its delay) and the session's expiry.
-pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Client, close: Close) {
+pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Departure) {
     let session = client.session;
-    let will = match close {
-        Close::Normal => None,
-        _ => client.will.map(|w| *w),
-    };
+    let will = client.will;
     let will_delay = will
         .as_ref()
         .and_then(|w| w.properties.will_delay_interval)

@@ -16,7 +16,6 @@ use tokio::sync::Notify;
 
 use crate::auth::{Acl, ListenerFile};
 use crate::config::OverflowPolicy;
-use crate::hibernate::ParkedAt;
 use crate::message::Delivery;
 use crate::store::Op;
 
@@ -60,6 +59,34 @@ pub struct SubEntry {
 }
 
 pub use crate::message::Inflight;
+
+/// Wakes a parked connection: the hibernation reactor implements it (this
+/// module does not know the reactor).
+pub(crate) trait WakeParked: Send + Sync {
+    /// Gives connection `conn_id`, parked at `index`, its task back.
+    fn wake(&self, index: usize, conn_id: u64);
+}
+
+/// Where a session's parked connection is, so that whoever queues a message
+/// for it, or takes it over, can wake it.
+#[derive(Clone)]
+pub(crate) struct ParkedAt {
+    pub reactor: Arc<dyn WakeParked>,
+    pub index: usize,
+}
+
+impl std::fmt::Debug for ParkedAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ParkedAt({})", self.index)
+    }
+}
+
+impl ParkedAt {
+    /// Asks the reactor to give connection `conn_id` its task back.
+    pub fn wake(&self, conn_id: u64) {
+        self.reactor.wake(self.index, conn_id);
+    }
+}
 
 /// A collection allocated on first insert: an empty one costs one pointer in
 /// the session instead of its whole header (48 bytes for a hash map), which

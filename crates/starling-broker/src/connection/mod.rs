@@ -143,6 +143,21 @@ impl Client {
         self.aliases.get_or_insert_with(Default::default)
     }
 
+    /// What the connection leaves behind when it ends with `close`: a normal
+    /// DISCONNECT (0x00) discards the will.
+    pub fn departure(self, close: &Close) -> crate::lifecycle::Departure {
+        crate::lifecycle::Departure {
+            session: self.session,
+            will: match close {
+                Close::Normal => None,
+                _ => self.will.map(|w| *w),
+            },
+            expiry_interval: self.expiry_interval,
+            username: self.username,
+            acl: self.acl,
+        }
+    }
+
     /// Whether a packet of `len` bytes fits the client's Maximum Packet Size.
     pub fn fits(&self, len: usize) -> bool {
         u32::try_from(len).is_ok_and(|n| n <= self.client_max_packet)
@@ -179,6 +194,8 @@ impl<S> std::ops::DerefMut for Connection<S> {
 pub(crate) struct Keep {
     pub done: tokio::sync::mpsc::Sender<()>,
     pub slots: Option<Box<Slots>>,
+    /// Where the connection parks when idle (none: it never parks).
+    pub reactor: Option<Arc<Reactor>>,
 }
 
 /// Connection slots held by a connection, released when it ends (`None` in
@@ -301,7 +318,7 @@ async fn serve_attached_tcp(
     mut keep: Keep,
     mut idle: Duration,
 ) {
-    let reactor = conn.broker.reactor.get().cloned();
+    let reactor = keep.reactor.clone();
     loop {
         let hibernate = reactor.is_some().then_some(idle);
         let close = conn.run(&mut client, &mut shutdown, hibernate).await;
@@ -310,7 +327,7 @@ async fn serve_attached_tcp(
             return;
         };
         let broker = conn.broker.clone();
-        let Keep { done, slots } = keep;
+        let Keep { done, slots, .. } = keep;
         let Some(parked) = conn.into_parked(reactor, client, slots) else {
             return;
         };
@@ -328,7 +345,7 @@ async fn serve_attached_tcp(
 /// Ends a connection whose socket was lost while parking or resuming.
 fn finish_lost(broker: &Arc<BrokerState>, conn_id: u64, client: Client) {
     tracing::info!(client_id = %client.client_id(), "connection lost while parking");
-    crate::lifecycle::detach(broker, conn_id, client, Close::PeerClosed);
+    crate::lifecycle::detach(broker, conn_id, client.departure(&Close::PeerClosed));
     broker
         .metrics
         .clients_connected
@@ -371,7 +388,7 @@ impl Connection<TcpStream> {
     /// connection is then closed and detached.
     fn from_parked(
         broker: Arc<BrokerState>,
-        reactor: &Reactor,
+        reactor: &Arc<Reactor>,
         p: Parked,
         done: tokio::sync::mpsc::Sender<()>,
     ) -> Option<(Self, Client, Keep)> {
@@ -399,6 +416,7 @@ impl Connection<TcpStream> {
         let keep = Keep {
             done,
             slots: p.slots,
+            reactor: Some(reactor.clone()),
         };
         Some((conn, p.client, keep))
     }
@@ -597,6 +615,6 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             "client disconnected"
         );
         self.flush_and_close().await;
-        crate::lifecycle::detach(&self.broker, self.conn_id, client, close);
+        crate::lifecycle::detach(&self.broker, self.conn_id, client.departure(&close));
     }
 }

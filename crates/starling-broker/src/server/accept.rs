@@ -27,6 +27,8 @@ pub(super) struct Shared {
     /// Dropped by each connection task when it ends; shutdown waits for all.
     pub(super) _done: mpsc::Sender<()>,
     pub(super) global: Option<Arc<Semaphore>>,
+    /// Where idle plain-TCP connections park (unless `hibernate-after-ms` is 0).
+    pub(super) reactor: Option<Arc<crate::hibernate::Reactor>>,
 }
 
 use crate::connection::Slots as Permits;
@@ -116,6 +118,7 @@ impl Shared {
             done: self._done.clone(),
             slots: (permits._global.is_some() || permits._listener.is_some())
                 .then(|| Box::new(permits)),
+            reactor: self.reactor.clone(),
         };
         let serve = crate::connection::serve_tcp(
             stream,

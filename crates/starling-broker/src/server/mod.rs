@@ -428,11 +428,12 @@ impl Broker {
             0 => None,
             n => Some(Arc::new(Semaphore::new(n))),
         };
-        let shared = Shared {
+        let mut shared = Shared {
             state: state.clone(),
             shutdown: shutdown.subscribe(),
             _done: done_tx,
             global,
+            reactor: None,
         };
         // Before the listeners: wills and expiries restored from the store
         // (and any scheduled from now on) run from the start.
@@ -440,15 +441,25 @@ impl Broker {
             .timers
             .start(shutdown.subscribe(), shared._done.clone());
         // Before the listeners: every connection can park from the start.
-        if state.config.hibernate_after_ms > 0 && state.reactor.get().is_none() {
+        if state.config.hibernate_after_ms > 0 {
+            let broker = state.clone();
+            let resume: crate::hibernate::Resume =
+                Arc::new(move |reactor, parked, shutdown, done| {
+                    tokio::spawn(crate::connection::resume(
+                        broker.clone(),
+                        reactor,
+                        parked,
+                        shutdown,
+                        done,
+                    ));
+                });
             match crate::hibernate::Reactor::start(
-                &state,
+                resume,
+                state.parked.clone(),
                 shutdown.subscribe(),
                 shared._done.clone(),
             ) {
-                Ok(reactor) => {
-                    let _ = state.reactor.set(reactor);
-                }
+                Ok(reactor) => shared.reactor = Some(reactor),
                 Err(err) => tracing::warn!(?err, "idle connections will not park"),
             }
         }
