@@ -61,7 +61,7 @@ pub struct Config {
     pub max_inflight_messages: u16,
     /// Milliseconds of quiet after which a plain TCP connection gives up its
     /// task and parks (a client that says nothing after its CONNACK parks at
-    /// once); 0 never parks. See `crate::hibernate`.
+    /// once); 0 never parks. See `crate::connection::hibernate`.
     pub hibernate_after_ms: u64,
     /// Most topic aliases a client may use towards the broker.
     pub topic_alias_maximum: u16,

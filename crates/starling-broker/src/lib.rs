@@ -11,7 +11,6 @@ pub mod cluster;
 pub mod config;
 mod connection;
 pub mod events;
-mod hibernate;
 mod journal;
 mod lifecycle;
 pub mod message;

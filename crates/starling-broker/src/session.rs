@@ -26,7 +26,7 @@ use crate::store::Op;
 pub struct Link {
     /// Broker-wide id of the connection.
     pub conn_id: u64,
-    /// Set while the connection is parked (see [`crate::hibernate`]).
+    /// Set while the connection is parked (see [`crate::connection::hibernate`]).
     pub(crate) parked: Option<ParkedAt>,
 }
 

@@ -7,6 +7,7 @@
 //! bound; its own session queue fills and overflows instead.
 
 mod handshake;
+pub(crate) mod hibernate;
 mod inbound;
 mod machine;
 mod mount;
@@ -27,8 +28,8 @@ use tokio::time::{timeout, Instant};
 
 use crate::auth::{Acl, ListenerFile};
 use crate::broker::BrokerState;
+use crate::connection::hibernate::{Parked, Reactor};
 use crate::events::Event;
-use crate::hibernate::{Parked, Reactor};
 use crate::metrics::Metrics;
 use crate::session::Session;
 
@@ -68,7 +69,7 @@ pub(crate) enum Close {
     /// have acknowledged: the acknowledgement is withheld, so the client
     /// sends the message again on its next connection (DISCONNECT 0x80).
     StoreFailed,
-    /// Not a close: the connection is idle and may park (see [`crate::hibernate`]).
+    /// Not a close: the connection is idle and may park (see [`crate::connection::hibernate`]).
     Hibernate,
 }
 
@@ -96,7 +97,7 @@ impl Close {
 }
 
 /// The client side of an attached connection. Kept small: a parked
-/// connection is mostly this (see [`crate::hibernate`]).
+/// connection is mostly this (see [`crate::connection::hibernate`]).
 pub(crate) struct Client {
     pub version: ProtocolVersion,
     pub username: Option<ByteString>,
@@ -223,7 +224,7 @@ pub(crate) async fn serve<S>(
     conn.close(client, close).await;
 }
 
-/// Serves a plain TCP connection, which parks when idle (see [`crate::hibernate`]).
+/// Serves a plain TCP connection, which parks when idle (see [`crate::connection::hibernate`]).
 pub(crate) async fn serve_tcp(
     stream: TcpStream,
     peer: SocketAddr,

@@ -28,7 +28,7 @@ pub(super) struct Shared {
     pub(super) _done: mpsc::Sender<()>,
     pub(super) global: Option<Arc<Semaphore>>,
     /// Where idle plain-TCP connections park (unless `hibernate-after-ms` is 0).
-    pub(super) reactor: Option<Arc<crate::hibernate::Reactor>>,
+    pub(super) reactor: Option<Arc<crate::connection::hibernate::Reactor>>,
 }
 
 use crate::connection::Slots as Permits;

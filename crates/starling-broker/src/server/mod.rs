@@ -443,7 +443,7 @@ impl Broker {
         // Before the listeners: every connection can park from the start.
         if state.config.hibernate_after_ms > 0 {
             let broker = state.clone();
-            let resume: crate::hibernate::Resume =
+            let resume: crate::connection::hibernate::Resume =
                 Arc::new(move |reactor, parked, shutdown, done| {
                     tokio::spawn(crate::connection::resume(
                         broker.clone(),
@@ -453,7 +453,7 @@ impl Broker {
                         done,
                     ));
                 });
-            match crate::hibernate::Reactor::start(
+            match crate::connection::hibernate::Reactor::start(
                 resume,
                 state.parked.clone(),
                 shutdown.subscribe(),
