@@ -465,8 +465,10 @@ impl Machine {
         for filter in &unsub.filters {
             let filter = &super::mount::filter_for(client.mountpoint.as_deref(), filter);
             let (share, inner) = split_share(filter);
-            // No filter this deep can have been granted.
-            if topic::levels(inner) > self.broker.config.max_topic_levels {
+            // No filter this deep, or invalid, can have been granted.
+            if topic::levels(inner) > self.broker.config.max_topic_levels
+                || !super::mount::valid_filter(filter)
+            {
                 codes.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }

@@ -303,6 +303,32 @@ async fn a_topic_deeper_than_the_limit_closes_and_a_filter_is_refused() {
 }
 
 #[tokio::test]
+async fn unsubscribe_of_an_invalid_filter_is_0x8f() {
+    let b = broker(Config::default());
+    let (mut m, mut c) = attach(&b, "u", V::V5);
+    m.handle(
+        &mut c,
+        Packet::Unsubscribe(starling_codec::Unsubscribe {
+            packet_id: 4,
+            properties: Default::default(),
+            filters: vec!["a/#/b".into(), "a+".into(), "x".into()],
+        }),
+    )
+    .unwrap();
+    match &out(&mut m, V::V5)[..] {
+        [Packet::UnsubAck(a)] => assert_eq!(
+            a.reason_codes,
+            [
+                ReasonCode::TOPIC_FILTER_INVALID,
+                ReasonCode::TOPIC_FILTER_INVALID,
+                ReasonCode::NO_SUBSCRIPTION_EXISTED
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn retained_messages_follow_the_suback() {
     let b = broker(Config::default());
     let (mut pm, mut p) = attach(&b, "pub", V::V3_1_1);
