@@ -30,7 +30,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use starling_broker::retained::RetainedTree;
 use starling_broker::{Broker, BrokerState, Config, LocalConnector};
 use starling_codec::topic::{levels, matches, parse_shared, validate_filter};
 use starling_codec::{
@@ -796,13 +795,13 @@ impl Run<'_> {
         // Every session of the script is gone, and so are its subscriptions.
         // (Session removal at DISCONNECT runs as the connection task ends.)
         let state = &self.target.state;
-        let mut left = state.topics.read().len();
+        let mut left = state.subscription_count();
         for _ in 0..200 {
             if left == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
-            left = state.topics.read().len();
+            left = state.subscription_count();
         }
         assert_eq!(
             left, 0,
@@ -810,8 +809,7 @@ impl Run<'_> {
         );
         // Retained messages do not outlive the input (the drop of a deep
         // retained trie is exercised here too).
-        let old = std::mem::take(&mut *state.retained.write());
-        drop::<RetainedTree>(old);
+        state.clear_retained();
     }
 }
 

@@ -86,19 +86,14 @@ async fn main() {
     let start = Instant::now();
     let state = BrokerState::open(config, auth, None).expect("broker state opens");
     let elapsed = start.elapsed();
-    let sessions = state.sessions.lock().len();
-    let queued: usize = state
-        .sessions
-        .lock()
-        .values()
-        .map(|s| s.state.lock().queue.len())
-        .sum();
+    let sessions = state.session_count();
+    let queued = state.queued_count();
     println!(
         "recovered {sessions} sessions, {queued} queued messages, {} subscriptions in {:.2} s",
-        state.topics.read().len(),
+        state.subscription_count(),
         elapsed.as_secs_f64()
     );
-    if let Some(store) = &state.store {
+    if let Some(store) = state.store() {
         store.close().await;
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -32,11 +32,11 @@ pub struct BrokerState {
     /// The configuration in force.
     pub config: Config,
     /// Sessions by client id.
-    pub sessions: Mutex<Sessions>,
+    pub(crate) sessions: Mutex<Sessions>,
     /// The subscription index.
-    pub topics: RwLock<TopicTree>,
+    pub(crate) topics: RwLock<TopicTree>,
     /// Retained messages.
-    pub retained: RwLock<RetainedTree>,
+    pub(crate) retained: RwLock<RetainedTree>,
     /// Decides who may connect.
     pub authenticator: RwLock<Arc<dyn Authenticator>>,
     /// The threads slow authentication runs on (see [`AuthPool`]).
@@ -71,7 +71,7 @@ pub struct BrokerState {
     /// message: the listeners do not change while the broker runs).
     listener_acls: bool,
     /// The store's writer, unless `durability = "none"`.
-    pub store: Option<Persistence>,
+    pub(crate) store: Option<Persistence>,
     /// Wills waiting for their delay and sessions waiting to expire.
     pub(crate) timers: crate::timers::Timers,
 }
@@ -124,6 +124,53 @@ impl BrokerState {
     /// Queue bounds for new sessions.
     pub fn queue_limits(&self) -> Arc<QueueLimits> {
         self.limits.clone()
+    }
+
+    /// The session of `client_id`, if the broker holds one.
+    pub fn session(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.sessions.lock().get(client_id).cloned()
+    }
+
+    /// How many sessions the broker holds (connected or not).
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    /// How many messages are queued across every session.
+    pub fn queued_count(&self) -> usize {
+        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
+        sessions.iter().map(|s| s.queued()).sum()
+    }
+
+    /// How many subscriptions exist (shared group members included).
+    pub fn subscription_count(&self) -> usize {
+        self.topics.read().len()
+    }
+
+    /// How many retained messages are held.
+    pub fn retained_count(&self) -> usize {
+        self.retained.read().len()
+    }
+
+    /// Deletes every retained message, from memory and from the store.
+    /// Returns how many there were.
+    pub fn clear_retained(&self) -> usize {
+        let old = std::mem::take(&mut *self.retained.write());
+        let n = old.len();
+        if let Some(store) = &self.store {
+            let ops = old
+                .all()
+                .into_iter()
+                .map(|m| Op::DeleteRetained(m.topic.clone()))
+                .collect();
+            store.submit(ops);
+        }
+        n
+    }
+
+    /// The store's writer, unless durability is `none`.
+    pub fn store(&self) -> Option<&Persistence> {
+        self.store.as_ref()
     }
 
     /// Replaces the single-node seam with a cluster implementation, once,

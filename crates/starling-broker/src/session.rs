@@ -275,6 +275,33 @@ pub enum Enqueued {
 }
 
 impl Session {
+    /// Whether a connection is attached to the session now.
+    pub fn is_connected(&self) -> bool {
+        self.state.lock().link.is_some()
+    }
+
+    /// The session's subscription filters (as the broker routes them), sorted.
+    pub fn filters(&self) -> Vec<ByteString> {
+        let mut f: Vec<ByteString> = self.state.lock().subscriptions.keys().cloned().collect();
+        f.sort();
+        f
+    }
+
+    /// Whether the session holds a subscription to `filter`.
+    pub fn is_subscribed(&self, filter: &str) -> bool {
+        self.state.lock().subscriptions.contains_key(filter)
+    }
+
+    /// Messages queued for the session, not yet sent.
+    pub fn queued(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    /// Messages sent and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.state.lock().inflight.len()
+    }
+
     /// A new, empty session.
     pub fn new(client_id: ByteString, expiry_interval: u32, limits: Arc<QueueLimits>) -> Session {
         Session {

@@ -210,17 +210,14 @@ impl Proc {
 /// Whether `client_id` is connected and subscribed to `filter`. The broker
 /// adds a subscription to its index before recording it in the session.
 fn subscribed(b: &TestBroker, client_id: &str, filter: &str) -> bool {
-    let session = b.state.sessions.lock().get(client_id).cloned();
-    session.is_some_and(|s| {
-        let st = s.state.lock();
-        st.link.is_some() && st.subscriptions.contains_key(filter)
-    })
+    let session = b.state.session(client_id);
+    session.is_some_and(|s| s.is_connected() && s.is_subscribed(filter))
 }
 
 /// Whether a connection of `client_id` is attached to the broker.
 fn attached(b: &TestBroker, client_id: &str) -> bool {
-    let session = b.state.sessions.lock().get(client_id).cloned();
-    session.is_some_and(|s| s.state.lock().link.is_some())
+    let session = b.state.session(client_id);
+    session.is_some_and(|s| s.is_connected())
 }
 
 /// Fails (with the install hint) unless mosquitto_pub and mosquitto_sub run.

@@ -152,11 +152,8 @@ async fn received(c: &mut Peer) -> Vec<String> {
 }
 
 fn subscriptions(b: &Running, id: &str) -> Vec<String> {
-    let session = b.state.sessions.lock().get(id).cloned().unwrap();
-    let st = session.state.lock();
-    let mut f: Vec<String> = st.subscriptions.keys().map(|k| k.to_string()).collect();
-    f.sort();
-    f
+    let session = b.state.session(id).unwrap();
+    session.filters().iter().map(|k| k.to_string()).collect()
 }
 
 #[tokio::test]

@@ -287,13 +287,13 @@ async fn the_sweeper_reclaims_expired_messages_of_offline_sessions() {
     publ.sync().await;
     tokio::time::sleep(std::time::Duration::from_secs(10)).await;
     starling_broker::sweep(&b.state);
-    {
-        let sessions = b.state.sessions.lock();
-        let st = sessions.get("swept").unwrap().state.lock();
-        assert_eq!(st.queue.len(), 1, "the expired message was reclaimed");
-    }
     assert_eq!(
-        b.state.retained.read().len(),
+        b.state.session("swept").unwrap().queued(),
+        1,
+        "the expired message was reclaimed"
+    );
+    assert_eq!(
+        b.state.retained_count(),
         0,
         "the expired retained message too"
     );
@@ -301,11 +301,9 @@ async fn the_sweeper_reclaims_expired_messages_of_offline_sessions() {
     assert_eq!(expired, 1);
     drop(publ);
     let b = restart(b, config(&dir, Durability::Periodic)).await;
-    assert_eq!(b.state.retained.read().len(), 0);
-    let sessions = b.state.sessions.lock();
-    let st = sessions.get("swept").unwrap().state.lock();
+    assert_eq!(b.state.retained_count(), 0);
     assert_eq!(
-        st.queue.len(),
+        b.state.session("swept").unwrap().queued(),
         1,
         "the store no longer holds the reclaimed message"
     );

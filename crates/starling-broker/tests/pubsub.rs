@@ -637,16 +637,12 @@ async fn slow_consumer_only_fills_its_own_queue() {
         "the fast subscriber gets everything"
     );
     {
-        let sessions = b.state.sessions.lock();
-        let st = sessions.get("stalled").unwrap().state.lock();
-        assert!(st.queue.len() <= 100, "bounded queue: {}", st.queue.len());
+        let stalled = b.state.session("stalled").unwrap();
+        let (queued, in_flight) = (stalled.queued(), stalled.in_flight());
+        assert!(queued <= 100, "bounded queue: {queued}");
         // What left the queue is in the socket: bounded by the kernel buffers and
         // the connection's high-water mark, not by the number of messages sent.
-        assert!(
-            st.inflight.len() < total as usize,
-            "in flight: {}",
-            st.inflight.len()
-        );
+        assert!(in_flight < total as usize, "in flight: {in_flight}");
     }
     let dropped = starling_broker::metrics::Metrics::get(&b.state.metrics.messages_dropped);
     assert!(

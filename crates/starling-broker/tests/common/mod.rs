@@ -84,7 +84,7 @@ impl TestBroker {
             .await
             .expect("broker stops")
             .expect("no panic");
-        if let Some(store) = &self.state.store {
+        if let Some(store) = self.state.store() {
             store.close().await;
         }
     }

@@ -240,8 +240,8 @@ pub async fn qos1_round_trip(mut sub: Raw, mut publ: Raw, topic: &str) {
 pub async fn wait_subscribed(state: &BrokerState, client_id: &str, filter: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let session = state.sessions.lock().get(client_id).cloned();
-        if session.is_some_and(|s| s.state.lock().subscriptions.contains_key(filter)) {
+        let session = state.session(client_id);
+        if session.is_some_and(|s| s.is_subscribed(filter)) {
             return;
         }
         assert!(

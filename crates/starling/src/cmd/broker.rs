@@ -152,7 +152,7 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
         });
         let state = broker.state();
         broker.run().await;
-        if let Some(store) = &state.store {
+        if let Some(store) = state.store() {
             store.close().await;
         }
         Ok(ExitCode::SUCCESS)
