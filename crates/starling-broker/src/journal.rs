@@ -111,3 +111,103 @@ pub fn subscription_op(
         SubscriptionRecord { options, id },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::WillRecord;
+
+    fn delivery(qos: QoS, expires_in: Option<std::time::Duration>) -> Delivery {
+        let now = Instant::now();
+        let mut properties = starling_codec::Properties::default();
+        properties.user_properties = vec![("k".into(), "v".into())];
+        Delivery {
+            msg: Arc::new(Message {
+                topic: "j/t".into(),
+                payload: Bytes::from_static(b"payload"),
+                qos,
+                retain: false,
+                properties,
+                expires_at: expires_in.map(|d| now + d),
+                publisher: Some("pub".into()),
+            }),
+            qos,
+            retain: false,
+            subscription_ids: vec![3],
+            share: None,
+            seq: 9,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_queued_delivery_round_trips_with_its_deadline() {
+        let d = delivery(QoS::AtLeastOnce, Some(std::time::Duration::from_secs(60)));
+        let record = MessageRecord::decode(&message_record(&d).unwrap()).unwrap();
+        assert_eq!(&*record.publish.topic, "j/t");
+        assert_eq!(&record.publish.payload[..], b"payload");
+        assert_eq!(record.publish.qos, QoS::AtLeastOnce);
+        assert_eq!(record.publish.properties.subscription_identifiers, [3]);
+        assert_eq!(record.packet_id, 0);
+        // The expiry is kept as a wall-clock deadline, not an interval.
+        assert_eq!(record.publish.properties.message_expiry_interval, None);
+        let left = record.expires_at_ms.saturating_sub(unix_ms());
+        assert!((59_000..=60_000).contains(&left), "{left}");
+        assert_eq!(deadline_ms(None), 0);
+    }
+
+    #[tokio::test]
+    async fn an_inflight_record_keeps_its_packet_id_and_release() {
+        let i = Inflight {
+            packet_id: 42,
+            delivery: delivery(QoS::ExactlyOnce, None),
+            released: true,
+        };
+        let record = MessageRecord::decode(&inflight_record(&i).unwrap()).unwrap();
+        assert_eq!((record.packet_id, record.released), (42, true));
+        assert_eq!(record.expires_at_ms, 0);
+    }
+
+    #[tokio::test]
+    async fn wills_retained_messages_sessions_and_subscriptions() {
+        let will = Will {
+            topic: "w/t".into(),
+            payload: Bytes::from_static(b"bye"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Default::default(),
+        };
+        let record = WillRecord::decode(&will_record(&will, 30, Some("u")).unwrap()).unwrap();
+        assert_eq!(record.username.as_deref(), Some("u"));
+        assert!(record.publish.retain);
+        let left = record.deadline_ms.saturating_sub(unix_ms());
+        assert!((29_000..=30_000).contains(&left), "{left}");
+        let d = delivery(QoS::AtMostOnce, None);
+        let r = MessageRecord::decode(&retained_record(&d.msg).unwrap()).unwrap();
+        assert!(r.publish.retain);
+        assert!(matches!(
+            session_op(&"c".into(), 60, true),
+            Op::Session(
+                _,
+                SessionRecord {
+                    expiry_interval: 60,
+                    disconnected_at_ms: 0
+                }
+            )
+        ));
+        let options = SubscriptionOptions {
+            qos: QoS::ExactlyOnce,
+            ..Default::default()
+        };
+        match subscription_op(&"c".into(), &"a/#".into(), options, Some(7)) {
+            Op::Subscribe(c, f, rec) => {
+                assert_eq!(
+                    (&*c, &*f, rec.id, rec.options.qos),
+                    ("c", "a/#", Some(7), QoS::ExactlyOnce)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
