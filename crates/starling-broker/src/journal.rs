@@ -121,8 +121,10 @@ mod tests {
 
     fn delivery(qos: QoS, expires_in: Option<std::time::Duration>) -> Delivery {
         let now = Instant::now();
-        let mut properties = starling_codec::Properties::default();
-        properties.user_properties = vec![("k".into(), "v".into())];
+        let properties = starling_codec::Properties {
+            user_properties: vec![("k".into(), "v".into())],
+            ..Default::default()
+        };
         Delivery {
             msg: Arc::new(Message {
                 topic: "j/t".into(),
