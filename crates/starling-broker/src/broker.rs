@@ -20,7 +20,7 @@ use crate::auth::{Access, Acl, AuthLimiter, AuthPool, Authenticator, AuthzSource
 use crate::cluster::{Cluster, SingleNode};
 use crate::config::{Config, SharedStrategy};
 use crate::events::{DropReason, Event};
-use crate::message::{Delivery, Message};
+use crate::message::{Delivery, Message, Stored};
 use crate::metrics::Metrics;
 use crate::retained::RetainedTree;
 use crate::session::{QueueLimits, Session, Sessions};
@@ -410,7 +410,7 @@ impl BrokerState {
                 retain: rap && msg.retain,
                 subscription_ids: ids,
                 share,
-                seq: 0,
+                stored: Stored::NOT,
             };
             if matches!(
                 session.enqueue(delivery, ops.as_deref_mut()),
@@ -444,8 +444,8 @@ impl BrokerState {
             let inflight = std::mem::take(&mut st.inflight);
             for i in inflight {
                 if i.delivery.share.is_some() && !i.released {
-                    if i.delivery.seq != 0 {
-                        ops.push(Op::DeleteMessage(session.client_id.clone(), i.delivery.seq));
+                    if let Some(seq) = i.delivery.stored.seq() {
+                        ops.push(Op::DeleteMessage(session.client_id.clone(), seq));
                     }
                     taken.push(i.delivery);
                 } else {
@@ -456,8 +456,8 @@ impl BrokerState {
             st.queued_bytes = 0;
             for d in queue {
                 if d.share.is_some() {
-                    if d.seq != 0 {
-                        ops.push(Op::DeleteMessage(session.client_id.clone(), d.seq));
+                    if let Some(seq) = d.stored.seq() {
+                        ops.push(Op::DeleteMessage(session.client_id.clone(), seq));
                     }
                     taken.push(d);
                 } else {
@@ -468,7 +468,7 @@ impl BrokerState {
             taken
         };
         for mut d in taken {
-            d.seq = 0;
+            d.stored = Stored::NOT;
             let Some(key) = d.share.clone() else { continue };
             let (group, filter) = split_share(&key);
             let other = {

@@ -139,7 +139,7 @@ mod tests {
             retain: false,
             subscription_ids: vec![3],
             share: None,
-            seq: 9,
+            stored: crate::message::Stored::at(9),
         }
     }
 

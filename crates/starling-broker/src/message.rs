@@ -82,8 +82,8 @@ pub struct Delivery {
     /// The shared subscription (`$share/group/filter`) that chose this session,
     /// so the message can go to another member if this one leaves unacknowledged.
     pub share: Option<Arc<str>>,
-    /// Its key in the store (per-session sequence number); 0 when not stored.
-    pub seq: u64,
+    /// Where it is in the store, if it is.
+    pub stored: Stored,
 }
 
 impl Delivery {
@@ -125,4 +125,24 @@ pub struct Inflight {
     pub delivery: Delivery,
     /// QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP.
     pub released: bool,
+}
+
+/// Where a delivery is in the store: its per-session sequence number, or not
+/// stored at all (clean sessions, QoS 0, durability `none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stored(Option<std::num::NonZeroU64>);
+
+impl Stored {
+    /// Not in the store.
+    pub const NOT: Stored = Stored(None);
+
+    /// Stored under sequence number `seq` (sequence numbers start at 1).
+    pub fn at(seq: u64) -> Stored {
+        Stored(std::num::NonZeroU64::new(seq))
+    }
+
+    /// The sequence number, if stored.
+    pub fn seq(self) -> Option<u64> {
+        self.0.map(std::num::NonZeroU64::get)
+    }
 }

@@ -14,7 +14,7 @@ use crate::auth::{Acl, Authenticator};
 use crate::broker::{split_share, BrokerState};
 use crate::config::Config;
 use crate::journal::session_op;
-use crate::message::{Delivery, Message};
+use crate::message::{Delivery, Message, Stored};
 use crate::session::{Inflight, Session, SubEntry};
 use crate::store::{
     unix_ms, Durability, FjallStore, Loaded, MessageRecord, Op, Persistence, Store, StoreError,
@@ -174,7 +174,7 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
             retain: rec.publish.retain,
             subscription_ids: rec.publish.properties.subscription_identifiers.clone(),
             share: None,
-            seq,
+            stored: Stored::at(seq),
             msg,
         };
         let mut st = session.state.lock();

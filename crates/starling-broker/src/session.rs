@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use crate::auth::{Acl, ListenerFile};
 use crate::config::OverflowPolicy;
-use crate::message::Delivery;
+use crate::message::{Delivery, Stored};
 use crate::store::Op;
 
 /// The attached connection, as the session sees it. Taking the link away
@@ -338,14 +338,16 @@ impl Session {
         let (outcome, evicted, parked) = {
             let mut st = self.state.lock();
             if stored {
-                delivery.seq = st.next_seq;
+                delivery.stored = Stored::at(st.next_seq);
                 st.next_seq += 1;
             }
-            let record = stored.then(|| crate::journal::message_record(&delivery));
-            let seq = delivery.seq;
+            let record = delivery
+                .stored
+                .seq()
+                .and_then(|seq| Some((seq, crate::journal::message_record(&delivery)?)));
             let (outcome, evicted) = st.push(delivery);
             if let Some(ops) = ops {
-                if let (Some(Some(record)), Enqueued::Queued | Enqueued::DroppedOldest) =
+                if let (Some((seq, record)), Enqueued::Queued | Enqueued::DroppedOldest) =
                     (record, outcome)
                 {
                     ops.push(Op::Message(self.client_id.clone(), seq, record));
@@ -407,9 +409,7 @@ impl SessionState {
             {
                 if let Some(old) = self.queue.pop_front() {
                     self.queued_bytes -= old.msg.payload.len();
-                    if old.seq != 0 {
-                        evicted.push(old.seq);
-                    }
+                    evicted.extend(old.stored.seq());
                 }
             }
             if size > self.limits.max_bytes {

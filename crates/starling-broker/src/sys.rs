@@ -53,8 +53,8 @@ pub fn sweep(broker: &Arc<BrokerState>) {
             if d.msg.is_expired(now) {
                 st.queued_bytes -= d.msg.payload.len();
                 expired += 1;
-                if d.seq != 0 {
-                    ops.push(Op::DeleteMessage(session.client_id.clone(), d.seq));
+                if let Some(seq) = d.stored.seq() {
+                    ops.push(Op::DeleteMessage(session.client_id.clone(), seq));
                 }
             } else {
                 st.queue.push_back(d);

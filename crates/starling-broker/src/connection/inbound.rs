@@ -51,7 +51,7 @@ impl Machine {
                         .position(|i| i.packet_id == ack.packet_id && !i.released);
                     pos.and_then(|pos| st.inflight.remove(pos))
                 };
-                self.forget(client, done.map(|i| i.delivery.seq));
+                self.forget(client, done.and_then(|i| i.delivery.stored.seq()));
                 Ok(())
             }
             Packet::PubRec(ack) => {
@@ -64,17 +64,18 @@ impl Machine {
                     {
                         Some(pos) if ack.reason_code.is_error() => {
                             // The receiver refused the message: the exchange ends here.
-                            let seq = st.inflight.remove(pos).map(|i| i.delivery.seq);
+                            let seq = st
+                                .inflight
+                                .remove(pos)
+                                .and_then(|i| i.delivery.stored.seq());
                             (None, seq, None)
                         }
                         Some(pos) => {
                             let i = &mut st.inflight[pos];
                             i.released = true;
-                            let record = (i.delivery.seq != 0)
-                                .then(|| {
-                                    crate::journal::inflight_record(i).map(|r| (i.delivery.seq, r))
-                                })
-                                .flatten();
+                            let record = i.delivery.stored.seq().and_then(|seq| {
+                                crate::journal::inflight_record(i).map(|r| (seq, r))
+                            });
                             (Some(ReasonCode::SUCCESS), None, record)
                         }
                         None => (Some(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND), None, None),
@@ -128,7 +129,7 @@ impl Machine {
             }
             Packet::PubComp(ack) => {
                 let done = client.session.state.lock().take_inflight(ack.packet_id);
-                self.forget(client, done.map(|i| i.delivery.seq));
+                self.forget(client, done.and_then(|i| i.delivery.stored.seq()));
                 Ok(())
             }
             Packet::Subscribe(sub) => {
@@ -154,7 +155,7 @@ impl Machine {
 
     /// Removes a delivered message's record from the store.
     fn forget(&self, client: &Client, seq: Option<u64>) {
-        if let (Some(store), Some(seq)) = (&self.broker.store, seq.filter(|s| *s != 0)) {
+        if let (Some(store), Some(seq)) = (&self.broker.store, seq) {
             store.submit(vec![Op::DeleteMessage(client.client_id().clone(), seq)]);
         }
     }
@@ -412,7 +413,7 @@ impl Machine {
                         retain: true,
                         subscription_ids: sub_id.into_iter().collect(),
                         share: None,
-                        seq: 0,
+                        stored: crate::message::Stored::NOT,
                         msg,
                     });
                 }

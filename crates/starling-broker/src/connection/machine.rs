@@ -171,8 +171,8 @@ impl Machine {
                     topic: delivery.msg.topic.clone(),
                     reason: DropReason::Expired,
                 });
-                if delivery.seq != 0 {
-                    ops.push(Op::DeleteMessage(client.client_id().clone(), delivery.seq));
+                if let Some(seq) = delivery.stored.seq() {
+                    ops.push(Op::DeleteMessage(client.client_id().clone(), seq));
                 }
                 continue;
             }
@@ -180,8 +180,8 @@ impl Machine {
             // nothing outside it.
             let Some(topic) = mount::strip(client.mountpoint.as_deref(), &delivery.msg.topic)
             else {
-                if delivery.seq != 0 {
-                    ops.push(Op::DeleteMessage(client.client_id().clone(), delivery.seq));
+                if let Some(seq) = delivery.stored.seq() {
+                    ops.push(Op::DeleteMessage(client.client_id().clone(), seq));
                 }
                 continue;
             };
@@ -241,15 +241,11 @@ impl Machine {
                 };
                 // QoS 2: remember the packet id, so a restart resends it with DUP
                 // and the receiver can recognise the duplicate.
-                if inflight.delivery.seq != 0
-                    && inflight.delivery.qos == starling_codec::QoS::ExactlyOnce
+                let seq = inflight.delivery.stored.seq();
+                if let (Some(seq), starling_codec::QoS::ExactlyOnce) = (seq, inflight.delivery.qos)
                 {
                     if let Some(r) = crate::journal::inflight_record(&inflight) {
-                        ops.push(Op::Message(
-                            client.client_id().clone(),
-                            inflight.delivery.seq,
-                            r,
-                        ));
+                        ops.push(Op::Message(client.client_id().clone(), seq, r));
                     }
                 }
                 st.inflight.push_back(inflight);
