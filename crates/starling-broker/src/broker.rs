@@ -452,18 +452,11 @@ impl BrokerState {
                     st.inflight.push_back(i);
                 }
             }
-            let queue = std::mem::take(&mut st.queue);
-            st.queued_bytes = 0;
-            for d in queue {
-                if d.share.is_some() {
-                    if let Some(seq) = d.stored.seq() {
-                        ops.push(Op::DeleteMessage(session.client_id.clone(), seq));
-                    }
-                    taken.push(d);
-                } else {
-                    st.queued_bytes += d.msg.payload.len();
-                    st.queue.push_back(d);
+            for d in st.take_queued(|d| d.share.is_some()) {
+                if let Some(seq) = d.stored.seq() {
+                    ops.push(Op::DeleteMessage(session.client_id.clone(), seq));
                 }
+                taken.push(d);
             }
             taken
         };

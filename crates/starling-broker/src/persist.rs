@@ -186,8 +186,7 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
                 released: rec.released,
             });
         } else {
-            st.queued_bytes += delivery.msg.payload.len();
-            st.queue.push_back(delivery);
+            st.restore(delivery);
         }
         restored += 1;
     }

@@ -218,9 +218,9 @@ pub struct QueueLimits {
 #[derive(Debug)]
 pub struct SessionState {
     /// Messages not yet sent, oldest first.
-    pub queue: VecDeque<Delivery>,
+    queue: VecDeque<Delivery>,
     /// Payload bytes in `queue`.
-    pub queued_bytes: usize,
+    queued_bytes: usize,
     /// Outgoing QoS 1/2 messages sent and not yet fully acknowledged, in send order.
     pub inflight: VecDeque<Inflight>,
     next_packet_id: u16,
@@ -294,7 +294,7 @@ impl Session {
 
     /// Messages queued for the session, not yet sent.
     pub fn queued(&self) -> usize {
-        self.state.lock().queue.len()
+        self.state.lock().queue_len()
     }
 
     /// Messages sent and not yet acknowledged.
@@ -435,6 +435,39 @@ impl SessionState {
         self.queue.push_front(delivery);
     }
 
+    /// Appends a delivery read back from the store, outside the bounds (what
+    /// was stored was accepted within them).
+    pub fn restore(&mut self, delivery: Delivery) {
+        self.queued_bytes += delivery.msg.payload.len();
+        self.queue.push_back(delivery);
+    }
+
+    /// Removes and returns the queued deliveries `take` picks, keeping the
+    /// others in order.
+    pub fn take_queued(&mut self, mut take: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
+        let mut taken = Vec::new();
+        let queue = std::mem::take(&mut self.queue);
+        for d in queue {
+            if take(&d) {
+                self.queued_bytes -= d.msg.payload.len();
+                taken.push(d);
+            } else {
+                self.queue.push_back(d);
+            }
+        }
+        taken
+    }
+
+    /// How many deliveries are queued.
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Payload bytes queued.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
     /// A packet identifier not used by any in-flight outgoing message.
     pub fn next_packet_id(&mut self) -> u16 {
         loop {
@@ -527,5 +560,130 @@ impl Sessions {
 impl Extend<Arc<Session>> for Sessions {
     fn extend<I: IntoIterator<Item = Arc<Session>>>(&mut self, iter: I) {
         self.0.extend(iter.into_iter().map(ById));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Message, Stored};
+    use bytes::Bytes;
+
+    fn session(max_messages: usize, max_bytes: usize, policy: OverflowPolicy) -> Session {
+        let limits = QueueLimits {
+            max_messages,
+            max_bytes,
+            policy,
+            qos0_offline: false,
+        };
+        Session::new("s".into(), 0, Arc::new(limits))
+    }
+
+    fn delivery(payload: &'static str, qos: QoS, seq: u64) -> Delivery {
+        Delivery {
+            msg: Arc::new(Message {
+                topic: "t".into(),
+                payload: Bytes::from_static(payload.as_bytes()),
+                qos,
+                retain: false,
+                properties: Default::default(),
+                expires_at: None,
+                publisher: None,
+            }),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+            share: None,
+            stored: Stored::at(seq),
+        }
+    }
+
+    fn payloads(st: &mut SessionState) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(d) = st.pop() {
+            out.push(String::from_utf8_lossy(&d.msg.payload).into_owned());
+        }
+        out
+    }
+
+    #[test]
+    fn the_queue_keeps_its_bounds_and_its_byte_count() {
+        let s = session(2, 1000, OverflowPolicy::DropOldest);
+        let mut st = s.state.lock();
+        st.link = Some(Link::new(1));
+        assert_eq!(
+            st.push(delivery("aa", QoS::AtLeastOnce, 1)).0,
+            Enqueued::Queued
+        );
+        assert_eq!(
+            st.push(delivery("bbb", QoS::AtLeastOnce, 2)).0,
+            Enqueued::Queued
+        );
+        assert_eq!(st.queued_bytes(), 5);
+        // Full: the oldest goes, and its store record with it.
+        let (outcome, evicted) = st.push(delivery("c", QoS::AtLeastOnce, 3));
+        assert_eq!((outcome, evicted), (Enqueued::DroppedOldest, vec![1]));
+        assert_eq!(st.queued_bytes(), 4);
+        // QoS 0 is never queued past the bound.
+        assert_eq!(
+            st.push(delivery("d", QoS::AtMostOnce, 0)).0,
+            Enqueued::Dropped
+        );
+        assert_eq!(payloads(&mut st), ["bbb", "c"]);
+        assert_eq!(st.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn drop_newest_and_the_byte_bound() {
+        let s = session(10, 4, OverflowPolicy::DropNewest);
+        let mut st = s.state.lock();
+        st.link = Some(Link::new(1));
+        assert_eq!(
+            st.push(delivery("abc", QoS::AtLeastOnce, 1)).0,
+            Enqueued::Queued
+        );
+        assert_eq!(
+            st.push(delivery("de", QoS::AtLeastOnce, 2)).0,
+            Enqueued::Dropped
+        );
+        let s = session(10, 4, OverflowPolicy::DropOldest);
+        let mut st = s.state.lock();
+        st.link = Some(Link::new(1));
+        st.push(delivery("abc", QoS::AtLeastOnce, 1));
+        // Larger than the whole bound: dropped, after making room in vain.
+        assert_eq!(
+            st.push(delivery("abcde", QoS::AtLeastOnce, 2)).0,
+            Enqueued::Dropped
+        );
+    }
+
+    #[test]
+    fn qos0_for_an_offline_session_is_skipped() {
+        let s = session(10, 100, OverflowPolicy::DropOldest);
+        let mut st = s.state.lock();
+        assert_eq!(
+            st.push(delivery("x", QoS::AtMostOnce, 0)).0,
+            Enqueued::Skipped
+        );
+        assert_eq!(
+            st.push(delivery("y", QoS::AtLeastOnce, 1)).0,
+            Enqueued::Queued
+        );
+    }
+
+    #[test]
+    fn take_unpop_and_restore_keep_the_byte_count() {
+        let s = session(10, 100, OverflowPolicy::DropOldest);
+        let mut st = s.state.lock();
+        st.restore(delivery("one", QoS::AtLeastOnce, 1));
+        st.restore(delivery("two", QoS::AtLeastOnce, 2));
+        st.restore(delivery("three", QoS::AtLeastOnce, 3));
+        let taken = st.take_queued(|d| d.stored == Stored::at(2));
+        assert_eq!(taken.len(), 1);
+        assert_eq!(st.queued_bytes(), 8);
+        let first = st.pop().unwrap();
+        st.unpop(first);
+        assert_eq!((st.queue_len(), st.queued_bytes()), (2, 8));
+        assert_eq!(payloads(&mut st), ["one", "three"]);
     }
 }

@@ -45,19 +45,13 @@ pub fn sweep(broker: &Arc<BrokerState>) {
     let mut expired = 0u64;
     for session in sessions {
         let mut st = session.state.lock();
-        if st.link.is_some() || st.queue.is_empty() {
+        if st.link.is_some() || st.queue_len() == 0 {
             continue;
         }
-        let queue = std::mem::take(&mut st.queue);
-        for d in queue {
-            if d.msg.is_expired(now) {
-                st.queued_bytes -= d.msg.payload.len();
-                expired += 1;
-                if let Some(seq) = d.stored.seq() {
-                    ops.push(Op::DeleteMessage(session.client_id.clone(), seq));
-                }
-            } else {
-                st.queue.push_back(d);
+        for d in st.take_queued(|d| d.msg.is_expired(now)) {
+            expired += 1;
+            if let Some(seq) = d.stored.seq() {
+                ops.push(Op::DeleteMessage(session.client_id.clone(), seq));
             }
         }
     }

@@ -138,7 +138,7 @@ impl Reactor {
         let index = inner.parked.vacant_key();
         let noted = {
             let mut st = p.client.session.state.lock();
-            let idle = st.queue.is_empty();
+            let idle = st.queue_len() == 0;
             match st.link.as_mut() {
                 Some(link) if idle && link.conn_id == p.conn_id => {
                     link.parked = Some(ParkedAt {

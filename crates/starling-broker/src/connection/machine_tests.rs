@@ -137,7 +137,7 @@ async fn qos2_duplicate_is_acknowledged_and_routed_once() {
     assert!(
         matches!(&acks[..], [Packet::PubRec(a), Packet::PubRec(b)] if a.packet_id == 3 && b.packet_id == 3)
     );
-    assert_eq!(s.session.state.lock().queue.len(), 1, "routed once");
+    assert_eq!(s.session.queued(), 1, "routed once");
     // PUBREL releases the id: PUBCOMP; an unknown one gets 0x92.
     m.handle(&mut c, Packet::PubRel(Ack::new(3))).unwrap();
     m.handle(&mut c, Packet::PubRel(Ack::new(3))).unwrap();
@@ -186,7 +186,7 @@ async fn topic_aliases_from_the_client() {
     let mut second = Publish::new("", Bytes::from_static(b"2"));
     second.properties.topic_alias = Some(2);
     m.handle(&mut c, Packet::Publish(second)).unwrap();
-    assert_eq!(s.session.state.lock().queue.len(), 2);
+    assert_eq!(s.session.queued(), 2);
     let mut unknown = Publish::new("", Bytes::from_static(b"3"));
     unknown.properties.topic_alias = Some(1);
     assert_eq!(code(m.handle(&mut c, Packet::Publish(unknown))), Some(0x82));
