@@ -20,11 +20,12 @@ use crate::auth::{Access, Acl, AuthLimiter, AuthPool, Authenticator, AuthzSource
 use crate::cluster::{Cluster, SingleNode};
 use crate::config::{Config, SharedStrategy};
 use crate::events::{DropReason, Event};
+use crate::journal::{commit, Journal};
 use crate::message::{Delivery, Message, Stored};
 use crate::metrics::Metrics;
 use crate::retained::RetainedTree;
 use crate::session::{QueueLimits, Session, Sessions};
-use crate::store::{Op, Persistence};
+use crate::store::Persistence;
 use crate::topic_tree::{Matches, TopicTree};
 
 /// Shared broker state.
@@ -157,13 +158,12 @@ impl BrokerState {
     pub fn clear_retained(&self) -> usize {
         let old = std::mem::take(&mut *self.retained.write());
         let n = old.len();
-        if let Some(store) = &self.store {
-            let ops = old
-                .all()
-                .into_iter()
-                .map(|m| Op::DeleteRetained(m.topic.clone()))
-                .collect();
-            store.submit(ops);
+        if self.store.is_some() {
+            let mut journal = Journal::new();
+            for m in old.all() {
+                journal.retained_gone(m.topic.clone());
+            }
+            commit(self.store.as_ref(), journal);
         }
         n
     }
@@ -189,13 +189,13 @@ impl BrokerState {
 
     /// Accepts a message from a client or a will: retains it if it says so,
     /// routes it to this node's subscribers (store writes for persistent ones
-    /// added to `ops`) and forwards it to the other nodes. Returns how many
+    /// written to `journal`) and forwards it to the other nodes. Returns how many
     /// local sessions it was offered to.
-    pub fn publish(&self, msg: &Arc<Message>, ops: &mut Vec<Op>) -> usize {
+    pub fn publish(&self, msg: &Arc<Message>, journal: &mut Journal) -> usize {
         if msg.retain {
-            self.retain(msg, ops);
+            self.retain(msg, journal);
         }
-        let offered = self.route(msg, Some(ops));
+        let offered = self.route(msg, Some(journal));
         self.cluster().forward(msg);
         offered
     }
@@ -299,27 +299,23 @@ impl BrokerState {
     }
 
     /// Stores a retained message (or deletes one, for an empty payload), adding
-    /// the store write to `ops`. `$SYS` topics are not persisted.
-    pub fn retain(&self, msg: &Arc<Message>, ops: &mut Vec<Op>) {
+    /// the store write to `journal`. `$SYS` topics are not persisted.
+    pub fn retain(&self, msg: &Arc<Message>, journal: &mut Journal) {
         if !self.config.retain_available {
             return;
         }
         self.retained.write().set(msg.clone());
         if self.store.is_some() && !msg.topic.starts_with("$SYS") {
-            if msg.payload.is_empty() {
-                ops.push(Op::DeleteRetained(msg.topic.clone()));
-            } else if let Some(r) = crate::journal::retained_record(msg) {
-                ops.push(Op::Retained(msg.topic.clone(), r));
-            }
+            journal.retained(msg);
         }
     }
 
-    /// Hands `msg` to every matching subscriber's queue; with `ops`, the store
+    /// Hands `msg` to every matching subscriber's queue; with `journal`, the store
     /// writes for persistent subscribers are added to it. Returns how many
     /// sessions it was offered to.
-    pub fn route(&self, msg: &Arc<Message>, mut ops: Option<&mut Vec<Op>>) -> usize {
+    pub fn route(&self, msg: &Arc<Message>, mut journal: Option<&mut Journal>) -> usize {
         if self.store.is_none() {
-            ops = None;
+            journal = None;
         }
         let now = Instant::now();
         if msg.is_expired(now) {
@@ -413,7 +409,7 @@ impl BrokerState {
                 stored: Stored::NOT,
             };
             if matches!(
-                session.enqueue(delivery, ops.as_deref_mut()),
+                session.enqueue(delivery, journal.as_deref_mut()),
                 crate::session::Enqueued::Dropped | crate::session::Enqueued::DroppedOldest
             ) {
                 Metrics::add(&self.metrics.messages_dropped, 1);
@@ -437,7 +433,7 @@ impl BrokerState {
     /// leaves does not keep the group's messages). Messages whose group has no
     /// other member stay with the session.
     pub fn redistribute_shared(&self, session: &Arc<Session>) {
-        let mut ops = Vec::new();
+        let mut journal = Journal::new();
         let taken: Vec<Delivery> = {
             let mut st = session.state.lock();
             let mut taken = Vec::new();
@@ -445,7 +441,7 @@ impl BrokerState {
             for i in inflight {
                 if i.delivery.share.is_some() && !i.released {
                     if let Some(seq) = i.delivery.stored.seq() {
-                        ops.push(Op::DeleteMessage(session.client_id.clone(), seq));
+                        journal.forget(&session.client_id, seq);
                     }
                     taken.push(i.delivery);
                 } else {
@@ -454,7 +450,7 @@ impl BrokerState {
             }
             for d in st.take_queued(|d| d.share.is_some()) {
                 if let Some(seq) = d.stored.seq() {
-                    ops.push(Op::DeleteMessage(session.client_id.clone(), seq));
+                    journal.forget(&session.client_id, seq);
                 }
                 taken.push(d);
             }
@@ -483,17 +479,15 @@ impl BrokerState {
                 Some((member, granted, id)) => {
                     d.qos = d.msg.qos.min(granted);
                     d.subscription_ids = id.into_iter().collect();
-                    member.enqueue(d, Some(&mut ops));
+                    member.enqueue(d, Some(&mut journal));
                 }
                 None => {
                     // Nobody else in the group: keep it for this session.
-                    let _ = session.enqueue(d, Some(&mut ops));
+                    let _ = session.enqueue(d, Some(&mut journal));
                 }
             }
         }
-        if let Some(store) = &self.store {
-            store.submit(ops);
-        }
+        commit(self.store.as_ref(), journal);
     }
 
     /// Removes every subscription of `session` from the index.

@@ -1,13 +1,139 @@
 //! Every store record and operation the broker writes, built in one place
 //! from live state: queued and in-flight deliveries, retained messages,
 //! wills, sessions and subscriptions. (Reading them back is `persist`.)
+//!
+//! A [`Journal`] collects what changed during one step (a packet, a
+//! disconnect, a sweep); [`commit`] and [`commit_and_wait`] are the only
+//! places that hand changes to the store.
 
 use bytes::Bytes;
 use starling_codec::{ByteString, QoS, SubscriptionOptions, Will};
 use tokio::time::Instant;
 
 use crate::message::{Delivery, Inflight, Message};
-use crate::store::{unix_ms, MessageRecord, Op, SessionRecord, SubscriptionRecord, WillRecord};
+use crate::store::{
+    unix_ms, MessageRecord, Op, Persistence, SessionRecord, SubscriptionRecord, WillRecord,
+};
+
+/// What changed, in the order it happened, for the store.
+#[derive(Debug, Default)]
+pub struct Journal(Vec<Op>);
+
+impl Journal {
+    /// An empty journal.
+    pub fn new() -> Journal {
+        Journal(Vec::new())
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How many changes it holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// A delivery was queued for `client`'s persistent session under `seq`.
+    pub fn queued(&mut self, client: &ByteString, seq: u64, d: &Delivery) {
+        if let Some(r) = message_record(d) {
+            self.0.push(Op::Message(client.clone(), seq, r));
+        }
+    }
+
+    /// An in-flight delivery changed (sent with a packet id, or released).
+    pub fn in_flight(&mut self, client: &ByteString, seq: u64, i: &Inflight) {
+        if let Some(r) = inflight_record(i) {
+            self.0.push(Op::Message(client.clone(), seq, r));
+        }
+    }
+
+    /// The message stored under `seq` is done with (delivered, expired,
+    /// dropped or moved to another session).
+    pub fn forget(&mut self, client: &ByteString, seq: u64) {
+        self.0.push(Op::DeleteMessage(client.clone(), seq));
+    }
+
+    /// A retained message was set (or, with an empty payload, cleared).
+    pub fn retained(&mut self, msg: &Message) {
+        if msg.payload.is_empty() {
+            self.0.push(Op::DeleteRetained(msg.topic.clone()));
+        } else if let Some(r) = retained_record(msg) {
+            self.0.push(Op::Retained(msg.topic.clone(), r));
+        }
+    }
+
+    /// The retained message on `topic` is gone.
+    pub fn retained_gone(&mut self, topic: ByteString) {
+        self.0.push(Op::DeleteRetained(topic));
+    }
+
+    /// A persistent session's record: its expiry, and whether connected now.
+    pub fn session(&mut self, client: &ByteString, expiry_interval: u32, connected: bool) {
+        self.0.push(session_op(client, expiry_interval, connected));
+    }
+
+    /// A session ended: everything stored for it goes.
+    pub fn session_ended(&mut self, client: ByteString) {
+        self.0.push(Op::DeleteSession(client));
+    }
+
+    /// A persistent session subscribed.
+    pub fn subscribed(
+        &mut self,
+        client: &ByteString,
+        filter: &ByteString,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) {
+        self.0.push(subscription_op(client, filter, options, id));
+    }
+
+    /// A persistent session unsubscribed.
+    pub fn unsubscribed(&mut self, client: ByteString, filter: ByteString) {
+        self.0.push(Op::Unsubscribe(client, filter));
+    }
+
+    /// A will waits `delay` seconds.
+    pub fn will(&mut self, client: &ByteString, will: &Will, delay: u32, username: Option<&str>) {
+        if let Some(r) = will_record(will, delay, username) {
+            self.0.push(Op::Will(client.clone(), r));
+        }
+    }
+
+    /// A waiting will was published or cancelled.
+    pub fn will_done(&mut self, client: ByteString) {
+        self.0.push(Op::DeleteWill(client));
+    }
+
+    /// A QoS 2 PUBLISH was received (its PUBREC is on its way).
+    pub fn qos2_received(&mut self, client: ByteString, packet_id: u16) {
+        self.0.push(Op::IncomingQos2(client, packet_id));
+    }
+
+    /// A QoS 2 exchange from the client ended with PUBREL.
+    pub fn qos2_released(&mut self, client: ByteString, packet_id: u16) {
+        self.0.push(Op::DeleteIncomingQos2(client, packet_id));
+    }
+}
+
+/// Hands `journal` to the store, without waiting. Without a store
+/// (`durability = none`) it is dropped.
+pub fn commit(store: Option<&Persistence>, journal: Journal) {
+    if let Some(store) = store {
+        store.submit(journal.0);
+    }
+}
+
+/// Hands `journal` to the store; the receiver completes once it is written
+/// (durable with `durability = always`) and fails if it could not be.
+pub fn commit_and_wait(
+    store: &Persistence,
+    journal: Journal,
+) -> tokio::sync::oneshot::Receiver<()> {
+    store.submit_and_wait(journal.0)
+}
 
 /// Wall-clock milliseconds for a `tokio` deadline.
 pub fn deadline_ms(at: Option<Instant>) -> u64 {
@@ -21,7 +147,7 @@ pub fn deadline_ms(at: Option<Instant>) -> u64 {
 }
 
 /// The store record of a queued delivery.
-pub fn message_record(d: &Delivery) -> Option<Bytes> {
+pub(crate) fn message_record(d: &Delivery) -> Option<Bytes> {
     let mut publish = d.to_publish(0, false, Instant::now());
     publish.properties.message_expiry_interval = None;
     MessageRecord {
@@ -35,7 +161,7 @@ pub fn message_record(d: &Delivery) -> Option<Bytes> {
 }
 
 /// The store record of an in-flight delivery (sent with `packet_id`).
-pub fn inflight_record(i: &Inflight) -> Option<Bytes> {
+pub(crate) fn inflight_record(i: &Inflight) -> Option<Bytes> {
     let mut publish = i.delivery.to_publish(i.packet_id, false, Instant::now());
     publish.properties.message_expiry_interval = None;
     MessageRecord {
@@ -49,7 +175,7 @@ pub fn inflight_record(i: &Inflight) -> Option<Bytes> {
 }
 
 /// The store record of a retained message.
-pub fn retained_record(msg: &Message) -> Option<Bytes> {
+pub(crate) fn retained_record(msg: &Message) -> Option<Bytes> {
     let mut publish = starling_codec::Publish::new(msg.topic.clone(), msg.payload.clone());
     publish.qos = msg.qos;
     publish.packet_id = u16::from(msg.qos != QoS::AtMostOnce);
@@ -66,7 +192,7 @@ pub fn retained_record(msg: &Message) -> Option<Bytes> {
 }
 
 /// The store record of a will waiting `delay` seconds.
-pub fn will_record(will: &Will, delay: u32, username: Option<&str>) -> Option<Bytes> {
+pub(crate) fn will_record(will: &Will, delay: u32, username: Option<&str>) -> Option<Bytes> {
     let mut publish = starling_codec::Publish::new(will.topic.clone(), will.payload.clone());
     publish.qos = will.qos;
     publish.packet_id = u16::from(will.qos != QoS::AtMostOnce);
@@ -88,7 +214,7 @@ fn not_stored(what: &str, err: &dyn std::fmt::Display) -> Option<Bytes> {
 }
 
 /// The record of a session; `connected` sessions have no disconnect time yet.
-pub fn session_op(client_id: &ByteString, expiry_interval: u32, connected: bool) -> Op {
+fn session_op(client_id: &ByteString, expiry_interval: u32, connected: bool) -> Op {
     Op::Session(
         client_id.clone(),
         SessionRecord {
@@ -99,7 +225,7 @@ pub fn session_op(client_id: &ByteString, expiry_interval: u32, connected: bool)
 }
 
 /// The subscription record for a session's subscription.
-pub fn subscription_op(
+fn subscription_op(
     client: &ByteString,
     filter: &ByteString,
     options: SubscriptionOptions,

@@ -12,11 +12,10 @@ use tokio::time::Instant;
 use crate::auth::{Access, Acl, ListenerFile};
 use crate::broker::BrokerState;
 use crate::events::Event;
-use crate::journal;
+use crate::journal::{commit, Journal};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::session::{Link, Session};
-use crate::store::Op;
 
 /// Attaches connection `conn_id` to the session of `client_id`, taking it over
 /// from another connection if one holds it. A clean start discards any stored
@@ -92,26 +91,26 @@ pub(crate) fn attach(
     };
     if let Some(store) = &broker.store {
         let (session, resumed) = &result;
-        let mut ops = Vec::new();
+        let mut journal = Journal::new();
         if let Some(old) = &discarded {
             if old.persistent.swap(false, Ordering::Relaxed) {
-                ops.push(Op::DeleteSession(client_id.clone()));
+                journal.session_ended(client_id.clone());
             }
         }
         let was = session.persistent.load(Ordering::Relaxed);
         let now = expiry_interval > 0;
         if now {
-            ops.push(journal::session_op(client_id, expiry_interval, true));
+            journal.session(client_id, expiry_interval, true);
         } else if was {
             // Resumed with expiry 0: the session now ends with this connection.
-            ops.push(Op::DeleteSession(client_id.clone()));
+            journal.session_ended(client_id.clone());
         }
         if *resumed && was {
             // A will waiting for its delay is cancelled by the resume.
-            ops.push(Op::DeleteWill(client_id.clone()));
+            journal.will_done(client_id.clone());
         }
         session.persistent.store(now, Ordering::Relaxed);
-        store.submit(ops);
+        commit(Some(store), journal);
     }
     if let Some(old) = discarded {
         broker.events.emit(|| Event::SessionEnded {
@@ -186,15 +185,13 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Departure)
         return;
     }
     if let (Some(store), true) = (&broker.store, session.persistent.load(Ordering::Relaxed)) {
-        let mut ops = vec![journal::session_op(&session.client_id, expiry, false)];
+        let mut journal = Journal::new();
+        journal.session(&session.client_id, expiry, false);
         if let Some(w) = will.as_ref().filter(|_| will_delay > 0) {
             let delay = will_delay.min(expiry);
-            ops.extend(
-                journal::will_record(w, delay, client.username.as_deref())
-                    .map(|r| Op::Will(session.client_id.clone(), r)),
-            );
+            journal.will(&session.client_id, w, delay, client.username.as_deref());
         }
-        store.submit(ops);
+        commit(Some(store), journal);
     }
     if let Some(will) = will {
         if will_delay == 0 {
@@ -241,9 +238,9 @@ pub(crate) fn schedule_will(
             let st = s.state.lock();
             st.generation != generation || st.link.is_some()
         });
-        if let Some(store) = &broker.store {
-            store.submit(vec![Op::DeleteWill(client_id.clone())]);
-        }
+        let mut journal = Journal::new();
+        journal.will_done(client_id.clone());
+        commit(broker.store(), journal);
         if !resumed {
             // The ACL of the listener the client came through, if it has one.
             let acl = session.as_ref().and_then(|s| s.state.lock().acl.clone());
@@ -298,9 +295,9 @@ fn end_session_unless_resumed(
         }
     }
     if session.persistent.swap(false, Ordering::Relaxed) {
-        if let Some(store) = &broker.store {
-            store.submit(vec![Op::DeleteSession(session.client_id.clone())]);
-        }
+        let mut journal = Journal::new();
+        journal.session_ended(session.client_id.clone());
+        commit(broker.store(), journal);
     }
     broker.events.emit(|| Event::SessionEnded {
         client_id: session.client_id.clone(),
@@ -338,9 +335,7 @@ pub(crate) fn publish_will(
         publisher: Some(client_id.clone()),
     });
     tracing::debug!(client_id = %client_id, topic = %msg.topic, "publishing will");
-    let mut ops = Vec::new();
-    broker.publish(&msg, &mut ops);
-    if let Some(store) = &broker.store {
-        store.submit(ops);
-    }
+    let mut journal = Journal::new();
+    broker.publish(&msg, &mut journal);
+    commit(broker.store(), journal);
 }

@@ -13,11 +13,11 @@ use tokio::time::Instant;
 use crate::auth::{Acl, Authenticator};
 use crate::broker::{split_share, BrokerState};
 use crate::config::Config;
-use crate::journal::session_op;
+use crate::journal::{commit, Journal};
 use crate::message::{Delivery, Message, Stored};
 use crate::session::{Inflight, Session, SubEntry};
 use crate::store::{
-    unix_ms, Durability, FjallStore, Loaded, MessageRecord, Op, Persistence, Store, StoreError,
+    unix_ms, Durability, FjallStore, Loaded, MessageRecord, Persistence, Store, StoreError,
 };
 use crate::topic_tree::Subscriber;
 
@@ -90,7 +90,7 @@ impl BrokerState {
 pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
     let now_ms = unix_ms();
     let now = Instant::now();
-    let mut ops = Vec::new();
+    let mut journal = Journal::new();
     let mut sessions: HashMap<ByteString, Arc<Session>> = HashMap::new();
     // Records deeper than `max-topic-levels` (written before the limit, or
     // under a higher one) are left in the store but not loaded.
@@ -104,7 +104,7 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
         };
         let elapsed = now_ms.saturating_sub(disconnected) / 1000;
         if rec.expiry_interval != u32::MAX && elapsed >= u64::from(rec.expiry_interval) {
-            ops.push(Op::DeleteSession(client));
+            journal.session_ended(client);
             continue;
         }
         let session = Arc::new(Session::new(
@@ -115,7 +115,7 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
         session.persistent.store(true, Ordering::Relaxed);
         session.state.lock().generation = 1;
         if rec.disconnected_at_ms == 0 {
-            ops.push(session_op(&client, rec.expiry_interval, false));
+            journal.session(&client, rec.expiry_interval, false);
         }
         if rec.expiry_interval != u32::MAX {
             let left = u64::from(rec.expiry_interval) - elapsed;
@@ -128,7 +128,7 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
         let mut tree = state.topics.write();
         for (client, filter, rec) in loaded.subscriptions {
             let Some(session) = sessions.get(&client) else {
-                ops.push(Op::Unsubscribe(client, filter));
+                journal.unsubscribed(client, filter);
                 continue;
             };
             let (share, inner) = split_share(&filter);
@@ -161,12 +161,12 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
     let mut restored = 0usize;
     for (client, seq, rec) in loaded.messages {
         let Some(session) = sessions.get(&client) else {
-            ops.push(Op::DeleteMessage(client, seq));
+            journal.forget(&client, seq);
             continue;
         };
         let msg = Arc::new(message_from(&rec));
         if msg.is_expired(now) {
-            ops.push(Op::DeleteMessage(client, seq));
+            journal.forget(&client, seq);
             continue;
         }
         let delivery = Delivery {
@@ -195,7 +195,7 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
             Some(s) => {
                 s.state.lock().incoming_qos2.insert(id);
             }
-            None => ops.push(Op::DeleteIncomingQos2(client, id)),
+            None => journal.qos2_released(client, id),
         }
     }
     {
@@ -205,7 +205,7 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
             if too_deep(&msg.topic, max_levels, "retained message", &msg.topic) {
                 too_deep_count += 1;
             } else if msg.is_expired(now) {
-                ops.push(Op::DeleteRetained(msg.topic.clone()));
+                journal.retained_gone(msg.topic.clone());
             } else {
                 retained.set(Arc::new(msg));
             }
@@ -236,9 +236,7 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
     }
     let count = sessions.len();
     state.sessions.lock().extend(sessions.into_values());
-    if let Some(store) = &state.store {
-        store.submit(ops);
-    }
+    commit(state.store(), journal);
     tracing::info!(
         sessions = count,
         messages = restored,

@@ -16,8 +16,8 @@ use tokio::sync::Notify;
 
 use crate::auth::{Acl, ListenerFile};
 use crate::config::OverflowPolicy;
+use crate::journal::Journal;
 use crate::message::{Delivery, Stored};
-use crate::store::Op;
 
 /// The attached connection, as the session sees it. Taking the link away
 /// tells the connection to close: it checks whether it is still attached each
@@ -328,11 +328,11 @@ impl Session {
     }
 
     /// Offers a delivery to the session's queue, applying its bounds, and wakes
-    /// the attached connection. With `ops`, a QoS 1/2 delivery to a persistent
-    /// session is given a sequence number and its store write is added to `ops`,
-    /// as is the removal of any message the bound evicted.
-    pub fn enqueue(&self, mut delivery: Delivery, ops: Option<&mut Vec<Op>>) -> Enqueued {
-        let stored = ops.is_some()
+    /// the attached connection. With a journal, a QoS 1/2 delivery to a
+    /// persistent session is given a sequence number and written to it, as is
+    /// the removal of any message the bound evicted.
+    pub fn enqueue(&self, mut delivery: Delivery, journal: Option<&mut Journal>) -> Enqueued {
+        let stored = journal.is_some()
             && delivery.qos != QoS::AtMostOnce
             && self.persistent.load(Ordering::Relaxed);
         let (outcome, evicted, parked) = {
@@ -341,19 +341,18 @@ impl Session {
                 delivery.stored = Stored::at(st.next_seq);
                 st.next_seq += 1;
             }
-            let record = delivery
-                .stored
-                .seq()
-                .and_then(|seq| Some((seq, crate::journal::message_record(&delivery)?)));
             let (outcome, evicted) = st.push(delivery);
-            if let Some(ops) = ops {
-                if let (Some((seq, record)), Enqueued::Queued | Enqueued::DroppedOldest) =
-                    (record, outcome)
-                {
-                    ops.push(Op::Message(self.client_id.clone(), seq, record));
+            if let Some(journal) = journal {
+                if let Enqueued::Queued | Enqueued::DroppedOldest = outcome {
+                    // Queued: it is at the back now.
+                    if let Some(d) = st.queue.back() {
+                        if let Some(seq) = d.stored.seq() {
+                            journal.queued(&self.client_id, seq, d);
+                        }
+                    }
                 }
                 for e in &evicted {
-                    ops.push(Op::DeleteMessage(self.client_id.clone(), *e));
+                    journal.forget(&self.client_id, *e);
                 }
             }
             // A parked connection is woken through the reactor, an active one

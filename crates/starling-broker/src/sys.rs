@@ -9,9 +9,9 @@ use starling_codec::{Properties, QoS};
 use tokio::sync::watch;
 
 use crate::broker::BrokerState;
+use crate::journal::{commit, Journal};
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::store::Op;
 
 /// The broker version string published on `$SYS/broker/version`.
 pub const VERSION: &str = concat!("starling ", env!("CARGO_PKG_VERSION"));
@@ -38,9 +38,11 @@ pub(crate) async fn run(broker: Arc<BrokerState>, mut shutdown: watch::Receiver<
 /// their store records, so disk use stays bounded.
 pub fn sweep(broker: &Arc<BrokerState>) {
     let now = tokio::time::Instant::now();
-    let mut ops = Vec::new();
+    let mut journal = Journal::new();
     let expired_retained = broker.retained.write().sweep(now);
-    ops.extend(expired_retained.into_iter().map(Op::DeleteRetained));
+    for topic in expired_retained {
+        journal.retained_gone(topic);
+    }
     let sessions: Vec<_> = broker.sessions.lock().values().cloned().collect();
     let mut expired = 0u64;
     for session in sessions {
@@ -51,14 +53,12 @@ pub fn sweep(broker: &Arc<BrokerState>) {
         for d in st.take_queued(|d| d.msg.is_expired(now)) {
             expired += 1;
             if let Some(seq) = d.stored.seq() {
-                ops.push(Op::DeleteMessage(session.client_id.clone(), seq));
+                journal.forget(&session.client_id, seq);
             }
         }
     }
     Metrics::add(&broker.metrics.messages_expired, expired);
-    if let Some(store) = &broker.store {
-        store.submit(ops);
-    }
+    commit(broker.store(), journal);
 }
 
 /// Publishes one round of `$SYS` values.
@@ -119,7 +119,8 @@ pub fn publish(broker: &Arc<BrokerState>) {
             expires_at: None,
             publisher: None,
         });
-        broker.retain(&msg, &mut Vec::new());
+        // `$SYS` topics are never stored: the journal stays empty.
+        broker.retain(&msg, &mut Journal::new());
         broker.route(&msg, None);
     }
 }

@@ -12,10 +12,10 @@ use tokio::time::Instant;
 use super::{Client, Close, Machine};
 use crate::auth::Access;
 use crate::broker::split_share;
+use crate::journal::{commit, commit_and_wait, Journal};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::session::SubEntry;
-use crate::store::Op;
 use crate::topic_tree::Subscriber;
 
 fn protocol_error(msg: impl Into<String>) -> Close {
@@ -55,7 +55,8 @@ impl Machine {
                 Ok(())
             }
             Packet::PubRec(ack) => {
-                let (code, forget, record) = {
+                let mut journal = Journal::new();
+                let (code, forget) = {
                     let mut st = client.session.state.lock();
                     match st
                         .inflight
@@ -68,23 +69,21 @@ impl Machine {
                                 .inflight
                                 .remove(pos)
                                 .and_then(|i| i.delivery.stored.seq());
-                            (None, seq, None)
+                            (None, seq)
                         }
                         Some(pos) => {
                             let i = &mut st.inflight[pos];
                             i.released = true;
-                            let record = i.delivery.stored.seq().and_then(|seq| {
-                                crate::journal::inflight_record(i).map(|r| (seq, r))
-                            });
-                            (Some(ReasonCode::SUCCESS), None, record)
+                            if let Some(seq) = i.delivery.stored.seq() {
+                                journal.in_flight(client.client_id(), seq, i);
+                            }
+                            (Some(ReasonCode::SUCCESS), None)
                         }
-                        None => (Some(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND), None, None),
+                        None => (Some(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND), None),
                     }
                 };
                 self.forget(client, forget);
-                if let (Some(store), Some((seq, record))) = (&self.broker.store, record) {
-                    store.submit(vec![Op::Message(client.client_id().clone(), seq, record)]);
-                }
+                commit(self.broker.store.as_ref(), journal);
                 if let Some(code) = code {
                     let rel = Ack {
                         packet_id: ack.packet_id,
@@ -108,12 +107,9 @@ impl Machine {
                         .persistent
                         .load(std::sync::atomic::Ordering::Relaxed)
                 {
-                    if let Some(store) = &self.broker.store {
-                        store.submit(vec![Op::DeleteIncomingQos2(
-                            client.client_id().clone(),
-                            ack.packet_id,
-                        )]);
-                    }
+                    let mut journal = Journal::new();
+                    journal.qos2_released(client.client_id().clone(), ack.packet_id);
+                    commit(self.broker.store.as_ref(), journal);
                 }
                 let comp = Ack {
                     packet_id: ack.packet_id,
@@ -156,7 +152,9 @@ impl Machine {
     /// Removes a delivered message's record from the store.
     fn forget(&self, client: &Client, seq: Option<u64>) {
         if let (Some(store), Some(seq)) = (&self.broker.store, seq) {
-            store.submit(vec![Op::DeleteMessage(client.client_id().clone(), seq)]);
+            let mut journal = Journal::new();
+            journal.forget(client.client_id(), seq);
+            commit(Some(store), journal);
         }
     }
 
@@ -250,7 +248,7 @@ impl Machine {
             }
         }
         let mut code = ReasonCode::SUCCESS;
-        let mut ops = Vec::new();
+        let mut journal = Journal::new();
         if publish.properties.payload_format_indicator == Some(true)
             && std::str::from_utf8(&publish.payload).is_err()
         {
@@ -276,7 +274,7 @@ impl Machine {
                 Some(client.client_id().clone()),
                 Instant::now(),
             ));
-            let offered = self.broker.publish(&msg, &mut ops);
+            let offered = self.broker.publish(&msg, &mut journal);
             if offered == 0 {
                 code = ReasonCode::NO_MATCHING_SUBSCRIBERS;
             }
@@ -301,7 +299,7 @@ impl Machine {
                 if !code.is_error() {
                     client.session.state.lock().incoming_qos2.insert(packet_id);
                     if persistent {
-                        ops.push(Op::IncomingQos2(client.client_id().clone(), packet_id));
+                        journal.qos2_received(client.client_id().clone(), packet_id);
                     }
                 }
                 Some(Packet::PubRec(ack))
@@ -310,11 +308,11 @@ impl Machine {
         // With durability "always", the acknowledgement waits until what it
         // acknowledges is on disk; acknowledgements keep their order.
         let wait = match &self.broker.store {
-            Some(store) if !ops.is_empty() => {
+            Some(store) if !journal.is_empty() => {
                 if packet.is_some() && store.acks_wait() {
-                    Some(store.submit_and_wait(ops))
+                    Some(commit_and_wait(store, journal))
                 } else {
-                    store.submit(ops);
+                    commit(Some(store), journal);
                     None
                 }
             }
@@ -425,7 +423,7 @@ impl Machine {
             reason_codes: codes,
         };
         self.send(&Packet::SubAck(ack), v);
-        let mut ops = Vec::new();
+        let mut journal = Journal::new();
         if client
             .session
             .persistent
@@ -435,12 +433,7 @@ impl Machine {
             for s in &sub.subscriptions {
                 let filter = super::mount::filter_for(client.mountpoint.as_deref(), &s.filter);
                 if let Some(entry) = st.subscriptions.get(&filter) {
-                    ops.push(crate::journal::subscription_op(
-                        client.client_id(),
-                        &filter,
-                        entry.options,
-                        entry.id,
-                    ));
+                    journal.subscribed(client.client_id(), &filter, entry.options, entry.id);
                 }
             }
         }
@@ -453,12 +446,10 @@ impl Machine {
                 &d.msg.topic,
                 Access::Read,
             ) {
-                client.session.enqueue(d, store.then_some(&mut ops));
+                client.session.enqueue(d, store.then_some(&mut journal));
             }
         }
-        if let Some(store) = &self.broker.store {
-            store.submit(ops);
-        }
+        commit(self.broker.store.as_ref(), journal);
     }
 
     fn on_unsubscribe(&mut self, client: &mut Client, unsub: Unsubscribe) {
@@ -494,12 +485,9 @@ impl Machine {
                     .persistent
                     .load(std::sync::atomic::Ordering::Relaxed)
             {
-                if let Some(store) = &self.broker.store {
-                    store.submit(vec![Op::Unsubscribe(
-                        client.client_id().clone(),
-                        filter.clone(),
-                    )]);
-                }
+                let mut journal = Journal::new();
+                journal.unsubscribed(client.client_id().clone(), filter.clone());
+                commit(self.broker.store.as_ref(), journal);
             }
             codes.push(if removed {
                 ReasonCode::SUCCESS

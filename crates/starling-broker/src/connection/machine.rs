@@ -19,9 +19,9 @@ use tokio::time::Instant;
 use super::{mount, Client, Close, HIGH_WATER};
 use crate::broker::BrokerState;
 use crate::events::{DropReason, Event};
+use crate::journal::{commit, Journal};
 use crate::metrics::Metrics;
 use crate::session::Inflight;
-use crate::store::Op;
 
 /// An acknowledgement waiting for the store (none: ready), and the packet.
 pub(crate) type PendingAck = (Option<oneshot::Receiver<()>>, Packet);
@@ -160,7 +160,7 @@ impl Machine {
             return true;
         }
         let now = Instant::now();
-        let mut ops = Vec::new();
+        let mut journal = Journal::new();
         let mut sent = 0u64;
         while self.wbuf.len() < HIGH_WATER {
             let Some(delivery) = st.pop() else { break };
@@ -172,7 +172,7 @@ impl Machine {
                     reason: DropReason::Expired,
                 });
                 if let Some(seq) = delivery.stored.seq() {
-                    ops.push(Op::DeleteMessage(client.client_id().clone(), seq));
+                    journal.forget(client.client_id(), seq);
                 }
                 continue;
             }
@@ -181,7 +181,7 @@ impl Machine {
             let Some(topic) = mount::strip(client.mountpoint.as_deref(), &delivery.msg.topic)
             else {
                 if let Some(seq) = delivery.stored.seq() {
-                    ops.push(Op::DeleteMessage(client.client_id().clone(), seq));
+                    journal.forget(client.client_id(), seq);
                 }
                 continue;
             };
@@ -244,9 +244,7 @@ impl Machine {
                 let seq = inflight.delivery.stored.seq();
                 if let (Some(seq), starling_codec::QoS::ExactlyOnce) = (seq, inflight.delivery.qos)
                 {
-                    if let Some(r) = crate::journal::inflight_record(&inflight) {
-                        ops.push(Op::Message(client.client_id().clone(), seq, r));
-                    }
+                    journal.in_flight(client.client_id(), seq, &inflight);
                 }
                 st.inflight.push_back(inflight);
             }
@@ -254,9 +252,7 @@ impl Machine {
         drop(st);
         // One update of the shared counter per drain, not per message.
         Metrics::add(&self.broker.metrics.messages_sent, sent);
-        if let Some(store) = &self.broker.store {
-            store.submit(ops);
-        }
+        commit(self.broker.store(), journal);
         true
     }
 
