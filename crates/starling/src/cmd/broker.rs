@@ -60,7 +60,8 @@ pub struct BrokerArgs {
     /// password needed. Implies --require-client-cert.
     #[arg(long)]
     use_identity_as_username: bool,
-    /// Failed authentications allowed per source address per minute (0: no limit).
+    /// Password attempts per (address, user name) per minute checked at once;
+    /// past it they are slowed down and taken one at a time (0: no limiter).
     #[arg(long, value_name = "N")]
     auth_failure_limit: Option<u32>,
     /// Most levels a topic name or filter may have.
