@@ -468,7 +468,7 @@ impl BrokerState {
                         g.members
                             .iter()
                             .filter(|m| !Arc::ptr_eq(&m.session, session))
-                            .find(|m| m.session.state.lock().link.is_some())
+                            .find(|m| m.session.state.lock().is_connected())
                             .or_else(|| {
                                 g.members.iter().find(|m| !Arc::ptr_eq(&m.session, session))
                             })

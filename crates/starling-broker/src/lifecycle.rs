@@ -39,7 +39,7 @@ pub(crate) fn attach(
         let resumed = match sessions.get(client_id) {
             Some(existing) => {
                 let mut st = existing.state.lock();
-                if let Some(old) = st.link.take() {
+                if let Some(old) = st.take_link() {
                     // The old connection is told to go; it publishes its own will.
                     old.taken_over(existing);
                     Metrics::add(&broker.metrics.takeovers, 1);
@@ -52,11 +52,12 @@ pub(crate) fn attach(
                     discarded = sessions.remove(client_id);
                     None
                 } else {
-                    st.generation += 1;
                     st.expiry_interval = expiry_interval;
                     st.username = username.clone();
                     st.acl = acl.clone();
-                    st.link = link.take();
+                    if let Some(link) = link.take() {
+                        st.attach(link);
+                    }
                     drop(st);
                     Some(existing.clone())
                 }
@@ -78,8 +79,9 @@ pub(crate) fn attach(
                     let mut st = session.state.lock();
                     st.username = username;
                     st.acl = acl;
-                    st.generation = 1;
-                    st.link = link.take();
+                    if let Some(link) = link.take() {
+                        st.attach(link);
+                    }
                 }
                 sessions.insert(session.clone());
                 broker.events.emit(|| Event::SessionCreated {
@@ -147,13 +149,8 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Departure)
         .unwrap_or(0);
     let detached = {
         let mut st = session.state.lock();
-        if st.is_attached_to(conn_id) {
-            st.link = None;
-            st.expiry_interval = client.expiry_interval;
-            Some((st.generation, client.expiry_interval))
-        } else {
-            None
-        }
+        st.detach(conn_id, client.expiry_interval)
+            .map(|generation| (generation, client.expiry_interval))
     };
     if detached.is_some() {
         broker.redistribute_shared(&session);
@@ -236,7 +233,7 @@ pub(crate) fn schedule_will(
         let broker = state;
         let resumed = session.as_ref().is_some_and(|s| {
             let st = s.state.lock();
-            st.generation != generation || st.link.is_some()
+            st.resumed_since(generation)
         });
         let mut journal = Journal::new();
         journal.will_done(client_id.clone());
@@ -283,7 +280,7 @@ fn end_session_unless_resumed(
         let mut sessions = broker.sessions.lock();
         {
             let st = session.state.lock();
-            if st.generation != generation || st.link.is_some() {
+            if st.resumed_since(generation) {
                 return false;
             }
         }

@@ -113,7 +113,8 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
             state.queue_limits(),
         ));
         session.persistent.store(true, Ordering::Relaxed);
-        session.state.lock().generation = 1;
+        // Generation 1: the restored session, before any connection.
+        session.state.lock().restored();
         if rec.disconnected_at_ms == 0 {
             journal.session(&client, rec.expiry_interval, false);
         }

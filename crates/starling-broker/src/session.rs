@@ -229,11 +229,11 @@ pub struct SessionState {
     /// Subscriptions by filter.
     pub subscriptions: Lazy<HashMap<ByteString, SubEntry>>,
     /// The connection attached now.
-    pub link: Option<Link>,
+    link: Option<Link>,
     /// Session Expiry Interval in seconds; `u32::MAX` never expires.
     pub expiry_interval: u32,
     /// Counts attachments; timers compare it to know whether the session was resumed.
-    pub generation: u64,
+    generation: u64,
     /// Queue bounds (shared by every session of the broker).
     pub limits: Arc<QueueLimits>,
     /// User name of the last connection, for read ACL checks at delivery.
@@ -467,6 +467,51 @@ impl SessionState {
         self.queued_bytes
     }
 
+    /// A session restored from the store: its first generation, before any
+    /// connection attaches.
+    pub(crate) fn restored(&mut self) {
+        self.generation = 1;
+    }
+
+    /// Whether a connection is attached.
+    pub fn is_connected(&self) -> bool {
+        self.link.is_some()
+    }
+
+    /// Attaches connection `link`, as a new generation of the session (a
+    /// resume or a first connection); returns what was attached before.
+    pub fn attach(&mut self, link: Link) -> Option<Link> {
+        self.generation += 1;
+        self.link.replace(link)
+    }
+
+    /// Takes the attached connection's link away (a takeover).
+    pub fn take_link(&mut self) -> Option<Link> {
+        self.link.take()
+    }
+
+    /// Detaches connection `conn_id` if it is the one attached, with the
+    /// session expiry it ended with. Returns the generation it ends, which
+    /// later steps (will, expiry) check against a resume.
+    pub fn detach(&mut self, conn_id: u64, expiry_interval: u32) -> Option<u64> {
+        if !self.is_attached_to(conn_id) {
+            return None;
+        }
+        self.link = None;
+        self.expiry_interval = expiry_interval;
+        Some(self.generation)
+    }
+
+    /// Whether the session was resumed (or is attached) since `generation`.
+    pub fn resumed_since(&self, generation: u64) -> bool {
+        self.generation != generation || self.link.is_some()
+    }
+
+    /// The link of connection `conn_id`, if it is the one attached.
+    pub(crate) fn link_of(&mut self, conn_id: u64) -> Option<&mut Link> {
+        self.link.as_mut().filter(|l| l.conn_id == conn_id)
+    }
+
     /// A packet identifier not used by any in-flight outgoing message.
     pub fn next_packet_id(&mut self) -> u16 {
         loop {
@@ -668,6 +713,25 @@ mod tests {
             st.push(delivery("y", QoS::AtLeastOnce, 1)).0,
             Enqueued::Queued
         );
+    }
+
+    #[test]
+    fn generations_tell_a_resume_from_a_stale_timer() {
+        let s = session(10, 100, OverflowPolicy::DropOldest);
+        let mut st = s.state.lock();
+        assert!(st.attach(Link::new(1)).is_none());
+        // Another connection of the same session has not ended it.
+        assert_eq!(st.detach(2, 60), None);
+        let ended = st.detach(1, 60).expect("detached");
+        assert!(
+            !st.resumed_since(ended),
+            "a timer of this generation may act"
+        );
+        st.attach(Link::new(3));
+        assert!(st.resumed_since(ended), "resumed: the old timer must not");
+        assert!(st.link_of(3).is_some() && st.link_of(1).is_none());
+        assert!(st.take_link().is_some());
+        assert!(!st.is_connected());
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub fn sweep(broker: &Arc<BrokerState>) {
     let mut expired = 0u64;
     for session in sessions {
         let mut st = session.state.lock();
-        if st.link.is_some() || st.queue_len() == 0 {
+        if st.is_connected() || st.queue_len() == 0 {
             continue;
         }
         for d in st.take_queued(|d| d.msg.is_expired(now)) {

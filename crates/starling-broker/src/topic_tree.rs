@@ -471,7 +471,7 @@ impl SharedGroup {
         let start = seed.unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed)) % n;
         (0..n)
             .map(|i| &self.members[(start + i) % n])
-            .find(|m| m.session.state.lock().link.is_some())
+            .find(|m| m.session.state.lock().is_connected())
             .or(Some(&self.members[start]))
     }
 }

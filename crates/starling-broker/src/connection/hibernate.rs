@@ -139,8 +139,8 @@ impl Reactor {
         let noted = {
             let mut st = p.client.session.state.lock();
             let idle = st.queue_len() == 0;
-            match st.link.as_mut() {
-                Some(link) if idle && link.conn_id == p.conn_id => {
+            match st.link_of(p.conn_id) {
+                Some(link) if idle => {
                     link.parked = Some(ParkedAt {
                         reactor: self.clone(),
                         index,
@@ -216,10 +216,8 @@ fn keep_alive_deadline(reactor: &Reactor, p: &Parked) -> Option<Instant> {
 /// Clears the session's note that `p` is parked (it was not parked after all).
 fn unpark_link(p: &Parked) {
     let mut st = p.client.session.state.lock();
-    if let Some(link) = st.link.as_mut() {
-        if link.conn_id == p.conn_id {
-            link.parked = None;
-        }
+    if let Some(link) = st.link_of(p.conn_id) {
+        link.parked = None;
     }
 }
 

@@ -395,7 +395,7 @@ impl Connection<TcpStream> {
     ) -> Option<(Self, Client, Keep)> {
         {
             let mut st = p.client.session.state.lock();
-            if let Some(link) = st.link.as_mut().filter(|l| l.conn_id == p.conn_id) {
+            if let Some(link) = st.link_of(p.conn_id) {
                 link.parked = None;
             }
         }
