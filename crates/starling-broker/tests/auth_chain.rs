@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::{Raw, TestBroker};
-use starling_broker::auth::chain::Client;
+use starling_broker::auth::chain::{Client, VerdictFuture};
 use starling_broker::auth::{
-    Access, Acl, AuthChain, AuthnSource, AuthzSource, Credentials, PasswordFile,
+    Access, Acl, AuthChain, AuthnSource, AuthzSource, Credentials, Login, PasswordFile,
     PasswordFileSource, Verdict,
 };
 use starling_broker::{Broker, Config};
@@ -28,6 +28,30 @@ impl AuthnSource for Tokens {
             Some(b"token-bad") => Verdict::Deny,
             _ => Verdict::Ignore,
         }
+    }
+}
+
+/// Asks "a directory service": allows carol after a wait, on the
+/// connection's task (no thread is held), ignores anyone else.
+struct Directory;
+impl AuthnSource for Directory {
+    fn name(&self) -> &str {
+        "directory"
+    }
+    fn authenticate(&self, _: &Credentials<'_>) -> Verdict {
+        Verdict::Deny
+    }
+    fn authenticate_async(&self, login: &Login) -> Option<VerdictFuture> {
+        let carol = login.username.as_deref() == Some("carol")
+            && login.password.as_deref() == Some(&b"remote"[..]);
+        Some(Box::pin(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            if carol {
+                Verdict::Allow
+            } else {
+                Verdict::Ignore
+            }
+        }))
     }
 }
 
@@ -64,6 +88,7 @@ async fn chain_and_authorizers_decide_before_the_files() {
         vec![
             Arc::new(PasswordFileSource(Arc::new(file))),
             Arc::new(Tokens),
+            Arc::new(Directory),
         ],
         false,
     );
@@ -104,6 +129,12 @@ async fn chain_and_authorizers_decide_before_the_files() {
         0x86,
         "all ignore: refused"
     );
+    assert_eq!(
+        code(login("c1", "carol", "remote")).await,
+        0,
+        "asynchronous source"
+    );
+    assert_eq!(code(login("c2", "carol", "wrong")).await, 0x86);
 
     let (mut alice, _) = Raw::connect(b.addr, login("alice", "alice", "pw")).await;
     alice

@@ -14,10 +14,49 @@
 //! own, else the broker's) decides as before, and without one, everything is
 //! allowed. Sources are synchronous: they run on the publish path and must
 //! answer from memory.
+//!
+//! A source that must ask another system (HTTP, a JWKS endpoint) answers
+//! through [`AuthnSource::authenticate_async`]: the connection's task awaits
+//! its future, so it never holds a thread; a slow synchronous source runs on
+//! the broker's authentication pool.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use super::{Access, AuthDecision, Authenticator, Credentials, PasswordFile};
+use bytes::Bytes;
+
+use super::{Access, AuthDecision, AuthPool, Authenticator, Credentials, PasswordFile};
+
+/// The answer of an asynchronous source.
+pub type VerdictFuture = Pin<Box<dyn Future<Output = Verdict> + Send>>;
+
+/// What a client presents, owned, so that an asynchronous source can keep it
+/// across its awaits.
+#[derive(Debug, Clone)]
+pub struct Login {
+    /// Client identifier.
+    pub client_id: String,
+    /// User name, if any.
+    pub username: Option<String>,
+    /// Password, if any.
+    pub password: Option<Bytes>,
+    /// Remote address.
+    pub peer: SocketAddr,
+}
+
+impl Login {
+    /// The same, borrowed.
+    pub fn credentials(&self) -> Credentials<'_> {
+        Credentials {
+            client_id: &self.client_id,
+            username: self.username.as_deref(),
+            password: self.password.as_deref(),
+            peer: self.peer,
+        }
+    }
+}
 
 /// A source's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +79,12 @@ pub trait AuthnSource: Send + Sync + 'static {
     /// Whether checking these credentials may be slow. Defaults to `true`.
     fn is_slow(&self, _credentials: &Credentials<'_>) -> bool {
         true
+    }
+    /// An asynchronous check, for sources that ask another system: when it
+    /// returns a future, the broker awaits it instead of calling
+    /// [`AuthnSource::authenticate`]. Defaults to none.
+    fn authenticate_async(&self, _login: &Login) -> Option<VerdictFuture> {
+        None
     }
 }
 
@@ -90,32 +135,71 @@ impl AuthChain {
     pub fn names(&self) -> Vec<&str> {
         self.sources.iter().map(|s| s.name()).collect()
     }
-}
 
-impl Authenticator for AuthChain {
-    fn authenticate(&self, c: &Credentials<'_>) -> AuthDecision {
-        let refused = if c.username.is_some() {
-            AuthDecision::BadCredentials
-        } else {
-            AuthDecision::NotAuthorized
-        };
+    /// Asks the sources in order: an asynchronous one is awaited, a slow one
+    /// runs on `pool`, a quick one right here. The broker uses this rather
+    /// than [`Authenticator::authenticate`], so that no source holds a thread
+    /// while it waits for another system.
+    pub async fn decide(&self, login: &Login, pool: &AuthPool) -> AuthDecision {
         for source in &self.sources {
-            match source.authenticate(c) {
+            let verdict = if let Some(answer) = source.authenticate_async(login) {
+                answer.await
+            } else if source.is_slow(&login.credentials()) {
+                let (source, login) = (source.clone(), login.clone());
+                pool.run(move || source.authenticate(&login.credentials()))
+                    .await
+                    .unwrap_or(Verdict::Deny)
+            } else {
+                source.authenticate(&login.credentials())
+            };
+            match verdict {
                 Verdict::Allow => return AuthDecision::Allow,
-                Verdict::Deny => return refused,
+                Verdict::Deny => return self.refused(login.username.is_some()),
                 Verdict::Ignore => {}
             }
         }
-        match c.username {
-            None if self.allow_anonymous => AuthDecision::Allow,
-            None => AuthDecision::NotAuthorized,
-            Some(_) if self.sources.is_empty() && self.allow_anonymous => AuthDecision::Allow,
-            Some(_) => AuthDecision::BadCredentials,
+        self.unanswered(login.username.is_some())
+    }
+
+    fn refused(&self, with_username: bool) -> AuthDecision {
+        if with_username {
+            AuthDecision::BadCredentials
+        } else {
+            AuthDecision::NotAuthorized
         }
+    }
+
+    /// The decision when every source ignored the client.
+    fn unanswered(&self, with_username: bool) -> AuthDecision {
+        match with_username {
+            false if self.allow_anonymous => AuthDecision::Allow,
+            false => AuthDecision::NotAuthorized,
+            true if self.sources.is_empty() && self.allow_anonymous => AuthDecision::Allow,
+            true => AuthDecision::BadCredentials,
+        }
+    }
+}
+
+impl Authenticator for AuthChain {
+    /// Synchronously, for callers outside the broker: an asynchronous
+    /// source's `authenticate` is called (the broker uses [`AuthChain::decide`]).
+    fn authenticate(&self, c: &Credentials<'_>) -> AuthDecision {
+        for source in &self.sources {
+            match source.authenticate(c) {
+                Verdict::Allow => return AuthDecision::Allow,
+                Verdict::Deny => return self.refused(c.username.is_some()),
+                Verdict::Ignore => {}
+            }
+        }
+        self.unanswered(c.username.is_some())
     }
 
     fn is_slow(&self, c: &Credentials<'_>) -> bool {
         self.sources.iter().any(|s| s.is_slow(c))
+    }
+
+    fn chain(&self) -> Option<&AuthChain> {
+        Some(self)
     }
 }
 
@@ -259,6 +343,56 @@ mod tests {
             chain.authenticate(&creds(Some("alice"), b"no")),
             AuthDecision::BadCredentials
         );
+    }
+
+    /// Asks "another system": answers after a wait, without a thread.
+    struct Remote;
+    impl AuthnSource for Remote {
+        fn name(&self) -> &str {
+            "remote"
+        }
+        fn authenticate(&self, _: &Credentials<'_>) -> Verdict {
+            panic!("an asynchronous source is awaited, not called")
+        }
+        fn authenticate_async(&self, login: &Login) -> Option<VerdictFuture> {
+            let known = login.username.as_deref() == Some("carol");
+            Some(Box::pin(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                if known {
+                    Verdict::Allow
+                } else {
+                    Verdict::Ignore
+                }
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn decide_awaits_asynchronous_sources_and_pools_slow_ones() {
+        let pool = AuthPool::new(1);
+        let slow: Arc<dyn AuthnSource> = Arc::new(Fixed("fixed", Verdict::Ignore));
+        let chain = AuthChain::new(vec![slow, Arc::new(Remote)], false);
+        let login = |user: &str| Login {
+            client_id: "c".into(),
+            username: Some(user.into()),
+            password: Some(Bytes::from_static(b"pw")),
+            peer: "127.0.0.1:1".parse().unwrap(),
+        };
+        assert_eq!(
+            chain.decide(&login("carol"), &pool).await,
+            AuthDecision::Allow
+        );
+        assert_eq!(
+            chain.decide(&login("dave"), &pool).await,
+            AuthDecision::BadCredentials
+        );
+        let deny: Arc<dyn AuthnSource> = Arc::new(Fixed("deny", Verdict::Deny));
+        let chain = AuthChain::new(vec![deny, Arc::new(Remote)], false);
+        assert_eq!(
+            chain.decide(&login("carol"), &pool).await,
+            AuthDecision::BadCredentials
+        );
+        assert!(chain.chain().is_some());
     }
 
     struct Prefix(&'static str, Verdict);

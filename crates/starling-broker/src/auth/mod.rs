@@ -8,7 +8,7 @@ mod password;
 mod pool;
 
 pub use acl::{Access, Acl};
-pub use chain::{AuthChain, AuthnSource, AuthzSource, PasswordFileSource, Verdict};
+pub use chain::{AuthChain, AuthnSource, AuthzSource, Login, PasswordFileSource, Verdict};
 pub(crate) use limiter::{Admission, AuthLimiter};
 pub use password::{hash_password, PasswordFile, HASH_PARAMS};
 pub use pool::AuthPool;
@@ -53,6 +53,12 @@ pub trait Authenticator: Send + Sync + 'static {
     /// and so must run on a blocking thread. Defaults to `true`.
     fn is_slow(&self, _credentials: &Credentials<'_>) -> bool {
         true
+    }
+
+    /// The chain of sources behind this authenticator, if it is one: the
+    /// broker then asks them one by one ([`AuthChain::decide`]).
+    fn chain(&self) -> Option<&AuthChain> {
+        None
     }
 }
 

@@ -10,7 +10,9 @@ use starling_codec::{
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Client, Close, Connection};
-use crate::auth::{Admission, AuthDecision, Authenticator, Credentials, ListenerAuthenticator};
+use crate::auth::{
+    Admission, AuthDecision, Authenticator, Credentials, ListenerAuthenticator, Login,
+};
 use crate::cluster::Ownership;
 use crate::events::Event;
 use crate::lifecycle;
@@ -105,22 +107,20 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             tracing::debug!(peer = %self.peer, ?delay, "authentication slowed down");
             tokio::time::sleep(delay).await;
         }
-        let client_id = connect.client_id.to_string();
-        let password = connect.password.clone();
-        let peer = self.peer;
-        let decision = self
-            .broker
-            .auth_pool
-            .run(move || {
-                authenticator.authenticate(&Credentials {
-                    client_id: &client_id,
-                    username: username.as_deref(),
-                    password: password.as_deref(),
-                    peer,
-                })
-            })
-            .await
-            .unwrap_or(AuthDecision::NotAuthorized);
+        let login = Login {
+            client_id: connect.client_id.to_string(),
+            username,
+            password: connect.password.clone(),
+            peer: self.peer,
+        };
+        let pool = &self.broker.auth_pool;
+        let decision = match authenticator.chain() {
+            Some(chain) => chain.decide(&login, pool).await,
+            None => pool
+                .run(move || authenticator.authenticate(&login.credentials()))
+                .await
+                .unwrap_or(AuthDecision::NotAuthorized),
+        };
         if decision == AuthDecision::Allow {
             ticket.succeeded();
         }
