@@ -46,6 +46,18 @@ pub enum Event {
         /// Whether a stored session was resumed.
         session_present: bool,
     },
+    /// A CONNECT was refused for its credentials (0x86, 0x87) or by the
+    /// failed-login limiter (0x9F).
+    AuthFailed {
+        /// The client id it gave.
+        client_id: ByteString,
+        /// The user name it gave, if any (never the password).
+        username: Option<ByteString>,
+        /// Where it connected from.
+        peer: SocketAddr,
+        /// The CONNACK reason it got.
+        reason: starling_codec::ReasonCode,
+    },
     /// A client's connection ended.
     ClientDisconnected {
         /// Its client id.

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub messages_expired: AtomicU64,
     /// Client takeovers.
     pub takeovers: AtomicU64,
+    /// CONNECTs refused for their credentials, or by the failed-login limiter.
+    pub auth_failures: AtomicU64,
 }
 
 impl Metrics {

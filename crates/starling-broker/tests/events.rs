@@ -99,3 +99,32 @@ async fn an_observer_sees_the_life_of_a_client_and_a_message() {
     assert!(!b.state.events.observed());
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_refused_login_is_an_event_and_a_count() {
+    let b = TestBroker::start(Config {
+        allow_anonymous: false,
+        ..Config::default()
+    })
+    .await;
+    let mut obs = b.state.events.subscribe();
+    let (_c, ack) = Raw::connect(b.addr, starling_codec::Connect::new(V::V5, "nobody")).await;
+    assert_eq!(ack.reason_code.0, 0x87);
+    let seen = until(&mut obs, |e| matches!(e, Event::AuthFailed { .. })).await;
+    match seen.last() {
+        Some(Event::AuthFailed {
+            client_id,
+            username,
+            reason,
+            ..
+        }) => {
+            assert_eq!(&**client_id, "nobody");
+            assert!(username.is_none());
+            assert_eq!(reason.0, 0x87);
+        }
+        other => panic!("{other:?}"),
+    }
+    let failures = starling_broker::metrics::Metrics::get(&b.state.metrics.auth_failures);
+    assert_eq!(failures, 1);
+    b.stop().await;
+}

@@ -88,6 +88,17 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         self.send(&Packet::ConnAck(ack), connect.protocol);
     }
 
+    /// Counts a refused authentication and tells observers.
+    fn auth_failed(&self, connect: &Connect, reason: ReasonCode) {
+        crate::metrics::Metrics::add(&self.broker.metrics.auth_failures, 1);
+        self.broker.events.emit(|| Event::AuthFailed {
+            client_id: connect.client_id.clone(),
+            username: connect.username.clone(),
+            peer: self.peer,
+            reason,
+        });
+    }
+
     /// Checks credentials that need the slow path (password hashing): counted
     /// by the failed-login limiter first, delayed as it says, then run on the
     /// broker's authentication pool. `None` when the limiter refuses the
@@ -241,6 +252,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                         ReasonCode::CONNECTION_RATE_EXCEEDED,
                         "failed-authentication limit: another attempt is being checked",
                     );
+                    self.auth_failed(&connect, ReasonCode::CONNECTION_RATE_EXCEEDED);
                     return None;
                 }
             },
@@ -253,10 +265,12 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     ReasonCode::BAD_USER_NAME_OR_PASSWORD,
                     "bad user name or password",
                 );
+                self.auth_failed(&connect, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
                 return None;
             }
             AuthDecision::NotAuthorized => {
                 self.refuse(&connect, ReasonCode::NOT_AUTHORIZED, "not authorized");
+                self.auth_failed(&connect, ReasonCode::NOT_AUTHORIZED);
                 return None;
             }
         }
