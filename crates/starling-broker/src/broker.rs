@@ -366,6 +366,8 @@ impl BrokerState {
             });
             return 0;
         }
+        // What each copy costs its queue, computed once for every target.
+        let weight = msg.weight();
         // One copy per session: the highest granted QoS and every subscription id.
         targets.sort_by_key(|t| Arc::as_ptr(&t.0) as usize);
         // No global ACL (the usual case): no shared lock per message.
@@ -407,6 +409,7 @@ impl BrokerState {
                 subscription_ids: ids,
                 share,
                 stored: Stored::NOT,
+                weight,
             };
             if matches!(
                 session.enqueue(delivery, journal.as_deref_mut()),

@@ -67,7 +67,8 @@ pub struct Config {
     pub topic_alias_maximum: u16,
     /// Most messages queued per session.
     pub max_queued_messages: usize,
-    /// Most payload bytes queued per session.
+    /// Most bytes queued per session: each message's payload, topic and
+    /// properties ([`crate::message::Message::weight`]).
     pub max_queued_bytes: usize,
     /// What a full queue drops.
     pub queue_overflow: OverflowPolicy,

@@ -266,6 +266,7 @@ mod tests {
             subscription_ids: vec![3],
             share: None,
             stored: crate::message::Stored::at(9),
+            weight: 8,
         }
     }
 

@@ -53,6 +53,26 @@ impl Message {
         }
     }
 
+    /// What the message costs in memory, charged to every queue that holds
+    /// it: payload, topic and properties, each user property with the
+    /// headers of its two strings. Linear in the properties: computed once
+    /// per message and kept in each [`Delivery`].
+    pub fn weight(&self) -> usize {
+        const PAIR: usize = 64;
+        let p = &self.properties;
+        let user: usize = p
+            .user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + PAIR)
+            .sum();
+        self.payload.len()
+            + self.topic.len()
+            + user
+            + p.correlation_data.as_ref().map_or(0, |d| d.len())
+            + p.response_topic.as_ref().map_or(0, |t| t.len())
+            + p.content_type.as_ref().map_or(0, |t| t.len())
+    }
+
     /// True once the message expiry interval has passed.
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
@@ -84,6 +104,8 @@ pub struct Delivery {
     pub share: Option<Arc<str>>,
     /// Where it is in the store, if it is.
     pub stored: Stored,
+    /// Bytes charged to the queue that holds it ([`Message::weight`]).
+    pub weight: usize,
 }
 
 impl Delivery {

@@ -176,6 +176,7 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
             subscription_ids: rec.publish.properties.subscription_identifiers.clone(),
             share: None,
             stored: Stored::at(seq),
+            weight: msg.weight(),
             msg,
         };
         let mut st = session.state.lock();

@@ -393,7 +393,7 @@ impl SessionState {
         if delivery.qos == QoS::AtMostOnce && self.link.is_none() && !self.limits.qos0_offline {
             return (Enqueued::Skipped, evicted);
         }
-        let size = delivery.msg.payload.len();
+        let size = delivery.weight;
         let full = self.queue.len() >= self.limits.max_messages
             || self.queued_bytes + size > self.limits.max_bytes;
         let mut outcome = Enqueued::Queued;
@@ -407,7 +407,7 @@ impl SessionState {
                     || self.queued_bytes + size > self.limits.max_bytes)
             {
                 if let Some(old) = self.queue.pop_front() {
-                    self.queued_bytes -= old.msg.payload.len();
+                    self.queued_bytes -= old.weight;
                     evicted.extend(old.stored.seq());
                 }
             }
@@ -424,20 +424,20 @@ impl SessionState {
     /// Takes the next queued delivery.
     pub fn pop(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
-        self.queued_bytes -= d.msg.payload.len();
+        self.queued_bytes -= d.weight;
         Some(d)
     }
 
     /// Puts a delivery back at the front of the queue (it could not be sent yet).
     pub fn unpop(&mut self, delivery: Delivery) {
-        self.queued_bytes += delivery.msg.payload.len();
+        self.queued_bytes += delivery.weight;
         self.queue.push_front(delivery);
     }
 
     /// Appends a delivery read back from the store, outside the bounds (what
     /// was stored was accepted within them).
     pub fn restore(&mut self, delivery: Delivery) {
-        self.queued_bytes += delivery.msg.payload.len();
+        self.queued_bytes += delivery.weight;
         self.queue.push_back(delivery);
     }
 
@@ -448,7 +448,7 @@ impl SessionState {
         let queue = std::mem::take(&mut self.queue);
         for d in queue {
             if take(&d) {
-                self.queued_bytes -= d.msg.payload.len();
+                self.queued_bytes -= d.weight;
                 taken.push(d);
             } else {
                 self.queue.push_back(d);
@@ -639,6 +639,7 @@ mod tests {
             subscription_ids: Vec::new(),
             share: None,
             stored: Stored::at(seq),
+            weight: payload.len(),
         }
     }
 
@@ -699,6 +700,42 @@ mod tests {
             st.push(delivery("abcde", QoS::AtLeastOnce, 2)).0,
             Enqueued::Dropped
         );
+    }
+
+    #[test]
+    fn properties_count_against_the_byte_bound() {
+        let big = "x".repeat(1000);
+        let mut properties = starling_codec::Properties::default();
+        properties
+            .user_properties
+            .push(("k".into(), big.as_str().into()));
+        properties.correlation_data = Some(Bytes::from_static(b"0123456789"));
+        let msg = Message {
+            topic: "topic".into(),
+            payload: Bytes::from_static(b"p"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties,
+            expires_at: None,
+            publisher: None,
+        };
+        // Payload, topic, correlation data, and the pair with its headers.
+        assert_eq!(msg.weight(), 1 + 5 + 10 + 1 + 1000 + 64);
+        let s = session(10, 500, OverflowPolicy::DropOldest);
+        let mut st = s.state.lock();
+        st.link = Some(Link::new(1));
+        let d = Delivery {
+            weight: msg.weight(),
+            msg: Arc::new(msg),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            share: None,
+            stored: Stored::NOT,
+        };
+        // A one-byte payload, but more than the bound in all.
+        assert_eq!(st.push(d).0, Enqueued::Dropped);
+        assert_eq!(st.queued_bytes(), 0);
     }
 
     #[test]

@@ -412,6 +412,7 @@ impl Machine {
                         subscription_ids: sub_id.into_iter().collect(),
                         share: None,
                         stored: crate::message::Stored::NOT,
+                        weight: msg.weight(),
                         msg,
                     });
                 }
