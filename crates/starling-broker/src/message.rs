@@ -57,7 +57,7 @@ impl Message {
     /// it: payload, topic and properties, each user property with the
     /// headers of its two strings. Linear in the properties: computed once
     /// per message and kept in each [`Delivery`].
-    pub fn weight(&self) -> usize {
+    pub fn weight(&self) -> u32 {
         const PAIR: usize = 64;
         let p = &self.properties;
         let user: usize = p
@@ -65,12 +65,13 @@ impl Message {
             .iter()
             .map(|(k, v)| k.len() + v.len() + PAIR)
             .sum();
-        self.payload.len()
+        let all = self.payload.len()
             + self.topic.len()
             + user
             + p.correlation_data.as_ref().map_or(0, |d| d.len())
             + p.response_topic.as_ref().map_or(0, |t| t.len())
-            + p.content_type.as_ref().map_or(0, |t| t.len())
+            + p.content_type.as_ref().map_or(0, |t| t.len());
+        u32::try_from(all).unwrap_or(u32::MAX)
     }
 
     /// True once the message expiry interval has passed.
@@ -104,8 +105,9 @@ pub struct Delivery {
     pub share: Option<Arc<str>>,
     /// Where it is in the store, if it is.
     pub stored: Stored,
-    /// Bytes charged to the queue that holds it ([`Message::weight`]).
-    pub weight: usize,
+    /// Bytes charged to the queue that holds it ([`Message::weight`]); a
+    /// `u32` keeps a delivery at 64 bytes (a packet is at most 256 MiB).
+    pub weight: u32,
 }
 
 impl Delivery {

@@ -393,7 +393,7 @@ impl SessionState {
         if delivery.qos == QoS::AtMostOnce && self.link.is_none() && !self.limits.qos0_offline {
             return (Enqueued::Skipped, evicted);
         }
-        let size = delivery.weight;
+        let size = delivery.weight as usize;
         let full = self.queue.len() >= self.limits.max_messages
             || self.queued_bytes + size > self.limits.max_bytes;
         let mut outcome = Enqueued::Queued;
@@ -407,7 +407,7 @@ impl SessionState {
                     || self.queued_bytes + size > self.limits.max_bytes)
             {
                 if let Some(old) = self.queue.pop_front() {
-                    self.queued_bytes -= old.weight;
+                    self.queued_bytes -= old.weight as usize;
                     evicted.extend(old.stored.seq());
                 }
             }
@@ -424,20 +424,20 @@ impl SessionState {
     /// Takes the next queued delivery.
     pub fn pop(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
-        self.queued_bytes -= d.weight;
+        self.queued_bytes -= d.weight as usize;
         Some(d)
     }
 
     /// Puts a delivery back at the front of the queue (it could not be sent yet).
     pub fn unpop(&mut self, delivery: Delivery) {
-        self.queued_bytes += delivery.weight;
+        self.queued_bytes += delivery.weight as usize;
         self.queue.push_front(delivery);
     }
 
     /// Appends a delivery read back from the store, outside the bounds (what
     /// was stored was accepted within them).
     pub fn restore(&mut self, delivery: Delivery) {
-        self.queued_bytes += delivery.weight;
+        self.queued_bytes += delivery.weight as usize;
         self.queue.push_back(delivery);
     }
 
@@ -448,7 +448,7 @@ impl SessionState {
         let queue = std::mem::take(&mut self.queue);
         for d in queue {
             if take(&d) {
-                self.queued_bytes -= d.weight;
+                self.queued_bytes -= d.weight as usize;
                 taken.push(d);
             } else {
                 self.queue.push_back(d);
@@ -639,7 +639,7 @@ mod tests {
             subscription_ids: Vec::new(),
             share: None,
             stored: Stored::at(seq),
-            weight: payload.len(),
+            weight: payload.len() as u32,
         }
     }
 
@@ -699,6 +699,15 @@ mod tests {
         assert_eq!(
             st.push(delivery("abcde", QoS::AtLeastOnce, 2)).0,
             Enqueued::Dropped
+        );
+    }
+
+    #[test]
+    fn a_delivery_stays_64_bytes() {
+        assert!(
+            std::mem::size_of::<Delivery>() <= 64,
+            "{}",
+            std::mem::size_of::<Delivery>()
         );
     }
 
