@@ -86,7 +86,10 @@ async fn run(
                     (entry.remove())();
                 }
             }
-            _ = shutdown.changed() => {}
+            // A dropped sender is a shutdown too (or this would spin).
+            changed = shutdown.changed() => if changed.is_err() {
+                return;
+            },
         }
     }
 }
@@ -125,5 +128,16 @@ mod tests {
         assert!(finished.recv().await.is_none());
         tokio::time::sleep(Duration::from_secs(100)).await;
         assert_eq!(log.lock().len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_shutdown_sender_ends_the_task() {
+        let timers = Timers::default();
+        let (stop, shutdown) = watch::channel(false);
+        let (done, mut finished) = mpsc::channel(1);
+        timers.schedule(Duration::from_secs(60), || {});
+        timers.start(shutdown, done);
+        drop(stop);
+        assert!(finished.recv().await.is_none());
     }
 }
