@@ -12,7 +12,6 @@ use tokio::time::Instant;
 use super::{Client, Close, Machine};
 use crate::auth::Access;
 use crate::broker::split_share;
-use crate::journal::{commit, commit_and_wait, Journal};
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::session::SubEntry;
@@ -55,7 +54,7 @@ impl Machine {
                 Ok(())
             }
             Packet::PubRec(ack) => {
-                let mut journal = Journal::new();
+                let journal_len = self.journal.len();
                 let (code, forget) = {
                     let mut st = client.session.state.lock();
                     match st
@@ -75,7 +74,7 @@ impl Machine {
                             let i = &mut st.inflight[pos];
                             i.released = true;
                             if let Some(seq) = i.delivery.stored.seq() {
-                                journal.in_flight(client.client_id(), seq, i);
+                                self.journal.in_flight(client.client_id(), seq, i);
                             }
                             (Some(ReasonCode::SUCCESS), None)
                         }
@@ -83,14 +82,17 @@ impl Machine {
                     }
                 };
                 self.forget(client, forget);
-                commit(self.broker.store.as_ref(), journal);
                 if let Some(code) = code {
                     let rel = Ack {
                         packet_id: ack.packet_id,
                         reason_code: code,
                         ..Ack::default()
                     };
-                    self.send(&Packet::PubRel(rel), v);
+                    // [MQTT-4.3.3]: once PUBREL is out, only PUBREL may be
+                    // resent; with durability "always" the released state is
+                    // on disk first, so a restart cannot resend the PUBLISH.
+                    let wait = self.journal.len() > journal_len && self.acks_wait();
+                    self.send_ack(Packet::PubRel(rel), wait, v);
                 }
                 Ok(())
             }
@@ -107,9 +109,8 @@ impl Machine {
                         .persistent
                         .load(std::sync::atomic::Ordering::Relaxed)
                 {
-                    let mut journal = Journal::new();
-                    journal.qos2_released(client.client_id().clone(), ack.packet_id);
-                    commit(self.broker.store.as_ref(), journal);
+                    self.journal
+                        .qos2_released(client.client_id().clone(), ack.packet_id);
                 }
                 let comp = Ack {
                     packet_id: ack.packet_id,
@@ -120,7 +121,7 @@ impl Machine {
                     },
                     ..Ack::default()
                 };
-                self.send_ack(Packet::PubComp(comp), None, v);
+                self.send_ack(Packet::PubComp(comp), false, v);
                 Ok(())
             }
             Packet::PubComp(ack) => {
@@ -150,12 +151,16 @@ impl Machine {
     }
 
     /// Removes a delivered message's record from the store.
-    fn forget(&self, client: &Client, seq: Option<u64>) {
-        if let (Some(store), Some(seq)) = (&self.broker.store, seq) {
-            let mut journal = Journal::new();
-            journal.forget(client.client_id(), seq);
-            commit(Some(store), journal);
+    fn forget(&mut self, client: &Client, seq: Option<u64>) {
+        if let Some(seq) = seq {
+            self.journal.forget(client.client_id(), seq);
         }
+    }
+
+    /// Whether acknowledgements wait until what they acknowledge is written
+    /// (durability "always").
+    fn acks_wait(&self) -> bool {
+        self.broker.store().is_some_and(|s| s.acks_wait())
     }
 
     fn on_disconnect(&mut self, client: &mut Client, d: Disconnect) -> Result<(), Close> {
@@ -230,7 +235,7 @@ impl Machine {
             let st = client.session.state.lock();
             if st.incoming_qos2.contains(&packet_id) {
                 drop(st);
-                self.send_ack(Packet::PubRec(Ack::new(packet_id)), None, v);
+                self.send_ack(Packet::PubRec(Ack::new(packet_id)), false, v);
                 return Ok(());
             }
             // Only an MQTT 5 client has been told the Receive Maximum; an
@@ -248,7 +253,7 @@ impl Machine {
             }
         }
         let mut code = ReasonCode::SUCCESS;
-        let mut journal = Journal::new();
+        let journal_len = self.journal.len();
         if publish.properties.payload_format_indicator == Some(true)
             && std::str::from_utf8(&publish.payload).is_err()
         {
@@ -274,7 +279,7 @@ impl Machine {
                 Some(client.client_id().clone()),
                 Instant::now(),
             ));
-            let offered = self.broker.publish(&msg, &mut journal);
+            let offered = self.broker.publish(&msg, &mut self.journal);
             if offered == 0 {
                 code = ReasonCode::NO_MATCHING_SUBSCRIBERS;
             }
@@ -299,7 +304,8 @@ impl Machine {
                 if !code.is_error() {
                     client.session.state.lock().incoming_qos2.insert(packet_id);
                     if persistent {
-                        journal.qos2_received(client.client_id().clone(), packet_id);
+                        self.journal
+                            .qos2_received(client.client_id().clone(), packet_id);
                     }
                 }
                 Some(Packet::PubRec(ack))
@@ -307,18 +313,8 @@ impl Machine {
         };
         // With durability "always", the acknowledgement waits until what it
         // acknowledges is on disk; acknowledgements keep their order.
-        let wait = match &self.broker.store {
-            Some(store) if !journal.is_empty() => {
-                if packet.is_some() && store.acks_wait() {
-                    Some(commit_and_wait(store, journal))
-                } else {
-                    commit(Some(store), journal);
-                    None
-                }
-            }
-            _ => None,
-        };
         if let Some(packet) = packet {
+            let wait = self.journal.len() > journal_len && self.acks_wait();
             self.send_ack(packet, wait, v);
         }
         Ok(())
@@ -424,7 +420,7 @@ impl Machine {
             reason_codes: codes,
         };
         self.send(&Packet::SubAck(ack), v);
-        let mut journal = Journal::new();
+        let journal = &mut self.journal;
         if client
             .session
             .persistent
@@ -447,10 +443,9 @@ impl Machine {
                 &d.msg.topic,
                 Access::Read,
             ) {
-                client.session.enqueue(d, store.then_some(&mut journal));
+                client.session.enqueue(d, store.then_some(&mut *journal));
             }
         }
-        commit(self.broker.store.as_ref(), journal);
     }
 
     fn on_unsubscribe(&mut self, client: &mut Client, unsub: Unsubscribe) {
@@ -486,9 +481,8 @@ impl Machine {
                     .persistent
                     .load(std::sync::atomic::Ordering::Relaxed)
             {
-                let mut journal = Journal::new();
-                journal.unsubscribed(client.client_id().clone(), filter.clone());
-                commit(self.broker.store.as_ref(), journal);
+                self.journal
+                    .unsubscribed(client.client_id().clone(), filter.clone());
             }
             codes.push(if removed {
                 ReasonCode::SUCCESS

@@ -1,9 +1,10 @@
 //! The protocol machine of an attached connection: everything an MQTT
-//! connection decides, with no socket. It takes decoded packets and the
-//! session's queue, and produces the bytes to write ([`Machine::wbuf`]), the
-//! acknowledgements waiting for the store, in order ([`Machine::pending_acks`]),
-//! the keep-alive deadline, and the decision to close ([`Close`]). The
-//! connection task (`mod.rs`) drives it: reads, decodes, calls it, writes.
+//! connection decides, with no socket and no store. It takes decoded packets
+//! and the session's queue, and produces its effects: the bytes to write
+//! ([`Machine::wbuf`]), what changed for the store ([`Machine::take_journal`]),
+//! the acknowledgements waiting for that write, in order, the keep-alive
+//! deadline, and the decision to close ([`Close`]). The connection task
+//! (`mod.rs`) drives it: reads, decodes, calls it, submits the journal, writes.
 //!
 //! Packet handling is in `inbound.rs` (`Machine::handle`).
 
@@ -19,12 +20,12 @@ use tokio::time::Instant;
 use super::{mount, Client, Close, HIGH_WATER};
 use crate::broker::BrokerState;
 use crate::events::{DropReason, Event};
-use crate::journal::{commit, Journal};
+use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::session::Inflight;
 
-/// An acknowledgement waiting for the store (none: ready), and the packet.
-pub(crate) type PendingAck = (Option<oneshot::Receiver<()>>, Packet);
+/// An acknowledgement, and the journal it waits for (none: ready).
+pub(crate) type PendingAck = (Option<u64>, Packet);
 
 /// The protocol state of one connection (the client's own settings are in
 /// [`Client`], which outlives a parked connection's machine).
@@ -36,6 +37,16 @@ pub(crate) struct Machine {
     pub wbuf: BytesMut,
     /// Acknowledgements waiting for the store, in the order they must be sent.
     pub pending_acks: VecDeque<PendingAck>,
+    /// What the steps since the last [`Machine::take_journal`] changed.
+    pub(super) journal: Journal,
+    /// Whether an acknowledgement waits for `journal` to be written.
+    journal_awaited: bool,
+    /// The number of the next journal taken.
+    next_journal: u64,
+    /// Journals below this number are written.
+    written: u64,
+    /// Store writes that acknowledgements wait for: journal number, receiver.
+    pub(super) writes: VecDeque<(u64, oneshot::Receiver<()>)>,
     /// When the client last sent anything; keep alive counts from here.
     pub last_rx: Instant,
 }
@@ -64,20 +75,17 @@ fn apply_out_alias(
     }
 }
 
-/// Completes when the store has written what the first pending
-/// acknowledgement acknowledges: `false` when it could not.
-pub(crate) async fn first_ack(pending: &mut VecDeque<PendingAck>) -> bool {
-    let Some((wait, _)) = pending.front_mut() else {
-        return true;
-    };
-    let Some(rx) = wait.as_mut() else {
-        return true;
-    };
-    let written = rx.await.is_ok();
-    if written {
-        *wait = None;
-    }
-    written
+/// Completes when the oldest store write that acknowledgements wait for
+/// is done, with its journal's number (taken off the queue), or `None` when
+/// it failed. Cancel-safe: until it completes, the write stays queued.
+pub(crate) async fn first_write(
+    writes: &mut VecDeque<(u64, oneshot::Receiver<()>)>,
+) -> Option<u64> {
+    let (number, rx) = writes.front_mut()?;
+    let number = *number;
+    rx.await.ok()?;
+    writes.pop_front();
+    Some(number)
 }
 
 impl Machine {
@@ -95,6 +103,11 @@ impl Machine {
             conn_id,
             wbuf: BytesMut::new(),
             pending_acks: VecDeque::new(),
+            journal: Journal::new(),
+            journal_awaited: false,
+            next_journal: 0,
+            written: 0,
+            writes: VecDeque::new(),
             last_rx,
         }
     }
@@ -113,19 +126,85 @@ impl Machine {
         }
     }
 
-    /// Sends an acknowledgement once `wait` completes, after every earlier one
-    /// ([MQTT-4.6.0-2]: acknowledgements go out in the order the PUBLISHes came).
+    /// Sends an acknowledgement, after every earlier one ([MQTT-4.6.0-2]:
+    /// acknowledgements go out in the order the PUBLISHes came). With
+    /// `after_journal`, only once what the journal holds now is written.
     pub(crate) fn send_ack(
         &mut self,
         packet: Packet,
-        wait: Option<oneshot::Receiver<()>>,
+        after_journal: bool,
         version: ProtocolVersion,
     ) {
-        if wait.is_none() && self.pending_acks.is_empty() {
+        if after_journal {
+            self.journal_awaited = true;
+            self.pending_acks
+                .push_back((Some(self.next_journal), packet));
+        } else if self.pending_acks.is_empty() {
             self.send(&packet, version);
         } else {
-            self.pending_acks.push_back((wait, packet));
+            self.pending_acks.push_back((None, packet));
         }
+    }
+
+    /// The journal of the store changes made since the last call, if any, and
+    /// whether acknowledgements wait for it: then the driver submits it with
+    /// a receiver and hands that to [`Machine::awaiting`].
+    pub(crate) fn take_journal(&mut self) -> Option<(Journal, bool)> {
+        if self.journal.is_empty() {
+            if self.journal_awaited {
+                // Nothing to write: what they wait for is done.
+                self.journal_awaited = false;
+                self.next_journal += 1;
+                self.written = self.next_journal;
+            }
+            return None;
+        }
+        let awaited = std::mem::take(&mut self.journal_awaited);
+        if awaited {
+            self.next_journal += 1;
+        }
+        Some((std::mem::take(&mut self.journal), awaited))
+    }
+
+    /// The write of the journal last taken, which acknowledgements wait for.
+    pub(crate) fn awaiting(&mut self, write: oneshot::Receiver<()>) {
+        self.writes.push_back((self.next_journal - 1, write));
+    }
+
+    /// Whether acknowledgements wait for a store write.
+    pub(crate) fn awaits_store(&self) -> bool {
+        !self.writes.is_empty()
+    }
+
+    /// Notes what [`first_write`] returned, and releases the
+    /// acknowledgements it allows (see [`Machine::release_acks`]).
+    pub(crate) fn write_done(
+        &mut self,
+        written: Option<u64>,
+        version: ProtocolVersion,
+    ) -> Result<(), Close> {
+        match written {
+            Some(number) => {
+                self.written = self.written.max(number + 1);
+                self.release_acks(version)
+            }
+            None => Err(Close::StoreFailed),
+        }
+    }
+
+    /// Notes finished store writes; `false` when one failed.
+    fn poll_writes(&mut self) -> bool {
+        while let Some((number, rx)) = self.writes.front_mut() {
+            match rx.try_recv() {
+                Ok(()) => {
+                    self.written = *number + 1;
+                    self.writes.pop_front();
+                }
+                Err(oneshot::error::TryRecvError::Empty) => break,
+                Err(oneshot::error::TryRecvError::Closed) => return false,
+            }
+        }
+        true
     }
 
     /// Writes the acknowledgements at the front whose store writes are done.
@@ -133,13 +212,12 @@ impl Machine {
     /// after it (the caller drops them): the client keeps those messages and
     /// sends them again.
     pub(crate) fn release_acks(&mut self, version: ProtocolVersion) -> Result<(), Close> {
-        while let Some((wait, _)) = self.pending_acks.front_mut() {
-            if let Some(rx) = wait {
-                match rx.try_recv() {
-                    Ok(()) => {}
-                    Err(oneshot::error::TryRecvError::Empty) => break,
-                    Err(oneshot::error::TryRecvError::Closed) => return Err(Close::StoreFailed),
-                }
+        if !self.poll_writes() {
+            return Err(Close::StoreFailed);
+        }
+        while let Some((wait, _)) = self.pending_acks.front() {
+            if wait.is_some_and(|number| number >= self.written) {
+                break;
             }
             if let Some((_, packet)) = self.pending_acks.pop_front() {
                 self.send(&packet, version);
@@ -160,7 +238,7 @@ impl Machine {
             return true;
         }
         let now = Instant::now();
-        let mut journal = Journal::new();
+        let journal = &mut self.journal;
         let mut sent = 0u64;
         while self.wbuf.len() < HIGH_WATER {
             let Some(delivery) = st.pop() else { break };
@@ -252,7 +330,6 @@ impl Machine {
         drop(st);
         // One update of the shared counter per drain, not per message.
         Metrics::add(&self.broker.metrics.messages_sent, sent);
-        commit(self.broker.store(), journal);
         true
     }
 

@@ -389,32 +389,132 @@ async fn the_keep_alive_deadline_is_one_and_a_half_times_it() {
     assert_eq!(m.keep_alive_deadline(&c), None);
 }
 
-#[tokio::test]
-async fn acknowledgements_wait_for_the_store_in_order() {
-    let b = broker(Config::default());
-    let (mut m, _c) = attach(&b, "acks", V::V5);
-    let (first_done, first_wait) = oneshot::channel();
-    m.send_ack(Packet::PubAck(Ack::new(1)), Some(first_wait), V::V5);
-    // Ready, but behind the first: it waits too.
-    m.send_ack(Packet::PubAck(Ack::new(2)), None, V::V5);
-    m.release_acks(V::V5).unwrap();
-    assert!(out(&mut m, V::V5).is_empty());
-    first_done.send(()).unwrap();
-    m.release_acks(V::V5).unwrap();
-    let ids: Vec<u16> = out(&mut m, V::V5)
+fn puback_ids(packets: Vec<Packet>) -> Vec<u16> {
+    packets
         .into_iter()
         .map(|p| match p {
             Packet::PubAck(a) => a.packet_id,
             other => panic!("{other:?}"),
         })
-        .collect();
-    assert_eq!(ids, [1, 2]);
+        .collect()
+}
+
+#[tokio::test]
+async fn acknowledgements_wait_for_the_store_in_order() {
+    let b = broker(Config::default());
+    let (mut m, _c) = attach(&b, "acks", V::V5);
+    m.journal.forget(&"acks".into(), 1);
+    m.send_ack(Packet::PubAck(Ack::new(1)), true, V::V5);
+    // Ready, but behind the first: it waits too.
+    m.send_ack(Packet::PubAck(Ack::new(2)), false, V::V5);
+    let (journal, awaited) = m.take_journal().expect("a journal");
+    assert_eq!((journal.len(), awaited), (1, true));
+    assert!(m.take_journal().is_none(), "taken once");
+    let (first_done, first_wait) = oneshot::channel();
+    m.awaiting(first_wait);
+    m.release_acks(V::V5).unwrap();
+    assert!(out(&mut m, V::V5).is_empty());
+    first_done.send(()).unwrap();
+    m.release_acks(V::V5).unwrap();
+    assert_eq!(puback_ids(out(&mut m, V::V5)), [1, 2]);
+    assert!(!m.awaits_store());
     // A store that failed: the connection closes without the acknowledgement.
+    m.journal.forget(&"acks".into(), 2);
+    m.send_ack(Packet::PubAck(Ack::new(3)), true, V::V5);
     let (failed, wait) = oneshot::channel::<()>();
-    m.send_ack(Packet::PubAck(Ack::new(3)), Some(wait), V::V5);
+    assert!(m.take_journal().is_some_and(|(_, awaited)| awaited));
+    m.awaiting(wait);
     drop(failed);
     assert_eq!(m.release_acks(V::V5), Err(Close::StoreFailed));
     assert!(out(&mut m, V::V5).is_empty());
+}
+
+/// A broker with a store in a fresh directory, acknowledging after fsync.
+fn stored_broker(name: &str) -> Arc<BrokerState> {
+    let dir = std::env::temp_dir().join(format!("starling-machine-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = Config {
+        data_dir: dir,
+        durability: crate::store::Durability::Always,
+        ..Config::default()
+    };
+    let auth = Arc::new(FileAuthenticator {
+        allow_anonymous: true,
+        passwords: None,
+    });
+    BrokerState::open_with_store(config, auth, None, None).expect("store opens")
+}
+
+#[tokio::test]
+async fn a_stored_publish_is_acknowledged_once_its_journal_is_written() {
+    let b = stored_broker("ack-after-write");
+    let (mut sub, mut sc) = attach(&b, "sub", V::V5);
+    sc.session
+        .persistent
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    sub.handle(&mut sc, subscribe(&[("t", QoS::AtLeastOnce)]))
+        .unwrap();
+    let (_, awaited) = sub.take_journal().expect("the subscription is journaled");
+    assert!(!awaited, "a SUBACK does not wait for the store");
+    let (mut m, mut c) = attach(&b, "pub", V::V5);
+    m.handle(&mut c, publish("t", b"x", QoS::AtLeastOnce, 7))
+        .unwrap();
+    // The message is queued for a persistent session: stored before the PUBACK.
+    assert!(out(&mut m, V::V5).is_empty());
+    let (journal, awaited) = m.take_journal().expect("the queued message");
+    assert_eq!((journal.len(), awaited), (1, true));
+    let store = b.store().expect("a store");
+    m.awaiting(crate::journal::commit_and_wait(store, journal));
+    let written = super::first_write(&mut m.writes).await;
+    assert_eq!(written, Some(0));
+    m.write_done(written, V::V5).unwrap();
+    assert_eq!(puback_ids(out(&mut m, V::V5)), [7]);
+    // A QoS 0 publish to the same subscriber changes nothing on disk.
+    m.handle(&mut c, publish("t", b"y", QoS::AtMostOnce, 0))
+        .unwrap();
+    let j = m.take_journal();
+    assert!(j.is_none(), "{j:?}");
+}
+
+#[tokio::test]
+async fn pubrel_waits_until_the_released_state_is_written() {
+    let b = stored_broker("pubrel");
+    let (mut m, mut c) = attach(&b, "q2", V::V5);
+    c.session
+        .persistent
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    m.handle(&mut c, subscribe(&[("t", QoS::ExactlyOnce)]))
+        .unwrap();
+    let (mut p, mut pc) = attach(&b, "pub", V::V5);
+    p.handle(&mut pc, publish("t", b"x", QoS::AtMostOnce, 0))
+        .unwrap();
+    // QoS 0 is not stored: drain to get it out of the way.
+    let _ = m.take_journal();
+    assert!(m.drain(&mut c));
+    let _ = out(&mut m, V::V5);
+    p.handle(&mut pc, publish("t", b"y", QoS::ExactlyOnce, 1))
+        .unwrap();
+    let _ = p.take_journal();
+    assert!(m.drain(&mut c));
+    let packet_id = match out(&mut m, V::V5).as_slice() {
+        [Packet::Publish(p)] => p.packet_id,
+        other => panic!("{other:?}"),
+    };
+    let _ = m.take_journal();
+    m.handle(&mut c, Packet::PubRec(Ack::new(packet_id)))
+        .unwrap();
+    assert!(out(&mut m, V::V5).is_empty(), "PUBREL waits for the store");
+    let (journal, awaited) = m.take_journal().expect("the released state");
+    assert!(awaited);
+    let (done, write) = oneshot::channel();
+    m.awaiting(write);
+    drop(journal);
+    done.send(()).unwrap();
+    m.release_acks(V::V5).unwrap();
+    match out(&mut m, V::V5).as_slice() {
+        [Packet::PubRel(rel)] => assert_eq!(rel.packet_id, packet_id),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ mod inbound;
 mod machine;
 mod mount;
 
-use machine::first_ack;
+use machine::first_write;
 pub(crate) use machine::Machine;
 
 use std::net::SocketAddr;
@@ -505,7 +505,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             let notified = session.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if !self.m.drain(client) {
+            let attached = self.m.drain(client);
+            self.submit_journal();
+            if !self.m.pending_acks.is_empty() && !self.m.awaits_store() {
+                if let Err(close) = self.m.release_acks(client.version) {
+                    return close;
+                }
+            }
+            if !attached {
                 // Pass on any wakeup meant for the connection that took over.
                 session.notify.notify_one();
                 return Close::TakenOver;
@@ -556,30 +563,15 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     }
                     self.m.last_rx = Instant::now();
                     last_active = self.m.last_rx;
-                    loop {
-                        match self.decoder.decode(&mut self.rbuf) {
-                            Ok(Some(packet)) => {
-                                if let Err(close) = self.m.handle(client, packet) {
-                                    return close;
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(err) => {
-                                return Close::Protocol(err.reason_code(), err.to_string());
-                            }
-                        }
+                    if let Err(close) = self.handle_read(client) {
+                        return close;
                     }
                     if self.rbuf.is_empty() && (!busy || self.rbuf.capacity() > IDLE_BUFFER) {
                         self.rbuf = BytesMut::new();
                     }
                 }
-                written = first_ack(&mut self.m.pending_acks), if !self.m.pending_acks.is_empty() => {
-                    let released = if written {
-                        self.m.release_acks(client.version)
-                    } else {
-                        Err(Close::StoreFailed)
-                    };
-                    if let Err(close) = released {
+                written = first_write(&mut self.m.writes), if self.m.awaits_store() => {
+                    if let Err(close) = self.m.write_done(written, client.version) {
                         self.m.pending_acks.clear();
                         return close;
                     }
@@ -592,11 +584,52 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                         return Close::KeepAlive;
                     }
                     if idle_deadline.is_some_and(|d| now >= d) {
-                        if self.m.wbuf.is_empty() && self.rbuf.is_empty() && self.m.pending_acks.is_empty() {
+                        if self.m.wbuf.is_empty() && self.rbuf.is_empty() && !self.m.awaits_store() {
                             return Close::Hibernate;
                         }
                         last_active = now;
                     }
+                }
+            }
+        }
+    }
+
+    /// Handles every whole packet in the read buffer, submitting what they
+    /// changed to the store after each one (see [`Connection::submit_journal`]).
+    fn handle_read(&mut self, client: &mut Client) -> Result<(), Close> {
+        loop {
+            let packet = match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(packet)) => packet,
+                Ok(None) => return Ok(()),
+                Err(err) => return Err(Close::Protocol(err.reason_code(), err.to_string())),
+            };
+            let handled = self.m.handle(client, packet);
+            self.submit_journal();
+            handled?;
+        }
+    }
+
+    /// Hands the machine's journal to the store. Done after every packet,
+    /// not once per read: a subscriber on another thread may already be
+    /// sending what a PUBLISH queued for it, and the store must see the
+    /// message before that subscriber's in-flight or delete records.
+    fn submit_journal(&mut self) {
+        let Some((journal, awaited)) = self.m.take_journal() else {
+            return;
+        };
+        match self.m.broker.store() {
+            Some(store) if awaited => {
+                let write = crate::journal::commit_and_wait(store, journal);
+                self.m.awaiting(write);
+            }
+            Some(store) => crate::journal::commit(Some(store), journal),
+            None => {
+                // Nothing to wait for without a store (acknowledgements only
+                // wait with durability "always", so this does not happen).
+                let (done, write) = tokio::sync::oneshot::channel();
+                let _ = done.send(());
+                if awaited {
+                    self.m.awaiting(write);
                 }
             }
         }
