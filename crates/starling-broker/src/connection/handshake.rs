@@ -9,7 +9,8 @@ use starling_codec::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Client, Close, Connection};
+use super::client::{Client, Close, OUT_ALIAS_CAP};
+use super::conn::Connection;
 use crate::auth::{
     Admission, AuthDecision, Authenticator, Credentials, ListenerAuthenticator, Login,
 };
@@ -385,7 +386,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     .properties
                     .topic_alias_maximum
                     .unwrap_or(0)
-                    .min(super::OUT_ALIAS_CAP)
+                    .min(OUT_ALIAS_CAP)
             } else {
                 0
             },

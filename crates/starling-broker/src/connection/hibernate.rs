@@ -40,7 +40,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::connection::{Client, Slots};
+use super::client::{Client, Slots};
 use crate::session::{ParkedAt, WakeParked};
 
 /// Gives a parked connection a task again (the connection module's `resume`,

@@ -9,7 +9,8 @@ use starling_codec::{
 };
 use tokio::time::Instant;
 
-use super::{Client, Close, Machine};
+use super::client::{Client, Close};
+use super::machine::Machine;
 use crate::auth::Access;
 use crate::broker::split_share;
 use crate::message::{Delivery, Message};

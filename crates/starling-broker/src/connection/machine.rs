@@ -17,12 +17,17 @@ use starling_codec::{ByteString, Disconnect, Packet, ProtocolVersion};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{mount, Client, Close, HIGH_WATER};
+use super::client::{Client, Close};
+use super::mount;
 use crate::broker::BrokerState;
 use crate::events::{DropReason, Event};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::session::Inflight;
+
+/// Above this many buffered outgoing bytes the connection stops reading and
+/// stops draining its queue until the socket takes some.
+pub(crate) const HIGH_WATER: usize = 64 * 1024;
 
 /// An acknowledgement, and the journal it waits for (none: ready).
 pub(crate) type PendingAck = (Option<u64>, Packet);

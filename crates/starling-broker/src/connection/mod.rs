@@ -6,187 +6,43 @@
 //! client that does not read its socket cannot make the broker buffer without
 //! bound; its own session queue fills and overflows instead.
 
+//!
+//! Dependencies point one way: this driver uses `conn` (its socket state),
+//! `handshake`, `machine` (with `inbound`), `hibernate` and `client`; none of
+//! them uses the driver.
+
+mod client;
+mod conn;
 mod handshake;
 pub(crate) mod hibernate;
 mod inbound;
 mod machine;
 mod mount;
 
-use machine::first_write;
-pub(crate) use machine::Machine;
+pub(crate) use client::{Client, Close, Slots};
+use conn::Connection;
+use machine::{first_write, Machine, HIGH_WATER};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use starling_codec::{ByteString, Decoder, ProtocolVersion, ReasonCode, Will};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use starling_codec::Decoder;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 
-use crate::auth::{Acl, ListenerFile};
 use crate::broker::BrokerState;
 use crate::connection::hibernate::{Parked, Reactor};
 use crate::events::Event;
 use crate::metrics::Metrics;
-use crate::session::Session;
 
-/// Above this many buffered outgoing bytes the connection stops reading and
-/// stops draining its queue until the socket takes some.
-const HIGH_WATER: usize = 64 * 1024;
 /// Buffers larger than this are released when they empty.
 const IDLE_BUFFER: usize = 16 * 1024;
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 4096;
-/// Room made in the read buffer before each read of the handshake.
-const HANDSHAKE_CHUNK: usize = 256;
-/// Most topic aliases the broker assigns towards one client, whatever the
-/// client allows: the map of aliases is per-connection memory.
-pub(crate) const OUT_ALIAS_CAP: u16 = 1024;
-/// How long a final DISCONNECT may take to flush.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Why a connection ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Close {
-    /// DISCONNECT with reason 0x00: the will is discarded.
-    Normal,
-    /// DISCONNECT with reason 0x04: the will is published.
-    NormalWithWill,
-    /// The peer closed the socket or it failed.
-    PeerClosed,
-    /// Nothing arrived within 1.5 times the keep alive.
-    KeepAlive,
-    /// A protocol violation, with the reason code to report.
-    Protocol(ReasonCode, String),
-    /// Another connection took the client id over.
-    TakenOver,
-    /// The broker is shutting down.
-    Shutdown,
-    /// The store could not write a message that the client is waiting to
-    /// have acknowledged: the acknowledgement is withheld, so the client
-    /// sends the message again on its next connection (DISCONNECT 0x80).
-    StoreFailed,
-    /// Not a close: the connection is idle and may park (see [`crate::connection::hibernate`]).
-    Hibernate,
-}
-
-impl Close {
-    /// The DISCONNECT reason the broker sends for this close, if it sends one.
-    fn server_reason(&self) -> Option<ReasonCode> {
-        match self {
-            Close::KeepAlive => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
-            Close::Protocol(code, _) => Some(*code),
-            Close::TakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),
-            Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
-            Close::StoreFailed => Some(ReasonCode::UNSPECIFIED_ERROR),
-            _ => None,
-        }
-    }
-
-    /// The reason string sent with the DISCONNECT, if any.
-    fn reason_string(&self) -> Option<&str> {
-        match self {
-            Close::Protocol(_, why) => Some(why),
-            Close::StoreFailed => Some("the broker could not store the message"),
-            _ => None,
-        }
-    }
-}
-
-/// The client side of an attached connection. Kept small: a parked
-/// connection is mostly this (see [`crate::connection::hibernate`]).
-pub(crate) struct Client {
-    pub version: ProtocolVersion,
-    pub username: Option<ByteString>,
-    /// The session; its `client_id` is the client's.
-    pub session: Arc<Session>,
-    pub keep_alive: Duration,
-    /// Boxed: a will with its properties is large and most clients have none.
-    pub will: Option<Box<Will>>,
-    pub expiry_interval: u32,
-    /// The window of unacknowledged messages towards the client.
-    pub client_receive_max: u16,
-    /// The client's Maximum Packet Size (`u32::MAX` when it set none).
-    pub client_max_packet: u32,
-    /// The Topic Alias Maximum the broker announced to this client.
-    pub alias_max: u16,
-    /// How many aliases the broker may assign towards the client: its Topic
-    /// Alias Maximum, capped at [`OUT_ALIAS_CAP`].
-    pub out_alias_max: u16,
-    /// Topic aliases in use, both ways; allocated when the first is.
-    pub aliases: Option<Box<Aliases>>,
-    /// The listener's own ACL, used instead of the broker's.
-    pub acl: Option<Arc<ListenerFile<Acl>>>,
-    /// The listener's mountpoint (topic prefix); see [`mount`].
-    pub mountpoint: Option<Box<ByteString>>,
-}
-
-/// The topic aliases of an MQTT 5 connection.
-#[derive(Default)]
-pub(crate) struct Aliases {
-    /// Set by the client, by alias - 1, grown on demand up to `alias_max`.
-    pub inbound: Vec<Option<ByteString>>,
-    /// Assigned by the broker towards the client.
-    pub outbound: std::collections::HashMap<ByteString, u16>,
-}
-
-impl Client {
-    /// The client identifier.
-    pub fn client_id(&self) -> &ByteString {
-        &self.session.client_id
-    }
-
-    /// The topic aliases, allocating them on first use.
-    pub fn aliases_mut(&mut self) -> &mut Aliases {
-        self.aliases.get_or_insert_with(Default::default)
-    }
-
-    /// What the connection leaves behind when it ends with `close`: a normal
-    /// DISCONNECT (0x00) discards the will.
-    pub fn departure(self, close: &Close) -> crate::lifecycle::Departure {
-        crate::lifecycle::Departure {
-            session: self.session,
-            will: match close {
-                Close::Normal => None,
-                _ => self.will.map(|w| *w),
-            },
-            expiry_interval: self.expiry_interval,
-            username: self.username,
-            acl: self.acl,
-        }
-    }
-
-    /// Whether a packet of `len` bytes fits the client's Maximum Packet Size.
-    pub fn fits(&self, len: usize) -> bool {
-        u32::try_from(len).is_ok_and(|n| n <= self.client_max_packet)
-    }
-}
-
-/// A connection's driver: the transport halves, the read buffer and the
-/// decoder around the protocol [`Machine`] (which it dereferences to).
-pub(crate) struct Connection<S> {
-    pub rd: ReadHalf<S>,
-    pub wr: WriteHalf<S>,
-    pub rbuf: BytesMut,
-    pub decoder: Decoder,
-    pub m: Machine,
-}
-
-impl<S> std::ops::Deref for Connection<S> {
-    type Target = Machine;
-    fn deref(&self) -> &Machine {
-        &self.m
-    }
-}
-
-impl<S> std::ops::DerefMut for Connection<S> {
-    fn deref_mut(&mut self) -> &mut Machine {
-        &mut self.m
-    }
-}
 
 /// What a connection task holds on the broker's behalf: the shutdown barrier
 /// (shutdown waits until every task has dropped its sender) and the
@@ -197,13 +53,6 @@ pub(crate) struct Keep {
     pub slots: Option<Box<Slots>>,
     /// Where the connection parks when idle (none: it never parks).
     pub reactor: Option<Arc<Reactor>>,
-}
-
-/// Connection slots held by a connection, released when it ends (`None` in
-/// [`Keep`] when the broker and the listener set no limit).
-pub(crate) struct Slots {
-    pub _global: Option<tokio::sync::OwnedSemaphorePermit>,
-    pub _listener: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Serves one accepted connection to its end.
@@ -424,48 +273,6 @@ impl Connection<TcpStream> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
-    /// A connection over `stream`, with empty buffers and the broker's
-    /// maximum packet size on `decoder`.
-    fn new(
-        broker: Arc<BrokerState>,
-        stream: S,
-        peer: SocketAddr,
-        conn_id: u64,
-        mut decoder: Decoder,
-        last_rx: Instant,
-    ) -> Self {
-        decoder.set_max_packet_size(broker.config.max_packet_size as usize);
-        let (rd, wr) = tokio::io::split(stream);
-        Connection {
-            rd,
-            wr,
-            rbuf: BytesMut::new(),
-            decoder,
-            m: Machine::new(broker, peer, conn_id, last_rx),
-        }
-    }
-
-    /// Reads one more chunk into the read buffer. `Ok(false)` on end of stream.
-    async fn fill(&mut self) -> std::io::Result<bool> {
-        // CONNECT is small: the handshake reads in small steps, so thousands of
-        // connections arriving at once do not each hold a full read chunk.
-        self.rbuf.reserve(HANDSHAKE_CHUNK);
-        let n = self.rd.read_buf(&mut self.rbuf).await?;
-        Metrics::add(&self.broker.metrics.bytes_received, n as u64);
-        Ok(n > 0)
-    }
-
-    /// Writes out the buffer (bounded by a timeout) and shuts the socket down.
-    pub(crate) async fn flush_and_close(&mut self) {
-        let wr = &mut self.wr;
-        let buf = &mut self.m.wbuf;
-        let _ = timeout(FLUSH_TIMEOUT, async {
-            wr.write_all_buf(buf).await?;
-            wr.shutdown().await
-        })
-        .await;
-    }
-
     /// Ends an attached connection (see [`Connection::finish`]).
     async fn close(mut self, client: Client, close: Close) {
         // Boxed: the closing path is larger than the loop and runs once.

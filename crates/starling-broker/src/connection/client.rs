@@ -1,0 +1,140 @@
+//! What an attached connection is made of, apart from its socket and its
+//! protocol state: the client's negotiated settings ([`Client`], which a
+//! parked connection keeps), why a connection ends ([`Close`]), and the
+//! connection slots it holds ([`Slots`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_codec::{ByteString, ProtocolVersion, ReasonCode, Will};
+
+use crate::auth::{Acl, ListenerFile};
+use crate::session::Session;
+
+/// Most topic aliases the broker assigns towards one client, whatever the
+/// client allows: the map of aliases is per-connection memory.
+pub(crate) const OUT_ALIAS_CAP: u16 = 1024;
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Close {
+    /// DISCONNECT with reason 0x00: the will is discarded.
+    Normal,
+    /// DISCONNECT with reason 0x04: the will is published.
+    NormalWithWill,
+    /// The peer closed the socket or it failed.
+    PeerClosed,
+    /// Nothing arrived within 1.5 times the keep alive.
+    KeepAlive,
+    /// A protocol violation, with the reason code to report.
+    Protocol(ReasonCode, String),
+    /// Another connection took the client id over.
+    TakenOver,
+    /// The broker is shutting down.
+    Shutdown,
+    /// The store could not write a message that the client is waiting to
+    /// have acknowledged: the acknowledgement is withheld, so the client
+    /// sends the message again on its next connection (DISCONNECT 0x80).
+    StoreFailed,
+    /// Not a close: the connection is idle and may park (see [`crate::connection::hibernate`]).
+    Hibernate,
+}
+
+impl Close {
+    /// The DISCONNECT reason the broker sends for this close, if it sends one.
+    pub(crate) fn server_reason(&self) -> Option<ReasonCode> {
+        match self {
+            Close::KeepAlive => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
+            Close::Protocol(code, _) => Some(*code),
+            Close::TakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),
+            Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+            Close::StoreFailed => Some(ReasonCode::UNSPECIFIED_ERROR),
+            _ => None,
+        }
+    }
+
+    /// The reason string sent with the DISCONNECT, if any.
+    pub(crate) fn reason_string(&self) -> Option<&str> {
+        match self {
+            Close::Protocol(_, why) => Some(why),
+            Close::StoreFailed => Some("the broker could not store the message"),
+            _ => None,
+        }
+    }
+}
+
+/// The client side of an attached connection. Kept small: a parked
+/// connection is mostly this (see [`crate::connection::hibernate`]).
+pub(crate) struct Client {
+    pub version: ProtocolVersion,
+    pub username: Option<ByteString>,
+    /// The session; its `client_id` is the client's.
+    pub session: Arc<Session>,
+    pub keep_alive: Duration,
+    /// Boxed: a will with its properties is large and most clients have none.
+    pub will: Option<Box<Will>>,
+    pub expiry_interval: u32,
+    /// The window of unacknowledged messages towards the client.
+    pub client_receive_max: u16,
+    /// The client's Maximum Packet Size (`u32::MAX` when it set none).
+    pub client_max_packet: u32,
+    /// The Topic Alias Maximum the broker announced to this client.
+    pub alias_max: u16,
+    /// How many aliases the broker may assign towards the client: its Topic
+    /// Alias Maximum, capped at [`OUT_ALIAS_CAP`].
+    pub out_alias_max: u16,
+    /// Topic aliases in use, both ways; allocated when the first is.
+    pub aliases: Option<Box<Aliases>>,
+    /// The listener's own ACL, used instead of the broker's.
+    pub acl: Option<Arc<ListenerFile<Acl>>>,
+    /// The listener's mountpoint (topic prefix); see [`super::mount`].
+    pub mountpoint: Option<Box<ByteString>>,
+}
+
+/// The topic aliases of an MQTT 5 connection.
+#[derive(Default)]
+pub(crate) struct Aliases {
+    /// Set by the client, by alias - 1, grown on demand up to `alias_max`.
+    pub inbound: Vec<Option<ByteString>>,
+    /// Assigned by the broker towards the client.
+    pub outbound: std::collections::HashMap<ByteString, u16>,
+}
+
+impl Client {
+    /// The client identifier.
+    pub fn client_id(&self) -> &ByteString {
+        &self.session.client_id
+    }
+
+    /// The topic aliases, allocating them on first use.
+    pub fn aliases_mut(&mut self) -> &mut Aliases {
+        self.aliases.get_or_insert_with(Default::default)
+    }
+
+    /// What the connection leaves behind when it ends with `close`: a normal
+    /// DISCONNECT (0x00) discards the will.
+    pub fn departure(self, close: &Close) -> crate::lifecycle::Departure {
+        crate::lifecycle::Departure {
+            session: self.session,
+            will: match close {
+                Close::Normal => None,
+                _ => self.will.map(|w| *w),
+            },
+            expiry_interval: self.expiry_interval,
+            username: self.username,
+            acl: self.acl,
+        }
+    }
+
+    /// Whether a packet of `len` bytes fits the client's Maximum Packet Size.
+    pub fn fits(&self, len: usize) -> bool {
+        u32::try_from(len).is_ok_and(|n| n <= self.client_max_packet)
+    }
+}
+
+/// Connection slots held by a connection, released when it ends (`None` in
+/// [`super::Keep`] when the broker and the listener set no limit).
+pub(crate) struct Slots {
+    pub _global: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub _listener: Option<tokio::sync::OwnedSemaphorePermit>,
+}
