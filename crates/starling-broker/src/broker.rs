@@ -283,7 +283,8 @@ impl BrokerState {
     ) -> bool {
         let (own, user) = {
             let st = session.state.lock();
-            (st.acl.as_ref().map(|a| a.current()), st.username.clone())
+            let (user, acl) = st.owner();
+            (acl.map(|a| a.current()), user.cloned())
         };
         if has_authz {
             if let Some(answer) =
@@ -440,7 +441,7 @@ impl BrokerState {
         let taken: Vec<Delivery> = {
             let mut st = session.state.lock();
             let mut taken = Vec::new();
-            let inflight = std::mem::take(&mut st.inflight);
+            let inflight = st.take_all_inflight();
             for i in inflight {
                 if i.delivery.share.is_some() && !i.released {
                     if let Some(seq) = i.delivery.stored.seq() {
@@ -448,7 +449,7 @@ impl BrokerState {
                     }
                     taken.push(i.delivery);
                 } else {
-                    st.inflight.push_back(i);
+                    st.push_inflight(i);
                 }
             }
             for d in st.take_queued(|d| d.share.is_some()) {
@@ -495,7 +496,12 @@ impl BrokerState {
 
     /// Removes every subscription of `session` from the index.
     pub fn unsubscribe_all(&self, session: &Arc<Session>) {
-        let filters: Vec<ByteString> = session.state.lock().subscriptions.keys().cloned().collect();
+        let filters: Vec<ByteString> = session
+            .state
+            .lock()
+            .subscriptions()
+            .map(|(f, _)| f.clone())
+            .collect();
         let mut removed = Vec::new();
         {
             let mut tree = self.topics.write();

@@ -41,20 +41,19 @@ pub(crate) fn attach(
                 let mut st = existing.state.lock();
                 if let Some(old) = st.take_link() {
                     // The old connection is told to go; it publishes its own will.
-                    old.taken_over(existing);
+                    old.taken_over(&existing.notify);
                     Metrics::add(&broker.metrics.takeovers, 1);
                     tracing::info!(client_id = %client_id, "session taken over");
                 }
                 // A clean start discards the old session; so does a session that
                 // was to end with its connection ([MQTT-3.1.2-6]): it is never resumed.
-                if clean_start || st.expiry_interval == 0 {
+                if clean_start || st.expiry_interval() == 0 {
                     drop(st);
                     discarded = sessions.remove(client_id);
                     None
                 } else {
-                    st.expiry_interval = expiry_interval;
-                    st.username = username.clone();
-                    st.acl = acl.clone();
+                    st.set_expiry_interval(expiry_interval);
+                    st.set_owner(username.clone(), acl.clone());
                     if let Some(link) = link.take() {
                         st.attach(link);
                     }
@@ -77,8 +76,7 @@ pub(crate) fn attach(
                 ));
                 {
                     let mut st = session.state.lock();
-                    st.username = username;
-                    st.acl = acl;
+                    st.set_owner(username, acl);
                     if let Some(link) = link.take() {
                         st.attach(link);
                     }
@@ -240,7 +238,9 @@ pub(crate) fn schedule_will(
         commit(broker.store(), journal);
         if !resumed {
             // The ACL of the listener the client came through, if it has one.
-            let acl = session.as_ref().and_then(|s| s.state.lock().acl.clone());
+            let acl = session
+                .as_ref()
+                .and_then(|s| s.state.lock().owner().1.cloned());
             publish_will(
                 &broker,
                 &client_id,

@@ -151,7 +151,7 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
     }
     // A session's lock is never taken while `topics` is write-locked.
     for (session, filter, rec) in granted {
-        session.state.lock().subscriptions.insert(
+        session.state.lock().subscribe(
             filter,
             SubEntry {
                 options: rec.options,
@@ -180,9 +180,9 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
             msg,
         };
         let mut st = session.state.lock();
-        st.next_seq = st.next_seq.max(seq + 1);
+        st.note_stored_seq(seq);
         if rec.packet_id != 0 && rec.publish.qos == QoS::ExactlyOnce {
-            st.inflight.push_back(Inflight {
+            st.push_inflight(Inflight {
                 packet_id: rec.packet_id,
                 delivery,
                 released: rec.released,
@@ -195,7 +195,7 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
     for (client, id) in loaded.incoming_qos2 {
         match sessions.get(&client) {
             Some(s) => {
-                s.state.lock().incoming_qos2.insert(id);
+                s.state.lock().received_qos2(id);
             }
             None => journal.qos2_released(client, id),
         }

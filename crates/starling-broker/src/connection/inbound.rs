@@ -43,14 +43,7 @@ impl Machine {
         match packet {
             Packet::Publish(publish) => self.on_publish(client, publish),
             Packet::PubAck(ack) => {
-                let done = {
-                    let mut st = client.session.state.lock();
-                    let pos = st
-                        .inflight
-                        .iter()
-                        .position(|i| i.packet_id == ack.packet_id && !i.released);
-                    pos.and_then(|pos| st.inflight.remove(pos))
-                };
+                let done = client.session.state.lock().acknowledge(ack.packet_id);
                 self.forget(client, done.and_then(|i| i.delivery.stored.seq()));
                 Ok(())
             }
@@ -58,28 +51,24 @@ impl Machine {
                 let journal_len = self.journal.len();
                 let (code, forget) = {
                     let mut st = client.session.state.lock();
-                    match st
-                        .inflight
-                        .iter()
-                        .position(|i| i.packet_id == ack.packet_id)
-                    {
-                        Some(pos) if ack.reason_code.is_error() => {
-                            // The receiver refused the message: the exchange ends here.
-                            let seq = st
-                                .inflight
-                                .remove(pos)
-                                .and_then(|i| i.delivery.stored.seq());
-                            (None, seq)
+                    let not_found = (Some(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND), None);
+                    if ack.reason_code.is_error() {
+                        // The receiver refused the message: the exchange ends here.
+                        match st.take_inflight(ack.packet_id) {
+                            Some(i) => (None, i.delivery.stored.seq()),
+                            None => not_found,
                         }
-                        Some(pos) => {
-                            let i = &mut st.inflight[pos];
-                            i.released = true;
-                            if let Some(seq) = i.delivery.stored.seq() {
-                                self.journal.in_flight(client.client_id(), seq, i);
+                    } else {
+                        match st.inflight_mut(ack.packet_id) {
+                            Some(i) => {
+                                i.released = true;
+                                if let Some(seq) = i.delivery.stored.seq() {
+                                    self.journal.in_flight(client.client_id(), seq, i);
+                                }
+                                (Some(ReasonCode::SUCCESS), None)
                             }
-                            (Some(ReasonCode::SUCCESS), None)
+                            None => not_found,
                         }
-                        None => (Some(ReasonCode::PACKET_IDENTIFIER_NOT_FOUND), None),
                     }
                 };
                 self.forget(client, forget);
@@ -98,12 +87,7 @@ impl Machine {
                 Ok(())
             }
             Packet::PubRel(ack) => {
-                let found = client
-                    .session
-                    .state
-                    .lock()
-                    .incoming_qos2
-                    .remove(&ack.packet_id);
+                let found = client.session.state.lock().released_qos2(ack.packet_id);
                 if found
                     && client
                         .session
@@ -234,7 +218,7 @@ impl Machine {
         // Exactly once: a resent QoS 2 PUBLISH whose PUBREC we sent is not routed again.
         if qos == QoS::ExactlyOnce {
             let st = client.session.state.lock();
-            if st.incoming_qos2.contains(&packet_id) {
+            if st.awaits_release(packet_id) {
                 drop(st);
                 self.send_ack(Packet::PubRec(Ack::new(packet_id)), false, v);
                 return Ok(());
@@ -246,7 +230,7 @@ impl Machine {
             } else {
                 u16::MAX
             };
-            if st.incoming_qos2.len() >= usize::from(limit) {
+            if st.incoming_qos2_len() >= usize::from(limit) {
                 return Err(Close::Protocol(
                     ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
                     "[MQTT-3.3.4-9] receive maximum exceeded".into(),
@@ -303,7 +287,7 @@ impl Machine {
             QoS::AtLeastOnce => Some(Packet::PubAck(ack)),
             QoS::ExactlyOnce => {
                 if !code.is_error() {
-                    client.session.state.lock().incoming_qos2.insert(packet_id);
+                    client.session.state.lock().received_qos2(packet_id);
                     if persistent {
                         self.journal
                             .qos2_received(client.client_id().clone(), packet_id);
@@ -379,7 +363,7 @@ impl Machine {
             if !existed {
                 self.broker.cluster().interest(filter, true);
             }
-            client.session.state.lock().subscriptions.insert(
+            client.session.state.lock().subscribe(
                 crate::message::owned(filter),
                 SubEntry {
                     options,
@@ -430,7 +414,7 @@ impl Machine {
             let st = client.session.state.lock();
             for s in &sub.subscriptions {
                 let filter = super::mount::filter_for(client.mountpoint.as_deref(), &s.filter);
-                if let Some(entry) = st.subscriptions.get(&filter) {
+                if let Some(entry) = st.subscription(&filter) {
                     journal.subscribed(client.client_id(), &filter, entry.options, entry.id);
                 }
             }
@@ -469,13 +453,7 @@ impl Machine {
             if removed {
                 self.broker.cluster().interest(filter, false);
             }
-            let existed = client
-                .session
-                .state
-                .lock()
-                .subscriptions
-                .remove(filter)
-                .is_some();
+            let existed = client.session.state.lock().unsubscribe(filter);
             if existed
                 && client
                     .session

@@ -269,7 +269,7 @@ impl Machine {
                 continue;
             };
             let qos1 = delivery.qos != starling_codec::QoS::AtMostOnce;
-            if qos1 && st.inflight.len() >= usize::from(client.client_receive_max) {
+            if qos1 && st.inflight_len() >= usize::from(client.client_receive_max) {
                 st.unpop(delivery);
                 break;
             }
@@ -329,7 +329,7 @@ impl Machine {
                 {
                     journal.in_flight(client.client_id(), seq, &inflight);
                 }
-                st.inflight.push_back(inflight);
+                st.push_inflight(inflight);
             }
         }
         drop(st);
@@ -343,7 +343,7 @@ impl Machine {
     pub(crate) fn resend_inflight(&mut self, client: &Client) {
         let now = Instant::now();
         let st = client.session.state.lock();
-        for inflight in &st.inflight {
+        for inflight in st.inflight() {
             let packet = if inflight.released {
                 Packet::PubRel(starling_codec::Ack::new(inflight.packet_id))
             } else {

@@ -1,0 +1,373 @@
+//! A session: the state that outlives a connection. Its subscriptions, its queue
+//! of messages not yet sent, its in-flight QoS 1/2 messages in both directions,
+//! and the link to the connection attached to it, if any.
+//!
+//! Locking: `state` is a `parking_lot::Mutex`, held only for short, synchronous
+//! updates and never across an `.await`. Publishers take it to push a delivery;
+//! the attached connection takes it to drain the queue and record acks.
+
+mod state;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use starling_codec::{ByteString, QoS};
+use tokio::sync::Notify;
+
+use crate::journal::Journal;
+use crate::message::Delivery;
+
+pub use crate::message::Inflight;
+pub use state::{Enqueued, Lazy, Link, QueueLimits, SessionState, SubEntry};
+pub(crate) use state::{ParkedAt, WakeParked};
+
+/// A session, shared between the registry, the topic index and its connection.
+#[derive(Debug)]
+pub struct Session {
+    /// The client identifier.
+    pub client_id: ByteString,
+    /// Mutable state; see the module docs for the locking rule.
+    pub state: Mutex<SessionState>,
+    /// Wakes the attached connection when the queue gains a message.
+    pub notify: Notify,
+    /// Messages dropped because the queue was full, or too large for the client.
+    pub dropped: AtomicU64,
+    /// Whether the session is kept in the store (it outlives its connection and
+    /// the broker persists).
+    pub persistent: AtomicBool,
+}
+
+impl Session {
+    /// Whether a connection is attached to the session now.
+    pub fn is_connected(&self) -> bool {
+        self.state.lock().is_connected()
+    }
+
+    /// The session's subscription filters (as the broker routes them), sorted.
+    pub fn filters(&self) -> Vec<ByteString> {
+        let st = self.state.lock();
+        let mut f: Vec<ByteString> = st.subscriptions().map(|(f, _)| f.clone()).collect();
+        drop(st);
+        f.sort();
+        f
+    }
+
+    /// Whether the session holds a subscription to `filter`.
+    pub fn is_subscribed(&self, filter: &str) -> bool {
+        self.state.lock().subscription(filter).is_some()
+    }
+
+    /// Messages queued for the session, not yet sent.
+    pub fn queued(&self) -> usize {
+        self.state.lock().queue_len()
+    }
+
+    /// Messages sent and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.state.lock().inflight_len()
+    }
+
+    /// A new, empty session.
+    pub fn new(client_id: ByteString, expiry_interval: u32, limits: Arc<QueueLimits>) -> Session {
+        Session {
+            client_id,
+            state: Mutex::new(SessionState::new(expiry_interval, limits)),
+            notify: Notify::new(),
+            dropped: AtomicU64::new(0),
+            persistent: AtomicBool::new(false),
+        }
+    }
+
+    /// Offers a delivery to the session's queue, applying its bounds, and wakes
+    /// the attached connection. With a journal, a QoS 1/2 delivery to a
+    /// persistent session is given a sequence number and written to it, as is
+    /// the removal of any message the bound evicted.
+    pub fn enqueue(&self, delivery: Delivery, journal: Option<&mut Journal>) -> Enqueued {
+        let stored = journal.is_some()
+            && delivery.qos != QoS::AtMostOnce
+            && self.persistent.load(Ordering::Relaxed);
+        let (outcome, evicted, parked) =
+            self.state
+                .lock()
+                .enqueue(delivery, stored, &self.client_id, journal);
+        drop(evicted);
+        let wake = || match &parked {
+            Some((at, conn_id)) => at.wake(*conn_id),
+            None => self.notify.notify_one(),
+        };
+        match outcome {
+            Enqueued::Queued => wake(),
+            Enqueued::DroppedOldest => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                wake();
+            }
+            Enqueued::Dropped => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Enqueued::Skipped => {}
+        }
+        outcome
+    }
+}
+
+/// The broker's sessions by client id. The key is the session's own
+/// `client_id`, so an entry costs one pointer (a map from id to session would
+/// hold a second copy of the id in every entry).
+#[derive(Debug, Default)]
+pub struct Sessions(HashSet<ById>);
+
+/// A session in [`Sessions`], hashed and compared by its client id.
+#[derive(Debug, Clone)]
+struct ById(Arc<Session>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.client_id == other.0.client_id
+    }
+}
+
+impl Eq for ById {}
+
+impl std::hash::Hash for ById {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        // As `str` hashes: lookups borrow the key as `&str`.
+        <str as std::hash::Hash>::hash(&self.0.client_id, h);
+    }
+}
+
+impl std::borrow::Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.client_id
+    }
+}
+
+impl Sessions {
+    /// The session of `client_id`.
+    pub fn get(&self, client_id: &str) -> Option<&Arc<Session>> {
+        self.0.get(client_id).map(|s| &s.0)
+    }
+
+    /// Adds a session, replacing one with the same client id (returned).
+    pub fn insert(&mut self, session: Arc<Session>) -> Option<Arc<Session>> {
+        self.0.replace(ById(session)).map(|s| s.0)
+    }
+
+    /// Removes the session of `client_id`.
+    pub fn remove(&mut self, client_id: &str) -> Option<Arc<Session>> {
+        self.0.take(client_id).map(|s| s.0)
+    }
+
+    /// Every session.
+    pub fn values(&self) -> impl Iterator<Item = &Arc<Session>> {
+        self.0.iter().map(|s| &s.0)
+    }
+
+    /// How many sessions there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Extend<Arc<Session>> for Sessions {
+    fn extend<I: IntoIterator<Item = Arc<Session>>>(&mut self, iter: I) {
+        self.0.extend(iter.into_iter().map(ById));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OverflowPolicy;
+    use crate::message::{Message, Stored};
+    use bytes::Bytes;
+
+    fn session(max_messages: usize, max_bytes: usize, policy: OverflowPolicy) -> Session {
+        let limits = QueueLimits {
+            max_messages,
+            max_bytes,
+            policy,
+            qos0_offline: false,
+        };
+        Session::new("s".into(), 0, Arc::new(limits))
+    }
+
+    fn delivery(payload: &'static str, qos: QoS, seq: u64) -> Delivery {
+        Delivery {
+            msg: Arc::new(Message {
+                topic: "t".into(),
+                payload: Bytes::from_static(payload.as_bytes()),
+                qos,
+                retain: false,
+                properties: Default::default(),
+                expires_at: None,
+                publisher: None,
+            }),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+            share: None,
+            stored: Stored::at(seq),
+            weight: payload.len() as u32,
+        }
+    }
+
+    fn payloads(st: &mut SessionState) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(d) = st.pop() {
+            out.push(String::from_utf8_lossy(&d.msg.payload).into_owned());
+        }
+        out
+    }
+
+    #[test]
+    fn the_queue_keeps_its_bounds_and_its_byte_count() {
+        let s = session(2, 1000, OverflowPolicy::DropOldest);
+        let mut st = s.state.lock();
+        st.attach(Link::new(1));
+        assert_eq!(
+            st.push(delivery("aa", QoS::AtLeastOnce, 1)).0,
+            Enqueued::Queued
+        );
+        assert_eq!(
+            st.push(delivery("bbb", QoS::AtLeastOnce, 2)).0,
+            Enqueued::Queued
+        );
+        assert_eq!(st.queued_bytes(), 5);
+        // Full: the oldest goes, and its store record with it.
+        let (outcome, evicted) = st.push(delivery("c", QoS::AtLeastOnce, 3));
+        assert_eq!((outcome, evicted), (Enqueued::DroppedOldest, vec![1]));
+        assert_eq!(st.queued_bytes(), 4);
+        // QoS 0 is never queued past the bound.
+        assert_eq!(
+            st.push(delivery("d", QoS::AtMostOnce, 0)).0,
+            Enqueued::Dropped
+        );
+        assert_eq!(payloads(&mut st), ["bbb", "c"]);
+        assert_eq!(st.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn drop_newest_and_the_byte_bound() {
+        let s = session(10, 4, OverflowPolicy::DropNewest);
+        let mut st = s.state.lock();
+        st.attach(Link::new(1));
+        assert_eq!(
+            st.push(delivery("abc", QoS::AtLeastOnce, 1)).0,
+            Enqueued::Queued
+        );
+        assert_eq!(
+            st.push(delivery("de", QoS::AtLeastOnce, 2)).0,
+            Enqueued::Dropped
+        );
+        let s = session(10, 4, OverflowPolicy::DropOldest);
+        let mut st = s.state.lock();
+        st.attach(Link::new(1));
+        st.push(delivery("abc", QoS::AtLeastOnce, 1));
+        // Larger than the whole bound: dropped, after making room in vain.
+        assert_eq!(
+            st.push(delivery("abcde", QoS::AtLeastOnce, 2)).0,
+            Enqueued::Dropped
+        );
+    }
+
+    #[test]
+    fn a_delivery_stays_64_bytes() {
+        assert!(
+            std::mem::size_of::<Delivery>() <= 64,
+            "{}",
+            std::mem::size_of::<Delivery>()
+        );
+    }
+
+    #[test]
+    fn properties_count_against_the_byte_bound() {
+        let big = "x".repeat(1000);
+        let mut properties = starling_codec::Properties::default();
+        properties
+            .user_properties
+            .push(("k".into(), big.as_str().into()));
+        properties.correlation_data = Some(Bytes::from_static(b"0123456789"));
+        let msg = Message {
+            topic: "topic".into(),
+            payload: Bytes::from_static(b"p"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties,
+            expires_at: None,
+            publisher: None,
+        };
+        // Payload, topic, correlation data, and the pair with its headers.
+        assert_eq!(msg.weight(), 1 + 5 + 10 + 1 + 1000 + 64);
+        let s = session(10, 500, OverflowPolicy::DropOldest);
+        let mut st = s.state.lock();
+        st.attach(Link::new(1));
+        let d = Delivery {
+            weight: msg.weight(),
+            msg: Arc::new(msg),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            share: None,
+            stored: Stored::NOT,
+        };
+        // A one-byte payload, but more than the bound in all.
+        assert_eq!(st.push(d).0, Enqueued::Dropped);
+        assert_eq!(st.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn qos0_for_an_offline_session_is_skipped() {
+        let s = session(10, 100, OverflowPolicy::DropOldest);
+        let mut st = s.state.lock();
+        assert_eq!(
+            st.push(delivery("x", QoS::AtMostOnce, 0)).0,
+            Enqueued::Skipped
+        );
+        assert_eq!(
+            st.push(delivery("y", QoS::AtLeastOnce, 1)).0,
+            Enqueued::Queued
+        );
+    }
+
+    #[test]
+    fn generations_tell_a_resume_from_a_stale_timer() {
+        let s = session(10, 100, OverflowPolicy::DropOldest);
+        let mut st = s.state.lock();
+        assert!(st.attach(Link::new(1)).is_none());
+        // Another connection of the same session has not ended it.
+        assert_eq!(st.detach(2, 60), None);
+        let ended = st.detach(1, 60).expect("detached");
+        assert!(
+            !st.resumed_since(ended),
+            "a timer of this generation may act"
+        );
+        st.attach(Link::new(3));
+        assert!(st.resumed_since(ended), "resumed: the old timer must not");
+        assert!(st.link_of(3).is_some() && st.link_of(1).is_none());
+        assert!(st.take_link().is_some());
+        assert!(!st.is_connected());
+    }
+
+    #[test]
+    fn take_unpop_and_restore_keep_the_byte_count() {
+        let s = session(10, 100, OverflowPolicy::DropOldest);
+        let mut st = s.state.lock();
+        st.restore(delivery("one", QoS::AtLeastOnce, 1));
+        st.restore(delivery("two", QoS::AtLeastOnce, 2));
+        st.restore(delivery("three", QoS::AtLeastOnce, 3));
+        let taken = st.take_queued(|d| d.stored == Stored::at(2));
+        assert_eq!(taken.len(), 1);
+        assert_eq!(st.queued_bytes(), 8);
+        let first = st.pop().unwrap();
+        st.unpop(first);
+        assert_eq!((st.queue_len(), st.queued_bytes()), (2, 8));
+        assert_eq!(payloads(&mut st), ["one", "three"]);
+    }
+}

@@ -1,0 +1,567 @@
+//! The mutable part of a session ([`SessionState`], behind the session's
+//! lock) and what it is made of: the link to the attached connection, the
+//! subscriptions, the queue within its bounds, the in-flight messages both
+//! ways. Its fields are private: its methods keep the queue's byte count, the
+//! generation and the packet identifiers right.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use starling_codec::{ByteString, QoS, SubscriptionOptions};
+use tokio::sync::Notify;
+
+use crate::auth::{Acl, ListenerFile};
+use crate::config::OverflowPolicy;
+use crate::journal::Journal;
+use crate::message::{Delivery, Inflight, Stored};
+
+/// The attached connection, as the session sees it. Taking the link away
+/// tells the connection to close: it checks whether it is still attached each
+/// time it wakes, and [`Link::taken_over`] wakes it.
+#[derive(Debug)]
+pub struct Link {
+    /// Broker-wide id of the connection.
+    pub conn_id: u64,
+    /// Set while the connection is parked (see [`crate::connection::hibernate`]).
+    pub(crate) parked: Option<ParkedAt>,
+}
+
+impl Link {
+    /// A link to connection `conn_id`.
+    pub fn new(conn_id: u64) -> Link {
+        Link {
+            conn_id,
+            parked: None,
+        }
+    }
+
+    /// Wakes the connection of a link just taken from `session`, so that it
+    /// sees it is detached and closes.
+    pub fn taken_over(self, notify: &Notify) {
+        match &self.parked {
+            Some(p) => p.wake(self.conn_id),
+            None => notify.notify_waiters(),
+        }
+    }
+}
+
+/// What happened to a delivery offered to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued.
+    Queued,
+    /// Queued after dropping the oldest message.
+    DroppedOldest,
+    /// Not queued.
+    Dropped,
+    /// Not queued: QoS 0 to an offline session is not kept.
+    Skipped,
+}
+
+/// A subscription as the session remembers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubEntry {
+    /// Options granted.
+    pub options: SubscriptionOptions,
+    /// MQTT 5 subscription identifier.
+    pub id: Option<u32>,
+}
+
+/// Wakes a parked connection: the hibernation reactor implements it (this
+/// module does not know the reactor).
+pub(crate) trait WakeParked: Send + Sync {
+    /// Gives connection `conn_id`, parked at `index`, its task back.
+    fn wake(&self, index: usize, conn_id: u64);
+}
+
+/// Where a session's parked connection is, so that whoever queues a message
+/// for it, or takes it over, can wake it.
+#[derive(Clone)]
+pub(crate) struct ParkedAt {
+    pub reactor: Arc<dyn WakeParked>,
+    pub index: usize,
+}
+
+impl std::fmt::Debug for ParkedAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ParkedAt({})", self.index)
+    }
+}
+
+impl ParkedAt {
+    /// Asks the reactor to give connection `conn_id` its task back.
+    pub fn wake(&self, conn_id: u64) {
+        self.reactor.wake(self.index, conn_id);
+    }
+}
+
+/// A collection allocated on first insert: an empty one costs one pointer in
+/// the session instead of its whole header (48 bytes for a hash map), which
+/// matters for the many sessions of idle clients. Reads see an empty
+/// collection until then.
+#[derive(Debug)]
+pub struct Lazy<T>(Option<Box<T>>);
+
+impl<T> Default for Lazy<T> {
+    fn default() -> Self {
+        Lazy(None)
+    }
+}
+
+impl<T: Default> Lazy<T> {
+    /// The collection, allocating it if needed.
+    pub fn get_mut(&mut self) -> &mut T {
+        self.0.get_or_insert_with(Default::default)
+    }
+}
+
+impl<K: Eq + std::hash::Hash, V> Lazy<HashMap<K, V>> {
+    /// See [`HashMap::insert`].
+    pub fn insert(&mut self, k: K, v: V) -> Option<V> {
+        self.get_mut().insert(k, v)
+    }
+
+    /// See [`HashMap::get`].
+    pub fn get<Q>(&self, k: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.0.as_ref()?.get(k)
+    }
+
+    /// See [`HashMap::contains_key`].
+    pub fn contains_key<Q>(&self, k: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.get(k).is_some()
+    }
+
+    /// See [`HashMap::remove`]; the last removal frees the map.
+    pub fn remove<Q>(&mut self, k: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let map = self.0.as_mut()?;
+        let v = map.remove(k);
+        if map.is_empty() {
+            self.0 = None;
+        }
+        v
+    }
+
+    /// See [`HashMap::keys`].
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.0.iter().flat_map(|m| m.keys())
+    }
+
+    /// See [`HashMap::iter`].
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.iter().flat_map(|m| m.iter())
+    }
+
+    /// See [`HashMap::len`].
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |m| m.len())
+    }
+
+    /// See [`HashMap::is_empty`].
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<K: Eq + std::hash::Hash> Lazy<HashSet<K>> {
+    /// See [`HashSet::insert`].
+    pub fn insert(&mut self, k: K) -> bool {
+        self.get_mut().insert(k)
+    }
+
+    /// See [`HashSet::contains`].
+    pub fn contains(&self, k: &K) -> bool {
+        self.0.as_ref().is_some_and(|s| s.contains(k))
+    }
+
+    /// See [`HashSet::remove`]; the last removal frees the set.
+    pub fn remove(&mut self, k: &K) -> bool {
+        let Some(set) = self.0.as_mut() else {
+            return false;
+        };
+        let found = set.remove(k);
+        if set.is_empty() {
+            self.0 = None;
+        }
+        found
+    }
+
+    /// See [`HashSet::len`].
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |s| s.len())
+    }
+
+    /// See [`HashSet::is_empty`].
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Bounds of one session's queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Most messages.
+    pub max_messages: usize,
+    /// Most payload bytes.
+    pub max_bytes: usize,
+    /// What a full queue drops.
+    pub policy: OverflowPolicy,
+    /// Whether QoS 0 messages are queued while no connection is attached.
+    pub qos0_offline: bool,
+}
+
+/// The mutable part of a session.
+#[derive(Debug)]
+pub struct SessionState {
+    /// Messages not yet sent, oldest first.
+    queue: VecDeque<Delivery>,
+    /// Payload bytes in `queue`.
+    queued_bytes: usize,
+    /// Outgoing QoS 1/2 messages sent and not yet fully acknowledged, in send order.
+    inflight: VecDeque<Inflight>,
+    next_packet_id: u16,
+    /// Incoming QoS 2 packet ids for which PUBREC was sent and PUBREL is awaited.
+    incoming_qos2: Lazy<HashSet<u16>>,
+    /// Subscriptions by filter.
+    subscriptions: Lazy<HashMap<ByteString, SubEntry>>,
+    /// The connection attached now.
+    link: Option<Link>,
+    /// Session Expiry Interval in seconds; `u32::MAX` never expires.
+    expiry_interval: u32,
+    /// Counts attachments; timers compare it to know whether the session was resumed.
+    generation: u64,
+    /// Queue bounds (shared by every session of the broker).
+    limits: Arc<QueueLimits>,
+    /// User name of the last connection, for read ACL checks at delivery.
+    username: Option<ByteString>,
+    /// Next store sequence number for a queued message.
+    next_seq: u64,
+    /// The ACL of the listener the last connection came through, when it has
+    /// its own (`acl-file` in `[[listener]]`); `None` uses the broker's.
+    acl: Option<Arc<ListenerFile<Acl>>>,
+}
+
+impl SessionState {
+    /// The state of a new session.
+    pub fn new(expiry_interval: u32, limits: Arc<QueueLimits>) -> SessionState {
+        SessionState {
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            inflight: VecDeque::new(),
+            next_packet_id: 1,
+            incoming_qos2: Lazy::default(),
+            subscriptions: Lazy::default(),
+            link: None,
+            expiry_interval,
+            generation: 0,
+            limits,
+            username: None,
+            next_seq: 1,
+            acl: None,
+        }
+    }
+
+    /// Queues a delivery for session `client_id` within the bounds (see
+    /// [`super::Session::enqueue`]): numbered for the store when `stored`,
+    /// recorded in `journal` with what the bounds evicted. Returns the
+    /// outcome, the evicted sequence numbers, and the parked connection to
+    /// wake, if the connection is parked.
+    pub(crate) fn enqueue(
+        &mut self,
+        mut delivery: Delivery,
+        stored: bool,
+        client_id: &ByteString,
+        journal: Option<&mut Journal>,
+    ) -> (Enqueued, Vec<u64>, Option<(ParkedAt, u64)>) {
+        if stored {
+            delivery.stored = Stored::at(self.next_seq);
+            self.next_seq += 1;
+        }
+        let (outcome, evicted) = self.push(delivery);
+        let queued = matches!(outcome, Enqueued::Queued | Enqueued::DroppedOldest);
+        if let Some(journal) = journal {
+            // Queued: it is at the back now.
+            if let Some((d, seq)) = self
+                .queue
+                .back()
+                .filter(|_| queued)
+                .and_then(|d| Some((d, d.stored.seq()?)))
+            {
+                journal.queued(client_id, seq, d);
+            }
+            for e in &evicted {
+                journal.forget(client_id, *e);
+            }
+        }
+        // A parked connection is woken through the reactor, an active one
+        // through `notify`.
+        let parked = match &self.link {
+            Some(link) if queued => link.parked.as_ref().map(|p| (p.clone(), link.conn_id)),
+            _ => None,
+        };
+        (outcome, evicted, parked)
+    }
+
+    /// Queues a delivery within the bounds. Returns the outcome and the store
+    /// sequence numbers of messages evicted to make room.
+    pub(crate) fn push(&mut self, delivery: Delivery) -> (Enqueued, Vec<u64>) {
+        let mut evicted = Vec::new();
+        if delivery.qos == QoS::AtMostOnce && self.link.is_none() && !self.limits.qos0_offline {
+            return (Enqueued::Skipped, evicted);
+        }
+        let size = delivery.weight as usize;
+        let full = self.queue.len() >= self.limits.max_messages
+            || self.queued_bytes + size > self.limits.max_bytes;
+        let mut outcome = Enqueued::Queued;
+        if full {
+            if delivery.qos == QoS::AtMostOnce || self.limits.policy == OverflowPolicy::DropNewest {
+                return (Enqueued::Dropped, evicted);
+            }
+            // Drop the oldest until the new message fits.
+            while !self.queue.is_empty()
+                && (self.queue.len() >= self.limits.max_messages
+                    || self.queued_bytes + size > self.limits.max_bytes)
+            {
+                if let Some(old) = self.queue.pop_front() {
+                    self.queued_bytes -= old.weight as usize;
+                    evicted.extend(old.stored.seq());
+                }
+            }
+            if size > self.limits.max_bytes {
+                return (Enqueued::Dropped, evicted);
+            }
+            outcome = Enqueued::DroppedOldest;
+        }
+        self.queued_bytes += size;
+        self.queue.push_back(delivery);
+        (outcome, evicted)
+    }
+
+    /// Takes the next queued delivery.
+    pub fn pop(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.queued_bytes -= d.weight as usize;
+        Some(d)
+    }
+
+    /// Puts a delivery back at the front of the queue (it could not be sent yet).
+    pub fn unpop(&mut self, delivery: Delivery) {
+        self.queued_bytes += delivery.weight as usize;
+        self.queue.push_front(delivery);
+    }
+
+    /// Appends a delivery read back from the store, outside the bounds (what
+    /// was stored was accepted within them).
+    pub fn restore(&mut self, delivery: Delivery) {
+        self.queued_bytes += delivery.weight as usize;
+        self.queue.push_back(delivery);
+    }
+
+    /// Removes and returns the queued deliveries `take` picks, keeping the
+    /// others in order.
+    pub fn take_queued(&mut self, mut take: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
+        let mut taken = Vec::new();
+        let queue = std::mem::take(&mut self.queue);
+        for d in queue {
+            if take(&d) {
+                self.queued_bytes -= d.weight as usize;
+                taken.push(d);
+            } else {
+                self.queue.push_back(d);
+            }
+        }
+        taken
+    }
+
+    /// How many deliveries are queued.
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Payload bytes queued.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// A session restored from the store: its first generation, before any
+    /// connection attaches.
+    pub(crate) fn restored(&mut self) {
+        self.generation = 1;
+    }
+
+    /// Whether a connection is attached.
+    pub fn is_connected(&self) -> bool {
+        self.link.is_some()
+    }
+
+    /// Attaches connection `link`, as a new generation of the session (a
+    /// resume or a first connection); returns what was attached before.
+    pub fn attach(&mut self, link: Link) -> Option<Link> {
+        self.generation += 1;
+        self.link.replace(link)
+    }
+
+    /// Takes the attached connection's link away (a takeover).
+    pub fn take_link(&mut self) -> Option<Link> {
+        self.link.take()
+    }
+
+    /// Detaches connection `conn_id` if it is the one attached, with the
+    /// session expiry it ended with. Returns the generation it ends, which
+    /// later steps (will, expiry) check against a resume.
+    pub fn detach(&mut self, conn_id: u64, expiry_interval: u32) -> Option<u64> {
+        if !self.is_attached_to(conn_id) {
+            return None;
+        }
+        self.link = None;
+        self.expiry_interval = expiry_interval;
+        Some(self.generation)
+    }
+
+    /// Whether the session was resumed (or is attached) since `generation`.
+    pub fn resumed_since(&self, generation: u64) -> bool {
+        self.generation != generation || self.link.is_some()
+    }
+
+    /// The link of connection `conn_id`, if it is the one attached.
+    pub(crate) fn link_of(&mut self, conn_id: u64) -> Option<&mut Link> {
+        self.link.as_mut().filter(|l| l.conn_id == conn_id)
+    }
+
+    /// A packet identifier not used by any in-flight outgoing message.
+    pub fn next_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1).max(1);
+            if !self.inflight.iter().any(|i| i.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Removes the in-flight message with this id, if any.
+    pub fn take_inflight(&mut self, packet_id: u16) -> Option<Inflight> {
+        let pos = self
+            .inflight
+            .iter()
+            .position(|i| i.packet_id == packet_id)?;
+        self.inflight.remove(pos)
+    }
+
+    /// Whether the attached connection is `conn_id`.
+    pub fn is_attached_to(&self, conn_id: u64) -> bool {
+        self.link.as_ref().is_some_and(|l| l.conn_id == conn_id)
+    }
+
+    /// How many outgoing QoS 1/2 messages await their acknowledgement.
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// The outgoing QoS 1/2 messages awaiting acknowledgement, in send order.
+    pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
+        self.inflight.iter()
+    }
+
+    /// A message was sent with a packet identifier and awaits its acknowledgement.
+    pub fn push_inflight(&mut self, inflight: Inflight) {
+        self.inflight.push_back(inflight);
+    }
+
+    /// PUBACK: removes the QoS 1 (unreleased) in-flight message with this id.
+    pub fn acknowledge(&mut self, packet_id: u16) -> Option<Inflight> {
+        let pos = self
+            .inflight
+            .iter()
+            .position(|i| i.packet_id == packet_id && !i.released)?;
+        self.inflight.remove(pos)
+    }
+
+    /// The in-flight message with this id (PUBREC updates it).
+    pub fn inflight_mut(&mut self, packet_id: u16) -> Option<&mut Inflight> {
+        self.inflight.iter_mut().find(|i| i.packet_id == packet_id)
+    }
+
+    /// Takes every in-flight message (a takeover moves them, or requeues them).
+    pub fn take_all_inflight(&mut self) -> VecDeque<Inflight> {
+        std::mem::take(&mut self.inflight)
+    }
+
+    /// Whether a QoS 2 PUBLISH with this id was received and its PUBREL not yet.
+    pub fn awaits_release(&self, packet_id: u16) -> bool {
+        self.incoming_qos2.contains(&packet_id)
+    }
+
+    /// How many incoming QoS 2 exchanges await their PUBREL.
+    pub fn incoming_qos2_len(&self) -> usize {
+        self.incoming_qos2.len()
+    }
+
+    /// A QoS 2 PUBLISH with this id was received (its PUBREC goes out).
+    pub fn received_qos2(&mut self, packet_id: u16) {
+        self.incoming_qos2.insert(packet_id);
+    }
+
+    /// PUBREL: ends the incoming exchange; `false` when none had this id.
+    pub fn released_qos2(&mut self, packet_id: u16) -> bool {
+        self.incoming_qos2.remove(&packet_id)
+    }
+
+    /// The subscription to `filter` (as the broker routes it), if any.
+    pub fn subscription(&self, filter: &str) -> Option<&SubEntry> {
+        self.subscriptions.get(filter)
+    }
+
+    /// Every subscription, by filter.
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&ByteString, &SubEntry)> {
+        self.subscriptions.iter()
+    }
+
+    /// Subscribes (or replaces the subscription) to `filter`.
+    pub fn subscribe(&mut self, filter: ByteString, entry: SubEntry) {
+        self.subscriptions.insert(filter, entry);
+    }
+
+    /// Removes the subscription to `filter`; `false` when there was none.
+    pub fn unsubscribe(&mut self, filter: &str) -> bool {
+        self.subscriptions.remove(filter).is_some()
+    }
+
+    /// The Session Expiry Interval in seconds (`u32::MAX`: never).
+    pub fn expiry_interval(&self) -> u32 {
+        self.expiry_interval
+    }
+
+    /// The user name and listener ACL of the last connection, which read
+    /// checks at delivery use.
+    pub fn owner(&self) -> (Option<&ByteString>, Option<&Arc<ListenerFile<Acl>>>) {
+        (self.username.as_ref(), self.acl.as_ref())
+    }
+
+    /// A connection attached: its user name and listener ACL.
+    pub fn set_owner(&mut self, username: Option<ByteString>, acl: Option<Arc<ListenerFile<Acl>>>) {
+        self.username = username;
+        self.acl = acl;
+    }
+
+    /// A connection started the session anew with this expiry interval.
+    pub fn set_expiry_interval(&mut self, expiry_interval: u32) {
+        self.expiry_interval = expiry_interval;
+    }
+
+    /// A message stored under `seq` was read back: new ones are numbered after it.
+    pub fn note_stored_seq(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq + 1);
+    }
+}
