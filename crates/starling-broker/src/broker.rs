@@ -75,6 +75,8 @@ pub struct BrokerState {
     pub(crate) store: Option<Persistence>,
     /// Wills waiting for their delay and sessions waiting to expire.
     pub(crate) timers: crate::timers::Timers,
+    /// The listeners, in configuration order, with their connection counts.
+    listeners: std::sync::OnceLock<Vec<crate::metrics::ListenerStats>>,
 }
 
 impl std::fmt::Debug for BrokerState {
@@ -89,6 +91,7 @@ impl BrokerState {
         BrokerState {
             store: None,
             timers: crate::timers::Timers::default(),
+            listeners: std::sync::OnceLock::new(),
             sessions: Mutex::new(Sessions::default()),
             topics: RwLock::new(TopicTree::default()),
             retained: RwLock::new(RetainedTree::default()),
@@ -132,6 +135,12 @@ impl BrokerState {
         self.sessions.lock().get(client_id).cloned()
     }
 
+    /// Every session the broker holds (the registry's lock is released
+    /// before the caller locks any of them).
+    pub(crate) fn all_sessions(&self) -> Vec<Arc<Session>> {
+        self.sessions.lock().values().cloned().collect()
+    }
+
     /// How many sessions the broker holds (connected or not).
     pub fn session_count(&self) -> usize {
         self.sessions.lock().len()
@@ -166,6 +175,21 @@ impl BrokerState {
             commit(self.store.as_ref(), journal);
         }
         n
+    }
+
+    /// The listeners, in configuration order (empty until bound).
+    pub fn listeners(&self) -> &[crate::metrics::ListenerStats] {
+        self.listeners.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// Records the bound listeners (once: later calls are ignored).
+    pub(crate) fn set_listeners(&self, listeners: Vec<crate::metrics::ListenerStats>) {
+        let _ = self.listeners.set(listeners);
+    }
+
+    /// The listener with index `index`, if there is one.
+    pub(crate) fn listener(&self, index: u16) -> Option<&crate::metrics::ListenerStats> {
+        self.listeners().get(usize::from(index))
     }
 
     /// The store's writer, unless durability is `none`.
@@ -320,7 +344,7 @@ impl BrokerState {
         }
         let now = Instant::now();
         if msg.is_expired(now) {
-            Metrics::add(&self.metrics.messages_expired, 1);
+            self.metrics.drops.inc(DropReason::Expired as usize);
             return 0;
         }
         // Collect targets under the read lock, enqueue after releasing it.
@@ -416,7 +440,7 @@ impl BrokerState {
                 session.enqueue(delivery, journal.as_deref_mut()),
                 crate::session::Enqueued::Dropped | crate::session::Enqueued::DroppedOldest
             ) {
-                Metrics::add(&self.metrics.messages_dropped, 1);
+                self.metrics.drops.inc(DropReason::QueueFull as usize);
                 self.events.emit(|| Event::MessageDropped {
                     client_id: session.client_id.clone(),
                     topic: msg.topic.clone(),

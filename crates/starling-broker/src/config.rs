@@ -123,6 +123,13 @@ pub struct Config {
     /// Threads that check passwords; at most this many hashes are computed at
     /// once, whatever the number of CONNECTs.
     pub auth_threads: usize,
+    /// `http://HOST:PORT` or `https://HOST:PORT` of the HTTP listener
+    /// (metrics, health checks, admin API; served by `starling-admin`). Off
+    /// when unset.
+    pub http_listen: Option<String>,
+    /// Bearer tokens of the admin API, one per line; without it the API
+    /// answers loopback clients only.
+    pub http_token_file: Option<PathBuf>,
 }
 
 /// A `[[listener]]` table: one listener and its own settings. Settings left out
@@ -201,6 +208,8 @@ impl Default for Config {
             durability_interval_ms: 100,
             listener: Vec::new(),
             tls_cert: None,
+            http_listen: None,
+            http_token_file: None,
             tls_key: None,
             tls_ca: None,
             require_client_cert: false,

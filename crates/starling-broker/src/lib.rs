@@ -5,6 +5,7 @@
 //! until its [`ShutdownHandle`] fires. See `ARCHITECTURE.md` for the data path.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 mod broker;
 pub mod cluster;

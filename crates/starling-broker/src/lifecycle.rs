@@ -30,9 +30,9 @@ pub(crate) fn attach(
     expiry_interval: u32,
     username: Option<ByteString>,
     acl: Option<Arc<ListenerFile<Acl>>>,
-    conn_id: u64,
+    link: Link,
 ) -> (Arc<Session>, bool) {
-    let mut link = Some(Link::new(conn_id));
+    let mut link = Some(link);
     let mut discarded = None;
     let result = {
         let mut sessions = broker.sessions.lock();
@@ -301,7 +301,16 @@ fn end_session_unless_resumed(
     });
     broker.unsubscribe_all(session);
     broker.cluster().release(&session.client_id);
+    Metrics::add(&broker.metrics.sessions_ended, 1);
     true
+}
+
+/// Ends an offline `session` now (an operator's request), unless a
+/// connection resumed it since `generation`.
+pub(crate) fn end_session_now(broker: &Arc<BrokerState>, session: &Arc<Session>, generation: u64) {
+    if end_session_unless_resumed(broker, session, generation) {
+        tracing::info!(client_id = %session.client_id, "session ended by an operator");
+    }
 }
 
 /// Publishes a will, if the ACL (the listener's own `acl`, else the broker's)
@@ -335,4 +344,5 @@ pub(crate) fn publish_will(
     let mut journal = Journal::new();
     broker.publish(&msg, &mut journal);
     commit(broker.store(), journal);
+    Metrics::add(&broker.metrics.wills_published, 1);
 }

@@ -57,7 +57,10 @@ pub fn sweep(broker: &Arc<BrokerState>) {
             }
         }
     }
-    Metrics::add(&broker.metrics.messages_expired, expired);
+    broker
+        .metrics
+        .drops
+        .add(crate::events::DropReason::Expired as usize, expired);
     commit(broker.store(), journal);
 }
 
@@ -84,15 +87,12 @@ pub fn publish(broker: &Arc<BrokerState>) {
         ),
         (
             "$SYS/broker/messages/received",
-            Metrics::get(&m.messages_received).to_string(),
+            m.received.total().to_string(),
         ),
-        (
-            "$SYS/broker/messages/sent",
-            Metrics::get(&m.messages_sent).to_string(),
-        ),
+        ("$SYS/broker/messages/sent", m.sent.total().to_string()),
         (
             "$SYS/broker/messages/dropped",
-            Metrics::get(&m.messages_dropped).to_string(),
+            m.messages_dropped().to_string(),
         ),
         (
             "$SYS/broker/bytes/received",

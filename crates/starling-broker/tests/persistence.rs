@@ -308,7 +308,7 @@ async fn the_sweeper_reclaims_expired_messages_of_offline_sessions() {
         0,
         "the expired retained message too"
     );
-    let expired = starling_broker::metrics::Metrics::get(&b.state.metrics.messages_expired);
+    let expired = b.state.metrics.messages_expired();
     assert_eq!(expired, 1);
     drop(publ);
     let b = restart(b, config(&dir, Durability::Periodic)).await;

@@ -445,7 +445,7 @@ async fn messages_above_the_clients_maximum_packet_size_are_not_sent() {
     publ.publish("mp", &[b'x'; 100], QoS::AtLeastOnce, 1).await;
     publ.publish("mp", b"small", QoS::AtLeastOnce, 2).await;
     assert_eq!(&sub.expect_publish().await.payload[..], b"small");
-    let dropped = starling_broker::metrics::Metrics::get(&b.state.metrics.messages_dropped);
+    let dropped = b.state.metrics.messages_dropped();
     assert_eq!(dropped, 1);
 }
 
@@ -644,7 +644,7 @@ async fn slow_consumer_only_fills_its_own_queue() {
         // the connection's high-water mark, not by the number of messages sent.
         assert!(in_flight < total as usize, "in flight: {in_flight}");
     }
-    let dropped = starling_broker::metrics::Metrics::get(&b.state.metrics.messages_dropped);
+    let dropped = b.state.metrics.messages_dropped();
     assert!(
         dropped > 0,
         "the stalled subscriber's overflow was dropped and counted"

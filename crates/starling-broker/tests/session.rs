@@ -171,7 +171,7 @@ async fn offline_queue_is_bounded_and_drops_oldest() {
     }
     assert_eq!(got, b"345");
     assert!(sub.sync().await.is_empty());
-    let dropped = starling_broker::metrics::Metrics::get(&b.state.metrics.messages_dropped);
+    let dropped = b.state.metrics.messages_dropped();
     assert_eq!(dropped, 2);
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use starling_codec::{ByteString, ProtocolVersion, ReasonCode, Will};
 
 use crate::auth::{Acl, ListenerFile};
+use crate::metrics::DisconnectReason;
 use crate::session::Session;
 
 /// Most topic aliases the broker assigns towards one client, whatever the
@@ -36,6 +37,8 @@ pub(crate) enum Close {
     /// have acknowledged: the acknowledgement is withheld, so the client
     /// sends the message again on its next connection (DISCONNECT 0x80).
     StoreFailed,
+    /// An operator disconnected the client (the admin API): DISCONNECT 0x98.
+    Administrative,
     /// Not a close: the connection is idle and may park (see [`crate::connection::hibernate`]).
     Hibernate,
 }
@@ -49,7 +52,22 @@ impl Close {
             Close::TakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),
             Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
             Close::StoreFailed => Some(ReasonCode::UNSPECIFIED_ERROR),
+            Close::Administrative => Some(ReasonCode::ADMINISTRATIVE_ACTION),
             _ => None,
+        }
+    }
+
+    /// How the metrics count this close.
+    pub(crate) fn metric_reason(&self) -> DisconnectReason {
+        match self {
+            Close::Normal | Close::NormalWithWill => DisconnectReason::Normal,
+            Close::PeerClosed | Close::Hibernate => DisconnectReason::PeerClosed,
+            Close::KeepAlive => DisconnectReason::KeepAlive,
+            Close::Protocol(..) => DisconnectReason::ProtocolError,
+            Close::TakenOver => DisconnectReason::TakenOver,
+            Close::Shutdown => DisconnectReason::Shutdown,
+            Close::StoreFailed => DisconnectReason::StoreFailed,
+            Close::Administrative => DisconnectReason::Administrative,
         }
     }
 
@@ -89,6 +107,8 @@ pub(crate) struct Client {
     pub acl: Option<Arc<ListenerFile<Acl>>>,
     /// The listener's mountpoint (topic prefix); see [`super::mount`].
     pub mountpoint: Option<Box<ByteString>>,
+    /// The index of the listener it came through (`u16::MAX`: none).
+    pub listener: u16,
 }
 
 /// The topic aliases of an MQTT 5 connection.

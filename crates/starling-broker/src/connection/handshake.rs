@@ -17,6 +17,7 @@ use crate::auth::{
 use crate::cluster::Ownership;
 use crate::events::Event;
 use crate::lifecycle;
+use crate::session::{ConnInfo, Link};
 
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     /// Reads the first packet, which must be CONNECT. On a malformed CONNECT the
@@ -312,7 +313,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             expiry_interval,
             connect.username.clone(),
             ctx.acl.clone(),
-            self.conn_id,
+            Link::with_info(
+                self.conn_id,
+                ConnInfo::new(self.peer, ctx.listener, v, keep_alive),
+            ),
         );
         let mut ack = ConnAck {
             session_present: present,
@@ -393,6 +397,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             aliases: None,
             acl: ctx.acl.clone(),
             mountpoint: ctx.mountpoint.clone().map(Box::new),
+            listener: ctx.listener,
         };
         if present {
             self.resend_inflight(&client);

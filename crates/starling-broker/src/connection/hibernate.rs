@@ -343,7 +343,10 @@ mod tests {
             "{}",
             size_of::<super::Parked>()
         );
+        // 288 before the admin API; its view of the connection (address,
+        // listener, protocol, keep alive, since when: `ConnInfo`, 28 bytes)
+        // and the operator's kick flag live in the session's link.
         let session = size_of::<crate::session::Session>();
-        assert!(session <= 288, "{session}");
+        assert!(session <= 312, "{session}");
     }
 }

@@ -14,7 +14,6 @@ use super::machine::Machine;
 use crate::auth::Access;
 use crate::broker::split_share;
 use crate::message::{Delivery, Message};
-use crate::metrics::Metrics;
 use crate::session::SubEntry;
 use crate::topic_tree::Subscriber;
 
@@ -168,7 +167,7 @@ impl Machine {
     fn on_publish(&mut self, client: &mut Client, mut publish: Publish) -> Result<(), Close> {
         let v = client.version;
         let config = &self.broker.config;
-        Metrics::add(&self.broker.metrics.messages_received, 1);
+        self.broker.metrics.received.add(publish.qos, 1);
         if v.is_v5() {
             if !publish.properties.subscription_identifiers.is_empty() {
                 return Err(protocol_error(

@@ -22,7 +22,6 @@ use super::mount;
 use crate::broker::BrokerState;
 use crate::events::{DropReason, Event};
 use crate::journal::Journal;
-use crate::metrics::Metrics;
 use crate::session::Inflight;
 
 /// Above this many buffered outgoing bytes the connection stops reading and
@@ -236,7 +235,7 @@ impl Machine {
     /// no longer attached to this connection (it was taken over).
     pub(crate) fn drain(&mut self, client: &mut Client) -> bool {
         let mut st = client.session.state.lock();
-        if !st.is_attached_to(self.conn_id) {
+        if !st.is_attached_to(self.conn_id) || st.kicked(self.conn_id).is_some() {
             return false;
         }
         if self.wbuf.len() >= HIGH_WATER {
@@ -244,11 +243,12 @@ impl Machine {
         }
         let now = Instant::now();
         let journal = &mut self.journal;
-        let mut sent = 0u64;
+        // Counted per QoS here, added to the shared counters once per drain.
+        let mut sent = [0u64; 3];
         while self.wbuf.len() < HIGH_WATER {
             let Some(delivery) = st.pop() else { break };
             if delivery.msg.is_expired(now) {
-                Metrics::add(&self.broker.metrics.messages_expired, 1);
+                self.broker.metrics.drops.inc(DropReason::Expired as usize);
                 self.broker.events.emit(|| Event::MessageDropped {
                     client_id: client.client_id().clone(),
                     topic: delivery.msg.topic.clone(),
@@ -289,7 +289,7 @@ impl Machine {
                         .session
                         .dropped
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Metrics::add(&self.broker.metrics.messages_dropped, 1);
+                    self.broker.metrics.drops.inc(DropReason::TooLarge as usize);
                     self.broker.events.emit(|| Event::MessageDropped {
                         client_id: client.client_id().clone(),
                         topic: delivery.msg.topic.clone(),
@@ -310,7 +310,7 @@ impl Machine {
                     .outbound
                     .insert(topic, alias);
             }
-            sent += 1;
+            sent[delivery.qos as usize] += 1;
             self.broker.events.emit(|| Event::MessageDelivered {
                 client_id: client.client_id().clone(),
                 topic: delivery.msg.topic.clone(),
@@ -334,8 +334,27 @@ impl Machine {
         }
         drop(st);
         // One update of the shared counter per drain, not per message.
-        Metrics::add(&self.broker.metrics.messages_sent, sent);
+        for (qos, n) in sent.into_iter().enumerate() {
+            if n > 0 {
+                self.broker.metrics.sent.add_at(qos, n);
+            }
+        }
         true
+    }
+
+    /// Why the connection must close once [`Machine::drain`] said it is no
+    /// longer the session's: an operator's kick (which may end the session),
+    /// else a takeover.
+    pub(crate) fn detached(&self, client: &mut Client) -> Close {
+        match client.session.state.lock().kicked(self.conn_id) {
+            Some(end_session) => {
+                if end_session {
+                    client.expiry_interval = 0;
+                }
+                Close::Administrative
+            }
+            None => Close::TakenOver,
+        }
     }
 
     /// Resends in-flight messages after a session resumes: PUBLISH with DUP, or

@@ -30,7 +30,15 @@ fn attach(broker: &Arc<BrokerState>, id: &str, version: V) -> (Machine, Client) 
     let conn_id = broker
         .next_conn_id
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (session, _) = crate::lifecycle::attach(broker, &id.into(), true, 0, None, None, conn_id);
+    let (session, _) = crate::lifecycle::attach(
+        broker,
+        &id.into(),
+        true,
+        0,
+        None,
+        None,
+        crate::session::Link::new(conn_id),
+    );
     let client = Client {
         version,
         username: None,
@@ -49,6 +57,7 @@ fn attach(broker: &Arc<BrokerState>, id: &str, version: V) -> (Machine, Client) 
         aliases: None,
         acl: None,
         mountpoint: None,
+        listener: u16::MAX,
     };
     let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
     (
@@ -553,7 +562,7 @@ async fn a_message_above_the_clients_maximum_packet_size_is_dropped() {
         .unwrap();
     assert!(m.drain(&mut c));
     assert!(matches!(&out(&mut m, V::V5)[..], [Packet::Publish(p)] if &p.payload[..] == b"fits"));
-    assert_eq!(crate::metrics::Metrics::get(&b.metrics.messages_dropped), 1);
+    assert_eq!(b.metrics.messages_dropped(), 1);
 }
 
 #[tokio::test]

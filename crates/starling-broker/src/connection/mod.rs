@@ -155,6 +155,11 @@ where
     }
     conn.last_rx = Instant::now();
     Metrics::add(&conn.broker.metrics.clients_connected, 1);
+    Metrics::add(&conn.broker.metrics.connects, 1);
+    if let Some(l) = conn.broker.listener(client.listener) {
+        Metrics::add(&l.connected, 1);
+        Metrics::add(&l.connects, 1);
+    }
     Some((conn, client))
 }
 
@@ -192,14 +197,25 @@ async fn serve_attached_tcp(
     }
 }
 
+/// Counts a connection that ended after its CONNACK, on `listener`.
+fn disconnected(broker: &BrokerState, listener: u16) {
+    use std::sync::atomic::Ordering::Relaxed;
+    broker.metrics.clients_connected.fetch_sub(1, Relaxed);
+    if let Some(l) = broker.listener(listener) {
+        l.connected.fetch_sub(1, Relaxed);
+    }
+}
+
 /// Ends a connection whose socket was lost while parking or resuming.
 fn finish_lost(broker: &Arc<BrokerState>, conn_id: u64, client: Client) {
+    let listener = client.listener;
     tracing::info!(client_id = %client.client_id(), "connection lost while parking");
     crate::lifecycle::detach(broker, conn_id, client.departure(&Close::PeerClosed));
     broker
         .metrics
-        .clients_connected
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        .disconnects
+        .inc(Close::PeerClosed.metric_reason() as usize);
+    disconnected(broker, listener);
 }
 
 impl Connection<TcpStream> {
@@ -275,12 +291,12 @@ impl Connection<TcpStream> {
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     /// Ends an attached connection (see [`Connection::finish`]).
     async fn close(mut self, client: Client, close: Close) {
+        let reason = close.metric_reason();
+        let listener = client.listener;
         // Boxed: the closing path is larger than the loop and runs once.
         Box::pin(self.finish(client, close)).await;
-        self.broker
-            .metrics
-            .clients_connected
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.broker.metrics.disconnects.inc(reason as usize);
+        disconnected(&self.broker, listener);
     }
 
     /// The main loop of an attached connection. With `hibernate`, it returns
@@ -320,9 +336,12 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 }
             }
             if !attached {
-                // Pass on any wakeup meant for the connection that took over.
-                session.notify.notify_one();
-                return Close::TakenOver;
+                let close = self.m.detached(client);
+                if close == Close::TakenOver {
+                    // Pass on any wakeup meant for the connection that took over.
+                    session.notify.notify_one();
+                }
+                return close;
             }
             let reading = self.m.wbuf.len() < HIGH_WATER;
             // An idle connection waits with no read buffer to speak of (the

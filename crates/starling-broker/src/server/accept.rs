@@ -55,6 +55,7 @@ impl Shared {
 
     fn context(&self, info: &ListenerInfo, identity: Option<String>) -> ConnContext {
         ConnContext {
+            listener: info.index,
             identity: identity.filter(|_| info.use_identity),
             allow_anonymous: info.allow_anonymous,
             passwords: info.files.passwords.clone(),

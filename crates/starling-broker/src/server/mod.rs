@@ -22,6 +22,7 @@ use crate::auth::{
 };
 use crate::broker::BrokerState;
 use crate::config::{Config, ListenerConfig};
+use crate::metrics::ListenerStats;
 use crate::transport::tls::{Reloadable, TlsSettings};
 use crate::transport::{self, ConnContext};
 
@@ -81,6 +82,17 @@ impl ShutdownHandle {
     pub fn shutdown(&self) {
         let _ = self.0.send(true);
     }
+
+    /// Whether a shutdown has started.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Completes once a shutdown has started.
+    pub async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|down| *down).await;
+    }
 }
 
 /// Opens in-memory connections to a broker (see [`Broker::local_connector`]).
@@ -108,6 +120,8 @@ impl LocalConnector {
 
 /// What a listener's connections share.
 struct ListenerInfo {
+    /// Index in [`BrokerState::listeners`].
+    index: u16,
     url: String,
     transport: Transport,
     ws_path: String,
@@ -177,6 +191,7 @@ async fn bind_listener(
     config: &Config,
     lc: &ListenerConfig,
     table: bool,
+    index: u16,
 ) -> Result<Listener, StartError> {
     let url = &lc.url;
     let parsed = ListenerUrl::parse(url)?;
@@ -294,6 +309,7 @@ async fn bind_listener(
     };
     Ok(Listener {
         info: Arc::new(ListenerInfo {
+            index,
             url: url.clone(),
             transport,
             ws_path,
@@ -346,11 +362,18 @@ impl Broker {
         store: Option<Box<dyn crate::store::Store>>,
     ) -> Result<Broker, StartError> {
         let mut listeners = Vec::new();
-        for (lc, table) in listener_configs(&config) {
-            listeners.push(bind_listener(&config, &lc, table).await?);
+        for (i, (lc, table)) in listener_configs(&config).into_iter().enumerate() {
+            let index = u16::try_from(i).unwrap_or(u16::MAX - 1);
+            listeners.push(bind_listener(&config, &lc, table, index).await?);
         }
         let (tx, _rx) = watch::channel(false);
         let state = BrokerState::open_with_store(config, authenticator, acl, store)?;
+        state.set_listeners(
+            listeners
+                .iter()
+                .map(|l| ListenerStats::new(&l.info.url, l.info.transport.label(), l.local_addr()))
+                .collect(),
+        );
         let tls = listeners
             .iter()
             .filter_map(|l| {

@@ -24,6 +24,17 @@ impl Transport {
         matches!(self, Transport::Tls | Transport::Wss | Transport::Quic)
     }
 
+    /// Its name as metrics and the admin API label it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+            Transport::Quic => "quic",
+        }
+    }
+
     /// The port used when a URL names none.
     pub fn default_port(self) -> u16 {
         match self {

@@ -20,7 +20,7 @@ use crate::journal::Journal;
 use crate::message::Delivery;
 
 pub use crate::message::Inflight;
-pub use state::{Enqueued, Lazy, Link, QueueLimits, SessionState, SubEntry};
+pub use state::{ConnInfo, Enqueued, Lazy, Link, QueueLimits, SessionState, SubEntry};
 pub(crate) use state::{ParkedAt, WakeParked};
 
 /// A session, shared between the registry, the topic index and its connection.

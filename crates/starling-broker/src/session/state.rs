@@ -24,24 +24,108 @@ pub struct Link {
     pub conn_id: u64,
     /// Set while the connection is parked (see [`crate::connection::hibernate`]).
     pub(crate) parked: Option<ParkedAt>,
+    /// What the admin API shows of the connection.
+    pub info: ConnInfo,
+    /// An operator asked the connection to close (the admin API); with
+    /// `EndSession` the session ends with it.
+    kick: Kick,
+}
+
+/// What an operator asked of the attached connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kick {
+    No,
+    Close,
+    EndSession,
+}
+
+/// What the admin API shows of an attached connection. Compact (28 bytes):
+/// every connected session holds one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The client's address (as the PROXY protocol gave it, if used).
+    ip: std::net::IpAddr,
+    port: u16,
+    /// The index of the listener it came through (see
+    /// [`crate::broker::BrokerState::listeners`]); `u16::MAX` when none.
+    pub listener: u16,
+    /// The protocol version.
+    pub protocol: starling_codec::ProtocolVersion,
+    /// The keep alive in force, in seconds.
+    pub keep_alive: u16,
+    /// When it connected, in seconds since the Unix epoch.
+    connected_at: u32,
+}
+
+impl ConnInfo {
+    /// A connection from `peer` through listener `listener`, connected now.
+    pub fn new(
+        peer: std::net::SocketAddr,
+        listener: u16,
+        protocol: starling_codec::ProtocolVersion,
+        keep_alive: u16,
+    ) -> ConnInfo {
+        ConnInfo {
+            ip: peer.ip(),
+            port: peer.port(),
+            listener,
+            protocol,
+            keep_alive,
+            connected_at: u32::try_from(crate::store::unix_ms() / 1000).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Info for a connection that has none to give (tests, the in-memory connector).
+    pub fn unknown() -> ConnInfo {
+        ConnInfo {
+            ip: std::net::IpAddr::from([0, 0, 0, 0]),
+            port: 0,
+            listener: u16::MAX,
+            protocol: starling_codec::ProtocolVersion::V5,
+            keep_alive: 0,
+            connected_at: 0,
+        }
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.ip, self.port)
+    }
+
+    /// When it connected, in seconds since the Unix epoch.
+    pub fn connected_at(&self) -> u64 {
+        u64::from(self.connected_at)
+    }
 }
 
 impl Link {
     /// A link to connection `conn_id`.
     pub fn new(conn_id: u64) -> Link {
+        Link::with_info(conn_id, ConnInfo::unknown())
+    }
+
+    /// A link to connection `conn_id`, described by `info`.
+    pub fn with_info(conn_id: u64, info: ConnInfo) -> Link {
         Link {
             conn_id,
             parked: None,
+            info,
+            kick: Kick::No,
+        }
+    }
+
+    /// Wakes the connection (parked or not), so that it looks at its session.
+    fn wake(&self, notify: &Notify) {
+        match &self.parked {
+            Some(p) => p.wake(self.conn_id),
+            None => notify.notify_waiters(),
         }
     }
 
     /// Wakes the connection of a link just taken from `session`, so that it
     /// sees it is detached and closes.
     pub fn taken_over(self, notify: &Notify) {
-        match &self.parked {
-            Some(p) => p.wake(self.conn_id),
-            None => notify.notify_waiters(),
-        }
+        self.wake(notify);
     }
 }
 
@@ -457,6 +541,48 @@ impl SessionState {
             .iter()
             .position(|i| i.packet_id == packet_id)?;
         self.inflight.remove(pos)
+    }
+
+    /// The attached connection's link, if one is attached.
+    pub fn link(&self) -> Option<&Link> {
+        self.link.as_ref()
+    }
+
+    /// Asks the attached connection to close (DISCONNECT 0x98), ending the
+    /// session with it when `end_session`; wakes it. `false` when no
+    /// connection is attached.
+    pub fn kick(&mut self, end_session: bool, notify: &Notify) -> bool {
+        let Some(link) = &mut self.link else {
+            return false;
+        };
+        link.kick = if end_session {
+            Kick::EndSession
+        } else {
+            Kick::Close
+        };
+        link.wake(notify);
+        true
+    }
+
+    /// Whether an operator asked connection `conn_id` to close, and if so
+    /// whether its session ends with it.
+    pub fn kicked(&self, conn_id: u64) -> Option<bool> {
+        match self.link.as_ref().filter(|l| l.conn_id == conn_id)?.kick {
+            Kick::No => None,
+            Kick::Close => Some(false),
+            Kick::EndSession => Some(true),
+        }
+    }
+
+    /// The generation of the session (see [`SessionState::resumed_since`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Ends this generation without a connection (an operator ended the
+    /// session): timers set for it see it as resumed and do nothing.
+    pub(crate) fn next_generation(&mut self) {
+        self.generation += 1;
     }
 
     /// Whether the attached connection is `conn_id`.

@@ -13,12 +13,15 @@ mod record;
 pub use fjall_store::FjallStore;
 pub use record::{MessageRecord, RecordError, SessionRecord, SubscriptionRecord, WillRecord};
 
-use std::sync::mpsc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use bytes::Bytes;
 use starling_codec::ByteString;
 use tokio::sync::oneshot;
+
+use crate::metrics::{Histogram, Metrics, BATCH_OPS, COMMIT_SECONDS};
 
 /// How hard the broker works to keep acknowledged messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -135,6 +138,20 @@ struct Request {
 pub struct Persistence {
     tx: mpsc::Sender<Request>,
     durability: Durability,
+    stats: Arc<StoreStats>,
+}
+
+/// What the writer thread measures of its commits.
+#[derive(Debug)]
+pub struct StoreStats {
+    /// Commits that failed.
+    pub failures: AtomicU64,
+    /// Whether the writer thread runs.
+    running: std::sync::atomic::AtomicBool,
+    /// How long each commit took, in seconds (the fsync included when there is one).
+    pub commit_seconds: Histogram,
+    /// How many operations each commit wrote.
+    pub batch_ops: Histogram,
 }
 
 impl Persistence {
@@ -145,9 +162,26 @@ impl Persistence {
         interval: Duration,
     ) -> Result<Persistence, StoreError> {
         let (tx, rx) = mpsc::channel::<Request>();
+        let stats = Arc::new(StoreStats {
+            failures: AtomicU64::new(0),
+            running: std::sync::atomic::AtomicBool::new(true),
+            commit_seconds: Histogram::new(COMMIT_SECONDS),
+            batch_ops: Histogram::new(BATCH_OPS),
+        });
+        let writer_stats = stats.clone();
         std::thread::Builder::new()
             .name("starling-store".into())
             .spawn(move || {
+                // Clears `running` however the thread ends, a panic included.
+                struct Running(Arc<StoreStats>);
+                impl Drop for Running {
+                    fn drop(&mut self) {
+                        self.0
+                            .running
+                            .store(false, std::sync::atomic::Ordering::Release);
+                    }
+                }
+                let _running = Running(writer_stats.clone());
                 let durable = durability == Durability::Always;
                 let mut last_sync = std::time::Instant::now();
                 loop {
@@ -183,8 +217,15 @@ impl Persistence {
                     }
                     // A failed write completes nobody's wait: the receivers
                     // see the channel closed, and withhold their acknowledgement.
-                    if let Err(e) = store.apply(&ops, durable || sync) {
+                    let started = std::time::Instant::now();
+                    let applied = store.apply(&ops, durable || sync);
+                    writer_stats
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    writer_stats.batch_ops.observe(ops.len() as f64);
+                    if let Err(e) = applied {
                         tracing::error!("{e}");
+                        Metrics::add(&writer_stats.failures, 1);
                         waiters.clear();
                     }
                     if durability == Durability::Periodic && last_sync.elapsed() >= interval {
@@ -209,7 +250,11 @@ impl Persistence {
                 }
             })
             .map_err(|e| StoreError::caused_by("store writer thread", e))?;
-        Ok(Persistence { tx, durability })
+        Ok(Persistence {
+            tx,
+            durability,
+            stats,
+        })
     }
 
     /// Submits changes without waiting for them.
@@ -250,6 +295,19 @@ impl Persistence {
             close: false,
         });
         rx
+    }
+
+    /// What the writer thread measured.
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    /// Whether the writer thread is running (it stops after `close`, or
+    /// when it panicked).
+    pub fn is_running(&self) -> bool {
+        self.stats
+            .running
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether acknowledgements must wait for the disk.

@@ -30,8 +30,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::auth::{Acl, ListenerFile, PasswordFile};
 
 /// What a connection task knows about the listener that accepted it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct ConnContext {
+    /// The listener's index in [`crate::broker::BrokerState::listeners`]
+    /// (`u16::MAX`: none, the in-memory connector).
+    pub listener: u16,
     /// The client certificate's identity (CN, else first SAN), when the listener
     /// uses it as the user name. The client is then authenticated by its certificate.
     pub identity: Option<String>,
@@ -43,6 +46,19 @@ pub(crate) struct ConnContext {
     pub acl: Option<Arc<ListenerFile<Acl>>>,
     /// The listener's mountpoint (a topic prefix).
     pub mountpoint: Option<ByteString>,
+}
+
+impl Default for ConnContext {
+    fn default() -> Self {
+        ConnContext {
+            listener: u16::MAX,
+            identity: None,
+            allow_anonymous: None,
+            passwords: None,
+            acl: None,
+            mountpoint: None,
+        }
+    }
 }
 
 tokio::task_local! {

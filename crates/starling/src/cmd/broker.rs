@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use starling_admin::{AdminConfig, AdminServer};
 use starling_broker::store::Durability;
 use starling_broker::{Broker, Config};
 
@@ -31,6 +32,14 @@ pub struct BrokerArgs {
     /// ACL file in Mosquitto's format.
     #[arg(long, value_name = "FILE")]
     acl_file: Option<PathBuf>,
+    /// Serve metrics, health checks and the admin API on this URL,
+    /// e.g. http://127.0.0.1:8081 (https:// uses --tls-cert and --tls-key).
+    #[arg(long, value_name = "URL")]
+    http_listen: Option<String>,
+    /// Bearer tokens of the admin API, one per line (without it the API
+    /// answers loopback clients only).
+    #[arg(long, value_name = "FILE")]
+    http_token_file: Option<PathBuf>,
     /// Largest keep alive a client may use, in seconds.
     #[arg(long, value_name = "SECS")]
     max_keepalive: Option<u16>,
@@ -120,6 +129,12 @@ impl BrokerArgs {
         if self.acl_file.is_some() {
             config.acl_file = self.acl_file;
         }
+        if self.http_listen.is_some() {
+            config.http_listen = self.http_listen;
+        }
+        if self.http_token_file.is_some() {
+            config.http_token_file = self.http_token_file;
+        }
         config.validate("command line")?;
         Ok(config)
     }
@@ -144,9 +159,28 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let admin_config = config.http_listen.clone().map(|listen| AdminConfig {
+            listen,
+            token_file: config.http_token_file.clone(),
+            tls_cert: config.tls_cert.clone(),
+            tls_key: config.tls_key.clone(),
+        });
         let broker = Broker::bind(config).await?;
         let handle = broker.shutdown_handle();
-        tokio::spawn(reload_on_sighup(broker.reload_handle()));
+        let mut tokens = None;
+        if let Some(admin_config) = admin_config {
+            let admin = AdminServer::bind(
+                &admin_config,
+                broker.state(),
+                broker.reload_handle(),
+                broker.shutdown_handle(),
+            )
+            .await?;
+            tracing::info!(addr = %admin.local_addr(), "HTTP listener serving /metrics, /healthz, /readyz and /api/v1");
+            tokens = Some(admin.tokens());
+            tokio::spawn(admin.run());
+        }
+        tokio::spawn(reload_on_sighup(broker.reload_handle(), tokens));
         tokio::spawn(async move {
             wait_for_signal().await;
             handle.shutdown();
@@ -162,7 +196,10 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
 
 /// Reloads certificates and the password and ACL files on each SIGHUP. A
 /// reload that fails changes nothing and is logged.
-async fn reload_on_sighup(reload: starling_broker::ReloadHandle) {
+async fn reload_on_sighup(
+    reload: starling_broker::ReloadHandle,
+    tokens: Option<std::sync::Arc<starling_admin::Tokens>>,
+) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -170,6 +207,12 @@ async fn reload_on_sighup(reload: starling_broker::ReloadHandle) {
             return;
         };
         while hup.recv().await.is_some() {
+            if let Some(tokens) = &tokens {
+                match tokens.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: API tokens reloaded"),
+                    Err(err) => tracing::error!("SIGHUP: keeping the previous API tokens: {err}"),
+                }
+            }
             let reload = reload.clone();
             match tokio::task::spawn_blocking(move || reload.reload()).await {
                 Ok(Ok(())) => tracing::info!("SIGHUP: certificates and auth files reloaded"),
@@ -182,7 +225,7 @@ async fn reload_on_sighup(reload: starling_broker::ReloadHandle) {
     }
     #[cfg(not(unix))]
     {
-        let _ = reload;
+        let _ = (reload, tokens);
         std::future::pending::<()>().await
     }
 }
