@@ -317,7 +317,7 @@ async fn retained_and_publish() {
     );
     let r = client
         .post(http(&s, "/api/v1/publish"))
-        .json(&json!({"topic": "r/2", "payload_base64": "AAE=", "user_properties": [["k", "v"]]}))
+        .json(&json!({"topic": "r/2", "payload_base64": "AAE=", "user_properties": [{"name": "k", "value": "v"}]}))
         .send()
         .await
         .unwrap();

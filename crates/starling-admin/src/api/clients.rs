@@ -52,6 +52,7 @@ pub struct Client {
     /// Whether the session is kept in the store and outlives its connection.
     pub persistent: bool,
     /// Session Expiry Interval, in seconds (4294967295: never).
+    #[schema(value_type = i64, minimum = 0, maximum = 4294967295_i64)]
     pub expiry_interval: u32,
     /// Messages queued, not yet sent.
     pub queued: u64,
@@ -165,6 +166,9 @@ pub(crate) async fn list(
     Query(paging): Query<Paging>,
     Query(filter): Query<ClientFilter>,
 ) -> Result<Json<ClientPage>, ApiError> {
+    if filter.protocol.is_some_and(|p| !(3..=5).contains(&p)) {
+        return Err(ApiError::bad_request("protocol must be 3, 4 or 5"));
+    }
     let clients: Vec<Client> = ctx
         .state
         .session_views()

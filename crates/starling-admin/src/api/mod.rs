@@ -38,7 +38,8 @@ use crate::Ctx;
         clients::Client, clients::ClientPage, clients::Connection, clients::Subscription,
         sessions::SessionPage, sessions::SubscriptionRow, sessions::SubscriptionPage,
         retained::Retained, retained::RetainedPage,
-        ops::PublishRequest, ops::PublishResult, ops::Stats, ops::Listener, ops::Reloaded,
+        ops::PublishRequest,
+        ops::UserProperty, ops::PublishResult, ops::Stats, ops::Listener, ops::Reloaded,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -86,8 +87,28 @@ pub(crate) fn routes(ctx: Ctx) -> Router<Ctx> {
         .fallback(not_found)
 }
 
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+async fn openapi() -> Json<serde_json::Value> {
+    Json(document())
+}
+
+/// The OpenAPI document as served: what the annotations give, plus what they
+/// cannot say: a publish names its payload one way, not both, and a payload
+/// marked as UTF-8 comes as text.
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    if let Some(publish) = doc.pointer_mut("/components/schemas/PublishRequest") {
+        publish["allOf"] = serde_json::json!([
+            {"not": {"required": ["payload", "payload_base64"]}},
+            {
+                "if": {
+                    "properties": {"payload_format_indicator": {"const": true}},
+                    "required": ["payload_format_indicator"]
+                },
+                "then": {"not": {"required": ["payload_base64"]}}
+            }
+        ]);
+    }
+    doc
 }
 
 async fn not_found() -> ApiError {
@@ -167,7 +188,7 @@ where
 #[into_params(parameter_in = Query)]
 pub(crate) struct Paging {
     /// Page number, from 1.
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 1000000)]
     pub page: Option<u32>,
     /// Items per page, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -192,8 +213,8 @@ impl Paging {
     pub(crate) fn apply<T>(&self, items: Vec<T>) -> Result<(Vec<T>, Meta), ApiError> {
         let page = self.page.unwrap_or(1);
         let limit = self.limit.unwrap_or(100);
-        if page == 0 {
-            return Err(ApiError::bad_request("page starts at 1"));
+        if !(1..=1_000_000).contains(&page) {
+            return Err(ApiError::bad_request("page must be 1 to 1000000"));
         }
         if !(1..=1000).contains(&limit) {
             return Err(ApiError::bad_request("limit must be 1 to 1000"));

@@ -13,6 +13,19 @@ use starling_codec::{Properties, QoS};
 use super::{ApiError, Body};
 use crate::Ctx;
 
+/// Standard base64 that also takes non-zero trailing bits (`AB==`): the
+/// schema's pattern allows them, and they carry no data.
+const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
+
+/// Whether a string fits an MQTT string (65535 bytes) whatever its
+/// characters: the API takes at most 16383 characters, as its schema says.
+pub(crate) fn short(s: &str) -> bool {
+    s.chars().count() <= 16383
+}
+
 /// A topic name the broker would accept in a PUBLISH: not empty, no
 /// wildcard, no NUL, within 65535 bytes and `max-topic-levels`.
 pub(crate) fn check_topic(ctx: &Ctx, topic: &str) -> Result<(), ApiError> {
@@ -22,8 +35,8 @@ pub(crate) fn check_topic(ctx: &Ctx, topic: &str) -> Result<(), ApiError> {
         Some("has a wildcard")
     } else if topic.contains('\0') {
         Some("has a NUL character")
-    } else if topic.len() > usize::from(u16::MAX) {
-        Some("is longer than 65535 bytes")
+    } else if !short(topic) {
+        Some("is longer than 16383 characters")
     } else if starling_codec::topic::levels(topic) > ctx.state.config.max_topic_levels {
         Some("is deeper than max-topic-levels")
     } else {
@@ -39,36 +52,115 @@ pub(crate) fn check_topic(ctx: &Ctx, topic: &str) -> Result<(), ApiError> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
-    /// The topic (no wildcards).
+    /// The topic: no wildcards, no NUL, at most 128 levels (`max-topic-levels`).
+    #[schema(
+        min_length = 1,
+        max_length = 16383,
+        pattern = r"^[^#+/\u0000]*(/[^#+/\u0000]*){0,127}$"
+    )]
     pub topic: String,
-    /// The payload as text.
-    #[serde(default)]
-    pub payload: Option<String>,
-    /// The payload, base64-encoded (instead of `payload`).
-    #[serde(default)]
-    pub payload_base64: Option<String>,
+    /// The payload as text (give this or `payload_base64`, not both).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub payload: Option<Option<String>>,
+    /// The payload, base64-encoded (standard alphabet, padded).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, pattern = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")]
+    pub payload_base64: Option<Option<String>>,
     /// QoS 0, 1 or 2 (default 0).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     #[schema(minimum = 0, maximum = 2)]
     pub qos: u8,
     /// Whether the broker retains it (an empty payload clears the retained message).
     #[serde(default)]
     pub retain: bool,
     /// MQTT 5 Message Expiry Interval, in seconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
     pub message_expiry_interval: Option<u32>,
     /// MQTT 5 Content Type.
     #[serde(default)]
+    #[schema(max_length = 16383, pattern = r"^[^\u0000]*$")]
     pub content_type: Option<String>,
-    /// MQTT 5 Response Topic.
+    /// MQTT 5 Response Topic (a topic name, as `topic`).
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 16383,
+        pattern = r"^[^#+/\u0000]*(/[^#+/\u0000]*){0,127}$"
+    )]
     pub response_topic: Option<String>,
-    /// MQTT 5 Payload Format Indicator: the payload is UTF-8 text.
+    /// MQTT 5 Payload Format Indicator: the payload is UTF-8 text (when
+    /// true, the payload comes as `payload`, not `payload_base64`).
     #[serde(default)]
     pub payload_format_indicator: Option<bool>,
-    /// MQTT 5 User Properties, as `[name, value]` pairs.
+    /// MQTT 5 User Properties, in order (names may repeat).
     #[serde(default)]
-    pub user_properties: Vec<(String, String)>,
+    pub user_properties: Vec<UserProperty>,
+}
+
+/// An MQTT 5 User Property.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserProperty {
+    /// Its name.
+    #[schema(max_length = 16383, pattern = r"^[^\u0000]*$")]
+    pub name: String,
+    /// Its value.
+    #[schema(max_length = 16383, pattern = r"^[^\u0000]*$")]
+    pub value: String,
+}
+
+/// An integer as JSON Schema has it: `2` or `2.0` (a number with no
+/// fraction), within the target type.
+fn whole<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Whole,
+{
+    T::from_json(serde_json::Value::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+/// A type [`whole`] reads.
+trait Whole: Sized {
+    fn from_json(v: serde_json::Value) -> Result<Self, String>;
+}
+
+fn integer(v: &serde_json::Value) -> Result<u64, String> {
+    match v {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+                    .map(|f| f as u64)
+            })
+            .ok_or_else(|| format!("{n} is not a whole number of the right range")),
+        other => Err(format!("expected a whole number, got {other}")),
+    }
+}
+
+impl Whole for u8 {
+    fn from_json(v: serde_json::Value) -> Result<Self, String> {
+        u8::try_from(integer(&v)?).map_err(|e| e.to_string())
+    }
+}
+
+impl Whole for Option<u32> {
+    fn from_json(v: serde_json::Value) -> Result<Self, String> {
+        if v.is_null() {
+            return Ok(None);
+        }
+        u32::try_from(integer(&v)?)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A field that, when present, is `Some` even if it is `null`: a publish
+/// may name its payload one way only.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 /// What a publish did.
@@ -99,14 +191,20 @@ pub(crate) async fn publish(
     let qos = QoS::from_u8(req.qos)
         .filter(|_| req.qos <= 2)
         .ok_or_else(|| ApiError::bad_request("qos must be 0, 1 or 2"))?;
+    if req.payload_format_indicator == Some(true) && req.payload_base64.is_some() {
+        return Err(ApiError::bad_request(
+            "with payload_format_indicator true, give the payload as text (payload)",
+        ));
+    }
     let payload = match (req.payload, req.payload_base64) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
                 "give payload or payload_base64, not both",
             ))
         }
-        (Some(text), None) => Bytes::from(text),
-        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+        (Some(text), None) => Bytes::from(text.unwrap_or_default()),
+        (None, Some(None)) => Bytes::new(),
+        (None, Some(Some(b64))) => LENIENT
             .decode(b64.as_bytes())
             .map(Bytes::from)
             .map_err(|e| ApiError::bad_request(format!("payload_base64: {e}")))?,
@@ -124,14 +222,14 @@ pub(crate) async fn publish(
         check_topic(&ctx, rt)
             .map_err(|_| ApiError::bad_request("response_topic is not a valid topic name"))?;
     }
-    let text_ok = |s: &str| !s.contains('\0') && s.len() <= usize::from(u16::MAX);
+    let text_ok = |s: &str| !s.contains('\0') && short(s);
     let texts = req
         .content_type
         .iter()
-        .chain(req.user_properties.iter().flat_map(|(k, v)| [k, v]));
+        .chain(req.user_properties.iter().flat_map(|p| [&p.name, &p.value]));
     if texts.into_iter().any(|s| !text_ok(s)) {
         return Err(ApiError::bad_request(
-            "a property holds a NUL character or is longer than 65535 bytes",
+            "a property holds a NUL character or is longer than 16383 characters",
         ));
     }
     let properties = Properties {
@@ -142,7 +240,7 @@ pub(crate) async fn publish(
         user_properties: req
             .user_properties
             .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
+            .map(|p| (p.name.into(), p.value.into()))
             .collect(),
         ..Properties::default()
     };

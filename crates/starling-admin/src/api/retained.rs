@@ -45,7 +45,13 @@ pub struct RetainedPage {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct RetainedFilter {
-    /// A topic filter (wildcards allowed); default `#`.
+    /// A topic filter (wildcards allowed, no shared subscription), at most
+    /// 2048 characters and 128 levels; default `#`.
+    #[param(
+        min_length = 1,
+        max_length = 2048,
+        pattern = r"^(#|([^#+/\u0000]*|\+)((/([^#+/\u0000]*|\+)){0,127}|(/([^#+/\u0000]*|\+)){0,126}/#))$"
+    )]
     pub filter: Option<String>,
 }
 
@@ -56,6 +62,7 @@ pub(crate) struct RetainedFilter {
     responses(
         (status = 200, description = "A page of retained messages", body = RetainedPage),
         (status = 400, description = "A bad filter or page", body = ApiError),
+        (status = 414, description = "The request's URI is too long"),
         (status = 401, description = "No or a wrong token", body = ApiError),
         (status = 403, description = "Not from loopback (no token file)", body = ApiError),
     )
@@ -66,6 +73,11 @@ pub(crate) async fn list(
     Query(filter): Query<RetainedFilter>,
 ) -> Result<Json<RetainedPage>, ApiError> {
     let filter = filter.filter.unwrap_or_else(|| "#".to_string());
+    if filter.chars().count() > 2048 || filter.contains('\0') {
+        return Err(ApiError::bad_request(
+            "filter longer than 2048 characters, or with a NUL",
+        ));
+    }
     starling_codec::topic::validate_filter(&filter)
         .map_err(|e| ApiError::bad_request(format!("filter {filter:?}: {e}")))?;
     if starling_codec::topic::levels(&filter) > ctx.state.config.max_topic_levels {
@@ -88,11 +100,26 @@ pub(crate) async fn list(
     Ok(Json(RetainedPage { data, meta }))
 }
 
+/// The topic of a retained message, in the path.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct TopicPath {
+    /// The topic: no wildcards, no NUL, at most 128 levels (slashes go in
+    /// the path as they are).
+    #[param(
+        min_length = 1,
+        max_length = 2048,
+        pattern = r"^[^#+/\u0000]*(/[^#+/\u0000]*){0,127}$"
+    )]
+    topic: String,
+}
+
 /// Deletes the retained message on a topic (the path after `/retained/` is
 /// the topic, slashes included).
 #[utoipa::path(
     delete, path = "/api/v1/retained/{topic}", tag = "retained",
-    params(("topic" = String, Path, description = "The topic (no wildcards)")),
+    params(TopicPath),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Not a valid topic name", body = ApiError),
