@@ -24,13 +24,112 @@ pub(crate) async fn run(broker: Arc<BrokerState>, mut shutdown: watch::Receiver<
     let secs = broker.config.sys_interval;
     let mut sys_tick = tokio::time::interval(Duration::from_secs(secs.max(1)));
     let mut sweep_tick = tokio::time::interval(SWEEP_INTERVAL);
+    let mut loads = Loads::default();
     loop {
         tokio::select! {
-            _ = sys_tick.tick(), if secs > 0 => publish(&broker),
+            _ = sys_tick.tick(), if secs > 0 => {
+                loads.update(&broker, secs);
+                publish(&broker);
+                publish_values(&broker, loads.values());
+            }
             _ = sweep_tick.tick() => sweep(&broker),
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// The counters whose load Mosquitto publishes, under its names.
+const LOADED: [&str; 6] = [
+    "messages/received",
+    "messages/sent",
+    "bytes/received",
+    "bytes/sent",
+    "publish/received",
+    "connections",
+];
+
+/// Mosquitto's `$SYS/broker/load/...`: per-minute rates of counters as
+/// exponentially weighted moving averages over 1, 5 and 15 minutes, updated
+/// at each `sys-interval`; with the peaks of connected clients and memory.
+#[derive(Debug, Default)]
+struct Loads {
+    /// Each counter's total at the last update.
+    last: [u64; LOADED.len()],
+    /// Averages per counter, over 1, 5 and 15 minutes.
+    averages: [[f64; 3]; LOADED.len()],
+    /// Whether `last` holds a reading yet.
+    primed: bool,
+    /// Most clients connected at once.
+    max_clients: u64,
+    /// Largest resident memory seen, in bytes.
+    max_memory: u64,
+    /// Resident memory now, in bytes.
+    memory: u64,
+}
+
+impl Loads {
+    fn totals(broker: &BrokerState) -> [u64; LOADED.len()] {
+        let m = &broker.metrics;
+        [
+            m.received.total(),
+            m.sent.total(),
+            Metrics::get(&m.bytes_received),
+            Metrics::get(&m.bytes_sent),
+            m.received.total(),
+            Metrics::get(&m.connections_total),
+        ]
+    }
+
+    /// Folds in the counters' growth over the last `secs` seconds.
+    fn update(&mut self, broker: &BrokerState, secs: u64) {
+        let now = Self::totals(broker);
+        if self.primed {
+            for (i, total) in now.iter().enumerate() {
+                let per_minute = total.saturating_sub(self.last[i]) as f64 * 60.0 / secs as f64;
+                for (j, minutes) in [1.0f64, 5.0, 15.0].iter().enumerate() {
+                    let decay = (-(secs as f64) / (60.0 * minutes)).exp();
+                    let avg = &mut self.averages[i][j];
+                    *avg = per_minute + decay * (*avg - per_minute);
+                }
+            }
+        }
+        self.last = now;
+        self.primed = true;
+        self.max_clients = self
+            .max_clients
+            .max(Metrics::get(&broker.metrics.clients_connected));
+        self.memory = resident_bytes().unwrap_or(0);
+        self.max_memory = self.max_memory.max(self.memory);
+    }
+
+    fn values(&self) -> Vec<(String, String)> {
+        let mut out = Vec::with_capacity(LOADED.len() * 3 + 3);
+        for (i, name) in LOADED.iter().enumerate() {
+            for (j, span) in ["1min", "5min", "15min"].iter().enumerate() {
+                out.push((
+                    format!("$SYS/broker/load/{name}/{span}"),
+                    format!("{:.2}", self.averages[i][j]),
+                ));
+            }
+        }
+        out.push((
+            "$SYS/broker/clients/maximum".into(),
+            self.max_clients.to_string(),
+        ));
+        out.push(("$SYS/broker/heap/current".into(), self.memory.to_string()));
+        out.push((
+            "$SYS/broker/heap/maximum".into(),
+            self.max_memory.to_string(),
+        ));
+        out
+    }
+}
+
+/// The process's resident memory, from `/proc/self/statm` (Linux), in bytes.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }
 
 /// Reclaims expired messages: retained ones, and those queued for sessions
@@ -109,6 +208,48 @@ pub fn publish(broker: &Arc<BrokerState>) {
             Metrics::get(&m.connections_total).to_string(),
         ),
     ];
+    let t = broker.totals();
+    let connected = Metrics::get(&m.clients_connected);
+    let more = [
+        (
+            "$SYS/broker/clients/disconnected",
+            (t.sessions as u64).saturating_sub(connected).to_string(),
+        ),
+        (
+            "$SYS/broker/clients/expired",
+            Metrics::get(&m.sessions_ended).to_string(),
+        ),
+        ("$SYS/broker/messages/stored", t.queued.to_string()),
+        ("$SYS/broker/messages/inflight", t.in_flight.to_string()),
+        ("$SYS/broker/store/messages/count", t.queued.to_string()),
+        (
+            "$SYS/broker/store/messages/bytes",
+            t.queued_bytes.to_string(),
+        ),
+        (
+            "$SYS/broker/publish/messages/received",
+            m.received.total().to_string(),
+        ),
+        (
+            "$SYS/broker/publish/messages/sent",
+            m.sent.total().to_string(),
+        ),
+        (
+            "$SYS/broker/publish/messages/dropped",
+            m.messages_dropped().to_string(),
+        ),
+    ];
+    publish_values(
+        broker,
+        values
+            .into_iter()
+            .chain(more)
+            .map(|(t, v)| (t.to_string(), v)),
+    );
+}
+
+/// Publishes `$SYS` values as retained QoS 0 messages (never stored).
+fn publish_values(broker: &Arc<BrokerState>, values: impl IntoIterator<Item = (String, String)>) {
     for (topic, value) in values {
         let msg = Arc::new(Message {
             topic: topic.into(),
@@ -122,5 +263,44 @@ pub fn publish(broker: &Arc<BrokerState>) {
         // `$SYS` topics are never stored: the journal stays empty.
         broker.retain(&msg, &mut Journal::new());
         broker.route(&msg, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_average_per_minute_rates_like_mosquitto() {
+        let auth = Arc::new(crate::auth::FileAuthenticator {
+            allow_anonymous: true,
+            passwords: None,
+        });
+        let b = BrokerState::new(crate::config::Config::default(), auth, None);
+        let mut loads = Loads::default();
+        loads.update(&b, 10);
+        assert!(loads
+            .values()
+            .iter()
+            .any(|(t, v)| t == "$SYS/broker/load/messages/received/1min" && v == "0.00"));
+        // 100 messages in 10 s: 600 a minute; the 1-minute average moves
+        // 1 - e^(-1/6) of the way there, the 15-minute one much less.
+        b.metrics.received.add(QoS::AtMostOnce, 100);
+        loads.update(&b, 10);
+        let get = |name: &str| {
+            loads
+                .values()
+                .into_iter()
+                .find(|(t, _)| t == name)
+                .map(|(_, v)| v.parse::<f64>().unwrap())
+                .unwrap()
+        };
+        let one = get("$SYS/broker/load/messages/received/1min");
+        assert!(
+            (one - 600.0 * (1.0 - (-1.0f64 / 6.0).exp())).abs() < 0.01,
+            "{one}"
+        );
+        assert!(get("$SYS/broker/load/messages/received/15min") < one);
+        assert!(get("$SYS/broker/heap/current") > 0.0);
     }
 }

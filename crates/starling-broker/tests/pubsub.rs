@@ -671,6 +671,12 @@ async fn sys_topics_are_published() {
         "$SYS/broker/version",
         "$SYS/broker/uptime",
         "$SYS/broker/clients/connected",
+        "$SYS/broker/clients/disconnected",
+        "$SYS/broker/messages/stored",
+        "$SYS/broker/store/messages/bytes",
+        "$SYS/broker/publish/messages/received",
+        "$SYS/broker/subscriptions/count",
+        "$SYS/broker/retained messages/count",
     ] {
         assert!(topics.iter().any(|x| x == t), "{t} in {topics:?}");
     }
