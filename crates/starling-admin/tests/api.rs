@@ -455,3 +455,41 @@ async fn the_openapi_document_describes_every_route() {
     let (_, listeners) = get_json(&s, "/api/v1/listeners").await;
     assert_eq!(listeners[0]["address"], s.mqtt.to_string());
 }
+
+#[tokio::test]
+async fn a_mosquitto_sub_client_is_listed_and_kicked() {
+    let s = start(None, "mosquitto-sub").await;
+    let mut child = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &s.mqtt.port().to_string()])
+        .args(["-i", "mosq-sub", "-t", "api/#", "-V", "mqttv5", "-d"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("mosquitto_sub: {e}; run scripts/install-test-deps.d/interop.sh")
+        });
+    // Listed once it has subscribed (polled: nothing tells the test sooner).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, c) = get_json(&s, "/api/v1/clients/mosq-sub").await;
+        if c["subscriptions"] == json!([{"filter": "api/#", "qos": 0}]) {
+            assert_eq!(c["connection"]["protocol"], "5.0");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "mosquitto_sub never listed: {c}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = reqwest::Client::new()
+        .delete(http(&s, "/api/v1/clients/mosq-sub"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("mosquitto_sub exits once disconnected")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Received DISCONNECT (152)"), "{text}");
+}
