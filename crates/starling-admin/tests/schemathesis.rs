@@ -39,8 +39,11 @@ async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
     tokio::spawn(admin.run());
     tokio::spawn(broker.run());
     let base = format!("http://{http}");
+    let cwd = dir.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("schemathesis")
+            // Its cache and reports go in the test's directory, not the checkout.
+            .current_dir(&cwd)
             .args(["run", &format!("{base}/api/v1/openapi.json"), "--url", &base])
             .args(["--header", "Authorization: Bearer fuzz-token"])
             .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,positive_data_acceptance,negative_data_rejection"])
