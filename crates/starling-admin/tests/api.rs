@@ -459,7 +459,7 @@ async fn the_openapi_document_describes_every_route() {
 #[tokio::test]
 async fn a_mosquitto_sub_client_is_listed_and_kicked() {
     let s = start(None, "mosquitto-sub").await;
-    let mut child = tokio::process::Command::new("mosquitto_sub")
+    let child = tokio::process::Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &s.mqtt.port().to_string()])
         .args(["-i", "mosq-sub", "-t", "api/#", "-V", "mqttv5", "-d"])
         .stdout(std::process::Stdio::piped())
@@ -477,7 +477,10 @@ async fn a_mosquitto_sub_client_is_listed_and_kicked() {
             assert_eq!(c["connection"]["protocol"], "5.0");
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "mosquitto_sub never listed: {c}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mosquitto_sub never listed: {c}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let r = reqwest::Client::new()

@@ -1,6 +1,7 @@
 //! The `starling` command: the broker, the `pub`/`sub` clients, the `bench` load
-//! generator and the `passwd` tool. Argument parsing and wiring only; protocol
-//! logic lives in the library crates.
+//! generator, the `passwd` tool and the `ctl` client of the admin API.
+//! Argument parsing and wiring only; protocol logic lives in the library
+//! crates.
 #![forbid(unsafe_code)]
 
 mod cmd;
@@ -27,6 +28,15 @@ enum Command {
     Passwd(cmd::passwd::PasswdArgs),
     /// Load generator: connections, publishers, subscribers, end-to-end latency.
     Bench(Box<cmd::bench::BenchArgs>),
+    /// Operate a running broker through its admin HTTP API (like emqx ctl).
+    ///
+    /// Lists clients, sessions and retained messages, shows or kicks a
+    /// client, and shows the broker's figures. Talks to the broker's HTTP
+    /// listener (`starling broker --http-listen`) at --url, sending the
+    /// bearer token of --token-file when the broker has an --http-token-file
+    /// (without one, the broker answers loopback clients only). Prints
+    /// tables, or the API's JSON with --json.
+    Ctl(cmd::ctl::CtlArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::Sub(args) => cmd::pubsub::run_sub(*args),
         Command::Passwd(args) => cmd::passwd::run(args),
         Command::Bench(args) => cmd::bench::run(*args),
+        Command::Ctl(args) => cmd::ctl::run(args),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod broker;
+pub mod ctl;
 pub mod passwd;
 pub mod pubsub;
 
