@@ -11,6 +11,7 @@
 
 mod access;
 mod api;
+mod dashboard;
 mod error;
 mod health;
 mod process;
@@ -202,8 +203,14 @@ fn router(ctx: Ctx) -> Router {
     Router::new()
         .merge(health::routes())
         .merge(prom::routes())
+        .merge(dashboard::routes())
         .nest("/api/v1", api::routes(ctx.clone()))
         .with_state(ctx)
+}
+
+/// Checks an `http-listen` URL without binding it (`starling check-config`).
+pub fn check_listen(url: &str) -> Result<(), AdminError> {
+    parse_listen(url).map(|_| ())
 }
 
 /// `http://HOST:PORT` or `https://HOST:PORT`: whether TLS, and the address.

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// What happens when a session's queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum OverflowPolicy {
     /// Drop the oldest queued message to make room for the new one.
@@ -17,8 +17,19 @@ pub enum OverflowPolicy {
     DropNewest,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
 /// How a shared subscription group picks the member that gets a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum SharedStrategy {
     /// Each member in turn.
@@ -31,7 +42,7 @@ pub enum SharedStrategy {
 }
 
 /// The broker's configuration. Every field has a default; see the README for the table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
     /// Listener URLs such as `mqtt://127.0.0.1:1883`.
@@ -123,6 +134,8 @@ pub struct Config {
     /// Threads that check passwords; at most this many hashes are computed at
     /// once, whatever the number of CONNECTs.
     pub auth_threads: usize,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormat,
     /// `http://HOST:PORT` or `https://HOST:PORT` of the HTTP listener
     /// (metrics, health checks, admin API; served by `starling-admin`). Off
     /// when unset.
@@ -134,7 +147,7 @@ pub struct Config {
 
 /// A `[[listener]]` table: one listener and its own settings. Settings left out
 /// take the top-level value.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ListenerConfig {
     /// `mqtt://HOST:PORT` (or `tcp://`), `mqtts://`, `ws://HOST:PORT/PATH`,
@@ -210,6 +223,7 @@ impl Default for Config {
             tls_cert: None,
             http_listen: None,
             http_token_file: None,
+            log_format: LogFormat::Text,
             tls_key: None,
             tls_ca: None,
             require_client_cert: false,

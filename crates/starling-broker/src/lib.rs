@@ -27,7 +27,7 @@ pub mod topic_tree;
 mod transport;
 
 pub use broker::BrokerState;
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, LogFormat};
 pub use server::{
     Broker, ListenerUrl, LocalConnector, ReloadError, ReloadHandle, ShutdownHandle, StartError,
     Transport,

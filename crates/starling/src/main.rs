@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 /// Starling: an MQTT 3.1 / 3.1.1 / 5.0 broker, client and load generator.
 #[derive(Parser)]
 #[command(name = "starling", version, about)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -37,6 +37,21 @@ enum Command {
     /// (without one, the broker answers loopback clients only). Prints
     /// tables, or the API's JSON with --json.
     Ctl(cmd::ctl::CtlArgs),
+    /// Check a configuration file and print the effective configuration.
+    ///
+    /// Loads the file as `starling broker --config FILE` would, with the
+    /// password, ACL and token files it names and its listener URLs. Prints
+    /// the configuration with every default filled in, or the first error as
+    /// one line naming the file, line and key (exit status 1).
+    CheckConfig(cmd::check::CheckArgs),
+    /// Translate a Mosquitto configuration into a starling.toml.
+    ///
+    /// Writes the TOML to stdout (or --output) and lists on stderr, with
+    /// their line numbers, the directives it cannot carry over.
+    MigrateMosquitto(cmd::migrate::MigrateArgs),
+    /// Write the man pages or shell completions (for packaging).
+    #[command(hide = true)]
+    Generate(cmd::generate::GenerateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +63,9 @@ fn main() -> std::process::ExitCode {
         Command::Passwd(args) => cmd::passwd::run(args),
         Command::Bench(args) => cmd::bench::run(*args),
         Command::Ctl(args) => cmd::ctl::run(args),
+        Command::CheckConfig(args) => cmd::check::run(args),
+        Command::MigrateMosquitto(args) => cmd::migrate::run(args),
+        Command::Generate(args) => cmd::generate::run(args),
     };
     match result {
         Ok(code) => code,

@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use crate::metrics::{Histogram, Metrics, BATCH_OPS, COMMIT_SECONDS};
 
 /// How hard the broker works to keep acknowledged messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Durability {
     /// A QoS 1/2 message is on disk (fsynced) before its PUBACK/PUBREC is sent.

@@ -79,6 +79,9 @@ pub struct BrokerArgs {
     /// Log level (error, warn, info, debug, trace) when RUST_LOG is not set.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Log lines as text (default) or one JSON object per line.
+    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
 }
 
 impl BrokerArgs {
@@ -132,6 +135,11 @@ impl BrokerArgs {
         if self.http_listen.is_some() {
             config.http_listen = self.http_listen;
         }
+        match self.log_format.as_deref() {
+            Some("json") => config.log_format = starling_broker::LogFormat::Json,
+            Some(_) => config.log_format = starling_broker::LogFormat::Text,
+            None => {}
+        }
         if self.http_token_file.is_some() {
             config.http_token_file = self.http_token_file;
         }
@@ -140,20 +148,24 @@ impl BrokerArgs {
     }
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, format: starling_broker::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        starling_broker::LogFormat::Json => builder.json().try_init(),
+        starling_broker::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
 }
 
 /// Runs the broker until SIGINT or SIGTERM.
 pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
     let config = args.into_config()?;
-    init_logging(&config.log_level);
+    init_logging(&config.log_level, config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

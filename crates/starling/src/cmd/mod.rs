@@ -2,7 +2,10 @@
 
 pub mod bench;
 pub mod broker;
+pub mod check;
 pub mod ctl;
+pub mod generate;
+pub mod migrate;
 pub mod passwd;
 pub mod pubsub;
 
