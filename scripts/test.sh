@@ -35,3 +35,6 @@ fi
 echo "==> benchmark smoke (Starling vs Mosquitto, tiny counts, no speed checks)"
 cargo build -p starling --locked --quiet
 STARLING_BIN="$PWD/target/debug/starling" scripts/bench-smoke.sh --no-build
+
+echo "==> Debian package (build with cargo deb, dpkg -i, check the installed files, purge)"
+bash scripts/test-deb.sh
