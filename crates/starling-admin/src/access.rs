@@ -137,21 +137,78 @@ pub(crate) async fn require(
             }
         };
     }
-    if peer.ip().is_loopback() {
-        next.run(request).await
-    } else {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "without http-token-file the API answers loopback clients only",
-        )
-        .into_response()
+    let forbidden =
+        |why: &str| ApiError::new(StatusCode::FORBIDDEN, "forbidden", why).into_response();
+    if !peer.ip().is_loopback() {
+        return forbidden("without http-token-file the API answers loopback clients only");
     }
+    // A web page from elsewhere can reach a loopback listener through the
+    // browser on the same machine: by DNS rebinding (its own name resolving
+    // to 127.0.0.1, which makes it same-origin) or by a cross-site request.
+    // Without tokens, only requests naming the loopback host, from no other
+    // origin, are answered.
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !host.is_some_and(loopback_authority) {
+        return forbidden(
+            "without http-token-file the Host header must name localhost, 127.0.0.1 or [::1]",
+        );
+    }
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or(""));
+    if let Some(origin) = origin {
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        if !authority.is_some_and(loopback_authority) {
+            return forbidden("without http-token-file cross-origin requests are refused");
+        }
+    }
+    next.run(request).await
+}
+
+/// Whether `host[:port]` names the loopback interface.
+fn loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_authorities() {
+        for ok in [
+            "localhost",
+            "localhost:8081",
+            "127.0.0.1:80",
+            "127.1.2.3",
+            "[::1]:8081",
+            "[::1]",
+            "LOCALHOST:1",
+        ] {
+            assert!(loopback_authority(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8081",
+            "10.0.0.1:80",
+            "[::2]:1",
+            "localhost.evil.example",
+            "",
+            "null",
+        ] {
+            assert!(!loopback_authority(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn tokens_are_read_one_per_line_and_reloaded() {

@@ -496,3 +496,40 @@ async fn a_mosquitto_sub_client_is_listed_and_kicked() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Received DISCONNECT (152)"), "{text}");
 }
+
+#[tokio::test]
+async fn without_tokens_other_hosts_and_origins_are_refused() {
+    let s = start(None, "rebinding").await;
+    let client = reqwest::Client::new();
+    // DNS rebinding: a page whose own name resolves to 127.0.0.1.
+    let r = client
+        .get(http(&s, "/api/v1/stats"))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    // A cross-site request from a page elsewhere.
+    let r = client
+        .post(http(&s, "/api/v1/reload"))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = client
+        .post(http(&s, "/api/v1/reload"))
+        .header("origin", format!("http://{}", s.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // Metrics and health stay open to any host (Prometheus scrapes by name).
+    let r = client
+        .get(http(&s, "/metrics"))
+        .header("host", "broker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
