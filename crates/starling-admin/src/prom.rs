@@ -22,7 +22,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use starling_broker::events::DropReason;
-use starling_broker::metrics::{DisconnectReason, Histogram, Metrics};
+use starling_broker::metrics::{ByVersion, DisconnectReason, Histogram, ListenerStats, Metrics};
 use starling_broker::BrokerState;
 
 use crate::Ctx;
@@ -185,21 +185,29 @@ impl BrokerCollector {
     fn connections(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.state;
         let m = &s.metrics;
-        let labels = |l: &starling_broker::metrics::ListenerStats| {
-            vec![
-                ("listener", l.url.clone()),
-                ("transport", l.transport.to_string()),
-            ]
+        // One member per listener and protocol version.
+        let per_version = |count: fn(&ListenerStats) -> &ByVersion| {
+            s.listeners()
+                .iter()
+                .flat_map(move |l| {
+                    ByVersion::LABELS.iter().enumerate().map(move |(i, v)| {
+                        let labels = vec![
+                            ("listener", l.url.clone()),
+                            ("transport", l.transport.to_string()),
+                            ("protocol", (*v).to_string()),
+                        ];
+                        (labels, count(l).get(i))
+                    })
+                })
+                .collect::<Vec<_>>()
         };
         family(
             e,
             "starling_connections",
-            "Clients connected now, by listener",
+            "Clients connected now, by listener and protocol version",
             None,
             MetricType::Gauge,
-            s.listeners()
-                .iter()
-                .map(|l| (labels(l), Metrics::get(&l.connected))),
+            per_version(|l| &l.connected),
         )?;
         gauge(
             e,
@@ -218,12 +226,10 @@ impl BrokerCollector {
         family(
             e,
             "starling_connects",
-            "CONNECTs accepted (CONNACK 0x00), by listener",
+            "CONNECTs accepted (CONNACK 0x00), by listener and protocol version",
             None,
             MetricType::Counter,
-            s.listeners()
-                .iter()
-                .map(|l| (labels(l), Metrics::get(&l.connects))),
+            per_version(|l| &l.connects),
         )?;
         family(
             e,
@@ -289,6 +295,22 @@ impl BrokerCollector {
             "Bytes written to clients",
             Some(&Unit::Bytes),
             Metrics::get(&m.bytes_sent),
+        )?;
+        family(
+            e,
+            "starling_messages_received_payload",
+            "Payload bytes of the PUBLISH packets received, by QoS",
+            Some(&Unit::Bytes),
+            MetricType::Counter,
+            qos(&m.received_payload),
+        )?;
+        family(
+            e,
+            "starling_messages_sent_payload",
+            "Payload bytes of the PUBLISH packets sent, by QoS",
+            Some(&Unit::Bytes),
+            MetricType::Counter,
+            qos(&m.sent_payload),
         )?;
         let reasons = [
             (DropReason::QueueFull, "queue_full"),

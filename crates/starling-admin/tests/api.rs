@@ -172,7 +172,9 @@ async fn metrics_in_both_formats() {
     let text = text.text().await.unwrap();
     for want in [
         "# TYPE starling_connects_total counter",
-        "starling_connections{listener=\"mqtt://127.0.0.1:0\",transport=\"tcp\"} 1",
+        "starling_connections{listener=\"mqtt://127.0.0.1:0\",transport=\"tcp\",protocol=\"5.0\"} 1",
+        "starling_connections{listener=\"mqtt://127.0.0.1:0\",transport=\"tcp\",protocol=\"3.1.1\"} 0",
+        "starling_messages_received_payload_bytes_total{qos=\"0\"} 5",
         "starling_messages_received_total{qos=\"0\"} 1",
         "starling_messages_sent_total{qos=\"0\"} 1",
         "starling_subscriptions 1",

@@ -19,6 +19,10 @@ pub struct Metrics {
     pub received: ByQos,
     /// PUBLISH packets sent, by QoS.
     pub sent: ByQos,
+    /// Payload bytes of the PUBLISH packets received, by QoS.
+    pub received_payload: ByQos,
+    /// Payload bytes of the PUBLISH packets sent, by QoS.
+    pub sent_payload: ByQos,
     /// Bytes read from clients.
     pub bytes_received: AtomicU64,
     /// Bytes written to clients.
@@ -68,10 +72,43 @@ pub struct ListenerStats {
     pub transport: &'static str,
     /// The bound address.
     pub local_addr: Option<std::net::SocketAddr>,
-    /// Clients connected through it now.
-    pub connected: AtomicU64,
-    /// CONNECTs accepted through it.
-    pub connects: AtomicU64,
+    /// Clients connected through it now, by protocol version.
+    pub connected: ByVersion,
+    /// CONNECTs accepted through it, by protocol version.
+    pub connects: ByVersion,
+}
+
+/// One counter per MQTT version: 3.1, 3.1.1, 5.0.
+#[derive(Debug, Default)]
+pub struct ByVersion(pub [AtomicU64; 3]);
+
+impl ByVersion {
+    /// The label of each index.
+    pub const LABELS: [&'static str; 3] = ["3.1", "3.1.1", "5.0"];
+
+    fn index(v: starling_codec::ProtocolVersion) -> usize {
+        usize::from(v.level().saturating_sub(3)).min(2)
+    }
+
+    /// Adds one for version `v`.
+    pub fn inc(&self, v: starling_codec::ProtocolVersion) {
+        self.0[Self::index(v)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one away for version `v`.
+    pub fn dec(&self, v: starling_codec::ProtocolVersion) {
+        self.0[Self::index(v)].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The count at index `i` (see [`ByVersion::LABELS`]).
+    pub fn get(&self, i: usize) -> u64 {
+        self.0.get(i).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// The count for every version.
+    pub fn total(&self) -> u64 {
+        (0..3).map(|i| self.get(i)).sum()
+    }
 }
 
 impl ListenerStats {
@@ -85,8 +122,8 @@ impl ListenerStats {
             url: url.to_string(),
             transport,
             local_addr,
-            connected: AtomicU64::new(0),
-            connects: AtomicU64::new(0),
+            connected: ByVersion::default(),
+            connects: ByVersion::default(),
         }
     }
 }

@@ -364,8 +364,8 @@ pub(crate) async fn listeners(State(ctx): State<Ctx>) -> Json<Vec<Listener>> {
                 url: l.url.clone(),
                 transport: l.transport.to_string(),
                 address: l.local_addr.map(|a| a.to_string()),
-                connections: Metrics::get(&l.connected),
-                connects: Metrics::get(&l.connects),
+                connections: l.connected.total(),
+                connects: l.connects.total(),
             })
             .collect(),
     )

@@ -167,7 +167,10 @@ impl Machine {
     fn on_publish(&mut self, client: &mut Client, mut publish: Publish) -> Result<(), Close> {
         let v = client.version;
         let config = &self.broker.config;
-        self.broker.metrics.received.add(publish.qos, 1);
+        let m = &self.broker.metrics;
+        m.received.add(publish.qos, 1);
+        m.received_payload
+            .add(publish.qos, publish.payload.len() as u64);
         if v.is_v5() {
             if !publish.properties.subscription_identifiers.is_empty() {
                 return Err(protocol_error(

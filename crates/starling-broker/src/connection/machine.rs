@@ -245,6 +245,7 @@ impl Machine {
         let journal = &mut self.journal;
         // Counted per QoS here, added to the shared counters once per drain.
         let mut sent = [0u64; 3];
+        let mut sent_payload = [0u64; 3];
         while self.wbuf.len() < HIGH_WATER {
             let Some(delivery) = st.pop() else { break };
             if delivery.msg.is_expired(now) {
@@ -311,6 +312,7 @@ impl Machine {
                     .insert(topic, alias);
             }
             sent[delivery.qos as usize] += 1;
+            sent_payload[delivery.qos as usize] += delivery.msg.payload.len() as u64;
             self.broker.events.emit(|| Event::MessageDelivered {
                 client_id: client.client_id().clone(),
                 topic: delivery.msg.topic.clone(),
@@ -337,6 +339,10 @@ impl Machine {
         for (qos, n) in sent.into_iter().enumerate() {
             if n > 0 {
                 self.broker.metrics.sent.add_at(qos, n);
+                self.broker
+                    .metrics
+                    .sent_payload
+                    .add_at(qos, sent_payload[qos]);
             }
         }
         true

@@ -157,8 +157,8 @@ where
     Metrics::add(&conn.broker.metrics.clients_connected, 1);
     Metrics::add(&conn.broker.metrics.connects, 1);
     if let Some(l) = conn.broker.listener(client.listener) {
-        Metrics::add(&l.connected, 1);
-        Metrics::add(&l.connects, 1);
+        l.connected.inc(client.version);
+        l.connects.inc(client.version);
     }
     Some((conn, client))
 }
@@ -198,24 +198,24 @@ async fn serve_attached_tcp(
 }
 
 /// Counts a connection that ended after its CONNACK, on `listener`.
-fn disconnected(broker: &BrokerState, listener: u16) {
+fn disconnected(broker: &BrokerState, listener: u16, version: starling_codec::ProtocolVersion) {
     use std::sync::atomic::Ordering::Relaxed;
     broker.metrics.clients_connected.fetch_sub(1, Relaxed);
     if let Some(l) = broker.listener(listener) {
-        l.connected.fetch_sub(1, Relaxed);
+        l.connected.dec(version);
     }
 }
 
 /// Ends a connection whose socket was lost while parking or resuming.
 fn finish_lost(broker: &Arc<BrokerState>, conn_id: u64, client: Client) {
-    let listener = client.listener;
+    let (listener, version) = (client.listener, client.version);
     tracing::info!(client_id = %client.client_id(), "connection lost while parking");
     crate::lifecycle::detach(broker, conn_id, client.departure(&Close::PeerClosed));
     broker
         .metrics
         .disconnects
         .inc(Close::PeerClosed.metric_reason() as usize);
-    disconnected(broker, listener);
+    disconnected(broker, listener, version);
 }
 
 impl Connection<TcpStream> {
@@ -292,11 +292,11 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     /// Ends an attached connection (see [`Connection::finish`]).
     async fn close(mut self, client: Client, close: Close) {
         let reason = close.metric_reason();
-        let listener = client.listener;
+        let (listener, version) = (client.listener, client.version);
         // Boxed: the closing path is larger than the loop and runs once.
         Box::pin(self.finish(client, close)).await;
         self.broker.metrics.disconnects.inc(reason as usize);
-        disconnected(&self.broker, listener);
+        disconnected(&self.broker, listener, version);
     }
 
     /// The main loop of an attached connection. With `hibernate`, it returns
