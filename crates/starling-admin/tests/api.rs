@@ -2,136 +2,14 @@
 //! every API route, access control, and what kicking and ending sessions do
 //! to real MQTT connections. Bounded waits only; every server on 127.0.0.1.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use serde_json::{json, Value};
-use starling_admin::{AdminConfig, AdminServer};
-use starling_broker::{Broker, Config};
-use starling_codec::{
-    Connect, Decoder, Packet, ProtocolVersion as V, Publish, QoS, Subscribe, Subscription,
-    SubscriptionOptions,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use starling_codec::{Packet, ProtocolVersion as V, Publish};
 
-const WAIT: Duration = Duration::from_secs(10);
+mod support;
 
-struct Setup {
-    mqtt: SocketAddr,
-    http: SocketAddr,
-    shutdown: starling_broker::ShutdownHandle,
-    _dir: PathBuf,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.shutdown.shutdown();
-    }
-}
-
-async fn start(token_file: Option<PathBuf>, name: &str) -> Setup {
-    let dir = std::env::temp_dir().join(format!("starling-admin-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let config = Config {
-        listen: vec!["mqtt://127.0.0.1:0".into()],
-        data_dir: dir.clone(),
-        ..Config::default()
-    };
-    let broker = Broker::bind(config).await.expect("broker binds");
-    let mqtt = broker.local_addrs()[0];
-    let admin = AdminServer::bind(
-        &AdminConfig {
-            listen: "http://127.0.0.1:0".into(),
-            token_file,
-            ..AdminConfig::default()
-        },
-        broker.state(),
-        broker.reload_handle(),
-        broker.shutdown_handle(),
-    )
-    .await
-    .expect("HTTP listener binds");
-    let http = admin.local_addr();
-    let shutdown = broker.shutdown_handle();
-    tokio::spawn(admin.run());
-    tokio::spawn(broker.run());
-    Setup {
-        mqtt,
-        http,
-        shutdown,
-        _dir: dir,
-    }
-}
-
-/// A raw MQTT client.
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-    decoder: Decoder,
-    version: V,
-}
-
-impl Raw {
-    async fn connect(addr: SocketAddr, id: &str, version: V, clean: bool, expiry: u32) -> Raw {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let mut raw = Raw {
-            stream,
-            buf: BytesMut::new(),
-            decoder: Decoder::with_version(version),
-            version,
-        };
-        let mut c = Connect::new(version, id);
-        c.clean_start = clean;
-        c.keep_alive = 60;
-        if version.is_v5() && expiry > 0 {
-            c.properties.session_expiry_interval = Some(expiry);
-        }
-        raw.send(Packet::Connect(Box::new(c))).await;
-        assert!(matches!(raw.recv().await, Some(Packet::ConnAck(a)) if a.reason_code.0 == 0));
-        raw
-    }
-
-    async fn send(&mut self, p: Packet) {
-        let mut out = BytesMut::new();
-        p.encode(self.version, &mut out).unwrap();
-        self.stream.write_all(&out).await.unwrap();
-    }
-
-    /// The next packet, or `None` when the broker closed the connection.
-    async fn recv(&mut self) -> Option<Packet> {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some(p) = self.decoder.decode(&mut self.buf).unwrap() {
-                    return Some(p);
-                }
-                if self.stream.read_buf(&mut self.buf).await.unwrap_or(0) == 0 {
-                    return None;
-                }
-            }
-        })
-        .await
-        .expect("the broker answers in time")
-    }
-
-    async fn subscribe(&mut self, filter: &str) {
-        self.send(Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            properties: Default::default(),
-            subscriptions: vec![Subscription {
-                filter: filter.into(),
-                options: SubscriptionOptions {
-                    qos: QoS::AtLeastOnce,
-                    ..Default::default()
-                },
-            }],
-        }))
-        .await;
-        assert!(matches!(self.recv().await, Some(Packet::SubAck(_))));
-    }
-}
+use support::{start, Raw, Setup, WAIT};
 
 fn http(s: &Setup, path: &str) -> String {
     format!("http://{}{path}", s.http)

@@ -15,21 +15,17 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use serde_json::{json, Value};
-use starling_admin::{AdminConfig, AdminServer};
-use starling_broker::{Broker, Config};
-use starling_codec::{
-    Connect, Decoder, Packet, ProtocolVersion as V, Publish, QoS, Subscribe, Subscription,
-    SubscriptionOptions,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use starling_codec::{Packet, ProtocolVersion as V, Publish};
+
+mod support;
+
+use support::{start, Raw};
+use tokio::io::AsyncReadExt;
 
 const HINT: &str =
     "install the browser test dependencies with scripts/install-test-deps.d/browser.sh";
 const CHROMIUM: &str = "/usr/bin/chromium";
-const WAIT: Duration = Duration::from_secs(10);
 /// The whole browser run, loading included (the script has its own, shorter).
 const BROWSER_WAIT: Duration = Duration::from_secs(120);
 
@@ -37,150 +33,13 @@ const BROWSER_WAIT: Duration = Duration::from_secs(120);
 /// and is not ASCII, so the page must encode and escape it.
 const KICKED: &str = "dash/kick <b>&\"é\"</b>";
 
-// ---- A broker and its HTTP listener (as in tests/api.rs) ----------------------
-
-struct Setup {
-    mqtt: SocketAddr,
-    http: SocketAddr,
-    shutdown: starling_broker::ShutdownHandle,
-    broker: Option<tokio::task::JoinHandle<()>>,
-    dir: PathBuf,
-}
-
-impl Setup {
-    /// Shuts the broker down, waits (bounded) until it has, and removes its
-    /// directory.
-    async fn stop(mut self) {
-        self.shutdown.shutdown();
-        if let Some(broker) = self.broker.take() {
-            let _ = tokio::time::timeout(WAIT, broker).await;
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.shutdown.shutdown();
-    }
-}
-
-async fn start(token_file: Option<PathBuf>, name: &str) -> Setup {
-    let dir =
-        std::env::temp_dir().join(format!("starling-dashboard-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = Config {
-        listen: vec!["mqtt://127.0.0.1:0".into()],
-        data_dir: dir.join("data"),
-        ..Config::default()
-    };
-    let broker = Broker::bind(config).await.expect("broker binds");
-    let mqtt = broker.local_addrs()[0];
-    let admin = AdminServer::bind(
-        &AdminConfig {
-            listen: "http://127.0.0.1:0".into(),
-            token_file,
-            ..AdminConfig::default()
-        },
-        broker.state(),
-        broker.reload_handle(),
-        broker.shutdown_handle(),
-    )
-    .await
-    .expect("HTTP listener binds");
-    let http = admin.local_addr();
-    let shutdown = broker.shutdown_handle();
-    tokio::spawn(admin.run());
-    let broker = Some(tokio::spawn(broker.run()));
-    Setup {
-        mqtt,
-        http,
-        shutdown,
-        broker,
-        dir,
-    }
-}
-
-fn url(s: &Setup, path: &str) -> String {
-    format!("http://{}{path}", s.http)
-}
-
-// ---- A raw MQTT client (from tests/api.rs) -------------------------------------
-
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-    decoder: Decoder,
-    version: V,
-}
-
-impl Raw {
-    async fn connect(addr: SocketAddr, id: &str, expiry: u32) -> Raw {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let mut raw = Raw {
-            stream,
-            buf: BytesMut::new(),
-            decoder: Decoder::with_version(V::V5),
-            version: V::V5,
-        };
-        let mut c = Connect::new(V::V5, id);
-        c.clean_start = true;
-        c.keep_alive = 60;
-        if expiry > 0 {
-            c.properties.session_expiry_interval = Some(expiry);
-        }
-        raw.send(Packet::Connect(Box::new(c))).await;
-        assert!(matches!(raw.recv().await, Some(Packet::ConnAck(a)) if a.reason_code.0 == 0));
-        raw
-    }
-
-    async fn send(&mut self, p: Packet) {
-        let mut out = BytesMut::new();
-        p.encode(self.version, &mut out).unwrap();
-        self.stream.write_all(&out).await.unwrap();
-    }
-
-    /// The next packet, or `None` when the broker closed the connection.
-    async fn recv(&mut self) -> Option<Packet> {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some(p) = self.decoder.decode(&mut self.buf).unwrap() {
-                    return Some(p);
-                }
-                if self.stream.read_buf(&mut self.buf).await.unwrap_or(0) == 0 {
-                    return None;
-                }
-            }
-        })
-        .await
-        .expect("the broker answers in time")
-    }
-
-    async fn subscribe(&mut self, filter: &str) {
-        self.send(Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            properties: Default::default(),
-            subscriptions: vec![Subscription {
-                filter: filter.into(),
-                options: SubscriptionOptions {
-                    qos: QoS::AtLeastOnce,
-                    ..Default::default()
-                },
-            }],
-        }))
-        .await;
-        assert!(matches!(self.recv().await, Some(Packet::SubAck(_))));
-    }
-}
-
 /// A client that publishes to itself ten times a second until dropped, so the
 /// message charts have something to show.
 struct Traffic(tokio::task::JoinHandle<()>);
 
 impl Traffic {
     async fn start(addr: SocketAddr) -> Traffic {
-        let mut c = Raw::connect(addr, "dash-load", 0).await;
+        let mut c = Raw::connect(addr, "dash-load", V::V5, true, 0).await;
         c.subscribe("load/#").await;
         Traffic(tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(100));
@@ -367,7 +226,7 @@ fn assert_ran(result: &Value) {
 async fn the_dashboard_shows_live_figures_and_kicks_a_client() {
     let pw = playwright();
     let s = start(None, "live").await;
-    let mut kicked = Raw::connect(s.mqtt, KICKED, 300).await;
+    let mut kicked = Raw::connect(s.mqtt, KICKED, V::V5, true, 300).await;
     kicked.subscribe("dash/alerts/#").await;
     let traffic = Traffic::start(s.mqtt).await;
 
@@ -375,7 +234,7 @@ async fn the_dashboard_shows_live_figures_and_kicks_a_client() {
     let mut driver = Driver::spawn(
         &pw,
         json!({
-            "url": url(&s, "/"),
+            "url": s.url("/"),
             "traffic": true,
             "expectClient": KICKED,
             "search": "dash/kick",
@@ -423,7 +282,7 @@ async fn the_dashboard_asks_for_the_api_token() {
         std::env::temp_dir().join(format!("starling-dashboard-tokens-{}", std::process::id()));
     std::fs::write(&path, format!("{token}\n")).unwrap();
     let s = start(Some(path.clone()), "token").await;
-    let mut driver = Driver::spawn(&pw, json!({"url": url(&s, "/"), "token": token}), &s.dir);
+    let mut driver = Driver::spawn(&pw, json!({"url": s.url("/"), "token": token}), &s.dir);
     let result = driver.result().await;
     drop(driver);
     let _ = std::fs::remove_file(&path);
@@ -448,7 +307,7 @@ async fn the_files_are_served_with_their_types_and_no_secret() {
     std::fs::write(&path, "files-s3cret\n").unwrap();
     let s = start(Some(path.clone()), "files").await;
     let client = reqwest::Client::new();
-    let page = client.get(url(&s, "/")).send().await.unwrap();
+    let page = client.get(s.url("/")).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200, "the page needs no token");
     let h = page.headers().clone();
     assert_eq!(h["content-type"], "text/html; charset=utf-8");
@@ -462,7 +321,7 @@ async fn the_files_are_served_with_their_types_and_no_secret() {
     // Not modified: the entity tag.
     let etag = h["etag"].to_str().unwrap();
     let again = client
-        .get(url(&s, "/"))
+        .get(s.url("/"))
         .header("if-none-match", etag)
         .send()
         .await
@@ -476,7 +335,7 @@ async fn the_files_are_served_with_their_types_and_no_secret() {
         ("uPlot.LICENSE", "text/plain; charset=utf-8"),
     ] {
         let r = client
-            .get(url(&s, &format!("/assets/{file}")))
+            .get(s.url(&format!("/assets/{file}")))
             .send()
             .await
             .unwrap();
@@ -494,7 +353,7 @@ async fn the_files_are_served_with_their_types_and_no_secret() {
         "/assets/a/dashboard.js",
         "/assets/..%2fCargo.toml",
     ] {
-        let r = client.get(url(&s, missing)).send().await.unwrap();
+        let r = client.get(s.url(missing)).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 404, "{missing}");
         assert_eq!(r.headers()["content-type"], "application/json", "{missing}");
         let body: Value = r.json().await.unwrap();

@@ -5,13 +5,13 @@
 //! when they are missing the tests fail and say so.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use starling_admin::{AdminConfig, AdminServer};
-use starling_broker::{Broker, Config};
 use tokio::io::AsyncWriteExt;
+
+mod support;
 
 const INSTALL: &str = "run scripts/install-test-deps.d/observability.sh (apt prometheus)";
 
@@ -23,32 +23,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-async fn broker(name: &str) -> (Broker, SocketAddr, SocketAddr) {
-    let dir = std::env::temp_dir().join(format!("starling-prom-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let config = Config {
-        listen: vec!["mqtt://127.0.0.1:0".into()],
-        data_dir: dir,
-        ..Config::default()
-    };
-    let broker = Broker::bind(config).await.expect("broker binds");
-    let mqtt = broker.local_addrs()[0];
-    let admin = AdminServer::bind(
-        &AdminConfig {
-            listen: "http://127.0.0.1:0".into(),
-            ..AdminConfig::default()
-        },
-        broker.state(),
-        broker.reload_handle(),
-        broker.shutdown_handle(),
-    )
-    .await
-    .expect("HTTP listener binds");
-    let http = admin.local_addr();
-    tokio::spawn(admin.run());
-    (broker, mqtt, http)
 }
 
 /// A raw MQTT 3.1.1 CONNECT for `id`.
@@ -63,9 +37,8 @@ fn connect_packet(id: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn prometheus_scrapes_the_connection_count() {
-    let (broker, mqtt, http) = broker("scrape").await;
-    let shutdown = broker.shutdown_handle();
-    tokio::spawn(broker.run());
+    let s = support::start(None, "scrape").await;
+    let (mqtt, http) = (s.mqtt, s.http);
     // Seven connected clients.
     let mut clients = Vec::new();
     for i in 0..7 {
@@ -138,17 +111,16 @@ async fn prometheus_scrapes_the_connection_count() {
         .unwrap();
     assert_eq!(up["data"]["result"][0]["value"][1], "1", "{up}");
     drop(clients);
-    shutdown.shutdown();
+    s.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn promtool_accepts_the_metrics() {
-    let (broker, mqtt, http) = broker("promtool").await;
-    let shutdown = broker.shutdown_handle();
-    tokio::spawn(broker.run());
-    let mut s = tokio::net::TcpStream::connect(mqtt).await.unwrap();
-    s.write_all(&connect_packet("lint")).await.unwrap();
+    let s = support::start(None, "promtool").await;
+    let (mqtt, http) = (s.mqtt, s.http);
+    let mut client = tokio::net::TcpStream::connect(mqtt).await.unwrap();
+    client.write_all(&connect_packet("lint")).await.unwrap();
     let body = reqwest::get(format!("http://{http}/metrics"))
         .await
         .unwrap()
@@ -175,5 +147,5 @@ async fn promtool_accepts_the_metrics() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    shutdown.shutdown();
+    s.stop().await;
 }

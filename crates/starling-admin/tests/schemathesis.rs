@@ -6,8 +6,7 @@
 
 use std::process::{Command, Stdio};
 
-use starling_admin::{AdminConfig, AdminServer};
-use starling_broker::{Broker, Config};
+mod support;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
@@ -16,28 +15,8 @@ async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
     std::fs::create_dir_all(&dir).unwrap();
     let tokens = dir.join("tokens");
     std::fs::write(&tokens, "fuzz-token\n").unwrap();
-    let config = Config {
-        listen: vec!["mqtt://127.0.0.1:0".into()],
-        data_dir: dir.join("data"),
-        ..Config::default()
-    };
-    let broker = Broker::bind(config).await.expect("broker binds");
-    let admin = AdminServer::bind(
-        &AdminConfig {
-            listen: "http://127.0.0.1:0".into(),
-            token_file: Some(tokens),
-            ..AdminConfig::default()
-        },
-        broker.state(),
-        broker.reload_handle(),
-        broker.shutdown_handle(),
-    )
-    .await
-    .expect("HTTP listener binds");
-    let http = admin.local_addr();
-    let shutdown = broker.shutdown_handle();
-    tokio::spawn(admin.run());
-    tokio::spawn(broker.run());
+    let s = support::start(Some(tokens), "schemathesis").await;
+    let http = s.http;
     let base = format!("http://{http}");
     let cwd = dir.clone();
     let out = tokio::task::spawn_blocking(move || {
@@ -58,7 +37,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
     .await
     .unwrap()
     .unwrap_or_else(|e| panic!("schemathesis: {e}; run scripts/install-test-deps.d/observability.sh"));
-    shutdown.shutdown();
+    s.stop().await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -5,157 +5,26 @@
 
 #[path = "support/process.rs"]
 mod process;
+#[path = "../../starling-admin/tests/support/mod.rs"]
+mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use serde_json::Value;
-use starling_admin::{AdminConfig, AdminServer};
-use starling_broker::{Broker, Config};
-use starling_codec::{
-    Connect, Decoder, Packet, ProtocolVersion as V, Publish, QoS, Subscribe, Subscription,
-    SubscriptionOptions,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use starling_codec::{Packet, ProtocolVersion as V};
 
 use process::{starling, wait_with_limit};
+use support::{start, Raw, WAIT};
 
-/// How long the broker may take to answer a raw client.
-const WAIT: Duration = Duration::from_secs(10);
 /// How long one `starling ctl` run may take.
 const RUN_LIMIT: Duration = Duration::from_secs(30);
 
-struct Setup {
-    mqtt: SocketAddr,
-    url: String,
-    shutdown: starling_broker::ShutdownHandle,
-    _dir: PathBuf,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.shutdown.shutdown();
-    }
-}
-
 fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("starling-ctl-{}-{name}", std::process::id()))
-}
-
-/// A broker with an MQTT listener and the admin HTTP server, both on
-/// 127.0.0.1 port 0.
-async fn start(token_file: Option<PathBuf>, name: &str) -> Setup {
-    let dir = temp(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    let config = Config {
-        listen: vec!["mqtt://127.0.0.1:0".into()],
-        data_dir: dir.clone(),
-        ..Config::default()
-    };
-    let broker = Broker::bind(config).await.expect("broker binds");
-    let mqtt = broker.local_addrs()[0];
-    let admin = AdminServer::bind(
-        &AdminConfig {
-            listen: "http://127.0.0.1:0".into(),
-            token_file,
-            ..AdminConfig::default()
-        },
-        broker.state(),
-        broker.reload_handle(),
-        broker.shutdown_handle(),
-    )
-    .await
-    .expect("HTTP listener binds");
-    let url = format!("http://{}", admin.local_addr());
-    let shutdown = broker.shutdown_handle();
-    tokio::spawn(admin.run());
-    tokio::spawn(broker.run());
-    Setup {
-        mqtt,
-        url,
-        shutdown,
-        _dir: dir,
-    }
-}
-
-/// A raw MQTT client (after crates/starling-admin/tests/api.rs).
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-    decoder: Decoder,
-    version: V,
-}
-
-impl Raw {
-    async fn connect(addr: SocketAddr, id: &str, version: V) -> Raw {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let mut raw = Raw {
-            stream,
-            buf: BytesMut::new(),
-            decoder: Decoder::with_version(version),
-            version,
-        };
-        let mut c = Connect::new(version, id);
-        c.clean_start = true;
-        c.keep_alive = 60;
-        raw.send(Packet::Connect(Box::new(c))).await;
-        assert!(matches!(raw.recv().await, Some(Packet::ConnAck(a)) if a.reason_code.0 == 0));
-        raw
-    }
-
-    async fn send(&mut self, p: Packet) {
-        let mut out = BytesMut::new();
-        p.encode(self.version, &mut out).unwrap();
-        self.stream.write_all(&out).await.unwrap();
-    }
-
-    /// The next packet, or `None` when the broker closed the connection.
-    async fn recv(&mut self) -> Option<Packet> {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                if let Some(p) = self.decoder.decode(&mut self.buf).unwrap() {
-                    return Some(p);
-                }
-                if self.stream.read_buf(&mut self.buf).await.unwrap_or(0) == 0 {
-                    return None;
-                }
-            }
-        })
-        .await
-        .expect("the broker answers in time")
-    }
-
-    async fn subscribe(&mut self, filter: &str) {
-        self.send(Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            properties: Default::default(),
-            subscriptions: vec![Subscription {
-                filter: filter.into(),
-                options: SubscriptionOptions {
-                    qos: QoS::AtLeastOnce,
-                    ..Default::default()
-                },
-            }],
-        }))
-        .await;
-        assert!(matches!(self.recv().await, Some(Packet::SubAck(_))));
-    }
-
-    /// Publishes a retained QoS 1 message and waits for its PUBACK: the
-    /// broker holds it when this returns.
-    async fn retain(&mut self, topic: &str, payload: &[u8], packet_id: u16) {
-        let mut p = Publish::new(topic, payload.to_vec());
-        p.qos = QoS::AtLeastOnce;
-        p.retain = true;
-        p.packet_id = packet_id;
-        self.send(Packet::Publish(p)).await;
-        assert!(matches!(self.recv().await, Some(Packet::PubAck(a)) if a.packet_id == packet_id));
-    }
 }
 
 /// Runs `starling ctl ARGS` with no STARLING_CTL_* variables from the
@@ -245,8 +114,9 @@ fn row(table: &str, first: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_shows_and_kicks_a_client() {
     let s = start(None, "main").await;
-    let url = s.url.as_str();
-    let mut a = Raw::connect(s.mqtt, "ctl-alpha", V::V5).await;
+    let base = s.url("");
+    let url = base.as_str();
+    let mut a = Raw::connect(s.mqtt, "ctl-alpha", V::V5, true, 0).await;
     a.subscribe("sensors/+/temp").await;
     a.retain("r/text", b"hello", 2).await;
     a.retain("r/bin", &[0, 0xff, 1], 3).await;
@@ -360,13 +230,13 @@ async fn lists_shows_and_kicks_a_client() {
 async fn a_client_id_is_one_path_segment_whatever_it_holds() {
     let s = start(None, "odd").await;
     let id = "dev/1 x?y#z%41";
-    let mut c = Raw::connect(s.mqtt, id, V::V5).await;
-    let out = ok(&ctl(&["--url", &s.url, "client", id]).await);
+    let mut c = Raw::connect(s.mqtt, id, V::V5, true, 0).await;
+    let out = ok(&ctl(&["--url", &s.url(""), "client", id]).await);
     assert!(out.starts_with(&format!("client id     {id}\n")), "{out}");
-    let out = ok(&ctl(&["--url", &s.url, "kick", "--", id]).await);
+    let out = ok(&ctl(&["--url", &s.url(""), "kick", "--", id]).await);
     assert_eq!(out, format!("disconnected {id}\n"));
     assert!(matches!(c.recv().await, Some(Packet::Disconnect(d)) if d.reason_code.0 == 0x98));
-    let err = failed(&ctl(&["--url", &s.url, "client", ".."]).await);
+    let err = failed(&ctl(&["--url", &s.url(""), "client", ".."]).await);
     assert!(err.contains("cannot be named"), "{err}");
 }
 
@@ -375,7 +245,8 @@ async fn a_broker_with_a_token_file_wants_the_token() {
     let server_tokens = temp("server-tokens");
     std::fs::write(&server_tokens, "s3cret\n").unwrap();
     let s = start(Some(server_tokens.clone()), "tokens").await;
-    let url = s.url.as_str();
+    let base = s.url("");
+    let url = base.as_str();
 
     let err = failed(&ctl(&["--url", url, "stats"]).await);
     assert!(err.contains("(HTTP 401)"), "{err}");
