@@ -22,7 +22,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use starling_broker::events::DropReason;
-use starling_broker::metrics::{ByVersion, DisconnectReason, Histogram, ListenerStats, Metrics};
+use starling_broker::metrics::{
+    ByVersion, DisconnectReason, Histogram, ListenerStats, Metrics, SubscribeRefusal,
+};
 use starling_broker::BrokerState;
 
 use crate::Ctx;
@@ -250,6 +252,19 @@ impl BrokerCollector {
             "CONNECTs refused for their credentials or by the failed-login limiter",
             None,
             Metrics::get(&m.auth_failures),
+        )?;
+        family(
+            e,
+            "starling_subscriptions_refused",
+            "SUBSCRIBE filters refused, by reason",
+            None,
+            MetricType::Counter,
+            SubscribeRefusal::ALL.iter().map(|r| {
+                (
+                    vec![("reason", r.label().to_string())],
+                    m.subscribe_refusals.get(*r as usize),
+                )
+            }),
         )?;
         counter(
             e,

@@ -92,6 +92,10 @@ pub struct Config {
     /// A deeper SUBSCRIBE filter gets SUBACK 0x8F (3.x: 0x80); a deeper
     /// PUBLISH or will topic closes the connection (MQTT 5: 0x90).
     pub max_topic_levels: usize,
+    /// Most subscriptions one session may hold; past it a SUBSCRIBE filter
+    /// gets SUBACK 0x97 Quota exceeded (3.x: 0x80). Each costs memory in the
+    /// session and the topic index, and the client chooses how many.
+    pub max_subscriptions_per_client: usize,
     /// Most bytes a client id may have; 0 means the protocol limit (65535).
     pub max_client_id_len: usize,
     /// Whether retained messages are supported.
@@ -212,6 +216,7 @@ impl Default for Config {
             queue_qos0_offline: false,
             persistent_session_expiry: None,
             max_topic_levels: 128,
+            max_subscriptions_per_client: 10_000,
             max_client_id_len: 0,
             retain_available: true,
             sys_interval: 10,
@@ -327,6 +332,9 @@ impl Config {
         }
         if self.max_queued_messages == 0 {
             return invalid("max-queued-messages", "must be at least 1");
+        }
+        if self.max_subscriptions_per_client == 0 {
+            return invalid("max-subscriptions-per-client", "must be at least 1");
         }
         if !(1..=65_536).contains(&self.max_topic_levels) {
             return invalid("max-topic-levels", "must be between 1 and 65536");

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub bytes_sent: AtomicU64,
     /// Messages not delivered, by why (see [`crate::events::DropReason`]).
     pub drops: ByReason<3>,
+    /// SUBSCRIBE filters refused, by why (see [`SubscribeRefusal`]).
+    pub subscribe_refusals: ByReason<3>,
     /// Client takeovers.
     pub takeovers: AtomicU64,
     /// CONNECTs refused for their credentials, or by the failed-login limiter.
@@ -182,6 +184,35 @@ impl<const N: usize> ByReason<N> {
     /// The count for reason `i`.
     pub fn get(&self, i: usize) -> u64 {
         self.0.get(i).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// Why a SUBSCRIBE filter was refused, as the metrics label it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeRefusal {
+    /// Not a valid filter, or deeper than `max-topic-levels` (0x8F).
+    Invalid,
+    /// The ACL or an authorizer said no (0x87).
+    NotAuthorized,
+    /// The session holds `max-subscriptions-per-client` already (0x97).
+    QuotaExceeded,
+}
+
+impl SubscribeRefusal {
+    /// Every reason, in discriminant order.
+    pub const ALL: [SubscribeRefusal; 3] = [
+        SubscribeRefusal::Invalid,
+        SubscribeRefusal::NotAuthorized,
+        SubscribeRefusal::QuotaExceeded,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            SubscribeRefusal::Invalid => "invalid",
+            SubscribeRefusal::NotAuthorized => "not_authorized",
+            SubscribeRefusal::QuotaExceeded => "quota_exceeded",
+        }
     }
 }
 

@@ -611,17 +611,32 @@ async fn slow_consumer_only_fills_its_own_queue() {
     let mut publ = Raw::client(b.addr, V::V3_1_1, "pub").await;
     let payload = Bytes::from(vec![b'x'; 4096]);
     let total = 3_000u32;
+    // How many the fast subscriber has received: the publisher keeps at most
+    // 50 ahead of it, so the fast subscriber's own queue (100) never
+    // overflows however slowly a loaded machine runs its task; the stalled
+    // one falls behind by thousands.
+    let (progress, mut received) = tokio::sync::watch::channel(0u32);
     let reader = tokio::spawn(async move {
         let mut n = 0;
         while n < total {
             if let Packet::Publish(p) = fast.recv().await {
                 fast.send(Packet::PubAck(Ack::new(p.packet_id))).await;
                 n += 1;
+                let _ = progress.send(n);
             }
         }
         n
     });
     for i in 0..total {
+        if i >= 50 {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                received.wait_for(|n| *n >= i - 50),
+            )
+            .await
+            .expect("the fast subscriber keeps receiving")
+            .expect("the reader runs");
+        }
         let mut p = Publish::new("flood", payload.clone());
         p.qos = QoS::AtLeastOnce;
         p.packet_id = (i % 60_000) as u16 + 1;

@@ -14,6 +14,7 @@ use super::machine::Machine;
 use crate::auth::Access;
 use crate::broker::split_share;
 use crate::message::{Delivery, Message};
+use crate::metrics::SubscribeRefusal;
 use crate::session::SubEntry;
 use crate::topic_tree::Subscriber;
 
@@ -138,6 +139,16 @@ impl Machine {
     fn forget(&mut self, client: &Client, seq: Option<u64>) {
         if let Some(seq) = seq {
             self.journal.forget(client.client_id(), seq);
+        }
+    }
+
+    /// Counts a refused SUBSCRIBE filter; its reason code.
+    fn refuse(&self, why: SubscribeRefusal) -> ReasonCode {
+        self.broker.metrics.subscribe_refusals.inc(why as usize);
+        match why {
+            SubscribeRefusal::Invalid => ReasonCode::TOPIC_FILTER_INVALID,
+            SubscribeRefusal::NotAuthorized => ReasonCode::NOT_AUTHORIZED,
+            SubscribeRefusal::QuotaExceeded => ReasonCode::QUOTA_EXCEEDED,
         }
     }
 
@@ -326,18 +337,29 @@ impl Machine {
                 Err(_) => false,
             };
             if !valid {
-                codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                codes.push(self.refuse(SubscribeRefusal::Invalid));
                 continue;
             }
             // Under a mountpoint the filter gets the prefix (inside `$share/group/`).
             let filter = &super::mount::filter_for(client.mountpoint.as_deref(), filter);
             if !super::mount::valid_filter(filter) {
-                codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                codes.push(self.refuse(SubscribeRefusal::Invalid));
                 continue;
             }
             let (share, inner) = split_share(filter);
             if topic::levels(inner) > self.broker.config.max_topic_levels {
-                codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                codes.push(self.refuse(SubscribeRefusal::Invalid));
+                continue;
+            }
+            // A new filter past the session's quota is refused; replacing one
+            // it holds is not.
+            let quota = self.broker.config.max_subscriptions_per_client;
+            let full = {
+                let st = client.session.state.lock();
+                st.subscription_count() >= quota && st.subscription(filter).is_none()
+            };
+            if full {
+                codes.push(self.refuse(SubscribeRefusal::QuotaExceeded));
                 continue;
             }
             if !self.broker.allowed_with(
@@ -347,7 +369,7 @@ impl Machine {
                 inner,
                 Access::Read,
             ) {
-                codes.push(ReasonCode::NOT_AUTHORIZED);
+                codes.push(self.refuse(SubscribeRefusal::NotAuthorized));
                 continue;
             }
             let granted = s.options.qos.min(QoS::ExactlyOnce);

@@ -590,3 +590,38 @@ async fn a_taken_over_session_stops_the_drain() {
     let (_m2, _c2) = attach(&b, "same", V::V5);
     assert!(!m.drain(&mut c));
 }
+
+#[tokio::test]
+async fn subscriptions_past_the_quota_are_refused_and_counted() {
+    let b = broker(Config {
+        max_subscriptions_per_client: 2,
+        ..Config::default()
+    });
+    for v in [V::V5, V::V3_1_1] {
+        let (mut m, mut c) = attach(&b, &format!("quota{}", v.level()), v);
+        m.handle(
+            &mut c,
+            subscribe(&[
+                ("a", QoS::AtMostOnce),
+                ("b", QoS::AtMostOnce),
+                ("c", QoS::AtMostOnce),
+            ]),
+        )
+        .unwrap();
+        // Replacing a subscription it holds is not a new one.
+        m.handle(&mut c, subscribe(&[("a", QoS::AtLeastOnce)]))
+            .unwrap();
+        let codes: Vec<Vec<u8>> = out(&mut m, v)
+            .into_iter()
+            .map(|p| match p {
+                Packet::SubAck(a) => a.reason_codes.iter().map(|r| r.0).collect(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let refused = if v.is_v5() { 0x97 } else { 0x80 };
+        assert_eq!(codes, vec![vec![0, 0, refused], vec![1]], "{v}");
+        assert_eq!(c.session.filters().len(), 2);
+    }
+    let quota = crate::metrics::SubscribeRefusal::QuotaExceeded as usize;
+    assert_eq!(b.metrics.subscribe_refusals.get(quota), 2);
+}

@@ -649,6 +649,11 @@ impl SessionState {
         self.subscriptions.get(filter)
     }
 
+    /// How many subscriptions the session holds.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
     /// Every subscription, by filter.
     pub fn subscriptions(&self) -> impl Iterator<Item = (&ByteString, &SubEntry)> {
         self.subscriptions.iter()
