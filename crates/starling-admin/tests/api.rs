@@ -413,3 +413,29 @@ async fn without_tokens_other_hosts_and_origins_are_refused() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn a_parked_connection_is_woken_and_kicked() {
+    let s = start(None, "parked").await;
+    // A client that says nothing after its CONNACK parks at once.
+    let mut idle = Raw::connect(s.mqtt, "sleeper", V::V5, true, 0).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, stats) = get_json(&s, "/api/v1/stats").await;
+        if stats["connections_parked"] == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never parked: {stats}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = reqwest::Client::new()
+        .delete(http(&s, "/api/v1/clients/sleeper"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert!(matches!(idle.recv().await, Some(Packet::Disconnect(d)) if d.reason_code.0 == 0x98));
+    assert!(idle.recv().await.is_none());
+    let (_, stats) = get_json(&s, "/api/v1/stats").await;
+    assert_eq!((stats["connections"].as_u64(), stats["connections_parked"].as_u64()), (Some(0), Some(0)));
+}
