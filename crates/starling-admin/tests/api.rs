@@ -425,7 +425,10 @@ async fn a_parked_connection_is_woken_and_kicked() {
         if stats["connections_parked"] == 1 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never parked: {stats}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never parked: {stats}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let r = reqwest::Client::new()
@@ -437,5 +440,11 @@ async fn a_parked_connection_is_woken_and_kicked() {
     assert!(matches!(idle.recv().await, Some(Packet::Disconnect(d)) if d.reason_code.0 == 0x98));
     assert!(idle.recv().await.is_none());
     let (_, stats) = get_json(&s, "/api/v1/stats").await;
-    assert_eq!((stats["connections"].as_u64(), stats["connections_parked"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (
+            stats["connections"].as_u64(),
+            stats["connections_parked"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
 }
