@@ -211,6 +211,20 @@ impl BrokerCollector {
             MetricType::Gauge,
             per_version(|l| &l.connected),
         )?;
+        family(
+            e,
+            "starling_accept_throttled",
+            "Times a listener's accept loop waited for its max-connection-rate",
+            None,
+            MetricType::Counter,
+            s.listeners().iter().map(|l| {
+                let labels = vec![
+                    ("listener", l.url.clone()),
+                    ("transport", l.transport.to_string()),
+                ];
+                (labels, Metrics::get(&l.throttled))
+            }),
+        )?;
         gauge(
             e,
             "starling_connections_parked",

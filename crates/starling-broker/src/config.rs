@@ -92,6 +92,9 @@ pub struct Config {
     /// A deeper SUBSCRIBE filter gets SUBACK 0x8F (3.x: 0x80); a deeper
     /// PUBLISH or will topic closes the connection (MQTT 5: 0x90).
     pub max_topic_levels: usize,
+    /// Most connections a listener accepts per second; past it new
+    /// connections wait in the kernel's backlog (0: no limit).
+    pub max_connection_rate: u32,
     /// Most subscriptions one session may hold; past it a SUBSCRIBE filter
     /// gets SUBACK 0x97 Quota exceeded (3.x: 0x80). Each costs memory in the
     /// session and the topic index, and the client chooses how many.
@@ -172,6 +175,9 @@ pub struct ListenerConfig {
     /// Most simultaneous connections on this listener; 0 means no limit of its own.
     #[serde(default)]
     pub max_connections: usize,
+    /// Most connections this listener accepts per second (default: the
+    /// top-level `max-connection-rate`).
+    pub max_connection_rate: Option<u32>,
     /// WebSocket path (`ws`, `wss`); else the URL's path, else `/mqtt`.
     pub path: Option<String>,
     /// Expect a PROXY protocol header (v1 or v2) at the start of every
@@ -217,6 +223,7 @@ impl Default for Config {
             persistent_session_expiry: None,
             max_topic_levels: 128,
             max_subscriptions_per_client: 10_000,
+            max_connection_rate: 0,
             max_client_id_len: 0,
             retain_available: true,
             sys_interval: 10,
@@ -371,13 +378,15 @@ mod tests {
 
     #[test]
     fn listener_tables() {
-        let text = "[[listener]]\nurl = \"mqtts://0.0.0.0:8883\"\ntls-cert = \"c.pem\"\ntls-key = \"k.pem\"\nrequire-client-cert = true\n\n[[listener]]\nurl = \"ws://127.0.0.1:8080\"\npath = \"/ws\"\nmax-connections = 5\n";
+        let text = "[[listener]]\nurl = \"mqtts://0.0.0.0:8883\"\ntls-cert = \"c.pem\"\ntls-key = \"k.pem\"\nrequire-client-cert = true\n\n[[listener]]\nurl = \"ws://127.0.0.1:8080\"\npath = \"/ws\"\nmax-connections = 5\nmax-connection-rate = 50\n";
         let config = Config::from_toml(text, Path::new("l.toml")).unwrap();
         assert!(config.listen.is_empty());
         assert_eq!(config.listener.len(), 2);
         assert_eq!(config.listener[0].require_client_cert, Some(true));
         assert_eq!(config.listener[1].path.as_deref(), Some("/ws"));
         assert_eq!(config.listener[1].max_connections, 5);
+        assert_eq!(config.listener[1].max_connection_rate, Some(50));
+        assert_eq!(config.listener[0].max_connection_rate, None);
         let text = format!("listen = [\"mqtt://127.0.0.1:1883\"]\n{text}");
         let config = Config::from_toml(&text, Path::new("l.toml")).unwrap();
         assert_eq!(config.listen.len(), 1);

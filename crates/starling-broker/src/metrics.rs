@@ -78,6 +78,8 @@ pub struct ListenerStats {
     pub connected: ByVersion,
     /// CONNECTs accepted through it, by protocol version.
     pub connects: ByVersion,
+    /// Times its accept loop waited for `max-connection-rate`.
+    pub throttled: AtomicU64,
 }
 
 /// One counter per MQTT version: 3.1, 3.1.1, 5.0.
@@ -126,6 +128,7 @@ impl ListenerStats {
             local_addr,
             connected: ByVersion::default(),
             connects: ByVersion::default(),
+            throttled: AtomicU64::new(0),
         }
     }
 }

@@ -261,3 +261,23 @@ async fn graceful_shutdown_sends_server_shutting_down() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_connection_rate_spreads_connects_out_and_refuses_none() {
+    let b = TestBroker::start(Config {
+        max_connection_rate: 5,
+        ..Config::default()
+    })
+    .await;
+    // Ten clients at once against five a second: all are served (the rest
+    // wait in the backlog), and the waits are counted on the listener.
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        clients.push(Raw::client(b.addr, V::V3_1_1, &format!("rate{i}")).await);
+    }
+    let throttled = b.state.listeners()[0]
+        .throttled
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(throttled >= 1, "throttled {throttled}");
+    assert_eq!(b.state.session_count(), 10);
+}

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::transport::ws::Rewind;
 use crate::transport::{self, ConnContext, Flushing};
 
+use super::rate::AcceptRate;
 use super::{ListenerInfo, Transport};
 
 /// What every connection task of a running broker holds.
@@ -218,7 +219,14 @@ impl Shared {
 
 pub(super) async fn accept_loop(listener: TcpListener, info: Arc<ListenerInfo>, shared: Shared) {
     let mut shutdown = shared.shutdown.clone();
+    let mut rate = (info.connection_rate > 0)
+        .then(|| AcceptRate::new(info.connection_rate, tokio::time::Instant::now()));
     loop {
+        if let Some(rate) = rate.as_mut() {
+            if !throttle(rate, &info, &shared, &mut shutdown).await {
+                return;
+            }
+        }
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = shutdown.changed() => return,
@@ -248,13 +256,41 @@ pub(super) async fn accept_loop(listener: TcpListener, info: Arc<ListenerInfo>, 
     }
 }
 
+/// Waits for the listener's next accept token; `false` when the broker
+/// shuts down meanwhile.
+async fn throttle(
+    rate: &mut AcceptRate,
+    info: &ListenerInfo,
+    shared: &Shared,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let wait = rate.take(tokio::time::Instant::now());
+    if wait.is_zero() {
+        return true;
+    }
+    if let Some(l) = shared.state.listener(info.index) {
+        Metrics::add(&l.throttled, 1);
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        _ = shutdown.changed() => false,
+    }
+}
+
 pub(super) async fn quic_accept_loop(
     endpoint: quinn::Endpoint,
     info: Arc<ListenerInfo>,
     shared: Shared,
 ) {
     let mut shutdown = shared.shutdown.clone();
+    let mut rate = (info.connection_rate > 0)
+        .then(|| AcceptRate::new(info.connection_rate, tokio::time::Instant::now()));
     loop {
+        if let Some(rate) = rate.as_mut() {
+            if !throttle(rate, &info, &shared, &mut shutdown).await {
+                return;
+            }
+        }
         let incoming = tokio::select! {
             i = endpoint.accept() => match i {
                 Some(i) => i,

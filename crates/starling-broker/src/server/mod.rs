@@ -27,6 +27,7 @@ use crate::transport::tls::{Reloadable, TlsSettings};
 use crate::transport::{self, ConnContext};
 
 mod accept;
+mod rate;
 mod reload;
 mod url;
 
@@ -122,6 +123,8 @@ impl LocalConnector {
 struct ListenerInfo {
     /// Index in [`BrokerState::listeners`].
     index: u16,
+    /// Most connections accepted per second (0: no limit); see `rate.rs`.
+    connection_rate: u32,
     url: String,
     transport: Transport,
     ws_path: String,
@@ -310,6 +313,7 @@ async fn bind_listener(
     Ok(Listener {
         info: Arc::new(ListenerInfo {
             index,
+            connection_rate: lc.max_connection_rate.unwrap_or(config.max_connection_rate),
             url: url.clone(),
             transport,
             ws_path,
