@@ -5,8 +5,7 @@
 //! 3.1.1), and maps to the MQTT 5 reason code a server or client sends before it
 //! closes the connection.
 
-use crate::packet::PacketType;
-use crate::property::PropertyId;
+use crate::kind::{PacketType, PropertyId};
 use crate::reason::ReasonCode;
 
 /// A packet that breaks a rule of the wire format.

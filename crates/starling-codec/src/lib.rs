@@ -20,6 +20,7 @@
 
 mod decoder;
 mod error;
+mod kind;
 pub mod packet;
 mod property;
 mod reason;

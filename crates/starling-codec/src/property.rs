@@ -5,42 +5,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 
 use crate::error::{DecodeError, EncodeError};
-use crate::packet::QoS;
+use crate::kind::QoS;
 use crate::wire::{check_len, put_binary, put_varint, varint_len, Reader};
 
-/// A property identifier (spec table 2-4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-#[allow(missing_docs)]
-pub enum PropertyId {
-    PayloadFormatIndicator = 0x01,
-    MessageExpiryInterval = 0x02,
-    ContentType = 0x03,
-    ResponseTopic = 0x08,
-    CorrelationData = 0x09,
-    SubscriptionIdentifier = 0x0B,
-    SessionExpiryInterval = 0x11,
-    AssignedClientIdentifier = 0x12,
-    ServerKeepAlive = 0x13,
-    AuthenticationMethod = 0x15,
-    AuthenticationData = 0x16,
-    RequestProblemInformation = 0x17,
-    WillDelayInterval = 0x18,
-    RequestResponseInformation = 0x19,
-    ResponseInformation = 0x1A,
-    ServerReference = 0x1C,
-    ReasonString = 0x1F,
-    ReceiveMaximum = 0x21,
-    TopicAliasMaximum = 0x22,
-    TopicAlias = 0x23,
-    MaximumQoS = 0x24,
-    RetainAvailable = 0x25,
-    UserProperty = 0x26,
-    MaximumPacketSize = 0x27,
-    WildcardSubscriptionAvailable = 0x28,
-    SubscriptionIdentifierAvailable = 0x29,
-    SharedSubscriptionAvailable = 0x2A,
-}
+pub use crate::kind::PropertyId;
 
 /// The place a property list appears: a packet type, or the will in CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
