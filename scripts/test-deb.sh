@@ -9,6 +9,12 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 bash scripts/build-deb.sh
 deb=$(ls -1t target/debian/starling_*.deb | head -1)
+# The package depends on adduser (its postinst creates the starling user);
+# minimal images may lack it, and dpkg -i does not fetch dependencies.
+if ! command -v adduser >/dev/null 2>&1; then
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y adduser
+fi
 echo "==> dpkg -i $deb"
 $SUDO env DEBIAN_FRONTEND=noninteractive dpkg -i "$deb"
 trap '$SUDO dpkg --purge starling >/dev/null 2>&1 || true' EXIT

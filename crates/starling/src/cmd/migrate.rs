@@ -91,14 +91,15 @@ impl Listener {
 
 /// Mosquitto's durations (`persistent_client_expiration 2w`) in seconds.
 fn duration_secs(v: &str) -> Option<i64> {
-    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
-    let n: i64 = n.parse().ok()?;
+    // The unit is the last character, whatever its width in bytes.
+    let unit = v.chars().last()?;
+    let n: i64 = v[..v.len() - unit.len_utf8()].parse().ok()?;
     let mult = match unit {
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 604_800,
-        "m" => 2_592_000,
-        "y" => 31_536_000,
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 604_800,
+        'm' => 2_592_000,
+        'y' => 31_536_000,
         _ => return None,
     };
     n.checked_mul(mult)
@@ -382,5 +383,10 @@ address cloud.example:8883
             Some("mqtt://127.0.0.1:1883")
         );
         assert_eq!(migrate("listener x\nmax_keepalive ten\n").skipped.len(), 2);
+        // A unit that is not ASCII is reported, not a panic.
+        let odd =
+            migrate("persistent_client_expiration 2\u{e9}\npersistent_client_expiration \u{e9}\n");
+        assert_eq!(odd.skipped.len(), 2, "{:?}", odd.skipped);
+        assert_eq!(duration_secs("3w"), Some(1_814_400));
     }
 }
