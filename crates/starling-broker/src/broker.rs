@@ -339,9 +339,7 @@ impl BrokerState {
     /// writes for persistent subscribers are added to it. Returns how many
     /// sessions it was offered to.
     pub fn route(&self, msg: &Arc<Message>, mut journal: Option<&mut Journal>) -> usize {
-        if self.store.is_none() {
-            journal = None;
-        }
+        let store = self.store.as_ref();
         let now = Instant::now();
         if msg.is_expired(now) {
             self.metrics.drops.inc(DropReason::Expired as usize);
@@ -437,7 +435,7 @@ impl BrokerState {
                 weight,
             };
             if matches!(
-                session.enqueue(delivery, journal.as_deref_mut()),
+                session.enqueue(delivery, store.zip(journal.as_deref_mut())),
                 crate::session::Enqueued::Dropped | crate::session::Enqueued::DroppedOldest
             ) {
                 self.metrics.drops.inc(DropReason::QueueFull as usize);
@@ -507,11 +505,11 @@ impl BrokerState {
                 Some((member, granted, id)) => {
                     d.qos = d.msg.qos.min(granted);
                     d.subscription_ids = id.into_iter().collect();
-                    member.enqueue(d, Some(&mut journal));
+                    member.enqueue(d, self.store.as_ref().map(|s| (s, &mut journal)));
                 }
                 None => {
                     // Nobody else in the group: keep it for this session.
-                    let _ = session.enqueue(d, Some(&mut journal));
+                    let _ = session.enqueue(d, self.store.as_ref().map(|s| (s, &mut journal)));
                 }
             }
         }

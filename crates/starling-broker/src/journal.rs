@@ -16,67 +16,86 @@ use crate::store::{
 };
 
 /// What changed, in the order it happened, for the store.
+///
+/// Changes to a session's queue are the exception: they are handed to the
+/// store at once, while the session's lock is held (see
+/// [`Journal::queue_changed`]), so that the store sees a queued message
+/// before anything its subscriber does with it. The journal counts them, so
+/// that an acknowledgement still waits for a write that follows them.
 #[derive(Debug, Default)]
-pub struct Journal(Vec<Op>);
+pub struct Journal {
+    ops: Vec<Op>,
+    /// Changes already handed to the store during this step.
+    submitted: usize,
+    /// The number of the first store request they went in.
+    first_request: Option<u64>,
+}
 
 impl Journal {
     /// An empty journal.
     pub fn new() -> Journal {
-        Journal(Vec::new())
+        Journal::default()
     }
 
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 
-    /// How many changes it holds.
+    /// How many changes it holds, those already submitted included.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.ops.len() + self.submitted
     }
 
-    /// A delivery was queued for `client`'s persistent session under `seq`.
-    pub fn queued(&mut self, client: &ByteString, seq: u64, d: &Delivery) {
-        if let Some(r) = message_record(d) {
-            self.0.push(Op::Message(client.clone(), seq, r));
-        }
+    /// Hands changes to a session's queue to the store now, in the order
+    /// made under the session's lock (which the caller holds). A queued
+    /// message thus reaches the store's writer before its subscriber, which
+    /// may run on another thread as soon as the lock is released, can send it
+    /// and record its in-flight state or its removal: a restart can neither
+    /// resurrect a delivered message nor lose the in-flight record of a QoS 2
+    /// one.
+    pub fn queue_changed(&mut self, store: &Persistence, ops: Vec<Op>) {
+        self.submitted += ops.len();
+        let number = store.submit(ops);
+        self.first_request.get_or_insert(number);
     }
 
     /// An in-flight delivery changed (sent with a packet id, or released).
     pub fn in_flight(&mut self, client: &ByteString, seq: u64, i: &Inflight) {
         if let Some(r) = inflight_record(i) {
-            self.0.push(Op::Message(client.clone(), seq, r));
+            self.ops.push(Op::Message(client.clone(), seq, r));
         }
     }
 
     /// The message stored under `seq` is done with (delivered, expired,
     /// dropped or moved to another session).
     pub fn forget(&mut self, client: &ByteString, seq: u64) {
-        self.0.push(Op::DeleteMessage(client.clone(), seq));
+        self.ops.push(Op::DeleteMessage(client.clone(), seq));
     }
 
     /// A retained message was set (or, with an empty payload, cleared).
     pub fn retained(&mut self, msg: &Message) {
         if msg.payload.is_empty() {
-            self.0.push(Op::DeleteRetained(msg.topic.clone()));
+            self.ops.push(Op::DeleteRetained(msg.topic.clone()));
         } else if let Some(r) = retained_record(msg) {
-            self.0.push(Op::Retained(msg.topic.clone(), r));
+            self.ops.push(Op::Retained(msg.topic.clone(), r));
         }
     }
 
     /// The retained message on `topic` is gone.
     pub fn retained_gone(&mut self, topic: ByteString) {
-        self.0.push(Op::DeleteRetained(topic));
+        self.ops.push(Op::DeleteRetained(topic));
     }
 
     /// A persistent session's record: its expiry, and whether connected now.
     pub fn session(&mut self, client: &ByteString, expiry_interval: u32, connected: bool) {
-        self.0.push(session_op(client, expiry_interval, connected));
+        self.ops
+            .push(session_op(client, expiry_interval, connected));
     }
 
     /// A session ended: everything stored for it goes.
     pub fn session_ended(&mut self, client: ByteString) {
-        self.0.push(Op::DeleteSession(client));
+        self.ops.push(Op::DeleteSession(client));
     }
 
     /// A persistent session subscribed.
@@ -87,34 +106,34 @@ impl Journal {
         options: SubscriptionOptions,
         id: Option<u32>,
     ) {
-        self.0.push(subscription_op(client, filter, options, id));
+        self.ops.push(subscription_op(client, filter, options, id));
     }
 
     /// A persistent session unsubscribed.
     pub fn unsubscribed(&mut self, client: ByteString, filter: ByteString) {
-        self.0.push(Op::Unsubscribe(client, filter));
+        self.ops.push(Op::Unsubscribe(client, filter));
     }
 
     /// A will waits `delay` seconds.
     pub fn will(&mut self, client: &ByteString, will: &Will, delay: u32, username: Option<&str>) {
         if let Some(r) = will_record(will, delay, username) {
-            self.0.push(Op::Will(client.clone(), r));
+            self.ops.push(Op::Will(client.clone(), r));
         }
     }
 
     /// A waiting will was published or cancelled.
     pub fn will_done(&mut self, client: ByteString) {
-        self.0.push(Op::DeleteWill(client));
+        self.ops.push(Op::DeleteWill(client));
     }
 
     /// A QoS 2 PUBLISH was received (its PUBREC is on its way).
     pub fn qos2_received(&mut self, client: ByteString, packet_id: u16) {
-        self.0.push(Op::IncomingQos2(client, packet_id));
+        self.ops.push(Op::IncomingQos2(client, packet_id));
     }
 
     /// A QoS 2 exchange from the client ended with PUBREL.
     pub fn qos2_released(&mut self, client: ByteString, packet_id: u16) {
-        self.0.push(Op::DeleteIncomingQos2(client, packet_id));
+        self.ops.push(Op::DeleteIncomingQos2(client, packet_id));
     }
 }
 
@@ -122,7 +141,7 @@ impl Journal {
 /// (`durability = none`) it is dropped.
 pub fn commit(store: Option<&Persistence>, journal: Journal) {
     if let Some(store) = store {
-        store.submit(journal.0);
+        store.submit(journal.ops);
     }
 }
 
@@ -132,7 +151,7 @@ pub fn commit_and_wait(
     store: &Persistence,
     journal: Journal,
 ) -> tokio::sync::oneshot::Receiver<()> {
-    store.submit_and_wait(journal.0)
+    store.submit_and_wait_from(journal.ops, journal.first_request)
 }
 
 /// Wall-clock milliseconds for a `tokio` deadline.

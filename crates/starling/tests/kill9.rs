@@ -268,3 +268,166 @@ async fn kill9_loses_no_acknowledged_qos1_message() {
 async fn kill9_keeps_qos2_exactly_once() {
     fault_run(QoS::ExactlyOnce).await;
 }
+
+/// What an online QoS 2 subscriber delivered, as an MQTT receiver does it:
+/// a PUBLISH is delivered unless its packet id awaits a PUBREL (then it is
+/// the same message, resent) [MQTT-4.3.3].
+#[derive(Default)]
+struct Receiver {
+    subscribed: bool,
+    awaiting_rel: HashSet<u16>,
+    delivered: HashMap<String, u32>,
+}
+
+/// Keeps a persistent QoS 2 subscriber online across broker restarts until
+/// `stop` is set, reconnecting (session present) whenever the broker dies.
+async fn online_subscriber(
+    port: u16,
+    rx: Arc<Mutex<Receiver>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut first = true;
+    for _ in 0..10_000 {
+        if stop.load(SeqCst) {
+            return;
+        }
+        let Ok(stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let mut sub = Peer {
+            stream,
+            buf: BytesMut::new(),
+            decoder: Decoder::with_version(ProtocolVersion::V5),
+        };
+        let mut c = Connect::new(ProtocolVersion::V5, "online-sub");
+        c.clean_start = first;
+        c.properties.session_expiry_interval = Some(u32::MAX);
+        c.properties.receive_maximum = Some(100);
+        if sub.send(Packet::Connect(Box::new(c))).await.is_err() {
+            continue;
+        }
+        match sub.recv().await {
+            Some(Packet::ConnAck(a)) if !a.reason_code.is_error() => {
+                assert!(first || a.session_present, "session lost: {a:?}");
+            }
+            _ => continue,
+        }
+        if first {
+            let s = Subscribe {
+                packet_id: 1,
+                properties: Default::default(),
+                subscriptions: vec![Subscription {
+                    filter: "k/#".into(),
+                    options: SubscriptionOptions {
+                        qos: QoS::ExactlyOnce,
+                        ..Default::default()
+                    },
+                }],
+            };
+            sub.send(Packet::Subscribe(s)).await.unwrap();
+            assert!(matches!(sub.recv().await, Some(Packet::SubAck(_))));
+            rx.lock().unwrap().subscribed = true;
+            first = false;
+        }
+        while let Some(p) = sub.recv().await {
+            let reply = match p {
+                Packet::Publish(p) => {
+                    let mut r = rx.lock().unwrap();
+                    if r.awaiting_rel.insert(p.packet_id) {
+                        let m = String::from_utf8_lossy(&p.payload).into_owned();
+                        *r.delivered.entry(m).or_default() += 1;
+                    }
+                    Packet::PubRec(Ack::new(p.packet_id))
+                }
+                Packet::PubRel(r) => {
+                    rx.lock().unwrap().awaiting_rel.remove(&r.packet_id);
+                    Packet::PubComp(Ack::new(r.packet_id))
+                }
+                other => panic!("unexpected {other:?}"),
+            };
+            if sub.send(reply).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_with_an_online_subscriber_delivers_qos2_exactly_once() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let dir = std::env::temp_dir().join(format!("starling-kill9-online-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = free_port();
+    let rx = Arc::new(Mutex::new(Receiver::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let mut broker = start_broker(&dir, port).await;
+    let sub = tokio::spawn(online_subscriber(port, rx.clone(), stop.clone()));
+    for _ in 0..3000 {
+        if rx.lock().unwrap().subscribed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(rx.lock().unwrap().subscribed, "the subscriber subscribed");
+    for cycle in 0..3 {
+        let before = acked.lock().unwrap().len();
+        let tasks: Vec<_> = (0..2)
+            .map(|i| {
+                let name = format!("pub{i}-c{cycle}");
+                tokio::spawn(publisher(port, name, QoS::ExactlyOnce, acked.clone()))
+            })
+            .collect();
+        // Kill -9 mid-stream, once the subscriber has been receiving.
+        for _ in 0..6000 {
+            if acked.lock().unwrap().len() >= before + 300 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(acked.lock().unwrap().len() >= before + 300, "cycle {cycle}");
+        broker.0.kill().expect("SIGKILL");
+        let _ = broker.0.wait();
+        for t in tasks {
+            let _ = tokio::time::timeout(WAIT, t).await;
+        }
+        broker = start_broker(&dir, port).await;
+    }
+    let acked: HashSet<String> = acked.lock().unwrap().clone();
+    // Every acknowledged message arrives (bounded wait).
+    for _ in 0..6000 {
+        let all = {
+            let r = rx.lock().unwrap();
+            acked.iter().all(|m| r.delivered.contains_key(m))
+        };
+        if all {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, SeqCst);
+    drop(broker);
+    let _ = tokio::time::timeout(WAIT, sub).await;
+    let r = rx.lock().unwrap();
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|m| !r.delivered.contains_key(*m))
+        .collect();
+    let dups: Vec<_> = r.delivered.iter().filter(|(_, c)| **c > 1).collect();
+    println!(
+        "online QoS 2, 3 x kill -9: {} acknowledged, {} delivered, {} duplicates",
+        acked.len(),
+        r.delivered.len(),
+        dups.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "lost: {} e.g. {:?}",
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(dups.is_empty(), "QoS 2 delivered twice: {dups:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -154,7 +154,7 @@ impl Machine {
 
     /// Whether acknowledgements wait until what they acknowledge is written
     /// (durability "always").
-    fn acks_wait(&self) -> bool {
+    pub(super) fn acks_wait(&self) -> bool {
         self.broker.store().is_some_and(|s| s.acks_wait())
     }
 
@@ -443,7 +443,7 @@ impl Machine {
                 }
             }
         }
-        let store = self.broker.store.is_some();
+        let store = self.broker.store.clone();
         for d in retained {
             if self.broker.allowed_with(
                 client.acl.as_deref(),
@@ -452,7 +452,9 @@ impl Machine {
                 &d.msg.topic,
                 Access::Read,
             ) {
-                client.session.enqueue(d, store.then_some(&mut *journal));
+                client
+                    .session
+                    .enqueue(d, store.as_ref().map(|s| (s, &mut *journal)));
             }
         }
     }

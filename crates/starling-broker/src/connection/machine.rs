@@ -28,6 +28,11 @@ use crate::session::Inflight;
 /// stops draining its queue until the socket takes some.
 pub(crate) const HIGH_WATER: usize = 64 * 1024;
 
+/// Above this many packets held for the store (acknowledgements, and QoS 2
+/// deliveries with what follows them) the connection stops draining its
+/// queue until the store catches up.
+const MAX_HELD: usize = 1024;
+
 /// An acknowledgement, and the journal it waits for (none: ready).
 pub(crate) type PendingAck = (Option<u64>, Packet);
 
@@ -76,6 +81,15 @@ fn apply_out_alias(
         Some((crate::message::owned(&publish.topic), alias))
     } else {
         None
+    }
+}
+
+/// Uses the alias already given to the topic, if any, but assigns none.
+fn existing_out_alias(client: &Client, publish: &mut starling_codec::Publish) {
+    let assigned = client.aliases.as_ref().map(|a| &a.outbound);
+    if let Some(&alias) = assigned.and_then(|m| m.get(&publish.topic)) {
+        publish.properties.topic_alias = Some(alias);
+        publish.topic = ByteString::new();
     }
 }
 
@@ -242,11 +256,11 @@ impl Machine {
             return true;
         }
         let now = Instant::now();
-        let journal = &mut self.journal;
+        let acks_wait = self.broker.store().is_some_and(|s| s.acks_wait());
         // Counted per QoS here, added to the shared counters once per drain.
         let mut sent = [0u64; 3];
         let mut sent_payload = [0u64; 3];
-        while self.wbuf.len() < HIGH_WATER {
+        while self.wbuf.len() < HIGH_WATER && self.pending_acks.len() < MAX_HELD {
             let Some(delivery) = st.pop() else { break };
             if delivery.msg.is_expired(now) {
                 self.broker.metrics.drops.inc(DropReason::Expired as usize);
@@ -256,7 +270,7 @@ impl Machine {
                     reason: DropReason::Expired,
                 });
                 if let Some(seq) = delivery.stored.seq() {
-                    journal.forget(client.client_id(), seq);
+                    self.journal.forget(client.client_id(), seq);
                 }
                 continue;
             }
@@ -265,7 +279,7 @@ impl Machine {
             let Some(topic) = mount::strip(client.mountpoint.as_deref(), &delivery.msg.topic)
             else {
                 if let Some(seq) = delivery.stored.seq() {
-                    journal.forget(client.client_id(), seq);
+                    self.journal.forget(client.client_id(), seq);
                 }
                 continue;
             };
@@ -274,11 +288,27 @@ impl Machine {
                 st.unpop(delivery);
                 break;
             }
+            // A QoS 2 message of a persistent session goes out only once its
+            // "sent with this packet id" record is on disk (durability
+            // "always"): after a restart it is resent with DUP and the same
+            // id, which the receiver recognises [MQTT-4.3.3-1]. Held packets
+            // queue with the acknowledgements, and everything after them
+            // keeps its place behind them.
+            let held = delivery.qos == starling_codec::QoS::ExactlyOnce
+                && delivery.stored.seq().is_some()
+                && acks_wait;
             let packet_id = if qos1 { st.next_packet_id() } else { 0 };
             let mut publish =
                 delivery.to_publish_for(client.version.is_v5(), packet_id, false, now);
             publish.topic = topic;
-            let new_alias = apply_out_alias(client, &mut publish);
+            // A held packet takes no new alias: the packets after it would
+            // otherwise be written with an alias the client does not know yet.
+            let new_alias = if held {
+                existing_out_alias(client, &mut publish);
+                None
+            } else {
+                apply_out_alias(client, &mut publish)
+            };
             let packet = Packet::Publish(publish);
             let limited = client.client_max_packet != u32::MAX;
             match packet.encoded_len(client.version) {
@@ -298,10 +328,6 @@ impl Machine {
                     });
                     continue;
                 }
-            }
-            if let Err(err) = packet.encode(client.version, &mut self.wbuf) {
-                tracing::warn!(?err, "could not encode PUBLISH");
-                continue;
             }
             // The alias counts only once the client has the packet that sets it.
             if let Some((topic, alias)) = new_alias {
@@ -329,9 +355,14 @@ impl Machine {
                 let seq = inflight.delivery.stored.seq();
                 if let (Some(seq), starling_codec::QoS::ExactlyOnce) = (seq, inflight.delivery.qos)
                 {
-                    journal.in_flight(client.client_id(), seq, &inflight);
+                    self.journal.in_flight(client.client_id(), seq, &inflight);
                 }
                 st.push_inflight(inflight);
+            }
+            if held || !self.pending_acks.is_empty() {
+                self.send_ack(packet, held, client.version);
+            } else if let Err(err) = packet.encode(client.version, &mut self.wbuf) {
+                tracing::warn!(?err, "could not encode PUBLISH");
             }
         }
         drop(st);

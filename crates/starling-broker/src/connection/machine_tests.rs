@@ -481,7 +481,7 @@ async fn a_stored_publish_is_acknowledged_once_its_journal_is_written() {
 }
 
 #[tokio::test]
-async fn pubrel_waits_until_the_released_state_is_written() {
+async fn qos2_publish_and_pubrel_wait_until_their_state_is_written() {
     let b = stored_broker("pubrel");
     let (mut m, mut c) = attach(&b, "q2", V::V5);
     c.session
@@ -500,11 +500,22 @@ async fn pubrel_waits_until_the_released_state_is_written() {
         .unwrap();
     let _ = p.take_journal();
     assert!(m.drain(&mut c));
+    // The QoS 2 PUBLISH waits until its in-flight record is written: after
+    // a restart it must go again with the same packet id [MQTT-4.3.3-1].
+    assert!(
+        out(&mut m, V::V5).is_empty(),
+        "the PUBLISH waits for the store"
+    );
+    let (journal, awaited) = m.take_journal().expect("the in-flight record");
+    assert!(awaited);
+    let store = b.store().expect("a store");
+    m.awaiting(crate::journal::commit_and_wait(store, journal));
+    let written = super::first_write(&mut m.writes).await;
+    m.write_done(written, V::V5).unwrap();
     let packet_id = match out(&mut m, V::V5).as_slice() {
         [Packet::Publish(p)] => p.packet_id,
         other => panic!("{other:?}"),
     };
-    let _ = m.take_journal();
     m.handle(&mut c, Packet::PubRec(Ack::new(packet_id)))
         .unwrap();
     assert!(out(&mut m, V::V5).is_empty(), "PUBREL waits for the store");

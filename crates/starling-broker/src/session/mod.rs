@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 
 use crate::journal::Journal;
 use crate::message::Delivery;
+use crate::store::Persistence;
 
 pub use crate::message::Inflight;
 pub use state::{ConnInfo, Enqueued, Lazy, Link, QueueLimits, SessionState, SubEntry};
@@ -81,17 +82,22 @@ impl Session {
     }
 
     /// Offers a delivery to the session's queue, applying its bounds, and wakes
-    /// the attached connection. With a journal, a QoS 1/2 delivery to a
-    /// persistent session is given a sequence number and written to it, as is
-    /// the removal of any message the bound evicted.
-    pub fn enqueue(&self, delivery: Delivery, journal: Option<&mut Journal>) -> Enqueued {
-        let stored = journal.is_some()
+    /// the attached connection. With a store, a QoS 1/2 delivery to a
+    /// persistent session is given a sequence number and handed to the store
+    /// at once (counted in `journal`), as is the removal of any message the
+    /// bound evicted.
+    pub fn enqueue(
+        &self,
+        delivery: Delivery,
+        store: Option<(&Persistence, &mut Journal)>,
+    ) -> Enqueued {
+        let stored = store.is_some()
             && delivery.qos != QoS::AtMostOnce
             && self.persistent.load(Ordering::Relaxed);
         let (outcome, evicted, parked) =
             self.state
                 .lock()
-                .enqueue(delivery, stored, &self.client_id, journal);
+                .enqueue(delivery, stored, &self.client_id, store);
         drop(evicted);
         let wake = || match &parked {
             Some((at, conn_id)) => at.wake(*conn_id),

@@ -12,8 +12,9 @@ use tokio::sync::Notify;
 
 use crate::auth::{Acl, ListenerFile};
 use crate::config::OverflowPolicy;
-use crate::journal::Journal;
+use crate::journal::{message_record, Journal};
 use crate::message::{Delivery, Inflight, Stored};
+use crate::store::{Op, Persistence};
 
 /// The attached connection, as the session sees it. Taking the link away
 /// tells the connection to close: it checks whether it is still attached each
@@ -357,16 +358,17 @@ impl SessionState {
     }
 
     /// Queues a delivery for session `client_id` within the bounds (see
-    /// [`super::Session::enqueue`]): numbered for the store when `stored`,
-    /// recorded in `journal` with what the bounds evicted. Returns the
-    /// outcome, the evicted sequence numbers, and the parked connection to
-    /// wake, if the connection is parked.
+    /// [`super::Session::enqueue`]): numbered for the store when `stored`, and
+    /// then handed to the store with what the bounds evicted, through
+    /// `journal`, before the lock is released. Returns the outcome, the
+    /// evicted deliveries, and the parked connection to wake, if the
+    /// connection is parked.
     pub(crate) fn enqueue(
         &mut self,
         mut delivery: Delivery,
         stored: bool,
         client_id: &ByteString,
-        journal: Option<&mut Journal>,
+        store: Option<(&Persistence, &mut Journal)>,
     ) -> (Enqueued, Vec<u64>, Option<(ParkedAt, u64)>) {
         if stored {
             delivery.stored = Stored::at(self.next_seq);
@@ -374,18 +376,22 @@ impl SessionState {
         }
         let (outcome, evicted) = self.push(delivery);
         let queued = matches!(outcome, Enqueued::Queued | Enqueued::DroppedOldest);
-        if let Some(journal) = journal {
+        if let Some((store, journal)) = store {
+            let mut ops = Vec::new();
             // Queued: it is at the back now.
-            if let Some((d, seq)) = self
+            if let Some((record, seq)) = self
                 .queue
                 .back()
                 .filter(|_| queued)
-                .and_then(|d| Some((d, d.stored.seq()?)))
+                .and_then(|d| Some((message_record(d)?, d.stored.seq()?)))
             {
-                journal.queued(client_id, seq, d);
+                ops.push(Op::Message(client_id.clone(), seq, record));
             }
             for e in &evicted {
-                journal.forget(client_id, *e);
+                ops.push(Op::DeleteMessage(client_id.clone(), *e));
+            }
+            if !ops.is_empty() {
+                journal.queue_changed(store, ops);
             }
         }
         // A parked connection is woken through the reactor, an active one

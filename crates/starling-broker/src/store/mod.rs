@@ -125,7 +125,11 @@ pub trait Store: Send + 'static {
 
 struct Request {
     ops: Vec<Op>,
-    done: Option<oneshot::Sender<()>>,
+    /// Numbered as submitted (see [`Persistence::submit`]).
+    number: u64,
+    /// Completed when written, unless this request or any numbered from
+    /// `depends_from` on failed: the waiter depends on those too.
+    done: Option<(u64, oneshot::Sender<()>)>,
     /// Make everything durable, whatever the durability setting.
     sync: bool,
     /// Then close the store and end the writer thread.
@@ -137,6 +141,8 @@ struct Request {
 #[derive(Debug, Clone)]
 pub struct Persistence {
     tx: mpsc::Sender<Request>,
+    /// The number of the next request.
+    next: Arc<AtomicU64>,
     durability: Durability,
     stats: Arc<StoreStats>,
 }
@@ -184,6 +190,7 @@ impl Persistence {
                 let _running = Running(writer_stats.clone());
                 let durable = durability == Durability::Always;
                 let mut last_sync = std::time::Instant::now();
+                let mut last_failed: Option<u64> = None;
                 loop {
                     let first = match rx.recv_timeout(interval) {
                         Ok(r) => r,
@@ -201,14 +208,17 @@ impl Persistence {
                     // Group commit: everything that queued up while the last
                     // commit ran goes into this one.
                     let mut ops = first.ops;
-                    let mut waiters: Vec<oneshot::Sender<()>> = first.done.into_iter().collect();
+                    let mut waiters: Vec<(u64, oneshot::Sender<()>)> =
+                        first.done.into_iter().collect();
                     let mut sync = first.sync;
                     let mut close = first.close;
+                    let mut highest = first.number;
                     while ops.len() < 65_536 {
                         match rx.try_recv() {
                             Ok(r) => {
                                 ops.extend(r.ops);
                                 waiters.extend(r.done);
+                                highest = highest.max(r.number);
                                 sync |= r.sync;
                                 close |= r.close;
                             }
@@ -226,8 +236,12 @@ impl Persistence {
                     if let Err(e) = applied {
                         tracing::error!("{e}");
                         Metrics::add(&writer_stats.failures, 1);
-                        waiters.clear();
+                        last_failed = Some(last_failed.unwrap_or(0).max(highest));
                     }
+                    // A waiter whose changes, or any submitted after them and
+                    // before it, failed is not completed: what it waits for
+                    // may be among them.
+                    waiters.retain(|(from, _)| last_failed.is_none_or(|f| f < *from));
                     if durability == Durability::Periodic && last_sync.elapsed() >= interval {
                         if let Err(e) = store.sync() {
                             tracing::error!("{e}");
@@ -236,12 +250,12 @@ impl Persistence {
                     }
                     if close {
                         drop(store);
-                        for w in waiters {
+                        for (_, w) in waiters {
                             let _ = w.send(());
                         }
                         return;
                     }
-                    for w in waiters {
+                    for (_, w) in waiters {
                         let _ = w.send(());
                     }
                 }
@@ -252,21 +266,31 @@ impl Persistence {
             .map_err(|e| StoreError::caused_by("store writer thread", e))?;
         Ok(Persistence {
             tx,
+            next: Arc::new(AtomicU64::new(0)),
             durability,
             stats,
         })
     }
 
-    /// Submits changes without waiting for them.
-    pub fn submit(&self, ops: Vec<Op>) {
+    /// Submits changes without waiting for them. Returns the request's
+    /// number, which a later [`Persistence::submit_and_wait_from`] can
+    /// depend on.
+    pub fn submit(&self, ops: Vec<Op>) -> u64 {
+        let number = self.number();
         if !ops.is_empty() {
             self.send(Request {
                 ops,
+                number,
                 done: None,
                 sync: false,
                 close: false,
             });
         }
+        number
+    }
+
+    fn number(&self) -> u64 {
+        self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Hands a request to the writer thread. If the thread has ended (after
@@ -287,10 +311,19 @@ impl Persistence {
     /// `durability = always`) or written (otherwise). It fails (the sender is
     /// dropped) when the store could not write them.
     pub fn submit_and_wait(&self, ops: Vec<Op>) -> oneshot::Receiver<()> {
+        self.submit_and_wait_from(ops, None)
+    }
+
+    /// As [`Persistence::submit_and_wait`], and the receiver fails as well
+    /// if any request from number `from` on failed (changes this one
+    /// depends on were submitted before it).
+    pub fn submit_and_wait_from(&self, ops: Vec<Op>, from: Option<u64>) -> oneshot::Receiver<()> {
         let (done, rx) = oneshot::channel();
+        let number = self.number();
         self.send(Request {
             ops,
-            done: Some(done),
+            number,
+            done: Some((from.unwrap_or(number).min(number), done)),
             sync: false,
             close: false,
         });
@@ -318,9 +351,11 @@ impl Persistence {
     /// Waits until everything submitted so far is on stable storage.
     pub async fn flush(&self) {
         let (done, rx) = oneshot::channel();
+        let number = self.number();
         self.send(Request {
             ops: Vec::new(),
-            done: Some(done),
+            number,
+            done: Some((number, done)),
             sync: true,
             close: false,
         });
@@ -331,9 +366,11 @@ impl Persistence {
     /// ignored. Returns once the store's files are released.
     pub async fn close(&self) {
         let (done, rx) = oneshot::channel();
+        let number = self.number();
         self.send(Request {
             ops: Vec::new(),
-            done: Some(done),
+            number,
+            done: Some((number, done)),
             sync: true,
             close: true,
         });
