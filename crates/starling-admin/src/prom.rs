@@ -286,6 +286,20 @@ impl BrokerCollector {
             "Sessions taken over by a new connection with the same client id",
             None,
             Metrics::get(&m.takeovers),
+        )?;
+        counter(
+            e,
+            "starling_publisher_waits",
+            "Times a publisher stopped being read until a subscriber's queue drained (backpressure)",
+            None,
+            Metrics::get(&m.publisher_waits),
+        )?;
+        counter(
+            e,
+            "starling_slow_consumers",
+            "Subscribers that did not drain their queue within slow-consumer-timeout-ms",
+            None,
+            Metrics::get(&m.slow_consumers),
         )
     }
 

@@ -15,6 +15,8 @@ fn sessions(n: usize) -> Vec<Arc<Session>> {
     let limits = QueueLimits {
         max_messages: 10,
         max_bytes: 1000,
+        high_water: 10,
+        high_water_bytes: 1000,
         policy: OverflowPolicy::DropOldest,
         qos0_offline: false,
     };

@@ -112,6 +112,8 @@ impl BrokerState {
             limits: Arc::new(QueueLimits {
                 max_messages: config.max_queued_messages,
                 max_bytes: config.max_queued_bytes,
+                high_water: (config.max_queued_messages / 4).clamp(1, 1000),
+                high_water_bytes: (config.max_queued_bytes / 4).max(1),
                 policy: config.queue_overflow,
                 qos0_offline: config.queue_qos0_offline,
             }),
@@ -216,10 +218,22 @@ impl BrokerState {
     /// written to `journal`) and forwards it to the other nodes. Returns how many
     /// local sessions it was offered to.
     pub fn publish(&self, msg: &Arc<Message>, journal: &mut Journal) -> usize {
+        self.publish_from_client(msg, journal, None)
+    }
+
+    /// As [`BrokerState::publish`], for a client's PUBLISH: adds to
+    /// `congested` the sessions whose queues the message took past their
+    /// high-water mark, which the publisher's connection then waits for.
+    pub(crate) fn publish_from_client(
+        &self,
+        msg: &Arc<Message>,
+        journal: &mut Journal,
+        congested: Option<&mut Vec<Arc<Session>>>,
+    ) -> usize {
         if msg.retain {
             self.retain(msg, journal);
         }
-        let offered = self.route(msg, Some(journal));
+        let offered = self.route_to(msg, Some(journal), congested);
         self.cluster().forward(msg);
         offered
     }
@@ -338,7 +352,18 @@ impl BrokerState {
     /// Hands `msg` to every matching subscriber's queue; with `journal`, the store
     /// writes for persistent subscribers are added to it. Returns how many
     /// sessions it was offered to.
-    pub fn route(&self, msg: &Arc<Message>, mut journal: Option<&mut Journal>) -> usize {
+    pub fn route(&self, msg: &Arc<Message>, journal: Option<&mut Journal>) -> usize {
+        self.route_to(msg, journal, None)
+    }
+
+    /// [`BrokerState::route`], adding to `congested` the sessions whose
+    /// queues are past their high-water mark after it.
+    fn route_to(
+        &self,
+        msg: &Arc<Message>,
+        mut journal: Option<&mut Journal>,
+        mut congested: Option<&mut Vec<Arc<Session>>>,
+    ) -> usize {
         let store = self.store.as_ref();
         let now = Instant::now();
         if msg.is_expired(now) {
@@ -434,8 +459,14 @@ impl BrokerState {
                 stored: Stored::NOT,
                 weight,
             };
+            let outcome = session.enqueue(delivery, store.zip(journal.as_deref_mut()));
+            if outcome == crate::session::Enqueued::Congested {
+                if let Some(c) = congested.as_deref_mut() {
+                    c.push(session.clone());
+                }
+            }
             if matches!(
-                session.enqueue(delivery, store.zip(journal.as_deref_mut())),
+                outcome,
                 crate::session::Enqueued::Dropped | crate::session::Enqueued::DroppedOldest
             ) {
                 self.metrics.drops.inc(DropReason::QueueFull as usize);

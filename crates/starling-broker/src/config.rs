@@ -17,6 +17,20 @@ pub enum OverflowPolicy {
     DropNewest,
 }
 
+/// What happens to a subscriber that does not drain its queue within
+/// `slow-consumer-timeout-ms` while publishers wait for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlowConsumer {
+    /// Publishers stop waiting for it, and its QoS 0 messages past the
+    /// high-water mark are dropped (counted) until it catches up; QoS 1/2
+    /// messages still queue within `max-queued-messages`.
+    #[default]
+    Drop,
+    /// It is disconnected (MQTT 5: DISCONNECT 0x97 Quota exceeded).
+    Disconnect,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -83,6 +97,14 @@ pub struct Config {
     pub max_queued_bytes: usize,
     /// What a full queue drops.
     pub queue_overflow: OverflowPolicy,
+    /// Longest time, in milliseconds, that a publisher stops being read
+    /// because a subscriber's queue is past its high-water mark (the lesser
+    /// of 1,000 messages and a quarter of the queue's bounds). A subscriber
+    /// that has not drained by then is a slow consumer; 0 turns
+    /// backpressure off (queues overflow at once).
+    pub slow_consumer_timeout_ms: u64,
+    /// What happens to a slow consumer.
+    pub slow_consumer: SlowConsumer,
     /// Queue QoS 0 messages for offline MQTT 3.x persistent sessions.
     pub queue_qos0_offline: bool,
     /// Session expiry, in seconds, for MQTT 3.x persistent sessions; none means never.
@@ -216,9 +238,11 @@ impl Default for Config {
             max_inflight_messages: 100,
             hibernate_after_ms: 2000,
             topic_alias_maximum: 64,
-            max_queued_messages: 1000,
+            max_queued_messages: 100_000,
             max_queued_bytes: 64 * 1024 * 1024,
             queue_overflow: OverflowPolicy::DropOldest,
+            slow_consumer_timeout_ms: 500,
+            slow_consumer: SlowConsumer::Drop,
             queue_qos0_offline: false,
             persistent_session_expiry: None,
             max_topic_levels: 128,

@@ -39,6 +39,12 @@ pub struct Metrics {
     pub wills_published: AtomicU64,
     /// Sessions that expired (or ended with their connection).
     pub sessions_ended: AtomicU64,
+    /// Times a publisher stopped being read because a subscriber's queue
+    /// was past its high-water mark (backpressure).
+    pub publisher_waits: AtomicU64,
+    /// Subscribers that did not drain their queue within the backpressure
+    /// bound (slow consumers).
+    pub slow_consumers: AtomicU64,
 }
 
 impl Metrics {
@@ -238,11 +244,13 @@ pub enum DisconnectReason {
     StoreFailed,
     /// An operator disconnected it (the admin API).
     Administrative,
+    /// It did not drain its queue in time (`slow-consumer = "disconnect"`).
+    SlowConsumer,
 }
 
 impl DisconnectReason {
     /// Every reason, in discriminant order.
-    pub const ALL: [DisconnectReason; 8] = [
+    pub const ALL: [DisconnectReason; 9] = [
         DisconnectReason::Normal,
         DisconnectReason::PeerClosed,
         DisconnectReason::KeepAlive,
@@ -251,6 +259,7 @@ impl DisconnectReason {
         DisconnectReason::Shutdown,
         DisconnectReason::StoreFailed,
         DisconnectReason::Administrative,
+        DisconnectReason::SlowConsumer,
     ];
 
     /// The label value.
@@ -264,6 +273,7 @@ impl DisconnectReason {
             DisconnectReason::Shutdown => "shutdown",
             DisconnectReason::StoreFailed => "store_failed",
             DisconnectReason::Administrative => "administrative",
+            DisconnectReason::SlowConsumer => "slow_consumer",
         }
     }
 }

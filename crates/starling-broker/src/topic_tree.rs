@@ -486,6 +486,8 @@ mod tests {
         let limits = QueueLimits {
             max_messages: 10,
             max_bytes: 1000,
+            high_water: 10,
+            high_water_bytes: 1000,
             policy: OverflowPolicy::DropOldest,
             qos0_offline: false,
         };

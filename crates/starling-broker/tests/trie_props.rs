@@ -40,6 +40,8 @@ fn sessions() -> Vec<Arc<Session>> {
     let limits = Arc::new(QueueLimits {
         max_messages: 10,
         max_bytes: 1000,
+        high_water: 10,
+        high_water_bytes: 1000,
         policy: OverflowPolicy::DropOldest,
         qos0_offline: false,
     });

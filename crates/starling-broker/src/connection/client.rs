@@ -39,6 +39,9 @@ pub(crate) enum Close {
     StoreFailed,
     /// An operator disconnected the client (the admin API): DISCONNECT 0x98.
     Administrative,
+    /// The client did not read what it was sent within the backpressure
+    /// bound (`slow-consumer = "disconnect"`): DISCONNECT 0x97 Quota exceeded.
+    SlowConsumer,
     /// Not a close: the connection is idle and may park (see [`crate::connection::hibernate`]).
     Hibernate,
 }
@@ -53,6 +56,7 @@ impl Close {
             Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
             Close::StoreFailed => Some(ReasonCode::UNSPECIFIED_ERROR),
             Close::Administrative => Some(ReasonCode::ADMINISTRATIVE_ACTION),
+            Close::SlowConsumer => Some(ReasonCode::QUOTA_EXCEEDED),
             _ => None,
         }
     }
@@ -68,6 +72,7 @@ impl Close {
             Close::Shutdown => DisconnectReason::Shutdown,
             Close::StoreFailed => DisconnectReason::StoreFailed,
             Close::Administrative => DisconnectReason::Administrative,
+            Close::SlowConsumer => DisconnectReason::SlowConsumer,
         }
     }
 
@@ -76,6 +81,7 @@ impl Close {
         match self {
             Close::Protocol(_, why) => Some(why),
             Close::StoreFailed => Some("the broker could not store the message"),
+            Close::SlowConsumer => Some("slow consumer: messages were not read in time"),
             _ => None,
         }
     }

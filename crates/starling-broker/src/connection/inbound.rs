@@ -277,7 +277,9 @@ impl Machine {
                 Some(client.client_id().clone()),
                 Instant::now(),
             ));
-            let offered = self.broker.publish(&msg, &mut self.journal);
+            let offered =
+                self.broker
+                    .publish_from_client(&msg, &mut self.journal, Some(&mut self.congested));
             if offered == 0 {
                 code = ReasonCode::NO_MATCHING_SUBSCRIBERS;
             }

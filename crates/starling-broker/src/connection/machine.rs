@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use starling_codec::{ByteString, Disconnect, Packet, ProtocolVersion};
@@ -20,9 +21,11 @@ use tokio::time::Instant;
 use super::client::{Client, Close};
 use super::mount;
 use crate::broker::BrokerState;
+use crate::config::SlowConsumer;
 use crate::events::{DropReason, Event};
 use crate::journal::Journal;
-use crate::session::Inflight;
+use crate::metrics::Metrics;
+use crate::session::{Inflight, Kick, Session};
 
 /// Above this many buffered outgoing bytes the connection stops reading and
 /// stops draining its queue until the socket takes some.
@@ -58,6 +61,12 @@ pub(crate) struct Machine {
     pub(super) writes: VecDeque<(u64, oneshot::Receiver<()>)>,
     /// When the client last sent anything; keep alive counts from here.
     pub last_rx: Instant,
+    /// Sessions whose queues this client's PUBLISHes took past their
+    /// high-water mark: the connection stops reading until they drain, or
+    /// until `stall_until` (backpressure).
+    pub congested: Vec<Arc<Session>>,
+    /// When the wait for `congested` ends, drained or not.
+    pub stall_until: Option<Instant>,
 }
 
 /// Topic aliases towards the client: a topic seen before goes as its alias
@@ -127,7 +136,50 @@ impl Machine {
             written: 0,
             writes: VecDeque::new(),
             last_rx,
+            congested: Vec::new(),
+            stall_until: None,
         }
+    }
+
+    /// After a read: if this client's PUBLISHes congested other sessions'
+    /// queues, starts the bounded wait for them (`slow-consumer-timeout-ms`;
+    /// 0: no wait). A client never waits for its own session.
+    pub(crate) fn hold_for_congestion(&mut self, own: &Arc<Session>) {
+        if self.congested.is_empty() {
+            return;
+        }
+        let timeout = self.broker.config.slow_consumer_timeout_ms;
+        self.congested.retain(|s| !Arc::ptr_eq(s, own));
+        if timeout == 0 || self.congested.is_empty() {
+            self.congested.clear();
+            return;
+        }
+        self.congested.sort_by_key(|s| Arc::as_ptr(s) as usize);
+        self.congested.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        if self.stall_until.is_none() {
+            self.stall_until = Some(Instant::now() + Duration::from_millis(timeout));
+            Metrics::add(&self.broker.metrics.publisher_waits, 1);
+        }
+    }
+
+    /// The sessions waited for drained: reading resumes.
+    pub(crate) fn congestion_cleared(&mut self) {
+        self.congested.clear();
+        self.stall_until = None;
+    }
+
+    /// The wait for congested sessions reached its bound: those still past
+    /// their high-water mark are slow consumers (see [`Session::stall`]), and
+    /// reading resumes.
+    pub(crate) fn stall_expired(&mut self) {
+        let disconnect = self.broker.config.slow_consumer == SlowConsumer::Disconnect;
+        for s in self.congested.drain(..) {
+            if s.stall(disconnect) {
+                Metrics::add(&self.broker.metrics.slow_consumers, 1);
+                tracing::info!(client_id = %s.client_id, "slow consumer: its queue did not drain in time");
+            }
+        }
+        self.stall_until = None;
     }
 
     /// When the client must have sent something by (1.5 times its keep
@@ -384,12 +436,12 @@ impl Machine {
     /// else a takeover.
     pub(crate) fn detached(&self, client: &mut Client) -> Close {
         match client.session.state.lock().kicked(self.conn_id) {
-            Some(end_session) => {
-                if end_session {
-                    client.expiry_interval = 0;
-                }
+            Some(Kick::EndSession) => {
+                client.expiry_interval = 0;
                 Close::Administrative
             }
+            Some(Kick::SlowConsumer) => Close::SlowConsumer,
+            Some(_) => Close::Administrative,
             None => Close::TakenOver,
         }
     }

@@ -343,7 +343,21 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 }
                 return close;
             }
-            let reading = self.m.wbuf.len() < HIGH_WATER;
+            // Backpressure: while subscribers this client's messages
+            // congested drain (bounded by `stall_until`), it is not read.
+            let holding = !self.m.congested.is_empty();
+            let reading = self.m.wbuf.len() < HIGH_WATER && !holding;
+            let held = if holding {
+                self.m.congested.clone()
+            } else {
+                Vec::new()
+            };
+            let drained = async {
+                for s in &held {
+                    s.wait_drained().await;
+                }
+            };
+            tokio::pin!(drained);
             // An idle connection waits with no read buffer to speak of (the
             // first read takes what fits in a minimal one); a busy one, whose
             // last read filled its buffer, reads in full chunks.
@@ -354,10 +368,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             let ka_deadline = self.m.keep_alive_deadline(client);
             // `checked_add`: a huge `hibernate-after-ms` means never, not a panic.
             let idle_deadline = hibernate.and_then(|d| last_active.checked_add(d));
-            let next = match (ka_deadline, idle_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let next = [ka_deadline, idle_deadline, self.m.stall_until]
+                .into_iter()
+                .flatten()
+                .min();
             if let Some(next) = next {
                 if armed.is_none_or(|at| next < at) {
                     timer.as_mut().reset(next);
@@ -403,14 +417,31 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     }
                 }
                 _ = &mut notified => last_active = Instant::now(),
+                _ = &mut drained, if holding => {
+                    self.m.congestion_cleared();
+                    // What was read past the packet that congested them.
+                    if let Err(close) = self.handle_read(client) {
+                        return close;
+                    }
+                }
                 _ = &mut timer, if armed.is_some() => {
                     armed = None;
                     let now = Instant::now();
+                    if self.m.stall_until.is_some_and(|d| now >= d) {
+                        self.m.stall_expired();
+                        if let Err(close) = self.handle_read(client) {
+                            return close;
+                        }
+                    }
                     if ka_deadline.is_some_and(|d| now >= d) {
                         return Close::KeepAlive;
                     }
                     if idle_deadline.is_some_and(|d| now >= d) {
-                        if self.m.wbuf.is_empty() && self.rbuf.is_empty() && !self.m.awaits_store() {
+                        if self.m.wbuf.is_empty()
+                            && self.rbuf.is_empty()
+                            && !self.m.awaits_store()
+                            && self.m.congested.is_empty()
+                        {
                             return Close::Hibernate;
                         }
                         last_active = now;
@@ -422,6 +453,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
 
     /// Handles every whole packet in the read buffer, submitting what they
     /// changed to the store after each one (see [`Connection::submit_journal`]).
+    /// It stops after a PUBLISH that took a subscriber's queue past its
+    /// high-water mark: the rest waits in the buffer until that queue drains
+    /// (or the wait's bound), so that publishers overshoot a high-water mark
+    /// by one message each, not by a read's worth.
     fn handle_read(&mut self, client: &mut Client) -> Result<(), Close> {
         loop {
             let packet = match self.decoder.decode(&mut self.rbuf) {
@@ -432,6 +467,12 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             let handled = self.m.handle(client, packet);
             self.submit_journal();
             handled?;
+            if !self.m.congested.is_empty() {
+                self.m.hold_for_congestion(&client.session);
+                if !self.m.congested.is_empty() {
+                    return Ok(());
+                }
+            }
         }
     }
 

@@ -21,7 +21,7 @@ use crate::message::Delivery;
 use crate::store::Persistence;
 
 pub use crate::message::Inflight;
-pub use state::{ConnInfo, Enqueued, Lazy, Link, QueueLimits, SessionState, SubEntry};
+pub use state::{ConnInfo, Enqueued, Kick, Lazy, Link, QueueLimits, SessionState, SubEntry};
 pub(crate) use state::{ParkedAt, WakeParked};
 
 /// A session, shared between the registry, the topic index and its connection.
@@ -104,7 +104,7 @@ impl Session {
             None => self.notify.notify_one(),
         };
         match outcome {
-            Enqueued::Queued => wake(),
+            Enqueued::Queued | Enqueued::Congested => wake(),
             Enqueued::DroppedOldest => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 wake();
@@ -115,6 +115,41 @@ impl Session {
             Enqueued::Skipped => {}
         }
         outcome
+    }
+}
+
+impl Session {
+    /// Waits until the queue has drained to half its high-water mark, or
+    /// no longer holds publishers back (the connection went, or stalled).
+    /// The caller bounds the wait (see `slow-consumer-timeout-ms`).
+    pub async fn wait_drained(&self) {
+        let notify = {
+            let mut st = self.state.lock();
+            if !st.holds_publishers() {
+                return;
+            }
+            st.publisher_waits()
+        };
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // Drained between the check and `enable`: no wakeup would come.
+        if !self.state.lock().holds_publishers() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// The attached connection did not drain in time (see
+    /// [`SessionState::stall`]); with `disconnect`, it is also told to
+    /// close as a slow consumer. Returns whether it was newly stalled.
+    pub fn stall(&self, disconnect: bool) -> bool {
+        let mut st = self.state.lock();
+        let stalled = st.stall();
+        if stalled && disconnect {
+            st.kick_slow_consumer(&self.notify);
+        }
+        stalled
     }
 }
 
@@ -198,6 +233,8 @@ mod tests {
         let limits = QueueLimits {
             max_messages,
             max_bytes,
+            high_water: max_messages,
+            high_water_bytes: max_bytes,
             policy,
             qos0_offline: false,
         };

@@ -32,12 +32,17 @@ pub struct Link {
     kick: Kick,
 }
 
-/// What an operator asked of the attached connection.
+/// Why the attached connection was told to close, other than a takeover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kick {
+pub enum Kick {
+    /// Not told.
     No,
+    /// An operator closed it.
     Close,
+    /// An operator closed it and ended its session.
     EndSession,
+    /// It did not drain its queue in time (`slow-consumer = "disconnect"`).
+    SlowConsumer,
 }
 
 /// What the admin API shows of an attached connection. Compact (28 bytes):
@@ -135,6 +140,10 @@ impl Link {
 pub enum Enqueued {
     /// Queued.
     Queued,
+    /// Queued, and the queue of the attached connection is past its
+    /// high-water mark: the publisher should stop reading until it drains
+    /// (see [`super::Session::wait_drained`]).
+    Congested,
     /// Queued after dropping the oldest message.
     DroppedOldest,
     /// Not queued.
@@ -300,6 +309,12 @@ pub struct QueueLimits {
     pub max_messages: usize,
     /// Most payload bytes.
     pub max_bytes: usize,
+    /// Past this many messages (or `high_water_bytes`) the queue of an
+    /// attached connection holds its publishers back; they go on once it is
+    /// down to half.
+    pub high_water: usize,
+    /// See `high_water`.
+    pub high_water_bytes: usize,
     /// What a full queue drops.
     pub policy: OverflowPolicy,
     /// Whether QoS 0 messages are queued while no connection is attached.
@@ -335,6 +350,15 @@ pub struct SessionState {
     /// The ACL of the listener the last connection came through, when it has
     /// its own (`acl-file` in `[[listener]]`); `None` uses the broker's.
     acl: Option<Arc<ListenerFile<Acl>>>,
+    /// Wakes publishers held back by this queue when it drains (allocated
+    /// the first time one waits).
+    drained: Option<Arc<Notify>>,
+    /// Whether a publisher waits on `drained`.
+    publishers_waiting: bool,
+    /// The attached connection did not drain its queue within the
+    /// backpressure bound: publishers no longer wait for it, and its QoS 0
+    /// messages past the high-water mark are dropped, until it catches up.
+    stalled: bool,
 }
 
 impl SessionState {
@@ -354,6 +378,9 @@ impl SessionState {
             username: None,
             next_seq: 1,
             acl: None,
+            drained: None,
+            publishers_waiting: false,
+            stalled: false,
         }
     }
 
@@ -374,8 +401,11 @@ impl SessionState {
             delivery.stored = Stored::at(self.next_seq);
             self.next_seq += 1;
         }
-        let (outcome, evicted) = self.push(delivery);
+        let (mut outcome, evicted) = self.push(delivery);
         let queued = matches!(outcome, Enqueued::Queued | Enqueued::DroppedOldest);
+        if outcome == Enqueued::Queued && self.congested() {
+            outcome = Enqueued::Congested;
+        }
         if let Some((store, journal)) = store {
             let mut ops = Vec::new();
             // Queued: it is at the back now.
@@ -411,8 +441,11 @@ impl SessionState {
             return (Enqueued::Skipped, evicted);
         }
         let size = delivery.weight as usize;
+        // A stalled connection's QoS 0 overflow goes first: it must not
+        // fill the queue up to its bound (see `stalled`).
         let full = self.queue.len() >= self.limits.max_messages
-            || self.queued_bytes + size > self.limits.max_bytes;
+            || self.queued_bytes + size > self.limits.max_bytes
+            || (self.stalled && delivery.qos == QoS::AtMostOnce && self.above_high_water());
         let mut outcome = Enqueued::Queued;
         if full {
             if delivery.qos == QoS::AtMostOnce || self.limits.policy == OverflowPolicy::DropNewest {
@@ -438,11 +471,73 @@ impl SessionState {
         (outcome, evicted)
     }
 
-    /// Takes the next queued delivery.
+    /// Takes the next queued delivery. Once the queue is down to half its
+    /// high-water mark, held publishers go on and a stall ends.
     pub fn pop(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
         self.queued_bytes -= d.weight as usize;
+        if (self.publishers_waiting || self.stalled) && self.drained_enough() {
+            self.release_publishers();
+        }
         Some(d)
+    }
+
+    /// Whether the queue is at or past its high-water mark.
+    fn above_high_water(&self) -> bool {
+        self.queue.len() >= self.limits.high_water
+            || self.queued_bytes >= self.limits.high_water_bytes
+    }
+
+    /// Whether the queue is down to half its high-water mark.
+    fn drained_enough(&self) -> bool {
+        self.queue.len() <= self.limits.high_water / 2
+            && self.queued_bytes <= self.limits.high_water_bytes / 2
+    }
+
+    /// Whether a publisher that queued here should wait for the queue to
+    /// drain: a connection is attached to drain it, it is not stalled, and
+    /// the queue is past its high-water mark.
+    pub fn congested(&self) -> bool {
+        self.link.is_some() && !self.stalled && self.above_high_water()
+    }
+
+    /// Whether a waiting publisher must go on waiting (the queue has not
+    /// drained to half its high-water mark, and may still).
+    pub(crate) fn holds_publishers(&self) -> bool {
+        self.link.is_some() && !self.stalled && !self.drained_enough()
+    }
+
+    /// A publisher is about to wait: the notification it waits on.
+    pub(crate) fn publisher_waits(&mut self) -> Arc<Notify> {
+        self.publishers_waiting = true;
+        self.drained.get_or_insert_with(Default::default).clone()
+    }
+
+    /// Ends a stall and wakes the held publishers.
+    fn release_publishers(&mut self) {
+        self.stalled = false;
+        if std::mem::take(&mut self.publishers_waiting) {
+            if let Some(n) = &self.drained {
+                n.notify_waiters();
+            }
+        }
+    }
+
+    /// The connection did not drain its queue within the backpressure bound:
+    /// marks it stalled (publishers stop waiting for it) and wakes those
+    /// waiting. Returns whether it was newly marked.
+    pub(crate) fn stall(&mut self) -> bool {
+        if !self.holds_publishers() {
+            return false;
+        }
+        self.release_publishers();
+        self.stalled = true;
+        true
+    }
+
+    /// Whether the attached connection is stalled (a slow consumer).
+    pub fn is_stalled(&self) -> bool {
+        self.stalled
     }
 
     /// Puts a delivery back at the front of the queue (it could not be sent yet).
@@ -504,6 +599,7 @@ impl SessionState {
 
     /// Takes the attached connection's link away (a takeover).
     pub fn take_link(&mut self) -> Option<Link> {
+        self.release_publishers();
         self.link.take()
     }
 
@@ -514,6 +610,7 @@ impl SessionState {
         if !self.is_attached_to(conn_id) {
             return None;
         }
+        self.release_publishers();
         self.link = None;
         self.expiry_interval = expiry_interval;
         Some(self.generation)
@@ -570,13 +667,19 @@ impl SessionState {
         true
     }
 
-    /// Whether an operator asked connection `conn_id` to close, and if so
-    /// whether its session ends with it.
-    pub fn kicked(&self, conn_id: u64) -> Option<bool> {
+    /// Why connection `conn_id` was told to close, if it was.
+    pub fn kicked(&self, conn_id: u64) -> Option<Kick> {
         match self.link.as_ref().filter(|l| l.conn_id == conn_id)?.kick {
             Kick::No => None,
-            Kick::Close => Some(false),
-            Kick::EndSession => Some(true),
+            kick => Some(kick),
+        }
+    }
+
+    /// Tells the attached connection to close as a slow consumer; wakes it.
+    pub(crate) fn kick_slow_consumer(&mut self, notify: &Notify) {
+        if let Some(link) = &mut self.link {
+            link.kick = Kick::SlowConsumer;
+            link.wake(notify);
         }
     }
 
