@@ -11,7 +11,10 @@
 # qos1 latency conn conn100k subs), --out DIR (default: a new directory under /tmp),
 # --no-build, --mosquitto-nodelay (adds `set_tcp_nodelay true` to Mosquitto's config,
 # as Starling sets TCP_NODELAY; off by default: it halves Mosquitto's fan-in
-# throughput here). STARLING_BIN=path uses that binary instead of target/release/starling.
+# throughput here), --defaults (both brokers on their own defaults, apart from the
+# listener and, for Starling, --durability: what a new user gets; losses then
+# show what each broker drops on its defaults). STARLING_BIN=path uses that
+# binary instead of target/release/starling.
 #
 # Each scenario runs against both brokers in turn (A B A B ...), each run on a
 # freshly started broker, on free loopback ports. For each run the script records
@@ -30,6 +33,7 @@ ONLY=""
 OUT=""
 BUILD=1
 MOSQ_NODELAY=0
+DEFAULTS=0
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -40,6 +44,7 @@ while [ $# -gt 0 ]; do
         --out) OUT=$2; shift ;;
         --no-build) BUILD=0 ;;
         --mosquitto-nodelay) MOSQ_NODELAY=1 ;;
+        --defaults) DEFAULTS=1 ;;
         -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
@@ -138,18 +143,25 @@ start_broker() {
     mkdir -p "$dir"
     case "$kind" in
         starling)
-            cat > "$dir/starling.toml" <<EOF
+            if [ "$DEFAULTS" = 1 ]; then
+                : > "$dir/starling.toml"
+            else
+                cat > "$dir/starling.toml" <<EOF
 allow-anonymous = true
 max-queued-messages = 10000000
 max-queued-bytes = 4294967296
 EOF
+            fi
             "${BROKER_CPU[@]}" "$BIN" broker --config "$dir/starling.toml" \
                 --listen "mqtt://127.0.0.1:$PORT" --durability "$durability" \
                 --data-dir "$dir/data" > "$dir/broker.log" 2>&1 &
             ;;
         mosquitto)
             # Mosquitto's defaults, except persistence, limits and the listener.
-            cat > "$dir/mosquitto.conf" <<EOF
+            if [ "$DEFAULTS" = 1 ]; then
+                printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$PORT" > "$dir/mosquitto.conf"
+            else
+                cat > "$dir/mosquitto.conf" <<EOF
 listener $PORT 127.0.0.1
 allow_anonymous true
 persistence false
@@ -158,6 +170,7 @@ max_queued_bytes 0
 max_inflight_messages 65535
 max_keepalive 65535
 EOF
+            fi
             if [ "$MOSQ_NODELAY" = 1 ]; then echo "set_tcp_nodelay true" >> "$dir/mosquitto.conf"; fi
             "${BROKER_CPU[@]}" "$MOSQUITTO" -c "$dir/mosquitto.conf" > "$dir/broker.log" 2>&1 &
             ;;

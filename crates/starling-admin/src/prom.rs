@@ -300,6 +300,13 @@ impl BrokerCollector {
             "Subscribers that did not drain their queue within slow-consumer-timeout-ms",
             None,
             Metrics::get(&m.slow_consumers),
+        )?;
+        counter(
+            e,
+            "starling_publishes_refused",
+            "MQTT 5 PUBLISHes refused with 0x97 because a persistent subscriber's queue was full",
+            None,
+            Metrics::get(&m.publishes_refused),
         )
     }
 

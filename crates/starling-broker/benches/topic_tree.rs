@@ -15,13 +15,24 @@ fn sessions(n: usize) -> Vec<Arc<Session>> {
     let limits = QueueLimits {
         max_messages: 10,
         max_bytes: 1000,
+        max_memory_bytes: 1000,
+        spilled: Default::default(),
+        max_spilled: 0,
         high_water: 10,
         high_water_bytes: 1000,
         policy: OverflowPolicy::DropOldest,
         qos0_offline: false,
+        spill: false,
+        first_seq: 1,
     };
     (0..n)
-        .map(|i| Arc::new(Session::new(format!("c{i}").into(), 0, Arc::new(limits))))
+        .map(|i| {
+            Arc::new(Session::new(
+                format!("c{i}").into(),
+                0,
+                Arc::new(limits.clone()),
+            ))
+        })
         .collect()
 }
 

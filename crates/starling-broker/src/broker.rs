@@ -67,7 +67,7 @@ pub struct BrokerState {
     /// How many connections are parked now (kept by the hibernation reactor).
     pub(crate) parked: Arc<std::sync::atomic::AtomicUsize>,
     /// Queue bounds, from the configuration, shared by every session.
-    limits: Arc<QueueLimits>,
+    pub(crate) limits: Arc<QueueLimits>,
     /// Whether a listener has an ACL file of its own (read once, not per
     /// message: the listeners do not change while the broker runs).
     listener_acls: bool,
@@ -112,10 +112,17 @@ impl BrokerState {
             limits: Arc::new(QueueLimits {
                 max_messages: config.max_queued_messages,
                 max_bytes: config.max_queued_bytes,
+                max_memory_bytes: config.max_queued_memory_bytes,
+                spilled: Default::default(),
+                max_spilled: config.max_store_queue_bytes,
                 high_water: (config.max_queued_messages / 4).clamp(1, 1000),
-                high_water_bytes: (config.max_queued_bytes / 4).max(1),
+                high_water_bytes: (config.max_queued_memory_bytes.min(config.max_queued_bytes) / 4)
+                    .max(1),
                 policy: config.queue_overflow,
                 qos0_offline: config.queue_qos0_offline,
+                // Set when a store that reads queues lazily is opened.
+                spill: false,
+                first_seq: 1,
             }),
             config,
         }
@@ -228,12 +235,18 @@ impl BrokerState {
         &self,
         msg: &Arc<Message>,
         journal: &mut Journal,
-        congested: Option<&mut Vec<Arc<Session>>>,
+        mut routed: Option<&mut Routed>,
     ) -> usize {
+        if let Some(r) = routed.as_deref_mut() {
+            if r.may_refuse && self.refused(msg) {
+                r.refused = true;
+                return 0;
+            }
+        }
         if msg.retain {
             self.retain(msg, journal);
         }
-        let offered = self.route_to(msg, Some(journal), congested);
+        let offered = self.route_to(msg, Some(journal), routed.map(|r| &mut r.congested));
         self.cluster().forward(msg);
         offered
     }
@@ -347,6 +360,37 @@ impl BrokerState {
         if self.store.is_some() && !msg.topic.starts_with("$SYS") {
             journal.retained(msg);
         }
+    }
+
+    /// Whether `queue-overflow = "reject"` refuses `msg`: a persistent
+    /// session it would be queued for has a full queue (or the disk quota
+    /// is used up).
+    fn refused(&self, msg: &Arc<Message>) -> bool {
+        use crate::config::OverflowPolicy;
+        if msg.qos == QoS::AtMostOnce || self.config.queue_overflow != OverflowPolicy::Reject {
+            return false;
+        }
+        // Collected under the index's lock, checked after it (a session's
+        // lock is not taken under the index's).
+        let (single, groups): (Vec<Arc<Session>>, Vec<Vec<Arc<Session>>>) = {
+            let tree = self.topics.read();
+            let mut m = Matches::default();
+            tree.matches(&msg.topic, &mut m);
+            let single = m.subscribers.iter().map(|s| s.session.clone()).collect();
+            let groups = m
+                .groups
+                .iter()
+                .map(|g| g.members.iter().map(|s| s.session.clone()).collect())
+                .collect();
+            (single, groups)
+        };
+        let weight = msg.weight() as usize;
+        let full = |s: &Arc<Session>| {
+            s.persistent.load(std::sync::atomic::Ordering::Relaxed)
+                && s.state.lock().refuses(weight)
+        };
+        // A shared group refuses only when every member would.
+        single.iter().any(full) || groups.iter().any(|g| !g.is_empty() && g.iter().all(full))
     }
 
     /// Hands `msg` to every matching subscriber's queue; with `journal`, the store
@@ -570,6 +614,17 @@ impl BrokerState {
             cluster.interest(&f, false);
         }
     }
+}
+
+/// What routing a client's PUBLISH found, for its connection.
+#[derive(Debug, Default)]
+pub(crate) struct Routed {
+    /// Sessions whose queues it took past their high-water mark.
+    pub congested: Vec<Arc<Session>>,
+    /// Whether the client can be told the message was refused (MQTT 5).
+    pub may_refuse: bool,
+    /// It was refused (`queue-overflow = "reject"`): nobody got it.
+    pub refused: bool,
 }
 
 /// A session chosen for a message: granted QoS, Retain As Published, the

@@ -15,6 +15,12 @@ pub enum OverflowPolicy {
     DropOldest,
     /// Drop the new message.
     DropNewest,
+    /// MQTT 5: refuse the PUBLISH (PUBACK/PUBREC 0x97 Quota exceeded) when
+    /// the queue of a persistent session it would go to is full, so that an
+    /// acknowledgement means "queued for every persistent subscriber"; the
+    /// publisher keeps the message and may send it again. (MQTT 3.x cannot
+    /// refuse: there it acts as `drop-newest`.)
+    Reject,
 }
 
 /// What happens to a subscriber that does not drain its queue within
@@ -93,8 +99,17 @@ pub struct Config {
     /// Most messages queued per session.
     pub max_queued_messages: usize,
     /// Most bytes queued per session: each message's payload, topic and
-    /// properties ([`crate::message::Message::weight`]).
+    /// properties ([`crate::message::Message::weight`]). A persistent
+    /// session's queue beyond its first messages is on disk (see
+    /// `max-queued-memory-bytes`).
     pub max_queued_bytes: usize,
+    /// Most bytes of one session's queue held in memory: the whole queue of
+    /// a clean session, and what a persistent session's connection is about
+    /// to send.
+    pub max_queued_memory_bytes: usize,
+    /// Most bytes of queued messages kept on disk for all sessions together
+    /// (0: no limit). Past it, a queue is full (see `queue-overflow`).
+    pub max_store_queue_bytes: u64,
     /// What a full queue drops.
     pub queue_overflow: OverflowPolicy,
     /// Longest time, in milliseconds, that a publisher stops being read
@@ -239,7 +254,9 @@ impl Default for Config {
             hibernate_after_ms: 2000,
             topic_alias_maximum: 64,
             max_queued_messages: 100_000,
-            max_queued_bytes: 64 * 1024 * 1024,
+            max_queued_bytes: 1024 * 1024 * 1024,
+            max_queued_memory_bytes: 64 * 1024 * 1024,
+            max_store_queue_bytes: 8 * 1024 * 1024 * 1024,
             queue_overflow: OverflowPolicy::DropOldest,
             slow_consumer_timeout_ms: 500,
             slow_consumer: SlowConsumer::Drop,

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use starling_codec::{ByteString, QoS, SubscriptionOptions, Will};
 use tokio::time::Instant;
 
-use crate::message::{Delivery, Inflight, Message};
+use crate::message::{Delivery, Inflight, Message, Stored};
 use crate::store::{
     unix_ms, MessageRecord, Op, Persistence, SessionRecord, SubscriptionRecord, WillRecord,
 };
@@ -152,6 +152,53 @@ pub fn commit_and_wait(
     journal: Journal,
 ) -> tokio::sync::oneshot::Receiver<()> {
     store.submit_and_wait_from(journal.ops, journal.first_request)
+}
+
+/// A `tokio` deadline for wall-clock milliseconds (0: none). A deadline
+/// already past is a moment ago, so that it counts as expired now.
+fn instant_for(ms: u64) -> Option<Instant> {
+    if ms == 0 {
+        return None;
+    }
+    let now = Instant::now();
+    let wall = unix_ms();
+    Some(match ms.checked_sub(wall) {
+        Some(left) if left > 0 => now + std::time::Duration::from_millis(left),
+        _ => now
+            .checked_sub(std::time::Duration::from_millis(1))
+            .unwrap_or(now),
+    })
+}
+
+/// A message read back from the store.
+pub(crate) fn message_from_record(record: &MessageRecord) -> Message {
+    let mut properties = record.publish.properties.clone();
+    properties.subscription_identifiers.clear();
+    properties.message_expiry_interval = None;
+    properties.topic_alias = None;
+    Message {
+        topic: record.publish.topic.clone(),
+        payload: record.publish.payload.clone(),
+        qos: record.publish.qos,
+        retain: record.publish.retain,
+        properties,
+        expires_at: instant_for(record.expires_at_ms),
+        publisher: None,
+    }
+}
+
+/// A queued delivery read back from the store, where it was kept under `seq`.
+pub(crate) fn delivery_from_record(seq: u64, record: &MessageRecord) -> Delivery {
+    let msg = std::sync::Arc::new(message_from_record(record));
+    Delivery {
+        qos: record.publish.qos,
+        retain: record.publish.retain,
+        subscription_ids: record.publish.properties.subscription_identifiers.clone(),
+        share: None,
+        stored: Stored::at(seq),
+        weight: msg.weight(),
+        msg,
+    }
 }
 
 /// Wall-clock milliseconds for a `tokio` deadline.

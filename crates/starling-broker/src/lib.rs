@@ -32,4 +32,4 @@ pub use server::{
     Broker, ListenerUrl, LocalConnector, ReloadError, ReloadHandle, ShutdownHandle, StartError,
     Transport,
 };
-pub use sys::{publish as publish_sys, sweep, VERSION};
+pub use sys::{publish as publish_sys, sweep, sweep_spilled, VERSION};

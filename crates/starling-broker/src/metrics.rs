@@ -45,6 +45,9 @@ pub struct Metrics {
     /// Subscribers that did not drain their queue within the backpressure
     /// bound (slow consumers).
     pub slow_consumers: AtomicU64,
+    /// MQTT 5 PUBLISHes refused with 0x97 Quota exceeded because a
+    /// persistent subscriber's queue was full (`queue-overflow = "reject"`).
+    pub publishes_refused: AtomicU64,
 }
 
 impl Metrics {

@@ -14,33 +14,10 @@ use crate::auth::{Acl, Authenticator};
 use crate::broker::{split_share, BrokerState};
 use crate::config::Config;
 use crate::journal::{commit, Journal};
-use crate::message::{Delivery, Message, Stored};
+use crate::message::{Delivery, Stored};
 use crate::session::{Inflight, Session, SubEntry};
-use crate::store::{
-    unix_ms, Durability, FjallStore, Loaded, MessageRecord, Persistence, Store, StoreError,
-};
+use crate::store::{unix_ms, Durability, FjallStore, Loaded, Persistence, Store, StoreError};
 use crate::topic_tree::Subscriber;
-
-/// A `tokio` deadline for wall-clock milliseconds (0: none).
-fn instant_for(ms: u64) -> Option<Instant> {
-    (ms != 0).then(|| Instant::now() + Duration::from_millis(ms.saturating_sub(unix_ms())))
-}
-
-fn message_from(record: &MessageRecord) -> Message {
-    let mut properties = record.publish.properties.clone();
-    properties.subscription_identifiers.clear();
-    properties.message_expiry_interval = None;
-    properties.topic_alias = None;
-    Message {
-        topic: record.publish.topic.clone(),
-        payload: record.publish.payload.clone(),
-        qos: record.publish.qos,
-        retain: record.publish.retain,
-        properties,
-        expires_at: instant_for(record.expires_at_ms),
-        publisher: None,
-    }
-}
 
 impl BrokerState {
     /// Opens the store in the data directory (unless durability is `none`),
@@ -77,6 +54,12 @@ impl BrokerState {
             }
         };
         let mut state = Self::new(config, authenticator, acl);
+        if let (Some(store), Some(loaded)) = (&store, &loaded) {
+            let mut limits = (*state.limits).clone();
+            limits.spill = store.reads_queues() && loaded.lazy_queues;
+            limits.first_seq = loaded.first_seq.max(1);
+            state.limits = Arc::new(limits);
+        }
         state.store = store;
         let state = Arc::new(state);
         if let Some(loaded) = loaded {
@@ -113,8 +96,15 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
             state.queue_limits(),
         ));
         session.persistent.store(true, Ordering::Relaxed);
-        // Generation 1: the restored session, before any connection.
-        session.state.lock().restored();
+        {
+            let mut st = session.state.lock();
+            // Generation 1: the restored session, before any connection.
+            st.restored();
+            // Its queue is read when its client is back.
+            if loaded.lazy_queues {
+                st.restored_spilled();
+            }
+        }
         if rec.disconnected_at_ms == 0 {
             journal.session(&client, rec.expiry_interval, false);
         }
@@ -165,7 +155,7 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
             journal.forget(&client, seq);
             continue;
         };
-        let msg = Arc::new(message_from(&rec));
+        let msg = Arc::new(crate::journal::message_from_record(&rec));
         if msg.is_expired(now) {
             journal.forget(&client, seq);
             continue;
@@ -203,7 +193,7 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
     {
         let mut retained = state.retained.write();
         for rec in loaded.retained {
-            let msg = message_from(&rec);
+            let msg = crate::journal::message_from_record(&rec);
             if too_deep(&msg.topic, max_levels, "retained message", &msg.topic) {
                 too_deep_count += 1;
             } else if msg.is_expired(now) {

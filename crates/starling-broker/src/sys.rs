@@ -32,7 +32,11 @@ pub(crate) async fn run(broker: Arc<BrokerState>, mut shutdown: watch::Receiver<
                 publish(&broker);
                 publish_values(&broker, loads.values());
             }
-            _ = sweep_tick.tick() => sweep(&broker),
+            _ = sweep_tick.tick() => {
+                sweep(&broker);
+                // Queues on disk are read in pages, away from this loop.
+                tokio::spawn(sweep_spilled(broker.clone()));
+            }
             _ = shutdown.changed() => return,
         }
     }
@@ -161,6 +165,77 @@ pub fn sweep(broker: &Arc<BrokerState>) {
         .drops
         .add(crate::events::DropReason::Expired as usize, expired);
     commit(broker.store(), journal);
+}
+
+/// Reads the queues that sessions with no connection keep on disk (see
+/// [`crate::session::SpillCensus`]) when they may hold expired messages, or
+/// were restored at startup and are not counted yet: deletes what has
+/// expired and counts what remains, page by page. Returns how many it deleted.
+pub async fn sweep_spilled(broker: Arc<BrokerState>) -> u64 {
+    let Some(store) = broker.store().filter(|s| s.reads_queues()).cloned() else {
+        return 0;
+    };
+    let sessions: Vec<_> = broker.sessions.lock().values().cloned().collect();
+    let mut total = 0u64;
+    for session in sessions {
+        let Some(req) = session.state.lock().sweep_request() else {
+            continue;
+        };
+        let census = census(&store, &session.client_id, req).await;
+        if let Some((_, expired)) = &census {
+            total += expired;
+        }
+        session.state.lock().swept(req, census.map(|(c, _)| c));
+    }
+    broker
+        .metrics
+        .drops
+        .add(crate::events::DropReason::Expired as usize, total);
+    total
+}
+
+/// Reads `client`'s spill `req` whole, deleting the expired messages (not
+/// those in flight); `None` when the store failed.
+async fn census(
+    store: &crate::store::Persistence,
+    client: &starling_codec::ByteString,
+    req: crate::session::PageRequest,
+) -> Option<(crate::session::SpillCensus, u64)> {
+    let mut c = crate::session::SpillCensus::default();
+    let mut expired = 0u64;
+    let mut from = req.from;
+    loop {
+        let page = store
+            .read_queue(client.clone(), from, req.end, req.limit, req.max_bytes)
+            .await;
+        let (records, complete) = match page {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(client_id = %client, "could not sweep the stored queue: {e}");
+                return None;
+            }
+        };
+        let mut gone = Vec::new();
+        for (seq, rec) in &records {
+            let d = crate::journal::delivery_from_record(*seq, rec);
+            if d.msg.is_expired(tokio::time::Instant::now()) && rec.packet_id == 0 {
+                gone.push(crate::store::Op::DeleteMessage(client.clone(), *seq));
+                continue;
+            }
+            c.count += 1;
+            c.bytes += d.weight as usize;
+            if d.msg.expires_at.is_some() {
+                c.expiring += 1;
+            }
+        }
+        expired += gone.len() as u64;
+        store.submit(gone);
+        // Each page starts after the last: the loop ends with the range.
+        match records.last() {
+            Some((last, _)) if !complete && *last + 1 > from => from = *last + 1,
+            _ => return Some((c, expired)),
+        }
+    }
 }
 
 /// Publishes one round of `$SYS` values.

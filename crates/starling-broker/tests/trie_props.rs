@@ -40,10 +40,15 @@ fn sessions() -> Vec<Arc<Session>> {
     let limits = Arc::new(QueueLimits {
         max_messages: 10,
         max_bytes: 1000,
+        max_memory_bytes: 1000,
+        spilled: Default::default(),
+        max_spilled: 0,
         high_water: 10,
         high_water_bytes: 1000,
         policy: OverflowPolicy::DropOldest,
         qos0_offline: false,
+        spill: false,
+        first_seq: 1,
     });
     (0..SESSIONS)
         .map(|i| Arc::new(Session::new(format!("s{i}").into(), 0, limits.clone())))

@@ -400,6 +400,12 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             listener: ctx.listener,
         };
         if present {
+            // A queue left on disk at startup holds the QoS 2 messages that
+            // were in flight: its first page comes back before the resend.
+            if let Some(store) = self.broker.store().filter(|s| s.reads_queues()) {
+                let store = store.clone();
+                client.session.read_page(&store).await;
+            }
             self.resend_inflight(&client);
         }
         Some(client)

@@ -277,10 +277,21 @@ impl Machine {
                 Some(client.client_id().clone()),
                 Instant::now(),
             ));
+            let mut routed = crate::broker::Routed {
+                congested: std::mem::take(&mut self.congested),
+                // Only MQTT 5 can be told; QoS 0 has nothing to refuse.
+                may_refuse: v.is_v5() && qos != QoS::AtMostOnce,
+                refused: false,
+            };
             let offered =
                 self.broker
-                    .publish_from_client(&msg, &mut self.journal, Some(&mut self.congested));
-            if offered == 0 {
+                    .publish_from_client(&msg, &mut self.journal, Some(&mut routed));
+            self.congested = routed.congested;
+            if routed.refused {
+                tracing::debug!(client_id = %client.client_id(), topic = %msg.topic, "publish refused: a persistent subscriber's queue is full");
+                code = ReasonCode::QUOTA_EXCEEDED;
+                crate::metrics::Metrics::add(&self.broker.metrics.publishes_refused, 1);
+            } else if offered == 0 {
                 code = ReasonCode::NO_MATCHING_SUBSCRIBERS;
             }
         }

@@ -449,9 +449,18 @@ impl Machine {
     /// Resends in-flight messages after a session resumes: PUBLISH with DUP, or
     /// PUBREL for QoS 2 messages already received by the client.
     pub(crate) fn resend_inflight(&mut self, client: &Client) {
+        self.resend_only(client, None);
+    }
+
+    /// Resends the in-flight messages with these packet ids (all: `None`),
+    /// as [`Machine::resend_inflight`] does.
+    pub(crate) fn resend_only(&mut self, client: &Client, ids: Option<&[u16]>) {
         let now = Instant::now();
         let st = client.session.state.lock();
         for inflight in st.inflight() {
+            if ids.is_some_and(|ids| !ids.contains(&inflight.packet_id)) {
+                continue;
+            }
             let packet = if inflight.released {
                 Packet::PubRel(starling_codec::Ack::new(inflight.packet_id))
             } else {

@@ -44,6 +44,18 @@ const IDLE_BUFFER: usize = 16 * 1024;
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 4096;
 
+/// A page of a spilled queue being read back: completes with the packet
+/// ids of in-flight messages to resend.
+type PageRead = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u16>> + Send>>;
+
+/// Completes when the page being read is in (never, when none is).
+async fn page_read(page: &mut Option<PageRead>) -> Vec<u16> {
+    match page {
+        Some(p) => p.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What a connection task holds on the broker's behalf: the shutdown barrier
 /// (shutdown waits until every task has dropped its sender) and the
 /// connection's slots. A parked connection keeps only its slots; the reactor
@@ -322,6 +334,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         let timer = tokio::time::sleep_until(last_active);
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
+        // The page of a spilled queue being read back, if any.
+        let mut reading_page: Option<PageRead> = None;
         loop {
             // Enabled before the attachment check, so that a takeover between
             // the two still wakes this loop.
@@ -330,6 +344,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             notified.as_mut().enable();
             let attached = self.m.drain(client);
             self.submit_journal();
+            if reading_page.is_none() {
+                reading_page = self.next_page(&session);
+            }
             if !self.m.pending_acks.is_empty() && !self.m.awaits_store() {
                 if let Err(close) = self.m.release_acks(client.version) {
                     return close;
@@ -417,6 +434,12 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     }
                 }
                 _ = &mut notified => last_active = Instant::now(),
+                resend = page_read(&mut reading_page), if reading_page.is_some() => {
+                    reading_page = None;
+                    if !resend.is_empty() {
+                        self.m.resend_only(client, Some(&resend));
+                    }
+                }
                 _ = &mut drained, if holding => {
                     self.m.congestion_cleared();
                     // What was read past the packet that congested them.
@@ -441,6 +464,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                             && self.rbuf.is_empty()
                             && !self.m.awaits_store()
                             && self.m.congested.is_empty()
+                            && reading_page.is_none()
                         {
                             return Close::Hibernate;
                         }
@@ -449,6 +473,17 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 }
             }
         }
+    }
+
+    /// Starts reading the next page of the session's spilled queue back
+    /// from the store, if one is due.
+    fn next_page(&self, session: &Arc<crate::session::Session>) -> Option<PageRead> {
+        let store = self.broker.store().filter(|s| s.reads_queues())?.clone();
+        let req = session.state.lock().page_request()?;
+        let session = session.clone();
+        Some(Box::pin(async move {
+            session.read_requested(&store, req).await
+        }))
     }
 
     /// Handles every whole packet in the read buffer, submitting what they

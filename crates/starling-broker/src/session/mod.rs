@@ -21,7 +21,10 @@ use crate::message::Delivery;
 use crate::store::Persistence;
 
 pub use crate::message::Inflight;
-pub use state::{ConnInfo, Enqueued, Kick, Lazy, Link, QueueLimits, SessionState, SubEntry};
+pub use state::{
+    ConnInfo, Enqueued, Kick, Lazy, Link, PageRequest, QueueLimits, SessionState, SpillCensus,
+    SubEntry,
+};
 pub(crate) use state::{ParkedAt, WakeParked};
 
 /// A session, shared between the registry, the topic index and its connection.
@@ -140,8 +143,50 @@ impl Session {
         notified.await;
     }
 
+    /// Reads the next page of the session's spilled queue back from the
+    /// store, if one is due (see [`SessionState::page_request`]). Returns
+    /// the packet ids of QoS 2 messages it found in flight from before a
+    /// restart, which the connection resends.
+    pub(crate) async fn read_page(&self, store: &Persistence) -> Vec<u16> {
+        let Some(req) = self.state.lock().page_request() else {
+            return Vec::new();
+        };
+        self.read_requested(store, req).await
+    }
+
+    /// Reads the page `req` asked for (see [`Session::read_page`]).
+    pub(crate) async fn read_requested(&self, store: &Persistence, req: PageRequest) -> Vec<u16> {
+        let client = self.client_id.clone();
+        match store
+            .read_queue(client, req.from, req.end, req.limit, req.max_bytes)
+            .await
+        {
+            Ok((records, complete)) => {
+                let now = tokio::time::Instant::now();
+                let (resend, expired) = self.state.lock().page_read(req, records, complete, now);
+                if !expired.is_empty() {
+                    let c = &self.client_id;
+                    store.submit(
+                        expired
+                            .into_iter()
+                            .map(|seq| crate::store::Op::DeleteMessage(c.clone(), seq))
+                            .collect(),
+                    );
+                }
+                resend
+            }
+            Err(e) => {
+                tracing::error!(client_id = %self.client_id, "could not read the stored queue: {e}");
+                // Asked for again after a pause, not in a loop.
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                self.state.lock().page_failed();
+                Vec::new()
+            }
+        }
+    }
+
     /// The attached connection did not drain in time (see
-    /// [`SessionState::stall`]); with `disconnect`, it is also told to
+    /// `SessionState::stall`); with `disconnect`, it is also told to
     /// close as a slow consumer. Returns whether it was newly stalled.
     pub fn stall(&self, disconnect: bool) -> bool {
         let mut st = self.state.lock();
@@ -233,10 +278,15 @@ mod tests {
         let limits = QueueLimits {
             max_messages,
             max_bytes,
+            max_memory_bytes: max_bytes,
+            spilled: Default::default(),
+            max_spilled: 0,
             high_water: max_messages,
             high_water_bytes: max_bytes,
             policy,
             qos0_offline: false,
+            spill: false,
+            first_seq: 1,
         };
         Session::new("s".into(), 0, Arc::new(limits))
     }

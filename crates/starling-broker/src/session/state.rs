@@ -14,7 +14,7 @@ use crate::auth::{Acl, ListenerFile};
 use crate::config::OverflowPolicy;
 use crate::journal::{message_record, Journal};
 use crate::message::{Delivery, Inflight, Stored};
-use crate::store::{Op, Persistence};
+use crate::store::{MessageRecord, Op, Persistence};
 
 /// The attached connection, as the session sees it. Taking the link away
 /// tells the connection to close: it checks whether it is still attached each
@@ -303,12 +303,19 @@ impl<K: Eq + std::hash::Hash> Lazy<HashSet<K>> {
 }
 
 /// Bounds of one session's queue.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct QueueLimits {
     /// Most messages.
     pub max_messages: usize,
-    /// Most payload bytes.
+    /// Most payload bytes, in memory and on disk.
     pub max_bytes: usize,
+    /// Most bytes in memory.
+    pub max_memory_bytes: usize,
+    /// Bytes spilled to disk by every session together, and their bound
+    /// (0: none).
+    pub spilled: Arc<std::sync::atomic::AtomicU64>,
+    /// See `spilled`.
+    pub max_spilled: u64,
     /// Past this many messages (or `high_water_bytes`) the queue of an
     /// attached connection holds its publishers back; they go on once it is
     /// down to half.
@@ -319,6 +326,91 @@ pub struct QueueLimits {
     pub policy: OverflowPolicy,
     /// Whether QoS 0 messages are queued while no connection is attached.
     pub qos0_offline: bool,
+    /// Whether a persistent session's stored messages beyond `high_water`
+    /// (all of them while no connection is attached) stay on disk only,
+    /// read back page by page (see `Spill`).
+    pub spill: bool,
+    /// The first store sequence number of this run (see [`crate::store::Loaded::first_seq`]).
+    pub first_seq: u64,
+}
+
+/// The part of a persistent session's queue kept only in the store: the
+/// messages with sequence numbers from `next` up, all newer than any stored
+/// message in memory. The attached connection reads it back a page at a
+/// time as it drains its queue; a session restored at startup starts with
+/// its whole queue here (`next` = 0), uncounted until read.
+#[derive(Debug)]
+pub struct Spill {
+    /// The first sequence number not read back yet.
+    next: u64,
+    /// Messages spilled since the count started (a restored queue is not
+    /// counted until read).
+    count: usize,
+    /// Their size, as `Delivery::weight` counts it.
+    bytes: usize,
+    /// How many of them may expire (the sweeper reads the spill of an
+    /// offline session when some may).
+    expiring: usize,
+    /// Whether `count` and `bytes` cover the whole spill (a restored queue's
+    /// are not known until the sweeper or the client has read it).
+    counted: bool,
+    /// A page is being read, or the sweeper reads the spill.
+    loading: bool,
+    /// `count`, `bytes` and `expiring` when the sweeper started reading.
+    at_sweep: (usize, usize, usize),
+}
+
+impl Spill {
+    fn new(next: u64, counted: bool) -> Box<Spill> {
+        Box::new(Spill {
+            next,
+            count: 0,
+            bytes: 0,
+            expiring: 0,
+            counted,
+            loading: false,
+            at_sweep: (0, 0, 0),
+        })
+    }
+}
+
+/// What the sweeper found in a spill it read whole (see
+/// `SessionState::swept`): what remains after the expired were deleted.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SpillCensus {
+    /// Messages.
+    pub count: usize,
+    /// Their size.
+    pub bytes: usize,
+    /// Those with an expiry.
+    pub expiring: usize,
+}
+
+impl Drop for SessionState {
+    fn drop(&mut self) {
+        // The session's records go with it: its spill no longer counts
+        // towards the disk quota.
+        if let Some(spill) = self.spill.take() {
+            self.note_spilled(0, spill.bytes);
+        }
+    }
+}
+
+/// A page of a spilled queue to read back: sequence numbers `from..end`, at
+/// most `limit` messages or about `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    /// The first sequence number to read.
+    pub from: u64,
+    /// Every message spilled before the request is below this.
+    pub end: u64,
+    /// Most messages.
+    pub limit: usize,
+    /// About this many bytes at most.
+    pub max_bytes: usize,
+    /// The session's generation when asked: a page read for a connection
+    /// since replaced is not used.
+    pub generation: u64,
 }
 
 /// The mutable part of a session.
@@ -326,6 +418,8 @@ pub struct QueueLimits {
 pub struct SessionState {
     /// Messages not yet sent, oldest first.
     queue: VecDeque<Delivery>,
+    /// What follows `queue` on disk only (persistent sessions).
+    spill: Option<Box<Spill>>,
     /// Payload bytes in `queue`.
     queued_bytes: usize,
     /// Outgoing QoS 1/2 messages sent and not yet fully acknowledged, in send order.
@@ -364,8 +458,10 @@ pub struct SessionState {
 impl SessionState {
     /// The state of a new session.
     pub fn new(expiry_interval: u32, limits: Arc<QueueLimits>) -> SessionState {
+        let next_seq = limits.first_seq.max(1);
         SessionState {
             queue: VecDeque::new(),
+            spill: None,
             queued_bytes: 0,
             inflight: VecDeque::new(),
             next_packet_id: 1,
@@ -376,7 +472,7 @@ impl SessionState {
             generation: 0,
             limits,
             username: None,
-            next_seq: 1,
+            next_seq,
             acl: None,
             drained: None,
             publishers_waiting: false,
@@ -400,6 +496,12 @@ impl SessionState {
         if stored {
             delivery.stored = Stored::at(self.next_seq);
             self.next_seq += 1;
+            let spills = self.spill.is_some()
+                || self.link.is_none()
+                || self.queue.len() >= self.limits.high_water;
+            if self.limits.spill && spills {
+                return self.spill(delivery, client_id, store);
+            }
         }
         let (mut outcome, evicted) = self.push(delivery);
         let queued = matches!(outcome, Enqueued::Queued | Enqueued::DroppedOldest);
@@ -433,6 +535,275 @@ impl SessionState {
         (outcome, evicted, parked)
     }
 
+    /// Keeps a stored delivery on disk only, at the end of the spill, within
+    /// the queue's bounds (what `DropOldest` evicts comes from memory first,
+    /// then from the front of the spill).
+    fn spill(
+        &mut self,
+        delivery: Delivery,
+        client_id: &ByteString,
+        store: Option<(&Persistence, &mut Journal)>,
+    ) -> (Enqueued, Vec<u64>, Option<(ParkedAt, u64)>) {
+        let size = delivery.weight as usize;
+        let mut evicted = Vec::new();
+        let mut outcome = Enqueued::Queued;
+        let mut freed = 0usize;
+        if self.is_full(size) || self.quota_full(size) {
+            if self.limits.policy != OverflowPolicy::DropOldest {
+                return (Enqueued::Dropped, evicted, None);
+            }
+            while self.is_full(size) || self.quota_full(size + freed) {
+                if let Some(old) = self.queue.pop_front() {
+                    self.queued_bytes -= old.weight as usize;
+                    evicted.extend(old.stored.seq());
+                } else if let Some(spill) = self.spill.as_mut().filter(|s| s.count > 0) {
+                    evicted.push(spill.next);
+                    let gone = spill.bytes / spill.count;
+                    freed += gone;
+                    spill.bytes -= gone;
+                    spill.count -= 1;
+                    spill.next += 1;
+                } else {
+                    break;
+                }
+            }
+            self.note_spilled(0, freed);
+            if size > self.limits.max_bytes || self.quota_full(size) {
+                return (Enqueued::Dropped, evicted, None);
+            }
+            outcome = Enqueued::DroppedOldest;
+        }
+        let seq = delivery.stored.seq().unwrap_or(0);
+        let spill = self.spill.get_or_insert_with(|| Spill::new(seq, true));
+        spill.count += 1;
+        spill.bytes += size;
+        if delivery.msg.expires_at.is_some() {
+            spill.expiring += 1;
+        }
+        self.note_spilled(size, 0);
+        if let Some((store, journal)) = store {
+            let mut ops: Vec<Op> = message_record(&delivery)
+                .map(|r| Op::Message(client_id.clone(), seq, r))
+                .into_iter()
+                .collect();
+            ops.extend(
+                evicted
+                    .iter()
+                    .map(|e| Op::DeleteMessage(client_id.clone(), *e)),
+            );
+            journal.queue_changed(store, ops);
+        }
+        let parked = self
+            .link
+            .as_ref()
+            .and_then(|link| link.parked.as_ref().map(|p| (p.clone(), link.conn_id)));
+        (outcome, evicted, parked)
+    }
+
+    /// Whether a message of `size` does not fit within the queue's bounds,
+    /// its spill included.
+    fn is_full(&self, size: usize) -> bool {
+        let (count, bytes) = self.spill.as_ref().map_or((0, 0), |s| (s.count, s.bytes));
+        self.queue.len() + count >= self.limits.max_messages
+            || self.queued_bytes + bytes + size > self.limits.max_bytes
+    }
+
+    /// Whether a message of `size` does not fit in memory.
+    fn memory_full(&self, size: usize) -> bool {
+        self.is_full(size) || self.queued_bytes + size > self.limits.max_memory_bytes
+    }
+
+    /// Whether the broker's disk quota for queues is used up.
+    fn quota_full(&self, size: usize) -> bool {
+        let used = self
+            .limits
+            .spilled
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.limits.max_spilled != 0 && used + size as u64 > self.limits.max_spilled
+    }
+
+    /// Whether a QoS 1/2 message of `size` would be refused by a full queue
+    /// under `queue-overflow = "reject"` (only persistent sessions refuse:
+    /// their queues are what an acknowledgement promises).
+    pub fn refuses(&self, size: usize) -> bool {
+        self.limits.policy == OverflowPolicy::Reject
+            && (self.is_full(size) || (self.limits.spill && self.quota_full(size)))
+    }
+
+    /// Notes `delta` bytes more (or fewer) spilled, broker-wide.
+    fn note_spilled(&self, more: usize, fewer: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if more > 0 {
+            self.limits.spilled.fetch_add(more as u64, Relaxed);
+        }
+        if fewer > 0 {
+            let _ = self
+                .limits
+                .spilled
+                .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(fewer as u64)));
+        }
+    }
+
+    /// A session restored from a store that reads queues lazily: its whole
+    /// stored queue is spilled, uncounted until read.
+    pub(crate) fn restored_spilled(&mut self) {
+        self.spill = Some(Spill::new(0, false));
+    }
+
+    /// For the sweeper: the whole spill of a session with no connection,
+    /// if it may hold expired messages or is not counted yet; marks it
+    /// being read.
+    pub(crate) fn sweep_request(&mut self) -> Option<PageRequest> {
+        if self.link.is_some() {
+            return None;
+        }
+        let spill = self
+            .spill
+            .as_mut()
+            .filter(|s| !s.loading && (s.expiring > 0 || !s.counted))?;
+        spill.loading = true;
+        spill.at_sweep = (spill.count, spill.bytes, spill.expiring);
+        let from = spill.next;
+        Some(self.page_from(from))
+    }
+
+    /// A page of the spill from `from` on: everything spilled so far is
+    /// below `end`; a memory window's worth at most.
+    fn page_from(&self, from: u64) -> PageRequest {
+        PageRequest {
+            from,
+            end: self.next_seq,
+            limit: self.limits.high_water.max(1),
+            max_bytes: (self.limits.high_water_bytes / 2).max(1),
+            generation: self.generation,
+        }
+    }
+
+    /// The sweeper read the spill of `req` whole (`None`: it failed) and
+    /// deleted what had expired: the spill is counted from what remains,
+    /// plus what was spilled meanwhile. Nothing changes if a connection
+    /// attached or the front of the spill moved in between.
+    pub(crate) fn swept(&mut self, req: PageRequest, census: Option<SpillCensus>) {
+        let generation = self.generation;
+        let Some(spill) = self.spill.as_mut() else {
+            return;
+        };
+        if req.generation != generation || spill.next != req.from || !spill.loading {
+            return;
+        }
+        spill.loading = false;
+        let Some(c) = census else {
+            return;
+        };
+        let (count, bytes, expiring) = spill.at_sweep;
+        let before = spill.bytes;
+        spill.count = c.count + spill.count.saturating_sub(count);
+        spill.bytes = c.bytes + spill.bytes.saturating_sub(bytes);
+        let after = spill.bytes;
+        spill.expiring = c.expiring + spill.expiring.saturating_sub(expiring);
+        spill.counted = true;
+        // A restored queue's bytes count towards the quota once counted.
+        self.note_spilled(after.saturating_sub(before), before.saturating_sub(after));
+    }
+
+    /// The next page to read back, if the attached connection has drained
+    /// its queue to half its high-water mark and a spill remains; marks it
+    /// being read.
+    pub(crate) fn page_request(&mut self) -> Option<PageRequest> {
+        let low = self.queue.len() <= self.limits.high_water / 2;
+        let spill = self.spill.as_mut().filter(|s| !s.loading)?;
+        if !low || self.link.is_none() {
+            return None;
+        }
+        spill.loading = true;
+        let from = spill.next;
+        Some(self.page_from(from))
+    }
+
+    /// A page asked for with `req` was read (`complete`: up to `req.end`).
+    /// Its messages join the queue; QoS 2 messages that were in flight
+    /// before a restart join the in-flight window, and their packet ids are
+    /// returned, to be resent. Expired messages are returned for deletion.
+    pub(crate) fn page_read(
+        &mut self,
+        req: PageRequest,
+        records: Vec<(u64, MessageRecord)>,
+        complete: bool,
+        now: tokio::time::Instant,
+    ) -> (Vec<u16>, Vec<u64>) {
+        let mut resend = Vec::new();
+        let mut expired = Vec::new();
+        if req.generation != self.generation {
+            return (resend, expired);
+        }
+        let Some(spill) = self
+            .spill
+            .as_mut()
+            .filter(|s| s.loading && s.next == req.from)
+        else {
+            return (resend, expired);
+        };
+        spill.loading = false;
+        let mut read = 0usize;
+        let mut read_bytes = 0usize;
+        let mut last = None;
+        let mut restored = Vec::new();
+        for (seq, rec) in records {
+            last = Some(seq);
+            let delivery = crate::journal::delivery_from_record(seq, &rec);
+            if delivery
+                .msg
+                .is_expired(now.max(tokio::time::Instant::now()))
+            {
+                expired.push(seq);
+                continue;
+            }
+            if rec.packet_id != 0 && rec.publish.qos == QoS::ExactlyOnce {
+                resend.push(rec.packet_id);
+                restored.push(Inflight {
+                    packet_id: rec.packet_id,
+                    delivery,
+                    released: rec.released,
+                });
+                continue;
+            }
+            read += 1;
+            read_bytes += delivery.weight as usize;
+            if delivery.msg.expires_at.is_some() {
+                spill.expiring = spill.expiring.saturating_sub(1);
+            }
+            self.queued_bytes += delivery.weight as usize;
+            self.queue.push_back(delivery);
+        }
+        spill.count = spill.count.saturating_sub(read + expired.len());
+        let before = spill.bytes;
+        spill.bytes = spill.bytes.saturating_sub(read_bytes);
+        let fewer = before - spill.bytes;
+        spill.next = match (complete, last) {
+            (true, _) => req.end,
+            (false, Some(last)) => last + 1,
+            (false, None) => spill.next,
+        };
+        // Nothing spilled since the request: the spill is all read.
+        if complete && self.next_seq == req.end {
+            let rest = self.spill.take().map_or(0, |s| s.bytes);
+            self.note_spilled(0, fewer + rest);
+        } else {
+            self.note_spilled(0, fewer);
+        }
+        for i in restored {
+            self.inflight.push_back(i);
+        }
+        (resend, expired)
+    }
+
+    /// A page could not be read: it is asked for again later.
+    pub(crate) fn page_failed(&mut self) {
+        if let Some(spill) = self.spill.as_mut() {
+            spill.loading = false;
+        }
+    }
+
     /// Queues a delivery within the bounds. Returns the outcome and the store
     /// sequence numbers of messages evicted to make room.
     pub(crate) fn push(&mut self, delivery: Delivery) -> (Enqueued, Vec<u64>) {
@@ -443,25 +814,21 @@ impl SessionState {
         let size = delivery.weight as usize;
         // A stalled connection's QoS 0 overflow goes first: it must not
         // fill the queue up to its bound (see `stalled`).
-        let full = self.queue.len() >= self.limits.max_messages
-            || self.queued_bytes + size > self.limits.max_bytes
+        let full = self.memory_full(size)
             || (self.stalled && delivery.qos == QoS::AtMostOnce && self.above_high_water());
         let mut outcome = Enqueued::Queued;
         if full {
-            if delivery.qos == QoS::AtMostOnce || self.limits.policy == OverflowPolicy::DropNewest {
+            if delivery.qos == QoS::AtMostOnce || self.limits.policy != OverflowPolicy::DropOldest {
                 return (Enqueued::Dropped, evicted);
             }
             // Drop the oldest until the new message fits.
-            while !self.queue.is_empty()
-                && (self.queue.len() >= self.limits.max_messages
-                    || self.queued_bytes + size > self.limits.max_bytes)
-            {
+            while !self.queue.is_empty() && self.memory_full(size) {
                 if let Some(old) = self.queue.pop_front() {
                     self.queued_bytes -= old.weight as usize;
                     evicted.extend(old.stored.seq());
                 }
             }
-            if size > self.limits.max_bytes {
+            if self.memory_full(size) {
                 return (Enqueued::Dropped, evicted);
             }
             outcome = Enqueued::DroppedOldest;
@@ -569,9 +936,16 @@ impl SessionState {
         taken
     }
 
-    /// How many deliveries are queued.
+    /// How many deliveries are queued, in memory and (as far as counted)
+    /// spilled to disk.
     pub fn queue_len(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.spill.as_ref().map_or(0, |s| s.count)
+    }
+
+    /// Whether anything is queued, on disk included (a restored queue not
+    /// read yet counts).
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty() || self.spill.is_some()
     }
 
     /// Payload bytes queued.
@@ -594,6 +968,7 @@ impl SessionState {
     /// resume or a first connection); returns what was attached before.
     pub fn attach(&mut self, link: Link) -> Option<Link> {
         self.generation += 1;
+        self.page_failed();
         self.link.replace(link)
     }
 

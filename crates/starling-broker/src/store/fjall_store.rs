@@ -11,12 +11,88 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use starling_codec::ByteString;
 
 use super::{
-    Loaded, MessageRecord, Op, SessionRecord, Store, StoreError, SubscriptionRecord, WillRecord,
+    Loaded, MessageRecord, Op, QueuePage, QueueReader, SessionRecord, Store, StoreError,
+    SubscriptionRecord, WillRecord,
 };
+
+/// Sequence numbers of one run of the broker: `epoch << EPOCH_SHIFT`
+/// upwards, so every run numbers above the last without reading its queues.
+const EPOCH_SHIFT: u32 = 40;
+
+/// Reads sessions' queues from the store's `messages` keyspace while the
+/// writer writes (see [`QueueReader`]).
+///
+/// It lets go of the database when the store closes: reads then fail.
+#[derive(Clone)]
+pub struct FjallQueues {
+    messages: std::sync::Arc<parking_lot::RwLock<Option<Keyspace>>>,
+    path: String,
+}
+
+impl std::fmt::Debug for FjallQueues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FjallQueues")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl QueueReader for FjallQueues {
+    fn read_queue(
+        &self,
+        client: &str,
+        from: u64,
+        end: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<QueuePage, StoreError> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        if from >= end {
+            return Ok((out, true));
+        }
+        let Some(messages) = self.messages.read().clone() else {
+            return Err(StoreError {
+                path: self.path.clone(),
+                message: "the store is closed".into(),
+                source: None,
+            });
+        };
+        let range = key(client, &from.to_be_bytes())..key(client, &end.to_be_bytes());
+        for g in messages.range(range) {
+            if out.len() >= limit || bytes >= max_bytes {
+                return Ok((out, false));
+            }
+            let (k, v) = g
+                .into_inner()
+                .map_err(|e| StoreError::caused_by(self.path.clone(), e))?;
+            let seq = split_key(&k)
+                .and_then(|(_, s)| <[u8; 8]>::try_from(s).ok())
+                .map(u64::from_be_bytes);
+            match (seq, MessageRecord::decode(&v)) {
+                (Some(seq), Ok(r)) => {
+                    bytes += v.len();
+                    out.push((seq, r));
+                }
+                (_, r) => tracing::warn!(
+                    store = %self.path,
+                    key = ?String::from_utf8_lossy(&k),
+                    "skipping corrupt queued message: {:?}",
+                    r.err()
+                ),
+            }
+        }
+        Ok((out, true))
+    }
+}
 
 /// A fjall-backed [`Store`].
 pub struct FjallStore {
     db: Database,
+    /// What [`FjallQueues`] reads through; emptied when the store closes.
+    queues: std::sync::Arc<parking_lot::RwLock<Option<Keyspace>>>,
+    /// Store-wide settings: the sequence-number epoch.
+    meta: Keyspace,
     sessions: Keyspace,
     subscriptions: Keyspace,
     messages: Keyspace,
@@ -68,10 +144,13 @@ impl FjallStore {
             db.keyspace(name, KeyspaceCreateOptions::default)
                 .map_err(err)
         };
+        let messages = ks("messages")?;
         Ok(FjallStore {
+            queues: std::sync::Arc::new(parking_lot::RwLock::new(Some(messages.clone()))),
+            meta: ks("meta")?,
             sessions: ks("sessions")?,
             subscriptions: ks("subscriptions")?,
-            messages: ks("messages")?,
+            messages,
             retained: ks("retained")?,
             qos2: ks("incoming_qos2")?,
             wills: ks("wills")?,
@@ -140,7 +219,35 @@ impl FjallStore {
     }
 }
 
+impl Drop for FjallStore {
+    fn drop(&mut self) {
+        // Readers must not keep the database open once the store closes.
+        *self.queues.write() = None;
+    }
+}
+
+impl FjallStore {
+    /// Counts this run in the store, durably: its sequence numbers start
+    /// above every earlier run's.
+    fn next_epoch(&mut self) -> Result<u64, fjall::Error> {
+        let epoch = match self.meta.get("seq-epoch")? {
+            Some(v) => <[u8; 8]>::try_from(&v[..]).map_or(0, u64::from_be_bytes),
+            None => 0,
+        } + 1;
+        self.meta.insert("seq-epoch", epoch.to_be_bytes())?;
+        self.db.persist(PersistMode::SyncAll)?;
+        Ok(epoch)
+    }
+}
+
 impl Store for FjallStore {
+    fn queue_reader(&self) -> Option<std::sync::Arc<dyn QueueReader>> {
+        Some(std::sync::Arc::new(FjallQueues {
+            messages: self.queues.clone(),
+            path: self.path.display().to_string(),
+        }))
+    }
+
     fn apply(&mut self, ops: &[Op], durable: bool) -> Result<(), StoreError> {
         if ops.is_empty() && !durable {
             return Ok(());
@@ -177,18 +284,10 @@ impl Store for FjallStore {
                 (_, r) => skip("subscriptions", &k, &format!("{:?}", r.err())),
             }
         }
-        for g in self.messages.iter() {
-            let (k, v) = g.into_inner().map_err(|e| self.err(e))?;
-            let seq = split_key(&k).and_then(|(c, s)| {
-                <[u8; 8]>::try_from(s)
-                    .ok()
-                    .map(|s| (c, u64::from_be_bytes(s)))
-            });
-            match (seq, MessageRecord::decode(&v)) {
-                (Some((c, s)), Ok(r)) => out.messages.push((c, s, r)),
-                (_, r) => skip("messages", &k, &format!("{:?}", r.err())),
-            }
-        }
+        // Queues stay on disk: a session's is read when its client
+        // reconnects (see `FjallQueues`).
+        out.lazy_queues = true;
+        out.first_seq = self.next_epoch().map_err(|e| self.err(e))? << EPOCH_SHIFT;
         for g in self.retained.iter() {
             let (k, v) = g.into_inner().map_err(|e| self.err(e))?;
             match MessageRecord::decode(&v) {
@@ -242,6 +341,40 @@ mod tests {
         }
         .encode()
         .unwrap()
+    }
+
+    /// The sequence numbers of `client`'s stored queue, read through the reader.
+    fn seqs(s: &FjallStore, client: &str) -> Vec<u64> {
+        let reader = s.queue_reader().unwrap();
+        let (page, complete) = reader
+            .read_queue(client, 0, u64::MAX, 100, usize::MAX)
+            .unwrap();
+        assert!(complete);
+        page.into_iter().map(|(seq, _)| seq).collect()
+    }
+
+    #[test]
+    fn pages_keep_to_their_range_count_and_size() {
+        let d = dir("pages");
+        let c: ByteString = "c".into();
+        let mut s = FjallStore::open(&d).unwrap();
+        let ops: Vec<Op> = (1..=10)
+            .map(|i| Op::Message(c.clone(), i, msg(b"0123456789")))
+            .collect();
+        s.apply(&ops, true).unwrap();
+        s.apply(&[Op::Message("c2".into(), 1, msg(b"other"))], true)
+            .unwrap();
+        let r = s.queue_reader().unwrap();
+        let (page, complete) = r.read_queue("c", 3, 8, 100, usize::MAX).unwrap();
+        let got: Vec<u64> = page.iter().map(|p| p.0).collect();
+        assert_eq!((got, complete), (vec![3, 4, 5, 6, 7], true));
+        let (page, complete) = r.read_queue("c", 1, u64::MAX, 4, usize::MAX).unwrap();
+        assert_eq!((page.len(), complete), (4, false));
+        // The byte bound stops after the record that reaches it.
+        let (page, complete) = r.read_queue("c", 1, u64::MAX, 100, 1).unwrap();
+        assert_eq!((page.len(), complete), (1, false));
+        drop(s);
+        assert!(r.read_queue("c", 1, u64::MAX, 100, 1).is_err(), "closed");
     }
 
     #[test]
@@ -299,25 +432,25 @@ mod tests {
         let l = s.load().unwrap();
         assert_eq!(l.sessions.len(), 2);
         assert_eq!(l.subscriptions.len(), 2);
-        let seqs: Vec<(String, u64)> = l.messages.iter().map(|m| (m.0.to_string(), m.1)).collect();
-        assert_eq!(
-            seqs,
-            [
-                ("client".into(), 1),
-                ("client".into(), 3),
-                ("client2".into(), 1)
-            ]
-        );
+        // Queues stay on disk, read through the reader; each run numbers
+        // above the last.
+        assert!(l.lazy_queues && l.messages.is_empty());
+        assert_eq!(l.first_seq, 1 << EPOCH_SHIFT, "the first load");
+        assert_eq!(seqs(&s, "client"), [1, 3]);
+        assert_eq!(seqs(&s, "client2"), [1]);
         assert_eq!(l.retained.len(), 1);
         assert_eq!(l.incoming_qos2, vec![(c.clone(), 10)]);
         // Deleting a session deletes everything it owns, and nothing of another
         // session whose id it is a prefix of.
         s.apply(&[Op::DeleteSession(c.clone())], true).unwrap();
         drop(s);
-        let l = FjallStore::open(&d).unwrap().load().unwrap();
+        let mut s = FjallStore::open(&d).unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(l.first_seq, 2 << EPOCH_SHIFT, "the next load numbers above");
         assert_eq!(l.sessions.len(), 1);
         assert_eq!(l.subscriptions.len(), 1);
-        assert_eq!(l.messages.len(), 1);
+        assert!(seqs(&s, "client").is_empty());
+        assert_eq!(seqs(&s, "client2"), [1]);
         assert!(l.incoming_qos2.is_empty());
         assert_eq!(l.retained.len(), 1);
     }
@@ -363,10 +496,11 @@ mod tests {
             // A torn session record.
             s.sessions.insert("torn", [1u8, 0, 0]).unwrap();
         }
-        let l = FjallStore::open(&d).unwrap().load().unwrap();
-        assert_eq!(l.skipped, 2);
-        let seqs: Vec<u64> = l.messages.iter().map(|m| m.1).collect();
-        assert_eq!(seqs, [1, 3]);
+        let mut s = FjallStore::open(&d).unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(l.skipped, 1);
+        // The corrupt queued message is skipped when the queue is read.
+        assert_eq!(seqs(&s, "c"), [1, 3]);
         assert_eq!(l.sessions.len(), 1);
     }
 }

@@ -10,7 +10,7 @@
 mod fjall_store;
 mod record;
 
-pub use fjall_store::FjallStore;
+pub use fjall_store::{FjallQueues, FjallStore};
 pub use record::{MessageRecord, RecordError, SessionRecord, SubscriptionRecord, WillRecord};
 
 use std::sync::atomic::AtomicU64;
@@ -69,6 +69,12 @@ pub enum Op {
 /// with their location and left out.
 #[derive(Debug, Default)]
 pub struct Loaded {
+    /// Whether the sessions' queues were left in the store, to be read
+    /// when needed (see [`QueueReader`]); `messages` is then empty.
+    pub lazy_queues: bool,
+    /// Sequence numbers of messages queued from now on start here, above
+    /// every number used before (0: the store does not say).
+    pub first_seq: u64,
     /// Sessions.
     pub sessions: Vec<(ByteString, SessionRecord)>,
     /// Subscriptions: client id, filter, record.
@@ -112,8 +118,34 @@ impl StoreError {
     }
 }
 
+/// A page of a session's stored queue: `(sequence, record)` in order, and
+/// whether it reached the end of the range asked for.
+pub type QueuePage = (Vec<(u64, MessageRecord)>, bool);
+
+/// Reads sessions' queues while the writer thread writes (the store's
+/// queues are read page by page, when a client needs them, not at startup).
+pub trait QueueReader: Send + Sync + std::fmt::Debug + 'static {
+    /// The messages of `client`'s queue with sequence numbers in
+    /// `from..end`, in order: at most `limit`, and stopping after the one
+    /// that brings their size to `max_bytes`. Corrupt records are logged
+    /// and skipped.
+    fn read_queue(
+        &self,
+        client: &str,
+        from: u64,
+        end: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<QueuePage, StoreError>;
+}
+
 /// An embedded key-value store for sessions.
 pub trait Store: Send + 'static {
+    /// A reader of queues, if the store keeps them on disk and reads them
+    /// lazily; `None`: [`Store::load`] returns every queued message.
+    fn queue_reader(&self) -> Option<Arc<dyn QueueReader>> {
+        None
+    }
     /// Applies a batch of changes atomically; with `durable`, it is on stable
     /// storage when this returns.
     fn apply(&mut self, ops: &[Op], durable: bool) -> Result<(), StoreError>;
@@ -141,6 +173,8 @@ struct Request {
 #[derive(Debug, Clone)]
 pub struct Persistence {
     tx: mpsc::Sender<Request>,
+    /// Reads queues (see [`QueueReader`]).
+    reader: Option<Arc<dyn QueueReader>>,
     /// The number of the next request.
     next: Arc<AtomicU64>,
     durability: Durability,
@@ -168,6 +202,7 @@ impl Persistence {
         interval: Duration,
     ) -> Result<Persistence, StoreError> {
         let (tx, rx) = mpsc::channel::<Request>();
+        let reader = store.queue_reader();
         let stats = Arc::new(StoreStats {
             failures: AtomicU64::new(0),
             running: std::sync::atomic::AtomicBool::new(true),
@@ -266,6 +301,7 @@ impl Persistence {
             .map_err(|e| StoreError::caused_by("store writer thread", e))?;
         Ok(Persistence {
             tx,
+            reader,
             next: Arc::new(AtomicU64::new(0)),
             durability,
             stats,
@@ -328,6 +364,37 @@ impl Persistence {
             close: false,
         });
         rx
+    }
+
+    /// Whether queues are read from the store when needed (see [`QueueReader`]).
+    pub fn reads_queues(&self) -> bool {
+        self.reader.is_some()
+    }
+
+    /// A page of `client`'s stored queue (see [`QueueReader::read_queue`]),
+    /// once everything submitted before the call is written: a message
+    /// handed to the store is never missed.
+    pub async fn read_queue(
+        &self,
+        client: ByteString,
+        from: u64,
+        end: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<QueuePage, StoreError> {
+        let Some(reader) = self.reader.clone() else {
+            return Ok((Vec::new(), true));
+        };
+        self.submit_and_wait(Vec::new())
+            .await
+            .map_err(|_| StoreError {
+                path: "store writer".into(),
+                message: "a write before the read failed".into(),
+                source: None,
+            })?;
+        tokio::task::spawn_blocking(move || reader.read_queue(&client, from, end, limit, max_bytes))
+            .await
+            .map_err(|e| StoreError::caused_by("store reader", e))?
     }
 
     /// What the writer thread measured.
