@@ -307,6 +307,13 @@ impl BrokerCollector {
             "MQTT 5 PUBLISHes refused with 0x97 because a persistent subscriber's queue was full",
             None,
             Metrics::get(&m.publishes_refused),
+        )?;
+        counter(
+            e,
+            "starling_publish_throttled",
+            "Times a connection was not read because it published faster than max-publish-rate or max-publish-bytes-rate",
+            None,
+            Metrics::get(&m.publish_throttled),
         )
     }
 

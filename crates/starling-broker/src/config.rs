@@ -120,6 +120,13 @@ pub struct Config {
     pub slow_consumer_timeout_ms: u64,
     /// What happens to a slow consumer.
     pub slow_consumer: SlowConsumer,
+    /// Most PUBLISH packets per second one connection may send (0: no
+    /// limit). Past it the connection is not read until the rate allows:
+    /// nothing is dropped, the client's sends wait.
+    pub max_publish_rate: u64,
+    /// Most payload bytes per second one connection may publish (0: no
+    /// limit), enforced as `max-publish-rate` is.
+    pub max_publish_bytes_rate: u64,
     /// Queue QoS 0 messages for offline MQTT 3.x persistent sessions.
     pub queue_qos0_offline: bool,
     /// Session expiry, in seconds, for MQTT 3.x persistent sessions; none means never.
@@ -129,6 +136,11 @@ pub struct Config {
     /// A deeper SUBSCRIBE filter gets SUBACK 0x8F (3.x: 0x80); a deeper
     /// PUBLISH or will topic closes the connection (MQTT 5: 0x90).
     pub max_topic_levels: usize,
+    /// Most bytes in a topic name or filter (as the broker sees it, under a
+    /// mountpoint). Past it, as for `max-topic-levels`. Each subscription
+    /// keeps its filter, so this and `max-subscriptions-per-client` bound
+    /// what one client's subscriptions cost.
+    pub max_topic_length: usize,
     /// Most connections a listener accepts per second; past it new
     /// connections wait in the kernel's backlog (0: no limit).
     pub max_connection_rate: u32,
@@ -260,9 +272,12 @@ impl Default for Config {
             queue_overflow: OverflowPolicy::DropOldest,
             slow_consumer_timeout_ms: 500,
             slow_consumer: SlowConsumer::Drop,
+            max_publish_rate: 0,
+            max_publish_bytes_rate: 0,
             queue_qos0_offline: false,
             persistent_session_expiry: None,
             max_topic_levels: 128,
+            max_topic_length: 4096,
             max_subscriptions_per_client: 10_000,
             max_connection_rate: 0,
             max_client_id_len: 0,
@@ -381,8 +396,19 @@ impl Config {
         if self.max_queued_messages == 0 {
             return invalid("max-queued-messages", "must be at least 1");
         }
+        if self.max_publish_bytes_rate != 0
+            && self.max_publish_bytes_rate < u64::from(self.max_packet_size)
+        {
+            return invalid(
+                "max-publish-bytes-rate",
+                "must be 0 (no limit) or at least max-packet-size",
+            );
+        }
         if self.max_subscriptions_per_client == 0 {
             return invalid("max-subscriptions-per-client", "must be at least 1");
+        }
+        if !(1..=65_535).contains(&self.max_topic_length) {
+            return invalid("max-topic-length", "must be between 1 and 65535");
         }
         if !(1..=65_536).contains(&self.max_topic_levels) {
             return invalid("max-topic-levels", "must be between 1 and 65536");

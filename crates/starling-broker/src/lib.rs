@@ -17,6 +17,7 @@ mod lifecycle;
 pub mod message;
 pub mod metrics;
 mod persist;
+mod rate;
 pub mod retained;
 mod server;
 pub mod session;

@@ -48,6 +48,9 @@ pub struct Metrics {
     /// MQTT 5 PUBLISHes refused with 0x97 Quota exceeded because a
     /// persistent subscriber's queue was full (`queue-overflow = "reject"`).
     pub publishes_refused: AtomicU64,
+    /// Times a connection stopped being read because it published faster
+    /// than `max-publish-rate` or `max-publish-bytes-rate`.
+    pub publish_throttled: AtomicU64,
 }
 
 impl Metrics {

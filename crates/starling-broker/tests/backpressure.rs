@@ -194,3 +194,47 @@ async fn a_slow_consumer_can_be_disconnected() {
     }
     b.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_publish_rate_holds_a_client_back_and_drops_nothing() {
+    let b = TestBroker::start(Config {
+        max_publish_rate: 20,
+        ..Config::default()
+    })
+    .await;
+    let mut sub = Raw::client(b.addr, V::V5, "sub").await;
+    sub.subscribe("r/#", QoS::AtMostOnce).await;
+    let mut p = Raw::client(b.addr, V::V3_1_1, "fast").await;
+    let started = tokio::time::Instant::now();
+    p.send_bytes(&flood("r/t", 0, 60)).await;
+    p.send(Packet::PingReq).await;
+    assert!(matches!(p.recv().await, Packet::PingResp));
+    // A burst of 20, then 20 a second: the other 40 take two seconds.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1_900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    for i in 0..60 {
+        let got = sub.expect_publish().await;
+        assert_eq!(&got.payload[..], format!("0:{i}").as_bytes());
+    }
+    assert!(
+        b.state
+            .metrics
+            .publish_throttled
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    b.stop().await;
+}
+
+#[test]
+fn a_bytes_rate_below_the_packet_size_is_refused() {
+    let c = Config {
+        max_publish_bytes_rate: 1000,
+        ..Config::default()
+    };
+    let err = c.validate("test.toml").unwrap_err().to_string();
+    assert!(err.contains("max-publish-bytes-rate"), "{err}");
+}

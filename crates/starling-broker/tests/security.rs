@@ -176,6 +176,7 @@ async fn a_will_deeper_than_the_limit_is_refused_at_connect() {
 async fn the_tries_do_not_recurse_per_level() {
     let b = TestBroker::start(Config {
         max_topic_levels: 65_536,
+        max_topic_length: 65_535,
         ..Config::default()
     })
     .await;
@@ -244,6 +245,7 @@ async fn a_restart_on_a_too_deep_record_starts_and_skips_it() {
         data_dir: dir.clone(),
         durability: Durability::Always,
         max_topic_levels: 65_536,
+        max_topic_length: 65_535,
         ..Config::default()
     };
     let b = TestBroker::start(raised.clone()).await;
@@ -347,4 +349,32 @@ async fn a_burst_of_bad_logins_is_bounded_and_the_right_password_gets_in() {
     assert_eq!(ack.reason_code.0, 0, "the right password gets in");
     b.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn topics_and_filters_longer_than_the_limit_are_refused() {
+    let b = TestBroker::default().await;
+    let limit = Config::default().max_topic_length;
+    assert_eq!(limit, 4096);
+    let ok = "a".repeat(limit);
+    let over = "a".repeat(limit + 1);
+    let mut c = Raw::client(b.addr, V::V5, "long-sub").await;
+    let before = b.state.metrics.subscribe_refusals.get(0)
+        + b.state.metrics.subscribe_refusals.get(1)
+        + b.state.metrics.subscribe_refusals.get(2);
+    assert_eq!(subscribe_codes(&mut c, &[&ok, &over]).await, [0x00, 0x8F]);
+    let after = b.state.metrics.subscribe_refusals.get(0)
+        + b.state.metrics.subscribe_refusals.get(1)
+        + b.state.metrics.subscribe_refusals.get(2);
+    assert_eq!(after, before + 1, "the refusal is counted");
+    // A PUBLISH to a longer topic closes the connection with 0x90.
+    let mut p = Raw::client(b.addr, V::V5, "long-pub").await;
+    p.send(Packet::Publish(Publish::new(
+        over.as_str(),
+        Bytes::from_static(b"x"),
+    )))
+    .await;
+    assert_eq!(closed_with(&mut p).await, Some(0x90));
+    still_serving(&b, "long-sub").await;
+    b.stop().await;
 }

@@ -197,7 +197,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 .mountpoint
                 .as_deref()
                 .map_or(0, |m| topic::levels(m) - 1);
-            let deep = topic::levels(&will.topic) + mount > config.max_topic_levels;
+            let mount_len = ctx.mountpoint.as_deref().map_or(0, |m| m.len());
+            let deep = topic::levels(&will.topic) + mount > config.max_topic_levels
+                || will.topic.len() + mount_len > config.max_topic_length;
             if deep {
                 // MQTT 5 has a reason code for it; 3.x has none, so the
                 // connection is closed without a CONNACK.
@@ -205,7 +207,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     self.refuse(
                         &connect,
                         ReasonCode::TOPIC_NAME_INVALID,
-                        "will topic has too many levels",
+                        "will topic has too many levels, or is too long",
                     );
                 } else {
                     tracing::info!(peer = %self.peer, client_id = %connect.client_id, "connection refused: will topic has too many levels");

@@ -24,7 +24,16 @@ fn protocol_error(msg: impl Into<String>) -> Close {
 
 /// A topic name deeper than `max-topic-levels` closes the connection with
 /// 0x90 Topic Name invalid (MQTT 5, spec 3.3.2.1; 3.x just closes).
-pub(super) fn check_topic_levels(topic: &str, max: usize) -> Result<(), Close> {
+pub(super) fn check_topic_levels(topic: &str, max: usize, max_len: usize) -> Result<(), Close> {
+    if topic.len() > max_len {
+        return Err(Close::Protocol(
+            ReasonCode::TOPIC_NAME_INVALID,
+            format!(
+                "topic name is {} bytes, more than max-topic-length ({max_len})",
+                topic.len()
+            ),
+        ));
+    }
     let levels = topic::levels(topic);
     if levels > max {
         return Err(Close::Protocol(
@@ -225,7 +234,11 @@ impl Machine {
                 ));
             }
         }
-        check_topic_levels(&publish.topic, config.max_topic_levels)?;
+        check_topic_levels(
+            &publish.topic,
+            config.max_topic_levels,
+            config.max_topic_length,
+        )?;
         let qos = publish.qos;
         let packet_id = publish.packet_id;
         // Exactly once: a resent QoS 2 PUBLISH whose PUBREC we sent is not routed again.
@@ -360,7 +373,9 @@ impl Machine {
                 continue;
             }
             let (share, inner) = split_share(filter);
-            if topic::levels(inner) > self.broker.config.max_topic_levels {
+            if topic::levels(inner) > self.broker.config.max_topic_levels
+                || inner.len() > self.broker.config.max_topic_length
+            {
                 codes.push(self.refuse(SubscribeRefusal::Invalid));
                 continue;
             }

@@ -25,6 +25,7 @@ use crate::config::SlowConsumer;
 use crate::events::{DropReason, Event};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
+use crate::rate::TokenBucket;
 use crate::session::{Inflight, Kick, Session};
 
 /// Above this many buffered outgoing bytes the connection stops reading and
@@ -67,6 +68,10 @@ pub(crate) struct Machine {
     pub congested: Vec<Arc<Session>>,
     /// When the wait for `congested` ends, drained or not.
     pub stall_until: Option<Instant>,
+    /// The client's publish rate, when limited: messages, payload bytes.
+    rates: Option<Box<(Option<TokenBucket>, Option<TokenBucket>)>>,
+    /// Until when the connection is not read because of its publish rate.
+    pub throttled_until: Option<Instant>,
 }
 
 /// Topic aliases towards the client: a topic seen before goes as its alias
@@ -138,6 +143,40 @@ impl Machine {
             last_rx,
             congested: Vec::new(),
             stall_until: None,
+            rates: None,
+            throttled_until: None,
+        }
+    }
+
+    /// Counts a PUBLISH of `payload` bytes against the client's publish
+    /// rate; past it, the connection is not read until the rate allows
+    /// (`throttled_until`).
+    pub(crate) fn throttle(&mut self, payload: usize) {
+        let (msgs, bytes) = (
+            self.broker.config.max_publish_rate,
+            self.broker.config.max_publish_bytes_rate,
+        );
+        if msgs == 0 && bytes == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let rates = self.rates.get_or_insert_with(|| {
+            Box::new((
+                (msgs > 0).then(|| TokenBucket::new(msgs, now)),
+                (bytes > 0).then(|| TokenBucket::new(bytes, now)),
+            ))
+        });
+        let wait = [
+            rates.0.as_mut().map(|r| r.take(now)),
+            rates.1.as_mut().map(|r| r.take_n(payload as u64, now)),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or_default();
+        if !wait.is_zero() {
+            self.throttled_until = Some(now + wait);
+            Metrics::add(&self.broker.metrics.publish_throttled, 1);
         }
     }
 

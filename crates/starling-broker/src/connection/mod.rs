@@ -363,7 +363,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             // Backpressure: while subscribers this client's messages
             // congested drain (bounded by `stall_until`), it is not read.
             let holding = !self.m.congested.is_empty();
-            let reading = self.m.wbuf.len() < HIGH_WATER && !holding;
+            let reading =
+                self.m.wbuf.len() < HIGH_WATER && !holding && self.m.throttled_until.is_none();
             let held = if holding {
                 self.m.congested.clone()
             } else {
@@ -382,13 +383,25 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 self.rbuf.reserve(READ_CHUNK);
             }
             let spare = self.rbuf.capacity() - self.rbuf.len();
-            let ka_deadline = self.m.keep_alive_deadline(client);
+            // Not read on purpose (backpressure, publish rate): what the
+            // client sends meanwhile is in the socket, so no keep-alive
+            // verdict until it is read again.
+            let ka_deadline = if holding || self.m.throttled_until.is_some() {
+                None
+            } else {
+                self.m.keep_alive_deadline(client)
+            };
             // `checked_add`: a huge `hibernate-after-ms` means never, not a panic.
             let idle_deadline = hibernate.and_then(|d| last_active.checked_add(d));
-            let next = [ka_deadline, idle_deadline, self.m.stall_until]
-                .into_iter()
-                .flatten()
-                .min();
+            let next = [
+                ka_deadline,
+                idle_deadline,
+                self.m.stall_until,
+                self.m.throttled_until,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             if let Some(next) = next {
                 if armed.is_none_or(|at| next < at) {
                     timer.as_mut().reset(next);
@@ -442,6 +455,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 }
                 _ = &mut drained, if holding => {
                     self.m.congestion_cleared();
+                    self.m.last_rx = Instant::now();
                     // What was read past the packet that congested them.
                     if let Err(close) = self.handle_read(client) {
                         return close;
@@ -452,6 +466,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     let now = Instant::now();
                     if self.m.stall_until.is_some_and(|d| now >= d) {
                         self.m.stall_expired();
+                        self.m.last_rx = now;
+                        if let Err(close) = self.handle_read(client) {
+                            return close;
+                        }
+                    }
+                    if self.m.throttled_until.is_some_and(|d| now >= d) {
+                        self.m.throttled_until = None;
+                        self.m.last_rx = now;
                         if let Err(close) = self.handle_read(client) {
                             return close;
                         }
@@ -464,6 +486,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                             && self.rbuf.is_empty()
                             && !self.m.awaits_store()
                             && self.m.congested.is_empty()
+                            && self.m.throttled_until.is_none()
                             && reading_page.is_none()
                         {
                             return Close::Hibernate;
@@ -493,15 +516,25 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     /// (or the wait's bound), so that publishers overshoot a high-water mark
     /// by one message each, not by a read's worth.
     fn handle_read(&mut self, client: &mut Client) -> Result<(), Close> {
+        // Held back (congestion, or the publish rate): the rest waits.
+        if !self.m.congested.is_empty() || self.m.throttled_until.is_some() {
+            return Ok(());
+        }
         loop {
             let packet = match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(packet)) => packet,
                 Ok(None) => return Ok(()),
                 Err(err) => return Err(Close::Protocol(err.reason_code(), err.to_string())),
             };
+            if let starling_codec::Packet::Publish(p) = &packet {
+                self.m.throttle(p.payload.len());
+            }
             let handled = self.m.handle(client, packet);
             self.submit_journal();
             handled?;
+            if self.m.throttled_until.is_some() {
+                return Ok(());
+            }
             if !self.m.congested.is_empty() {
                 self.m.hold_for_congestion(&client.session);
                 if !self.m.congested.is_empty() {

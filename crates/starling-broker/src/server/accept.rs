@@ -17,8 +17,8 @@ use crate::metrics::Metrics;
 use crate::transport::ws::Rewind;
 use crate::transport::{self, ConnContext, Flushing};
 
-use super::rate::AcceptRate;
 use super::{ListenerInfo, Transport};
+use crate::rate::TokenBucket;
 
 /// What every connection task of a running broker holds.
 #[derive(Clone)]
@@ -220,7 +220,7 @@ impl Shared {
 pub(super) async fn accept_loop(listener: TcpListener, info: Arc<ListenerInfo>, shared: Shared) {
     let mut shutdown = shared.shutdown.clone();
     let mut rate = (info.connection_rate > 0)
-        .then(|| AcceptRate::new(info.connection_rate, tokio::time::Instant::now()));
+        .then(|| TokenBucket::new(u64::from(info.connection_rate), tokio::time::Instant::now()));
     loop {
         if let Some(rate) = rate.as_mut() {
             if !throttle(rate, &info, &shared, &mut shutdown).await {
@@ -259,7 +259,7 @@ pub(super) async fn accept_loop(listener: TcpListener, info: Arc<ListenerInfo>, 
 /// Waits for the listener's next accept token; `false` when the broker
 /// shuts down meanwhile.
 async fn throttle(
-    rate: &mut AcceptRate,
+    rate: &mut TokenBucket,
     info: &ListenerInfo,
     shared: &Shared,
     shutdown: &mut watch::Receiver<bool>,
@@ -284,7 +284,7 @@ pub(super) async fn quic_accept_loop(
 ) {
     let mut shutdown = shared.shutdown.clone();
     let mut rate = (info.connection_rate > 0)
-        .then(|| AcceptRate::new(info.connection_rate, tokio::time::Instant::now()));
+        .then(|| TokenBucket::new(u64::from(info.connection_rate), tokio::time::Instant::now()));
     loop {
         if let Some(rate) = rate.as_mut() {
             if !throttle(rate, &info, &shared, &mut shutdown).await {

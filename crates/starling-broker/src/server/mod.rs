@@ -27,7 +27,6 @@ use crate::transport::tls::{Reloadable, TlsSettings};
 use crate::transport::{self, ConnContext};
 
 mod accept;
-mod rate;
 mod reload;
 mod url;
 
