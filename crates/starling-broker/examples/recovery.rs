@@ -1,21 +1,24 @@
 //! Measures startup recovery: fills a store with 100,000 persistent sessions
-//! (one subscription each) and 1,000,000 queued QoS 1 messages, then times how
-//! long the broker takes to open the store and rebuild its state.
+//! (one subscription each) and `PER_SESSION` (default 100: 10,000,000 in
+//! all) queued QoS 1 messages each, then times how long the broker takes to
+//! open the store, rebuild its state and bind its listener, and then how
+//! long one client takes to reconnect and receive its queue.
 //!
-//! `cargo run --release -p starling-broker --example recovery [DIR]`
+//! `PER_SESSION=100 cargo run --release -p starling-broker --example recovery [DIR]`
 
 use std::time::Instant;
 
 use bytes::Bytes;
-use starling_broker::auth::FileAuthenticator;
 use starling_broker::store::{
     unix_ms, Durability, FjallStore, MessageRecord, Op, SessionRecord, Store, SubscriptionRecord,
 };
-use starling_broker::{BrokerState, Config};
-use starling_codec::{ByteString, Publish, QoS, SubscriptionOptions};
+use starling_broker::{Broker, Config};
+use starling_codec::{
+    Ack, ByteString, Connect, Decoder, Packet, ProtocolVersion, Publish, QoS, SubscriptionOptions,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SESSIONS: usize = 100_000;
-const PER_SESSION: u64 = 10;
 
 #[tokio::main]
 async fn main() {
@@ -24,6 +27,10 @@ async fn main() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("starling-recovery-bench"));
     let _ = std::fs::remove_dir_all(&dir);
+    let per_session: u64 = std::env::var("PER_SESSION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let fill = Instant::now();
     {
         let mut store = FjallStore::open(&dir).expect("store opens");
@@ -59,7 +66,7 @@ async fn main() {
                     id: None,
                 },
             ));
-            for seq in 1..=PER_SESSION {
+            for seq in 1..=per_session {
                 ops.push(Op::Message(client.clone(), seq, record.clone()));
             }
             if ops.len() >= 50_000 {
@@ -71,30 +78,95 @@ async fn main() {
     }
     println!(
         "filled {SESSIONS} sessions and {} messages in {:.1} s",
-        SESSIONS as u64 * PER_SESSION,
+        SESSIONS as u64 * per_session,
         fill.elapsed().as_secs_f64()
     );
     let config = Config {
         data_dir: dir.clone(),
         durability: Durability::Always,
+        listen: vec!["mqtt://127.0.0.1:0".into()],
+        sys_interval: 0,
         ..Config::default()
     };
-    let auth = std::sync::Arc::new(FileAuthenticator {
-        allow_anonymous: true,
-        passwords: None,
-    });
     let start = Instant::now();
-    let state = BrokerState::open(config, auth, None).expect("broker state opens");
-    let elapsed = start.elapsed();
-    let sessions = state.session_count();
-    let queued = state.queued_count();
+    let broker = Broker::bind(config).await.expect("broker binds");
+    let addr = broker.local_addrs()[0];
+    let state = broker.state();
+    let handle = broker.shutdown_handle();
+    let run = tokio::spawn(broker.run());
+    // Ready: a client connects and gets its CONNACK.
+    let mut client = Client::connect(addr, "client-000042").await;
+    let ready = start.elapsed();
     println!(
-        "recovered {sessions} sessions, {queued} queued messages, {} subscriptions in {:.2} s",
+        "started and accepted a connection in {:.2} s: {} sessions, {} subscriptions",
+        ready.as_secs_f64(),
+        state.session_count(),
         state.subscription_count(),
-        elapsed.as_secs_f64()
     );
+    let drain = Instant::now();
+    client.receive(per_session as usize).await;
+    println!(
+        "that client's {per_session} queued messages arrived {:.1} ms later",
+        drain.elapsed().as_secs_f64() * 1000.0
+    );
+    handle.shutdown();
+    let _ = run.await;
     if let Some(store) = state.store() {
         store.close().await;
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A persistent MQTT 5 session over TCP, spoken with the codec.
+struct Client {
+    stream: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+    decoder: Decoder,
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr, id: &str) -> Client {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        let mut c = Client {
+            stream,
+            buf: bytes::BytesMut::new(),
+            decoder: Decoder::with_version(ProtocolVersion::V5),
+        };
+        let mut connect = Connect::new(ProtocolVersion::V5, id);
+        connect.clean_start = false;
+        connect.properties.session_expiry_interval = Some(u32::MAX);
+        c.send(Packet::Connect(Box::new(connect))).await;
+        match c.next().await {
+            Packet::ConnAck(a) => assert!(a.session_present, "{a:?}"),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        c
+    }
+
+    async fn send(&mut self, p: Packet) {
+        let mut out = bytes::BytesMut::new();
+        p.encode(ProtocolVersion::V5, &mut out).expect("encodes");
+        self.stream.write_all(&out).await.expect("writes");
+    }
+
+    async fn next(&mut self) -> Packet {
+        loop {
+            if let Some(p) = self.decoder.decode(&mut self.buf).expect("valid") {
+                return p;
+            }
+            let n = self.stream.read_buf(&mut self.buf).await.expect("reads");
+            assert!(n > 0, "closed");
+        }
+    }
+
+    async fn receive(&mut self, n: usize) {
+        for _ in 0..n {
+            match self.next().await {
+                Packet::Publish(p) => self.send(Packet::PubAck(Ack::new(p.packet_id))).await,
+                other => panic!("expected PUBLISH, got {other:?}"),
+            }
+        }
+    }
 }

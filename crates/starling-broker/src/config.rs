@@ -372,6 +372,43 @@ impl Config {
         Ok(config)
     }
 
+    /// What these settings give up against the defaults' guarantees (see
+    /// the README, "What the defaults guarantee"): one line per setting
+    /// below its default, logged at startup.
+    pub fn weaker_than_defaults(&self) -> Vec<String> {
+        let d = Config::default();
+        let mut out = Vec::new();
+        if self.durability != crate::store::Durability::Always {
+            out.push(format!(
+                "durability = {:?}: acknowledged QoS 1/2 messages can be lost in a crash",
+                self.durability
+            ));
+        }
+        if self.max_queued_messages < d.max_queued_messages
+            || self.max_queued_bytes < d.max_queued_bytes
+        {
+            out.push(format!(
+                "max-queued-messages = {}, max-queued-bytes = {}: a persistent session's queue \
+                 overflows sooner than the defaults' 100,000 messages / 1 GiB",
+                self.max_queued_messages, self.max_queued_bytes
+            ));
+        }
+        if self.max_store_queue_bytes != 0 && self.max_store_queue_bytes < d.max_store_queue_bytes {
+            out.push(format!(
+                "max-store-queue-bytes = {}: queues overflow once that much is on disk",
+                self.max_store_queue_bytes
+            ));
+        }
+        if self.slow_consumer_timeout_ms == 0 {
+            out.push(
+                "slow-consumer-timeout-ms = 0: no backpressure; a subscriber that falls behind \
+                 loses QoS 0 messages at once"
+                    .into(),
+            );
+        }
+        out
+    }
+
     /// Checks ranges that the types alone do not.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let invalid = |key, message: &str| {
@@ -442,6 +479,18 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_below_the_defaults_guarantees_are_named() {
+        assert!(Config::default().weaker_than_defaults().is_empty());
+        let text = "max-queued-messages = 1000\nslow-consumer-timeout-ms = 0\ndurability = \"none\"\nqueue-overflow = \"reject\"\n";
+        let config = Config::from_toml(text, Path::new("w.toml")).unwrap();
+        let weaker = config.weaker_than_defaults();
+        assert_eq!(weaker.len(), 3, "{weaker:?}");
+        assert!(weaker
+            .iter()
+            .any(|w| w.starts_with("max-queued-messages = 1000")));
+    }
 
     #[test]
     fn listener_tables() {

@@ -238,3 +238,33 @@ fn a_bytes_rate_below_the_packet_size_is_refused() {
     let err = c.validate("test.toml").unwrap_err().to_string();
     assert!(err.contains("max-publish-bytes-rate"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_subscriber_gets_every_one_of_100k_retained_messages() {
+    let b = TestBroker::default().await;
+    let n = 100_000u32;
+    let mut p = Raw::client(b.addr, V::V3_1_1, "retainer").await;
+    let mut batch = BytesMut::new();
+    for i in 0..n {
+        let mut m = Publish::new(format!("ret/{i}").as_str(), Bytes::from_static(b"r"));
+        m.retain = true;
+        Packet::Publish(m).encode(V::V3_1_1, &mut batch).unwrap();
+    }
+    p.send_bytes(&batch).await;
+    p.send(Packet::PingReq).await;
+    assert!(matches!(p.recv().await, Packet::PingResp));
+    assert_eq!(b.state.retained_count(), n as usize);
+    let mut sub = Raw::client(b.addr, V::V5, "everything").await;
+    sub.subscribe("#", QoS::AtMostOnce).await;
+    let mut seen = vec![false; n as usize];
+    for _ in 0..n {
+        let got = sub.expect_publish().await;
+        assert!(got.retain);
+        let i: usize = got.topic.strip_prefix("ret/").unwrap().parse().unwrap();
+        assert!(!seen[i], "ret/{i} twice");
+        seen[i] = true;
+    }
+    assert!(seen.iter().all(|s| *s));
+    assert_eq!(b.state.metrics.messages_dropped(), 0);
+    b.stop().await;
+}

@@ -364,6 +364,9 @@ impl Broker {
         acl: Option<Acl>,
         store: Option<Box<dyn crate::store::Store>>,
     ) -> Result<Broker, StartError> {
+        for weaker in config.weaker_than_defaults() {
+            tracing::warn!("below the defaults' guarantees: {weaker}");
+        }
         let mut listeners = Vec::new();
         for (i, (lc, table)) in listener_configs(&config).into_iter().enumerate() {
             let index = u16::try_from(i).unwrap_or(u16::MAX - 1);
