@@ -2,7 +2,8 @@
 //! (one subscription each) and `PER_SESSION` (default 100: 10,000,000 in
 //! all) queued QoS 1 messages each, then times how long the broker takes to
 //! open the store, rebuild its state and bind its listener, and then how
-//! long one client takes to reconnect and receive its queue.
+//! long one client takes to reconnect and receive its queue, and the rate at
+//! which a session with 1,000,000 queued messages drains.
 //!
 //! `PER_SESSION=100 cargo run --release -p starling-broker --example recovery [DIR]`
 
@@ -19,6 +20,8 @@ use starling_codec::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SESSIONS: usize = 100_000;
+/// Messages queued for the session whose drain rate is measured.
+const BIG: u64 = 1_000_000;
 
 #[tokio::main]
 async fn main() {
@@ -74,6 +77,22 @@ async fn main() {
                 ops.clear();
             }
         }
+        // One more session with a long queue, for the drain rate.
+        let big: ByteString = "big".into();
+        ops.push(Op::Session(
+            big.clone(),
+            SessionRecord {
+                expiry_interval: u32::MAX,
+                disconnected_at_ms: unix_ms(),
+            },
+        ));
+        for seq in 1..=BIG {
+            ops.push(Op::Message(big.clone(), seq, record.clone()));
+            if ops.len() >= 50_000 {
+                store.apply(&ops, false).expect("writes");
+                ops.clear();
+            }
+        }
         store.apply(&ops, true).expect("writes");
     }
     println!(
@@ -108,6 +127,14 @@ async fn main() {
     println!(
         "that client's {per_session} queued messages arrived {:.1} ms later",
         drain.elapsed().as_secs_f64() * 1000.0
+    );
+    let drain = Instant::now();
+    let mut big = Client::connect(addr, "big").await;
+    big.receive(BIG as usize).await;
+    let secs = drain.elapsed().as_secs_f64();
+    println!(
+        "an offline queue of {BIG} messages drained in {secs:.2} s: {:.0} msg/s",
+        BIG as f64 / secs
     );
     handle.shutdown();
     let _ = run.await;

@@ -27,6 +27,8 @@ pub(crate) struct Connection<S> {
     pub rbuf: BytesMut,
     pub decoder: Decoder,
     pub m: Machine,
+    /// Packets handled since the task last yielded its thread (fairness).
+    pub handled: u32,
 }
 
 impl<S> std::ops::Deref for Connection<S> {
@@ -61,6 +63,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             rbuf: BytesMut::new(),
             decoder,
             m: Machine::new(broker, peer, conn_id, last_rx),
+            handled: 0,
         }
     }
 

@@ -43,9 +43,8 @@ use crate::metrics::Metrics;
 const IDLE_BUFFER: usize = 16 * 1024;
 /// Room made in the read buffer before each read.
 const READ_CHUNK: usize = 4096;
-/// How long a connection that keeps reading full buffers runs before it
-/// yields its thread to the others.
-const FAIR_SLICE: Duration = Duration::from_micros(200);
+/// Packets a connection handles before it yields its thread to the others.
+const FAIR_PACKETS: u32 = 256;
 
 /// A page of a spilled queue being read back: completes with the packet
 /// ids of in-flight messages to resend.
@@ -327,8 +326,6 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             return Close::Shutdown;
         }
         let mut busy = false;
-        // When this run of full reads started, if one is under way.
-        let mut slice: Option<Instant> = None;
         let mut last_active = Instant::now();
         let session = client.session.clone();
         // One timer for the keep-alive and idle deadlines, moved only when a
@@ -444,14 +441,12 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     if self.rbuf.is_empty() && (!busy || self.rbuf.capacity() > IDLE_BUFFER) {
                         self.rbuf = BytesMut::new();
                     }
-                    // Fairness: a client that keeps the socket full gives
-                    // the other connections on its thread a turn once it has
-                    // run for a time slice, instead of for tokio's whole
-                    // budget (which a flood of small PUBLISHes makes long).
-                    if !busy {
-                        slice = None;
-                    } else if slice.get_or_insert(self.m.last_rx).elapsed() >= FAIR_SLICE {
-                        slice = None;
+                    // Fairness: a client that keeps sending gives the other
+                    // connections on its thread a turn every few dozen
+                    // packets, instead of once per tokio budget of reads
+                    // (which a flood of small PUBLISHes makes long).
+                    if self.handled >= FAIR_PACKETS {
+                        self.handled = 0;
                         tokio::task::yield_now().await;
                     }
                 }
@@ -545,6 +540,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 self.m.throttle(p.payload.len());
             }
             let handled = self.m.handle(client, packet);
+            self.handled += 1;
             self.submit_journal();
             handled?;
             if self.m.throttled_until.is_some() {

@@ -9,7 +9,7 @@
 mod state;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -41,6 +41,9 @@ pub struct Session {
     /// Whether the session is kept in the store (it outlives its connection and
     /// the broker persists).
     pub persistent: AtomicBool,
+    /// The minute (since the Unix epoch) a drop was last logged for this
+    /// session: drops are logged at most once a minute per session.
+    drop_logged: AtomicU32,
 }
 
 impl Session {
@@ -81,6 +84,7 @@ impl Session {
             notify: Notify::new(),
             dropped: AtomicU64::new(0),
             persistent: AtomicBool::new(false),
+            drop_logged: AtomicU32::new(0),
         }
     }
 
@@ -109,12 +113,10 @@ impl Session {
         match outcome {
             Enqueued::Queued | Enqueued::Congested => wake(),
             Enqueued::DroppedOldest => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.note_drop();
                 wake();
             }
-            Enqueued::Dropped => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            Enqueued::Dropped => self.note_drop(),
             Enqueued::Skipped => {}
         }
         outcome
@@ -122,6 +124,26 @@ impl Session {
 }
 
 impl Session {
+    /// Counts a message the queue's bounds dropped, and logs it unless one
+    /// was logged for this session in the same minute.
+    fn note_drop(&self) {
+        let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let minute = u32::try_from(crate::store::unix_ms() / 60_000).unwrap_or(u32::MAX);
+        let last = self.drop_logged.load(Ordering::Relaxed);
+        if last != minute
+            && self
+                .drop_logged
+                .compare_exchange(last, minute, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                client_id = %self.client_id,
+                dropped = total,
+                "queue full: messages dropped for this session (logged at most once a minute)"
+            );
+        }
+    }
+
     /// Waits until the queue has drained to half its high-water mark, or
     /// no longer holds publishers back (the connection went, or stalled).
     /// The caller bounds the wait (see `slow-consumer-timeout-ms`).
