@@ -222,6 +222,7 @@ async fn census(
                 gone.push(crate::store::Op::DeleteMessage(client.clone(), *seq));
                 continue;
             }
+            c.first.get_or_insert(*seq);
             c.count += 1;
             c.bytes += d.weight as usize;
             if d.msg.expires_at.is_some() {

@@ -172,3 +172,36 @@ async fn the_disk_quota_bounds_every_queue_together() {
     assert_eq!(*got.last().unwrap(), 99);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_restored_queue_once_counted_keeps_its_bound() {
+    let cfg = Config {
+        max_queued_messages: 3,
+        ..config("restored-bound")
+    };
+    let b = TestBroker::start(cfg.clone()).await;
+    let (mut sub, _) = Raw::connect(b.addr, persistent("bounded")).await;
+    sub.subscribe("q", QoS::AtLeastOnce).await;
+    sub.send(Packet::Disconnect(Disconnect::default())).await;
+    sub.closed().await;
+    publish(&b, "q", 3).await;
+    b.stop().await;
+    let b = TestBroker::start(cfg).await;
+    // The sweeper counts the restored queue: 3, and where it starts.
+    starling_broker::sweep_spilled(b.state.clone()).await;
+    assert_eq!(b.state.session("bounded").unwrap().queued(), 3);
+    // One more: drop-oldest evicts the oldest stored message, for real.
+    let mut p = Raw::client(b.addr, V::V5, "publisher").await;
+    let mut m = Publish::new("q", Bytes::from_static(b"3"));
+    m.qos = QoS::AtLeastOnce;
+    m.packet_id = 1;
+    p.send(Packet::Publish(m)).await;
+    assert!(matches!(p.recv().await, Packet::PubAck(_)));
+    assert_eq!(b.state.session("bounded").unwrap().queued(), 3);
+    let (mut sub, _) = Raw::connect(b.addr, persistent("bounded")).await;
+    assert_eq!(receive(&mut sub, 3).await, [1, 2, 3]);
+    // And nothing after them.
+    sub.send(Packet::PingReq).await;
+    assert!(matches!(sub.recv().await, Packet::PingResp));
+    b.stop().await;
+}

@@ -384,6 +384,10 @@ pub struct SpillCensus {
     pub bytes: usize,
     /// Those with an expiry.
     pub expiring: usize,
+    /// The first sequence number found: the spill starts there (a restored
+    /// one is known to start at 0 only), so that evicting its oldest
+    /// message deletes a record that exists.
+    pub first: Option<u64>,
 }
 
 impl Drop for SessionState {
@@ -702,6 +706,9 @@ impl SessionState {
         let after = spill.bytes;
         spill.expiring = c.expiring + spill.expiring.saturating_sub(expiring);
         spill.counted = true;
+        if let Some(first) = c.first {
+            spill.next = spill.next.max(first);
+        }
         // A restored queue's bytes count towards the quota once counted.
         self.note_spilled(after.saturating_sub(before), before.saturating_sub(after));
     }
