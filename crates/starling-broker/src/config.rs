@@ -433,6 +433,12 @@ impl Config {
         if self.max_queued_messages == 0 {
             return invalid("max-queued-messages", "must be at least 1");
         }
+        if self.slow_consumer_timeout_ms > 60_000 {
+            return invalid(
+                "slow-consumer-timeout-ms",
+                "must be at most 60000 (a publisher is not read meanwhile)",
+            );
+        }
         if self.max_publish_bytes_rate != 0
             && self.max_publish_bytes_rate < u64::from(self.max_packet_size)
         {

@@ -168,7 +168,7 @@ pub fn sweep(broker: &Arc<BrokerState>) {
 }
 
 /// Reads the queues that sessions with no connection keep on disk (see
-/// [`crate::session::SpillCensus`]) when they may hold expired messages, or
+/// [`crate::session::SpillCensus`]) once their earliest expiry has passed, or
 /// were restored at startup and are not counted yet: deletes what has
 /// expired and counts what remains, page by page. Returns how many it deleted.
 pub async fn sweep_spilled(broker: Arc<BrokerState>) -> u64 {
@@ -178,7 +178,8 @@ pub async fn sweep_spilled(broker: Arc<BrokerState>) -> u64 {
     let sessions: Vec<_> = broker.sessions.lock().values().cloned().collect();
     let mut total = 0u64;
     for session in sessions {
-        let Some(req) = session.state.lock().sweep_request() else {
+        let now = tokio::time::Instant::now();
+        let Some(req) = session.state.lock().sweep_request(now) else {
             continue;
         };
         let census = census(&store, &session.client_id, req).await;
@@ -225,9 +226,7 @@ async fn census(
             c.first.get_or_insert(*seq);
             c.count += 1;
             c.bytes += d.weight as usize;
-            if d.msg.expires_at.is_some() {
-                c.expiring += 1;
-            }
+            c.next_expiry = crate::session::earliest(c.next_expiry, d.msg.expires_at);
         }
         expired += gone.len() as u64;
         store.submit(gone);

@@ -268,3 +268,13 @@ async fn a_wildcard_subscriber_gets_every_one_of_100k_retained_messages() {
     assert_eq!(b.state.metrics.messages_dropped(), 0);
     b.stop().await;
 }
+
+#[test]
+fn a_backpressure_bound_over_a_minute_is_refused() {
+    let c = Config {
+        slow_consumer_timeout_ms: u64::MAX,
+        ..Config::default()
+    };
+    let err = c.validate("test.toml").unwrap_err().to_string();
+    assert!(err.contains("slow-consumer-timeout-ms"), "{err}");
+}

@@ -442,7 +442,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                         self.rbuf = BytesMut::new();
                     }
                     // Fairness: a client that keeps sending gives the other
-                    // connections on its thread a turn every few dozen
+                    // connections on its thread a turn every FAIR_PACKETS
                     // packets, instead of once per tokio budget of reads
                     // (which a flood of small PUBLISHes makes long).
                     if self.handled >= FAIR_PACKETS {

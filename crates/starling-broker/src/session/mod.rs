@@ -21,11 +21,11 @@ use crate::message::Delivery;
 use crate::store::Persistence;
 
 pub use crate::message::Inflight;
+pub(crate) use state::{earliest, ParkedAt, WakeParked};
 pub use state::{
     ConnInfo, Enqueued, Kick, Lazy, Link, PageRequest, QueueLimits, SessionState, SpillCensus,
     SubEntry,
 };
-pub(crate) use state::{ParkedAt, WakeParked};
 
 /// A session, shared between the registry, the topic index and its connection.
 #[derive(Debug)]
@@ -121,9 +121,7 @@ impl Session {
         }
         outcome
     }
-}
 
-impl Session {
     /// Counts a message the queue's bounds dropped, and logs it unless one
     /// was logged for this session in the same minute.
     fn note_drop(&self) {
@@ -390,6 +388,94 @@ mod tests {
             st.push(delivery("abcde", QoS::AtLeastOnce, 2)).0,
             Enqueued::Dropped
         );
+    }
+
+    /// A session whose stored messages past one in memory spill to disk
+    /// (no store here: the records are not written, the bookkeeping is the same).
+    fn spilling(max_messages: usize, max_spilled: u64) -> Session {
+        let limits = QueueLimits {
+            max_messages,
+            max_bytes: 1_000,
+            max_memory_bytes: 1_000,
+            spilled: Default::default(),
+            max_spilled,
+            high_water: 1,
+            high_water_bytes: 1_000,
+            policy: OverflowPolicy::DropOldest,
+            qos0_offline: false,
+            spill: true,
+            first_seq: 1,
+        };
+        Session::new("s".into(), 0, Arc::new(limits))
+    }
+
+    fn stored(st: &mut SessionState, payload: &'static str) -> (Enqueued, Vec<u64>) {
+        let (outcome, evicted, _) = st.enqueue(
+            delivery(payload, QoS::AtLeastOnce, 0),
+            true,
+            &"s".into(),
+            None,
+        );
+        (outcome, evicted)
+    }
+
+    #[test]
+    fn a_page_whose_front_was_evicted_is_asked_for_again() {
+        let s = spilling(3, 0);
+        let mut st = s.state.lock();
+        st.attach(Link::new(1));
+        for p in ["a", "b", "c"] {
+            stored(&mut st, p);
+        }
+        // "a" in memory, "b" and "c" (2 and 3) spilled.
+        assert_eq!(payloads(&mut st), ["a"]);
+        let req = st.page_request().expect("a page is due");
+        assert_eq!(req.from, 2);
+        // Full while the page is read: the oldest spilled message goes.
+        assert_eq!(stored(&mut st, "d").0, Enqueued::Queued);
+        assert_eq!(stored(&mut st, "e"), (Enqueued::DroppedOldest, vec![2]));
+        let (resend, expired) = st.page_read(req, Vec::new(), false, tokio::time::Instant::now());
+        assert!(resend.is_empty() && expired.is_empty());
+        // Not stuck: the next page starts after the evicted one.
+        assert_eq!(st.page_request().map(|r| r.from), Some(3));
+    }
+
+    #[test]
+    fn the_sweeper_reads_a_spill_once_its_earliest_expiry_has_passed() {
+        let s = spilling(100, 0);
+        let mut st = s.state.lock();
+        let now = tokio::time::Instant::now();
+        let hour = std::time::Duration::from_secs(3600);
+        let mut d = delivery("x", QoS::AtLeastOnce, 0);
+        Arc::get_mut(&mut d.msg).unwrap().expires_at = Some(now + hour);
+        // No connection: spilled at once, with its expiry noted.
+        st.enqueue(d, true, &"s".into(), None);
+        assert!(
+            st.sweep_request(now).is_none(),
+            "counted, nothing expired yet"
+        );
+        let req = st
+            .sweep_request(now + 2 * hour)
+            .expect("due once it expired");
+        // A census that finds nothing left: no further sweep is due.
+        st.swept(req, Some(SpillCensus::default()));
+        assert!(st.sweep_request(now + 3 * hour).is_none());
+    }
+
+    #[test]
+    fn the_disk_quota_evicts_only_what_makes_room() {
+        // Room for three one-byte messages on disk, broker-wide.
+        let s = spilling(100, 3);
+        let mut st = s.state.lock();
+        st.attach(Link::new(1));
+        stored(&mut st, "a"); // in memory
+        for p in ["b", "c", "d"] {
+            assert_eq!(stored(&mut st, p).0, Enqueued::Queued);
+        }
+        // The quota is full: one more evicts the oldest in memory first,
+        // then the oldest on disk, one each.
+        assert_eq!(stored(&mut st, "e"), (Enqueued::DroppedOldest, vec![1, 2]));
+        assert_eq!(st.queue_len(), 3);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use starling_codec::{ByteString, QoS, SubscriptionOptions};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::auth::{Acl, ListenerFile};
 use crate::config::OverflowPolicy;
@@ -348,16 +349,17 @@ pub struct Spill {
     count: usize,
     /// Their size, as `Delivery::weight` counts it.
     bytes: usize,
-    /// How many of them may expire (the sweeper reads the spill of an
-    /// offline session when some may).
-    expiring: usize,
+    /// The earliest expiry among them, as far as known (the sweeper reads
+    /// the spill of an offline session once it has passed, not every time
+    /// some message in it has an expiry).
+    next_expiry: Option<Instant>,
     /// Whether `count` and `bytes` cover the whole spill (a restored queue's
     /// are not known until the sweeper or the client has read it).
     counted: bool,
     /// A page is being read, or the sweeper reads the spill.
     loading: bool,
-    /// `count`, `bytes` and `expiring` when the sweeper started reading.
-    at_sweep: (usize, usize, usize),
+    /// `count`, `bytes` and `next_expiry` when the sweeper started reading.
+    at_sweep: (usize, usize, Option<Instant>),
 }
 
 impl Spill {
@@ -366,10 +368,10 @@ impl Spill {
             next,
             count: 0,
             bytes: 0,
-            expiring: 0,
+            next_expiry: None,
             counted,
             loading: false,
-            at_sweep: (0, 0, 0),
+            at_sweep: (0, 0, None),
         })
     }
 }
@@ -382,8 +384,8 @@ pub struct SpillCensus {
     pub count: usize,
     /// Their size.
     pub bytes: usize,
-    /// Those with an expiry.
-    pub expiring: usize,
+    /// The earliest expiry among them.
+    pub next_expiry: Option<Instant>,
     /// The first sequence number found: the spill starts there (a restored
     /// one is known to start at 0 only), so that evicting its oldest
     /// message deletes a record that exists.
@@ -397,6 +399,14 @@ impl Drop for SessionState {
         if let Some(spill) = self.spill.take() {
             self.note_spilled(0, spill.bytes);
         }
+    }
+}
+
+/// The earlier of two optional deadlines (none: no deadline).
+pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -556,7 +566,7 @@ impl SessionState {
             if self.limits.policy != OverflowPolicy::DropOldest {
                 return (Enqueued::Dropped, evicted, None);
             }
-            while self.is_full(size) || self.quota_full(size + freed) {
+            while self.is_full(size) || self.quota_full_after(size, freed) {
                 if let Some(old) = self.queue.pop_front() {
                     self.queued_bytes -= old.weight as usize;
                     evicted.extend(old.stored.seq());
@@ -581,9 +591,7 @@ impl SessionState {
         let spill = self.spill.get_or_insert_with(|| Spill::new(seq, true));
         spill.count += 1;
         spill.bytes += size;
-        if delivery.msg.expires_at.is_some() {
-            spill.expiring += 1;
-        }
+        spill.next_expiry = earliest(spill.next_expiry, delivery.msg.expires_at);
         self.note_spilled(size, 0);
         if let Some((store, journal)) = store {
             let mut ops: Vec<Op> = message_record(&delivery)
@@ -617,12 +625,19 @@ impl SessionState {
         self.is_full(size) || self.queued_bytes + size > self.limits.max_memory_bytes
     }
 
-    /// Whether the broker's disk quota for queues is used up.
+    /// Whether the broker's disk quota for queues has no room for `size`
+    /// more bytes.
     fn quota_full(&self, size: usize) -> bool {
+        self.quota_full_after(size, 0)
+    }
+
+    /// As `quota_full`, once `freed` bytes (evicted, not yet noted) are gone.
+    fn quota_full_after(&self, size: usize, freed: usize) -> bool {
         let used = self
             .limits
             .spilled
-            .load(std::sync::atomic::Ordering::Relaxed);
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(freed as u64);
         self.limits.max_spilled != 0 && used + size as u64 > self.limits.max_spilled
     }
 
@@ -657,16 +672,15 @@ impl SessionState {
     /// For the sweeper: the whole spill of a session with no connection,
     /// if it may hold expired messages or is not counted yet; marks it
     /// being read.
-    pub(crate) fn sweep_request(&mut self) -> Option<PageRequest> {
+    pub(crate) fn sweep_request(&mut self, now: Instant) -> Option<PageRequest> {
         if self.link.is_some() {
             return None;
         }
-        let spill = self
-            .spill
-            .as_mut()
-            .filter(|s| !s.loading && (s.expiring > 0 || !s.counted))?;
+        let due = |s: &Spill| !s.counted || s.next_expiry.is_some_and(|t| t <= now);
+        let spill = self.spill.as_mut().filter(|s| !s.loading && due(s))?;
         spill.loading = true;
-        spill.at_sweep = (spill.count, spill.bytes, spill.expiring);
+        // Spilled during the sweep: their expiries gather afresh.
+        spill.at_sweep = (spill.count, spill.bytes, spill.next_expiry.take());
         let from = spill.next;
         Some(self.page_from(from))
     }
@@ -692,19 +706,23 @@ impl SessionState {
         let Some(spill) = self.spill.as_mut() else {
             return;
         };
-        if req.generation != generation || spill.next != req.from || !spill.loading {
+        if req.generation != generation || !spill.loading {
             return;
         }
         spill.loading = false;
-        let Some(c) = census else {
+        let (count, bytes, expiry) = spill.at_sweep;
+        // Its front was evicted meanwhile, the census may count records that
+        // are gone, so it is not used (the next sweep counts again); nor is
+        // a failed one.
+        let Some(c) = census.filter(|_| spill.next == req.from) else {
+            spill.next_expiry = earliest(spill.next_expiry, expiry);
             return;
         };
-        let (count, bytes, expiring) = spill.at_sweep;
         let before = spill.bytes;
         spill.count = c.count + spill.count.saturating_sub(count);
         spill.bytes = c.bytes + spill.bytes.saturating_sub(bytes);
         let after = spill.bytes;
-        spill.expiring = c.expiring + spill.expiring.saturating_sub(expiring);
+        spill.next_expiry = earliest(spill.next_expiry, c.next_expiry);
         spill.counted = true;
         if let Some(first) = c.first {
             spill.next = spill.next.max(first);
@@ -743,14 +761,15 @@ impl SessionState {
         if req.generation != self.generation {
             return (resend, expired);
         }
-        let Some(spill) = self
-            .spill
-            .as_mut()
-            .filter(|s| s.loading && s.next == req.from)
-        else {
+        let Some(spill) = self.spill.as_mut().filter(|s| s.loading) else {
             return (resend, expired);
         };
         spill.loading = false;
+        // Its front was evicted meanwhile: the page may hold records that
+        // are gone; the connection asks for the next one afresh.
+        if spill.next != req.from {
+            return (resend, expired);
+        }
         let mut read = 0usize;
         let mut read_bytes = 0usize;
         let mut last = None;
@@ -758,14 +777,18 @@ impl SessionState {
         for (seq, rec) in records {
             last = Some(seq);
             let delivery = crate::journal::delivery_from_record(seq, &rec);
-            if delivery
-                .msg
-                .is_expired(now.max(tokio::time::Instant::now()))
+            // A QoS 2 exchange under way is finished even if the message
+            // expired: the receiver holds its packet id (as the sweeper does).
+            let in_flight = rec.packet_id != 0 && rec.publish.qos == QoS::ExactlyOnce;
+            if !in_flight
+                && delivery
+                    .msg
+                    .is_expired(now.max(tokio::time::Instant::now()))
             {
                 expired.push(seq);
                 continue;
             }
-            if rec.packet_id != 0 && rec.publish.qos == QoS::ExactlyOnce {
+            if in_flight {
                 resend.push(rec.packet_id);
                 restored.push(Inflight {
                     packet_id: rec.packet_id,
@@ -776,9 +799,6 @@ impl SessionState {
             }
             read += 1;
             read_bytes += delivery.weight as usize;
-            if delivery.msg.expires_at.is_some() {
-                spill.expiring = spill.expiring.saturating_sub(1);
-            }
             self.queued_bytes += delivery.weight as usize;
             self.queue.push_back(delivery);
         }
