@@ -24,7 +24,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use starling_broker::config::OverflowPolicy;
 use starling_broker::message::Message;
-use starling_broker::retained::RetainedTree;
+use starling_broker::retained::{RetainedTree, StepLimits};
 use starling_broker::session::{QueueLimits, Session};
 use starling_broker::topic_tree::{Matches, Subscriber, TopicTree};
 use starling_codec::topic::{matches as reference, parse_shared, validate_filter};
@@ -290,6 +290,47 @@ fn retained(tree: &RetainedTree, filter: &str, now: Instant) -> Vec<(String, Vec
     got
 }
 
+/// Topics and payloads a walk resumed after every step of two messages or
+/// `budget` nodes returned, checked to come in topic order, then sorted.
+fn walked(
+    tree: &RetainedTree,
+    filter: &str,
+    now: Instant,
+    budget: usize,
+) -> Vec<(String, Vec<u8>)> {
+    let mut got: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut after: Option<starling_codec::ByteString> = None;
+    let mut done = false;
+    for _ in 0..10_000 {
+        let limits = StepLimits {
+            messages: 2,
+            bytes: usize::MAX,
+            nodes: budget,
+        };
+        let step = tree.walk(filter, after.as_deref(), now, limits);
+        got.extend(
+            step.messages
+                .iter()
+                .map(|m| (m.topic.to_string(), m.payload.to_vec())),
+        );
+        match step.next {
+            Some(next) => after = Some(next),
+            None => {
+                done = true;
+                break;
+            }
+        }
+    }
+    assert!(done, "the walk of {filter:?} did not end at {after:?}");
+    assert!(
+        got.windows(2)
+            .all(|w| w[0].0.split('/').lt(w[1].0.split('/'))),
+        "topic order: {got:?}"
+    );
+    got.sort();
+    got
+}
+
 /// What the reference says `filter` matches in `model`; the messages that
 /// expire soon only with `include_expiring`.
 fn retained_expected(
@@ -318,6 +359,14 @@ fn check_retained(
             retained(tree, f, now),
             retained_expected(model, f, true),
             "{f:?}"
+        );
+        // Deep trees in steps of a few nodes would take a descent per step.
+        let deep = model.keys().any(|t| t.len() > 1000);
+        let budget = if deep { 8192 } else { 3 };
+        assert_eq!(
+            walked(tree, f, now, budget),
+            retained(tree, f, now),
+            "{f:?} walked"
         );
         assert_eq!(
             retained(tree, f, later),

@@ -349,7 +349,9 @@ mod tests {
         // backpressure: the notification held publishers wait on (a pointer,
         // allocated the first time one waits) and two flags. 328 since
         // queues on disk: the spill (a pointer, allocated while one exists).
+        // 336 since retained messages are streamed: the walks under way (a
+        // pointer, allocated while one is).
         let session = size_of::<crate::session::Session>();
-        assert!(session <= 328, "{session}");
+        assert!(session <= 336, "{session}");
     }
 }

@@ -13,9 +13,9 @@ use super::client::{Client, Close};
 use super::machine::Machine;
 use crate::auth::Access;
 use crate::broker::split_share;
-use crate::message::{Delivery, Message};
+use crate::message::Message;
 use crate::metrics::SubscribeRefusal;
-use crate::session::SubEntry;
+use crate::session::{RetainedWalk, SubEntry};
 use crate::topic_tree::Subscriber;
 
 fn protocol_error(msg: impl Into<String>) -> Close {
@@ -346,14 +346,9 @@ impl Machine {
 
     fn on_subscribe(&mut self, client: &mut Client, sub: Subscribe) {
         let v = client.version;
-        let now = Instant::now();
         let sub_id = sub.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(sub.subscriptions.len());
-        let mut retained: Vec<Delivery> = Vec::new();
-        // The session's queue holds at most this many messages: more retained
-        // messages than that from one SUBSCRIBE would only be dropped again,
-        // so the lookup stops there (whatever the number of filters).
-        let mut budget = self.broker.config.max_queued_messages;
+        let mut retained: Vec<RetainedWalk> = Vec::new();
         for s in &sub.subscriptions {
             let filter = &s.filter;
             let shared = parse_shared(filter);
@@ -431,24 +426,14 @@ impl Machine {
                     RetainHandling::SendIfNew => !existed,
                     RetainHandling::DoNotSend => false,
                 };
-            if send_retained && budget > 0 {
-                let found = self
-                    .broker
-                    .retained
-                    .read()
-                    .matching_at_most(inner, now, budget);
-                budget -= found.len();
-                for msg in found {
-                    retained.push(Delivery {
-                        qos: msg.qos.min(granted),
-                        retain: true,
-                        subscription_ids: sub_id.into_iter().collect(),
-                        share: None,
-                        stored: crate::message::Stored::NOT,
-                        weight: msg.weight(),
-                        msg,
-                    });
-                }
+            // Streamed after the SUBACK as the queue drains (`Machine::drain`).
+            if send_retained {
+                retained.push(RetainedWalk {
+                    filter: crate::message::owned(filter),
+                    after: None,
+                    granted,
+                    sub_id,
+                });
             }
         }
         let ack = SubAck {
@@ -471,18 +456,10 @@ impl Machine {
                 }
             }
         }
-        let store = self.broker.store.clone();
-        for d in retained {
-            if self.broker.allowed_with(
-                client.acl.as_deref(),
-                client.username.as_deref(),
-                client.client_id(),
-                &d.msg.topic,
-                Access::Read,
-            ) {
-                client
-                    .session
-                    .enqueue(d, store.as_ref().map(|s| (s, &mut *journal)));
+        if !retained.is_empty() {
+            let mut st = client.session.state.lock();
+            for walk in retained {
+                st.retained_walks().start(walk);
             }
         }
     }

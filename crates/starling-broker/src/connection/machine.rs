@@ -352,7 +352,12 @@ impl Machine {
         let mut sent = [0u64; 3];
         let mut sent_payload = [0u64; 3];
         while self.wbuf.len() < HIGH_WATER && self.pending_acks.len() < MAX_HELD {
-            let Some(delivery) = st.pop() else { break };
+            let Some(delivery) = st.pop() else {
+                if self.stream_retained(client, &mut st, now) {
+                    continue;
+                }
+                break;
+            };
             if delivery.msg.is_expired(now) {
                 self.broker.metrics.drops.inc(DropReason::Expired as usize);
                 self.broker.events.emit(|| Event::MessageDropped {

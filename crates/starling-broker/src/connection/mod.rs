@@ -18,6 +18,7 @@ pub(crate) mod hibernate;
 mod inbound;
 mod machine;
 mod mount;
+mod retained;
 
 pub(crate) use client::{Client, Close, Slots};
 use conn::Connection;

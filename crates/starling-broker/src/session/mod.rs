@@ -7,6 +7,7 @@
 //! the attached connection takes it to drain the queue and record acks.
 
 mod state;
+mod walks;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -26,6 +27,7 @@ pub use state::{
     ConnInfo, Enqueued, Kick, Lazy, Link, PageRequest, QueueLimits, SessionState, SpillCensus,
     SubEntry,
 };
+pub use walks::{RetainedWalk, Walks};
 
 /// A session, shared between the registry, the topic index and its connection.
 #[derive(Debug)]

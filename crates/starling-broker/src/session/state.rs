@@ -467,6 +467,8 @@ pub struct SessionState {
     /// backpressure bound: publishers no longer wait for it, and its QoS 0
     /// messages past the high-water mark are dropped, until it catches up.
     stalled: bool,
+    /// New subscriptions' retained messages still to send.
+    retained: super::Walks,
 }
 
 impl SessionState {
@@ -491,6 +493,7 @@ impl SessionState {
             drained: None,
             publishers_waiting: false,
             stalled: false,
+            retained: super::Walks::default(),
         }
     }
 
@@ -876,6 +879,16 @@ impl SessionState {
         Some(d)
     }
 
+    /// The queue's high-water mark: messages, bytes.
+    pub(crate) fn high_water(&self) -> (usize, usize) {
+        (self.limits.high_water, self.limits.high_water_bytes)
+    }
+
+    /// The walks of the retained tree under way for new subscriptions.
+    pub fn retained_walks(&mut self) -> &mut super::Walks {
+        &mut self.retained
+    }
+
     /// Whether the queue is at or past its high-water mark.
     fn above_high_water(&self) -> bool {
         self.queue.len() >= self.limits.high_water
@@ -1177,6 +1190,7 @@ impl SessionState {
 
     /// Removes the subscription to `filter`; `false` when there was none.
     pub fn unsubscribe(&mut self, filter: &str) -> bool {
+        self.retained.stop(filter);
         self.subscriptions.remove(filter).is_some()
     }
 
