@@ -128,6 +128,9 @@ fn string(k: &[u8]) -> Option<ByteString> {
     ByteString::try_from(bytes::Bytes::copy_from_slice(k)).ok()
 }
 
+/// The memtable size of the keyspaces whose records only accumulate.
+const SMALL_MEMTABLE: u64 = 4 * 1024 * 1024;
+
 impl FjallStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<FjallStore, StoreError> {
@@ -140,9 +143,22 @@ impl FjallStore {
             .max_journaling_size(64 * 1024 * 1024)
             .open()
             .map_err(err)?;
+        // A keyspace's memtable holds its latest writes in memory until it
+        // is flushed (fjall's default: 64 MiB each). Queued messages come and
+        // go fast and keep the default; the keyspaces that only grow
+        // (retained messages, sessions, subscriptions, wills) flush at
+        // `SMALL_MEMTABLE`, so their records cost disk, not resident memory.
         let ks = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(err)
+            let small = !matches!(name, "messages" | "incoming_qos2");
+            db.keyspace(name, move || {
+                let options = KeyspaceCreateOptions::default();
+                if small {
+                    options.max_memtable_size(SMALL_MEMTABLE)
+                } else {
+                    options
+                }
+            })
+            .map_err(err)
         };
         let messages = ks("messages")?;
         Ok(FjallStore {
