@@ -473,12 +473,14 @@ impl BrokerState {
         let mut offered = 0;
         let mut i = 0;
         while i < targets.len() {
-            let session = targets[i].0.clone();
+            // Borrowed, not cloned: every publisher to a subscriber would
+            // otherwise touch its session's reference count once more.
+            let first = i;
             let mut granted = QoS::AtMostOnce;
             let mut rap = false;
             let mut ids = Vec::new();
             let mut share = None;
-            while i < targets.len() && Arc::ptr_eq(&targets[i].0, &session) {
+            while i < targets.len() && Arc::ptr_eq(&targets[i].0, &targets[first].0) {
                 if share.is_none() {
                     share = targets[i].4.take();
                 }
@@ -489,6 +491,7 @@ impl BrokerState {
                 }
                 i += 1;
             }
+            let session = &targets[first].0;
             // The read check at delivery: the ACL of the listener the session's
             // client came through, if it has one, else the broker's.
             if check_acl && !self.may_read(&session, acl.as_ref(), &msg.topic, has_authz) {

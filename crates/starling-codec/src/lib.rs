@@ -32,8 +32,9 @@ pub use bytestring::ByteString;
 pub use decoder::{Decoder, DEFAULT_MAX_PACKET_SIZE};
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
-    Ack, Auth, ConnAck, Connect, Disconnect, Packet, PacketType, Publish, QoS, RetainHandling,
-    SubAck, Subscribe, Subscription, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
+    Ack, Auth, ConnAck, Connect, Disconnect, Packet, PacketType, Publish, PublishRef, QoS,
+    RetainHandling, SubAck, Subscribe, Subscription, SubscriptionOptions, UnsubAck, Unsubscribe,
+    Will,
 };
 pub use property::{Properties, PropertyContext, PropertyId};
 pub use reason::{ConnectReturnCode, ReasonCode};

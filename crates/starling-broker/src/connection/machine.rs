@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use starling_codec::{ByteString, Disconnect, Packet, ProtocolVersion};
+use starling_codec::{ByteString, Disconnect, Packet, ProtocolVersion, PublishRef};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -24,6 +24,7 @@ use crate::broker::BrokerState;
 use crate::config::SlowConsumer;
 use crate::events::{DropReason, Event};
 use crate::journal::Journal;
+use crate::message::Delivery;
 use crate::metrics::Metrics;
 use crate::rate::TokenBucket;
 use crate::session::{Inflight, Kick, Session};
@@ -96,6 +97,12 @@ fn apply_out_alias(
     } else {
         None
     }
+}
+
+/// Whether a packet of `len` bytes may go to the client: within its
+/// Maximum Packet Size ([MQTT-3.1.2-25]; never computed when it set none).
+fn fits(client: &Client, len: impl FnOnce() -> Result<usize, starling_codec::EncodeError>) -> bool {
+    client.client_max_packet == u32::MAX || len().is_ok_and(|len| client.fits(len))
 }
 
 /// Uses the alias already given to the topic, if any, but assigns none.
@@ -372,7 +379,8 @@ impl Machine {
             }
             // Under a mountpoint the client sees topics without the prefix, and
             // nothing outside it.
-            let Some(topic) = mount::strip(client.mountpoint.as_deref(), &delivery.msg.topic)
+            let Some(prefix) =
+                mount::stripped_len(client.mountpoint.as_deref(), &delivery.msg.topic)
             else {
                 if let Some(seq) = delivery.stored.seq() {
                     self.journal.forget(client.client_id(), seq);
@@ -394,45 +402,53 @@ impl Machine {
                 && delivery.stored.seq().is_some()
                 && acks_wait;
             let packet_id = if qos1 { st.next_packet_id() } else { 0 };
-            let mut publish =
-                delivery.to_publish_for(client.version.is_v5(), packet_id, false, now);
-            publish.topic = topic;
-            // A held packet takes no new alias: the packets after it would
-            // otherwise be written with an alias the client does not know yet.
-            let new_alias = if held {
-                existing_out_alias(client, &mut publish);
-                None
-            } else {
-                apply_out_alias(client, &mut publish)
-            };
-            let packet = Packet::Publish(publish);
-            let limited = client.client_max_packet != u32::MAX;
-            match packet.encoded_len(client.version) {
-                _ if !limited => {}
-                Ok(len) if client.fits(len) => {}
-                _ => {
-                    // [MQTT-3.1.2-25]: never send a packet above the client's maximum.
-                    client
-                        .session
-                        .dropped
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    self.broker.metrics.drops.inc(DropReason::TooLarge as usize);
-                    self.broker.events.emit(|| Event::MessageDropped {
-                        client_id: client.client_id().clone(),
-                        topic: delivery.msg.topic.clone(),
-                        reason: DropReason::TooLarge,
-                    });
+            let packet = if self.encodes_directly(client, &delivery, held) {
+                let publish = PublishRef {
+                    dup: false,
+                    qos: delivery.qos,
+                    retain: delivery.retain,
+                    topic: &delivery.msg.topic[prefix..],
+                    packet_id,
+                    properties: &delivery.msg.properties,
+                    payload: &delivery.msg.payload,
+                };
+                if !fits(client, || publish.encoded_len(client.version)) {
+                    self.too_large(client, &delivery);
                     continue;
                 }
-            }
-            // The alias counts only once the client has the packet that sets it.
-            if let Some((topic, alias)) = new_alias {
-                client
-                    .aliases
-                    .get_or_insert_with(Default::default)
-                    .outbound
-                    .insert(topic, alias);
-            }
+                if let Err(err) = publish.encode(client.version, &mut self.wbuf) {
+                    tracing::warn!(?err, "could not encode PUBLISH");
+                }
+                None
+            } else {
+                let mut publish =
+                    delivery.to_publish_for(client.version.is_v5(), packet_id, false, now);
+                if prefix > 0 {
+                    publish.topic = publish.topic.slice_ref(&publish.topic[prefix..]);
+                }
+                // A held packet takes no new alias: the packets after it would
+                // otherwise be written with an alias the client does not know yet.
+                let new_alias = if held {
+                    existing_out_alias(client, &mut publish);
+                    None
+                } else {
+                    apply_out_alias(client, &mut publish)
+                };
+                let packet = Packet::Publish(publish);
+                if !fits(client, || packet.encoded_len(client.version)) {
+                    self.too_large(client, &delivery);
+                    continue;
+                }
+                // The alias counts only once the client has the packet that sets it.
+                if let Some((topic, alias)) = new_alias {
+                    client
+                        .aliases
+                        .get_or_insert_with(Default::default)
+                        .outbound
+                        .insert(topic, alias);
+                }
+                Some(packet)
+            };
             sent[delivery.qos as usize] += 1;
             sent_payload[delivery.qos as usize] += delivery.msg.payload.len() as u64;
             self.broker.events.emit(|| Event::MessageDelivered {
@@ -455,10 +471,16 @@ impl Machine {
                 }
                 st.push_inflight(inflight);
             }
-            if held || !self.pending_acks.is_empty() {
-                self.send_ack(packet, held, client.version);
-            } else if let Err(err) = packet.encode(client.version, &mut self.wbuf) {
-                tracing::warn!(?err, "could not encode PUBLISH");
+            match packet {
+                Some(packet) if held || !self.pending_acks.is_empty() => {
+                    self.send_ack(packet, held, client.version);
+                }
+                Some(packet) => {
+                    if let Err(err) = packet.encode(client.version, &mut self.wbuf) {
+                        tracing::warn!(?err, "could not encode PUBLISH");
+                    }
+                }
+                None => {}
             }
         }
         drop(st);
@@ -473,6 +495,36 @@ impl Machine {
             }
         }
         true
+    }
+
+    /// Whether `delivery` can be encoded straight from the stored message:
+    /// nothing in it is rewritten for this client (no topic alias, and in
+    /// MQTT 5 no subscription identifier or remaining expiry to set) and it
+    /// goes to the write buffer now (not held for the store, nothing held
+    /// before it).
+    fn encodes_directly(&self, client: &Client, delivery: &Delivery, held: bool) -> bool {
+        !held
+            && self.pending_acks.is_empty()
+            && client.out_alias_max == 0
+            && (!client.version.is_v5()
+                || (delivery.subscription_ids.is_empty()
+                    && delivery.msg.properties.subscription_identifiers.is_empty()
+                    && delivery.msg.expires_at.is_none()))
+    }
+
+    /// Drops a delivery larger than the client's Maximum Packet Size
+    /// [MQTT-3.1.2-25], counted.
+    fn too_large(&self, client: &Client, delivery: &Delivery) {
+        client
+            .session
+            .dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.broker.metrics.drops.inc(DropReason::TooLarge as usize);
+        self.broker.events.emit(|| Event::MessageDropped {
+            client_id: client.client_id().clone(),
+            topic: delivery.msg.topic.clone(),
+            reason: DropReason::TooLarge,
+        });
     }
 
     /// Why the connection must close once [`Machine::drain`] said it is no

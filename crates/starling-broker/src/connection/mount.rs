@@ -60,15 +60,26 @@ pub(crate) fn valid_filter(filter: &str) -> bool {
 /// prefix, or unchanged without a mountpoint or for `$SYS`. `None` when the
 /// message is outside the mountpoint and not for this client.
 pub(crate) fn strip(mount: Option<&ByteString>, topic: &ByteString) -> Option<ByteString> {
+    let prefix = stripped_len(mount, topic)?;
+    Some(if prefix == 0 {
+        topic.clone()
+    } else {
+        topic.slice_ref(&topic[prefix..])
+    })
+}
+
+/// How many bytes [`strip`] takes off the front of `topic`; `None` when the
+/// client does not see it.
+pub(crate) fn stripped_len(mount: Option<&ByteString>, topic: &str) -> Option<usize> {
     let Some(mount) = mount else {
-        return Some(topic.clone());
+        return Some(0);
     };
     if is_sys(topic) {
-        return Some(topic.clone());
+        return Some(0);
     }
     let rest = topic.strip_prefix(&**mount)?;
     // A topic name has at least one character ([MQTT-4.7.3-1]).
-    (!rest.is_empty()).then(|| topic.slice_ref(rest))
+    (!rest.is_empty()).then_some(mount.len())
 }
 
 #[cfg(test)]

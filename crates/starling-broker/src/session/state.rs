@@ -532,7 +532,12 @@ impl SessionState {
                 .queue
                 .back()
                 .filter(|_| queued)
-                .and_then(|d| Some((message_record(d)?, d.stored.seq()?)))
+                // The sequence number first: a delivery not stored (QoS 0, a
+                // clean session) must not cost a record's encoding.
+                .and_then(|d| {
+                    let seq = d.stored.seq()?;
+                    Some((message_record(d)?, seq))
+                })
             {
                 ops.push(Op::Message(client_id.clone(), seq, record));
             }

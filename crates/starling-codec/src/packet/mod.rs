@@ -13,7 +13,7 @@ mod subscribe;
 pub use ack::Ack;
 pub use connect::{ConnAck, Connect, Will};
 pub use control::{Auth, Disconnect};
-pub use publish::Publish;
+pub use publish::{Publish, PublishRef};
 pub use subscribe::{
     RetainHandling, SubAck, Subscribe, Subscription, SubscriptionOptions, UnsubAck, Unsubscribe,
 };

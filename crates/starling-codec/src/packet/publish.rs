@@ -9,7 +9,7 @@ use crate::error::{DecodeError, EncodeError};
 use crate::property::{Properties, PropertyContext};
 use crate::topic::has_wildcard;
 use crate::version::ProtocolVersion;
-use crate::wire::{check_len, put_binary, Reader};
+use crate::wire::{check_len, put_binary, put_varint, varint_len, Reader, MAX_REMAINING_LENGTH};
 
 /// PUBLISH: an application message, in either direction.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -83,6 +83,57 @@ impl Publish {
         })
     }
 
+    /// The same PUBLISH, borrowed.
+    pub fn borrowed(&self) -> PublishRef<'_> {
+        PublishRef {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: &self.topic,
+            packet_id: self.packet_id,
+            properties: &self.properties,
+            payload: &self.payload,
+        }
+    }
+
+    pub(crate) fn body_len(&self, v: ProtocolVersion) -> Result<usize, EncodeError> {
+        self.borrowed().body_len(v)
+    }
+
+    pub(crate) fn write(&self, v: ProtocolVersion, buf: &mut BytesMut) {
+        self.borrowed().write(v, buf);
+    }
+}
+
+/// A PUBLISH to encode from borrowed parts: a broker sends a stored message
+/// this way without building a [`Publish`] (no reference counts touched, no
+/// properties copied).
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    /// DUP: this is a resend of an earlier attempt.
+    pub dup: bool,
+    /// Quality of service.
+    pub qos: QoS,
+    /// RETAIN flag.
+    pub retain: bool,
+    /// Topic name.
+    pub topic: &'a str,
+    /// Packet identifier; 0 for QoS 0.
+    pub packet_id: u16,
+    /// MQTT 5 PUBLISH properties (ignored in 3.x).
+    pub properties: &'a Properties,
+    /// Application payload.
+    pub payload: &'a [u8],
+}
+
+impl PublishRef<'_> {
+    fn header_byte(&self) -> u8 {
+        (PacketType::Publish as u8) << 4
+            | u8::from(self.dup) << 3
+            | (self.qos as u8) << 1
+            | u8::from(self.retain)
+    }
+
     pub(crate) fn body_len(&self, v: ProtocolVersion) -> Result<usize, EncodeError> {
         check_len(self.topic.len(), "topic name")?;
         let mut len = 2 + self.topic.len() + self.payload.len();
@@ -93,7 +144,7 @@ impl Publish {
             len += 2;
         }
         if v.is_v5() {
-            len += props_len(&self.properties, PropertyContext::Publish)?.1;
+            len += props_len(self.properties, PropertyContext::Publish)?.1;
         }
         Ok(len)
     }
@@ -104,8 +155,71 @@ impl Publish {
             buf.put_u16(self.packet_id);
         }
         if v.is_v5() {
-            write_props(&self.properties, PropertyContext::Publish, buf);
+            write_props(self.properties, PropertyContext::Publish, buf);
         }
-        buf.put_slice(&self.payload);
+        buf.put_slice(self.payload);
+    }
+
+    /// The size of the whole packet, fixed header included.
+    pub fn encoded_len(&self, v: ProtocolVersion) -> Result<usize, EncodeError> {
+        let remaining = self.body_len(v)?;
+        Ok(1 + varint_len(remaining) + remaining)
+    }
+
+    /// Appends the packet to `buf`, exactly as [`crate::Packet::encode`]
+    /// would the equivalent [`Publish`].
+    pub fn encode(&self, v: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        let remaining = self.body_len(v)?;
+        if remaining > MAX_REMAINING_LENGTH {
+            return Err(EncodeError::PacketTooLarge(remaining));
+        }
+        buf.reserve(1 + varint_len(remaining) + remaining);
+        buf.put_u8(self.header_byte());
+        put_varint(buf, remaining);
+        self.write(v, buf);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Packet;
+
+    #[test]
+    fn a_borrowed_publish_encodes_as_the_owned_one() {
+        let mut p = Publish::new("a/b", Bytes::from_static(b"payload"));
+        let mut with_props = p.clone();
+        with_props.qos = QoS::ExactlyOnce;
+        with_props.packet_id = 7;
+        with_props.retain = true;
+        with_props.dup = true;
+        with_props.properties.user_properties = vec![("k".into(), "v".into())];
+        with_props.properties.content_type = Some("text/plain".into());
+        p.qos = QoS::AtLeastOnce;
+        p.packet_id = 1;
+        for publish in [Publish::new("t", Bytes::new()), p, with_props] {
+            for v in [
+                ProtocolVersion::V3_1,
+                ProtocolVersion::V3_1_1,
+                ProtocolVersion::V5,
+            ] {
+                let mut owned = BytesMut::new();
+                Packet::Publish(publish.clone())
+                    .encode(v, &mut owned)
+                    .expect("encodes");
+                let mut borrowed = BytesMut::new();
+                let r = publish.borrowed();
+                r.encode(v, &mut borrowed).expect("encodes");
+                assert_eq!(owned, borrowed, "{v:?} {publish:?}");
+                assert_eq!(r.encoded_len(v).ok(), Some(owned.len()));
+            }
+        }
+        let mut zero = Publish::new("t", Bytes::new());
+        zero.qos = QoS::AtLeastOnce;
+        assert!(zero
+            .borrowed()
+            .encode(ProtocolVersion::V5, &mut BytesMut::new())
+            .is_err());
     }
 }
