@@ -494,7 +494,7 @@ impl BrokerState {
             let session = &targets[first].0;
             // The read check at delivery: the ACL of the listener the session's
             // client came through, if it has one, else the broker's.
-            if check_acl && !self.may_read(&session, acl.as_ref(), &msg.topic, has_authz) {
+            if check_acl && !self.may_read(session, acl.as_ref(), &msg.topic, has_authz) {
                 continue;
             }
             let delivery = Delivery {
