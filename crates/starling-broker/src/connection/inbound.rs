@@ -7,7 +7,6 @@ use starling_codec::{
     Ack, Disconnect, Packet, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
 };
-use tokio::time::Instant;
 
 use super::client::{Client, Close};
 use super::machine::Machine;
@@ -285,10 +284,12 @@ impl Machine {
             tracing::debug!(client_id = %client.client_id(), topic = %publish.topic, "publish denied by ACL");
             code = ReasonCode::NOT_AUTHORIZED;
         } else {
+            // Expiry counts from when the packet was read (no clock read
+            // per message).
             let msg = Arc::new(Message::from_publish(
                 publish,
                 Some(client.client_id().clone()),
-                Instant::now(),
+                self.last_rx,
             ));
             let mut routed = crate::broker::Routed {
                 congested: std::mem::take(&mut self.congested),

@@ -103,14 +103,22 @@ impl Session {
         let stored = store.is_some()
             && delivery.qos != QoS::AtMostOnce
             && self.persistent.load(Ordering::Relaxed);
-        let (outcome, evicted, parked) =
-            self.state
-                .lock()
-                .enqueue(delivery, stored, &self.client_id, store);
+        let (outcome, evicted, parked, was_empty) = {
+            let mut st = self.state.lock();
+            let was_empty = !st.has_queued();
+            let (outcome, evicted, parked) =
+                st.enqueue(delivery, stored, &self.client_id, store);
+            (outcome, evicted, parked, was_empty)
+        };
         drop(evicted);
+        // The attached connection drains its queue to empty (or until its
+        // socket, its Receive Maximum or the store holds it, each of which
+        // wakes it again), so only a message into an empty queue needs to
+        // wake it: under a flood most enqueues skip the wake-up.
         let wake = || match &parked {
             Some((at, conn_id)) => at.wake(*conn_id),
-            None => self.notify.notify_one(),
+            None if was_empty => self.notify.notify_one(),
+            None => {}
         };
         match outcome {
             Enqueued::Queued | Enqueued::Congested => wake(),
