@@ -106,8 +106,7 @@ impl Session {
         let (outcome, evicted, parked, was_empty) = {
             let mut st = self.state.lock();
             let was_empty = !st.has_queued();
-            let (outcome, evicted, parked) =
-                st.enqueue(delivery, stored, &self.client_id, store);
+            let (outcome, evicted, parked) = st.enqueue(delivery, stored, &self.client_id, store);
             (outcome, evicted, parked, was_empty)
         };
         drop(evicted);
