@@ -16,7 +16,9 @@ use starling_codec::topic::parse_shared;
 use starling_codec::{ByteString, QoS};
 use tokio::time::Instant;
 
-use crate::auth::{Access, Acl, AuthLimiter, AuthPool, Authenticator, AuthzSource, ListenerFile};
+use crate::auth::{
+    Access, Acl, AuthLimiter, AuthPool, Authenticator, AuthzSource, Grant, ListenerFile,
+};
 use crate::cluster::{Cluster, SingleNode};
 use crate::config::{Config, SharedStrategy};
 use crate::events::{DropReason, Event};
@@ -53,6 +55,9 @@ pub struct BrokerState {
     authorizers: RwLock<Arc<[Arc<dyn AuthzSource>]>>,
     /// Whether `authorizers` has any, read without its lock on every message.
     has_authz: std::sync::atomic::AtomicBool,
+    /// Whether a session was ever given a [`Grant`] (its own topic rules):
+    /// from then on, deliveries are checked against the subscriber's grant.
+    pub(crate) grants_seen: std::sync::atomic::AtomicBool,
     /// Counters.
     pub metrics: Metrics,
     /// What happens, for observers (see [`crate::events`]).
@@ -102,6 +107,7 @@ impl BrokerState {
             acl: RwLock::new(acl.map(Arc::new)),
             authorizers: RwLock::new(Arc::from(Vec::new())),
             has_authz: std::sync::atomic::AtomicBool::new(false),
+            grants_seen: std::sync::atomic::AtomicBool::new(false),
             metrics: Metrics::default(),
             events: crate::events::Events::default(),
             cluster: std::sync::OnceLock::new(),
@@ -304,15 +310,20 @@ impl BrokerState {
     }
 
     /// Like [`BrokerState::allowed`], with a listener's own ACL in place of the
-    /// broker's when `own` is given; authorization sources are asked first.
+    /// broker's when `own` is given. What the client's authentication source
+    /// granted (`grant`) is asked first, then the authorization sources.
     pub fn allowed_with(
         &self,
         own: Option<&ListenerFile<Acl>>,
+        grant: Option<&Grant>,
         username: Option<&str>,
         client_id: &str,
         topic: &str,
         access: Access,
     ) -> bool {
+        if let Some(answer) = grant.and_then(|g| g.check(topic, access)) {
+            return answer;
+        }
         if let Some(answer) = self.authorized(username, client_id, topic, access) {
             return answer;
         }
@@ -332,11 +343,14 @@ impl BrokerState {
         topic: &str,
         has_authz: bool,
     ) -> bool {
-        let (own, user) = {
+        let (own, user, grant) = {
             let st = session.state.lock();
             let (user, acl) = st.owner();
-            (acl.map(|a| a.current()), user.cloned())
+            (acl.map(|a| a.current()), user.cloned(), st.grant().cloned())
         };
+        if let Some(answer) = grant.and_then(|g| g.check(topic, Access::Read)) {
+            return answer;
+        }
         if has_authz {
             if let Some(answer) =
                 self.authorized(user.as_deref(), &session.client_id, topic, Access::Read)
@@ -469,7 +483,8 @@ impl BrokerState {
             None
         };
         let has_authz = self.has_authz.load(std::sync::atomic::Ordering::Acquire);
-        let check_acl = acl.is_some() || self.listener_acls || has_authz;
+        let grants = self.grants_seen.load(std::sync::atomic::Ordering::Acquire);
+        let check_acl = acl.is_some() || self.listener_acls || has_authz || grants;
         let mut offered = 0;
         let mut i = 0;
         while i < targets.len() {

@@ -169,6 +169,35 @@ impl Events {
     }
 }
 
+/// Something outside the broker that wants to know what happens in it (a
+/// webhook, an audit log). Each observer gets its own task and its own
+/// bounded buffer ([`OBSERVER_BUFFER`]): a slow one loses events, counted
+/// in [`EventObserver::lagged`], and never slows the broker.
+pub trait EventObserver: Send + Sync + 'static {
+    /// One event, in the order they happened.
+    fn observe(&self, event: &Event);
+    /// `n` events were lost because [`EventObserver::observe`] fell behind.
+    fn lagged(&self, _n: u64) {}
+}
+
+/// Feeds `observer` from `events` on a task of its own, until the broker's
+/// events end.
+pub fn spawn_observer(
+    events: &Events,
+    observer: Arc<dyn EventObserver>,
+) -> tokio::task::JoinHandle<()> {
+    let mut rx = events.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(event) => observer.observe(&event),
+                Err(broadcast::error::RecvError::Lagged(n)) => observer.lagged(n),
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,7 @@ mod transport;
 pub use broker::BrokerState;
 pub use config::{Config, ConfigError, LogFormat};
 pub use server::{
-    Broker, ListenerUrl, LocalConnector, ReloadError, ReloadHandle, ShutdownHandle, StartError,
-    Transport,
+    Broker, BrokerBuilder, ListenerUrl, LocalConnector, ReloadError, ReloadHandle, ShutdownHandle,
+    StartError, Transport,
 };
 pub use sys::{publish as publish_sys, sweep, sweep_spilled, VERSION};

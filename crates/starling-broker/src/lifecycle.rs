@@ -9,7 +9,7 @@ use std::time::Duration;
 use starling_codec::{ByteString, Will};
 use tokio::time::Instant;
 
-use crate::auth::{Access, Acl, ListenerFile};
+use crate::auth::{Access, Acl, Grant, ListenerFile};
 use crate::broker::BrokerState;
 use crate::events::Event;
 use crate::journal::{commit, Journal};
@@ -30,8 +30,12 @@ pub(crate) fn attach(
     expiry_interval: u32,
     username: Option<ByteString>,
     acl: Option<Arc<ListenerFile<Acl>>>,
+    grant: Option<Arc<Grant>>,
     link: Link,
 ) -> (Arc<Session>, bool) {
+    if grant.is_some() {
+        broker.grants_seen.store(true, Ordering::Release);
+    }
     let mut link = Some(link);
     let mut discarded = None;
     let result = {
@@ -53,7 +57,7 @@ pub(crate) fn attach(
                     None
                 } else {
                     st.set_expiry_interval(expiry_interval);
-                    st.set_owner(username.clone(), acl.clone());
+                    st.set_owner(username.clone(), acl.clone(), grant.clone());
                     if let Some(link) = link.take() {
                         st.attach(link);
                     }
@@ -76,7 +80,7 @@ pub(crate) fn attach(
                 ));
                 {
                     let mut st = session.state.lock();
-                    st.set_owner(username, acl);
+                    st.set_owner(username, acl, grant);
                     if let Some(link) = link.take() {
                         st.attach(link);
                     }
@@ -134,6 +138,8 @@ pub(crate) struct Departure {
     pub username: Option<ByteString>,
     /// The listener's own ACL, if it has one.
     pub acl: Option<Arc<ListenerFile<Acl>>>,
+    /// What its authentication source granted.
+    pub grant: Option<Arc<Grant>>,
 }
 
 /// Detaches a finished connection from its session and starts what follows: the
@@ -155,7 +161,8 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Departure)
     }
     let publish = |will| {
         let (username, acl) = (client.username.as_deref(), client.acl.as_deref());
-        publish_will(broker, &session.client_id, username, acl, will);
+        let grant = client.grant.as_deref();
+        publish_will(broker, &session.client_id, username, acl, grant, will);
     };
     let Some((generation, expiry)) = detached else {
         // Taken over. The will goes now unless the new connection resumed this
@@ -238,14 +245,16 @@ pub(crate) fn schedule_will(
         commit(broker.store(), journal);
         if !resumed {
             // The ACL of the listener the client came through, if it has one.
-            let acl = session
-                .as_ref()
-                .and_then(|s| s.state.lock().owner().1.cloned());
+            let (acl, grant) = session.as_ref().map_or((None, None), |s| {
+                let st = s.state.lock();
+                (st.owner().1.cloned(), st.grant().cloned())
+            });
             publish_will(
                 &broker,
                 &client_id,
                 username.as_deref(),
                 acl.as_deref(),
+                grant.as_deref(),
                 will,
             );
         }
@@ -320,9 +329,10 @@ pub(crate) fn publish_will(
     client_id: &ByteString,
     username: Option<&str>,
     acl: Option<&ListenerFile<Acl>>,
+    grant: Option<&Grant>,
     will: Will,
 ) {
-    if !broker.allowed_with(acl, username, client_id, &will.topic, Access::Write) {
+    if !broker.allowed_with(acl, grant, username, client_id, &will.topic, Access::Write) {
         tracing::info!(client_id = %client_id, topic = %will.topic, "will not published: denied by ACL");
         return;
     }

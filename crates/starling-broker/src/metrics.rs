@@ -252,11 +252,13 @@ pub enum DisconnectReason {
     Administrative,
     /// It did not drain its queue in time (`slow-consumer = "disconnect"`).
     SlowConsumer,
+    /// Its credentials expired (a token's `exp`).
+    CredentialsExpired,
 }
 
 impl DisconnectReason {
     /// Every reason, in discriminant order.
-    pub const ALL: [DisconnectReason; 9] = [
+    pub const ALL: [DisconnectReason; 10] = [
         DisconnectReason::Normal,
         DisconnectReason::PeerClosed,
         DisconnectReason::KeepAlive,
@@ -266,6 +268,7 @@ impl DisconnectReason {
         DisconnectReason::StoreFailed,
         DisconnectReason::Administrative,
         DisconnectReason::SlowConsumer,
+        DisconnectReason::CredentialsExpired,
     ];
 
     /// The label value.
@@ -280,6 +283,7 @@ impl DisconnectReason {
             DisconnectReason::StoreFailed => "store_failed",
             DisconnectReason::Administrative => "administrative",
             DisconnectReason::SlowConsumer => "slow_consumer",
+            DisconnectReason::CredentialsExpired => "credentials_expired",
         }
     }
 }

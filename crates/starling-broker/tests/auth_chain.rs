@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::{Raw, TestBroker};
-use starling_broker::auth::chain::{Client, VerdictFuture};
+use starling_broker::auth::chain::{AnswerFuture, Client};
 use starling_broker::auth::{
     Access, Acl, AuthChain, AuthnSource, AuthzSource, Credentials, Login, PasswordFile,
     PasswordFileSource, Verdict,
@@ -41,15 +41,15 @@ impl AuthnSource for Directory {
     fn authenticate(&self, _: &Credentials<'_>) -> Verdict {
         Verdict::Deny
     }
-    fn authenticate_async(&self, login: &Login) -> Option<VerdictFuture> {
+    fn authenticate_async(&self, login: &Login) -> Option<AnswerFuture> {
         let carol = login.username.as_deref() == Some("carol")
             && login.password.as_deref() == Some(&b"remote"[..]);
         Some(Box::pin(async move {
             tokio::time::sleep(std::time::Duration::from_millis(30)).await;
             if carol {
-                Verdict::Allow
+                Verdict::Allow.into()
             } else {
-                Verdict::Ignore
+                Verdict::Ignore.into()
             }
         }))
     }

@@ -17,7 +17,7 @@ use std::path::Path;
 use super::AuthFileError;
 
 /// The kind of access asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Access {
     /// Receive messages (subscribe and delivery).
     Read,
@@ -166,7 +166,7 @@ impl Acl {
 
 /// `pattern` with `%c` and `%u` replaced in one pass (so that a client id
 /// holding `%u` is not substituted again).
-fn substitute(pattern: &str, client_id: &str, username: &str) -> String {
+pub fn substitute(pattern: &str, client_id: &str, username: &str) -> String {
     let mut out = String::with_capacity(pattern.len());
     let mut rest = pattern;
     while let Some(i) = rest.find('%') {
@@ -189,7 +189,7 @@ fn substitute(pattern: &str, client_id: &str, username: &str) -> String {
 
 /// Whether the ACL filter `rule` covers `topic` (a topic, or a subscription
 /// filter whose wildcards must be matched by wildcards at least as wide).
-fn covers(rule: &str, topic: &str) -> bool {
+pub fn covers(rule: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (rule.starts_with('+') || rule.starts_with('#')) {
         return false;
     }

@@ -26,11 +26,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use starling_codec::ProtocolVersion;
 
-use super::{Access, AuthDecision, AuthPool, Authenticator, Credentials, PasswordFile};
+use super::{
+    Access, Answer, AuthDecision, AuthPool, Authenticator, Credentials, Grant, PasswordFile,
+};
 
 /// The answer of an asynchronous source.
-pub type VerdictFuture = Pin<Box<dyn Future<Output = Verdict> + Send>>;
+pub type AnswerFuture = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
 /// What a client presents, owned, so that an asynchronous source can keep it
 /// across its awaits.
@@ -44,6 +47,13 @@ pub struct Login {
     pub password: Option<Bytes>,
     /// Remote address.
     pub peer: SocketAddr,
+    /// The protocol version of the CONNECT.
+    pub protocol: ProtocolVersion,
+    /// The URL of the listener it came through (empty when unknown).
+    pub listener: String,
+    /// The verified client certificate's identity (CN, else first SAN), on
+    /// a listener that reads it (`use-identity-as-username`).
+    pub cert_common_name: Option<String>,
 }
 
 impl Login {
@@ -82,9 +92,15 @@ pub trait AuthnSource: Send + Sync + 'static {
     }
     /// An asynchronous check, for sources that ask another system: when it
     /// returns a future, the broker awaits it instead of calling
-    /// [`AuthnSource::authenticate`]. Defaults to none.
-    fn authenticate_async(&self, _login: &Login) -> Option<VerdictFuture> {
+    /// [`AuthnSource::authenticate`]. Its [`Answer`] may carry a [`Grant`]
+    /// (superuser, the client's own topic rules, an expiry). Defaults to none.
+    fn authenticate_async(&self, _login: &Login) -> Option<AnswerFuture> {
         None
+    }
+    /// Reads the source's files again (SIGHUP): `Err` with a one-line reason
+    /// leaves the source as it was. Defaults to nothing to read.
+    fn reload(&self) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -139,26 +155,28 @@ impl AuthChain {
     /// Asks the sources in order: an asynchronous one is awaited, a slow one
     /// runs on `pool`, a quick one right here. The broker uses this rather
     /// than [`Authenticator::authenticate`], so that no source holds a thread
-    /// while it waits for another system.
-    pub async fn decide(&self, login: &Login, pool: &AuthPool) -> AuthDecision {
+    /// while it waits for another system. With an allow, what the deciding
+    /// source granted.
+    pub async fn decide(&self, login: &Login, pool: &AuthPool) -> (AuthDecision, Option<Grant>) {
         for source in &self.sources {
-            let verdict = if let Some(answer) = source.authenticate_async(login) {
+            let answer = if let Some(answer) = source.authenticate_async(login) {
                 answer.await
             } else if source.is_slow(&login.credentials()) {
                 let (source, login) = (source.clone(), login.clone());
                 pool.run(move || source.authenticate(&login.credentials()))
                     .await
                     .unwrap_or(Verdict::Deny)
+                    .into()
             } else {
-                source.authenticate(&login.credentials())
+                source.authenticate(&login.credentials()).into()
             };
-            match verdict {
-                Verdict::Allow => return AuthDecision::Allow,
-                Verdict::Deny => return self.refused(login.username.is_some()),
+            match answer.verdict {
+                Verdict::Allow => return (AuthDecision::Allow, answer.grant),
+                Verdict::Deny => return (self.refused(login.username.is_some()), None),
                 Verdict::Ignore => {}
             }
         }
-        self.unanswered(login.username.is_some())
+        (self.unanswered(login.username.is_some()), None)
     }
 
     fn refused(&self, with_username: bool) -> AuthDecision {
@@ -354,14 +372,17 @@ mod tests {
         fn authenticate(&self, _: &Credentials<'_>) -> Verdict {
             panic!("an asynchronous source is awaited, not called")
         }
-        fn authenticate_async(&self, login: &Login) -> Option<VerdictFuture> {
+        fn authenticate_async(&self, login: &Login) -> Option<AnswerFuture> {
             let known = login.username.as_deref() == Some("carol");
             Some(Box::pin(async move {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 if known {
-                    Verdict::Allow
+                    Answer::allow(Grant {
+                        superuser: true,
+                        ..Grant::default()
+                    })
                 } else {
-                    Verdict::Ignore
+                    Verdict::Ignore.into()
                 }
             }))
         }
@@ -377,19 +398,21 @@ mod tests {
             username: Some(user.into()),
             password: Some(Bytes::from_static(b"pw")),
             peer: "127.0.0.1:1".parse().unwrap(),
+            protocol: ProtocolVersion::V5,
+            listener: String::new(),
+            cert_common_name: None,
         };
+        let (decision, grant) = chain.decide(&login("carol"), &pool).await;
+        assert_eq!(decision, AuthDecision::Allow);
+        assert!(grant.is_some_and(|g| g.superuser));
         assert_eq!(
-            chain.decide(&login("carol"), &pool).await,
-            AuthDecision::Allow
-        );
-        assert_eq!(
-            chain.decide(&login("dave"), &pool).await,
+            chain.decide(&login("dave"), &pool).await.0,
             AuthDecision::BadCredentials
         );
         let deny: Arc<dyn AuthnSource> = Arc::new(Fixed("deny", Verdict::Deny));
         let chain = AuthChain::new(vec![deny, Arc::new(Remote)], false);
         assert_eq!(
-            chain.decide(&login("carol"), &pool).await,
+            chain.decide(&login("carol"), &pool).await.0,
             AuthDecision::BadCredentials
         );
         assert!(chain.chain().is_some());

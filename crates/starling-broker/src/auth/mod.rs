@@ -2,13 +2,19 @@
 //! password file, and Mosquitto-format ACLs.
 
 mod acl;
+mod build;
 pub mod chain;
+mod grant;
 mod limiter;
 mod password;
 mod pool;
 
-pub use acl::{Access, Acl};
-pub use chain::{AuthChain, AuthnSource, AuthzSource, Login, PasswordFileSource, Verdict};
+pub use acl::{covers, substitute, Access, Acl};
+pub use build::{configured, load_files};
+pub use chain::{
+    AnswerFuture, AuthChain, AuthnSource, AuthzSource, Login, PasswordFileSource, Verdict,
+};
+pub use grant::{Answer, Check, ClientRules, Grant, PrepareFuture, TopicRule, TopicRules};
 pub(crate) use limiter::{Admission, AuthLimiter};
 pub use password::{hash_password, PasswordFile, HASH_PARAMS};
 pub use pool::AuthPool;

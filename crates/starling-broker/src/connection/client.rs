@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use starling_codec::{ByteString, ProtocolVersion, ReasonCode, Will};
 
-use crate::auth::{Acl, ListenerFile};
+use crate::auth::{Acl, Grant, ListenerFile};
 use crate::metrics::DisconnectReason;
 use crate::session::Session;
 
@@ -42,6 +42,9 @@ pub(crate) enum Close {
     /// The client did not read what it was sent within the backpressure
     /// bound (`slow-consumer = "disconnect"`): DISCONNECT 0x97 Quota exceeded.
     SlowConsumer,
+    /// The client's credentials expired (its grant's `expires_at`, a
+    /// token's `exp`): DISCONNECT 0x87 Not authorized.
+    CredentialsExpired,
     /// Not a close: the connection is idle and may park (see [`crate::connection::hibernate`]).
     Hibernate,
 }
@@ -57,6 +60,7 @@ impl Close {
             Close::StoreFailed => Some(ReasonCode::UNSPECIFIED_ERROR),
             Close::Administrative => Some(ReasonCode::ADMINISTRATIVE_ACTION),
             Close::SlowConsumer => Some(ReasonCode::QUOTA_EXCEEDED),
+            Close::CredentialsExpired => Some(ReasonCode::NOT_AUTHORIZED),
             _ => None,
         }
     }
@@ -73,6 +77,7 @@ impl Close {
             Close::StoreFailed => DisconnectReason::StoreFailed,
             Close::Administrative => DisconnectReason::Administrative,
             Close::SlowConsumer => DisconnectReason::SlowConsumer,
+            Close::CredentialsExpired => DisconnectReason::CredentialsExpired,
         }
     }
 
@@ -82,6 +87,7 @@ impl Close {
             Close::Protocol(_, why) => Some(why),
             Close::StoreFailed => Some("the broker could not store the message"),
             Close::SlowConsumer => Some("slow consumer: messages were not read in time"),
+            Close::CredentialsExpired => Some("credentials expired"),
             _ => None,
         }
     }
@@ -111,6 +117,9 @@ pub(crate) struct Client {
     pub aliases: Option<Box<Aliases>>,
     /// The listener's own ACL, used instead of the broker's.
     pub acl: Option<Arc<ListenerFile<Acl>>>,
+    /// What the authentication source granted (own topic rules, superuser,
+    /// when the credentials expire).
+    pub grant: Option<Arc<Grant>>,
     /// The listener's mountpoint (topic prefix); see [`super::mount`].
     pub mountpoint: Option<Box<ByteString>>,
     /// The index of the listener it came through (`u16::MAX`: none).
@@ -149,6 +158,7 @@ impl Client {
             expiry_interval: self.expiry_interval,
             username: self.username,
             acl: self.acl,
+            grant: self.grant,
         }
     }
 

@@ -19,6 +19,9 @@ const HANDSHAKE_CHUNK: usize = 256;
 /// How long a final DISCONNECT may take to flush.
 const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// An authorization fetch the connection waits on.
+pub(crate) type Held = parking_lot::Mutex<crate::auth::PrepareFuture>;
+
 /// A connection's driver: the transport halves, the read buffer and the
 /// decoder around the protocol [`Machine`] (which it dereferences to).
 pub(crate) struct Connection<S> {
@@ -29,6 +32,10 @@ pub(crate) struct Connection<S> {
     pub m: Machine,
     /// Packets handled since the task last yielded its thread (fairness).
     pub handled: u32,
+    /// A packet held until its authorization answers are fetched
+    /// (see [`super::authorize`]), with the fetch (in a mutex only to make
+    /// the connection `Sync`; it is never locked, see [`super::held_ready`]).
+    pub held: Option<(starling_codec::Packet, Held)>,
 }
 
 impl<S> std::ops::Deref for Connection<S> {
@@ -64,6 +71,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             decoder,
             m: Machine::new(broker, peer, conn_id, last_rx),
             handled: 0,
+            held: None,
         }
     }
 

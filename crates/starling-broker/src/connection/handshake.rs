@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::client::{Client, Close, OUT_ALIAS_CAP};
 use super::conn::Connection;
 use crate::auth::{
-    Admission, AuthDecision, Authenticator, Credentials, ListenerAuthenticator, Login,
+    Admission, AuthDecision, Authenticator, Credentials, Grant, ListenerAuthenticator, Login,
 };
 use crate::cluster::Ownership;
 use crate::events::Event;
@@ -109,7 +109,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         &self,
         connect: &Connect,
         authenticator: Arc<dyn Authenticator>,
-    ) -> Option<AuthDecision> {
+    ) -> Option<(AuthDecision, Option<Grant>)> {
         let username = connect.username.as_ref().map(|u| u.to_string());
         let limiter = &self.broker.auth_limiter;
         let Admission::Check { delay, ticket } = limiter.admit(self.peer.ip(), username.as_deref())
@@ -120,24 +120,34 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             tracing::debug!(peer = %self.peer, ?delay, "authentication slowed down");
             tokio::time::sleep(delay).await;
         }
+        let ctx = crate::transport::context();
         let login = Login {
             client_id: connect.client_id.to_string(),
             username,
             password: connect.password.clone(),
             peer: self.peer,
+            protocol: connect.protocol,
+            listener: self
+                .broker
+                .listener(ctx.listener)
+                .map(|l| l.url.clone())
+                .unwrap_or_default(),
+            cert_common_name: ctx.identity.clone(),
         };
         let pool = &self.broker.auth_pool;
-        let decision = match authenticator.chain() {
+        let (decision, grant) = match authenticator.chain() {
             Some(chain) => chain.decide(&login, pool).await,
-            None => pool
-                .run(move || authenticator.authenticate(&login.credentials()))
-                .await
-                .unwrap_or(AuthDecision::NotAuthorized),
+            None => (
+                pool.run(move || authenticator.authenticate(&login.credentials()))
+                    .await
+                    .unwrap_or(AuthDecision::NotAuthorized),
+                None,
+            ),
         };
         if decision == AuthDecision::Allow {
             ticket.succeeded();
         }
-        Some(decision)
+        Some((decision, grant))
     }
 
     /// Validates, authenticates and attaches a client; writes the CONNACK.
@@ -246,10 +256,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             };
             (!authenticator.is_slow(&credentials)).then(|| authenticator.authenticate(&credentials))
         };
-        let decision = match quick {
-            Some(decision) => decision,
+        let (decision, grant) = match quick {
+            Some(decision) => (decision, None),
             None => match self.check_slowly(&connect, authenticator).await {
-                Some(decision) => decision,
+                Some(decided) => decided,
                 None => {
                     self.refuse(
                         &connect,
@@ -278,6 +288,28 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 return None;
             }
         }
+        // Rules that ask another system learn the will topic's answer now:
+        // the will is checked, from memory, when it is published.
+        let rules = grant
+            .as_ref()
+            .filter(|g| !g.superuser)
+            .and_then(|g| g.rules.as_ref());
+        if let (Some(rules), Some(will)) = (rules, &connect.will) {
+            let topic = match &ctx.mountpoint {
+                Some(m) => super::mount::topic(m, &will.topic),
+                None => will.topic.clone(),
+            };
+            let check = crate::auth::Check {
+                topic: &topic,
+                access: crate::auth::Access::Write,
+                qos: will.qos,
+                retain: will.retain,
+            };
+            if let Some(fetch) = rules.prepare(&check) {
+                fetch.await;
+            }
+        }
+        let grant = grant.map(Arc::new);
         let broker = self.broker.clone();
         let config = &broker.config;
         // Keep alive: the configured maximum caps it (MQTT 5 is told via Server Keep Alive).
@@ -315,6 +347,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             expiry_interval,
             connect.username.clone(),
             ctx.acl.clone(),
+            grant.clone(),
             Link::with_info(
                 self.conn_id,
                 ConnInfo::new(self.peer, ctx.listener, v, keep_alive),
@@ -398,6 +431,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             },
             aliases: None,
             acl: ctx.acl.clone(),
+            grant,
             mountpoint: ctx.mountpoint.clone().map(Box::new),
             listener: ctx.listener,
         };

@@ -338,8 +338,10 @@ mod tests {
     #[test]
     fn parked_connections_stay_small() {
         use std::mem::size_of;
+        // 152 since authentication sources grant rules: the client's grant
+        // (a pointer, set only by a source that grants something).
         assert!(
-            size_of::<super::Parked>() <= 144,
+            size_of::<super::Parked>() <= 152,
             "{}",
             size_of::<super::Parked>()
         );

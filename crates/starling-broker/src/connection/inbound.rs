@@ -276,6 +276,7 @@ impl Machine {
             code = ReasonCode::PAYLOAD_FORMAT_INVALID;
         } else if !self.broker.allowed_with(
             client.acl.as_deref(),
+            client.grant.as_deref(),
             client.username.as_deref(),
             client.client_id(),
             &publish.topic,
@@ -388,6 +389,7 @@ impl Machine {
             }
             if !self.broker.allowed_with(
                 client.acl.as_deref(),
+                client.grant.as_deref(),
                 client.username.as_deref(),
                 client.client_id(),
                 inner,

@@ -37,6 +37,7 @@ fn attach(broker: &Arc<BrokerState>, id: &str, version: V) -> (Machine, Client) 
         0,
         None,
         None,
+        None,
         crate::session::Link::new(conn_id),
     );
     let client = Client {
@@ -56,6 +57,7 @@ fn attach(broker: &Arc<BrokerState>, id: &str, version: V) -> (Machine, Client) 
         out_alias_max: 0,
         aliases: None,
         acl: None,
+        grant: None,
         mountpoint: None,
         listener: u16::MAX,
     };

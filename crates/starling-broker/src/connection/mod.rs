@@ -11,6 +11,7 @@
 //! `handshake`, `machine` (with `inbound`), `hibernate` and `client`; none of
 //! them uses the driver.
 
+mod authorize;
 mod client;
 mod conn;
 mod handshake;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use starling_codec::Decoder;
+use starling_codec::{Decoder, Packet};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -52,6 +53,14 @@ const FAIR_PACKETS: u32 = 256;
 type PageRead = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u16>> + Send>>;
 
 /// Completes when the page being read is in (never, when none is).
+/// Waits for the authorization fetch of a held packet.
+async fn held_ready(held: &mut Option<(Packet, conn::Held)>) {
+    match held {
+        Some((_, fetch)) => fetch.get_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn page_read(page: &mut Option<PageRead>) -> Vec<u16> {
     match page {
         Some(p) => p.await,
@@ -190,7 +199,12 @@ async fn serve_attached_tcp(
 ) {
     let reactor = keep.reactor.clone();
     loop {
-        let hibernate = reactor.is_some().then_some(idle);
+        // Credentials that expire need the connection's own timer: never parked.
+        let expiring = client
+            .grant
+            .as_ref()
+            .is_some_and(|g| g.expires_at.is_some());
+        let hibernate = (reactor.is_some() && !expiring).then_some(idle);
         let close = conn.run(&mut client, &mut shutdown, hibernate).await;
         let Some(reactor) = reactor.as_ref().filter(|_| close == Close::Hibernate) else {
             conn.close(client, close).await;
@@ -339,6 +353,11 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         let mut armed: Option<Instant> = None;
         // The page of a spilled queue being read back, if any.
         let mut reading_page: Option<PageRead> = None;
+        // When the client's credentials expire (a token's `exp`).
+        let expires = client.grant.as_ref().and_then(|g| g.expires_at).map(|at| {
+            let left = at.duration_since(std::time::SystemTime::now());
+            Instant::now() + left.unwrap_or_default()
+        });
         loop {
             // Enabled before the attachment check, so that a takeover between
             // the two still wakes this loop.
@@ -366,8 +385,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             // Backpressure: while subscribers this client's messages
             // congested drain (bounded by `stall_until`), it is not read.
             let holding = !self.m.congested.is_empty();
-            let reading =
-                self.m.wbuf.len() < HIGH_WATER && !holding && self.m.throttled_until.is_none();
+            let reading = self.m.wbuf.len() < HIGH_WATER
+                && !holding
+                && self.m.throttled_until.is_none()
+                && self.held.is_none();
             let held = if holding {
                 self.m.congested.clone()
             } else {
@@ -389,7 +410,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             // Not read on purpose (backpressure, publish rate): what the
             // client sends meanwhile is in the socket, so no keep-alive
             // verdict until it is read again.
-            let ka_deadline = if holding || self.m.throttled_until.is_some() {
+            let ka_deadline = if holding || self.m.throttled_until.is_some() || self.held.is_some()
+            {
                 None
             } else {
                 self.m.keep_alive_deadline(client)
@@ -401,6 +423,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 idle_deadline,
                 self.m.stall_until,
                 self.m.throttled_until,
+                expires,
             ]
             .into_iter()
             .flatten()
@@ -464,6 +487,19 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                         self.m.resend_only(client, Some(&resend));
                     }
                 }
+                _ = held_ready(&mut self.held), if self.held.is_some() => {
+                    if let Some((packet, _)) = self.held.take() {
+                        match self.handle_packet(client, packet) {
+                            Err(close) => return close,
+                            Ok(true) => {
+                                if let Err(close) = self.handle_read(client) {
+                                    return close;
+                                }
+                            }
+                            Ok(false) => {}
+                        }
+                    }
+                }
                 _ = &mut drained, if holding => {
                     self.m.congestion_cleared();
                     self.m.last_rx = Instant::now();
@@ -475,6 +511,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 _ = &mut timer, if armed.is_some() => {
                     armed = None;
                     let now = Instant::now();
+                    if expires.is_some_and(|at| now >= at) {
+                        return Close::CredentialsExpired;
+                    }
                     if self.m.stall_until.is_some_and(|d| now >= d) {
                         self.m.stall_expired();
                         self.m.last_rx = now;
@@ -499,6 +538,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                             && self.m.congested.is_empty()
                             && self.m.throttled_until.is_none()
                             && reading_page.is_none()
+                            && self.held.is_none()
                         {
                             return Close::Hibernate;
                         }
@@ -527,8 +567,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     /// (or the wait's bound), so that publishers overshoot a high-water mark
     /// by one message each, not by a read's worth.
     fn handle_read(&mut self, client: &mut Client) -> Result<(), Close> {
-        // Held back (congestion, or the publish rate): the rest waits.
-        if !self.m.congested.is_empty() || self.m.throttled_until.is_some() {
+        // Held back (congestion, the publish rate, an authorization fetch):
+        // the rest waits.
+        if !self.m.congested.is_empty() || self.m.throttled_until.is_some() || self.held.is_some() {
             return Ok(());
         }
         loop {
@@ -537,23 +578,36 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 Ok(None) => return Ok(()),
                 Err(err) => return Err(Close::Protocol(err.reason_code(), err.to_string())),
             };
-            if let starling_codec::Packet::Publish(p) = &packet {
-                self.m.throttle(p.payload.len());
-            }
-            let handled = self.m.handle(client, packet);
-            self.handled += 1;
-            self.submit_journal();
-            handled?;
-            if self.m.throttled_until.is_some() {
+            if let Some(fetch) = authorize::prepare(client, &packet) {
+                self.held = Some((packet, parking_lot::Mutex::new(fetch)));
                 return Ok(());
             }
-            if !self.m.congested.is_empty() {
-                self.m.hold_for_congestion(&client.session);
-                if !self.m.congested.is_empty() {
-                    return Ok(());
-                }
+            if !self.handle_packet(client, packet)? {
+                return Ok(());
             }
         }
+    }
+
+    /// Handles one packet and submits what it changed. `Ok(false)` when
+    /// reading must stop for now (the publish rate, or a congested subscriber).
+    fn handle_packet(&mut self, client: &mut Client, packet: Packet) -> Result<bool, Close> {
+        if let Packet::Publish(p) = &packet {
+            self.m.throttle(p.payload.len());
+        }
+        let handled = self.m.handle(client, packet);
+        self.handled += 1;
+        self.submit_journal();
+        handled?;
+        if self.m.throttled_until.is_some() {
+            return Ok(false);
+        }
+        if !self.m.congested.is_empty() {
+            self.m.hold_for_congestion(&client.session);
+            if !self.m.congested.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Hands the machine's journal to the store. Done after every packet,

@@ -58,6 +58,7 @@ impl Machine {
             for msg in step.messages {
                 let readable = self.broker.allowed_with(
                     client.acl.as_deref(),
+                    client.grant.as_deref(),
                     client.username.as_deref(),
                     client.client_id(),
                     &msg.topic,

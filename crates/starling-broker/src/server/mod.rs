@@ -17,9 +17,7 @@ use starling_codec::ByteString;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::auth::{
-    Acl, AuthFileError, Authenticator, FileAuthenticator, ListenerFile, PasswordFile,
-};
+use crate::auth::{Acl, AuthFileError, Authenticator, ListenerFile, PasswordFile};
 use crate::broker::BrokerState;
 use crate::config::{Config, ListenerConfig};
 use crate::metrics::ListenerStats;
@@ -27,10 +25,12 @@ use crate::transport::tls::{Reloadable, TlsSettings};
 use crate::transport::{self, ConnContext};
 
 mod accept;
+mod builder;
 mod reload;
 mod url;
 
 use accept::{accept_loop, quic_accept_loop, Shared};
+pub use builder::BrokerBuilder;
 use reload::{ListenerFiles, TlsListener};
 pub use reload::{ReloadError, ReloadHandle};
 pub use url::{ListenerUrl, Transport};
@@ -331,19 +331,13 @@ async fn bind_listener(
 impl Broker {
     /// Loads the auth files and binds every listener of `config`.
     pub async fn bind(config: Config) -> Result<Broker, StartError> {
-        let passwords = config
-            .password_file
-            .as_deref()
-            .map(PasswordFile::load)
-            .transpose()?;
-        let acl = config.acl_file.as_deref().map(Acl::load).transpose()?;
-        let authenticator: Arc<dyn Authenticator> = Arc::new(FileAuthenticator {
-            allow_anonymous: config.allow_anonymous,
-            passwords,
-        });
-        let mut broker = Self::bind_with(config, authenticator, acl).await?;
-        broker.reload.files = true;
-        Ok(broker)
+        Self::builder(config).bind().await
+    }
+
+    /// A broker with custom authentication, authorization, observers or
+    /// store: the embedding API (see [`BrokerBuilder`]).
+    pub fn builder(config: Config) -> BrokerBuilder {
+        BrokerBuilder::new(config)
     }
 
     /// Like [`Broker::bind`], with a custom authenticator. Its reload handle
@@ -403,6 +397,7 @@ impl Broker {
                     .filter(|f| f.passwords.is_some() || f.acl.is_some())
                     .collect(),
                 files: false,
+                sources: Vec::new(),
             },
             state,
             listeners,

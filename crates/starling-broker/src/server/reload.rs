@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::auth::{Acl, AuthFileError, FileAuthenticator, ListenerFile, PasswordFile};
+use crate::auth::{Acl, AuthFileError, AuthnSource, ListenerFile, PasswordFile};
 use crate::broker::BrokerState;
 use crate::transport;
 use crate::transport::tls::Reloadable;
@@ -22,6 +22,14 @@ pub enum ReloadError {
     /// The password or ACL file is bad.
     #[error(transparent)]
     AuthFile(#[from] AuthFileError),
+    /// An authentication source could not read its files.
+    #[error("auth source {name}: {message}")]
+    Source {
+        /// The source.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// Re-reads certificates and auth files of a running broker (what SIGHUP does).
@@ -39,6 +47,9 @@ pub struct ReloadHandle {
     /// Whether the authenticator and ACL come from the configured files (bound
     /// with [`Broker::bind`], not [`Broker::bind_with`]).
     pub(super) files: bool,
+    /// The authentication sources beside the password file, rebuilt into
+    /// the chain with it (and asked to reload their own files).
+    pub(super) sources: Vec<Arc<dyn AuthnSource>>,
 }
 
 impl std::fmt::Debug for ReloadHandle {
@@ -84,14 +95,7 @@ impl ReloadHandle {
             tls.push((l, config, quic));
         }
         let files = if self.files {
-            let config = &self.state.config;
-            let passwords = config
-                .password_file
-                .as_deref()
-                .map(PasswordFile::load)
-                .transpose()?;
-            let acl = config.acl_file.as_deref().map(Acl::load).transpose()?;
-            Some((passwords, acl))
+            Some(crate::auth::load_files(&self.state.config)?)
         } else {
             None
         };
@@ -100,6 +104,13 @@ impl ReloadHandle {
             let passwords = f.passwords.as_ref().map(|p| p.read()).transpose()?;
             let acl = f.acl.as_ref().map(|a| a.read()).transpose()?;
             listener_files.push((f, passwords, acl));
+        }
+        // Last of what can fail: a source installs what it read.
+        for source in &self.sources {
+            source.reload().map_err(|message| ReloadError::Source {
+                name: source.name().to_string(),
+                message,
+            })?;
         }
         for (f, passwords, acl) in listener_files {
             if let (Some(file), Some(passwords)) = (&f.passwords, passwords) {
@@ -116,10 +127,8 @@ impl ReloadHandle {
             }
         }
         if let Some((passwords, acl)) = files {
-            *self.state.authenticator.write() = Arc::new(FileAuthenticator {
-                allow_anonymous: self.state.config.allow_anonymous,
-                passwords,
-            });
+            *self.state.authenticator.write() =
+                crate::auth::configured(&self.state.config, passwords, &self.sources);
             self.state.set_acl(acl);
         }
         tracing::info!(

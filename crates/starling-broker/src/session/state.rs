@@ -11,7 +11,7 @@ use starling_codec::{ByteString, QoS, SubscriptionOptions};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::auth::{Acl, ListenerFile};
+use crate::auth::{Acl, Grant, ListenerFile};
 use crate::config::OverflowPolicy;
 use crate::journal::{message_record, Journal};
 use crate::message::{Delivery, Inflight, Stored};
@@ -456,8 +456,11 @@ pub struct SessionState {
     /// Next store sequence number for a queued message.
     next_seq: u64,
     /// The ACL of the listener the last connection came through, when it has
-    /// its own (`acl-file` in `[[listener]]`); `None` uses the broker's.
-    acl: Option<Arc<ListenerFile<Acl>>>,
+    /// its own (`acl-file` in `[[listener]]`; else the broker's is used),
+    /// and what its authentication source granted (its own topic rules,
+    /// superuser): for read checks at delivery. Boxed, and `None` when
+    /// neither is set (the usual case).
+    rights: Option<Box<Rights>>,
     /// Wakes publishers held back by this queue when it drains (allocated
     /// the first time one waits).
     drained: Option<Arc<Notify>>,
@@ -469,6 +472,13 @@ pub struct SessionState {
     stalled: bool,
     /// New subscriptions' retained messages still to send.
     retained: super::Walks,
+}
+
+/// A session's listener ACL and grant (see `SessionState::rights`).
+#[derive(Debug)]
+struct Rights {
+    acl: Option<Arc<ListenerFile<Acl>>>,
+    grant: Option<Arc<Grant>>,
 }
 
 impl SessionState {
@@ -489,7 +499,7 @@ impl SessionState {
             limits,
             username: None,
             next_seq,
-            acl: None,
+            rights: None,
             drained: None,
             publishers_waiting: false,
             stalled: false,
@@ -1207,13 +1217,24 @@ impl SessionState {
     /// The user name and listener ACL of the last connection, which read
     /// checks at delivery use.
     pub fn owner(&self) -> (Option<&ByteString>, Option<&Arc<ListenerFile<Acl>>>) {
-        (self.username.as_ref(), self.acl.as_ref())
+        let acl = self.rights.as_ref().and_then(|r| r.acl.as_ref());
+        (self.username.as_ref(), acl)
     }
 
-    /// A connection attached: its user name and listener ACL.
-    pub fn set_owner(&mut self, username: Option<ByteString>, acl: Option<Arc<ListenerFile<Acl>>>) {
+    /// What the last connection's authentication source granted.
+    pub fn grant(&self) -> Option<&Arc<Grant>> {
+        self.rights.as_ref().and_then(|r| r.grant.as_ref())
+    }
+
+    /// A connection attached: its user name, listener ACL and grant.
+    pub fn set_owner(
+        &mut self,
+        username: Option<ByteString>,
+        acl: Option<Arc<ListenerFile<Acl>>>,
+        grant: Option<Arc<Grant>>,
+    ) {
         self.username = username;
-        self.acl = acl;
+        self.rights = (acl.is_some() || grant.is_some()).then(|| Box::new(Rights { acl, grant }));
     }
 
     /// A connection started the session anew with this expiry interval.

@@ -177,7 +177,11 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
             tls_cert: config.tls_cert.clone(),
             tls_key: config.tls_key.clone(),
         });
-        let broker = Broker::bind(config).await?;
+        let mut builder = Broker::builder(config.clone());
+        for source in starling_integrate::sources(&config)? {
+            builder = builder.authenticate(source);
+        }
+        let broker = builder.bind().await?;
         let handle = broker.shutdown_handle();
         let mut tokens = None;
         if let Some(admin_config) = admin_config {

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod integrate;
+pub use integrate::{AuthConfig, HttpAuthConfig, JwtAuthConfig, OnError};
+
 /// What happens when a session's queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -75,6 +78,14 @@ pub struct Config {
     pub password_file: Option<PathBuf>,
     /// ACL file in Mosquitto's format.
     pub acl_file: Option<PathBuf>,
+    /// The authentication sources in the order they are asked:
+    /// `"password-file"`, `"jwt"`, `"http"`. Each answers allow, deny or
+    /// "not mine" (the next one is asked); when all pass, `allow-anonymous`
+    /// decides as without a chain. Default: those configured, in that order.
+    pub auth_chain: Option<Vec<String>>,
+    /// `[auth.http]` and `[auth.jwt]`: authentication sources that ask
+    /// other systems.
+    pub auth: AuthConfig,
     /// Largest keep alive a client may use, in seconds; 0 means no limit.
     pub max_keepalive: u16,
     /// Seconds a new connection has to send CONNECT.
@@ -257,6 +268,8 @@ impl Default for Config {
             allow_anonymous: true,
             password_file: None,
             acl_file: None,
+            auth_chain: None,
+            auth: AuthConfig::default(),
             max_keepalive: 65535,
             connect_timeout: 10,
             max_connections: 0,
@@ -418,6 +431,13 @@ impl Config {
                 message: message.to_string(),
             })
         };
+        if let Err((key, message)) = integrate::validate(
+            self.auth_chain.as_deref(),
+            &self.auth,
+            self.password_file.is_some(),
+        ) {
+            return invalid(key, &message);
+        }
         if self.listen.is_empty() && self.listener.is_empty() {
             return invalid("listen", "at least one listener is needed");
         }

@@ -1,0 +1,209 @@
+//! The configuration of what connects the broker to other systems: the
+//! authentication chain (`auth-chain`, `[auth.http]`, `[auth.jwt]`). The
+//! broker only carries these settings; the sources that use them live in
+//! the `starling-integrate` crate.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The names `auth-chain` may list.
+pub const AUTH_SOURCES: [&str; 3] = ["password-file", "jwt", "http"];
+
+/// `[auth]`: the authentication sources that ask other systems.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AuthConfig {
+    /// `[auth.http]`: ask an HTTP backend.
+    pub http: Option<HttpAuthConfig>,
+    /// `[auth.jwt]`: a JSON Web Token in the password field.
+    pub jwt: Option<JwtAuthConfig>,
+}
+
+/// What an HTTP source does when its backend cannot be asked (it does not
+/// answer in time, answers with an error status, or answers nonsense).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Refuse the client (or the publish or subscription).
+    #[default]
+    Deny,
+    /// Leave it to the next source in the chain (or the ACL file).
+    Ignore,
+}
+
+/// `[auth.http]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HttpAuthConfig {
+    /// Where CONNECTs are posted (`http://` or `https://`).
+    pub url: String,
+    /// Where publish and subscribe checks are posted, for clients whose
+    /// CONNECT answer had no `acl` list. Without it they are left to the ACL
+    /// file.
+    pub acl_url: Option<String>,
+    /// How long one request may take, in milliseconds.
+    pub timeout_ms: u64,
+    /// How long answers are kept, in seconds (0: not kept).
+    pub cache_ttl_s: u64,
+    /// Most answers kept (CONNECT answers broker-wide; topic answers per client).
+    pub cache_max_entries: usize,
+    /// Headers sent with every request (an API key, say).
+    pub headers: BTreeMap<String, String>,
+    /// PEM CA certificates that an `https://` backend is verified against,
+    /// instead of the public ones.
+    pub tls_ca: Option<PathBuf>,
+    /// What happens when the backend cannot be asked.
+    pub on_error: OnError,
+}
+
+impl Default for HttpAuthConfig {
+    fn default() -> Self {
+        HttpAuthConfig {
+            url: String::new(),
+            acl_url: None,
+            timeout_ms: 5000,
+            cache_ttl_s: 60,
+            cache_max_entries: 100_000,
+            headers: BTreeMap::new(),
+            tls_ca: None,
+            on_error: OnError::Deny,
+        }
+    }
+}
+
+/// `[auth.jwt]`: exactly one of `secret`, `secret-file`, `public-key-file`,
+/// `jwks-file` and `jwks-url` says how tokens are verified.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct JwtAuthConfig {
+    /// The shared secret of HS256, HS384 and HS512 tokens.
+    pub secret: Option<String>,
+    /// A file holding the shared secret (its whole content, a final newline
+    /// removed). Reloads on SIGHUP.
+    pub secret_file: Option<PathBuf>,
+    /// A PEM public key (RSA, EC or Ed25519) for RS*, PS*, ES* and EdDSA
+    /// tokens. Reloads on SIGHUP.
+    pub public_key_file: Option<PathBuf>,
+    /// A JSON Web Key Set file; a token's `kid` picks the key. Reloads on SIGHUP.
+    pub jwks_file: Option<PathBuf>,
+    /// A JSON Web Key Set fetched over HTTP(S), refreshed every
+    /// `jwks-refresh-s` and when a token names an unknown `kid`.
+    pub jwks_url: Option<String>,
+    /// Seconds between JWKS refreshes.
+    pub jwks_refresh_s: u64,
+    /// The `iss` a token must have, if set.
+    pub issuer: Option<String>,
+    /// The `aud` a token must have, if set.
+    pub audience: Option<String>,
+    /// Seconds of clock difference allowed for `exp` and `nbf`.
+    pub leeway_s: u64,
+    /// The claim that holds the client's topic rules.
+    pub acl_claim: String,
+    /// Whether a token without an `exp` claim is refused.
+    pub require_exp: bool,
+}
+
+impl Default for JwtAuthConfig {
+    fn default() -> Self {
+        JwtAuthConfig {
+            secret: None,
+            secret_file: None,
+            public_key_file: None,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_s: 300,
+            issuer: None,
+            audience: None,
+            leeway_s: 0,
+            acl_claim: "acl".into(),
+            require_exp: false,
+        }
+    }
+}
+
+impl JwtAuthConfig {
+    /// How many ways to verify are set (exactly one is valid).
+    pub fn key_sources(&self) -> usize {
+        [
+            self.secret.is_some(),
+            self.secret_file.is_some(),
+            self.public_key_file.is_some(),
+            self.jwks_file.is_some(),
+            self.jwks_url.is_some(),
+        ]
+        .into_iter()
+        .filter(|set| *set)
+        .count()
+    }
+}
+
+/// Checks the integration settings: `Err((key, message))`.
+pub(super) fn validate(
+    chain: Option<&[String]>,
+    auth: &AuthConfig,
+    has_password_file: bool,
+) -> Result<(), (&'static str, String)> {
+    if let Some(http) = &auth.http {
+        let scheme_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        if !scheme_ok(&http.url) {
+            return Err(("auth.http.url", "must be an http:// or https:// URL".into()));
+        }
+        if http.acl_url.as_deref().is_some_and(|u| !scheme_ok(u)) {
+            return Err((
+                "auth.http.acl-url",
+                "must be an http:// or https:// URL".into(),
+            ));
+        }
+        if !(1..=60_000).contains(&http.timeout_ms) {
+            return Err(("auth.http.timeout-ms", "must be between 1 and 60000".into()));
+        }
+    }
+    if let Some(jwt) = &auth.jwt {
+        if jwt.key_sources() != 1 {
+            return Err((
+                "auth.jwt",
+                "needs exactly one of secret, secret-file, public-key-file, jwks-file, jwks-url"
+                    .into(),
+            ));
+        }
+        if jwt.jwks_refresh_s == 0 {
+            return Err(("auth.jwt.jwks-refresh-s", "must be at least 1".into()));
+        }
+    }
+    let Some(chain) = chain else {
+        return Ok(());
+    };
+    for (i, name) in chain.iter().enumerate() {
+        let configured = match name.as_str() {
+            "password-file" => has_password_file,
+            "jwt" => auth.jwt.is_some(),
+            "http" => auth.http.is_some(),
+            other => {
+                return Err((
+                    "auth-chain",
+                    format!(
+                        "unknown source {other:?} (known: {})",
+                        AUTH_SOURCES.join(", ")
+                    ),
+                ))
+            }
+        };
+        if !configured {
+            let table = match name.as_str() {
+                "password-file" => "password-file",
+                "jwt" => "[auth.jwt]",
+                _ => "[auth.http]",
+            };
+            return Err((
+                "auth-chain",
+                format!("{name:?} is listed but {table} is not configured"),
+            ));
+        }
+        if chain[..i].contains(name) {
+            return Err(("auth-chain", format!("{name:?} is listed twice")));
+        }
+    }
+    Ok(())
+}

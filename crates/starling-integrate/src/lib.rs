@@ -1,0 +1,40 @@
+//! Starling's connections to other systems.
+//!
+//! - [`http::HttpAuth`]: `[auth.http]`, an authentication source that asks
+//!   an HTTP backend, with per-client topic rules from its answer or from
+//!   `acl-url`.
+//! - [`jwt::JwtAuth`]: `[auth.jwt]`, a JSON Web Token in the password field,
+//!   verified with a shared secret, a public key or a JSON Web Key Set, its
+//!   `acl` claim becoming the client's topic rules and its `exp` closing the
+//!   connection.
+//!
+//! [`sources`] builds the ones a configuration asks for, to hand to
+//! [`starling_broker::Broker::builder`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cache;
+pub mod error;
+pub mod http;
+pub mod jwt;
+
+use std::sync::Arc;
+
+use starling_broker::auth::AuthnSource;
+use starling_broker::Config;
+
+pub use error::IntegrateError;
+
+/// The authentication sources `config` configures (`[auth.jwt]`,
+/// `[auth.http]`), in that order. Must be called inside a tokio runtime
+/// (a JWKS URL is refreshed on a task).
+pub fn sources(config: &Config) -> Result<Vec<Arc<dyn AuthnSource>>, IntegrateError> {
+    let mut out: Vec<Arc<dyn AuthnSource>> = Vec::new();
+    if let Some(jwt) = &config.auth.jwt {
+        out.push(Arc::new(jwt::JwtAuth::new(jwt)?));
+    }
+    if let Some(http) = &config.auth.http {
+        out.push(Arc::new(http::HttpAuth::new(http)?));
+    }
+    Ok(out)
+}
