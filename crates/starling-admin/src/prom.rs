@@ -282,6 +282,24 @@ impl BrokerCollector {
         )?;
         counter(
             e,
+            "starling_webhook_events_sent",
+            "Events posted to webhooks and acknowledged with a 2xx",
+            None,
+            Metrics::get(&m.webhook_sent),
+        )?;
+        family(
+            e,
+            "starling_webhook_events_dropped",
+            "Webhook events dropped, by reason: the queue was full, or the batch failed every retry",
+            None,
+            MetricType::Counter,
+            ["queue_full", "failed"]
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (vec![("reason", r.to_string())], m.webhook_dropped.get(i))),
+        )?;
+        counter(
+            e,
             "starling_takeovers",
             "Sessions taken over by a new connection with the same client id",
             None,

@@ -92,6 +92,15 @@ pub enum Event {
         /// The QoS it was delivered at.
         qos: QoS,
     },
+    /// A subscriber acknowledged a QoS 1 (PUBACK) or QoS 2 (PUBCOMP) delivery.
+    MessageAcked {
+        /// The subscriber's client id.
+        client_id: ByteString,
+        /// The topic.
+        topic: ByteString,
+        /// The QoS it was delivered at.
+        qos: QoS,
+    },
     /// A message was not delivered to a subscriber.
     MessageDropped {
         /// The subscriber's client id.

@@ -51,6 +51,11 @@ pub struct Metrics {
     /// Times a connection stopped being read because it published faster
     /// than `max-publish-rate` or `max-publish-bytes-rate`.
     pub publish_throttled: AtomicU64,
+    /// Events posted to webhooks (`[[webhook]]`) and acknowledged with a 2xx.
+    pub webhook_sent: AtomicU64,
+    /// Webhook events dropped: their queue was full (`queue-max`), or their
+    /// batch failed every retry.
+    pub webhook_dropped: ByReason<2>,
 }
 
 impl Metrics {

@@ -17,7 +17,8 @@
 //! for `cache-ttl-s`. A backend that cannot be asked (no answer in time, an
 //! error status, an answer that is not one of the above) gets `on-error`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,42 +133,12 @@ impl std::fmt::Display for Failure {
 impl HttpAuth {
     /// The source for `config`.
     pub fn new(config: &HttpAuthConfig) -> Result<HttpAuth, IntegrateError> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (name, value) in &config.headers {
-            let key_err = |message: String| IntegrateError::Key {
-                what: format!("auth.http.headers.{name}"),
-                message,
-            };
-            let name_h = reqwest::header::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|e| key_err(e.to_string()))?;
-            let value_h = reqwest::header::HeaderValue::from_str(value)
-                .map_err(|e| key_err(e.to_string()))?;
-            headers.insert(name_h, value_h);
-        }
-        let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.timeout_ms))
-            .connect_timeout(Duration::from_millis(config.timeout_ms))
-            .default_headers(headers)
-            .pool_max_idle_per_host(64);
-        if let Some(path) = &config.tls_ca {
-            let pem = std::fs::read(path).map_err(|source| IntegrateError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| IntegrateError::Key {
-                    what: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
-            builder = builder.tls_built_in_root_certs(false);
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let client = builder.build().map_err(|source| IntegrateError::Http {
-            what: "auth.http",
-            source,
-        })?;
+        let client = client(
+            "auth.http",
+            &config.headers,
+            Duration::from_millis(config.timeout_ms),
+            config.tls_ca.as_deref(),
+        )?;
         let ttl = Duration::from_secs(config.cache_ttl_s);
         Ok(HttpAuth {
             shared: Arc::new(Shared {
@@ -186,6 +157,52 @@ impl HttpAuth {
     pub fn cached(&self) -> usize {
         self.shared.connects.len()
     }
+}
+
+/// An HTTP client for `what` (a setting's name, for errors): pooled, each
+/// request bounded by `timeout`, sending `headers`, and verifying `https://`
+/// servers against `tls_ca` when given (else the public CAs).
+pub(crate) fn client(
+    what: &'static str,
+    headers: &BTreeMap<String, String>,
+    timeout: Duration,
+    tls_ca: Option<&Path>,
+) -> Result<reqwest::Client, IntegrateError> {
+    let mut map = reqwest::header::HeaderMap::new();
+    for (name, value) in headers {
+        let bad = |message: String| IntegrateError::Key {
+            what: format!("{what}.headers.{name}"),
+            message,
+        };
+        let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| bad(e.to_string()))?;
+        let value =
+            reqwest::header::HeaderValue::from_str(value).map_err(|e| bad(e.to_string()))?;
+        map.insert(name, value);
+    }
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .default_headers(map)
+        .pool_max_idle_per_host(64);
+    if let Some(path) = tls_ca {
+        let pem = std::fs::read(path).map_err(|source| IntegrateError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| IntegrateError::Key {
+                what: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        builder = builder.tls_built_in_root_certs(false);
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|source| IntegrateError::Http { what, source })
 }
 
 impl Shared {

@@ -8,8 +8,11 @@
 //!   `acl` claim becoming the client's topic rules and its `exp` closing the
 //!   connection.
 //!
-//! [`sources`] builds the ones a configuration asks for, to hand to
-//! [`starling_broker::Broker::builder`].
+//! - [`webhook`]: `[[webhook]]`, broker events posted to HTTP endpoints.
+//!
+//! [`sources`] builds the authentication sources a configuration asks for,
+//! to hand to [`starling_broker::Broker::builder`]; [`webhook::start`] starts
+//! its webhooks on a bound broker.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -17,6 +20,7 @@ pub mod cache;
 pub mod error;
 pub mod http;
 pub mod jwt;
+pub mod webhook;
 
 use std::sync::Arc;
 

@@ -139,6 +139,105 @@ impl JwtAuthConfig {
     }
 }
 
+/// The events a `[[webhook]]` may name.
+pub const WEBHOOK_EVENTS: [&str; 9] = [
+    "client.connected",
+    "client.disconnected",
+    "client.auth_failed",
+    "session.created",
+    "session.terminated",
+    "message.publish",
+    "message.delivered",
+    "message.acked",
+    "message.dropped",
+];
+
+/// A `[[webhook]]` table: events posted as JSON batches to `url`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WebhookConfig {
+    /// Where batches are posted (`http://` or `https://`).
+    pub url: String,
+    /// The events posted (default: all of them).
+    pub events: Vec<String>,
+    /// Topic filters that `message.*` events must match (default: all
+    /// topics; `$SYS` topics only when a filter names them).
+    pub topics: Vec<String>,
+    /// Headers sent with every request.
+    pub headers: BTreeMap<String, String>,
+    /// Most events in one request.
+    pub batch_max: usize,
+    /// Most events waiting to be posted; past it new events are dropped
+    /// and counted.
+    pub queue_max: usize,
+    /// How long one request may take, in milliseconds.
+    pub timeout_ms: u64,
+    /// How many times a failed batch is posted again (with backoff) before
+    /// it is dropped and counted.
+    pub retries: u32,
+    /// PEM CA certificates an `https://` endpoint is verified against.
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            url: String::new(),
+            events: WEBHOOK_EVENTS.iter().map(|e| e.to_string()).collect(),
+            topics: Vec::new(),
+            headers: BTreeMap::new(),
+            batch_max: 100,
+            queue_max: 10_000,
+            timeout_ms: 5000,
+            retries: 3,
+            tls_ca: None,
+        }
+    }
+}
+
+/// Checks the `[[webhook]]` tables: `Err((key, message))`.
+pub(super) fn validate_webhooks(hooks: &[WebhookConfig]) -> Result<(), (&'static str, String)> {
+    for (i, hook) in hooks.iter().enumerate() {
+        let at = |what: &str| format!("webhook #{} ({}): {what}", i + 1, hook.url);
+        if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
+            return Err(("webhook.url", at("must be an http:// or https:// URL")));
+        }
+        if let Some(bad) = hook
+            .events
+            .iter()
+            .find(|e| !WEBHOOK_EVENTS.contains(&e.as_str()))
+        {
+            return Err((
+                "webhook.events",
+                at(&format!(
+                    "unknown event {bad:?} (known: {})",
+                    WEBHOOK_EVENTS.join(", ")
+                )),
+            ));
+        }
+        if let Some(bad) = hook
+            .topics
+            .iter()
+            .find(|t| starling_codec::topic::validate_filter(t).is_err())
+        {
+            return Err((
+                "webhook.topics",
+                at(&format!("{bad:?} is not a topic filter")),
+            ));
+        }
+        if hook.batch_max == 0 || hook.queue_max == 0 {
+            return Err((
+                "webhook.batch-max",
+                at("batch-max and queue-max must be at least 1"),
+            ));
+        }
+        if !(1..=60_000).contains(&hook.timeout_ms) {
+            return Err(("webhook.timeout-ms", at("must be between 1 and 60000")));
+        }
+    }
+    Ok(())
+}
+
 /// Checks the integration settings: `Err((key, message))`.
 pub(super) fn validate(
     chain: Option<&[String]>,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod integrate;
-pub use integrate::{AuthConfig, HttpAuthConfig, JwtAuthConfig, OnError};
+pub use integrate::{AuthConfig, HttpAuthConfig, JwtAuthConfig, OnError, WebhookConfig};
 
 /// What happens when a session's queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -86,6 +86,8 @@ pub struct Config {
     /// `[auth.http]` and `[auth.jwt]`: authentication sources that ask
     /// other systems.
     pub auth: AuthConfig,
+    /// `[[webhook]]` tables: broker events posted to HTTP endpoints.
+    pub webhook: Vec<WebhookConfig>,
     /// Largest keep alive a client may use, in seconds; 0 means no limit.
     pub max_keepalive: u16,
     /// Seconds a new connection has to send CONNECT.
@@ -270,6 +272,7 @@ impl Default for Config {
             acl_file: None,
             auth_chain: None,
             auth: AuthConfig::default(),
+            webhook: Vec::new(),
             max_keepalive: 65535,
             connect_timeout: 10,
             max_connections: 0,
@@ -436,6 +439,9 @@ impl Config {
             &self.auth,
             self.password_file.is_some(),
         ) {
+            return invalid(key, &message);
+        }
+        if let Err((key, message)) = integrate::validate_webhooks(&self.webhook) {
             return invalid(key, &message);
         }
         if self.listen.is_empty() && self.listener.is_empty() {

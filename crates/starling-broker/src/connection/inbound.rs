@@ -12,6 +12,7 @@ use super::client::{Client, Close};
 use super::machine::Machine;
 use crate::auth::Access;
 use crate::broker::split_share;
+use crate::events::Event;
 use crate::message::Message;
 use crate::metrics::SubscribeRefusal;
 use crate::session::{RetainedWalk, SubEntry};
@@ -52,7 +53,7 @@ impl Machine {
             Packet::Publish(publish) => self.on_publish(client, publish),
             Packet::PubAck(ack) => {
                 let done = client.session.state.lock().acknowledge(ack.packet_id);
-                self.forget(client, done.and_then(|i| i.delivery.stored.seq()));
+                self.acked(client, done);
                 Ok(())
             }
             Packet::PubRec(ack) => {
@@ -119,7 +120,7 @@ impl Machine {
             }
             Packet::PubComp(ack) => {
                 let done = client.session.state.lock().take_inflight(ack.packet_id);
-                self.forget(client, done.and_then(|i| i.delivery.stored.seq()));
+                self.acked(client, done);
                 Ok(())
             }
             Packet::Subscribe(sub) => {
@@ -141,6 +142,18 @@ impl Machine {
                 protocol_error(format!("{:?} from a client", packet.packet_type())),
             ),
         }
+    }
+
+    /// A QoS 1/2 delivery the client acknowledged (PUBACK, PUBCOMP): told to
+    /// observers, and its record removed from the store.
+    fn acked(&mut self, client: &Client, done: Option<crate::session::Inflight>) {
+        let Some(done) = done else { return };
+        self.broker.events.emit(|| Event::MessageAcked {
+            client_id: client.client_id().clone(),
+            topic: done.delivery.msg.topic.clone(),
+            qos: done.delivery.qos,
+        });
+        self.forget(client, done.delivery.stored.seq());
     }
 
     /// Removes a delivered message's record from the store.

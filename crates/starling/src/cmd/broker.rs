@@ -182,6 +182,7 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
             builder = builder.authenticate(source);
         }
         let broker = builder.bind().await?;
+        starling_integrate::webhook::start(&broker.state())?;
         let handle = broker.shutdown_handle();
         let mut tokens = None;
         if let Some(admin_config) = admin_config {
