@@ -86,6 +86,11 @@ pub struct Config {
     /// `[auth.http]` and `[auth.jwt]`: authentication sources that ask
     /// other systems.
     pub auth: AuthConfig,
+    /// The Response Information an MQTT 5 client that asks for it (Request
+    /// Response Information = 1) gets in its CONNACK: a topic prefix for its
+    /// responses, `%c` and `%u` replaced by its client id and user name.
+    /// Empty: none is given.
+    pub response_information: String,
     /// `[[webhook]]` tables: broker events posted to HTTP endpoints.
     pub webhook: Vec<WebhookConfig>,
     /// Largest keep alive a client may use, in seconds; 0 means no limit.
@@ -273,6 +278,7 @@ impl Default for Config {
             auth_chain: None,
             auth: AuthConfig::default(),
             webhook: Vec::new(),
+            response_information: "response/%c/".into(),
             max_keepalive: 65535,
             connect_timeout: 10,
             max_connections: 0,

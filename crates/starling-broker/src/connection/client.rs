@@ -124,6 +124,10 @@ pub(crate) struct Client {
     pub mountpoint: Option<Box<ByteString>>,
     /// The index of the listener it came through (`u16::MAX`: none).
     pub listener: u16,
+    /// MQTT 5 Request Problem Information: when `false`, no Reason String
+    /// or User Property goes on anything but PUBLISH, CONNACK and
+    /// DISCONNECT [MQTT-3.1.2-29].
+    pub problem_info: bool,
 }
 
 /// The topic aliases of an MQTT 5 connection.

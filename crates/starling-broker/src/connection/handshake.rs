@@ -375,6 +375,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             if assigned {
                 p.assigned_client_identifier = Some(connect.client_id.clone());
             }
+            // Only when asked for [MQTT-3.1.2-28]; an empty setting gives none.
+            let wants = connect.properties.request_response_information == Some(true);
+            if wants && !config.response_information.is_empty() {
+                let user = connect.username.as_deref().unwrap_or("");
+                let info =
+                    crate::auth::substitute(&config.response_information, &connect.client_id, user);
+                p.response_information = Some(info.into());
+            }
         }
         self.send(&Packet::ConnAck(ack), v);
         self.broker.events.emit(|| Event::ClientConnected {
@@ -432,6 +440,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             aliases: None,
             acl: ctx.acl.clone(),
             grant,
+            problem_info: connect.properties.request_problem_information != Some(false),
             mountpoint: ctx.mountpoint.clone().map(Box::new),
             listener: ctx.listener,
         };

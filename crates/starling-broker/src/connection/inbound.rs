@@ -44,6 +44,35 @@ pub(super) fn check_topic_levels(topic: &str, max: usize, max_len: usize) -> Res
     Ok(())
 }
 
+/// The Reason String of a SUBACK that refuses filters: which, and why.
+fn suback_reason(codes: &[ReasonCode]) -> Option<String> {
+    let refused: Vec<String> = codes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.is_error())
+        .map(|(i, c)| {
+            let why = match *c {
+                ReasonCode::NOT_AUTHORIZED => "not authorized",
+                ReasonCode::QUOTA_EXCEEDED => "subscription quota exceeded",
+                ReasonCode::TOPIC_FILTER_INVALID => "invalid filter",
+                _ => "refused",
+            };
+            format!("filter {}: {why}", i + 1)
+        })
+        .collect();
+    (!refused.is_empty()).then(|| refused.join("; "))
+}
+
+/// The Reason String of a refused PUBLISH.
+fn publish_refusal(code: ReasonCode) -> Option<&'static str> {
+    match code {
+        ReasonCode::NOT_AUTHORIZED => Some("not authorized to publish to this topic"),
+        ReasonCode::QUOTA_EXCEEDED => Some("a persistent subscriber's queue is full"),
+        ReasonCode::PAYLOAD_FORMAT_INVALID => Some("the payload is not UTF-8"),
+        _ => None,
+    }
+}
+
 impl Machine {
     /// Handles one packet; an `Err` ends the connection.
     pub(crate) fn handle(&mut self, client: &mut Client, packet: Packet) -> Result<(), Close> {
@@ -327,11 +356,14 @@ impl Machine {
         if !v.is_v5() {
             code = ReasonCode::SUCCESS;
         }
-        let ack = Ack {
+        let mut ack = Ack {
             packet_id,
             reason_code: code,
             ..Ack::default()
         };
+        if code.is_error() && client.problem_info {
+            ack.properties.reason_string = publish_refusal(code).map(Into::into);
+        }
         let persistent = client
             .session
             .persistent
@@ -452,11 +484,14 @@ impl Machine {
                 });
             }
         }
-        let ack = SubAck {
+        let mut ack = SubAck {
             packet_id: sub.packet_id,
             properties: Default::default(),
             reason_codes: codes,
         };
+        if client.problem_info {
+            ack.properties.reason_string = suback_reason(&ack.reason_codes).map(Into::into);
+        }
         self.send(&Packet::SubAck(ack), v);
         let journal = &mut self.journal;
         if client

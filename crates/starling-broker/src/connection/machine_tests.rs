@@ -58,6 +58,7 @@ fn attach(broker: &Arc<BrokerState>, id: &str, version: V) -> (Machine, Client) 
         aliases: None,
         acl: None,
         grant: None,
+        problem_info: true,
         mountpoint: None,
         listener: u16::MAX,
     };
