@@ -55,6 +55,8 @@ pub struct BrokerState {
     authorizers: RwLock<Arc<[Arc<dyn AuthzSource>]>>,
     /// Whether `authorizers` has any, read without its lock on every message.
     has_authz: std::sync::atomic::AtomicBool,
+    /// SCRAM-SHA-256 credentials (`scram-file`), when configured.
+    pub(crate) scram: RwLock<Option<Arc<crate::auth::ScramFile>>>,
     /// Whether a session was ever given a [`Grant`] (its own topic rules):
     /// from then on, deliveries are checked against the subscriber's grant.
     pub(crate) grants_seen: std::sync::atomic::AtomicBool,
@@ -108,6 +110,7 @@ impl BrokerState {
             authorizers: RwLock::new(Arc::from(Vec::new())),
             has_authz: std::sync::atomic::AtomicBool::new(false),
             grants_seen: std::sync::atomic::AtomicBool::new(false),
+            scram: RwLock::new(None),
             metrics: Metrics::default(),
             events: crate::events::Events::default(),
             cluster: std::sync::OnceLock::new(),
@@ -277,6 +280,11 @@ impl BrokerState {
             Some(acl) => acl.check(username, client_id, topic, access),
             None => true,
         }
+    }
+
+    /// Installs the SCRAM credentials (at start and on reload).
+    pub fn set_scram(&self, file: Option<crate::auth::ScramFile>) {
+        *self.scram.write() = file.map(Arc::new);
     }
 
     /// Adds an authorization source, asked after those added before it and

@@ -166,3 +166,16 @@ async fn request_problem_information_0_takes_reason_strings_off_acknowledgements
     b.stop().await;
     let _ = std::fs::remove_file(acl);
 }
+
+#[tokio::test]
+async fn starling_client_asks_for_response_information() {
+    let b = TestBroker::default().await;
+    let mut o = starling_client::ConnectOptions::new("127.0.0.1", b.tcp.port());
+    o.client_id = "rri".into();
+    o.request_response_information = true;
+    o.request_problem_information = Some(false);
+    let (client, info) = starling_client::Client::connect(o).await.unwrap();
+    assert_eq!(info.response_information(), Some("response/rri/"));
+    client.disconnect().await.unwrap();
+    b.stop().await;
+}

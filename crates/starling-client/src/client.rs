@@ -75,6 +75,7 @@ enum Request {
     Unsubscribe(Unsubscribe, Reply<Vec<ReasonCode>>),
     Disconnect(Disconnect, Reply<()>),
     DropConnection(Reply<()>),
+    Reauthenticate(Reply<()>),
 }
 
 /// The token the protocol state carries for each operation in flight.
@@ -153,6 +154,7 @@ impl Client {
             server_max_packet: server_max_packet.clone(),
             deferred: VecDeque::new(),
             pending_disconnect: None,
+            reauth: None,
         };
         tokio::spawn(driver.run(io));
         let client = Client {
@@ -352,6 +354,14 @@ impl Client {
         self.inner.messages.lock().await.recv().await
     }
 
+    /// Runs MQTT 5 re-authentication with the connection's enhanced
+    /// authentication ([`ConnectOptions::authentication`]): AUTH 0x19, the
+    /// exchange, and AUTH 0x00 from the server. A failure on either side
+    /// ends the connection.
+    pub async fn reauthenticate(&self) -> Result<(), ClientError> {
+        self.request(Request::Reauthenticate).await
+    }
+
     /// Sends DISCONNECT (normal disconnection), flushes, and closes the connection.
     /// The will is discarded.
     pub async fn disconnect(&self) -> Result<(), ClientError> {
@@ -422,8 +432,32 @@ pub(crate) fn connect_packet(opts: &ConnectOptions) -> Connect {
             .iter()
             .map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_str())))
             .collect();
+        p.request_response_information = opts.request_response_information.then_some(true);
+        p.request_problem_information = opts.request_problem_information;
     }
     c
+}
+
+/// The CONNECT for `opts`, with the first Authentication Data of its
+/// enhanced authentication, if any.
+fn connect_with_auth(opts: &ConnectOptions) -> Result<Connect, ConnectError> {
+    let mut c = connect_packet(opts);
+    if let (Some(auth), true) = (&opts.authentication, opts.version.is_v5()) {
+        c.properties.authentication_method = Some(ByteString::from(auth.method()));
+        c.properties.authentication_data = auth.start().map_err(ConnectError::Authentication)?;
+    }
+    Ok(c)
+}
+
+/// An AUTH packet of `auth`'s method.
+fn auth_packet(auth: &dyn crate::EnhancedAuth, code: ReasonCode, data: Option<Bytes>) -> Packet {
+    let mut a = starling_codec::Auth {
+        reason_code: code,
+        ..Default::default()
+    };
+    a.properties.authentication_method = Some(ByteString::from(auth.method()));
+    a.properties.authentication_data = data;
+    Packet::Auth(a)
 }
 
 async fn establish_inner(
@@ -431,7 +465,7 @@ async fn establish_inner(
 ) -> Result<(BoxIo, ConnAck, BytesMut), ConnectError> {
     let mut io = transport::connect(opts).await?;
     let mut buf = BytesMut::new();
-    Packet::Connect(Box::new(connect_packet(opts))).encode(opts.version, &mut buf)?;
+    Packet::Connect(Box::new(connect_with_auth(opts)?)).encode(opts.version, &mut buf)?;
     let io_err = |source| ConnectError::Io {
         address: opts.address(),
         source,
@@ -447,6 +481,22 @@ async fn establish_inner(
         if let Some(packet) = decoder.decode(&mut rbuf)? {
             let connack = match packet {
                 Packet::ConnAck(c) => c,
+                Packet::Auth(a) if a.reason_code == ReasonCode::CONTINUE_AUTHENTICATION => {
+                    let auth = opts.authentication.as_deref().ok_or_else(|| {
+                        ConnectError::UnexpectedPacket(
+                            "AUTH without an authentication method".into(),
+                        )
+                    })?;
+                    let data = auth
+                        .step(a.properties.authentication_data.as_deref())
+                        .map_err(ConnectError::Authentication)?;
+                    let mut out = BytesMut::new();
+                    auth_packet(auth, ReasonCode::CONTINUE_AUTHENTICATION, data)
+                        .encode(opts.version, &mut out)?;
+                    io.write_all(&out).await.map_err(io_err)?;
+                    io.flush().await.map_err(io_err)?;
+                    continue;
+                }
                 other => {
                     return Err(ConnectError::UnexpectedPacket(format!(
                         "{:?}",
@@ -466,6 +516,10 @@ async fn establish_inner(
                     reason_string: p.reason_string.as_ref().map(|s| s.to_string()),
                     server_reference: p.server_reference.as_ref().map(|s| s.to_string()),
                 }));
+            }
+            if let Some(auth) = &opts.authentication {
+                auth.finish(connack.properties.authentication_data.as_deref())
+                    .map_err(ConnectError::Authentication)?;
             }
             return Ok((io, connack, rbuf));
         }
@@ -504,6 +558,8 @@ struct Driver {
     deferred: VecDeque<Request>,
     /// The reply to a DISCONNECT request, sent once DISCONNECT is written.
     pending_disconnect: Option<Reply<()>>,
+    /// A re-authentication under way, answered when it ends.
+    reauth: Option<Reply<()>>,
 }
 
 impl Driver {
@@ -698,6 +754,7 @@ impl Driver {
                     "mismatched acknowledgement".into(),
                 ));
             }
+            Some(Event::Auth(a)) => return self.on_auth(a),
             Some(Event::ServerDisconnect(d)) => {
                 let mut reason = format!("the server sent DISCONNECT: {}", d.reason_code);
                 if let Some(s) = &d.properties.reason_string {
@@ -707,6 +764,34 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// AUTH from the server, during a re-authentication. A server that
+    /// cannot prove itself ends the connection.
+    fn on_auth(&mut self, a: starling_codec::Auth) -> Result<(), String> {
+        let (Some(auth), Some(_)) = (self.opts.authentication.clone(), self.reauth.as_ref()) else {
+            return Err("AUTH from the server outside a re-authentication".into());
+        };
+        let data = a.properties.authentication_data.as_deref();
+        let result = match a.reason_code {
+            ReasonCode::CONTINUE_AUTHENTICATION => match auth.step(data) {
+                Ok(answer) => {
+                    self.out.push(auth_packet(
+                        &*auth,
+                        ReasonCode::CONTINUE_AUTHENTICATION,
+                        answer,
+                    ));
+                    return Ok(());
+                }
+                Err(e) => Err(e),
+            },
+            ReasonCode::SUCCESS => auth.finish(data),
+            other => Err(format!("re-authentication refused: {other}")),
+        };
+        if let Some(tx) = self.reauth.take() {
+            let _ = tx.send(result.clone().map_err(ClientError::Authentication));
+        }
+        result.map_err(|e| format!("re-authentication failed: {e}"))
     }
 
     /// Handles one application request. Returns the exit when it ends the connection.
@@ -749,6 +834,24 @@ impl Driver {
             Request::DropConnection(tx) => {
                 let _ = tx.send(Ok(()));
                 return Some(Exit::Lost("connection dropped by the application".into()));
+            }
+            Request::Reauthenticate(tx) => {
+                let auth = self.opts.authentication.clone();
+                let started = match auth.filter(|_| self.opts.version.is_v5()) {
+                    _ if self.reauth.is_some() => Err("a re-authentication is under way".into()),
+                    None => Err("no enhanced authentication (MQTT 5) to renew".into()),
+                    Some(auth) => auth.start().map(|data| (auth, data)),
+                };
+                match started {
+                    Ok((auth, data)) => {
+                        self.out
+                            .push(auth_packet(&*auth, ReasonCode::RE_AUTHENTICATE, data));
+                        self.reauth = Some(tx);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(ClientError::Authentication(e)));
+                    }
+                }
             }
         }
         None
@@ -902,7 +1005,7 @@ fn fail_request(req: Request, err: ClientError) {
         Request::Subscribe(_, tx) | Request::Unsubscribe(_, tx) => {
             let _ = tx.send(Err(err));
         }
-        Request::Disconnect(_, tx) | Request::DropConnection(tx) => {
+        Request::Disconnect(_, tx) | Request::DropConnection(tx) | Request::Reauthenticate(tx) => {
             let _ = tx.send(Err(err));
         }
     }

@@ -84,6 +84,10 @@ pub enum ConnectError {
     /// The server refused the connection.
     #[error("{0}")]
     Refused(Refusal),
+    /// Enhanced authentication failed on our side (the server could not
+    /// prove itself, or sent what the method cannot read).
+    #[error("enhanced authentication: {0}")]
+    Authentication(String),
     /// No CONNACK within the connect timeout.
     #[error("connect to {address} timed out after {timeout:?} without a CONNACK")]
     Timeout {
@@ -164,4 +168,7 @@ pub enum ClientError {
     /// The protocol state refused the operation.
     #[error(transparent)]
     State(#[from] StateError),
+    /// Enhanced authentication failed, or there is none to renew.
+    #[error("enhanced authentication: {0}")]
+    Authentication(String),
 }

@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod client;
 mod error;
 mod options;
@@ -40,6 +41,7 @@ pub mod state;
 mod transport;
 mod types;
 
+pub use auth::{EnhancedAuth, Scram};
 pub use client::Client;
 pub use error::{ClientError, ConnectCode, ConnectError, Refusal};
 pub use options::{

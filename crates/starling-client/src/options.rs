@@ -155,6 +155,17 @@ pub struct ConnectOptions {
     pub topic_alias_maximum: Option<u16>,
     /// MQTT 5 user properties of CONNECT.
     pub user_properties: Vec<(String, String)>,
+    /// MQTT 5 Request Response Information: ask the server for Response
+    /// Information in the CONNACK (see [`crate::ConnAckInfo::response_information`]).
+    pub request_response_information: bool,
+    /// MQTT 5 Request Problem Information; `Some(false)` asks the server to
+    /// send no Reason String or User Property except on PUBLISH, CONNACK and
+    /// DISCONNECT.
+    pub request_problem_information: Option<bool>,
+    /// MQTT 5 enhanced authentication: its method and data go in the
+    /// CONNECT, and the AUTH exchange runs before the CONNACK (see
+    /// [`crate::Scram`]).
+    pub authentication: Option<std::sync::Arc<dyn crate::EnhancedAuth>>,
     /// Capacity of the incoming message channel (see [`crate::Client::recv`]); 64 by default.
     pub message_capacity: usize,
     /// Capacity of the channel of requests (publish, subscribe, ...) waiting for
@@ -186,6 +197,9 @@ impl ConnectOptions {
             maximum_packet_size: None,
             topic_alias_maximum: None,
             user_properties: Vec::new(),
+            request_response_information: false,
+            request_problem_information: None,
+            authentication: None,
             message_capacity: 64,
             request_capacity: 64,
             reconnect: None,

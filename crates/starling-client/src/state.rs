@@ -121,6 +121,8 @@ pub enum Event<T> {
     },
     /// The server sent DISCONNECT (MQTT 5) and will close the connection.
     ServerDisconnect(Disconnect),
+    /// The server sent AUTH (MQTT 5 re-authentication).
+    Auth(starling_codec::Auth),
 }
 
 /// The protocol state of one client session, across reconnections.
@@ -490,7 +492,7 @@ impl<T> MqttState<T> {
             Packet::Subscribe(_) => Err(StateError::UnexpectedPacket("SUBSCRIBE")),
             Packet::Unsubscribe(_) => Err(StateError::UnexpectedPacket("UNSUBSCRIBE")),
             Packet::PingReq => Err(StateError::UnexpectedPacket("PINGREQ")),
-            Packet::Auth(_) => Err(StateError::UnexpectedPacket("AUTH")),
+            Packet::Auth(a) => Ok(Some(Event::Auth(a))),
         }
     }
 

@@ -97,6 +97,12 @@ pub struct ConnAckInfo {
 }
 
 impl ConnAckInfo {
+    /// The Response Information the server gave (MQTT 5, when asked for
+    /// with [`crate::ConnectOptions::request_response_information`]).
+    pub fn response_information(&self) -> Option<&str> {
+        self.properties.response_information.as_deref()
+    }
+
     pub(crate) fn new(connack: &ConnAck, version: ProtocolVersion, client_id: &str) -> Self {
         let code = if version.is_v5() {
             ConnectCode::V5(connack.reason_code)

@@ -25,6 +25,15 @@ pub fn load_files(
     Ok((passwords, acl))
 }
 
+/// The SCRAM credentials file (`scram-file`), loaded.
+pub fn load_scram(config: &Config) -> Result<Option<super::ScramFile>, super::AuthFileError> {
+    config
+        .scram_file
+        .as_deref()
+        .map(super::ScramFile::load)
+        .transpose()
+}
+
 /// The authenticator for `config`, its password file (loaded) and the
 /// sources beside it (`[auth.jwt]`, `[auth.http]`, an embedder's own).
 ///

@@ -8,9 +8,10 @@ mod grant;
 mod limiter;
 mod password;
 mod pool;
+mod scram;
 
 pub use acl::{covers, substitute, Access, Acl};
-pub use build::{configured, load_files};
+pub use build::{configured, load_files, load_scram};
 pub use chain::{
     AnswerFuture, AuthChain, AuthnSource, AuthzSource, Login, PasswordFileSource, Verdict,
 };
@@ -18,6 +19,7 @@ pub use grant::{Answer, Check, ClientRules, Grant, PrepareFuture, TopicRule, Top
 pub(crate) use limiter::{Admission, AuthLimiter};
 pub use password::{hash_password, PasswordFile, HASH_PARAMS};
 pub use pool::AuthPool;
+pub use scram::ScramFile;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -78,6 +78,10 @@ pub struct Config {
     pub password_file: Option<PathBuf>,
     /// ACL file in Mosquitto's format.
     pub acl_file: Option<PathBuf>,
+    /// SCRAM-SHA-256 credentials (`starling passwd --scram`): MQTT 5 clients
+    /// may authenticate with the Authentication Method `SCRAM-SHA-256`, and
+    /// re-authenticate. Reloads on SIGHUP.
+    pub scram_file: Option<PathBuf>,
     /// The authentication sources in the order they are asked:
     /// `"password-file"`, `"jwt"`, `"http"`. Each answers allow, deny or
     /// "not mine" (the next one is asked); when all pass, `allow-anonymous`
@@ -276,6 +280,7 @@ impl Default for Config {
             password_file: None,
             acl_file: None,
             auth_chain: None,
+            scram_file: None,
             auth: AuthConfig::default(),
             webhook: Vec::new(),
             response_information: "response/%c/".into(),

@@ -128,6 +128,8 @@ pub(crate) struct Client {
     /// or User Property goes on anything but PUBLISH, CONNACK and
     /// DISCONNECT [MQTT-3.1.2-29].
     pub problem_info: bool,
+    /// Whether it authenticated with SCRAM-SHA-256 (and so may re-authenticate).
+    pub enhanced_auth: bool,
 }
 
 /// The topic aliases of an MQTT 5 connection.

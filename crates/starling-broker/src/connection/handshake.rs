@@ -76,7 +76,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     }
 
     /// Writes a refusal CONNACK for `connect`'s version.
-    fn refuse(&mut self, connect: &Connect, code: ReasonCode, why: &str) {
+    pub(super) fn refuse(&mut self, connect: &Connect, code: ReasonCode, why: &str) {
         tracing::info!(
             peer = %self.peer,
             client_id = %connect.client_id,
@@ -91,7 +91,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     }
 
     /// Counts a refused authentication and tells observers.
-    fn auth_failed(&self, connect: &Connect, reason: ReasonCode) {
+    pub(super) fn auth_failed(&self, connect: &Connect, reason: ReasonCode) {
         crate::metrics::Metrics::add(&self.broker.metrics.auth_failures, 1);
         self.broker.events.emit(|| Event::AuthFailed {
             client_id: connect.client_id.clone(),
@@ -158,7 +158,8 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         over_limit: bool,
     ) -> Option<Client> {
         let v = connect.protocol;
-        let config = &self.broker.config;
+        let broker = self.broker.clone();
+        let config = &broker.config;
         if over_limit {
             self.refuse(&connect, ReasonCode::QUOTA_EXCEEDED, "too many connections");
             return None;
@@ -176,14 +177,13 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             );
             return None;
         }
-        // Starling offers no extended authentication method.
+        // Enhanced authentication: SCRAM-SHA-256, when configured.
+        let mut scram_final = None;
         if connect.properties.authentication_method.is_some() {
-            self.refuse(
-                &connect,
-                ReasonCode::BAD_AUTHENTICATION_METHOD,
-                "unsupported authentication method",
-            );
-            return None;
+            let (user, server_final) = self.scram_login(&connect).await?;
+            connect.username = Some(ByteString::from(user));
+            connect.password = None;
+            scram_final = Some(server_final);
         }
         // What outlives the handshake is copied out of the receive buffer.
         connect.client_id = crate::message::owned(&connect.client_id);
@@ -255,6 +255,11 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 peer: self.peer,
             };
             (!authenticator.is_slow(&credentials)).then(|| authenticator.authenticate(&credentials))
+        };
+        let quick = if scram_final.is_some() {
+            Some(AuthDecision::Allow)
+        } else {
+            quick
         };
         let (decision, grant) = match quick {
             Some(decision) => (decision, None),
@@ -375,6 +380,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             if assigned {
                 p.assigned_client_identifier = Some(connect.client_id.clone());
             }
+            if let Some(server_final) = scram_final.take() {
+                p.authentication_method = Some(starling_scram::METHOD.into());
+                p.authentication_data = Some(server_final.into());
+            }
             // Only when asked for [MQTT-3.1.2-28]; an empty setting gives none.
             let wants = connect.properties.request_response_information == Some(true);
             if wants && !config.response_information.is_empty() {
@@ -441,6 +450,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             acl: ctx.acl.clone(),
             grant,
             problem_info: connect.properties.request_problem_information != Some(false),
+            enhanced_auth: connect.properties.authentication_method.is_some(),
             mountpoint: ctx.mountpoint.clone().map(Box::new),
             listener: ctx.listener,
         };

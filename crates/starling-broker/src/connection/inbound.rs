@@ -165,7 +165,7 @@ impl Machine {
                 Ok(())
             }
             Packet::Disconnect(d) => self.on_disconnect(client, d),
-            Packet::Auth(_) => Err(protocol_error("AUTH without an authentication method")),
+            Packet::Auth(a) => self.on_auth(client, a),
             Packet::Connect(_) => Err(protocol_error("[MQTT-3.1.0-2] second CONNECT")),
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => Err(
                 protocol_error(format!("{:?} from a client", packet.packet_type())),

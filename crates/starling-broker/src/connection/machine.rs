@@ -73,6 +73,8 @@ pub(crate) struct Machine {
     rates: Option<Box<(Option<TokenBucket>, Option<TokenBucket>)>>,
     /// Until when the connection is not read because of its publish rate.
     pub throttled_until: Option<Instant>,
+    /// A re-authentication under way (see [`super::enhanced`]).
+    pub(super) reauth: Option<Box<starling_scram::ServerExchange>>,
 }
 
 /// Topic aliases towards the client: a topic seen before goes as its alias
@@ -152,6 +154,7 @@ impl Machine {
             stall_until: None,
             rates: None,
             throttled_until: None,
+            reauth: None,
         }
     }
 

@@ -59,6 +59,7 @@ fn attach(broker: &Arc<BrokerState>, id: &str, version: V) -> (Machine, Client) 
         acl: None,
         grant: None,
         problem_info: true,
+        enhanced_auth: false,
         mountpoint: None,
         listener: u16::MAX,
     };

@@ -14,6 +14,7 @@
 mod authorize;
 mod client;
 mod conn;
+mod enhanced;
 mod handshake;
 pub(crate) mod hibernate;
 mod inbound;
@@ -539,6 +540,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                             && self.m.throttled_until.is_none()
                             && reading_page.is_none()
                             && self.held.is_none()
+                            && self.m.reauth.is_none()
                         {
                             return Close::Hibernate;
                         }

@@ -87,11 +87,13 @@ impl BrokerBuilder {
     pub async fn bind(self) -> Result<Broker, StartError> {
         let config = self.config;
         let (passwords, acl) = crate::auth::load_files(&config)?;
+        let scram = crate::auth::load_scram(&config)?;
         let authenticator = crate::auth::configured(&config, passwords, &self.sources);
         let mut broker = Broker::bind_with_store(config, authenticator, acl, self.store).await?;
         broker.reload.files = true;
         broker.reload.sources = self.sources;
         let state = broker.state();
+        state.set_scram(scram);
         for source in self.authorizers {
             state.add_authorizer(source);
         }

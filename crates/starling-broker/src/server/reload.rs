@@ -95,7 +95,8 @@ impl ReloadHandle {
             tls.push((l, config, quic));
         }
         let files = if self.files {
-            Some(crate::auth::load_files(&self.state.config)?)
+            let (passwords, acl) = crate::auth::load_files(&self.state.config)?;
+            Some((passwords, acl, crate::auth::load_scram(&self.state.config)?))
         } else {
             None
         };
@@ -126,7 +127,8 @@ impl ReloadHandle {
                 endpoint.set_server_config(Some(quic));
             }
         }
-        if let Some((passwords, acl)) = files {
+        if let Some((passwords, acl, scram)) = files {
+            self.state.set_scram(scram);
             *self.state.authenticator.write() =
                 crate::auth::configured(&self.state.config, passwords, &self.sources);
             self.state.set_acl(acl);

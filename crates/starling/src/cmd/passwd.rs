@@ -1,12 +1,13 @@
 //! `starling passwd`: adds or updates a user in a password file, with an
-//! argon2id hash, like `mosquitto_passwd`.
+//! argon2id hash, like `mosquitto_passwd`; with `--scram`, in a SCRAM-SHA-256
+//! credentials file (`scram-file`) instead.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use starling_broker::auth::{hash_password, PasswordFile};
+use starling_broker::auth::{hash_password, PasswordFile, ScramFile};
 
 /// Arguments of `starling passwd`.
 #[derive(clap::Args, Debug)]
@@ -17,6 +18,10 @@ pub struct PasswdArgs {
     /// Create a new file, replacing any existing one.
     #[arg(short = 'c')]
     create: bool,
+    /// Write SCRAM-SHA-256 credentials (for `scram-file`: MQTT 5 enhanced
+    /// authentication) instead of a password hash.
+    #[arg(long)]
+    scram: bool,
     /// Password file.
     file: PathBuf,
     /// User name.
@@ -36,6 +41,19 @@ pub fn run(args: PasswdArgs) -> anyhow::Result<ExitCode> {
         (false, Some(_)) => anyhow::bail!("a password argument needs -b"),
         (false, None) => read_password()?,
     };
+    if args.scram {
+        let mut file = if args.create || !args.file.exists() {
+            ScramFile::default()
+        } else {
+            ScramFile::load(&args.file)?
+        };
+        let credential =
+            starling_scram::Credential::new(&password, starling_scram::DEFAULT_ITERATIONS);
+        file.set(&args.user, credential);
+        std::fs::write(&args.file, file.to_text())
+            .with_context(|| format!("{}", args.file.display()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut file = if args.create || !args.file.exists() {
         PasswordFile::default()
     } else {
