@@ -68,6 +68,30 @@ struct Inner {
 
 type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
 
+/// The acknowledgement of a publish queued with [`Client::publish_queued`]:
+/// completes with the reason code of PUBACK or PUBCOMP (success for QoS 0
+/// once written).
+#[derive(Debug)]
+pub struct Acknowledgement {
+    rx: oneshot::Receiver<Result<ReasonCode, ClientError>>,
+    closed: ClientError,
+}
+
+impl std::future::Future for Acknowledgement {
+    type Output = Result<ReasonCode, ClientError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match std::pin::Pin::new(&mut self.rx).poll(cx) {
+            std::task::Poll::Ready(Ok(result)) => std::task::Poll::Ready(result),
+            std::task::Poll::Ready(Err(_)) => std::task::Poll::Ready(Err(self.closed.clone())),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Request {
     Publish(Publish, Reply<ReasonCode>),
@@ -222,6 +246,24 @@ impl Client {
         retain: bool,
         properties: Properties,
     ) -> Result<ReasonCode, ClientError> {
+        self.publish_queued(topic, payload, qos, retain, properties)
+            .await?
+            .await
+    }
+
+    /// Queues a publish and returns without waiting for its acknowledgement:
+    /// publishes queued one after the other go out in that order, and the
+    /// returned [`Acknowledgement`] completes when the server acknowledged
+    /// this one. For pipelines such as a bridge, which keep many messages in
+    /// flight and must keep their order.
+    pub async fn publish_queued(
+        &self,
+        topic: impl Into<String>,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+        properties: Properties,
+    ) -> Result<Acknowledgement, ClientError> {
         let topic = topic.into();
         if topic.is_empty() || has_wildcard(&topic) {
             return Err(ClientError::InvalidTopic(format!(
@@ -242,7 +284,20 @@ impl Client {
         let Packet::Publish(publish) = packet else {
             unreachable!("built as a PUBLISH above")
         };
-        self.request(|tx| Request::Publish(publish, tx)).await
+        let (tx, rx) = oneshot::channel();
+        if self
+            .inner
+            .requests
+            .send(Request::Publish(publish, tx))
+            .await
+            .is_err()
+        {
+            return Err(self.closed_error());
+        }
+        Ok(Acknowledgement {
+            rx,
+            closed: self.closed_error(),
+        })
     }
 
     /// Checks a packet encodes and fits the server's maximum packet size.

@@ -42,7 +42,7 @@ mod transport;
 mod types;
 
 pub use auth::{EnhancedAuth, Scram};
-pub use client::Client;
+pub use client::{Acknowledgement, Client};
 pub use error::{ClientError, ConnectCode, ConnectError, Refusal};
 pub use options::{
     parse_version, ClientTlsConfig, ConnectOptions, LastWill, ReconnectOptions, TransportKind,

@@ -9,6 +9,7 @@
 //!   connection.
 //!
 //! - [`webhook`]: `[[webhook]]`, broker events posted to HTTP endpoints.
+//! - [`bridge`]: `[[bridge]]`, store-and-forward links to other brokers.
 //!
 //! [`sources`] builds the authentication sources a configuration asks for,
 //! to hand to [`starling_broker::Broker::builder`]; [`webhook::start`] starts
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bridge;
 pub mod cache;
 pub mod error;
 pub mod http;

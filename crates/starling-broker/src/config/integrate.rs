@@ -238,6 +238,153 @@ pub(super) fn validate_webhooks(hooks: &[WebhookConfig]) -> Result<(), (&'static
     Ok(())
 }
 
+/// Which way a `[[bridge.topic]]` carries messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// From this broker to the remote one.
+    #[default]
+    Out,
+    /// From the remote broker to this one.
+    In,
+    /// Both ways.
+    Both,
+}
+
+/// A `[[bridge.topic]]`: what a bridge carries. A message on the local
+/// topic `local-prefix` + T (T matching `filter`) goes out as
+/// `remote-prefix` + T, and the other way for `in`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BridgeTopic {
+    /// Which way.
+    pub direction: Direction,
+    /// The topic filter, without the prefixes.
+    pub filter: String,
+    /// The QoS of the subscriptions (and so the most a message keeps).
+    pub qos: u8,
+    /// Put before the filter on this broker.
+    pub local_prefix: String,
+    /// Put before the filter on the remote broker.
+    pub remote_prefix: String,
+}
+
+impl Default for BridgeTopic {
+    fn default() -> Self {
+        BridgeTopic {
+            direction: Direction::Out,
+            filter: "#".into(),
+            qos: 1,
+            local_prefix: String::new(),
+            remote_prefix: String::new(),
+        }
+    }
+}
+
+/// A `[[bridge]]` table: a store-and-forward link to another MQTT broker.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BridgeConfig {
+    /// The bridge's name (unique; in logs, metrics and the loop marker).
+    pub name: String,
+    /// The remote broker: `mqtt://`, `mqtts://`, `ws://`, `wss://` or `quic://`.
+    pub url: String,
+    /// The client id on the remote broker (default `starling-bridge-NAME`).
+    pub client_id: Option<String>,
+    /// User name on the remote broker.
+    pub username: Option<String>,
+    /// Password on the remote broker.
+    pub password: Option<String>,
+    /// PEM CA certificates the remote broker is verified against.
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate chain (mutual TLS).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM client key (mutual TLS).
+    pub tls_key: Option<PathBuf>,
+    /// `"5"` (default) or `"3.1.1"`.
+    pub protocol: String,
+    /// Most messages per second sent to the remote broker (0: no limit):
+    /// a backlog after an outage drains at this rate.
+    pub max_rate: u64,
+    /// What it carries.
+    pub topic: Vec<BridgeTopic>,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig {
+            name: String::new(),
+            url: String::new(),
+            client_id: None,
+            username: None,
+            password: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            protocol: "5".into(),
+            max_rate: 0,
+            topic: Vec::new(),
+        }
+    }
+}
+
+/// Checks the `[[bridge]]` tables: `Err((key, message))`.
+pub(super) fn validate_bridges(bridges: &[BridgeConfig]) -> Result<(), (&'static str, String)> {
+    for (i, b) in bridges.iter().enumerate() {
+        let at = |what: &str| format!("bridge #{} ({:?}): {what}", i + 1, b.name);
+        if b.name.is_empty()
+            || !b
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err((
+                "bridge.name",
+                at("needs a name of letters, digits, '-', '_' or '.'"),
+            ));
+        }
+        if bridges[..i].iter().any(|o| o.name == b.name) {
+            return Err(("bridge.name", at("the name is used twice")));
+        }
+        let schemes = ["mqtt://", "mqtts://", "ws://", "wss://", "quic://"];
+        if !schemes.iter().any(|s| b.url.starts_with(s)) {
+            return Err((
+                "bridge.url",
+                at("must be an mqtt://, mqtts://, ws://, wss:// or quic:// URL"),
+            ));
+        }
+        if !["5", "3.1.1"].contains(&b.protocol.as_str()) {
+            return Err(("bridge.protocol", at("must be \"5\" or \"3.1.1\"")));
+        }
+        if b.topic.is_empty() {
+            return Err(("bridge.topic", at("needs at least one [[bridge.topic]]")));
+        }
+        for t in &b.topic {
+            if t.qos > 2 {
+                return Err(("bridge.topic.qos", at("qos must be 0, 1 or 2")));
+            }
+            for filter in [
+                format!("{}{}", t.local_prefix, t.filter),
+                format!("{}{}", t.remote_prefix, t.filter),
+            ] {
+                if starling_codec::topic::validate_filter(&filter).is_err() {
+                    return Err((
+                        "bridge.topic.filter",
+                        at(&format!("{filter:?} is not a topic filter")),
+                    ));
+                }
+            }
+            if [&t.local_prefix, &t.remote_prefix]
+                .iter()
+                .any(|p| p.contains(['+', '#']))
+            {
+                return Err(("bridge.topic", at("a prefix may not hold a wildcard")));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks the integration settings: `Err((key, message))`.
 pub(super) fn validate(
     chain: Option<&[String]>,

@@ -7,7 +7,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod integrate;
-pub use integrate::{AuthConfig, HttpAuthConfig, JwtAuthConfig, OnError, WebhookConfig};
+pub use integrate::{
+    AuthConfig, BridgeConfig, BridgeTopic, Direction, HttpAuthConfig, JwtAuthConfig, OnError,
+    WebhookConfig,
+};
 
 /// What happens when a session's queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -97,6 +100,8 @@ pub struct Config {
     pub response_information: String,
     /// `[[webhook]]` tables: broker events posted to HTTP endpoints.
     pub webhook: Vec<WebhookConfig>,
+    /// `[[bridge]]` tables: store-and-forward links to other brokers.
+    pub bridge: Vec<BridgeConfig>,
     /// Largest keep alive a client may use, in seconds; 0 means no limit.
     pub max_keepalive: u16,
     /// Seconds a new connection has to send CONNECT.
@@ -283,6 +288,7 @@ impl Default for Config {
             scram_file: None,
             auth: AuthConfig::default(),
             webhook: Vec::new(),
+            bridge: Vec::new(),
             response_information: "response/%c/".into(),
             max_keepalive: 65535,
             connect_timeout: 10,
@@ -453,6 +459,9 @@ impl Config {
             return invalid(key, &message);
         }
         if let Err((key, message)) = integrate::validate_webhooks(&self.webhook) {
+            return invalid(key, &message);
+        }
+        if let Err((key, message)) = integrate::validate_bridges(&self.bridge) {
             return invalid(key, &message);
         }
         if self.listen.is_empty() && self.listener.is_empty() {

@@ -314,6 +314,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 fetch.await;
             }
         }
+        // A part of the broker (a bridge) may use every topic.
+        let grant = match ctx.internal {
+            true => Some(Grant {
+                superuser: true,
+                ..Grant::default()
+            }),
+            false => grant,
+        };
         let grant = grant.map(Arc::new);
         let broker = self.broker.clone();
         let config = &broker.config;

@@ -62,6 +62,7 @@ impl Shared {
             passwords: info.files.passwords.clone(),
             acl: info.files.acl.clone(),
             mountpoint: info.mountpoint.clone(),
+            internal: false,
         }
     }
 

@@ -105,11 +105,25 @@ pub struct LocalConnector {
 impl LocalConnector {
     /// Opens a connection; the returned stream is the client's end.
     pub fn connect(&self) -> tokio::io::DuplexStream {
+        self.open(ConnContext::default())
+    }
+
+    /// Opens a connection for a part of the broker itself (a bridge): it
+    /// is let in as user `name` whatever the authentication settings, and
+    /// may publish and subscribe to every topic.
+    pub fn connect_internal(&self, name: &str) -> tokio::io::DuplexStream {
+        self.open(ConnContext {
+            identity: Some(name.to_string()),
+            internal: true,
+            ..ConnContext::default()
+        })
+    }
+
+    fn open(&self, ctx: ConnContext) -> tokio::io::DuplexStream {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let state = self.state.clone();
         let shutdown = self.shutdown.clone();
         let peer = SocketAddr::from(([0, 0, 0, 0], 0));
-        let ctx = ConnContext::default();
         tokio::spawn(transport::with_context(
             ctx,
             crate::connection::serve(server, peer, state, shutdown, false),

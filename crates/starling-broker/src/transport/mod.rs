@@ -46,6 +46,9 @@ pub(crate) struct ConnContext {
     pub acl: Option<Arc<ListenerFile<Acl>>>,
     /// The listener's mountpoint (a topic prefix).
     pub mountpoint: Option<ByteString>,
+    /// A part of the broker itself (a bridge) connecting in memory: let in
+    /// as `identity`, and every topic allowed.
+    pub internal: bool,
 }
 
 impl Default for ConnContext {
@@ -57,6 +60,7 @@ impl Default for ConnContext {
             passwords: None,
             acl: None,
             mountpoint: None,
+            internal: false,
         }
     }
 }

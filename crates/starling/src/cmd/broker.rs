@@ -164,6 +164,7 @@ fn init_logging(level: &str, format: starling_broker::LogFormat) {
 
 /// Runs the broker until SIGINT or SIGTERM.
 pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
+    let config_path = args.config.clone();
     let config = args.into_config()?;
     init_logging(&config.log_level, config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -183,6 +184,9 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
         }
         let broker = builder.bind().await?;
         starling_integrate::webhook::start(&broker.state())?;
+        let bridges =
+            starling_integrate::bridge::Bridges::start(broker.local_connector(), &config.bridge)
+                .await;
         let handle = broker.shutdown_handle();
         let mut tokens = None;
         if let Some(admin_config) = admin_config {
@@ -197,7 +201,11 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
             tokens = Some(admin.tokens());
             tokio::spawn(admin.run());
         }
-        tokio::spawn(reload_on_sighup(broker.reload_handle(), tokens));
+        tokio::spawn(reload_on_sighup(
+            broker.reload_handle(),
+            tokens,
+            Some((bridges, config_path)),
+        ));
         tokio::spawn(async move {
             wait_for_signal().await;
             handle.shutdown();
@@ -216,6 +224,10 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
 async fn reload_on_sighup(
     reload: starling_broker::ReloadHandle,
     tokens: Option<std::sync::Arc<starling_admin::Tokens>>,
+    bridges: Option<(
+        std::sync::Arc<starling_integrate::bridge::Bridges>,
+        Option<std::path::PathBuf>,
+    )>,
 ) {
     #[cfg(unix)]
     {
@@ -230,6 +242,16 @@ async fn reload_on_sighup(
                     Err(err) => tracing::error!("SIGHUP: keeping the previous API tokens: {err}"),
                 }
             }
+            // The [[bridge]] tables are read again from the file.
+            if let Some((bridges, Some(path))) = &bridges {
+                match Config::from_file(path) {
+                    Ok(config) => {
+                        bridges.reload(&config.bridge);
+                        tracing::info!("SIGHUP: bridges reloaded");
+                    }
+                    Err(err) => tracing::error!("SIGHUP: keeping the previous bridges: {err}"),
+                }
+            }
             let reload = reload.clone();
             match tokio::task::spawn_blocking(move || reload.reload()).await {
                 Ok(Ok(())) => tracing::info!("SIGHUP: certificates and auth files reloaded"),
@@ -242,7 +264,7 @@ async fn reload_on_sighup(
     }
     #[cfg(not(unix))]
     {
-        let _ = (reload, tokens);
+        let _ = (reload, tokens, bridges);
         std::future::pending::<()>().await
     }
 }
