@@ -37,6 +37,7 @@ pub mod auth;
 pub mod client;
 mod error;
 mod options;
+pub mod outbox;
 pub mod state;
 mod transport;
 mod types;
@@ -47,6 +48,7 @@ pub use error::{ClientError, ConnectCode, ConnectError, Refusal};
 pub use options::{
     parse_version, ClientTlsConfig, ConnectOptions, LastWill, ReconnectOptions, TransportKind,
 };
+pub use outbox::Outbox;
 pub use types::{ConnAckInfo, ConnectionStatus, Message, ServerLimits};
 
 pub use starling_codec::{

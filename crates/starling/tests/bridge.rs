@@ -77,7 +77,12 @@ async fn mosquitto(dir: &Path, port: u16) -> Proc {
         ),
     )
     .unwrap();
-    let child = Command::new("mosquitto")
+    let bin = if Path::new("/usr/sbin/mosquitto").exists() {
+        "/usr/sbin/mosquitto"
+    } else {
+        "mosquitto"
+    };
+    let child = Command::new(bin)
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())

@@ -172,6 +172,12 @@ pub struct PubArgs {
     /// Retain the message.
     #[arg(short = 'r', long = "retain")]
     retain: bool,
+    /// Keep QoS 1/2 messages in a persistent outbox in this directory until
+    /// the server acknowledged them: they are stored before connecting,
+    /// sent (with what an earlier run left) once a connection succeeds
+    /// (retried until it does), and survive a crash of this process.
+    #[arg(long = "outbox")]
+    outbox: Option<PathBuf>,
 }
 
 /// Runs `starling pub`: connects, publishes, and disconnects.
@@ -201,6 +207,9 @@ async fn publish_main(args: PubArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    if let Some(dir) = args.outbox.clone() {
+        return outbox_main(args, &dir, qos, single).await;
+    }
     let client = connect(&args.conn, "pub").await?;
     let publish = |payload: Bytes| {
         let client = client.clone();
@@ -245,6 +254,59 @@ async fn publish_main(args: PubArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    client.disconnect().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `starling pub --outbox`: stores, then sends through the outbox.
+async fn outbox_main(
+    args: PubArgs,
+    dir: &std::path::Path,
+    qos: QoS,
+    single: Option<Bytes>,
+) -> anyhow::Result<ExitCode> {
+    let outbox = starling_client::Outbox::open(dir)?;
+    let store = |payload: Bytes| -> anyhow::Result<()> {
+        let len = payload.len();
+        outbox.publish(args.topic.as_str(), payload, qos, args.retain)?;
+        if args.conn.debug {
+            eprintln!("Stored {len} bytes for {} in the outbox", args.topic);
+        }
+        Ok(())
+    };
+    match single {
+        Some(payload) => store(payload)?,
+        None => {
+            for line in std::io::stdin().lock().lines() {
+                let line = line.context("cannot read stdin")?;
+                let line = line.strip_suffix('\r').unwrap_or(&line);
+                if !line.is_empty() {
+                    store(Bytes::from(line.to_owned()))?;
+                }
+            }
+        }
+    }
+    let mut opts = args.conn.options("pub")?;
+    opts.reconnect.get_or_insert_with(Default::default);
+    let mut delay = std::time::Duration::from_millis(100);
+    let client = loop {
+        match Client::connect(opts.clone()).await {
+            Ok((client, _)) => break client,
+            Err(e) => {
+                if args.conn.debug {
+                    eprintln!(
+                        "Not connected ({e}); {} messages wait in the outbox",
+                        outbox.len()
+                    );
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    };
+    let client = std::sync::Arc::new(client);
+    outbox.attach(client.clone());
+    outbox.flushed().await;
     client.disconnect().await?;
     Ok(ExitCode::SUCCESS)
 }
