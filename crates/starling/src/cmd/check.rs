@@ -74,6 +74,20 @@ fn check(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{origin}: {key}: {}: {e}", path.display()))?;
         }
     }
+    if let Some(path) = &config.scram_file {
+        starling_broker::auth::ScramFile::load(path)
+            .map_err(|e| anyhow::anyhow!("{origin}: scram-file: {e}"))?;
+    }
+    // The key files of [auth.jwt] (a JWKS URL is fetched by the broker)
+    // and the CA file of [auth.http].
+    if let Some(jwt) = config.auth.jwt.as_ref().filter(|j| j.jwks_url.is_none()) {
+        starling_integrate::jwt::JwtAuth::new(jwt)
+            .map_err(|e| anyhow::anyhow!("{origin}: auth.jwt: {e}"))?;
+    }
+    if let Some(http) = &config.auth.http {
+        starling_integrate::http::HttpAuth::new(http)
+            .map_err(|e| anyhow::anyhow!("{origin}: auth.http: {e}"))?;
+    }
     if let Some(url) = &config.http_listen {
         starling_admin::check_listen(url).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     }
