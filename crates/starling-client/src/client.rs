@@ -100,6 +100,7 @@ enum Request {
     Disconnect(Disconnect, Reply<()>),
     DropConnection(Reply<()>),
     Reauthenticate(Reply<()>),
+    Ack(u16),
 }
 
 /// The token the protocol state carries for each operation in flight.
@@ -179,6 +180,7 @@ impl Client {
             deferred: VecDeque::new(),
             pending_disconnect: None,
             reauth: None,
+            held_acks: std::collections::HashMap::new(),
         };
         tokio::spawn(driver.run(io));
         let client = Client {
@@ -409,6 +411,20 @@ impl Client {
         self.inner.messages.lock().await.recv().await
     }
 
+    /// Acknowledges `message` (PUBACK, or PUBREC for QoS 2), with
+    /// [`ConnectOptions::manual_acks`]; does nothing otherwise, for QoS 0, or
+    /// for a message of an earlier connection (the server sends it again).
+    pub async fn ack(&self, message: &Message) -> Result<(), ClientError> {
+        if message.qos == QoS::AtMostOnce {
+            return Ok(());
+        }
+        self.inner
+            .requests
+            .send(Request::Ack(message.packet_id))
+            .await
+            .map_err(|_| self.closed_error())
+    }
+
     /// Runs MQTT 5 re-authentication with the connection's enhanced
     /// authentication ([`ConnectOptions::authentication`]): AUTH 0x19, the
     /// exchange, and AUTH 0x00 from the server. A failure on either side
@@ -615,6 +631,9 @@ struct Driver {
     pending_disconnect: Option<Reply<()>>,
     /// A re-authentication under way, answered when it ends.
     reauth: Option<Reply<()>>,
+    /// With manual acknowledgements: the PUBACK or PUBREC of each message
+    /// handed to the application, by packet id, until it calls `ack`.
+    held_acks: std::collections::HashMap<u16, Packet>,
 }
 
 impl Driver {
@@ -712,6 +731,7 @@ impl Driver {
                     for (_, ack) in self.deliveries.iter_mut() {
                         *ack = None;
                     }
+                    self.held_acks.clear();
                     self.out.clear();
                     self.state
                         .on_connack(&connack, Instant::now(), &mut self.out);
@@ -753,8 +773,14 @@ impl Driver {
     /// Moves deliveries into the channel as long as it has room.
     fn try_deliver(&mut self) {
         while let Some((msg, ack)) = self.deliveries.pop_front() {
+            let id = msg.packet_id;
             match self.messages.try_send(msg) {
-                Ok(()) => self.out.extend(ack),
+                Ok(()) => match ack {
+                    Some(ack) if self.opts.manual_acks => {
+                        self.held_acks.insert(id, ack);
+                    }
+                    ack => self.out.extend(ack),
+                },
                 Err(mpsc::error::TrySendError::Full(msg)) => {
                     self.deliveries.push_front((msg, ack));
                     break;
@@ -889,6 +915,11 @@ impl Driver {
             Request::DropConnection(tx) => {
                 let _ = tx.send(Ok(()));
                 return Some(Exit::Lost("connection dropped by the application".into()));
+            }
+            Request::Ack(id) => {
+                if let Some(ack) = self.held_acks.remove(&id) {
+                    self.out.push(ack);
+                }
             }
             Request::Reauthenticate(tx) => {
                 let auth = self.opts.authentication.clone();
@@ -1063,6 +1094,7 @@ fn fail_request(req: Request, err: ClientError) {
         Request::Disconnect(_, tx) | Request::DropConnection(tx) | Request::Reauthenticate(tx) => {
             let _ = tx.send(Err(err));
         }
+        Request::Ack(_) => {}
     }
 }
 

@@ -171,6 +171,12 @@ pub struct ConnectOptions {
     /// Capacity of the channel of requests (publish, subscribe, ...) waiting for
     /// the connection task; 64 by default.
     pub request_capacity: usize,
+    /// Acknowledge QoS 1/2 messages only when the application calls
+    /// [`crate::Client::ack`] (by default they are acknowledged when handed
+    /// to [`crate::Client::recv`]). For applications that must make a
+    /// message safe before the server forgets it, such as a bridge; an
+    /// unacknowledged message is sent again after a reconnection.
+    pub manual_acks: bool,
     /// Automatic reconnection; off by default.
     pub reconnect: Option<ReconnectOptions>,
 }
@@ -202,6 +208,7 @@ impl ConnectOptions {
             authentication: None,
             message_capacity: 64,
             request_capacity: 64,
+            manual_acks: false,
             reconnect: None,
         }
     }

@@ -20,6 +20,9 @@ pub struct Message {
     pub dup: bool,
     /// MQTT 5 properties (content type, user properties, subscription identifiers, ...).
     pub properties: Properties,
+    /// The packet identifier (0 for QoS 0), which [`crate::Client::ack`]
+    /// names with [`crate::ConnectOptions::manual_acks`].
+    pub packet_id: u16,
 }
 
 impl From<Publish> for Message {
@@ -31,6 +34,7 @@ impl From<Publish> for Message {
             retain: p.retain,
             dup: p.dup,
             properties: p.properties,
+            packet_id: p.packet_id,
         }
     }
 }

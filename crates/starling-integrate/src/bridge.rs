@@ -17,7 +17,10 @@
 //! least once: a message the remote acknowledged just before a crash may be
 //! sent twice.
 //!
-//! `in` topics are subscribed on the remote broker and published here.
+//! `in` topics are subscribed on the remote broker and published here; the
+//! remote broker's copy is acknowledged only once this broker acknowledged
+//! it (manual acknowledgements), so a crash here loses nothing in that
+//! direction either.
 //!
 //! Loops: both ends subscribe with No Local (MQTT 5), so a bridge never gets
 //! back what it sent; each forwarded message carries the user property
@@ -265,6 +268,9 @@ fn remote_options(config: &BridgeConfig) -> Result<ConnectOptions, String> {
         ..ReconnectOptions::default()
     });
     o.message_capacity = IN_FLIGHT;
+    // A message from the remote broker is acknowledged there only once this
+    // broker has it.
+    o.manual_acks = true;
     Ok(o)
 }
 
@@ -423,7 +429,12 @@ impl Link {
                             qos2.remove(&a.packet_id);
                             local.send(Packet::PubComp(Ack::new(a.packet_id)));
                         }
-                        Packet::PubAck(a) | Packet::PubComp(a) => local_ids.release(a.packet_id),
+                        Packet::PubAck(a) | Packet::PubComp(a) => {
+                            // Brought in and safe here: the remote broker may forget it.
+                            if let Some(msg) = local_ids.release(a.packet_id) {
+                                let _ = remote.ack(&msg).await;
+                            }
+                        }
                         Packet::PubRec(a) => local.send(Packet::PubRel(Ack::new(a.packet_id))),
                         Packet::SubAck(_) | Packet::PingResp => {}
                         Packet::Disconnect(d) => return Err(format!("the broker ended the link: {}", d.reason_code)),
@@ -448,7 +459,9 @@ impl Link {
                     }
                 }
                 Some(msg) = in_rx.recv(), if local_ids.has_room() => {
-                    self.bring_in(msg, &mut local, &mut local_ids);
+                    if let Some(done) = self.bring_in(msg, &mut local, &mut local_ids) {
+                        let _ = remote.ack(&done).await;
+                    }
                 }
             }
             local.flush().await?;
@@ -492,23 +505,35 @@ impl Link {
         Ok(Some(Box::pin(async move { (id, qos, ack.await) })))
     }
 
-    /// Publishes a message from the remote broker here (at most QoS 1).
-    fn bring_in(&self, msg: starling_client::Message, local: &mut Local, ids: &mut PacketIds) {
+    /// Publishes a message from the remote broker here (at QoS 1 at most).
+    /// The remote message is acknowledged when this broker acknowledged it
+    /// (the remote client uses manual acknowledgements); one that is not
+    /// carried, or goes on at QoS 0, is returned to be acknowledged now.
+    fn bring_in(
+        &self,
+        msg: starling_client::Message,
+        local: &mut Local,
+        ids: &mut PacketIds,
+    ) -> Option<starling_client::Message> {
         let Some((topic, max)) = self.inward(&msg.topic) else {
-            return;
+            return Some(msg);
         };
         if self.looped(&msg.properties) {
-            return;
+            return Some(msg);
         }
         let qos = msg.qos.min(max).min(QoS::AtLeastOnce);
-        let mut p = Publish::new(topic.as_str(), msg.payload);
+        let mut p = Publish::new(topic.as_str(), msg.payload.clone());
         p.qos = qos;
         p.retain = msg.retain;
-        p.properties = self.carried(msg.properties);
-        if qos != QoS::AtMostOnce {
-            p.packet_id = ids.take();
-        }
+        p.properties = self.carried(msg.properties.clone());
+        let done = if qos == QoS::AtMostOnce {
+            Some(msg)
+        } else {
+            p.packet_id = ids.take(Some(msg));
+            None
+        };
         local.send(Packet::Publish(p));
+        done
     }
 }
 
@@ -539,10 +564,11 @@ fn options(q: u8) -> SubscriptionOptions {
     }
 }
 
-/// Packet ids of the messages brought in, not yet acknowledged here.
+/// Packet ids of the messages brought in, not yet acknowledged here, with
+/// the remote message each one acknowledges once it is.
 #[derive(Default)]
 struct PacketIds {
-    used: HashSet<u16>,
+    used: HashMap<u16, Option<starling_client::Message>>,
     next: u16,
 }
 
@@ -551,17 +577,19 @@ impl PacketIds {
         self.used.len() < IN_FLIGHT
     }
 
-    fn take(&mut self) -> u16 {
+    fn take(&mut self, remote: Option<starling_client::Message>) -> u16 {
         loop {
             self.next = self.next.wrapping_add(1).max(1);
-            if self.used.insert(self.next) {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.used.entry(self.next) {
+                e.insert(remote);
                 return self.next;
             }
         }
     }
 
-    fn release(&mut self, id: u16) {
-        self.used.remove(&id);
+    /// The remote message to acknowledge now that `id` was acknowledged here.
+    fn release(&mut self, id: u16) -> Option<starling_client::Message> {
+        self.used.remove(&id).flatten()
     }
 }
 
@@ -711,12 +739,12 @@ mod tests {
     #[test]
     fn local_packet_ids_skip_those_in_use() {
         let mut ids = PacketIds::default();
-        let a = ids.take();
-        let b = ids.take();
+        let a = ids.take(None);
+        let b = ids.take(None);
         assert_ne!(a, b);
         ids.next = u16::MAX;
-        assert_eq!((a, b, ids.take()), (1, 2, 3), "1 and 2 are in use");
-        ids.release(a);
+        assert_eq!((a, b, ids.take(None)), (1, 2, 3), "1 and 2 are in use");
+        assert!(ids.release(a).is_none());
         assert!(ids.has_room());
     }
 }

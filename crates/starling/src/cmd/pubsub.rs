@@ -515,6 +515,7 @@ mod tests {
             retain: true,
             dup: false,
             properties: Properties::default(),
+            packet_id: 0,
         }
     }
 
