@@ -226,6 +226,15 @@ fn payload(bytes: &Bytes, put: &mut impl FnMut(&str, Value)) {
 
 impl EventObserver for Webhook {
     fn observe(&self, event: &Event) {
+        // A full queue (a slow or dead endpoint) drops before the JSON is
+        // built: overflow costs a counter, not a rendering.
+        if self.queue.capacity() == 0 {
+            let (name, topic) = name_and_topic(event);
+            if self.events.contains(name) && topic.is_none_or(|t| self.wants_topic(t)) {
+                self.state.metrics.webhook_dropped.inc(QUEUE_FULL);
+            }
+            return;
+        }
         if let Some(value) = self.render(event) {
             if self.queue.try_send(value).is_err() {
                 self.state.metrics.webhook_dropped.inc(QUEUE_FULL);
