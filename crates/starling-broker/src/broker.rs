@@ -474,10 +474,13 @@ impl BrokerState {
             }
         }
         if targets.is_empty() {
-            self.events.emit(|| Event::MessagePublished {
-                message: msg.clone(),
-                receivers: 0,
-            });
+            self.events
+                .emit(crate::events::EventKind::MessagePublished, || {
+                    Event::MessagePublished {
+                        message: msg.clone(),
+                        receivers: 0,
+                    }
+                });
             return 0;
         }
         // What each copy costs its queue, computed once for every target.
@@ -540,18 +543,24 @@ impl BrokerState {
                 crate::session::Enqueued::Dropped | crate::session::Enqueued::DroppedOldest
             ) {
                 self.metrics.drops.inc(DropReason::QueueFull as usize);
-                self.events.emit(|| Event::MessageDropped {
-                    client_id: session.client_id.clone(),
-                    topic: msg.topic.clone(),
-                    reason: DropReason::QueueFull,
-                });
+                self.events
+                    .emit(crate::events::EventKind::MessageDropped, || {
+                        Event::MessageDropped {
+                            client_id: session.client_id.clone(),
+                            topic: msg.topic.clone(),
+                            reason: DropReason::QueueFull,
+                        }
+                    });
             }
             offered += 1;
         }
-        self.events.emit(|| Event::MessagePublished {
-            message: msg.clone(),
-            receivers: offered,
-        });
+        self.events
+            .emit(crate::events::EventKind::MessagePublished, || {
+                Event::MessagePublished {
+                    message: msg.clone(),
+                    receivers: offered,
+                }
+            });
         offered
     }
 

@@ -112,11 +112,45 @@ pub enum Event {
     },
 }
 
+/// The kinds of [`Event`], for observers that want only some: a kind
+/// nobody wants is never built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum EventKind {
+    ClientConnected,
+    AuthFailed,
+    ClientDisconnected,
+    SessionCreated,
+    SessionEnded,
+    MessagePublished,
+    MessageDelivered,
+    MessageAcked,
+    MessageDropped,
+}
+
+impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 9] = [
+        EventKind::ClientConnected,
+        EventKind::AuthFailed,
+        EventKind::ClientDisconnected,
+        EventKind::SessionCreated,
+        EventKind::SessionEnded,
+        EventKind::MessagePublished,
+        EventKind::MessageDelivered,
+        EventKind::MessageAcked,
+        EventKind::MessageDropped,
+    ];
+}
+
+/// How many observers want each kind.
+type Interest = Arc<[AtomicUsize; 9]>;
+
 /// Where events are emitted and observed.
 #[derive(Debug)]
 pub struct Events {
     tx: broadcast::Sender<Event>,
-    observers: Arc<AtomicUsize>,
+    interest: Interest,
 }
 
 impl Default for Events {
@@ -124,7 +158,7 @@ impl Default for Events {
         let (tx, _) = broadcast::channel(OBSERVER_BUFFER);
         Events {
             tx,
-            observers: Arc::new(AtomicUsize::new(0)),
+            interest: Arc::new(Default::default()),
         }
     }
 }
@@ -133,7 +167,8 @@ impl Default for Events {
 #[derive(Debug)]
 pub struct Observer {
     rx: broadcast::Receiver<Event>,
-    observers: Arc<AtomicUsize>,
+    interest: Interest,
+    kinds: Vec<EventKind>,
 }
 
 impl Observer {
@@ -151,28 +186,44 @@ impl Observer {
 
 impl Drop for Observer {
     fn drop(&mut self) {
-        self.observers.fetch_sub(1, Ordering::Relaxed);
+        for k in &self.kinds {
+            self.interest[*k as usize].fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 impl Events {
-    /// Starts observing.
+    /// Starts observing every kind of event.
     pub fn subscribe(&self) -> Observer {
-        self.observers.fetch_add(1, Ordering::Relaxed);
+        self.subscribe_to(&EventKind::ALL)
+    }
+
+    /// Starts observing the events of `kinds` (others may arrive too, when
+    /// another observer wants them).
+    pub fn subscribe_to(&self, kinds: &[EventKind]) -> Observer {
+        for k in kinds {
+            self.interest[*k as usize].fetch_add(1, Ordering::Relaxed);
+        }
         Observer {
             rx: self.tx.subscribe(),
-            observers: self.observers.clone(),
+            interest: self.interest.clone(),
+            kinds: kinds.to_vec(),
         }
     }
 
     /// Whether anybody observes (so that events are worth building).
     pub fn observed(&self) -> bool {
-        self.observers.load(Ordering::Relaxed) > 0
+        self.interest.iter().any(|n| n.load(Ordering::Relaxed) > 0)
     }
 
-    /// Emits the event `make` builds, if anybody observes.
-    pub(crate) fn emit(&self, make: impl FnOnce() -> Event) {
-        if self.observed() {
+    /// Whether anybody observes events of `kind`.
+    pub fn wanted(&self, kind: EventKind) -> bool {
+        self.interest[kind as usize].load(Ordering::Relaxed) > 0
+    }
+
+    /// Emits the event `make` builds, if anybody observes its kind.
+    pub(crate) fn emit(&self, kind: EventKind, make: impl FnOnce() -> Event) {
+        if self.wanted(kind) {
             let _ = self.tx.send(make());
         }
     }
@@ -187,6 +238,12 @@ pub trait EventObserver: Send + Sync + 'static {
     fn observe(&self, event: &Event);
     /// `n` events were lost because [`EventObserver::observe`] fell behind.
     fn lagged(&self, _n: u64) {}
+    /// Whether it wants events of `kind` (default: all). Kinds no observer
+    /// wants are never built: an observer of connections costs the publish
+    /// path nothing.
+    fn wants(&self, _kind: EventKind) -> bool {
+        true
+    }
 }
 
 /// Feeds `observer` from `events` on a task of its own, until the broker's
@@ -195,7 +252,11 @@ pub fn spawn_observer(
     events: &Events,
     observer: Arc<dyn EventObserver>,
 ) -> tokio::task::JoinHandle<()> {
-    let mut rx = events.subscribe();
+    let kinds: Vec<EventKind> = EventKind::ALL
+        .into_iter()
+        .filter(|k| observer.wants(*k))
+        .collect();
+    let mut rx = events.subscribe_to(&kinds);
     tokio::spawn(async move {
         loop {
             match rx.recv().await {
@@ -215,7 +276,7 @@ mod tests {
     async fn nothing_is_built_without_observers_and_a_slow_observer_only_lags() {
         let events = Events::default();
         let mut built = 0;
-        events.emit(|| {
+        events.emit(EventKind::SessionCreated, || {
             built += 1;
             Event::SessionCreated {
                 client_id: "a".into(),
@@ -224,7 +285,7 @@ mod tests {
         assert_eq!(built, 0);
         let mut obs = events.subscribe();
         for i in 0..(OBSERVER_BUFFER + 10) {
-            events.emit(|| Event::SessionEnded {
+            events.emit(EventKind::SessionEnded, || Event::SessionEnded {
                 client_id: format!("c{i}").as_str().into(),
             });
         }
@@ -236,6 +297,23 @@ mod tests {
             Ok(Event::SessionEnded { client_id }) => assert_eq!(&*client_id, "c10"),
             other => panic!("{other:?}"),
         }
+        drop(obs);
+        assert!(!events.observed());
+    }
+
+    #[test]
+    fn a_kind_nobody_wants_is_never_built() {
+        let events = Events::default();
+        let obs = events.subscribe_to(&[EventKind::ClientConnected]);
+        let mut built = 0;
+        events.emit(EventKind::MessagePublished, || {
+            built += 1;
+            Event::SessionCreated {
+                client_id: "a".into(),
+            }
+        });
+        assert_eq!(built, 0);
+        assert!(events.wanted(EventKind::ClientConnected) && events.observed());
         drop(obs);
         assert!(!events.observed());
     }

@@ -86,9 +86,13 @@ pub(crate) fn attach(
                     }
                 }
                 sessions.insert(session.clone());
-                broker.events.emit(|| Event::SessionCreated {
-                    client_id: session.client_id.clone(),
-                });
+                broker
+                    .events
+                    .emit(crate::events::EventKind::SessionCreated, || {
+                        Event::SessionCreated {
+                            client_id: session.client_id.clone(),
+                        }
+                    });
                 (session, false)
             }
         }
@@ -117,9 +121,13 @@ pub(crate) fn attach(
         commit(Some(store), journal);
     }
     if let Some(old) = discarded {
-        broker.events.emit(|| Event::SessionEnded {
-            client_id: old.client_id.clone(),
-        });
+        broker
+            .events
+            .emit(crate::events::EventKind::SessionEnded, || {
+                Event::SessionEnded {
+                    client_id: old.client_id.clone(),
+                }
+            });
         broker.unsubscribe_all(&old);
     }
     result
@@ -305,9 +313,13 @@ fn end_session_unless_resumed(
         journal.session_ended(session.client_id.clone());
         commit(broker.store(), journal);
     }
-    broker.events.emit(|| Event::SessionEnded {
-        client_id: session.client_id.clone(),
-    });
+    broker
+        .events
+        .emit(crate::events::EventKind::SessionEnded, || {
+            Event::SessionEnded {
+                client_id: session.client_id.clone(),
+            }
+        });
     broker.unsubscribe_all(session);
     broker.cluster().release(&session.client_id);
     Metrics::add(&broker.metrics.sessions_ended, 1);

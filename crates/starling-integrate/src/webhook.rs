@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use starling_broker::config::WebhookConfig;
-use starling_broker::events::{spawn_observer, DropReason, Event, EventObserver};
+use starling_broker::events::{spawn_observer, DropReason, Event, EventKind, EventObserver};
 use starling_broker::metrics::Metrics;
 use starling_broker::BrokerState;
 use tokio::sync::mpsc;
@@ -112,6 +112,21 @@ impl Webhook {
         out.insert("timestamp".into(), json!(ms));
         fields(event, &mut out);
         Some(Value::Object(out))
+    }
+}
+
+/// The name a `[[webhook]]` gives events of `kind`.
+fn kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::ClientConnected => "client.connected",
+        EventKind::ClientDisconnected => "client.disconnected",
+        EventKind::AuthFailed => "client.auth_failed",
+        EventKind::SessionCreated => "session.created",
+        EventKind::SessionEnded => "session.terminated",
+        EventKind::MessagePublished => "message.publish",
+        EventKind::MessageDelivered => "message.delivered",
+        EventKind::MessageAcked => "message.acked",
+        EventKind::MessageDropped => "message.dropped",
     }
 }
 
@@ -244,6 +259,10 @@ impl EventObserver for Webhook {
 
     fn lagged(&self, n: u64) {
         self.state.metrics.webhook_dropped.add(QUEUE_FULL, n);
+    }
+
+    fn wants(&self, kind: EventKind) -> bool {
+        self.events.contains(kind_name(kind))
     }
 }
 

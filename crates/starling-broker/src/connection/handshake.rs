@@ -93,12 +93,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     /// Counts a refused authentication and tells observers.
     pub(super) fn auth_failed(&self, connect: &Connect, reason: ReasonCode) {
         crate::metrics::Metrics::add(&self.broker.metrics.auth_failures, 1);
-        self.broker.events.emit(|| Event::AuthFailed {
-            client_id: connect.client_id.clone(),
-            username: connect.username.clone(),
-            peer: self.peer,
-            reason,
-        });
+        self.broker
+            .events
+            .emit(crate::events::EventKind::AuthFailed, || Event::AuthFailed {
+                client_id: connect.client_id.clone(),
+                username: connect.username.clone(),
+                peer: self.peer,
+                reason,
+            });
     }
 
     /// Checks credentials that need the slow path (password hashing): counted
@@ -402,13 +404,17 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             }
         }
         self.send(&Packet::ConnAck(ack), v);
-        self.broker.events.emit(|| Event::ClientConnected {
-            client_id: connect.client_id.clone(),
-            username: connect.username.clone(),
-            peer: self.peer,
-            protocol: v,
-            session_present: present,
-        });
+        self.broker
+            .events
+            .emit(crate::events::EventKind::ClientConnected, || {
+                Event::ClientConnected {
+                    client_id: connect.client_id.clone(),
+                    username: connect.username.clone(),
+                    peer: self.peer,
+                    protocol: v,
+                    session_present: present,
+                }
+            });
         tracing::info!(
             client_id = %connect.client_id,
             peer = %self.peer,

@@ -177,11 +177,15 @@ impl Machine {
     /// observers, and its record removed from the store.
     fn acked(&mut self, client: &Client, done: Option<crate::session::Inflight>) {
         let Some(done) = done else { return };
-        self.broker.events.emit(|| Event::MessageAcked {
-            client_id: client.client_id().clone(),
-            topic: done.delivery.msg.topic.clone(),
-            qos: done.delivery.qos,
-        });
+        self.broker
+            .events
+            .emit(crate::events::EventKind::MessageAcked, || {
+                Event::MessageAcked {
+                    client_id: client.client_id().clone(),
+                    topic: done.delivery.msg.topic.clone(),
+                    qos: done.delivery.qos,
+                }
+            });
         self.forget(client, done.delivery.stored.seq());
     }
 

@@ -370,11 +370,15 @@ impl Machine {
             };
             if delivery.msg.is_expired(now) {
                 self.broker.metrics.drops.inc(DropReason::Expired as usize);
-                self.broker.events.emit(|| Event::MessageDropped {
-                    client_id: client.client_id().clone(),
-                    topic: delivery.msg.topic.clone(),
-                    reason: DropReason::Expired,
-                });
+                self.broker
+                    .events
+                    .emit(crate::events::EventKind::MessageDropped, || {
+                        Event::MessageDropped {
+                            client_id: client.client_id().clone(),
+                            topic: delivery.msg.topic.clone(),
+                            reason: DropReason::Expired,
+                        }
+                    });
                 if let Some(seq) = delivery.stored.seq() {
                     self.journal.forget(client.client_id(), seq);
                 }
@@ -454,11 +458,15 @@ impl Machine {
             };
             sent[delivery.qos as usize] += 1;
             sent_payload[delivery.qos as usize] += delivery.msg.payload.len() as u64;
-            self.broker.events.emit(|| Event::MessageDelivered {
-                client_id: client.client_id().clone(),
-                topic: delivery.msg.topic.clone(),
-                qos: delivery.qos,
-            });
+            self.broker
+                .events
+                .emit(crate::events::EventKind::MessageDelivered, || {
+                    Event::MessageDelivered {
+                        client_id: client.client_id().clone(),
+                        topic: delivery.msg.topic.clone(),
+                        qos: delivery.qos,
+                    }
+                });
             if qos1 {
                 let inflight = Inflight {
                     packet_id,
@@ -523,11 +531,15 @@ impl Machine {
             .dropped
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.broker.metrics.drops.inc(DropReason::TooLarge as usize);
-        self.broker.events.emit(|| Event::MessageDropped {
-            client_id: client.client_id().clone(),
-            topic: delivery.msg.topic.clone(),
-            reason: DropReason::TooLarge,
-        });
+        self.broker
+            .events
+            .emit(crate::events::EventKind::MessageDropped, || {
+                Event::MessageDropped {
+                    client_id: client.client_id().clone(),
+                    topic: delivery.msg.topic.clone(),
+                    reason: DropReason::TooLarge,
+                }
+            });
     }
 
     /// Why the connection must close once [`Machine::drain`] said it is no

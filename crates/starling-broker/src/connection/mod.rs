@@ -641,10 +641,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     /// Ends an attached connection: final DISCONNECT, will, session detach.
     async fn finish(&mut self, client: Client, close: Close) {
         self.m.disconnect(&client, &close);
-        self.broker.events.emit(|| Event::ClientDisconnected {
-            client_id: client.client_id().clone(),
-            reason: format!("{close:?}"),
-        });
+        self.broker
+            .events
+            .emit(crate::events::EventKind::ClientDisconnected, || {
+                Event::ClientDisconnected {
+                    client_id: client.client_id().clone(),
+                    reason: format!("{close:?}"),
+                }
+            });
         tracing::info!(
             client_id = %client.client_id(),
             peer = %self.peer,
