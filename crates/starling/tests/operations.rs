@@ -55,6 +55,25 @@ fn check_config_prints_the_effective_configuration() {
 }
 
 #[test]
+fn check_config_does_not_print_secrets() {
+    let dir = temp("check-secrets");
+    let conf = dir.join("starling.toml");
+    std::fs::write(
+        &conf,
+        "[auth.jwt]\nsecret = \"jwt-secret-1\"\n\n[[bridge]]\nname = \"b\"\nurl = \"mqtt://127.0.0.1:1\"\n\
+         password = \"bridge-pw-2\"\n[[bridge.topic]]\nfilter = \"#\"\n\n[[webhook]]\n\
+         url = \"http://127.0.0.1:1/h\"\nheaders = { authorization = \"Bearer hook-3\" }\n",
+    )
+    .unwrap();
+    let (ok, out, err) = run(&["check-config", conf.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    for secret in ["jwt-secret-1", "bridge-pw-2", "hook-3"] {
+        assert!(!out.contains(secret), "{secret} printed:\n{out}");
+    }
+    assert!(out.contains("(redacted)"));
+}
+
+#[test]
 fn check_config_names_the_file_line_and_key() {
     let dir = temp("check-bad");
     let conf = dir.join("starling.toml");

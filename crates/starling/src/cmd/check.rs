@@ -22,12 +22,44 @@ pub struct CheckArgs {
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let config = Config::from_file(&args.file)?;
     check(&config, &args.file)?;
-    let text = toml::to_string_pretty(&config).context("cannot print the configuration")?;
+    let text =
+        toml::to_string_pretty(&redacted(config)).context("cannot print the configuration")?;
     print!(
         "# Effective configuration of {} (defaults included).\n{text}",
         args.file.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The configuration with its secrets (the JWT secret, bridge passwords,
+/// header values sent to backends) replaced, for printing.
+fn redacted(mut config: Config) -> Config {
+    const HIDDEN: &str = "(redacted)";
+    if let Some(jwt) = config.auth.jwt.as_mut() {
+        if jwt.secret.is_some() {
+            jwt.secret = Some(HIDDEN.into());
+        }
+    }
+    let headers = config
+        .auth
+        .http
+        .iter_mut()
+        .flat_map(|h| h.headers.values_mut())
+        .chain(
+            config
+                .webhook
+                .iter_mut()
+                .flat_map(|w| w.headers.values_mut()),
+        );
+    for value in headers {
+        *value = HIDDEN.into();
+    }
+    for bridge in &mut config.bridge {
+        if bridge.password.is_some() {
+            bridge.password = Some(HIDDEN.into());
+        }
+    }
+    config
 }
 
 /// What loading the file alone does not check: listener URLs and the files
