@@ -14,7 +14,7 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "==> no import cycles between the modules of any crate"
-for src in crates/starling-codec/src crates/starling-broker/src crates/starling-admin/src crates/starling-client/src crates/starling-io/src crates/starling-integrate/src crates/starling-scram/src crates/starling/src; do
+for src in crates/starling-codec/src crates/starling-broker/src crates/starling-admin/src crates/starling-client/src crates/starling-io/src crates/starling-integrate/src crates/starling-scram/src crates/starling-cluster/src crates/starling/src; do
     python3 scripts/module-cycles.py "$src"
 done
 
