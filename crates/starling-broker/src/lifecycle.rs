@@ -33,7 +33,10 @@ pub(crate) fn attach(
     grant: Option<Arc<Grant>>,
     link: Link,
 ) -> (Arc<Session>, bool) {
-    if grant.is_some() {
+    // Only topic rules change what a delivery may read: a superuser or an
+    // expiry alone (a bridge, a JWT without an acl claim) leaves deliveries
+    // unchecked, as before.
+    if grant.as_ref().is_some_and(|g| g.rules.is_some()) {
         broker.grants_seen.store(true, Ordering::Release);
     }
     let mut link = Some(link);

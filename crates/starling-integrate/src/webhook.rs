@@ -8,7 +8,8 @@
 //! epoch) and the event's own fields. A batch that fails (no 2xx answer in
 //! `timeout-ms`) is posted again after 0.2 s, 0.4 s, 0.8 s ... (at most 5 s
 //! apart) up to `retries` times, then dropped. A slow or dead endpoint
-//! never slows the broker: what does not fit the queue is dropped. Both
+//! never slows the broker: what does not fit the queue (`queue-max` events,
+//! and at most [`QUEUE_BYTES`] of them, payloads included) is dropped. Both
 //! drops are counted in `starling_webhook_events_dropped_total`.
 
 use std::collections::HashSet;
@@ -25,6 +26,10 @@ use tokio::sync::mpsc;
 
 use crate::IntegrateError;
 
+/// Most bytes of events (payloads included) one webhook keeps waiting,
+/// whatever `queue-max` allows: a 1 MiB payload per event must not make a
+/// dead endpoint cost gigabytes.
+pub const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// Longest wait between two attempts at one batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const QUEUE_FULL: usize = 0;
@@ -34,7 +39,9 @@ const FAILED: usize = 1;
 pub struct Webhook {
     events: HashSet<String>,
     topics: Vec<String>,
-    queue: mpsc::Sender<Value>,
+    queue: mpsc::Sender<(Value, usize)>,
+    /// Bytes waiting in `queue` (estimated), bounded by [`QUEUE_BYTES`].
+    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
     state: Arc<BrokerState>,
 }
 
@@ -73,7 +80,9 @@ impl Webhook {
             config.tls_ca.as_deref(),
         )?;
         let (queue, rx) = mpsc::channel(config.queue_max);
+        let queued_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let poster = Poster {
+            queued_bytes: queued_bytes.clone(),
             client,
             url: config.url.clone(),
             batch_max: config.batch_max,
@@ -85,6 +94,7 @@ impl Webhook {
             events: config.events.iter().cloned().collect(),
             topics: config.topics.clone(),
             queue,
+            queued_bytes,
             state,
         })
     }
@@ -243,7 +253,15 @@ impl EventObserver for Webhook {
     fn observe(&self, event: &Event) {
         // A full queue (a slow or dead endpoint) drops before the JSON is
         // built: overflow costs a counter, not a rendering.
-        if self.queue.capacity() == 0 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let size = match event {
+            // Base64 of a payload is 4/3 of it; the rest is small.
+            Event::MessagePublished { message, .. } => message.payload.len() * 4 / 3 + 512,
+            _ => 512,
+        };
+        let full =
+            self.queue.capacity() == 0 || self.queued_bytes.load(Relaxed) + size > QUEUE_BYTES;
+        if full {
             let (name, topic) = name_and_topic(event);
             if self.events.contains(name) && topic.is_none_or(|t| self.wants_topic(t)) {
                 self.state.metrics.webhook_dropped.inc(QUEUE_FULL);
@@ -251,7 +269,9 @@ impl EventObserver for Webhook {
             return;
         }
         if let Some(value) = self.render(event) {
-            if self.queue.try_send(value).is_err() {
+            self.queued_bytes.fetch_add(size, Relaxed);
+            if self.queue.try_send((value, size)).is_err() {
+                self.queued_bytes.fetch_sub(size, Relaxed);
                 self.state.metrics.webhook_dropped.inc(QUEUE_FULL);
             }
         }
@@ -272,15 +292,19 @@ struct Poster {
     url: String,
     batch_max: usize,
     retries: u32,
+    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
     state: Arc<BrokerState>,
 }
 
 impl Poster {
-    async fn run(self, mut rx: mpsc::Receiver<Value>) {
+    async fn run(self, mut rx: mpsc::Receiver<(Value, usize)>) {
         let mut batch = Vec::with_capacity(self.batch_max);
         while rx.recv_many(&mut batch, self.batch_max).await > 0 {
             let n = batch.len() as u64;
-            let body = Value::Array(std::mem::take(&mut batch));
+            let size: usize = batch.iter().map(|(_, s)| s).sum();
+            let body = Value::Array(batch.drain(..).map(|(v, _)| v).collect());
+            self.queued_bytes
+                .fetch_sub(size, std::sync::atomic::Ordering::Relaxed);
             if self.post(&body).await {
                 Metrics::add(&self.state.metrics.webhook_sent, n);
             } else {
