@@ -255,8 +255,16 @@ impl BrokerState {
         if msg.retain {
             self.retain(msg, journal);
         }
-        let offered = self.route_to(msg, Some(journal), routed.map(|r| &mut r.congested));
-        self.cluster().forward(msg);
+        let cluster = self.cluster();
+        // In a cluster a shared group is served through it, which picks one
+        // member cluster-wide (this node's included).
+        let scope = if cluster.shares_across_nodes() {
+            Scope::Plain
+        } else {
+            Scope::All
+        };
+        let offered = self.route_to(msg, scope, Some(journal), routed.map(|r| &mut r.congested));
+        cluster.forward(msg);
         offered
     }
 
@@ -419,7 +427,25 @@ impl BrokerState {
     /// writes for persistent subscribers are added to it. Returns how many
     /// sessions it was offered to.
     pub fn route(&self, msg: &Arc<Message>, journal: Option<&mut Journal>) -> usize {
-        self.route_to(msg, journal, None)
+        self.route_to(msg, Scope::All, journal, None)
+    }
+
+    /// Routes a message that came from another node to this node's
+    /// subscribers in `scope`, committing the store writes. Never forwarded.
+    pub fn route_from_cluster(&self, msg: &Arc<Message>, scope: Scope<'_>) -> usize {
+        let mut journal = Journal::new();
+        let offered = self.route_to(msg, scope, Some(&mut journal), None);
+        commit(self.store.as_ref(), journal);
+        offered
+    }
+
+    /// Sets (or, with an empty payload, clears) a retained message that
+    /// another node accepted, as [`BrokerState::retain`] does, committing the
+    /// store write. Never forwarded.
+    pub fn retain_from_cluster(&self, msg: &Arc<Message>) {
+        let mut journal = Journal::new();
+        self.retain(msg, &mut journal);
+        commit(self.store.as_ref(), journal);
     }
 
     /// [`BrokerState::route`], adding to `congested` the sessions whose
@@ -427,6 +453,7 @@ impl BrokerState {
     fn route_to(
         &self,
         msg: &Arc<Message>,
+        scope: Scope<'_>,
         mut journal: Option<&mut Journal>,
         mut congested: Option<&mut Vec<Arc<Session>>>,
     ) -> usize {
@@ -442,6 +469,14 @@ impl BrokerState {
             let tree = self.topics.read();
             let mut m = Matches::default();
             tree.matches(&msg.topic, &mut m);
+            let (plain, groups) = match scope {
+                Scope::All => (true, None),
+                Scope::Plain => (true, Some(None)),
+                Scope::Group(key) => (false, Some(Some(key))),
+            };
+            if !plain {
+                m.subscribers.clear();
+            }
             for s in m.subscribers {
                 if s.options.no_local && msg.publisher.as_ref() == Some(&s.session.client_id) {
                     continue;
@@ -455,6 +490,11 @@ impl BrokerState {
                 ));
             }
             for group in m.groups {
+                if let Some(only) = groups {
+                    if only.is_none() || group.key.as_deref() != only {
+                        continue;
+                    }
+                }
                 let seed = match self.config.shared_subscription_strategy {
                     SharedStrategy::RoundRobin => None,
                     SharedStrategy::Random => Some(rand::random::<usize>()),
@@ -660,6 +700,18 @@ pub(crate) struct Routed {
     pub may_refuse: bool,
     /// It was refused (`queue-overflow = "reject"`): nobody got it.
     pub refused: bool,
+}
+
+/// Which of this node's subscriptions a message is routed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Every matching subscription (a single node).
+    All,
+    /// The subscriptions that are not shared (a cluster serves shared
+    /// groups through itself).
+    Plain,
+    /// Only the shared group `$share/group/filter` with this key.
+    Group(&'a str),
 }
 
 /// A session chosen for a message: granted QoS, Retain As Published, the

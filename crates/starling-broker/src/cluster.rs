@@ -26,6 +26,9 @@ pub enum Ownership {
     /// It could not be claimed (the cluster is unreachable): the client is
     /// refused with 0x88 Server unavailable (3.x: code 3).
     Unavailable,
+    /// Another node claimed it at the same time and won: the client is
+    /// refused with 0x89 Server busy (3.x: code 3) and may try again.
+    Busy,
 }
 
 /// A future a [`Cluster`] returns.
@@ -42,9 +45,18 @@ pub trait Cluster: Send + Sync + 'static {
     fn interest(&self, filter: &str, added: bool);
     /// Claims the session of `client_id` for this node, taking it over from
     /// any other node, before the client is told it is connected.
-    fn claim(&self, client_id: &str) -> ClusterFuture<Ownership>;
+    /// `persistent`: the session outlives the connection (a clean session
+    /// may be served locally while the cluster is unreachable).
+    fn claim(&self, client_id: &str, persistent: bool) -> ClusterFuture<Ownership>;
     /// The session of `client_id` ended on this node.
     fn release(&self, client_id: &str);
+    /// Whether shared subscriptions are served across the nodes: then a
+    /// message reaches a shared group only through the cluster, which picks
+    /// one member cluster-wide, and [`crate::BrokerState::publish`] routes
+    /// only to this node's plain subscriptions.
+    fn shares_across_nodes(&self) -> bool {
+        false
+    }
 }
 
 /// One node alone: nothing to forward, every session is local.
@@ -56,11 +68,53 @@ impl Cluster for SingleNode {
 
     fn interest(&self, _: &str, _: bool) {}
 
-    fn claim(&self, _: &str) -> ClusterFuture<Ownership> {
+    fn claim(&self, _: &str, _: bool) -> ClusterFuture<Ownership> {
         Box::pin(std::future::ready(Ownership::Local))
     }
 
     fn release(&self, _: &str) {}
+}
+
+impl crate::BrokerState {
+    /// Tells every subscription this node holds to `cluster` (those
+    /// restored from the store before it was set), once per subscriber, as
+    /// the connections do for new ones.
+    pub fn announce_interest(&self, cluster: &dyn Cluster) -> usize {
+        let mut n = 0;
+        for session in self.all_sessions() {
+            let filters: Vec<_> = session
+                .state
+                .lock()
+                .subscriptions()
+                .map(|(f, _)| f.clone())
+                .collect();
+            for f in filters {
+                cluster.interest(&f, true);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Another node took the session of `client_id`: its connection here,
+    /// if any, closes with 0x8E Session taken over (its will is published,
+    /// as for a takeover on one node) and the session ends on this node.
+    /// `false` when this node had no such session.
+    pub fn taken_over(self: &Arc<Self>, client_id: &str) -> bool {
+        let Some(session) = self.session(client_id) else {
+            return false;
+        };
+        let generation = {
+            let mut st = session.state.lock();
+            if st.kick_taken_over(&session.notify) {
+                return true;
+            }
+            st.next_generation();
+            st.generation()
+        };
+        crate::lifecycle::end_session_now(self, &session, generation);
+        true
+    }
 }
 
 #[cfg(test)]
@@ -70,7 +124,7 @@ mod tests {
     #[tokio::test]
     async fn a_single_node_owns_everything_and_forwards_nothing() {
         let node: Arc<dyn Cluster> = Arc::new(SingleNode);
-        assert_eq!(node.claim("any").await, Ownership::Local);
+        assert_eq!(node.claim("any", true).await, Ownership::Local);
         node.interest("a/#", true);
         node.release("any");
     }

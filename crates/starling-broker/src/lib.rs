@@ -27,7 +27,7 @@ mod timers;
 pub mod topic_tree;
 mod transport;
 
-pub use broker::BrokerState;
+pub use broker::{BrokerState, Scope};
 pub use config::{Config, ConfigError, LogFormat};
 pub use server::{
     Broker, BrokerBuilder, ListenerUrl, LocalConnector, ReloadError, ReloadHandle, ShutdownHandle,

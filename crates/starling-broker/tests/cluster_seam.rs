@@ -25,7 +25,7 @@ impl Cluster for Recorder {
     fn interest(&self, filter: &str, added: bool) {
         self.log.lock().push(format!("interest {filter} {added}"));
     }
-    fn claim(&self, client_id: &str) -> ClusterFuture<Ownership> {
+    fn claim(&self, client_id: &str, _persistent: bool) -> ClusterFuture<Ownership> {
         self.log.lock().push(format!("claim {client_id}"));
         let answer = if client_id == "elsewhere" {
             Ownership::Unavailable

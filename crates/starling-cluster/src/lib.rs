@@ -1,9 +1,36 @@
-//! Starling nodes as one broker over NATS (issue 18, in progress).
+//! Starling nodes as one broker over a NATS JetStream cluster.
 //!
-//! This first step holds how MQTT topics and filters become NATS subjects
-//! ([`subject`]); the NATS client, interest routing, session ownership and
-//! the replicated state come next, behind the broker's `cluster` seam.
+//! [`NatsCluster`] implements the broker's `cluster` seam: messages cross
+//! to the nodes with matching subscriptions as core NATS messages on
+//! subjects mapped from their topics ([`subject`]); shared subscriptions are
+//! NATS queue groups; retained messages and the owner of each client id are
+//! kept in replicated key-value buckets.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod buckets;
+mod dedup;
+mod envelope;
+mod keys;
+mod node;
+mod owners;
+mod retained;
+mod routes;
 pub mod subject;
+
+pub use envelope::EnvelopeError;
+pub use node::{Counters, NatsCluster};
+
+/// Why this node could not join the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A `[cluster] nats` entry is not a server address.
+    #[error("not a NATS server address: {0:?}")]
+    Address(String),
+    /// The credentials file could not be read.
+    #[error("NATS credentials file {0}: {1}")]
+    Credentials(std::path::PathBuf, #[source] std::io::Error),
+    /// The connection could not be set up.
+    #[error("NATS connection: {0}")]
+    Connect(#[from] async_nats::ConnectError),
+}

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod cluster;
 pub mod integrate;
+pub use cluster::ClusterConfig;
 pub use integrate::{
     AuthConfig, BridgeConfig, BridgeTopic, Direction, HttpAuthConfig, JwtAuthConfig, OnError,
     WebhookConfig,
@@ -102,6 +104,9 @@ pub struct Config {
     pub webhook: Vec<WebhookConfig>,
     /// `[[bridge]]` tables: store-and-forward links to other brokers.
     pub bridge: Vec<BridgeConfig>,
+    /// `[cluster]`: other nodes to act as one broker with, over NATS.
+    /// Without it the broker is a single node.
+    pub cluster: Option<ClusterConfig>,
     /// Largest keep alive a client may use, in seconds; 0 means no limit.
     pub max_keepalive: u16,
     /// Seconds a new connection has to send CONNECT.
@@ -289,6 +294,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             webhook: Vec::new(),
             bridge: Vec::new(),
+            cluster: None,
             response_information: "response/%c/".into(),
             max_keepalive: 65535,
             connect_timeout: 10,
@@ -462,6 +468,9 @@ impl Config {
             return invalid(key, &message);
         }
         if let Err((key, message)) = integrate::validate_bridges(&self.bridge) {
+            return invalid(key, &message);
+        }
+        if let Some(Err((key, message))) = self.cluster.as_ref().map(cluster::validate) {
             return invalid(key, &message);
         }
         if self.listen.is_empty() && self.listener.is_empty() {

@@ -347,13 +347,25 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         // The session is this node's to serve (a cluster takes it over from
         // another node first).
         let cluster = self.broker.cluster();
-        if cluster.claim(&connect.client_id).await == Ownership::Unavailable {
-            self.refuse(
-                &connect,
-                ReasonCode::SERVER_UNAVAILABLE,
-                "session could not be claimed",
-            );
-            return None;
+        let persistent = expiry_interval > 0;
+        match cluster.claim(&connect.client_id, persistent).await {
+            Ownership::Local => {}
+            Ownership::Unavailable => {
+                self.refuse(
+                    &connect,
+                    ReasonCode::SERVER_UNAVAILABLE,
+                    "the cluster is unavailable",
+                );
+                return None;
+            }
+            Ownership::Busy => {
+                self.refuse(
+                    &connect,
+                    ReasonCode::SERVER_BUSY,
+                    "another node is taking this client id over",
+                );
+                return None;
+            }
         }
         let (session, present) = lifecycle::attach(
             &self.broker,

@@ -552,6 +552,10 @@ impl Machine {
                 Close::Administrative
             }
             Some(Kick::SlowConsumer) => Close::SlowConsumer,
+            Some(Kick::TakenOver) => {
+                client.expiry_interval = 0;
+                Close::TakenOver
+            }
             Some(_) => Close::Administrative,
             None => Close::TakenOver,
         }

@@ -44,6 +44,8 @@ pub enum Kick {
     EndSession,
     /// It did not drain its queue in time (`slow-consumer = "disconnect"`).
     SlowConsumer,
+    /// Another node of the cluster took the session over; it ends here.
+    TakenOver,
 }
 
 /// What the admin API shows of an attached connection. Compact (28 bytes):
@@ -1093,6 +1095,18 @@ impl SessionState {
         } else {
             Kick::Close
         };
+        link.wake(notify);
+        true
+    }
+
+    /// Tells the attached connection that another node took its session
+    /// over (it closes with 0x8E and the session ends here); wakes it.
+    /// `false` when no connection is attached.
+    pub fn kick_taken_over(&mut self, notify: &Notify) -> bool {
+        let Some(link) = &mut self.link else {
+            return false;
+        };
+        link.kick = Kick::TakenOver;
         link.wake(notify);
         true
     }

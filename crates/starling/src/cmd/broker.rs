@@ -76,6 +76,13 @@ pub struct BrokerArgs {
     /// Most levels a topic name or filter may have.
     #[arg(long, value_name = "N")]
     max_topic_levels: Option<usize>,
+    /// Join a cluster over these NATS servers (comma-separated
+    /// nats://HOST:PORT); needs --node-id. Overrides `[cluster] nats`.
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// This node's name in the cluster (unique; letters, digits, - and _).
+    #[arg(long, value_name = "NAME")]
+    node_id: Option<String>,
     /// Log level (error, warn, info, debug, trace) when RUST_LOG is not set.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
@@ -143,6 +150,15 @@ impl BrokerArgs {
         if self.http_token_file.is_some() {
             config.http_token_file = self.http_token_file;
         }
+        if !self.cluster.is_empty() || self.node_id.is_some() {
+            let cluster = config.cluster.get_or_insert_with(Default::default);
+            if !self.cluster.is_empty() {
+                cluster.nats = self.cluster;
+            }
+            if let Some(id) = self.node_id {
+                cluster.node_id = id;
+            }
+        }
         config.validate("command line")?;
         Ok(config)
     }
@@ -183,6 +199,9 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
             builder = builder.authenticate(source);
         }
         let broker = builder.bind().await?;
+        if let Some(cluster) = &config.cluster {
+            join_cluster(cluster, &broker.state()).await?;
+        }
         starling_integrate::webhook::start(&broker.state())?;
         let bridges =
             starling_integrate::bridge::Bridges::start(broker.local_connector(), &config.bridge)
@@ -217,6 +236,25 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Joins the cluster before the listeners serve: waits a little for
+/// JetStream (persistent sessions are refused until it answers), installs the
+/// cluster seam and tells it the subscriptions restored from the store.
+async fn join_cluster(
+    config: &starling_broker::config::ClusterConfig,
+    state: &std::sync::Arc<starling_broker::BrokerState>,
+) -> anyhow::Result<()> {
+    let cluster = starling_cluster::NatsCluster::start(config, state).await?;
+    if !cluster.wait_ready(std::time::Duration::from_secs(10)).await {
+        tracing::warn!(
+            "the cluster's state is not ready yet: serving clean sessions only until it is"
+        );
+    }
+    state.set_cluster(cluster.clone());
+    let n = state.announce_interest(&*cluster);
+    tracing::info!(node = %config.node_id, subscriptions = n, "serving as a cluster node");
+    Ok(())
 }
 
 /// Reloads certificates and the password and ACL files on each SIGHUP. A

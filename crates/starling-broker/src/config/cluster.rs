@@ -1,0 +1,134 @@
+//! `[cluster]`: joining other Starling nodes over a NATS JetStream cluster.
+//! The broker only carries these settings; the cluster itself lives in the
+//! `starling-cluster` crate.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// `[cluster]` (or `--cluster` and `--node-id`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClusterConfig {
+    /// The NATS servers to connect to (`nats://HOST:PORT` or `tls://...`);
+    /// any one of them is enough, the rest are tried in turn.
+    pub nats: Vec<String>,
+    /// This node's name, unique in the cluster (letters, digits, `-`, `_`).
+    pub node_id: String,
+    /// NATS user name (with `password`).
+    pub user: Option<String>,
+    /// NATS password.
+    pub password: Option<String>,
+    /// NATS token.
+    pub token: Option<String>,
+    /// A NATS credentials file (JWT and NKey seed).
+    pub credentials_file: Option<PathBuf>,
+    /// PEM CA certificates the NATS servers are verified against.
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for NATS servers that ask for one, with
+    /// `tls-key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Copies JetStream keeps of the cluster's state (1 to 5; at most the
+    /// number of NATS servers).
+    pub replicas: usize,
+    /// How long one request to NATS may take (a claim, a takeover), in
+    /// milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats: Vec::new(),
+            node_id: String::new(),
+            user: None,
+            password: None,
+            token: None,
+            credentials_file: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            replicas: 3,
+            timeout_ms: 2000,
+        }
+    }
+}
+
+/// Checks a `[cluster]` table: `Err((key, message))` for the first problem.
+pub fn validate(c: &ClusterConfig) -> Result<(), (&'static str, String)> {
+    if c.nats.is_empty() {
+        return Err(("cluster.nats", "at least one NATS server is needed".into()));
+    }
+    for url in &c.nats {
+        let ok = ["nats://", "tls://", "ws://", "wss://"]
+            .iter()
+            .any(|p| url.starts_with(p) && url.len() > p.len());
+        if !ok {
+            return Err((
+                "cluster.nats",
+                format!("{url:?} is not a nats://, tls://, ws:// or wss:// address"),
+            ));
+        }
+    }
+    let id_ok = !c.node_id.is_empty()
+        && c.node_id.len() <= 64
+        && c.node_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !id_ok {
+        return Err((
+            "cluster.node-id",
+            "needs 1 to 64 letters, digits, '-' or '_'".into(),
+        ));
+    }
+    if !(1..=5).contains(&c.replicas) {
+        return Err(("cluster.replicas", "must be 1 to 5".into()));
+    }
+    if c.timeout_ms == 0 {
+        return Err(("cluster.timeout-ms", "must be at least 1".into()));
+    }
+    if c.tls_cert.is_some() != c.tls_key.is_some() {
+        return Err((
+            "cluster.tls-cert",
+            "tls-cert and tls-key go together".into(),
+        ));
+    }
+    if c.user.is_some() != c.password.is_some() {
+        return Err(("cluster.user", "user and password go together".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> ClusterConfig {
+        ClusterConfig {
+            nats: vec!["nats://127.0.0.1:4222".into()],
+            node_id: "n1".into(),
+            ..ClusterConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_table_needs_servers_and_a_node_id() {
+        assert!(validate(&good()).is_ok());
+        let mut c = good();
+        c.nats.clear();
+        assert_eq!(validate(&c).unwrap_err().0, "cluster.nats");
+        let mut c = good();
+        c.nats = vec!["127.0.0.1:4222".into()];
+        assert_eq!(validate(&c).unwrap_err().0, "cluster.nats");
+        for bad in ["", "a.b", "a b", &"x".repeat(65)] {
+            let mut c = good();
+            c.node_id = bad.into();
+            assert_eq!(validate(&c).unwrap_err().0, "cluster.node-id", "{bad:?}");
+        }
+        let mut c = good();
+        c.replicas = 0;
+        assert_eq!(validate(&c).unwrap_err().0, "cluster.replicas");
+    }
+}

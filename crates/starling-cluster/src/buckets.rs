@@ -1,0 +1,46 @@
+//! The key-value buckets, made by hand as their backing streams: the NATS
+//! client's own bucket creation asks the server for features that Debian's
+//! nats-server 2.9 does not have.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+
+/// The cluster's buckets.
+#[derive(Clone)]
+pub struct Buckets {
+    /// Who owns each client id's session.
+    pub owners: kv::Store,
+    /// The retained messages.
+    pub retained: kv::Store,
+}
+
+/// Opens (creating if needed) the buckets with `replicas` copies each.
+pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Buckets, async_nats::Error> {
+    Ok(Buckets {
+        owners: bucket(js, crate::keys::OWNERS, replicas).await?,
+        retained: bucket(js, crate::keys::RETAINED, replicas).await?,
+    })
+}
+
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> Result<kv::Store, async_nats::Error> {
+    let config = stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: replicas,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    js.get_or_create_stream(config).await?;
+    Ok(js.get_key_value(name).await?)
+}

@@ -1,0 +1,168 @@
+//! How a message crosses to another node: one NATS payload holding where it
+//! came from (for de-duplication), who published it (for No Local) and the
+//! message itself as an MQTT 5 PUBLISH, written and read by Starling's own
+//! codec, so every property crosses and nothing unchecked comes in.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use starling_broker::message::Message;
+use starling_codec::{ByteString, Decoder, Packet, ProtocolVersion, Publish, QoS};
+use tokio::time::Instant;
+
+/// The first byte of an envelope: its format.
+const VERSION: u8 = 1;
+
+/// Where a message came from: a node's run (`origin`, random per start) and
+/// its place in that run's sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// The sending node's run.
+    pub origin: u64,
+    /// Its number in that run, from 1.
+    pub seq: u64,
+}
+
+/// Why an envelope could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Shorter than its header, or an unknown version.
+    #[error("not a Starling envelope")]
+    Malformed,
+    /// The PUBLISH inside did not decode.
+    #[error("the message inside is malformed: {0}")]
+    Packet(#[from] starling_codec::DecodeError),
+}
+
+/// The envelope of `msg`, stamped.
+pub fn encode(msg: &Message, stamp: Stamp, now: Instant) -> Bytes {
+    let mut properties = msg.properties.clone();
+    properties.message_expiry_interval = msg.remaining_expiry(now);
+    let publish = Publish {
+        dup: false,
+        qos: msg.qos,
+        retain: msg.retain,
+        topic: msg.topic.clone(),
+        packet_id: if msg.qos == QoS::AtMostOnce { 0 } else { 1 },
+        properties,
+        payload: msg.payload.clone(),
+    };
+    let publisher = msg.publisher.as_deref().unwrap_or("");
+    let mut buf = BytesMut::with_capacity(msg.payload.len() + msg.topic.len() + 64);
+    buf.put_u8(VERSION);
+    buf.put_u64(stamp.origin);
+    buf.put_u64(stamp.seq);
+    buf.put_u8(u8::from(msg.publisher.is_some()));
+    // A client id is at most 65,535 bytes (it came in a CONNECT).
+    let len = u16::try_from(publisher.len()).unwrap_or(u16::MAX);
+    buf.put_u16(len);
+    buf.put_slice(&publisher.as_bytes()[..usize::from(len)]);
+    // Encoding fails only past the largest packet MQTT allows, which the
+    // message (accepted from a client) is not.
+    if Packet::Publish(publish)
+        .encode(ProtocolVersion::V5, &mut buf)
+        .is_err()
+    {
+        tracing::warn!(topic = %msg.topic, "a message could not be encoded for the cluster");
+    }
+    buf.freeze()
+}
+
+/// The stamp and message an envelope holds.
+pub fn decode(mut raw: Bytes, now: Instant) -> Result<(Stamp, Arc<Message>), EnvelopeError> {
+    if raw.len() < 20 || raw[0] != VERSION {
+        return Err(EnvelopeError::Malformed);
+    }
+    raw.advance(1);
+    let stamp = Stamp {
+        origin: raw.get_u64(),
+        seq: raw.get_u64(),
+    };
+    let has_publisher = raw.get_u8() == 1;
+    let len = usize::from(raw.get_u16());
+    if raw.len() < len {
+        return Err(EnvelopeError::Malformed);
+    }
+    let publisher = raw.split_to(len);
+    let publisher = if has_publisher {
+        Some(ByteString::try_from(publisher).map_err(|_| EnvelopeError::Malformed)?)
+    } else {
+        None
+    };
+    let mut decoder = Decoder::with_version(ProtocolVersion::V5);
+    decoder.set_max_packet_size(starling_codec::MAX_REMAINING_LENGTH + 5);
+    let mut buf = BytesMut::from(raw);
+    match decoder.decode(&mut buf)? {
+        Some(Packet::Publish(p)) if buf.is_empty() => {
+            Ok((stamp, Arc::new(Message::from_publish(p, publisher, now))))
+        }
+        _ => Err(EnvelopeError::Malformed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_codec::Properties;
+
+    fn message(publisher: Option<&str>, now: Instant) -> Message {
+        let properties = Properties {
+            user_properties: vec![("k:ey".into(), "välue".into())],
+            content_type: Some("text/plain".into()),
+            response_topic: Some("r/1".into()),
+            correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+            message_expiry_interval: Some(30),
+            ..Properties::default()
+        };
+        Message {
+            topic: "a/b c/ü".into(),
+            payload: Bytes::from_static(b"hello"),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            properties,
+            expires_at: Some(now + std::time::Duration::from_secs(30)),
+            publisher: publisher.map(ByteString::from),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_crosses_whole() {
+        let now = Instant::now();
+        for publisher in [Some("pub-1"), None] {
+            let m = message(publisher, now);
+            let stamp = Stamp { origin: 7, seq: 42 };
+            let (s, back) = decode(encode(&m, stamp, now), now).unwrap();
+            assert_eq!(s, stamp);
+            assert_eq!(back.topic, m.topic);
+            assert_eq!(back.payload, m.payload);
+            assert_eq!(back.qos, m.qos);
+            assert!(back.retain);
+            assert_eq!(back.publisher, m.publisher);
+            assert_eq!(
+                back.properties.user_properties,
+                m.properties.user_properties
+            );
+            assert_eq!(back.properties.content_type, m.properties.content_type);
+            assert_eq!(
+                back.properties.correlation_data,
+                m.properties.correlation_data
+            );
+            assert_eq!(back.remaining_expiry(now), Some(30));
+        }
+    }
+
+    #[tokio::test]
+    async fn garbage_is_refused_not_trusted() {
+        let now = Instant::now();
+        let good = encode(&message(Some("p"), now), Stamp { origin: 1, seq: 1 }, now);
+        for cut in 0..good.len() {
+            assert!(decode(good.slice(..cut), now).is_err(), "cut at {cut}");
+        }
+        let mut bad = BytesMut::from(&good[..]);
+        bad[0] = 9;
+        assert!(decode(bad.freeze(), now).is_err());
+        let mut trailing = BytesMut::from(&good[..]);
+        trailing.put_u8(0);
+        assert!(decode(trailing.freeze(), now).is_err());
+    }
+}

@@ -1,0 +1,57 @@
+//! Names the cluster uses in NATS: key-value keys, queue group names and
+//! node subjects, each derived the same way on every node.
+
+use sha2::{Digest, Sha256};
+
+/// The bucket of session owners: key = [`of`] the client id, value = the
+/// owning node's id.
+pub const OWNERS: &str = "starling_owners";
+/// The bucket of retained messages: key = [`of`] the topic, value = the
+/// message's envelope.
+pub const RETAINED: &str = "starling_retained";
+
+/// A key for any string (a client id, a topic): the hex SHA-256 of it, so
+/// that every byte MQTT allows fits a key, and every length.
+pub fn of(s: &str) -> String {
+    hex(&Sha256::digest(s.as_bytes())[..])
+}
+
+/// The NATS queue group that serves the shared subscription `$share/g/f`:
+/// one per group and filter, the same on every node.
+pub fn queue(shared: &str) -> String {
+    format!("s{}", &of(shared)[..32])
+}
+
+/// The subject on which node `node` answers takeover requests.
+pub fn takeover(node: &str) -> String {
+    format!("starling.node.{node}.takeover")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_stable_and_fit_nats() {
+        assert_eq!(
+            of("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let long = "x/".repeat(40_000);
+        assert_eq!(of(&long).len(), 64);
+        assert_ne!(queue("$share/g/a/+"), queue("$share/g/a/#"));
+        assert!(queue("$share/g/a b.c")
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric()));
+    }
+}

@@ -1,0 +1,331 @@
+//! [`NatsCluster`]: this node's part of the cluster, the broker's
+//! [`Cluster`] seam implemented on NATS. Two NATS connections: one that
+//! publishes, holds the plain subscriptions (without echo, so a node never
+//! hears its own messages) and talks to JetStream; one for the queue groups
+//! of shared subscriptions, which does hear this node's messages, so that a
+//! shared group's member here competes with the other nodes' members.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use parking_lot::Mutex;
+use starling_broker::cluster::{Cluster, ClusterFuture, Ownership};
+use starling_broker::config::ClusterConfig;
+use starling_broker::message::Message;
+use starling_broker::BrokerState;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::buckets::{self, Buckets};
+use crate::envelope::{self, Stamp};
+use crate::routes::{self, Command};
+use crate::{owners, retained, subject, ClusterError};
+
+/// Messages waiting to be handed to NATS at most; past it a message is not
+/// forwarded (and counted), as core NATS would drop it for a slow consumer.
+const OUTBOX: usize = 65_536;
+
+/// What the cluster counts.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Messages handed to NATS.
+    pub forwarded: AtomicU64,
+    /// Messages that could not be (the outbox was full).
+    pub forward_dropped: AtomicU64,
+    /// Messages from other nodes routed here.
+    pub received: AtomicU64,
+    /// Copies of one message dropped (overlapping subscriptions).
+    pub duplicates: AtomicU64,
+    /// NATS payloads that were not Starling envelopes.
+    pub malformed: AtomicU64,
+}
+
+/// This node in a cluster over NATS.
+pub struct NatsCluster {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub node_id: String,
+    pub origin: u64,
+    seq: AtomicU64,
+    pub client: async_nats::Client,
+    pub broker: Weak<BrokerState>,
+    pub buckets: OnceLock<Buckets>,
+    pub timeout: Duration,
+    pub counters: Counters,
+    outbox: mpsc::Sender<(String, bytes::Bytes)>,
+    retained: mpsc::Sender<(String, bytes::Bytes)>,
+    interest: Mutex<std::collections::HashMap<String, usize>>,
+    commands: mpsc::UnboundedSender<Command>,
+    /// Client ids whose session here ends because another node took it:
+    /// their release must not clear the new owner's claim.
+    pub handing_over: Mutex<std::collections::HashSet<String>>,
+}
+
+impl NatsCluster {
+    /// Connects to NATS for `broker` and starts the node's tasks. Returns
+    /// once the connections are made (or being retried: a node starts while
+    /// NATS is away, serving clean sessions, and joins when it is back).
+    /// The caller installs it with [`BrokerState::set_cluster`] and
+    /// [`BrokerState::announce_interest`].
+    pub async fn start(
+        config: &ClusterConfig,
+        broker: &Arc<BrokerState>,
+    ) -> Result<Arc<NatsCluster>, ClusterError> {
+        let client = connect(config, false).await?;
+        let queue_client = connect(config, true).await?;
+        let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+        let (retained_tx, retained_rx) = mpsc::channel(OUTBOX);
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            node_id: config.node_id.clone(),
+            origin: rand::random(),
+            seq: AtomicU64::new(0),
+            client: client.clone(),
+            broker: Arc::downgrade(broker),
+            buckets: OnceLock::new(),
+            timeout: Duration::from_millis(config.timeout_ms),
+            counters: Counters::default(),
+            outbox,
+            retained: retained_tx,
+            interest: Mutex::new(Default::default()),
+            commands,
+            handing_over: Mutex::new(Default::default()),
+        });
+        tokio::spawn(forward_task(client.clone(), outbox_rx));
+        tokio::spawn(routes::run(inner.clone(), queue_client, commands_rx));
+        tokio::spawn(owners::serve_takeovers(inner.clone()));
+        tokio::spawn(open_buckets(inner.clone(), config.replicas, retained_rx));
+        tracing::info!(
+            node = %config.node_id,
+            nats = %config.nats.join(","),
+            "joining the cluster"
+        );
+        Ok(Arc::new(NatsCluster { inner }))
+    }
+
+    /// Whether the buckets are open (JetStream answered at least once).
+    pub fn ready(&self) -> bool {
+        self.inner.buckets.get().is_some()
+    }
+
+    /// Waits until [`NatsCluster::ready`], at most `limit`; whether it is.
+    pub async fn wait_ready(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while !self.ready() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.ready()
+    }
+
+    /// Whether the NATS connection is up now.
+    pub fn connected(&self) -> bool {
+        self.inner.connected()
+    }
+
+    /// The NATS server this node is connected to (`host:port`).
+    pub fn server(&self) -> String {
+        let info = self.inner.client.server_info();
+        format!("{}:{}", info.host, info.port)
+    }
+
+    /// What the cluster counted.
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// Waits until every interest change asked of this node so far has
+    /// reached its NATS server (a SUBACK sent after it means other nodes'
+    /// messages arrive, once NATS has passed the interest on).
+    pub async fn flush(&self) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.inner.commands.send(Command::Flush(tx)).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+impl Inner {
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    pub fn broker(&self) -> Option<Arc<BrokerState>> {
+        self.broker.upgrade()
+    }
+}
+
+impl Cluster for NatsCluster {
+    fn forward(&self, message: &Arc<Message>) {
+        if message.topic.starts_with("$SYS") {
+            return;
+        }
+        let inner = &self.inner;
+        let seq = inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let stamp = Stamp {
+            origin: inner.origin,
+            seq,
+        };
+        let payload = envelope::encode(message, stamp, Instant::now());
+        if message.retain
+            && inner
+                .retained
+                .try_send((message.topic.to_string(), payload.clone()))
+                .is_err()
+        {
+            tracing::warn!(topic = %message.topic, "retained message not shared: too many waiting");
+        }
+        let subject = subject::of_topic(&message.topic);
+        match inner.outbox.try_send((subject, payload)) {
+            Ok(()) => {}
+            Err(_) => {
+                inner
+                    .counters
+                    .forward_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn interest(&self, filter: &str, added: bool) {
+        let mut map = self.inner.interest.lock();
+        let changed = if added {
+            let n = map.entry(filter.to_string()).or_insert(0);
+            *n += 1;
+            *n == 1
+        } else {
+            match map.get_mut(filter) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    map.remove(filter);
+                    true
+                }
+                None => false,
+            }
+        };
+        if changed {
+            let command = if added {
+                Command::Add(filter.to_string())
+            } else {
+                Command::Remove(filter.to_string())
+            };
+            let _ = self.inner.commands.send(command);
+        }
+    }
+
+    fn claim(&self, client_id: &str, persistent: bool) -> ClusterFuture<Ownership> {
+        let inner = self.inner.clone();
+        let client_id = client_id.to_string();
+        Box::pin(async move { owners::claim(&inner, &client_id, persistent).await })
+    }
+
+    fn release(&self, client_id: &str) {
+        let inner = self.inner.clone();
+        let client_id = client_id.to_string();
+        tokio::spawn(async move { owners::release(&inner, &client_id).await });
+    }
+
+    fn shares_across_nodes(&self) -> bool {
+        true
+    }
+}
+
+/// One NATS connection with the node's options.
+async fn connect(config: &ClusterConfig, queues: bool) -> Result<async_nats::Client, ClusterError> {
+    let role = if queues { "queues" } else { "main" };
+    let node = config.node_id.clone();
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("starling-{}-{role}", config.node_id))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_millis(config.timeout_ms))
+        .request_timeout(Some(Duration::from_millis(config.timeout_ms)))
+        .subscription_capacity(65_536)
+        .event_callback(move |event| {
+            let node = node.clone();
+            async move {
+                use async_nats::Event;
+                match event {
+                    Event::Connected => tracing::info!(%node, role, "connected to NATS"),
+                    Event::Disconnected => tracing::warn!(%node, role, "lost the NATS connection"),
+                    other => tracing::debug!(%node, role, "NATS: {other}"),
+                }
+            }
+        });
+    if !queues {
+        options = options.no_echo();
+    }
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.clone());
+    }
+    if let Some(path) = &config.credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| ClusterError::Credentials(path.clone(), e))?;
+    }
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    let servers: Vec<async_nats::ServerAddr> = config
+        .nats
+        .iter()
+        .map(|s| s.parse().map_err(|_| ClusterError::Address(s.clone())))
+        .collect::<Result<_, _>>()?;
+    Ok(options.connect(servers).await?)
+}
+
+/// Hands forwarded messages to NATS, in the order they were accepted.
+async fn forward_task(client: async_nats::Client, mut rx: mpsc::Receiver<(String, bytes::Bytes)>) {
+    while let Some((subject, payload)) = rx.recv().await {
+        if let Err(e) = client.publish(subject, payload).await {
+            tracing::debug!("a message was not forwarded: {e}");
+        }
+    }
+}
+
+/// Opens the buckets, retrying while JetStream cannot answer, then serves
+/// the retained messages.
+async fn open_buckets(
+    inner: Arc<Inner>,
+    replicas: usize,
+    retained_rx: mpsc::Receiver<(String, bytes::Bytes)>,
+) {
+    let mut js = jetstream::new(inner.client.clone());
+    js.set_timeout(inner.timeout);
+    let mut logged = false;
+    let opened = loop {
+        match buckets::open(&js, replicas).await {
+            Ok(b) => break b,
+            Err(e) => {
+                if !logged {
+                    tracing::warn!(
+                        "JetStream is not ready (retrying each second; persistent sessions \
+                         are refused meanwhile): {e}"
+                    );
+                    logged = true;
+                }
+                if inner.broker().is_none() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let _ = inner.buckets.set(opened.clone());
+    tracing::info!(node = %inner.node_id, "cluster state ready (JetStream buckets open)");
+    retained::run(inner, opened.retained, retained_rx).await;
+}

@@ -1,0 +1,130 @@
+//! Interest routing: the NATS subscriptions for this node's MQTT
+//! subscriptions (one per distinct filter, counted by [`crate::NatsCluster`]),
+//! and the one task that routes what they bring to this node's subscribers.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use starling_broker::{BrokerState, Scope};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_stream::StreamMap;
+
+use crate::dedup::Seen;
+use crate::node::Inner;
+use crate::{envelope, keys, subject};
+
+/// What the routing task is asked.
+pub enum Command {
+    /// The first local subscription to this filter was made.
+    Add(String),
+    /// The last local subscription to this filter went.
+    Remove(String),
+    /// Answer once every earlier change has reached the NATS server.
+    Flush(oneshot::Sender<bool>),
+}
+
+/// A NATS subscription of this node: plain, or serving one shared group.
+struct Route {
+    share: Option<Arc<str>>,
+}
+
+/// Runs until the broker is gone.
+pub async fn run(
+    inner: Arc<Inner>,
+    queues: async_nats::Client,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let mut subs: StreamMap<u64, async_nats::Subscriber> = StreamMap::new();
+    let mut routes: HashMap<u64, Route> = HashMap::new();
+    let mut by_filter: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut next_key = 0u64;
+    let mut seen = Seen::default();
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                None => return,
+                Some(Command::Add(filter)) => {
+                    let (share, inner_filter) = starling_broker_split(&filter);
+                    let mut ids = Vec::new();
+                    for subj in subject::of_filter(inner_filter) {
+                        let made = match share {
+                            Some(_) => queues.queue_subscribe(subj, keys::queue(&filter)).await,
+                            None => inner.client.subscribe(subj).await,
+                        };
+                        match made {
+                            Ok(s) => {
+                                next_key += 1;
+                                subs.insert(next_key, s);
+                                routes.insert(next_key, Route {
+                                    share: share.map(|_| Arc::from(filter.as_str())),
+                                });
+                                ids.push(next_key);
+                            }
+                            Err(e) => tracing::warn!(%filter, "NATS subscription failed: {e}"),
+                        }
+                    }
+                    by_filter.insert(filter, ids);
+                }
+                Some(Command::Remove(filter)) => {
+                    for id in by_filter.remove(&filter).unwrap_or_default() {
+                        routes.remove(&id);
+                        // Dropping the subscriber unsubscribes it.
+                        subs.remove(&id);
+                    }
+                }
+                Some(Command::Flush(done)) => {
+                    let ok = inner.client.flush().await.is_ok() && queues.flush().await.is_ok();
+                    let _ = done.send(ok);
+                }
+            },
+            Some((id, msg)) = subs.next(), if !subs.is_empty() => {
+                let Some(broker) = inner.broker() else { return };
+                let share = routes.get(&id).and_then(|r| r.share.clone());
+                deliver(&inner, &broker, &mut seen, share.as_deref(), msg.payload);
+            }
+        }
+    }
+}
+
+/// Routes one message from another node to this node's subscribers.
+fn deliver(
+    inner: &Inner,
+    broker: &BrokerState,
+    seen: &mut Seen,
+    share: Option<&str>,
+    payload: bytes::Bytes,
+) {
+    let counters = &inner.counters;
+    let (stamp, msg) = match envelope::decode(payload, Instant::now()) {
+        Ok(m) => m,
+        Err(e) => {
+            counters.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("a NATS message was not a Starling message: {e}");
+            return;
+        }
+    };
+    match share {
+        Some(key) => {
+            broker.route_from_cluster(&msg, Scope::Group(key));
+        }
+        None => {
+            if !seen.first(stamp) {
+                counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            broker.route_from_cluster(&msg, Scope::Plain);
+        }
+    }
+    counters.received.fetch_add(1, Ordering::Relaxed);
+}
+
+/// `$share/group/filter` as (group, filter); a plain filter as (None, it).
+fn starling_broker_split(filter: &str) -> (Option<&str>, &str) {
+    match starling_codec::topic::parse_shared(filter) {
+        Ok(Some(s)) => (Some(s.group), s.filter),
+        _ => (None, filter),
+    }
+}
