@@ -95,26 +95,6 @@ impl crate::BrokerState {
         }
         n
     }
-
-    /// Another node took the session of `client_id`: its connection here,
-    /// if any, closes with 0x8E Session taken over (its will is published,
-    /// as for a takeover on one node) and the session ends on this node.
-    /// `false` when this node had no such session.
-    pub fn taken_over(self: &Arc<Self>, client_id: &str) -> bool {
-        let Some(session) = self.session(client_id) else {
-            return false;
-        };
-        let generation = {
-            let mut st = session.state.lock();
-            if st.kick_taken_over(&session.notify) {
-                return true;
-            }
-            st.next_generation();
-            st.generation()
-        };
-        crate::lifecycle::end_session_now(self, &session, generation);
-        true
-    }
 }
 
 #[cfg(test)]

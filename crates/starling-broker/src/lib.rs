@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 mod connection;
 pub mod events;
+mod handover;
 mod journal;
 mod lifecycle;
 pub mod message;
@@ -29,6 +30,7 @@ mod transport;
 
 pub use broker::{BrokerState, Scope};
 pub use config::{Config, ConfigError, LogFormat};
+pub use handover::{HandoverError, CHUNK as HANDOVER_CHUNK};
 pub use server::{
     Broker, BrokerBuilder, ListenerUrl, LocalConnector, ReloadError, ReloadHandle, ShutdownHandle,
     StartError, Transport,

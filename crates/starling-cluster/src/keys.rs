@@ -27,6 +27,12 @@ pub fn takeover(node: &str) -> String {
     format!("starling.node.{node}.takeover")
 }
 
+/// The subject on which node `node` serves the parts of sessions it
+/// handed over.
+pub fn handover(node: &str) -> String {
+    format!("starling.node.{node}.handover")
+}
+
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);

@@ -63,6 +63,8 @@ pub(crate) struct Inner {
     /// Client ids whose session here ends because another node took it:
     /// their release must not clear the new owner's claim.
     pub handing_over: Mutex<std::collections::HashSet<String>>,
+    /// Sessions handed over, until the new owner fetched them.
+    pub outgoing: Mutex<owners::Outgoing>,
 }
 
 impl NatsCluster {
@@ -94,10 +96,12 @@ impl NatsCluster {
             interest: Mutex::new(Default::default()),
             commands,
             handing_over: Mutex::new(Default::default()),
+            outgoing: Mutex::new(Default::default()),
         });
         tokio::spawn(forward_task(client.clone(), outbox_rx));
         tokio::spawn(routes::run(inner.clone(), queue_client, commands_rx));
         tokio::spawn(owners::serve_takeovers(inner.clone()));
+        tokio::spawn(owners::serve_handovers(inner.clone()));
         tokio::spawn(open_buckets(inner.clone(), config.replicas, retained_rx));
         tracing::info!(
             node = %config.node_id,

@@ -4,12 +4,14 @@
 //! as owner conditioned on the revision it read: of two nodes racing for
 //! one id, exactly one write succeeds.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_nats::jetstream::kv::{self, Operation};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use starling_broker::cluster::Ownership;
+use starling_broker::BrokerState;
 
 use crate::keys;
 use crate::node::Inner;
@@ -39,15 +41,18 @@ pub async fn claim(inner: &Inner, client_id: &str, persistent: bool) -> Ownershi
         }
         Err(_) => return unreachable,
     };
-    let written = match entry {
-        None => store.create(&key, me).await.map(|_| ()).map_err(|e| {
-            let lost = e.kind() == kv::CreateErrorKind::AlreadyExists;
-            (lost, e.to_string())
-        }),
+    // The write comes first: of two nodes racing, only the winner disturbs
+    // the old owner. The revision read fences the write.
+    let (written, previous) = match entry {
+        None => (
+            store.create(&key, me).await.map(|_| ()).map_err(|e| {
+                let lost = e.kind() == kv::CreateErrorKind::AlreadyExists;
+                (lost, e.to_string())
+            }),
+            None,
+        ),
         Some(e) if e.value == inner.node_id.as_bytes() => return Ownership::Local,
-        Some(e) => {
-            let owner = String::from_utf8_lossy(&e.value).into_owned();
-            take_from(inner, &owner, client_id).await;
+        Some(e) => (
             store
                 .update(&key, me, e.revision)
                 .await
@@ -55,11 +60,17 @@ pub async fn claim(inner: &Inner, client_id: &str, persistent: bool) -> Ownershi
                 .map_err(|e| {
                     let lost = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
                     (lost, e.to_string())
-                })
-        }
+                }),
+            Some(String::from_utf8_lossy(&e.value).into_owned()),
+        ),
     };
     match written {
-        Ok(()) => Ownership::Local,
+        Ok(()) => {
+            if let Some(owner) = previous {
+                take_from(inner, &owner, client_id).await;
+            }
+            Ownership::Local
+        }
         Err((true, _)) => {
             tracing::info!(%client_id, "another node claimed this client id first");
             Ownership::Busy
@@ -71,18 +82,68 @@ pub async fn claim(inner: &Inner, client_id: &str, persistent: bool) -> Ownershi
     }
 }
 
-/// Asks node `owner` to close `client_id` there. An owner that does not
-/// answer (it is gone) is passed over: its claim is overwritten.
+/// Asks node `owner` to close `client_id` there and hand its session over,
+/// and installs what comes. An owner that does not answer (it is gone) is
+/// passed over.
 async fn take_from(inner: &Inner, owner: &str, client_id: &str) {
-    let subject = keys::takeover(owner);
     let asked = inner
         .client
-        .request(subject, Bytes::from(client_id.to_string()));
-    match tokio::time::timeout(inner.timeout, asked).await {
-        Ok(Ok(_)) => tracing::debug!(%client_id, %owner, "taken over from another node"),
-        Ok(Err(e)) => tracing::info!(%client_id, %owner, "the previous owner did not answer: {e}"),
-        Err(_) => tracing::info!(%client_id, %owner, "the previous owner did not answer in time"),
+        .request(keys::takeover(owner), Bytes::from(client_id.to_string()));
+    let count = match tokio::time::timeout(inner.timeout, asked).await {
+        Ok(Ok(reply)) if reply.payload.len() == 4 => u32::from_be_bytes([
+            reply.payload[0],
+            reply.payload[1],
+            reply.payload[2],
+            reply.payload[3],
+        ]),
+        Ok(Ok(_)) => 0,
+        Ok(Err(e)) => {
+            tracing::info!(%client_id, %owner, "the previous owner did not answer: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%client_id, %owner, "the previous owner did not answer in time");
+            return;
+        }
+    };
+    if count == 0 {
+        tracing::debug!(%client_id, %owner, "taken over from another node (no session to move)");
+        return;
     }
+    let mut chunks = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        match fetch_chunk(inner, owner, client_id, index).await {
+            Some(chunk) => chunks.push(chunk),
+            None => {
+                tracing::warn!(%client_id, %owner, "the session could not be moved: a part of it did not come");
+                return;
+            }
+        }
+    }
+    let Some(broker) = inner.broker() else { return };
+    match broker.take_handover(client_id, &chunks) {
+        Ok(()) => {
+            tracing::info!(%client_id, %owner, parts = count, "session moved from another node")
+        }
+        Err(e) => tracing::warn!(%client_id, %owner, "the session could not be moved: {e}"),
+    }
+}
+
+/// One part of a session being handed over, asked up to three times.
+async fn fetch_chunk(inner: &Inner, owner: &str, client_id: &str, index: u32) -> Option<Bytes> {
+    let mut ask = Vec::with_capacity(4 + client_id.len());
+    ask.extend_from_slice(&index.to_be_bytes());
+    ask.extend_from_slice(client_id.as_bytes());
+    let ask = Bytes::from(ask);
+    for _ in 0..3 {
+        let asked = inner.client.request(keys::handover(owner), ask.clone());
+        if let Ok(Ok(reply)) = tokio::time::timeout(inner.timeout, asked).await {
+            if reply.headers.is_none() {
+                return Some(reply.payload);
+            }
+        }
+    }
+    None
 }
 
 /// The session of `client_id` ended here: the claim is removed unless
@@ -115,10 +176,20 @@ pub async fn release(inner: &Inner, client_id: &str) {
     }
 }
 
-/// Answers other nodes' takeover requests for clients of this node.
+/// How long a handed-over session waits to be fetched.
+const HANDOVER_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Sessions written out for another node, until it fetched them.
+#[derive(Default)]
+pub struct Outgoing {
+    by_client: HashMap<String, (Vec<Bytes>, tokio::time::Instant)>,
+}
+
+/// Answers other nodes' takeover requests for clients of this node: the
+/// connection closes with 0x8E, and a persistent session is written out
+/// for the new node to fetch. The answer is how many parts it has.
 pub async fn serve_takeovers(inner: Arc<Inner>) {
-    let subject = keys::takeover(&inner.node_id);
-    let mut requests = match inner.client.subscribe(subject).await {
+    let mut requests = match inner.client.subscribe(keys::takeover(&inner.node_id)).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("takeover requests cannot be served: {e}");
@@ -130,12 +201,90 @@ pub async fn serve_takeovers(inner: Arc<Inner>) {
         let Ok(client_id) = std::str::from_utf8(&request.payload) else {
             continue;
         };
-        inner.handing_over.lock().insert(client_id.to_string());
-        if !broker.taken_over(client_id) {
-            inner.handing_over.lock().remove(client_id);
-        }
+        let parts = hand_over(&inner, &broker, client_id).await;
         if let Some(reply) = request.reply {
-            let _ = inner.client.publish(reply, Bytes::from_static(b"ok")).await;
+            let _ = inner
+                .client
+                .publish(reply, Bytes::copy_from_slice(&parts.to_be_bytes()))
+                .await;
+        }
+    }
+}
+
+async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) -> u32 {
+    if broker.session(client_id).is_none() {
+        return 0;
+    }
+    // Whatever ends here now, the claim is the new owner's: no release.
+    inner.handing_over.lock().insert(client_id.to_string());
+    if broker.kick_taken_over(client_id) {
+        // The connection closes on its own task; wait for it, bounded.
+        let deadline = tokio::time::Instant::now() + inner.timeout / 2;
+        while broker.is_connected(client_id) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+    // A clean session ends with its connection, and its release takes the
+    // mark off; a persistent one is written out here.
+    let Some(chunks) = broker.hand_over(client_id).await else {
+        return 0;
+    };
+    inner.handing_over.lock().remove(client_id);
+    let parts = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+    let now = tokio::time::Instant::now();
+    let mut out = inner.outgoing.lock();
+    out.by_client
+        .retain(|_, (_, at)| now.duration_since(*at) < HANDOVER_KEPT);
+    out.by_client.insert(client_id.to_string(), (chunks, now));
+    parts
+}
+
+/// Answers other nodes' requests for the parts of handed-over sessions.
+pub async fn serve_handovers(inner: Arc<Inner>) {
+    let mut requests = match inner.client.subscribe(keys::handover(&inner.node_id)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("session handovers cannot be served: {e}");
+            return;
+        }
+    };
+    while let Some(request) = requests.next().await {
+        let Some(reply) = request.reply else { continue };
+        let p = &request.payload;
+        if p.len() < 4 {
+            continue;
+        }
+        let index = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+        let client_id = String::from_utf8_lossy(&p[4..]).into_owned();
+        let part = {
+            let mut out = inner.outgoing.lock();
+            let part = out
+                .by_client
+                .get(&client_id)
+                .and_then(|(chunks, _)| chunks.get(index).cloned());
+            // The last part fetched: the session has moved.
+            if out
+                .by_client
+                .get(&client_id)
+                .is_some_and(|(c, _)| index + 1 == c.len())
+            {
+                out.by_client.remove(&client_id);
+            }
+            part
+        };
+        let answer = match part {
+            Some(chunk) => inner.client.publish(reply, chunk).await,
+            None => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Starling-Missing", "1");
+                inner
+                    .client
+                    .publish_with_headers(reply, headers, Bytes::new())
+                    .await
+            }
+        };
+        if let Err(e) = answer {
+            tracing::debug!("a handover part was not sent: {e}");
         }
     }
 }

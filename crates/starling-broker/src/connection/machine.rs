@@ -552,10 +552,7 @@ impl Machine {
                 Close::Administrative
             }
             Some(Kick::SlowConsumer) => Close::SlowConsumer,
-            Some(Kick::TakenOver) => {
-                client.expiry_interval = 0;
-                Close::TakenOver
-            }
+            Some(Kick::TakenOver) => Close::TakenOver,
             Some(_) => Close::Administrative,
             None => Close::TakenOver,
         }

@@ -844,6 +844,15 @@ impl SessionState {
         (resend, expired)
     }
 
+    /// Takes the whole spill off the session (a handover reads it): the
+    /// store sequence range it covers, `[from, end)`.
+    pub(crate) fn take_spill(&mut self) -> Option<(u64, u64)> {
+        let spill = self.spill.take()?;
+        let bytes = spill.bytes;
+        self.note_spilled(0, bytes);
+        Some((spill.next, self.next_seq))
+    }
+
     /// A page could not be read: it is asked for again later.
     pub(crate) fn page_failed(&mut self) {
         if let Some(spill) = self.spill.as_mut() {
@@ -1182,7 +1191,15 @@ impl SessionState {
         self.incoming_qos2.contains(&packet_id)
     }
 
-    /// How many incoming QoS 2 exchanges await their PUBREL.
+    /// The incoming QoS 2 packet ids that await their PUBREL.
+    pub fn incoming_qos2(&self) -> Vec<u16> {
+        self.incoming_qos2
+            .0
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.iter().copied().collect())
+    }
+
+    /// How many QoS 2 packet ids from the client await their PUBREL.
     pub fn incoming_qos2_len(&self) -> usize {
         self.incoming_qos2.len()
     }
