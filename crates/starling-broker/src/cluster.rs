@@ -57,6 +57,11 @@ pub trait Cluster: Send + Sync + 'static {
     fn shares_across_nodes(&self) -> bool {
         false
     }
+    /// What `$SYS/broker/cluster/<name>` says: pairs of name and value
+    /// (none for a single node).
+    fn status(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
 }
 
 /// One node alone: nothing to forward, every session is local.

@@ -314,12 +314,19 @@ pub fn publish(broker: &Arc<BrokerState>) {
             m.messages_dropped().to_string(),
         ),
     ];
+    // In a cluster: which node this is, its NATS server, the cluster's state.
+    let cluster = broker
+        .cluster()
+        .status()
+        .into_iter()
+        .map(|(name, v)| (format!("$SYS/broker/cluster/{name}"), v));
     publish_values(
         broker,
         values
             .into_iter()
             .chain(more)
-            .map(|(t, v)| (t.to_string(), v)),
+            .map(|(t, v)| (t.to_string(), v))
+            .chain(cluster),
     );
 }
 

@@ -185,7 +185,9 @@ impl Cluster for NatsCluster {
         }
         let subject = subject::of_topic(&message.topic);
         match inner.outbox.try_send((subject, payload)) {
-            Ok(()) => {}
+            Ok(()) => {
+                inner.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+            }
             Err(_) => {
                 inner
                     .counters
@@ -238,6 +240,25 @@ impl Cluster for NatsCluster {
 
     fn shares_across_nodes(&self) -> bool {
         true
+    }
+
+    fn status(&self) -> Vec<(&'static str, String)> {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
+        let state = match (self.connected(), self.ready()) {
+            (true, true) => "ready",
+            (true, false) => "waiting for JetStream",
+            (false, _) => "disconnected from NATS",
+        };
+        vec![
+            ("node", self.inner.node_id.clone()),
+            ("nats-server", self.server()),
+            ("state", state.to_string()),
+            ("messages/forwarded", get(&c.forwarded)),
+            ("messages/forward-dropped", get(&c.forward_dropped)),
+            ("messages/received", get(&c.received)),
+            ("messages/duplicates", get(&c.duplicates)),
+        ]
     }
 }
 
