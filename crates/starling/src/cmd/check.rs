@@ -59,6 +59,13 @@ fn redacted(mut config: Config) -> Config {
             bridge.password = Some(HIDDEN.into());
         }
     }
+    if let Some(cluster) = config.cluster.as_mut() {
+        for secret in [&mut cluster.password, &mut cluster.token] {
+            if secret.is_some() {
+                *secret = Some(HIDDEN.into());
+            }
+        }
+    }
     config
 }
 

@@ -1,0 +1,613 @@
+//! The cluster harness: three `nats-server`s with JetStream in one NATS
+//! cluster, and three Starling nodes (`starling broker --cluster`), node i
+//! connected to NATS server i, each in its own temporary directory.
+//!
+//! - Ports: NATS client ports and Starling's MQTT ports are chosen by the
+//!   programs themselves (`-1` and `:0`) and read from their logs; NATS
+//!   cluster ports must be known up front (each server lists the others'
+//!   routes), so they are picked free and the start is retried if one was
+//!   taken meanwhile.
+//! - Readiness is read from the children's stderr, through a pipe read on
+//!   its own thread: a NATS server is up once it listens for routes and
+//!   knows the JetStream metadata leader; a node once it listens and has
+//!   logged "cluster state ready" (JetStream answered). Every wait has a deadline; nothing sleeps to
+//!   wait.
+//! - Every child is killed (SIGKILL) when the cluster is dropped; if the
+//!   test is failing, the last lines of each child's log are printed first.
+//! - Without `nats-server` the cluster tests are skipped, unless `CI` is
+//!   set: then they fail.
+//!
+//! `CLUSTER_TEST_LOG=debug` (any `--log-level` value that keeps `info`
+//! lines) makes the nodes log more; `CLUSTER_TEST_TAIL=N` prints the last N
+//! lines of each log (25) when a test fails; `CLUSTER_TEST_KEEP=1` keeps the
+//! temporary directories.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use starling_client::{Client, ConnectOptions};
+use starling_codec::{ConnAck, Connect, Decoder, Packet, ProtocolVersion};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a NATS server or a node may take to be ready.
+pub const STARTUP: Duration = Duration::from_secs(30);
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(10);
+/// The longest a whole test may run, its cluster's start excluded.
+pub const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+/// Whether this is a CI run (`CI` set, and not to `false` or `0`).
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| {
+        let v = v.trim();
+        !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false")
+    })
+}
+
+/// The `nats-server` binary: `NATS_SERVER` if set (when it names no file,
+/// there is none), else the Debian package's `/usr/sbin/nats-server` or the
+/// first on `PATH`.
+pub fn nats_server_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("NATS_SERVER") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let mut dirs: Vec<PathBuf> = vec!["/usr/sbin".into(), "/usr/local/bin".into()];
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+// ---------------------------------------------------------------------------
+// Children and their logs
+
+/// A child's stderr, line by line, read on its own thread (so a full pipe
+/// never stalls the child), with a condition variable to wait on.
+#[derive(Clone, Default)]
+pub struct Log(Arc<(Mutex<LogLines>, Condvar)>);
+
+#[derive(Default)]
+struct LogLines {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+impl Log {
+    fn follow(pipe: impl Read + Send + 'static) -> Log {
+        let log = Log::default();
+        let shared = log.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                        let (lock, cv) = &*shared.0;
+                        lock.lock().unwrap().lines.push(text);
+                        cv.notify_all();
+                    }
+                }
+            }
+            let (lock, cv) = &*shared.0;
+            lock.lock().unwrap().closed = true;
+            cv.notify_all();
+        });
+        log
+    }
+
+    /// The first line that satisfies `pred`, waiting for it at most
+    /// `limit`. `Err` says why not: the child closed its stderr (it ended),
+    /// or the time ran out.
+    pub fn wait_for(&self, limit: Duration, pred: impl Fn(&str) -> bool) -> Result<String, String> {
+        let deadline = Instant::now() + limit;
+        let (lock, cv) = &*self.0;
+        let mut st = lock.lock().unwrap();
+        let mut checked = 0;
+        loop {
+            if let Some(line) = st.lines[checked..].iter().find(|l| pred(l)) {
+                return Ok(line.clone());
+            }
+            checked = st.lines.len();
+            if st.closed {
+                return Err("the process ended".into());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!("not within {limit:?}"));
+            }
+            st = cv.wait_timeout(st, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Whether a line contains `needle` now.
+    pub fn contains(&self, needle: &str) -> bool {
+        self.0
+             .0
+            .lock()
+            .unwrap()
+            .lines
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    /// The last `n` lines, without the storage engine's chatter.
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        let st = self.0 .0.lock().unwrap();
+        let lines: Vec<&String> = st
+            .lines
+            .iter()
+            .filter(|l| !l.contains("lsm_tree::"))
+            .collect();
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| l.to_string())
+            .collect()
+    }
+}
+
+/// A child process, killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: Log,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
+        let log = Log::follow(child.stderr.take().expect("piped stderr"));
+        Proc {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// What went wrong, with the end of the log.
+    fn failure(&self, what: &str, why: &str) -> String {
+        format!(
+            "{} {what}: {why}; its log ends with:\n  {}",
+            self.name,
+            self.log.tail(30).join("\n  ")
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The cluster
+
+/// One NATS server of the cluster.
+pub struct NatsServer {
+    pub proc: Proc,
+    /// Its client port on 127.0.0.1.
+    pub port: u16,
+}
+
+/// One Starling node.
+pub struct Node {
+    pub proc: Proc,
+    /// Its node id (`node1`, ...).
+    pub id: String,
+    /// Its MQTT port on 127.0.0.1.
+    pub port: u16,
+}
+
+/// Three NATS servers and three Starling nodes (`nodes[i]` on `nats[i]`).
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub nats: Vec<NatsServer>,
+    pub dir: PathBuf,
+    started: Instant,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+fn free_ports(n: usize) -> Vec<u16> {
+    // Held together, so they differ from one another.
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("its address").port())
+        .collect()
+}
+
+/// The port at the end of a log line such as `... on 127.0.0.1:4222`, or
+/// after `addr=127.0.0.1:`.
+fn port_in(line: &str, after: &str) -> Option<u16> {
+    let rest = &line[line.find(after)? + after.len()..];
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+impl Cluster {
+    /// Starts a cluster for the test `tag`; `None` (after saying so) when
+    /// `nats-server` is not installed and this is not CI.
+    pub fn start(tag: &str) -> Option<Cluster> {
+        let Some(nats_bin) = nats_server_binary() else {
+            if ci() {
+                panic!(
+                    "no nats-server (apt-get install nats-server, or \
+                     NATS_SERVER=/path/to/nats-server) and CI is set: the cluster tests \
+                     cannot run"
+                );
+            }
+            eprintln!(
+                "SKIPPED cluster test {tag}: no nats-server (apt-get install nats-server, \
+                 or NATS_SERVER=/path/to/nats-server); under CI=true this fails instead"
+            );
+            return None;
+        };
+        let started = Instant::now();
+        let dir = std::env::temp_dir().join(format!(
+            "starling-cluster-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            nats: Vec::new(),
+            dir,
+            started,
+        };
+        // A cluster port picked free may be taken before its server binds
+        // it: that server exits, and the servers start again on new ports.
+        let mut last = String::new();
+        for attempt in 0..3 {
+            match start_nats(&nats_bin, &cluster.dir, attempt) {
+                Ok(servers) => {
+                    cluster.nats = servers;
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        assert!(
+            !cluster.nats.is_empty(),
+            "the NATS servers did not start: {last}"
+        );
+        for (i, server) in cluster.nats.iter().enumerate() {
+            let node = start_node(&cluster.dir, i + 1, server.port);
+            cluster.nodes.push(node);
+        }
+        for node in &mut cluster.nodes {
+            node.port = wait_node(&node.proc);
+        }
+        eprintln!(
+            "cluster {tag}: 3 NATS servers (client ports {:?}) and nodes on MQTT ports {:?}, \
+             ready in {:?}",
+            cluster.nats.iter().map(|s| s.port).collect::<Vec<_>>(),
+            cluster.nodes.iter().map(|n| n.port).collect::<Vec<_>>(),
+            started.elapsed()
+        );
+        Some(cluster)
+    }
+
+    /// The MQTT port of node `n` (1, 2 or 3).
+    pub fn port(&self, n: usize) -> u16 {
+        self.nodes[n - 1].port
+    }
+
+    /// How long the cluster has run.
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let lines = std::env::var("CLUSTER_TEST_TAIL")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(25);
+            let procs = self
+                .nodes
+                .iter()
+                .map(|n| &n.proc)
+                .chain(self.nats.iter().map(|s| &s.proc));
+            for p in procs {
+                eprintln!(
+                    "---- last lines of {} (pid {}):\n  {}",
+                    p.name,
+                    p.pid(),
+                    p.log.tail(lines).join("\n  ")
+                );
+            }
+        }
+        // The nodes first, so that they do not log the servers going away.
+        self.nodes.clear();
+        self.nats.clear();
+        if std::env::var_os("CLUSTER_TEST_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("kept {}", self.dir.display());
+        }
+    }
+}
+
+/// Three NATS servers with JetStream, routed to one another; each is ready
+/// once it listens for routes.
+fn start_nats(bin: &Path, dir: &Path, attempt: usize) -> Result<Vec<NatsServer>, String> {
+    let cluster_ports = free_ports(3);
+    // A name of its own: should a port picked here be taken by another
+    // test's server, the routes to it are refused rather than joining the
+    // two clusters.
+    let dir_name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cluster_name = format!("{dir_name}-{attempt}");
+    let routes = cluster_ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut procs = Vec::new();
+    for (i, cport) in cluster_ports.iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        let store = dir.join(format!("{name}-{attempt}"));
+        let conf = dir.join(format!("{name}-{attempt}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "server_name: {name}\n\
+                 listen: 127.0.0.1:-1\n\
+                 max_payload: 8MB\n\
+                 jetstream {{ store_dir: {store:?} }}\n\
+                 cluster {{ name: {cluster_name:?}, listen: 127.0.0.1:{cport}, routes: [{routes}] }}\n"
+            ),
+        )
+        .map_err(|e| format!("{}: {e}", conf.display()))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("-c").arg(&conf);
+        procs.push(Proc::spawn(&format!("nats-server {name}"), cmd));
+    }
+    let mut servers = Vec::new();
+    for proc in procs {
+        let line = proc
+            .log
+            .wait_for(STARTUP, |l| {
+                l.contains("Listening for client connections on")
+            })
+            .map_err(|e| proc.failure("did not listen for clients", &e))?;
+        let port = port_in(&line, "client connections on 127.0.0.1:")
+            .ok_or_else(|| proc.failure("logged no client port", &line))?;
+        proc.log
+            .wait_for(STARTUP, |l| {
+                l.contains("Listening for route connections on")
+            })
+            .map_err(|e| proc.failure("did not listen for routes", &e))?;
+        servers.push(NatsServer { proc, port });
+    }
+    // JetStream answers once the servers have elected a metadata leader:
+    // the nodes started before that would wait for their first request to
+    // time out.
+    for s in &servers {
+        s.proc
+            .log
+            .wait_for(STARTUP, |l| l.contains("metadata leader"))
+            .map_err(|e| s.proc.failure("knows no JetStream leader", &e))?;
+    }
+    Ok(servers)
+}
+
+fn start_node(dir: &Path, n: usize, nats_port: u16) -> Node {
+    let id = format!("node{n}");
+    let level = std::env::var("CLUSTER_TEST_LOG").unwrap_or_else(|_| "info".into());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_starling"));
+    cmd.arg("broker")
+        .args(["--listen", "mqtt://127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.join(&id))
+        .args(["--cluster", &format!("nats://127.0.0.1:{nats_port}")])
+        .args(["--node-id", &id])
+        .args(["--log-level", &level, "--log-format", "text"])
+        .env_remove("RUST_LOG");
+    Node {
+        proc: Proc::spawn(&format!("starling {id}"), cmd),
+        id,
+        port: 0,
+    }
+}
+
+/// Waits until a node listens and its cluster state is ready; its port.
+fn wait_node(proc: &Proc) -> u16 {
+    let line = proc
+        .log
+        .wait_for(STARTUP, |l| l.contains("listening") && l.contains("addr="))
+        .unwrap_or_else(|e| panic!("{}", proc.failure("did not listen", &e)));
+    let port = port_in(&line, "addr=127.0.0.1:")
+        .unwrap_or_else(|| panic!("{}", proc.failure("logged no port", &line)));
+    // It listens after waiting up to 10 s for JetStream; it may still be
+    // waiting for it (then it serves clean sessions only).
+    proc.log
+        .wait_for(STARTUP, |l| l.contains("cluster state ready"))
+        .unwrap_or_else(|e| panic!("{}", proc.failure("has no cluster state", &e)));
+    port
+}
+
+// ---------------------------------------------------------------------------
+// Running a test
+
+/// Runs the body of a test on a two-thread runtime, within [`TEST_LIMIT`].
+pub fn run<F: std::future::Future<Output = ()>>(body: F) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        tokio::time::timeout(TEST_LIMIT, body)
+            .await
+            .unwrap_or_else(|_| panic!("the test did not finish within {TEST_LIMIT:?}"))
+    });
+}
+
+/// Options for a starling-client connection to `port` (MQTT 5, clean).
+pub fn options(port: u16, client_id: &str) -> ConnectOptions {
+    let mut o = ConnectOptions::new("127.0.0.1", port);
+    o.client_id = client_id.into();
+    o.message_capacity = 1024;
+    o.connect_timeout = WAIT;
+    o
+}
+
+/// Connects a starling-client; panics if it cannot.
+pub async fn connect(port: u16, client_id: &str) -> Client {
+    Client::connect(options(port, client_id))
+        .await
+        .unwrap_or_else(|e| panic!("{client_id} connects to port {port}: {e}"))
+        .0
+}
+
+/// Subscriptions travel between nodes asynchronously (NATS passes interest
+/// on from server to server): publishes `probe` (QoS 0) on `publisher`
+/// every 25 ms until `subscriber` receives it, within [`WAIT`]. Other
+/// messages arriving meanwhile fail the test.
+pub async fn until_routed(publisher: &Client, probe: &str, subscriber: &Client) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no message on {probe} crossed to the subscriber within {WAIT:?}"
+        );
+        publisher
+            .publish(probe, &b"probe"[..], starling_codec::QoS::AtMostOnce, false)
+            .await
+            .expect("the probe is sent");
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(25), subscriber.recv()).await {
+            let m = m.expect("the subscriber is connected");
+            assert_eq!(&*m.topic, probe, "unexpected message {m:?}");
+            break;
+        }
+    }
+    // Probes still on their way.
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_millis(100), subscriber.recv()).await
+    {
+        assert_eq!(&*m.topic, probe, "unexpected message {m:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A raw MQTT peer, for exact packets (CONNACK and DISCONNECT reason codes)
+
+/// What a raw peer read next.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // a few values per test
+pub enum Next {
+    Packet(Packet),
+    /// The broker closed the connection.
+    Closed,
+    /// Nothing within the time given.
+    Nothing,
+}
+
+/// A connection to a node that speaks MQTT through the codec.
+#[derive(Debug)]
+pub struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+    decoder: Decoder,
+    version: ProtocolVersion,
+}
+
+impl Raw {
+    /// Connects and sends `connect`; the CONNACK, or `Err` if the broker
+    /// closed the connection or sent something else first.
+    pub async fn connect(port: u16, connect: Connect) -> Result<(Raw, ConnAck), String> {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("cannot connect to {port}: {e}"))?;
+        stream.set_nodelay(true).ok();
+        let mut raw = Raw {
+            stream,
+            buf: BytesMut::new(),
+            decoder: Decoder::with_version(connect.protocol),
+            version: connect.protocol,
+        };
+        raw.send(Packet::Connect(Box::new(connect)))
+            .await
+            .map_err(|e| format!("CONNECT not sent: {e}"))?;
+        match raw.next(WAIT).await {
+            Next::Packet(Packet::ConnAck(ack)) => Ok((raw, ack)),
+            other => Err(format!("expected CONNACK, got {other:?}")),
+        }
+    }
+
+    /// Sends a packet; `Err` if the connection is closed.
+    pub async fn send(&mut self, packet: Packet) -> std::io::Result<()> {
+        let mut out = BytesMut::new();
+        packet.encode(self.version, &mut out).expect("encodes");
+        self.stream.write_all(&out).await
+    }
+
+    /// The next packet within `limit`.
+    pub async fn next(&mut self, limit: Duration) -> Next {
+        let read = async {
+            loop {
+                match self.decoder.decode(&mut self.buf) {
+                    Ok(Some(p)) => return Next::Packet(p),
+                    Ok(None) => {}
+                    Err(e) => panic!("the broker sent a bad packet: {e}"),
+                }
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return Next::Closed,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(limit, read)
+            .await
+            .unwrap_or(Next::Nothing)
+    }
+
+    /// Whether the connection is alive: it answers PINGREQ with PINGRESP.
+    /// Otherwise what came instead (a DISCONNECT, or the close).
+    pub async fn ping(&mut self) -> Result<(), Next> {
+        if self.send(Packet::PingReq).await.is_err() {
+            return Err(Next::Closed);
+        }
+        match self.next(WAIT).await {
+            Next::Packet(Packet::PingResp) => Ok(()),
+            other => Err(other),
+        }
+    }
+}
