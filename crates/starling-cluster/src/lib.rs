@@ -16,6 +16,7 @@ mod node;
 mod owners;
 mod retained;
 mod routes;
+mod shared;
 pub mod subject;
 
 pub use envelope::EnvelopeError;

@@ -6,7 +6,7 @@
 //! shared group's member here competes with the other nodes' members.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -18,53 +18,20 @@ use starling_broker::BrokerState;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::buckets::{self, Buckets};
+use crate::buckets;
 use crate::envelope::{self, Stamp};
-use crate::routes::{self, Command};
+use crate::routes;
+pub use crate::shared::Counters;
+use crate::shared::{Command, Inner};
 use crate::{owners, retained, subject, ClusterError};
 
 /// Messages waiting to be handed to NATS at most; past it a message is not
 /// forwarded (and counted), as core NATS would drop it for a slow consumer.
 const OUTBOX: usize = 65_536;
 
-/// What the cluster counts.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Messages handed to NATS.
-    pub forwarded: AtomicU64,
-    /// Messages that could not be (the outbox was full).
-    pub forward_dropped: AtomicU64,
-    /// Messages from other nodes routed here.
-    pub received: AtomicU64,
-    /// Copies of one message dropped (overlapping subscriptions).
-    pub duplicates: AtomicU64,
-    /// NATS payloads that were not Starling envelopes.
-    pub malformed: AtomicU64,
-}
-
 /// This node in a cluster over NATS.
 pub struct NatsCluster {
     pub(crate) inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    pub node_id: String,
-    pub origin: u64,
-    seq: AtomicU64,
-    pub client: async_nats::Client,
-    pub broker: Weak<BrokerState>,
-    pub buckets: OnceLock<Buckets>,
-    pub timeout: Duration,
-    pub counters: Counters,
-    outbox: mpsc::Sender<(String, bytes::Bytes)>,
-    retained: mpsc::Sender<(String, bytes::Bytes)>,
-    interest: Mutex<std::collections::HashMap<String, usize>>,
-    commands: mpsc::UnboundedSender<Command>,
-    /// Client ids whose session here ends because another node took it:
-    /// their release must not clear the new owner's claim.
-    pub handing_over: Mutex<std::collections::HashSet<String>>,
-    /// Sessions handed over, until the new owner fetched them.
-    pub outgoing: Mutex<owners::Outgoing>,
 }
 
 impl NatsCluster {
@@ -150,16 +117,6 @@ impl NatsCluster {
             return false;
         }
         rx.await.unwrap_or(false)
-    }
-}
-
-impl Inner {
-    pub fn connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
-    }
-
-    pub fn broker(&self) -> Option<Arc<BrokerState>> {
-        self.broker.upgrade()
     }
 }
 

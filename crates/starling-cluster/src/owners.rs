@@ -4,7 +4,6 @@
 //! as owner conditioned on the revision it read: of two nodes racing for
 //! one id, exactly one write succeeds.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_nats::jetstream::kv::{self, Operation};
@@ -14,7 +13,7 @@ use starling_broker::cluster::Ownership;
 use starling_broker::BrokerState;
 
 use crate::keys;
-use crate::node::Inner;
+use crate::shared::Inner;
 
 /// Claims `client_id` for this node. A clean session (`persistent` false)
 /// is served here when the cluster cannot be asked; a persistent one is not.
@@ -178,12 +177,6 @@ pub async fn release(inner: &Inner, client_id: &str) {
 
 /// How long a handed-over session waits to be fetched.
 const HANDOVER_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Sessions written out for another node, until it fetched them.
-#[derive(Default)]
-pub struct Outgoing {
-    by_client: HashMap<String, (Vec<Bytes>, tokio::time::Instant)>,
-}
 
 /// Answers other nodes' takeover requests for clients of this node: the
 /// connection closes with 0x8E, and a persistent session is written out

@@ -13,7 +13,7 @@ use starling_codec::{Properties, QoS};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::node::Inner;
+use crate::shared::Inner;
 use crate::{envelope, keys};
 
 /// Writes what this node retains, and applies what any node retained, until

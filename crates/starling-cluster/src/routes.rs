@@ -8,23 +8,13 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use starling_broker::{BrokerState, Scope};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
 
 use crate::dedup::Seen;
-use crate::node::Inner;
+use crate::shared::{Command, Inner};
 use crate::{envelope, keys, subject};
-
-/// What the routing task is asked.
-pub enum Command {
-    /// The first local subscription to this filter was made.
-    Add(String),
-    /// The last local subscription to this filter went.
-    Remove(String),
-    /// Answer once every earlier change has reached the NATS server.
-    Flush(oneshot::Sender<bool>),
-}
 
 /// A NATS subscription of this node: plain, or serving one shared group.
 struct Route {

@@ -1,0 +1,76 @@
+//! What the node's tasks share: [`Inner`], the commands of the routing
+//! task, the sessions waiting to be fetched, the counters.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use starling_broker::BrokerState;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::buckets::Buckets;
+
+/// What the cluster counts.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Messages handed to NATS.
+    pub forwarded: AtomicU64,
+    /// Messages that could not be (the outbox was full).
+    pub forward_dropped: AtomicU64,
+    /// Messages from other nodes routed here.
+    pub received: AtomicU64,
+    /// Copies of one message dropped (overlapping subscriptions).
+    pub duplicates: AtomicU64,
+    /// NATS payloads that were not Starling envelopes.
+    pub malformed: AtomicU64,
+}
+
+/// What the routing task is asked.
+pub enum Command {
+    /// The first local subscription to this filter was made.
+    Add(String),
+    /// The last local subscription to this filter went.
+    Remove(String),
+    /// Answer once every earlier change has reached the NATS server.
+    Flush(oneshot::Sender<bool>),
+}
+
+/// Sessions written out for another node, until it fetched them.
+#[derive(Default)]
+pub struct Outgoing {
+    pub by_client: HashMap<String, (Vec<Bytes>, tokio::time::Instant)>,
+}
+
+/// The state of this node that its tasks share.
+pub(crate) struct Inner {
+    pub node_id: String,
+    pub origin: u64,
+    pub seq: AtomicU64,
+    pub client: async_nats::Client,
+    pub broker: Weak<BrokerState>,
+    pub buckets: OnceLock<Buckets>,
+    pub timeout: Duration,
+    pub counters: Counters,
+    pub outbox: mpsc::Sender<(String, bytes::Bytes)>,
+    pub retained: mpsc::Sender<(String, bytes::Bytes)>,
+    pub interest: Mutex<std::collections::HashMap<String, usize>>,
+    pub commands: mpsc::UnboundedSender<Command>,
+    /// Client ids whose session here ends because another node took it:
+    /// their release must not clear the new owner's claim.
+    pub handing_over: Mutex<std::collections::HashSet<String>>,
+    /// Sessions handed over, until the new owner fetched them.
+    pub outgoing: Mutex<Outgoing>,
+}
+
+impl Inner {
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    pub fn broker(&self) -> Option<Arc<BrokerState>> {
+        self.broker.upgrade()
+    }
+}
