@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 
+/// Revisions kept per client id in the owners bucket: enough to find the
+/// writer just before one's own among racing writes.
+pub const OWNER_HISTORY: i64 = 8;
+
 /// The cluster's buckets.
 #[derive(Clone)]
 pub struct Buckets {
@@ -18,20 +22,21 @@ pub struct Buckets {
 /// Opens (creating if needed) the buckets with `replicas` copies each.
 pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Buckets, async_nats::Error> {
     Ok(Buckets {
-        owners: bucket(js, crate::keys::OWNERS, replicas).await?,
-        retained: bucket(js, crate::keys::RETAINED, replicas).await?,
+        owners: bucket(js, crate::keys::OWNERS, OWNER_HISTORY, replicas).await?,
+        retained: bucket(js, crate::keys::RETAINED, 1, replicas).await?,
     })
 }
 
 async fn bucket(
     js: &jetstream::Context,
     name: &str,
+    history: i64,
     replicas: usize,
 ) -> Result<kv::Store, async_nats::Error> {
     let config = stream::Config {
         name: format!("KV_{name}"),
         subjects: vec![format!("$KV.{name}.>")],
-        max_messages_per_subject: 1,
+        max_messages_per_subject: history,
         discard: stream::DiscardPolicy::New,
         allow_rollup: true,
         deny_delete: true,

@@ -63,6 +63,7 @@ impl NatsCluster {
             interest: Mutex::new(Default::default()),
             commands,
             handing_over: Mutex::new(Default::default()),
+            claims: Mutex::new(Default::default()),
             outgoing: Mutex::new(Default::default()),
         });
         tokio::spawn(forward_task(client.clone(), outbox_rx));

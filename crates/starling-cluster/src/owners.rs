@@ -13,11 +13,74 @@ use starling_broker::cluster::Ownership;
 use starling_broker::BrokerState;
 
 use crate::keys;
-use crate::shared::Inner;
+use crate::shared::{Claim, Inner};
 
 /// Claims `client_id` for this node. A clean session (`persistent` false)
 /// is served here when the cluster cannot be asked; a persistent one is not.
+///
+/// While the claim is in progress (and until the client attaches), another
+/// node that takes the id over waits for it here ([`await_claim`]), so that
+/// it finds the connection to close; a claim it could not wait for is lost
+/// and answered [`Ownership::Busy`].
 pub async fn claim(inner: &Inner, client_id: &str, persistent: bool) -> Ownership {
+    {
+        let now = tokio::time::Instant::now();
+        let mut claims = inner.claims.lock();
+        claims.retain(|_, c| !matches!(c, Claim::Won(at) if now - *at > inner.timeout));
+        claims.insert(client_id.to_string(), Claim::InProgress);
+    }
+    let owned = claim_owner(inner, client_id, persistent).await;
+    let mut claims = inner.claims.lock();
+    let lost = claims.get(client_id) == Some(&Claim::Lost);
+    match owned {
+        Ownership::Local if !lost => {
+            claims.insert(
+                client_id.to_string(),
+                Claim::Won(tokio::time::Instant::now()),
+            );
+            Ownership::Local
+        }
+        Ownership::Local => {
+            claims.remove(client_id);
+            tracing::info!(%client_id, "another node took this client id over during the claim");
+            Ownership::Busy
+        }
+        other => {
+            claims.remove(client_id);
+            other
+        }
+    }
+}
+
+/// Before a takeover request for `client_id` is served: waits, bounded by
+/// half the cluster timeout, for a claim of it here to finish and its
+/// client to attach. A claim still in progress then is marked lost.
+async fn await_claim(inner: &Inner, broker: &BrokerState, client_id: &str) {
+    let deadline = tokio::time::Instant::now() + inner.timeout / 2;
+    loop {
+        let late = tokio::time::Instant::now() >= deadline;
+        {
+            let mut claims = inner.claims.lock();
+            match claims.get(client_id).copied() {
+                None | Some(Claim::Lost) => return,
+                Some(Claim::InProgress) if late => {
+                    claims.insert(client_id.to_string(), Claim::Lost);
+                    return;
+                }
+                Some(Claim::InProgress) => {}
+                Some(Claim::Won(_)) if late || broker.is_connected(client_id) => {
+                    claims.remove(client_id);
+                    return;
+                }
+                Some(Claim::Won(_)) => {}
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// Reads and writes the owner of `client_id` (see [`claim`]).
+async fn claim_owner(inner: &Inner, client_id: &str, persistent: bool) -> Ownership {
     let unreachable = if persistent {
         Ownership::Unavailable
     } else {
@@ -33,7 +96,7 @@ pub async fn claim(inner: &Inner, client_id: &str, persistent: bool) -> Ownershi
     let key = keys::of(client_id);
     let me = Bytes::from(inner.node_id.clone());
     let entry = match tokio::time::timeout(inner.timeout, store.entry(key.clone())).await {
-        Ok(Ok(e)) => e.filter(|e| e.operation == Operation::Put),
+        Ok(Ok(e)) => e,
         Ok(Err(e)) => {
             tracing::warn!(%client_id, "session owner not read: {e}");
             return unreachable;
@@ -42,30 +105,23 @@ pub async fn claim(inner: &Inner, client_id: &str, persistent: bool) -> Ownershi
     };
     // The write comes first: of two nodes racing, only the winner disturbs
     // the old owner. The revision read fences the write.
-    let (written, previous) = match entry {
-        None => (
-            store.create(&key, me).await.map(|_| ()).map_err(|e| {
-                let lost = e.kind() == kv::CreateErrorKind::AlreadyExists;
-                (lost, e.to_string())
-            }),
-            None,
-        ),
-        Some(e) if e.value == inner.node_id.as_bytes() => return Ownership::Local,
-        Some(e) => (
-            store
-                .update(&key, me, e.revision)
-                .await
-                .map(|_| ())
-                .map_err(|e| {
-                    let lost = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
-                    (lost, e.to_string())
-                }),
-            Some(String::from_utf8_lossy(&e.value).into_owned()),
-        ),
+    let read = entry.as_ref().map_or(0, |e| e.revision);
+    let written = match entry {
+        None => store.create(&key, me).await.map_err(|e| {
+            let lost = e.kind() == kv::CreateErrorKind::AlreadyExists;
+            (lost, e.to_string())
+        }),
+        Some(e) if e.operation == Operation::Put && e.value == inner.node_id.as_bytes() => {
+            return Ownership::Local
+        }
+        Some(e) => store.update(&key, me, e.revision).await.map_err(|e| {
+            let lost = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
+            (lost, e.to_string())
+        }),
     };
     match written {
-        Ok(()) => {
-            if let Some(owner) = previous {
+        Ok(revision) => {
+            if let Some(owner) = predecessor(inner, store, &key, read, revision).await {
                 take_from(inner, &owner, client_id).await;
             }
             Ownership::Local
@@ -79,6 +135,51 @@ pub async fn claim(inner: &Inner, client_id: &str, persistent: bool) -> Ownershi
             unreachable
         }
     }
+}
+
+/// The node that owned the key just before this node's write at `written`
+/// (read at revision `read`), asked of the stream's leader: the owner read,
+/// or another node whose write landed in between. (Before nats-server
+/// 2.9.21 the revision fence was checked outside the Raft proposal, so two
+/// writes expecting one revision could both succeed, nats-server#4320; each
+/// winner then takes the id over from the writer just before it, and only
+/// the last keeps it.)
+async fn predecessor(
+    inner: &Inner,
+    store: &kv::Store,
+    key: &str,
+    read: u64,
+    written: u64,
+) -> Option<String> {
+    let subject = format!("{}{key}", store.prefix);
+    let mut last = None;
+    let mut from = read.max(1);
+    // The history kept per key bounds the walk.
+    for _ in 0..crate::buckets::OWNER_HISTORY {
+        let next = store
+            .stream
+            .raw_message_builder()
+            .sequence(from)
+            .next_by_subject(subject.clone())
+            .send();
+        let message = match tokio::time::timeout(inner.timeout, next).await {
+            Ok(Ok(m)) => m,
+            _ => break,
+        };
+        if message.sequence >= written {
+            break;
+        }
+        from = message.sequence + 1;
+        last = Some(message);
+    }
+    let deleted =
+        |m: &async_nats::jetstream::message::StreamMessage| m.headers.get("KV-Operation").is_some();
+    match last {
+        Some(m) if deleted(&m) => None,
+        Some(m) => Some(String::from_utf8_lossy(&m.payload).into_owned()),
+        None => None,
+    }
+    .filter(|owner| owner != &inner.node_id)
 }
 
 /// Asks node `owner` to close `client_id` there and hand its session over,
@@ -194,17 +295,23 @@ pub async fn serve_takeovers(inner: Arc<Inner>) {
         let Ok(client_id) = std::str::from_utf8(&request.payload) else {
             continue;
         };
-        let parts = hand_over(&inner, &broker, client_id).await;
-        if let Some(reply) = request.reply {
-            let _ = inner
-                .client
-                .publish(reply, Bytes::copy_from_slice(&parts.to_be_bytes()))
-                .await;
-        }
+        // Each on its own task: one may wait for a claim to finish.
+        let client_id = client_id.to_string();
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let parts = hand_over(&inner, &broker, &client_id).await;
+            if let Some(reply) = request.reply {
+                let _ = inner
+                    .client
+                    .publish(reply, Bytes::copy_from_slice(&parts.to_be_bytes()))
+                    .await;
+            }
+        });
     }
 }
 
 async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) -> u32 {
+    await_claim(inner, broker, client_id).await;
     if broker.session(client_id).is_none() {
         return 0;
     }

@@ -44,6 +44,19 @@ pub struct Outgoing {
     pub by_client: HashMap<String, (Vec<Bytes>, tokio::time::Instant)>,
 }
 
+/// A claim of a client id by this node, from its start until the client
+/// is attached (or it is clearly not coming).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Reading, writing the owner, fetching a session from the old owner.
+    InProgress,
+    /// Another node took the id while the claim was in progress: the claim
+    /// must not be answered Local.
+    Lost,
+    /// Won at this instant: the client attaches shortly.
+    Won(tokio::time::Instant),
+}
+
 /// The state of this node that its tasks share.
 pub(crate) struct Inner {
     pub node_id: String,
@@ -61,6 +74,9 @@ pub(crate) struct Inner {
     /// Client ids whose session here ends because another node took it:
     /// their release must not clear the new owner's claim.
     pub handing_over: Mutex<std::collections::HashSet<String>>,
+    /// Client ids this node is claiming or just claimed: a takeover request
+    /// for one of them waits for the client to attach before it is kicked.
+    pub claims: Mutex<HashMap<String, Claim>>,
     /// Sessions handed over, until the new owner fetched them.
     pub outgoing: Mutex<Outgoing>,
 }

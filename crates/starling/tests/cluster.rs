@@ -587,7 +587,6 @@ async fn alive(mut raw: Raw) -> Outcome {
 }
 
 #[test]
-#[ignore = "known bug: a takeover request that reaches a node between its ownership CAS and its attach finds no session; both connections stay (see CHANGELOG)"]
 fn two_nodes_racing_for_one_client_id_never_both_keep_it() {
     let Some(c) = Cluster::start("race") else {
         return;
