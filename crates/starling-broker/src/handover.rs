@@ -169,7 +169,12 @@ impl BrokerState {
         if session.persistent.swap(false, Ordering::Relaxed) {
             let mut journal = Journal::new();
             journal.session_ended(session.client_id.clone());
-            commit(self.store(), journal);
+            // Written before the new node hears of the session: a store
+            // that replicates it must not remove it after the new owner
+            // wrote it again.
+            if let Some(store) = self.store() {
+                let _ = crate::journal::commit_and_wait(store, journal).await;
+            }
         }
         Some(w.finish())
     }
@@ -268,11 +273,19 @@ impl BrokerState {
                     msg,
                 };
                 if tag == IN_FLIGHT && rec.packet_id != 0 && rec.publish.qos != QoS::AtMostOnce {
-                    session.state.lock().push_inflight(Inflight {
+                    let mut inflight = Inflight {
                         packet_id: rec.packet_id,
                         delivery,
                         released: rec.released,
-                    });
+                    };
+                    let mut st = session.state.lock();
+                    // Stored here too: it survives this node as it did the last.
+                    if session.persistent.load(Ordering::Relaxed) {
+                        let seq = st.take_seq();
+                        inflight.delivery.stored = Stored::at(seq);
+                        journal.in_flight(&session.client_id, seq, &inflight);
+                    }
+                    st.push_inflight(inflight);
                 } else {
                     session.enqueue(delivery, self.store().zip(Some(journal)));
                 }
@@ -286,6 +299,58 @@ impl BrokerState {
             _ => return Err(HandoverError),
         }
         Ok(())
+    }
+}
+
+/// Builds a handover from store records (a session recovered from a copy
+/// kept elsewhere, such as a cluster's replica of a dead node's sessions),
+/// for [`BrokerState::take_handover`].
+#[derive(Default)]
+pub struct HandoverBuilder {
+    w: Writer,
+    started: bool,
+}
+
+impl HandoverBuilder {
+    /// Starts with the session itself (it must come first).
+    pub fn new(session: &SessionRecord) -> HandoverBuilder {
+        let mut w = Writer::default();
+        w.entry(SESSION, &session.encode());
+        HandoverBuilder { w, started: true }
+    }
+
+    /// A subscription: `filter`, then its record.
+    pub fn subscription(&mut self, filter: &str, record: &SubscriptionRecord) {
+        let mut b = BytesMut::new();
+        b.put_u16(u16::try_from(filter.len()).unwrap_or(u16::MAX));
+        b.put_slice(filter.as_bytes());
+        b.put_slice(&record.encode());
+        self.w.entry(SUBSCRIPTION, &b);
+    }
+
+    /// A queued message (an encoded [`MessageRecord`]); one with a packet
+    /// id was in flight and is resent with it.
+    pub fn message(&mut self, record: &MessageRecord, raw: &[u8]) {
+        let tag = if record.packet_id != 0 {
+            IN_FLIGHT
+        } else {
+            QUEUED
+        };
+        self.w.entry(tag, raw);
+    }
+
+    /// An incoming QoS 2 packet id awaiting PUBREL.
+    pub fn qos2_received(&mut self, packet_id: u16) {
+        self.w.entry(QOS2_RECEIVED, &packet_id.to_be_bytes());
+    }
+
+    /// The chunks (empty when no session was given).
+    pub fn finish(self) -> Vec<Bytes> {
+        if self.started {
+            self.w.finish()
+        } else {
+            Vec::new()
+        }
     }
 }
 

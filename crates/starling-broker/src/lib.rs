@@ -30,7 +30,7 @@ mod transport;
 
 pub use broker::{BrokerState, Scope};
 pub use config::{Config, ConfigError, LogFormat};
-pub use handover::{HandoverError, CHUNK as HANDOVER_CHUNK};
+pub use handover::{HandoverBuilder, HandoverError, CHUNK as HANDOVER_CHUNK};
 pub use server::{
     Broker, BrokerBuilder, ListenerUrl, LocalConnector, ReloadError, ReloadHandle, ShutdownHandle,
     StartError, Transport,

@@ -4,7 +4,9 @@
 //! to the nodes with matching subscriptions as core NATS messages on
 //! subjects mapped from their topics ([`subject`]); shared subscriptions are
 //! NATS queue groups; retained messages and the owner of each client id are
-//! kept in replicated key-value buckets.
+//! kept in replicated key-value buckets; persistent sessions are
+//! replicated in partitioned streams ([`replica`]) so that they outlive
+//! their node.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -14,6 +16,7 @@ mod envelope;
 mod keys;
 mod node;
 mod owners;
+pub mod replica;
 mod retained;
 mod routes;
 mod shared;
@@ -21,6 +24,7 @@ pub mod subject;
 
 pub use envelope::EnvelopeError;
 pub use node::{Counters, NatsCluster};
+pub use replica::{Replica, ReplicatedStore};
 
 /// Why this node could not join the cluster.
 #[derive(Debug, thiserror::Error)]

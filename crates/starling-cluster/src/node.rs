@@ -35,7 +35,9 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Connects to NATS for `broker` and starts the node's tasks. Returns
+    /// Connects to NATS for `broker` and starts the node's tasks; `replica`
+    /// (the one wrapping the broker's store, if any) is linked once
+    /// JetStream is ready. Returns
     /// once the connections are made (or being retried: a node starts while
     /// NATS is away, serving clean sessions, and joins when it is back).
     /// The caller installs it with [`BrokerState::set_cluster`] and
@@ -43,6 +45,7 @@ impl NatsCluster {
     pub async fn start(
         config: &ClusterConfig,
         broker: &Arc<BrokerState>,
+        replica: Option<crate::replica::Replica>,
     ) -> Result<Arc<NatsCluster>, ClusterError> {
         let client = connect(config, false).await?;
         let queue_client = connect(config, true).await?;
@@ -64,6 +67,7 @@ impl NatsCluster {
             commands,
             handing_over: Mutex::new(Default::default()),
             claims: Mutex::new(Default::default()),
+            replica: replica.unwrap_or_default(),
             outgoing: Mutex::new(Default::default()),
         });
         tokio::spawn(forward_task(client.clone(), outbox_rx));
@@ -216,6 +220,18 @@ impl Cluster for NatsCluster {
             ("messages/forward-dropped", get(&c.forward_dropped)),
             ("messages/received", get(&c.received)),
             ("messages/duplicates", get(&c.duplicates)),
+            (
+                "sessions/replicated-changes",
+                get(&self.inner.replica.counters.written),
+            ),
+            (
+                "sessions/replication-failures",
+                get(&self.inner.replica.counters.failed),
+            ),
+            (
+                "sessions/recovered",
+                get(&self.inner.replica.counters.recovered),
+            ),
         ]
     }
 }
@@ -308,6 +324,30 @@ async fn open_buckets(
             }
         }
     };
+    // Session streams before the buckets count as ready: a persistent
+    // session is claimed only once it can be replicated.
+    loop {
+        let linked = inner
+            .replica
+            .link(
+                &js,
+                inner.client.clone(),
+                replicas,
+                inner.timeout,
+                &inner.node_id,
+            )
+            .await;
+        match linked {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!("session streams not ready (retrying each second): {e}");
+                if inner.broker().is_none() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
     let _ = inner.buckets.set(opened.clone());
     tracing::info!(node = %inner.node_id, "cluster state ready (JetStream buckets open)");
     retained::run(inner, opened.retained, retained_rx).await;

@@ -12,8 +12,8 @@ use futures_util::StreamExt;
 use starling_broker::cluster::Ownership;
 use starling_broker::BrokerState;
 
-use crate::keys;
 use crate::shared::{Claim, Inner};
+use crate::{keys, replica};
 
 /// Claims `client_id` for this node. A clean session (`persistent` false)
 /// is served here when the cluster cannot be asked; a persistent one is not.
@@ -199,11 +199,11 @@ async fn take_from(inner: &Inner, owner: &str, client_id: &str) {
         Ok(Ok(_)) => 0,
         Ok(Err(e)) => {
             tracing::info!(%client_id, %owner, "the previous owner did not answer: {e}");
-            return;
+            return recover_session(inner, client_id).await;
         }
         Err(_) => {
             tracing::info!(%client_id, %owner, "the previous owner did not answer in time");
-            return;
+            return recover_session(inner, client_id).await;
         }
     };
     if count == 0 {
@@ -227,6 +227,35 @@ async fn take_from(inner: &Inner, owner: &str, client_id: &str) {
         }
         Err(e) => tracing::warn!(%client_id, %owner, "the session could not be moved: {e}"),
     }
+}
+
+/// The previous owner is gone: its client's session is rebuilt from its
+/// replica, if it was persistent.
+async fn recover_session(inner: &Inner, client_id: &str) {
+    let Some((chunks, old)) = replica::recover(&inner.replica, client_id).await else {
+        return;
+    };
+    let Some(broker) = inner.broker() else { return };
+    if let Err(e) = broker.take_handover(client_id, &chunks) {
+        tracing::warn!(%client_id, "the replicated session could not be installed: {e}");
+        return;
+    }
+    inner
+        .replica
+        .counters
+        .recovered
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(%client_id, messages = old.len(), "session recovered from its replica");
+    // Once written again under this node's subjects, the old copies go
+    // (after the CONNACK: this is not the client's wait).
+    let replica = inner.replica.clone();
+    let client_id = client_id.to_string();
+    tokio::spawn(async move {
+        if let Some(store) = broker.store() {
+            store.flush().await;
+        }
+        replica::forget(&replica, &client_id, old).await;
+    });
 }
 
 /// One part of a session being handed over, asked up to three times.

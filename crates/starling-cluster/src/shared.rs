@@ -77,6 +77,8 @@ pub(crate) struct Inner {
     /// Client ids this node is claiming or just claimed: a takeover request
     /// for one of them waits for the client to attach before it is kicked.
     pub claims: Mutex<HashMap<String, Claim>>,
+    /// The replica of this node's persistent sessions.
+    pub replica: crate::replica::Replica,
     /// Sessions handed over, until the new owner fetched them.
     pub outgoing: Mutex<Outgoing>,
 }

@@ -1167,6 +1167,14 @@ impl SessionState {
         self.inflight.push_back(inflight);
     }
 
+    /// A sequence number for the store, as [`SessionState::enqueue`] takes
+    /// one (for an in-flight message installed from elsewhere).
+    pub fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
     /// PUBACK: removes the QoS 1 (unreleased) in-flight message with this id.
     pub fn acknowledge(&mut self, packet_id: u16) -> Option<Inflight> {
         let pos = self

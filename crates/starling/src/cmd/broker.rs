@@ -198,9 +198,19 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
         for source in starling_integrate::sources(&config)? {
             builder = builder.authenticate(source);
         }
+        // A cluster node replicates its persistent sessions in JetStream.
+        let replica = match (&config.cluster, config.durability) {
+            (Some(_), d) if d != starling_broker::store::Durability::None => {
+                let replica = starling_cluster::Replica::new();
+                let local = starling_broker::store::FjallStore::open(&config.data_dir)?;
+                builder = builder.store(Box::new(replica.wrap(Box::new(local))));
+                Some(replica)
+            }
+            _ => None,
+        };
         let broker = builder.bind().await?;
         if let Some(cluster) = &config.cluster {
-            join_cluster(cluster, &broker.state()).await?;
+            join_cluster(cluster, &broker.state(), replica).await?;
         }
         starling_integrate::webhook::start(&broker.state())?;
         let bridges =
@@ -244,8 +254,9 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
 async fn join_cluster(
     config: &starling_broker::config::ClusterConfig,
     state: &std::sync::Arc<starling_broker::BrokerState>,
+    replica: Option<starling_cluster::Replica>,
 ) -> anyhow::Result<()> {
-    let cluster = starling_cluster::NatsCluster::start(config, state).await?;
+    let cluster = starling_cluster::NatsCluster::start(config, state, replica).await?;
     if !cluster.wait_ready(std::time::Duration::from_secs(10)).await {
         tracing::warn!(
             "the cluster's state is not ready yet: serving clean sessions only until it is"

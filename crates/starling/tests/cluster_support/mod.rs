@@ -186,7 +186,8 @@ impl Proc {
         self.child.id()
     }
 
-    fn kill(&mut self) {
+    /// SIGKILL, and reaped.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -1,0 +1,409 @@
+//! Persistent sessions kept in JetStream, so that they outlive their node:
+//! [`ReplicatedStore`] wraps the node's embedded store and writes every
+//! change to a session (its record, subscriptions, queued and in-flight
+//! messages, incoming QoS 2 ids) to a replicated stream as well, before the
+//! store's writer completes the batch: an acknowledgement that waits for
+//! the store (PUBACK with `durability = always`) waits for the replicas.
+//! When a node dies, the node its client comes back to rebuilds the
+//! session from them ([`recover`]).
+//!
+//! The sessions are spread over [`PARTITIONS`] streams (a few Raft groups,
+//! whatever the number of sessions). Subjects, under `starling.s.<p>.<client>`
+//! (the client id's hash): `.s` the session, `.f.<filter hash>` a
+//! subscription, `.m.<node hash>.<seq>` a message, `.q.<id>` a QoS 2 id,
+//! each the latest of its subject (rollup); an empty payload is a removal.
+//! A removed message or session is purged.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use starling_broker::store::{
+    Loaded, MessageRecord, Op, QueueReader, SessionRecord, Store, StoreError, SubscriptionRecord,
+};
+use starling_broker::HandoverBuilder;
+
+use crate::keys;
+
+/// Streams the sessions are spread over.
+pub const PARTITIONS: usize = 8;
+
+/// Publishes whose acknowledgements are awaited together, at most.
+const ACK_WINDOW: usize = 1024;
+
+/// Messages of one recovered session at most (the queue limits of the node
+/// that held it bound it below this).
+const RECOVER_LIMIT: usize = 1_000_000;
+
+/// What replication counts.
+#[derive(Debug, Default)]
+pub struct ReplicaCounters {
+    /// Changes written to JetStream.
+    pub written: AtomicU64,
+    /// Batches not replicated (NATS or JetStream away): kept on this node
+    /// only.
+    pub failed: AtomicU64,
+    /// Sessions rebuilt from JetStream after their node died.
+    pub recovered: AtomicU64,
+}
+
+/// The link from a store to JetStream, set once the cluster is ready.
+#[derive(Clone, Default)]
+pub struct Replica {
+    link: Arc<OnceLock<Link>>,
+    /// What it counted.
+    pub counters: Arc<ReplicaCounters>,
+}
+
+#[derive(Clone)]
+struct Link {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    streams: Vec<stream::Stream>,
+    runtime: tokio::runtime::Handle,
+    timeout: Duration,
+    node: String,
+}
+
+impl Replica {
+    /// A replica not yet linked: changes stay local until
+    /// [`crate::NatsCluster::start`] links it.
+    pub fn new() -> Replica {
+        Replica::default()
+    }
+
+    /// `local`, replicated.
+    pub fn wrap(&self, local: Box<dyn Store>) -> ReplicatedStore {
+        ReplicatedStore {
+            local,
+            replica: self.clone(),
+        }
+    }
+
+    /// Opens (creating if needed) the session streams and links them.
+    pub(crate) async fn link(
+        &self,
+        js: &jetstream::Context,
+        client: async_nats::Client,
+        replicas: usize,
+        timeout: Duration,
+        node: &str,
+    ) -> Result<(), async_nats::Error> {
+        let mut streams = Vec::with_capacity(PARTITIONS);
+        for p in 0..PARTITIONS {
+            let config = stream::Config {
+                name: format!("STARLING_SESSIONS_{p}"),
+                subjects: vec![format!("starling.s.{p}.>")],
+                allow_rollup: true,
+                num_replicas: replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            };
+            streams.push(js.get_or_create_stream(config).await?);
+        }
+        let _ = self.link.set(Link {
+            js: js.clone(),
+            client,
+            streams,
+            runtime: tokio::runtime::Handle::current(),
+            timeout,
+            node: keys::of(node)[..12].to_string(),
+        });
+        Ok(())
+    }
+
+    /// Whether sessions are replicated now.
+    pub fn linked(&self) -> bool {
+        self.link.get().is_some()
+    }
+}
+
+/// The subject prefix of `client`'s session, and its stream's index.
+fn base(client: &str) -> (String, usize) {
+    let key = keys::of(client);
+    let p = usize::from_str_radix(&key[..2], 16).unwrap_or(0) % PARTITIONS;
+    (format!("starling.s.{p}.{key}"), p)
+}
+
+/// A store whose session changes are replicated in JetStream.
+pub struct ReplicatedStore {
+    local: Box<dyn Store>,
+    replica: Replica,
+}
+
+impl Store for ReplicatedStore {
+    fn queue_reader(&self) -> Option<Arc<dyn QueueReader>> {
+        self.local.queue_reader()
+    }
+
+    fn apply(&mut self, ops: &[Op], durable: bool) -> Result<(), StoreError> {
+        self.local.apply(ops, durable)?;
+        let Some(link) = self.replica.link.get() else {
+            return Ok(());
+        };
+        let counters = &self.replica.counters;
+        let started = std::time::Instant::now();
+        let sent = link.runtime.block_on(replicate(link, ops));
+        match sent {
+            Ok(n) => {
+                tracing::trace!(changes = n, took = ?started.elapsed(), "replicated");
+                counters.written.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // Kept here: the node still has it; it is lost only if the
+                // node dies before NATS is back (counted in $SYS).
+                if counters
+                    .failed
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(1000)
+                {
+                    tracing::warn!("session changes not replicated (kept on this node): {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.local.sync()
+    }
+
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        self.local.load()
+    }
+}
+
+/// What one batch asks of JetStream, in order: publishes are pipelined,
+/// purges of messages follow them, a session's removal waits for both.
+#[derive(Default)]
+struct Batch {
+    acks: Vec<jetstream::context::PublishAckFuture>,
+    purges: Vec<(usize, String)>,
+}
+
+async fn replicate(link: &Link, ops: &[Op]) -> Result<u64, String> {
+    if link.client.connection_state() != async_nats::connection::State::Connected {
+        return Err("not connected to NATS".into());
+    }
+    let mut batch = Batch::default();
+    let mut n = 0u64;
+    for op in ops {
+        let (subject, payload) = match op {
+            Op::Session(c, rec) => (format!("{}.s", base(c).0), rec.encode()),
+            Op::Subscribe(c, f, rec) => (filter_subject(c, f), subscription(f, rec)),
+            Op::Unsubscribe(c, f) => (filter_subject(c, f), Bytes::new()),
+            Op::Message(c, seq, raw) => (message_subject(link, c, *seq), raw.clone()),
+            Op::IncomingQos2(c, id) => (format!("{}.q.{id}", base(c).0), Bytes::from_static(b"1")),
+            Op::DeleteIncomingQos2(c, id) => (format!("{}.q.{id}", base(c).0), Bytes::new()),
+            Op::DeleteMessage(c, seq) => {
+                batch
+                    .purges
+                    .push((base(c).1, message_subject(link, c, *seq)));
+                n += 1;
+                continue;
+            }
+            Op::DeleteSession(c) => {
+                flush(link, &mut batch).await?;
+                let (prefix, p) = base(c);
+                purge(link, p, format!("{prefix}.>")).await?;
+                n += 1;
+                continue;
+            }
+            // Retained messages have their own bucket; waiting wills are
+            // the cluster's (see `wills`).
+            Op::Retained(..) | Op::DeleteRetained(..) | Op::Will(..) | Op::DeleteWill(..) => {
+                continue
+            }
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Rollup", "sub");
+        let ack = link
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| e.to_string())?;
+        batch.acks.push(ack);
+        n += 1;
+        // The client holds back publishes past a number of acknowledgements
+        // not yet awaited: await them in windows.
+        if batch.acks.len() >= ACK_WINDOW {
+            await_acks(link, &mut batch).await?;
+        }
+    }
+    flush(link, &mut batch).await?;
+    Ok(n)
+}
+
+/// Waits for the batch's publishes, then runs its purges.
+async fn flush(link: &Link, batch: &mut Batch) -> Result<(), String> {
+    await_acks(link, batch).await?;
+    let purges = std::mem::take(&mut batch.purges);
+    for chunk in purges.chunks(256) {
+        let all = chunk
+            .iter()
+            .map(|(p, subject)| purge(link, *p, subject.clone()));
+        for result in futures_util::future::join_all(all).await {
+            result?;
+        }
+    }
+    Ok(())
+}
+
+async fn await_acks(link: &Link, batch: &mut Batch) -> Result<(), String> {
+    for ack in std::mem::take(&mut batch.acks) {
+        match tokio::time::timeout(link.timeout, ack).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("JetStream did not acknowledge in time".into()),
+        }
+    }
+    Ok(())
+}
+
+async fn purge(link: &Link, p: usize, filter: String) -> Result<(), String> {
+    let purged = link.streams[p].purge().filter(filter);
+    match tokio::time::timeout(link.timeout, purged).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("JetStream did not purge in time".into()),
+    }
+}
+
+fn filter_subject(client: &str, filter: &str) -> String {
+    format!("{}.f.{}", base(client).0, &keys::of(filter)[..32])
+}
+
+fn message_subject(link: &Link, client: &str, seq: u64) -> String {
+    format!("{}.m.{}.{seq}", base(client).0, link.node)
+}
+
+/// A subscription as replicated: the filter's length and bytes, the record.
+fn subscription(filter: &str, rec: &SubscriptionRecord) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u16(u16::try_from(filter.len()).unwrap_or(u16::MAX));
+    b.put_slice(filter.as_bytes());
+    b.put_slice(&rec.encode());
+    b.freeze()
+}
+
+/// The replicated session of `client_id`, as a handover (see
+/// [`starling_broker::BrokerState::take_handover`]), with the subjects of
+/// its messages (to purge once the new owner has written them again).
+/// `None`: there is none, or it could not be read.
+pub async fn recover(replica: &Replica, client_id: &str) -> Option<(Vec<Bytes>, Vec<String>)> {
+    let link = replica.link.get()?;
+    let (prefix, p) = base(client_id);
+    let stream = &link.streams[p];
+    // No session record: nothing to read.
+    let session_subject = format!("{prefix}.s");
+    let last = stream.get_last_raw_message_by_subject(&session_subject);
+    match tokio::time::timeout(link.timeout, last).await {
+        Ok(Ok(m)) if !m.payload.is_empty() => {}
+        _ => return None,
+    }
+    let entries = read_all(link, stream, &format!("{prefix}.>")).await?;
+    let mut session = None;
+    let mut filters = BTreeMap::new();
+    let mut messages = BTreeMap::new();
+    let mut qos2 = BTreeMap::new();
+    for (subject, payload) in entries {
+        let Some(rest) = subject.strip_prefix(&prefix) else {
+            continue;
+        };
+        if rest == ".s" {
+            session = SessionRecord::decode(&payload).ok();
+        } else if rest.starts_with(".f.") {
+            filters.insert(rest.to_string(), payload);
+        } else if let Some(m) = rest.strip_prefix(".m.") {
+            // Per node, in order of their sequence numbers.
+            let (node, seq) = m.split_once('.')?;
+            let seq: u64 = seq.parse().ok()?;
+            messages.insert((node.to_string(), seq), (subject, payload));
+        } else if let Some(id) = rest.strip_prefix(".q.") {
+            qos2.insert(id.parse::<u16>().ok()?, payload);
+        }
+    }
+    let mut builder = HandoverBuilder::new(&session?);
+    for raw in filters.values().filter(|p| p.len() > 2) {
+        let len = usize::from(u16::from_be_bytes([raw[0], raw[1]]));
+        let Some(filter) = raw.get(2..2 + len) else {
+            continue;
+        };
+        let (Ok(filter), Ok(rec)) = (
+            std::str::from_utf8(filter),
+            SubscriptionRecord::decode(&raw[2 + len..]),
+        ) else {
+            continue;
+        };
+        builder.subscription(filter, &rec);
+    }
+    let mut subjects = Vec::with_capacity(messages.len());
+    for (subject, raw) in messages.into_values() {
+        if let Ok(rec) = MessageRecord::decode(&raw) {
+            builder.message(&rec, &raw);
+        }
+        subjects.push(subject);
+    }
+    for (id, p) in qos2 {
+        if !p.is_empty() {
+            builder.qos2_received(id);
+        }
+    }
+    Some((builder.finish(), subjects))
+}
+
+/// Every message of `filter` in `stream`, with its subject; those with an
+/// empty payload (removals) left out.
+async fn read_all(
+    link: &Link,
+    stream: &stream::Stream,
+    filter: &str,
+) -> Option<Vec<(String, Bytes)>> {
+    use jetstream::consumer::pull::OrderedConfig;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: filter.to_string(),
+            ..Default::default()
+        })
+        .await
+        .ok()?;
+    let mut messages = consumer.messages().await.ok()?;
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + link.timeout * 10;
+    while out.len() < RECOVER_LIMIT {
+        let next = tokio::time::timeout_at(deadline, messages.next()).await;
+        let Ok(Some(Ok(m))) = next else {
+            tracing::warn!(%filter, "a replicated session was not read whole");
+            return None;
+        };
+        let pending = m.info().map(|i| i.pending).unwrap_or(0);
+        if !m.payload.is_empty() {
+            out.push((m.subject.to_string(), m.payload.clone()));
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    Some(out)
+}
+
+/// Removes the replicated messages that a recovered session's new owner
+/// has written again under its own subjects.
+pub async fn forget(replica: &Replica, client_id: &str, subjects: Vec<String>) {
+    let Some(link) = replica.link.get() else {
+        return;
+    };
+    let p = base(client_id).1;
+    let mut batch = Batch {
+        acks: Vec::new(),
+        purges: subjects.into_iter().map(|s| (p, s)).collect(),
+    };
+    if let Err(e) = flush(link, &mut batch).await {
+        tracing::warn!(%client_id, "old copies of a recovered session not removed: {e}");
+    }
+}
