@@ -16,7 +16,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use starling_codec::Will;
+
 use crate::message::Message;
+use crate::store::WillRecord;
 
 /// Whether this node may serve a client's session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +54,11 @@ pub trait Cluster: Send + Sync + 'static {
     fn claim(&self, client_id: &str, persistent: bool) -> ClusterFuture<Ownership>;
     /// The session of `client_id` ended on this node.
     fn release(&self, client_id: &str);
+    /// Connection `conn` of `client_id` has a will (`Some`: a
+    /// [`will_record`]), to be published by another node if this one dies;
+    /// `None`: the connection ended here and this node handles its will.
+    /// A `None` for a connection that is not the last one set is ignored.
+    fn will(&self, _client_id: &str, _conn: u64, _will: Option<Bytes>) {}
     /// Whether shared subscriptions are served across the nodes: then a
     /// message reaches a shared group only through the cluster, which picks
     /// one member cluster-wide, and [`crate::BrokerState::publish`] routes
@@ -100,6 +109,25 @@ impl crate::BrokerState {
         }
         n
     }
+}
+
+/// A will as another node keeps it: a [`WillRecord`] whose `deadline_ms`
+/// is the will's delay in milliseconds (the node that publishes it counts
+/// the delay from when it learned the connection was lost).
+pub fn will_record(will: &Will, username: Option<&str>) -> Option<Bytes> {
+    let delay = will.properties.will_delay_interval.unwrap_or(0);
+    let mut publish = starling_codec::Publish::new(will.topic.clone(), will.payload.clone());
+    publish.qos = will.qos;
+    publish.packet_id = u16::from(will.qos != starling_codec::QoS::AtMostOnce);
+    publish.retain = will.retain;
+    publish.properties = will.properties.clone();
+    WillRecord {
+        publish,
+        deadline_ms: u64::from(delay) * 1000,
+        username: username.map(str::to_string),
+    }
+    .encode()
+    .ok()
 }
 
 #[cfg(test)]

@@ -158,6 +158,9 @@ pub(crate) struct Departure {
 pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Departure) {
     let session = client.session;
     let will = client.will;
+    if will.is_some() {
+        broker.cluster().will(&session.client_id, conn_id, None);
+    }
     let will_delay = will
         .as_ref()
         .and_then(|w| w.properties.will_delay_interval)
@@ -370,4 +373,31 @@ pub(crate) fn publish_will(
     broker.publish(&msg, &mut journal);
     commit(broker.store(), journal);
     Metrics::add(&broker.metrics.wills_published, 1);
+}
+
+impl crate::BrokerState {
+    /// Publishes the will of `client_id`, whose connection was on a node
+    /// that died (`record` from [`crate::cluster::will_record`]; its delay has passed). The
+    /// broker's ACL is checked with the will's user name.
+    pub fn publish_lost_will(self: &std::sync::Arc<Self>, client_id: &str, record: &[u8]) -> bool {
+        let Ok(rec) = crate::store::WillRecord::decode(record) else {
+            return false;
+        };
+        let will = Will {
+            topic: rec.publish.topic,
+            payload: rec.publish.payload,
+            qos: rec.publish.qos,
+            retain: rec.publish.retain,
+            properties: rec.publish.properties,
+        };
+        publish_will(
+            self,
+            &ByteString::from(client_id),
+            rec.username.as_deref(),
+            None,
+            None,
+            will,
+        );
+        true
+    }
 }

@@ -17,6 +17,10 @@ pub struct Buckets {
     pub owners: kv::Store,
     /// The retained messages.
     pub retained: kv::Store,
+    /// The wills of connected clients, under `<node>.<client>`.
+    pub wills: kv::Store,
+    /// Each node's heartbeat, under its key.
+    pub nodes: kv::Store,
 }
 
 /// Opens (creating if needed) the buckets with `replicas` copies each.
@@ -24,6 +28,8 @@ pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Buckets, a
     Ok(Buckets {
         owners: bucket(js, crate::keys::OWNERS, OWNER_HISTORY, replicas).await?,
         retained: bucket(js, crate::keys::RETAINED, 1, replicas).await?,
+        wills: bucket(js, crate::keys::WILLS, 1, replicas).await?,
+        nodes: bucket(js, crate::keys::NODES, 1, replicas).await?,
     })
 }
 

@@ -9,6 +9,15 @@ pub const OWNERS: &str = "starling_owners";
 /// The bucket of retained messages: key = [`of`] the topic, value = the
 /// message's envelope.
 pub const RETAINED: &str = "starling_retained";
+/// The wills of the clients connected to each node.
+pub const WILLS: &str = "starling_wills";
+/// Each node's heartbeat.
+pub const NODES: &str = "starling_nodes";
+
+/// A node's key in the wills and nodes buckets.
+pub fn node(id: &str) -> String {
+    of(id)[..16].to_string()
+}
 
 /// A key for any string (a client id, a topic): the hex SHA-256 of it, so
 /// that every byte MQTT allows fits a key, and every length.

@@ -21,6 +21,7 @@ mod retained;
 mod routes;
 mod shared;
 pub mod subject;
+mod wills;
 
 pub use envelope::EnvelopeError;
 pub use node::{Counters, NatsCluster};

@@ -52,6 +52,7 @@ impl NatsCluster {
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
         let (retained_tx, retained_rx) = mpsc::channel(OUTBOX);
         let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (wills, wills_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             node_id: config.node_id.clone(),
             origin: rand::random(),
@@ -68,13 +69,19 @@ impl NatsCluster {
             handing_over: Mutex::new(Default::default()),
             claims: Mutex::new(Default::default()),
             replica: replica.unwrap_or_default(),
+            wills,
             outgoing: Mutex::new(Default::default()),
         });
         tokio::spawn(forward_task(client.clone(), outbox_rx));
         tokio::spawn(routes::run(inner.clone(), queue_client, commands_rx));
         tokio::spawn(owners::serve_takeovers(inner.clone()));
         tokio::spawn(owners::serve_handovers(inner.clone()));
-        tokio::spawn(open_buckets(inner.clone(), config.replicas, retained_rx));
+        tokio::spawn(open_buckets(
+            inner.clone(),
+            config.replicas,
+            retained_rx,
+            wills_rx,
+        ));
         tracing::info!(
             node = %config.node_id,
             nats = %config.nats.join(","),
@@ -200,6 +207,15 @@ impl Cluster for NatsCluster {
         tokio::spawn(async move { owners::release(&inner, &client_id).await });
     }
 
+    fn will(&self, client_id: &str, conn: u64, will: Option<bytes::Bytes>) {
+        use crate::shared::WillCommand;
+        let command = match will {
+            Some(record) => WillCommand::Set(client_id.to_string(), conn, record),
+            None => WillCommand::Clear(client_id.to_string(), conn),
+        };
+        let _ = self.inner.wills.send(command);
+    }
+
     fn shares_across_nodes(&self) -> bool {
         true
     }
@@ -302,6 +318,7 @@ async fn open_buckets(
     inner: Arc<Inner>,
     replicas: usize,
     retained_rx: mpsc::Receiver<(String, bytes::Bytes)>,
+    wills_rx: mpsc::UnboundedReceiver<crate::shared::WillCommand>,
 ) {
     let mut js = jetstream::new(inner.client.clone());
     js.set_timeout(inner.timeout);
@@ -349,6 +366,7 @@ async fn open_buckets(
         }
     }
     let _ = inner.buckets.set(opened.clone());
+    tokio::spawn(crate::wills::run(inner.clone(), opened.clone(), wills_rx));
     tracing::info!(node = %inner.node_id, "cluster state ready (JetStream buckets open)");
     retained::run(inner, opened.retained, retained_rx).await;
 }

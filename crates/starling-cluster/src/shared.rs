@@ -38,6 +38,14 @@ pub enum Command {
     Flush(oneshot::Sender<bool>),
 }
 
+/// What the broker tells of its clients' wills.
+pub enum WillCommand {
+    /// Connection `.1` of client `.0` has this will.
+    Set(String, u64, Bytes),
+    /// Connection `.1` of client `.0` ended here.
+    Clear(String, u64),
+}
+
 /// Sessions written out for another node, until it fetched them.
 #[derive(Default)]
 pub struct Outgoing {
@@ -77,6 +85,8 @@ pub(crate) struct Inner {
     /// Client ids this node is claiming or just claimed: a takeover request
     /// for one of them waits for the client to attach before it is kicked.
     pub claims: Mutex<HashMap<String, Claim>>,
+    /// The wills of this node's clients, to the task that shares them.
+    pub wills: mpsc::UnboundedSender<WillCommand>,
     /// The replica of this node's persistent sessions.
     pub replica: crate::replica::Replica,
     /// Sessions handed over, until the new owner fetched them.

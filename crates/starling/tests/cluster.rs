@@ -830,6 +830,17 @@ fn a_killed_nodes_session_and_its_acknowledged_backlog_resume_on_another_node() 
             started.elapsed()
         );
 
+        // A client of node 2 with a will, and a witness of wills on node 3.
+        let mut mortal_options = options(c.port(2), "mortal");
+        let mut will = starling_client::LastWill::new("kw/mortal", &b"gone"[..]);
+        will.qos = QoS::AtLeastOnce;
+        mortal_options.will = Some(will);
+        let (_mortal, _) = Client::connect(mortal_options).await.unwrap();
+        let witness = connect(c.port(3), "kw-witness").await;
+        witness.subscribe("kw/#", QoS::AtLeastOnce).await.unwrap();
+        let prober = connect(c.port(1), "kw-prober").await;
+        until_routed(&prober, "kw/probe", &witness).await;
+
         c.nodes[1].proc.kill();
         let killed = std::time::Instant::now();
 
@@ -880,6 +891,19 @@ fn a_killed_nodes_session_and_its_acknowledged_backlog_resume_on_another_node() 
                 last.insert(t, i);
             }
             note(&m.topic, &m.payload, &mut seen);
+        }
+        // The will of node 2's client: published once, by a survivor.
+        let will = tokio::time::timeout(Duration::from_secs(20), witness.recv())
+            .await
+            .expect("the will of the dead node's client within 20 s")
+            .unwrap();
+        assert_eq!(
+            (&*will.topic, &will.payload[..]),
+            ("kw/mortal", &b"gone"[..])
+        );
+        eprintln!("the will came {:?} after the kill", killed.elapsed());
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), witness.recv()).await {
+            panic!("a second will or another message: {m:?}");
         }
         let dups = seen.values().filter(|n| **n > 1).count();
         eprintln!(

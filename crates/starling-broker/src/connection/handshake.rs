@@ -416,6 +416,16 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
             }
         }
         self.send(&Packet::ConnAck(ack), v);
+        // Another node publishes it if this one dies.
+        if let Some(will) = &connect.will {
+            let record = crate::cluster::will_record(will, connect.username.as_deref());
+            if let Some(record) = record {
+                let conn = self.conn_id;
+                self.broker
+                    .cluster()
+                    .will(&connect.client_id, conn, Some(record));
+            }
+        }
         self.broker
             .events
             .emit(crate::events::EventKind::ClientConnected, || {

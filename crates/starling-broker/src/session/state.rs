@@ -1167,7 +1167,7 @@ impl SessionState {
         self.inflight.push_back(inflight);
     }
 
-    /// A sequence number for the store, as [`SessionState::enqueue`] takes
+    /// A sequence number for the store, as queueing takes
     /// one (for an in-flight message installed from elsewhere).
     pub fn take_seq(&mut self) -> u64 {
         let seq = self.next_seq;
