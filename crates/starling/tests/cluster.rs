@@ -16,7 +16,14 @@
 //! - paho-mqtt (python3) across nodes, with MQTT 5 properties
 //!   (`cluster_paho.py`);
 //! - a persistent session, with its subscription and the messages queued
-//!   while its client was away, moves to the node the client comes back to.
+//!   while its client was away, moves to the node the client comes back to;
+//! - `kill -9` of a node whose persistent subscriber has 10,000 acknowledged
+//!   QoS 1 messages queued: the subscriber resumes on another node with all
+//!   of them, and the will of another client of the dead node is published
+//!   once, by a survivor;
+//! - NATS away: persistent CONNECTs refused with 0x88 (3.1.1: 3), clean
+//!   sessions served, and after NATS is back the persistent session resumes
+//!   with what was acknowledged meanwhile.
 //!
 //! Subscriptions reach the other nodes asynchronously (NATS passes interest
 //! from server to server), so each test first publishes probes until one
@@ -910,5 +917,87 @@ fn a_killed_nodes_session_and_its_acknowledged_backlog_resume_on_another_node() 
             "all 10,000 delivered: {before} before the kill, the rest from node 3; {dups} \
              delivered twice (in flight at the kill)"
         );
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 10. The NATS connection cut and restored
+
+#[test]
+fn with_nats_cut_persistent_connects_are_refused_clean_ones_served_and_nothing_is_lost() {
+    let Some(mut c) = Cluster::start("cut") else {
+        return;
+    };
+    run(async {
+        const N: usize = 100;
+        let keeper_options = |port| {
+            let mut o = options(port, "cut-keeper");
+            o.clean_start = false;
+            o.session_expiry = Some(3600);
+            o
+        };
+        let (keeper, _) = Client::connect(keeper_options(c.port(1))).await.unwrap();
+        keeper.subscribe("cut/#", QoS::AtLeastOnce).await.unwrap();
+        keeper.disconnect().await.unwrap();
+
+        // All of NATS away (a node that loses only its own server moves to
+        // another: the client learns the cluster's servers).
+        for n in 1..=3 {
+            c.stop_nats(n);
+        }
+        c.nodes[0]
+            .proc
+            .log
+            .wait_for(WAIT, |l| l.contains("lost the NATS connection"))
+            .expect("node 1 notices that NATS is away");
+
+        // A persistent session cannot be claimed: 0x88 (3.1.1: code 3).
+        for version in [ProtocolVersion::V5, ProtocolVersion::V3_1_1] {
+            let (_, ack) = Raw::connect(c.port(1), persistent(version, "cut-new"))
+                .await
+                .unwrap();
+            assert_eq!(
+                ack.reason_code,
+                ReasonCode::SERVER_UNAVAILABLE,
+                "a persistent {version:?} CONNECT while NATS is away"
+            );
+        }
+        // A clean session is served, and its QoS 1 messages acknowledged
+        // and kept for the offline persistent session of node 1.
+        let publisher = connect(c.port(1), "cut-pub").await;
+        for i in 0..N {
+            let code = publisher
+                .publish(format!("cut/{i}"), i.to_string(), QoS::AtLeastOnce, false)
+                .await
+                .unwrap();
+            assert!(!code.is_error(), "cut/{i} refused: {code}");
+        }
+
+        for n in 1..=3 {
+            c.restart_nats(n);
+        }
+        // Accepted again once node 1 is back on NATS and JetStream answers.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let (back, ack) = loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "persistent CONNECTs still refused 30 s after NATS came back"
+            );
+            match Client::connect(keeper_options(c.port(1))).await {
+                Ok(ok) => break ok,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        assert!(ack.session_present, "{ack:?}");
+        let mut got = Vec::new();
+        while got.len() < N {
+            let m = tokio::time::timeout(WAIT, back.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{} of {N} messages", got.len()))
+                .unwrap();
+            got.push(m.topic.to_string());
+        }
+        let want: Vec<String> = (0..N).map(|i| format!("cut/{i}")).collect();
+        assert_eq!(got, want);
     });
 }

@@ -216,6 +216,8 @@ pub struct NatsServer {
     pub proc: Proc,
     /// Its client port on 127.0.0.1.
     pub port: u16,
+    /// Its configuration file.
+    conf: PathBuf,
 }
 
 /// One Starling node.
@@ -325,6 +327,33 @@ impl Cluster {
         self.nodes[n - 1].port
     }
 
+    /// Kills NATS server `n` (1, 2 or 3).
+    pub fn stop_nats(&mut self, n: usize) {
+        self.nats[n - 1].proc.kill();
+    }
+
+    /// Starts NATS server `n` again, on its client port and store.
+    pub fn restart_nats(&mut self, n: usize) {
+        let server = &mut self.nats[n - 1];
+        let conf = std::fs::read_to_string(&server.conf).expect("its configuration");
+        let conf = conf.replace(
+            "listen: 127.0.0.1:-1",
+            &format!("listen: 127.0.0.1:{}", server.port),
+        );
+        std::fs::write(&server.conf, conf).expect("its configuration is written");
+        let mut cmd = Command::new(nats_server_binary().expect("nats-server"));
+        cmd.arg("-c").arg(&server.conf);
+        let name = server.proc.name.clone();
+        server.proc = Proc::spawn(&name, cmd);
+        server
+            .proc
+            .log
+            .wait_for(STARTUP, |l| {
+                l.contains("Listening for client connections on")
+            })
+            .unwrap_or_else(|e| panic!("{}", server.proc.failure("did not restart", &e)));
+    }
+
     /// How long the cluster has run.
     pub fn age(&self) -> Duration {
         self.started.elapsed()
@@ -415,7 +444,11 @@ fn start_nats(bin: &Path, dir: &Path, attempt: usize) -> Result<Vec<NatsServer>,
                 l.contains("Listening for route connections on")
             })
             .map_err(|e| proc.failure("did not listen for routes", &e))?;
-        servers.push(NatsServer { proc, port });
+        let conf = dir.join(format!(
+            "{}-{attempt}.conf",
+            &proc.name["nats-server ".len()..]
+        ));
+        servers.push(NatsServer { proc, port, conf });
     }
     // JetStream answers once the servers have elected a metadata leader:
     // the nodes started before that would wait for their first request to
