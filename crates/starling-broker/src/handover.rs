@@ -215,6 +215,29 @@ impl BrokerState {
         Ok(())
     }
 
+    /// Installs a session rebuilt from a copy kept elsewhere as an offline
+    /// session here (a dead node's session adopted before its client came
+    /// back): as [`BrokerState::take_handover`], and its expiry runs from now.
+    pub fn adopt_handover(
+        self: &Arc<Self>,
+        client_id: &str,
+        chunks: &[Bytes],
+    ) -> Result<(), HandoverError> {
+        self.take_handover(client_id, chunks)?;
+        if let Some(session) = self.session(client_id) {
+            let expiry = {
+                let mut st = session.state.lock();
+                st.restored();
+                st.expiry_interval()
+            };
+            if expiry != u32::MAX {
+                let wait = std::time::Duration::from_secs(u64::from(expiry));
+                crate::lifecycle::schedule_expiry(self, session, 1, wait);
+            }
+        }
+        Ok(())
+    }
+
     fn install(
         self: &Arc<Self>,
         session: &Arc<Session>,

@@ -14,6 +14,26 @@ pub const WILLS: &str = "starling_wills";
 /// Each node's heartbeat.
 pub const NODES: &str = "starling_nodes";
 
+/// The owners bucket's value for `client_id` on `node`: the node, then
+/// the client id (a survivor adopting a dead node's sessions needs it).
+pub fn owner_value(node: &str, client_id: &str) -> bytes::Bytes {
+    bytes::Bytes::from(format!("{node}\n{client_id}"))
+}
+
+/// The node in an owners bucket value.
+pub fn owner_node(value: &[u8]) -> String {
+    let node = value.split(|b| *b == b'\n').next().unwrap_or(value);
+    String::from_utf8_lossy(node).into_owned()
+}
+
+/// The client id in an owners bucket value.
+pub fn owner_client(value: &[u8]) -> Option<String> {
+    let at = value.iter().position(|b| *b == b'\n')?;
+    std::str::from_utf8(&value[at + 1..])
+        .ok()
+        .map(str::to_string)
+}
+
 /// A node's key in the wills and nodes buckets.
 pub fn node(id: &str) -> String {
     of(id)[..16].to_string()

@@ -94,7 +94,7 @@ async fn claim_owner(inner: &Inner, client_id: &str, persistent: bool) -> Owners
     }
     let store = &buckets.owners;
     let key = keys::of(client_id);
-    let me = Bytes::from(inner.node_id.clone());
+    let me = keys::owner_value(&inner.node_id, client_id);
     let entry = match tokio::time::timeout(inner.timeout, store.entry(key.clone())).await {
         Ok(Ok(e)) => e,
         Ok(Err(e)) => {
@@ -111,7 +111,7 @@ async fn claim_owner(inner: &Inner, client_id: &str, persistent: bool) -> Owners
             let lost = e.kind() == kv::CreateErrorKind::AlreadyExists;
             (lost, e.to_string())
         }),
-        Some(e) if e.operation == Operation::Put && e.value == inner.node_id.as_bytes() => {
+        Some(e) if e.operation == Operation::Put && keys::owner_node(&e.value) == inner.node_id => {
             return Ownership::Local
         }
         Some(e) => store.update(&key, me, e.revision).await.map_err(|e| {
@@ -176,7 +176,7 @@ async fn predecessor(
         |m: &async_nats::jetstream::message::StreamMessage| m.headers.get("KV-Operation").is_some();
     match last {
         Some(m) if deleted(&m) => None,
-        Some(m) => Some(String::from_utf8_lossy(&m.payload).into_owned()),
+        Some(m) => Some(keys::owner_node(&m.payload)),
         None => None,
     }
     .filter(|owner| owner != &inner.node_id)
@@ -199,11 +199,13 @@ async fn take_from(inner: &Inner, owner: &str, client_id: &str) {
         Ok(Ok(_)) => 0,
         Ok(Err(e)) => {
             tracing::info!(%client_id, %owner, "the previous owner did not answer: {e}");
-            return recover_session(inner, client_id).await;
+            recover_session(inner, client_id, false).await;
+            return;
         }
         Err(_) => {
             tracing::info!(%client_id, %owner, "the previous owner did not answer in time");
-            return recover_session(inner, client_id).await;
+            recover_session(inner, client_id, false).await;
+            return;
         }
     };
     if count == 0 {
@@ -229,16 +231,65 @@ async fn take_from(inner: &Inner, owner: &str, client_id: &str) {
     }
 }
 
-/// The previous owner is gone: its client's session is rebuilt from its
-/// replica, if it was persistent.
-async fn recover_session(inner: &Inner, client_id: &str) {
-    let Some((chunks, old)) = replica::recover(&inner.replica, client_id).await else {
+/// A node died (see `wills`): the sessions it owned are adopted here,
+/// rebuilt from their replicas, so that their subscriptions keep receiving
+/// until their clients come back (to any node, which takes them from
+/// here). Each is claimed with a write fenced on the revision read.
+pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) {
+    let Some(buckets) = inner.buckets.get() else {
         return;
     };
-    let Some(broker) = inner.broker() else { return };
-    if let Err(e) = broker.take_handover(client_id, &chunks) {
+    let mut watch = match buckets.owners.watch_with_history(">").await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(node = %dead, "the sessions of a dead node could not be listed: {e}");
+            return;
+        }
+    };
+    let mut adopted = 0usize;
+    while let Ok(Some(Ok(entry))) = tokio::time::timeout(inner.timeout, watch.next()).await {
+        let last = entry.delta == 0;
+        if entry.operation == Operation::Put && keys::owner_node(&entry.value) == dead {
+            if let Some(client_id) = keys::owner_client(&entry.value) {
+                let me = keys::owner_value(&inner.node_id, &client_id);
+                let claimed = buckets.owners.update(&entry.key, me, entry.revision).await;
+                if let Ok(revision) = claimed {
+                    if recover_session(inner, &client_id, true).await {
+                        adopted += 1;
+                    } else {
+                        // A clean session: nothing to keep.
+                        let _ = buckets
+                            .owners
+                            .delete_expect_revision(&entry.key, Some(revision))
+                            .await;
+                    }
+                }
+            }
+        }
+        if last {
+            break;
+        }
+    }
+    tracing::info!(node = %dead, sessions = adopted, "adopted the persistent sessions of a dead node");
+}
+
+/// The previous owner is gone: its client's session is rebuilt from its
+/// replica, if it was persistent (then `true`).
+async fn recover_session(inner: &Inner, client_id: &str, adopt: bool) -> bool {
+    let Some((chunks, old)) = replica::recover(&inner.replica, client_id).await else {
+        return false;
+    };
+    let Some(broker) = inner.broker() else {
+        return false;
+    };
+    let installed = if adopt {
+        broker.adopt_handover(client_id, &chunks)
+    } else {
+        broker.take_handover(client_id, &chunks)
+    };
+    if let Err(e) = installed {
         tracing::warn!(%client_id, "the replicated session could not be installed: {e}");
-        return;
+        return false;
     }
     inner
         .replica
@@ -256,6 +307,7 @@ async fn recover_session(inner: &Inner, client_id: &str) {
         }
         replica::forget(&replica, &client_id, old).await;
     });
+    true
 }
 
 /// One part of a session being handed over, asked up to three times.
@@ -290,7 +342,7 @@ pub async fn release(inner: &Inner, client_id: &str) {
     else {
         return;
     };
-    let ours = entry.operation == Operation::Put && entry.value == inner.node_id.as_bytes();
+    let ours = entry.operation == Operation::Put && keys::owner_node(&entry.value) == inner.node_id;
     let back = inner
         .broker()
         .is_some_and(|b| b.session(client_id).is_some());

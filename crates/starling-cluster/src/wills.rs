@@ -1,9 +1,10 @@
-//! Wills across nodes. Each node keeps the wills of its connected clients
+//! Wills across nodes, and the death of a node. Each node keeps the wills of its connected clients
 //! in a bucket (under `<node>.<client>`) and beats in another each second.
 //! When a node stops beating for [`DEAD_AFTER`], the live node with the
 //! lowest id takes its wills (a delete fenced on the revision read, so a
 //! will goes once) and publishes each after its delay, unless its session
-//! was resumed on another node within it. A node that starts publishes
+//! was resumed on another node within it, and adopts the dead node's
+//! persistent sessions (`owners::adopt_sessions_of`). A node that starts publishes
 //! what it left itself (its clients' connections ended with it).
 
 use std::collections::HashMap;
@@ -138,6 +139,7 @@ async fn watch_nodes(inner: Arc<Inner>, buckets: Buckets) {
                     if lowest {
                         tracing::warn!(node = %id, "a node stopped beating: publishing its clients' wills");
                         take_wills_of(&inner, &buckets, &node).await;
+                        crate::owners::adopt_sessions_of(&inner, &id).await;
                     }
                 }
             }

@@ -798,6 +798,7 @@ fn a_killed_nodes_session_and_its_acknowledged_backlog_resume_on_another_node() 
     run(async {
         const TASKS: usize = 8;
         const EACH: usize = 1_250; // 10,000 in all
+        const LATE: usize = 100; // published after the kill
         let keeper_options = |port| {
             let mut o = options(port, "keeper");
             o.clean_start = false;
@@ -809,6 +810,18 @@ fn a_killed_nodes_session_and_its_acknowledged_backlog_resume_on_another_node() 
         };
         let (keeper, _) = Client::connect(keeper_options(c.port(2))).await.unwrap();
         keeper.subscribe("k/#", QoS::AtLeastOnce).await.unwrap();
+        // A second persistent subscriber of node 2, offline, that comes back
+        // at once after the kill (before the survivors adopt node 2's
+        // sessions): its session is rebuilt where it reconnects.
+        let quick_options = |port| {
+            let mut o = options(port, "quick");
+            o.clean_start = false;
+            o.session_expiry = Some(3600);
+            o
+        };
+        let (quick, _) = Client::connect(quick_options(c.port(2))).await.unwrap();
+        quick.subscribe("k2/#", QoS::AtLeastOnce).await.unwrap();
+        quick.disconnect().await.unwrap();
         // The publisher is on the keeper's node: each PUBACK means the
         // message is queued for the keeper, in the store and its replicas.
         let publisher = connect(c.port(2), "k-pub").await;
@@ -825,6 +838,12 @@ fn a_killed_nodes_session_and_its_acknowledged_backlog_resume_on_another_node() 
                     assert!(!code.is_error(), "k/{t} {i} refused: {code}");
                 }
             }));
+        }
+        for i in 0..100 {
+            publisher
+                .publish("k2/x", i.to_string(), QoS::AtLeastOnce, false)
+                .await
+                .unwrap();
         }
         for t in tasks {
             tokio::time::timeout(Duration::from_secs(120), t)
@@ -854,7 +873,10 @@ fn a_killed_nodes_session_and_its_acknowledged_backlog_resume_on_another_node() 
         // What the old connection had received before the kill counts.
         let mut seen: BTreeMap<(usize, usize), usize> = BTreeMap::new();
         let note = |topic: &str, payload: &[u8], seen: &mut BTreeMap<_, _>| {
-            let t: usize = topic.trim_start_matches("k/").parse().unwrap();
+            let t: usize = match topic.trim_start_matches("k/") {
+                "late" => TASKS,
+                t => t.parse().unwrap(),
+            };
             let i: usize = std::str::from_utf8(payload).unwrap().parse().unwrap();
             *seen.entry((t, i)).or_insert(0) += 1;
         };
@@ -865,40 +887,26 @@ fn a_killed_nodes_session_and_its_acknowledged_backlog_resume_on_another_node() 
         }
         let before = seen.len();
 
-        let (back, ack) = Client::connect(keeper_options(c.port(3))).await.unwrap();
+        let (quick, ack) = Client::connect(quick_options(c.port(3))).await.unwrap();
         assert!(
             ack.session_present,
-            "the killed node's session was not resumed: {ack:?}"
+            "quick's session was not rebuilt: {ack:?}"
         );
         eprintln!(
-            "session resumed on node 3 {:?} after the kill",
+            "quick's session rebuilt on node 3 {:?} after the kill",
             killed.elapsed()
         );
-        let mut last: BTreeMap<usize, usize> = BTreeMap::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while seen.len() < TASKS * EACH {
-            let m = tokio::time::timeout_at(deadline, back.recv())
+        for i in 0..100 {
+            let m = tokio::time::timeout(WAIT, quick.recv())
                 .await
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "{} of {} messages after 60 s ({before} before the kill)",
-                        seen.len(),
-                        TASKS * EACH
-                    )
-                })
-                .expect("the keeper stays connected");
-            let t: usize = m.topic.trim_start_matches("k/").parse().unwrap();
-            let i: usize = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
-            // One publisher's messages on one topic arrive in order (a
-            // redelivered one may repeat an earlier number).
-            if !seen.contains_key(&(t, i)) {
-                if let Some(prev) = last.get(&t) {
-                    assert!(i > *prev, "k/{t}: {i} after {prev}");
-                }
-                last.insert(t, i);
-            }
-            note(&m.topic, &m.payload, &mut seen);
+                .unwrap_or_else(|_| panic!("quick got {i} of 100"))
+                .unwrap();
+            assert_eq!(
+                (&*m.topic, std::str::from_utf8(&m.payload).unwrap()),
+                ("k2/x", i.to_string().as_str())
+            );
         }
+
         // The will of node 2's client: published once, by a survivor.
         let will = tokio::time::timeout(Duration::from_secs(20), witness.recv())
             .await
@@ -912,9 +920,62 @@ fn a_killed_nodes_session_and_its_acknowledged_backlog_resume_on_another_node() 
         if let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), witness.recv()).await {
             panic!("a second will or another message: {m:?}");
         }
+        // Node 1 (the lowest id alive) adopts the keeper's session: what is
+        // published to it before its client is back is kept.
+        c.nodes[0]
+            .proc
+            .log
+            .wait_for(Duration::from_secs(20), |l| {
+                l.contains("adopted the persistent sessions of a dead node")
+            })
+            .expect("node 1 adopts node 2's sessions");
+        let late = connect(c.port(1), "k-late").await;
+        for i in 0..LATE {
+            late.publish("k/late", i.to_string(), QoS::AtLeastOnce, false)
+                .await
+                .unwrap();
+        }
+
+        let (back, ack) = Client::connect(keeper_options(c.port(3))).await.unwrap();
+        assert!(
+            ack.session_present,
+            "the killed node's session was not resumed: {ack:?}"
+        );
+        eprintln!(
+            "session resumed on node 3 {:?} after the kill",
+            killed.elapsed()
+        );
+        let mut last: BTreeMap<usize, usize> = BTreeMap::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while seen.len() < TASKS * EACH + LATE {
+            let m = tokio::time::timeout_at(deadline, back.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{} of {} messages after 60 s ({before} before the kill)",
+                        seen.len(),
+                        TASKS * EACH + LATE
+                    )
+                })
+                .expect("the keeper stays connected");
+            let t: usize = match m.topic.trim_start_matches("k/") {
+                "late" => TASKS,
+                t => t.parse().unwrap(),
+            };
+            let i: usize = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
+            // One publisher's messages on one topic arrive in order (a
+            // redelivered one may repeat an earlier number).
+            if !seen.contains_key(&(t, i)) {
+                if let Some(prev) = last.get(&t) {
+                    assert!(i > *prev, "k/{t}: {i} after {prev}");
+                }
+                last.insert(t, i);
+            }
+            note(&m.topic, &m.payload, &mut seen);
+        }
         let dups = seen.values().filter(|n| **n > 1).count();
         eprintln!(
-            "all 10,000 delivered: {before} before the kill, the rest from node 3; {dups} \
+            "all 10,000 and {LATE} published after the kill delivered: {before} before the kill, the rest from node 3; {dups} \
              delivered twice (in flight at the kill)"
         );
     });
