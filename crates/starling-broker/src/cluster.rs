@@ -54,6 +54,12 @@ pub trait Cluster: Send + Sync + 'static {
     fn claim(&self, client_id: &str, persistent: bool) -> ClusterFuture<Ownership>;
     /// The session of `client_id` ended on this node.
     fn release(&self, client_id: &str);
+    /// After a SUBSCRIBE: a future that completes once every interest
+    /// change asked so far has reached the other nodes (bounded by the
+    /// implementation); the SUBACK waits for it. `None`: nothing to wait for.
+    fn interest_ready(&self) -> Option<ClusterFuture<()>> {
+        None
+    }
     /// Connection `conn` of `client_id` has a will (`Some`: a
     /// [`will_record`]), to be published by another node if this one dies;
     /// `None`: the connection ended here and this node handles its will.

@@ -16,6 +16,7 @@ mod envelope;
 mod keys;
 mod node;
 mod owners;
+mod probe;
 pub mod replica;
 mod retained;
 mod routes;

@@ -69,6 +69,8 @@ impl NatsCluster {
             handing_over: Mutex::new(Default::default()),
             claims: Mutex::new(Default::default()),
             replica: replica.unwrap_or_default(),
+            live: Mutex::new(Default::default()),
+            probes: Mutex::new(Default::default()),
             wills,
             outgoing: Mutex::new(Default::default()),
         });
@@ -76,6 +78,7 @@ impl NatsCluster {
         tokio::spawn(routes::run(inner.clone(), queue_client, commands_rx));
         tokio::spawn(owners::serve_takeovers(inner.clone()));
         tokio::spawn(owners::serve_handovers(inner.clone()));
+        tokio::spawn(crate::probe::serve(inner.clone()));
         tokio::spawn(open_buckets(
             inner.clone(),
             config.replicas,
@@ -214,6 +217,18 @@ impl Cluster for NatsCluster {
             None => WillCommand::Clear(client_id.to_string(), conn),
         };
         let _ = self.inner.wills.send(command);
+    }
+
+    fn interest_ready(&self) -> Option<ClusterFuture<()>> {
+        if !self.inner.connected() {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner.commands.send(Command::Ready(tx)).ok()?;
+        let limit = self.inner.timeout;
+        Some(Box::pin(async move {
+            let _ = tokio::time::timeout(limit, rx).await;
+        }))
     }
 
     fn shares_across_nodes(&self) -> bool {

@@ -14,7 +14,7 @@ use tokio_stream::StreamMap;
 
 use crate::dedup::Seen;
 use crate::shared::{Command, Inner};
-use crate::{envelope, keys, subject};
+use crate::{envelope, keys, probe, subject};
 
 /// A NATS subscription of this node: plain, or serving one shared group.
 struct Route {
@@ -32,6 +32,7 @@ pub async fn run(
     let mut by_filter: HashMap<String, Vec<u64>> = HashMap::new();
     let mut next_key = 0u64;
     let mut seen = Seen::default();
+    let mut ready = Readiness::default();
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -39,7 +40,13 @@ pub async fn run(
                 Some(Command::Add(filter)) => {
                     let (share, inner_filter) = starling_broker_split(&filter);
                     let mut ids = Vec::new();
+                    if share.is_none() {
+                        ready.adds += 1;
+                    }
                     for subj in subject::of_filter(inner_filter) {
+                        if share.is_none() {
+                            ready.last_subject = Some(subj.clone());
+                        }
                         let made = match share {
                             Some(_) => queues.queue_subscribe(subj, keys::queue(&filter)).await,
                             None => inner.client.subscribe(subj).await,
@@ -65,6 +72,8 @@ pub async fn run(
                         subs.remove(&id);
                     }
                 }
+                Some(Command::Ready(done)) => ready.wait(&inner, done),
+                Some(Command::Probed(seq)) => ready.probed(&inner, seq),
                 Some(Command::Flush(done)) => {
                     let ok = inner.client.flush().await.is_ok() && queues.flush().await.is_ok();
                     let _ = done.send(ok);
@@ -72,9 +81,66 @@ pub async fn run(
             },
             Some((id, msg)) = subs.next(), if !subs.is_empty() => {
                 let Some(broker) = inner.broker() else { return };
+                if let Some(value) = msg.headers.as_ref().and_then(|h| h.get(probe::HEADER)) {
+                    probe::arrived(&inner, value.as_str());
+                    continue;
+                }
                 let share = routes.get(&id).and_then(|r| r.share.clone());
                 deliver(&inner, &broker, &mut seen, share.as_deref(), msg.payload);
             }
+        }
+    }
+}
+
+/// Which interest changes the other nodes' servers are known to have, and
+/// the SUBACKs waiting for more (see [`probe`]).
+#[derive(Default)]
+struct Readiness {
+    /// Plain subscriptions made so far.
+    adds: u64,
+    /// Of them, those known to have reached the other nodes.
+    confirmed: u64,
+    /// The NATS subject of the newest.
+    last_subject: Option<String>,
+    probing: bool,
+    waiters: Vec<(u64, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl Readiness {
+    fn wait(&mut self, inner: &Arc<Inner>, done: tokio::sync::oneshot::Sender<()>) {
+        if self.confirmed >= self.adds {
+            let _ = done.send(());
+            return;
+        }
+        self.waiters.push((self.adds, done));
+        self.probe(inner);
+    }
+
+    fn probed(&mut self, inner: &Arc<Inner>, seq: u64) {
+        self.probing = false;
+        self.confirmed = self.confirmed.max(seq);
+        let confirmed = self.confirmed;
+        for (_, done) in self
+            .waiters
+            .extract_if(.., |(target, _)| *target <= confirmed)
+        {
+            let _ = done.send(());
+        }
+        if !self.waiters.is_empty() {
+            self.probe(inner);
+        }
+    }
+
+    fn probe(&mut self, inner: &Arc<Inner>) {
+        if self.probing {
+            return;
+        }
+        match self.last_subject.clone() {
+            Some(subject) => {
+                self.probing = true;
+                probe::start(inner.clone(), subject, self.adds);
+            }
+            None => self.probed(inner, self.adds),
         }
     }
 }

@@ -36,6 +36,17 @@ pub enum Command {
     Remove(String),
     /// Answer once every earlier change has reached the NATS server.
     Flush(oneshot::Sender<bool>),
+    /// Answer once every earlier change has reached the other nodes'
+    /// servers (see `probe`).
+    Ready(oneshot::Sender<()>),
+    /// The probe for the changes up to this number is done.
+    Probed(u64),
+}
+
+/// A probe waiting for the nodes that have not answered yet.
+pub struct Probe {
+    pub waiting: std::collections::HashSet<String>,
+    pub done: Option<oneshot::Sender<()>>,
 }
 
 /// What the broker tells of its clients' wills.
@@ -87,6 +98,10 @@ pub(crate) struct Inner {
     pub claims: Mutex<HashMap<String, Claim>>,
     /// The wills of this node's clients, to the task that shares them.
     pub wills: mpsc::UnboundedSender<WillCommand>,
+    /// The other nodes heard beating, and when last.
+    pub live: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// Probes in flight, by token.
+    pub probes: Mutex<HashMap<u64, Probe>>,
     /// The replica of this node's persistent sessions.
     pub replica: crate::replica::Replica,
     /// Sessions handed over, until the new owner fetched them.

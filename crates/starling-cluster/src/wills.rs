@@ -32,9 +32,9 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(5);
 /// changes, the heartbeat and the watch over the other nodes.
 pub async fn run(inner: Arc<Inner>, buckets: Buckets, rx: mpsc::UnboundedReceiver<WillCommand>) {
     let me = keys::node(&inner.node_id);
-    take_wills_of(&inner, &buckets, &me).await;
     tokio::spawn(beat(inner.clone(), buckets.nodes.clone()));
     tokio::spawn(watch_nodes(inner.clone(), buckets.clone()));
+    take_wills_of(&inner, &buckets, &me).await;
     keep(inner, buckets.wills, rx).await;
 }
 
@@ -85,7 +85,8 @@ async fn beat(inner: Arc<Inner>, nodes: kv::Store) {
     while inner.broker().is_some() {
         tick.tick().await;
         if inner.connected() {
-            let _ = nodes.put(&me, Bytes::from(inner.node_id.clone())).await;
+            let beat = format!("{} {}", starling_broker::store::unix_ms(), inner.node_id);
+            let _ = nodes.put(&me, Bytes::from(beat)).await;
         }
     }
 }
@@ -107,8 +108,18 @@ async fn watch_nodes(inner: Arc<Inner>, buckets: Buckets) {
         tokio::select! {
             entry = watch.next() => match entry {
                 Some(Ok(e)) if e.operation == Operation::Put && e.key != me => {
-                    let id = String::from_utf8_lossy(&e.value).into_owned();
-                    seen.insert(e.key, (id, Instant::now()));
+                    // "<ms since the epoch> <node id>": an old beat (a node
+                    // long gone, read back from the bucket) is not life.
+                    let text = String::from_utf8_lossy(&e.value);
+                    let Some((ms, id)) = text.split_once(' ') else { continue };
+                    let age = starling_broker::store::unix_ms().saturating_sub(ms.parse().unwrap_or(0));
+                    if age > DEAD_AFTER.as_millis() as u64 {
+                        continue;
+                    }
+                    if inner.live.lock().insert(id.to_string(), Instant::now()).is_none() {
+                        tracing::info!(node = %id, "a node is in the cluster");
+                    }
+                    seen.insert(e.key, (id.to_string(), Instant::now()));
                 }
                 Some(_) => {}
                 None => return,
@@ -136,6 +147,7 @@ async fn watch_nodes(inner: Arc<Inner>, buckets: Buckets) {
                     .all(|(id, _)| inner.node_id < *id);
                 for node in dead {
                     let id = seen.remove(&node).map(|(id, _)| id).unwrap_or_default();
+                    inner.live.lock().remove(&id);
                     if lowest {
                         tracing::warn!(node = %id, "a node stopped beating: publishing its clients' wills");
                         take_wills_of(&inner, &buckets, &node).await;

@@ -1062,3 +1062,63 @@ fn with_nats_cut_persistent_connects_are_refused_clean_ones_served_and_nothing_i
         assert_eq!(got, want);
     });
 }
+
+// ---------------------------------------------------------------------------
+// 11. A SUBACK means the other nodes route to the new subscription
+
+#[test]
+fn once_its_suback_is_sent_a_subscription_receives_what_other_nodes_publish() {
+    let Some(c) = Cluster::start("suback") else {
+        return;
+    };
+    run(async {
+        const ROUNDS: usize = 100;
+        let subscriber = connect(c.port(1), "sa-sub").await;
+        let publishers = [
+            connect(c.port(2), "sa-pub2").await,
+            connect(c.port(3), "sa-pub3").await,
+        ];
+        // Node 1 knows the other nodes (it probes them).
+        for other in ["node2", "node3"] {
+            c.nodes[0]
+                .proc
+                .log
+                .wait_for(WAIT, |l| {
+                    l.contains("a node is in the cluster") && l.contains(other)
+                })
+                .unwrap_or_else(|e| panic!("node 1 does not know {other}: {e}"));
+        }
+        let mut waits = Vec::with_capacity(ROUNDS);
+        for i in 0..ROUNDS {
+            // A filter no node subscribed to before: new interest each time.
+            let filter = if i % 2 == 0 {
+                format!("sa/{i}/+")
+            } else {
+                format!("sa/{i}/#")
+            };
+            let asked = std::time::Instant::now();
+            subscriber
+                .subscribe(&filter, QoS::AtLeastOnce)
+                .await
+                .unwrap();
+            waits.push(asked.elapsed());
+            let topic = format!("sa/{i}/x");
+            publishers[i % 2]
+                .publish(&topic, i.to_string(), QoS::AtLeastOnce, false)
+                .await
+                .unwrap();
+            let m = tokio::time::timeout(WAIT, subscriber.recv())
+                .await
+                .unwrap_or_else(|_| panic!("round {i}: {topic} did not arrive after the SUBACK"))
+                .unwrap();
+            assert_eq!(&*m.topic, topic);
+        }
+        waits.sort();
+        eprintln!(
+            "SUBSCRIBE to SUBACK with new cross-node interest: p50 {:?}, p99 {:?}, max {:?}",
+            waits[ROUNDS / 2],
+            waits[ROUNDS * 99 / 100],
+            waits[ROUNDS - 1]
+        );
+    });
+}

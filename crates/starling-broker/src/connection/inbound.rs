@@ -496,7 +496,20 @@ impl Machine {
         if client.problem_info {
             ack.properties.reason_string = suback_reason(&ack.reason_codes).map(Into::into);
         }
-        self.send(&Packet::SubAck(ack), v);
+        // In a cluster, the SUBACK waits until the other nodes' NATS servers
+        // have the new interest: what they publish from then on arrives.
+        match self.broker.cluster().interest_ready() {
+            Some(ready) => {
+                let (done, wait) = tokio::sync::oneshot::channel();
+                tokio::spawn(async move {
+                    ready.await;
+                    let _ = done.send(());
+                });
+                self.interest_wait = Some(wait);
+                self.send_ack(Packet::SubAck(ack), true, v);
+            }
+            None => self.send(&Packet::SubAck(ack), v),
+        }
         let journal = &mut self.journal;
         if client
             .session

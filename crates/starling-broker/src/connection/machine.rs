@@ -55,6 +55,9 @@ pub(crate) struct Machine {
     pub(super) journal: Journal,
     /// Whether an acknowledgement waits for `journal` to be written.
     journal_awaited: bool,
+    /// What a SUBACK waits for besides the store: the cluster passing the
+    /// new interest on (see [`crate::cluster::Cluster::interest_ready`]).
+    pub(crate) interest_wait: Option<oneshot::Receiver<()>>,
     /// The number of the next journal taken.
     next_journal: u64,
     /// Journals below this number are written.
@@ -146,6 +149,7 @@ impl Machine {
             pending_acks: VecDeque::new(),
             journal: Journal::new(),
             journal_awaited: false,
+            interest_wait: None,
             next_journal: 0,
             written: 0,
             writes: VecDeque::new(),
@@ -269,7 +273,7 @@ impl Machine {
     /// whether acknowledgements wait for it: then the driver submits it with
     /// a receiver and hands that to [`Machine::awaiting`].
     pub(crate) fn take_journal(&mut self) -> Option<(Journal, bool)> {
-        if self.journal.is_empty() {
+        if self.journal.is_empty() && self.interest_wait.is_none() {
             if self.journal_awaited {
                 // Nothing to write: what they wait for is done.
                 self.journal_awaited = false;

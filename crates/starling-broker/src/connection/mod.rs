@@ -620,19 +620,21 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         let Some((journal, awaited)) = self.m.take_journal() else {
             return;
         };
+        let interest = self.m.interest_wait.take();
         match self.m.broker.store() {
             Some(store) if awaited => {
                 let write = crate::journal::commit_and_wait(store, journal);
-                self.m.awaiting(write);
+                self.m.awaiting(also_wait(write, interest));
             }
             Some(store) => crate::journal::commit(Some(store), journal),
             None => {
-                // Nothing to wait for without a store (acknowledgements only
-                // wait with durability "always", so this does not happen).
+                // Nothing to wait for without a store but the cluster
+                // (acknowledgements wait for the store only with durability
+                // "always").
                 let (done, write) = tokio::sync::oneshot::channel();
                 let _ = done.send(());
                 if awaited {
-                    self.m.awaiting(write);
+                    self.m.awaiting(also_wait(write, interest));
                 }
             }
         }
@@ -658,4 +660,23 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         self.flush_and_close().await;
         crate::lifecycle::detach(&self.broker, self.conn_id, client.departure(&close));
     }
+}
+
+/// `write`, completed only once `interest` (if any) is done too.
+fn also_wait(
+    write: tokio::sync::oneshot::Receiver<()>,
+    interest: Option<tokio::sync::oneshot::Receiver<()>>,
+) -> tokio::sync::oneshot::Receiver<()> {
+    let Some(interest) = interest else {
+        return write;
+    };
+    let (done, both) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let written = write.await.is_ok();
+        let _ = interest.await;
+        if written {
+            let _ = done.send(());
+        }
+    });
+    both
 }
