@@ -60,11 +60,12 @@ pub trait Cluster: Send + Sync + 'static {
     fn interest_ready(&self) -> Option<ClusterFuture<()>> {
         None
     }
-    /// Connection `conn` of `client_id` has a will (`Some`: a
-    /// [`will_record`]), to be published by another node if this one dies;
-    /// `None`: the connection ended here and this node handles its will.
-    /// A `None` for a connection that is not the last one set is ignored.
-    fn will(&self, _client_id: &str, _conn: u64, _will: Option<Bytes>) {}
+    /// Connection `conn` of `client_id` has a will (`Some`: the will and
+    /// the client's user name; [`will_record`] encodes them), to be
+    /// published by another node if this one dies; `None`: the connection
+    /// ended here and this node handles its will. A `None` for a connection
+    /// that is not the last one set is ignored.
+    fn will(&self, _client_id: &str, _conn: u64, _will: Option<(&Will, Option<&str>)>) {}
     /// Whether shared subscriptions are served across the nodes: then a
     /// message reaches a shared group only through the cluster, which picks
     /// one member cluster-wide, and [`crate::BrokerState::publish`] routes

@@ -47,8 +47,9 @@ impl NatsCluster {
         broker: &Arc<BrokerState>,
         replica: Option<crate::replica::Replica>,
     ) -> Result<Arc<NatsCluster>, ClusterError> {
-        let client = connect(config, false).await?;
-        let queue_client = connect(config, true).await?;
+        let counters = Counters::default();
+        let client = connect(config, false, counters.slow.clone()).await?;
+        let queue_client = connect(config, true, counters.slow.clone()).await?;
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
         let (retained_tx, retained_rx) = mpsc::channel(OUTBOX);
         let (commands, commands_rx) = mpsc::unbounded_channel();
@@ -61,7 +62,7 @@ impl NatsCluster {
             broker: Arc::downgrade(broker),
             buckets: OnceLock::new(),
             timeout: Duration::from_millis(config.timeout_ms),
-            counters: Counters::default(),
+            counters,
             outbox,
             retained: retained_tx,
             interest: Mutex::new(Default::default()),
@@ -161,10 +162,16 @@ impl Cluster for NatsCluster {
                 inner.counters.forwarded.fetch_add(1, Ordering::Relaxed);
             }
             Err(_) => {
-                inner
+                let dropped = inner
                     .counters
                     .forward_dropped
                     .fetch_add(1, Ordering::Relaxed);
+                if dropped.is_multiple_of(10_000) {
+                    tracing::warn!(
+                        "messages not forwarded to other nodes: NATS does not take them as \
+                         fast as they come (counted in $SYS/.../forward-dropped)"
+                    );
+                }
             }
         }
     }
@@ -210,10 +217,20 @@ impl Cluster for NatsCluster {
         tokio::spawn(async move { owners::release(&inner, &client_id).await });
     }
 
-    fn will(&self, client_id: &str, conn: u64, will: Option<bytes::Bytes>) {
+    fn will(
+        &self,
+        client_id: &str,
+        conn: u64,
+        will: Option<(&starling_codec::Will, Option<&str>)>,
+    ) {
         use crate::shared::WillCommand;
         let command = match will {
-            Some(record) => WillCommand::Set(client_id.to_string(), conn, record),
+            Some((will, username)) => {
+                let Some(record) = starling_broker::cluster::will_record(will, username) else {
+                    return;
+                };
+                WillCommand::Set(client_id.to_string(), conn, record)
+            }
             None => WillCommand::Clear(client_id.to_string(), conn),
         };
         let _ = self.inner.wills.send(command);
@@ -251,6 +268,7 @@ impl Cluster for NatsCluster {
             ("messages/forward-dropped", get(&c.forward_dropped)),
             ("messages/received", get(&c.received)),
             ("messages/duplicates", get(&c.duplicates)),
+            ("messages/slow-consumer-drops", get(&c.slow)),
             (
                 "sessions/replicated-changes",
                 get(&self.inner.replica.counters.written),
@@ -268,7 +286,11 @@ impl Cluster for NatsCluster {
 }
 
 /// One NATS connection with the node's options.
-async fn connect(config: &ClusterConfig, queues: bool) -> Result<async_nats::Client, ClusterError> {
+async fn connect(
+    config: &ClusterConfig,
+    queues: bool,
+    slow: Arc<AtomicU64>,
+) -> Result<async_nats::Client, ClusterError> {
     let role = if queues { "queues" } else { "main" };
     let node = config.node_id.clone();
     let mut options = async_nats::ConnectOptions::new()
@@ -280,11 +302,21 @@ async fn connect(config: &ClusterConfig, queues: bool) -> Result<async_nats::Cli
         .subscription_capacity(65_536)
         .event_callback(move |event| {
             let node = node.clone();
+            let slow = slow.clone();
             async move {
                 use async_nats::Event;
                 match event {
                     Event::Connected => tracing::info!(%node, role, "connected to NATS"),
                     Event::Disconnected => tracing::warn!(%node, role, "lost the NATS connection"),
+                    Event::SlowConsumer(_) => {
+                        if slow.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
+                            tracing::warn!(
+                                %node,
+                                "messages from other nodes dropped: this node's routing \
+                                 does not keep up (NATS slow consumer)"
+                            );
+                        }
+                    }
                     other => tracing::debug!(%node, role, "NATS: {other}"),
                 }
             }

@@ -26,6 +26,9 @@ pub struct Counters {
     pub duplicates: AtomicU64,
     /// NATS payloads that were not Starling envelopes.
     pub malformed: AtomicU64,
+    /// Times the NATS client dropped messages for a subscription of this
+    /// node that did not keep up (slow consumer).
+    pub slow: Arc<AtomicU64>,
 }
 
 /// What the routing task is asked.

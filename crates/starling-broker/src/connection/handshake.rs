@@ -418,13 +418,12 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         self.send(&Packet::ConnAck(ack), v);
         // Another node publishes it if this one dies.
         if let Some(will) = &connect.will {
-            let record = crate::cluster::will_record(will, connect.username.as_deref());
-            if let Some(record) = record {
-                let conn = self.conn_id;
-                self.broker
-                    .cluster()
-                    .will(&connect.client_id, conn, Some(record));
-            }
+            let conn = self.conn_id;
+            self.broker.cluster().will(
+                &connect.client_id,
+                conn,
+                Some((will, connect.username.as_deref())),
+            );
         }
         self.broker
             .events

@@ -290,6 +290,10 @@ struct PubSubBench {
     /// Once publishing ends, seconds to wait without progress for the rest.
     #[arg(long = "drain-timeout", default_value_t = 5.0)]
     drain_timeout: f64,
+    /// Subscribers connect to this port (same host) instead: publishers on
+    /// one node of a cluster, subscribers on another.
+    #[arg(long = "sub-port")]
+    sub_port: Option<u16>,
 }
 
 fn topic_for(pattern: &str, i: usize) -> String {
@@ -756,6 +760,12 @@ async fn pubsub_main(a: PubSubBench) -> anyhow::Result<Summary> {
     let mut h = Harness::new(&a.net).await?;
     h.start_progress(ProgressKind::PubSub, (publishers + subscribers) as u64);
     let filters = Arc::new(filters);
+    let pub_net = h.net.clone();
+    if let Some(port) = a.sub_port {
+        let mut opts = pub_net.opts.clone();
+        opts.port = port;
+        h.net = Arc::new(NetConfig::new(opts, a.net.ifaddr.clone()).await?);
+    }
     let (subs, sub_secs) = h
         .open("s", subscribers, move |i, mut conn| {
             let filters = filters.clone();
@@ -766,6 +776,7 @@ async fn pubsub_main(a: PubSubBench) -> anyhow::Result<Summary> {
         })
         .await;
     let subs = h.require_all(subs, "subscribers")?;
+    h.net = pub_net;
     let (pubs, pub_secs) = h
         .open("p", publishers, |_, conn| async move { Ok(conn) })
         .await;
