@@ -116,6 +116,9 @@ for t in "${TARGETS[@]}"; do
     run "fanout-q0-$tag" "$pub" "$sub" --mode fan-out -c 10 -n "$N_OUT" -t "fo/%i"
     run "fanin-q1-$tag" "$pub" "$sub" --mode fan-in -c 10 -n "$N_Q1" -q 1 -t "fq/%i"
     run "latency-$tag" "$pub" "$sub" --mode pairs -c 1 --rate 10000 --duration "$LAT_SECS" -t "lt/%i"
+    # A persistent subscriber: every message stored (and, in the cluster,
+    # replicated in JetStream) before it is acknowledged.
+    run "fanin-q1p-$tag" "$pub" "$sub" --mode fan-in -c 10 -n "$N_Q1" -q 1 -x 300 -t "fp/%i"
 done
 
 # Takeover across nodes: a persistent MQTT 5 session moved between node 1
@@ -164,7 +167,8 @@ def load(name):
 tags = ["single", "node", "cross", "nats-mqtt", "nats-mqtt-cross"]
 print("| scenario | " + " | ".join(tags) + " |")
 print("|---" * (len(tags) + 1) + "|")
-for scen, what in [("fanin-q0", "msg/s"), ("fanout-q0", "msg/s"), ("fanin-q1", "msg/s")]:
+for scen, what in [("fanin-q0", "msg/s"), ("fanout-q0", "msg/s"), ("fanin-q1", "msg/s"),
+                   ("fanin-q1p", "msg/s, persistent subscriber")]:
     row = []
     for t in tags:
         s = load(f"{scen}-{t}")

@@ -11,10 +11,13 @@
 //! whatever the number of sessions). Subjects, under `starling.s.<p>.<client>`
 //! (the client id's hash): `.s` the session, `.f.<filter hash>` a
 //! subscription, `.m.<node hash>.<seq>` a message, `.q.<id>` a QoS 2 id,
-//! each the latest of its subject (rollup); an empty payload is a removal.
-//! A removed message or session is purged.
+//! each the latest of its subject (rollup); an empty payload is a removal
+//! (a delivered message becomes such a tombstone: a publish, pipelined with
+//! the rest, not a purge request, which JetStream serves one at a time).
+//! A session's messages are purged whole once none of them is left (and a
+//! session when it ends).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -82,6 +85,7 @@ impl Replica {
         ReplicatedStore {
             local,
             replica: self.clone(),
+            queues: Queues::default(),
         }
     }
 
@@ -134,6 +138,17 @@ fn base(client: &str) -> (String, usize) {
 pub struct ReplicatedStore {
     local: Box<dyn Store>,
     replica: Replica,
+    queues: Queues,
+}
+
+/// The messages of each session this process replicated and that are not
+/// yet removed, to know when a session's message subjects can be purged
+/// whole. A session whose queue was written before this process started
+/// is not known whole: it is only purged when it ends.
+#[derive(Default)]
+struct Queues {
+    live: HashMap<String, HashSet<u64>>,
+    unknown: HashSet<String>,
 }
 
 impl Store for ReplicatedStore {
@@ -148,7 +163,9 @@ impl Store for ReplicatedStore {
         };
         let counters = &self.replica.counters;
         let started = std::time::Instant::now();
-        let sent = link.runtime.block_on(replicate(link, ops));
+        let sent = link
+            .runtime
+            .block_on(replicate(link, ops, &mut self.queues));
         match sent {
             Ok(n) => {
                 tracing::trace!(changes = n, took = ?started.elapsed(), "replicated");
@@ -179,38 +196,49 @@ impl Store for ReplicatedStore {
 }
 
 /// What one batch asks of JetStream, in order: publishes are pipelined,
-/// purges of messages follow them, a session's removal waits for both.
+/// purges follow them, a session's removal waits for both.
 #[derive(Default)]
 struct Batch {
     acks: Vec<jetstream::context::PublishAckFuture>,
     purges: Vec<(usize, String)>,
 }
 
-async fn replicate(link: &Link, ops: &[Op]) -> Result<u64, String> {
+async fn replicate(link: &Link, ops: &[Op], queues: &mut Queues) -> Result<u64, String> {
     if link.client.connection_state() != async_nats::connection::State::Connected {
         return Err("not connected to NATS".into());
     }
     let mut batch = Batch::default();
+    let mut emptied = HashSet::new();
     let mut n = 0u64;
     for op in ops {
         let (subject, payload) = match op {
             Op::Session(c, rec) => (format!("{}.s", base(c).0), rec.encode()),
             Op::Subscribe(c, f, rec) => (filter_subject(c, f), subscription(f, rec)),
             Op::Unsubscribe(c, f) => (filter_subject(c, f), Bytes::new()),
-            Op::Message(c, seq, raw) => (message_subject(link, c, *seq), raw.clone()),
+            Op::Message(c, seq, raw) => {
+                queues.live.entry(c.to_string()).or_default().insert(*seq);
+                (message_subject(link, c, *seq), raw.clone())
+            }
+            Op::DeleteMessage(c, seq) => {
+                let known = queues
+                    .live
+                    .get_mut(&**c)
+                    .is_some_and(|live| live.remove(seq));
+                if !known {
+                    queues.unknown.insert(c.to_string());
+                }
+                emptied.insert(c.to_string());
+                (message_subject(link, c, *seq), Bytes::new())
+            }
             Op::IncomingQos2(c, id) => (format!("{}.q.{id}", base(c).0), Bytes::from_static(b"1")),
             Op::DeleteIncomingQos2(c, id) => (format!("{}.q.{id}", base(c).0), Bytes::new()),
-            Op::DeleteMessage(c, seq) => {
-                batch
-                    .purges
-                    .push((base(c).1, message_subject(link, c, *seq)));
-                n += 1;
-                continue;
-            }
             Op::DeleteSession(c) => {
                 flush(link, &mut batch).await?;
                 let (prefix, p) = base(c);
                 purge(link, p, format!("{prefix}.>")).await?;
+                queues.live.remove(&**c);
+                queues.unknown.remove(&**c);
+                emptied.remove(&**c);
                 n += 1;
                 continue;
             }
@@ -233,6 +261,16 @@ async fn replicate(link: &Link, ops: &[Op]) -> Result<u64, String> {
         // not yet awaited: await them in windows.
         if batch.acks.len() >= ACK_WINDOW {
             await_acks(link, &mut batch).await?;
+        }
+    }
+    // Sessions whose every message is removed now: their tombstones go.
+    for c in emptied {
+        let whole =
+            !queues.unknown.contains(&c) && queues.live.get(&c).is_some_and(HashSet::is_empty);
+        if whole {
+            queues.live.remove(&c);
+            let (prefix, p) = base(&c);
+            batch.purges.push((p, format!("{prefix}.m.>")));
         }
     }
     flush(link, &mut batch).await?;
@@ -393,17 +431,38 @@ async fn read_all(
 }
 
 /// Removes the replicated messages that a recovered session's new owner
-/// has written again under its own subjects.
+/// has written again under its own subjects (tombstones, pipelined).
 pub async fn forget(replica: &Replica, client_id: &str, subjects: Vec<String>) {
     let Some(link) = replica.link.get() else {
         return;
     };
-    let p = base(client_id).1;
-    let mut batch = Batch {
-        acks: Vec::new(),
-        purges: subjects.into_iter().map(|s| (p, s)).collect(),
-    };
+    let mut batch = Batch::default();
+    let mut failed = None;
+    for subject in subjects {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Rollup", "sub");
+        match link
+            .js
+            .publish_with_headers(subject, headers, Bytes::new())
+            .await
+        {
+            Ok(ack) => batch.acks.push(ack),
+            Err(e) => {
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+        if batch.acks.len() >= ACK_WINDOW {
+            if let Err(e) = await_acks(link, &mut batch).await {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
     if let Err(e) = flush(link, &mut batch).await {
+        failed = Some(e);
+    }
+    if let Some(e) = failed {
         tracing::warn!(%client_id, "old copies of a recovered session not removed: {e}");
     }
 }
