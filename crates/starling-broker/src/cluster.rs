@@ -66,6 +66,12 @@ pub trait Cluster: Send + Sync + 'static {
     /// ended here and this node handles its will. A `None` for a connection
     /// that is not the last one set is ignored.
     fn will(&self, _client_id: &str, _conn: u64, _will: Option<(&Will, Option<&str>)>) {}
+    /// Whether messages wait to be handed to the other nodes past a
+    /// high-water mark: a publisher then pauses reading for a moment, as
+    /// for a congested subscriber, instead of messages being dropped.
+    fn congested(&self) -> bool {
+        false
+    }
     /// Whether shared subscriptions are served across the nodes: then a
     /// message reaches a shared group only through the cluster, which picks
     /// one member cluster-wide, and [`crate::BrokerState::publish`] routes

@@ -236,6 +236,10 @@ impl Cluster for NatsCluster {
         let _ = self.inner.wills.send(command);
     }
 
+    fn congested(&self) -> bool {
+        self.inner.outbox.capacity() < OUTBOX / 4
+    }
+
     fn interest_ready(&self) -> Option<ClusterFuture<()>> {
         if !self.inner.connected() {
             return None;

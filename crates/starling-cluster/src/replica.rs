@@ -11,9 +11,11 @@
 //! whatever the number of sessions). Subjects, under `starling.s.<p>.<client>`
 //! (the client id's hash): `.s` the session, `.f.<filter hash>` a
 //! subscription, `.m.<node hash>.<seq>` a message, `.q.<id>` a QoS 2 id,
-//! each the latest of its subject (rollup); an empty payload is a removal
-//! (a delivered message becomes such a tombstone: a publish, pipelined with
-//! the rest, not a purge request, which JetStream serves one at a time).
+//! each the latest of its subject (the session's records by rollup; its
+//! messages and their tombstones as plain appends, as a rollup makes the
+//! server purge the subject); an empty payload is a removal (a delivered
+//! message becomes such a tombstone, pipelined with the rest, not a purge
+//! request, which JetStream serves one at a time).
 //! A session's messages are purged whole once none of them is left (and a
 //! session when it ends).
 
@@ -149,7 +151,13 @@ pub struct ReplicatedStore {
 struct Queues {
     live: HashMap<String, HashSet<u64>>,
     unknown: HashSet<String>,
+    /// Tombstones written since the session's last purge.
+    dead: HashMap<String, u64>,
 }
+
+/// Tombstones a session gathers before its messages are purged (when its
+/// queue is empty).
+const COMPACT_AFTER: u64 = 4096;
 
 impl Store for ReplicatedStore {
     fn queue_reader(&self) -> Option<Arc<dyn QueueReader>> {
@@ -211,12 +219,17 @@ async fn replicate(link: &Link, ops: &[Op], queues: &mut Queues) -> Result<u64, 
     let mut emptied = HashSet::new();
     let mut n = 0u64;
     for op in ops {
+        // Messages and their tombstones are plain appends (the last of a
+        // subject counts): a rollup makes the server purge the subject, one
+        // costly operation per message.
+        let mut rollup = true;
         let (subject, payload) = match op {
             Op::Session(c, rec) => (format!("{}.s", base(c).0), rec.encode()),
             Op::Subscribe(c, f, rec) => (filter_subject(c, f), subscription(f, rec)),
             Op::Unsubscribe(c, f) => (filter_subject(c, f), Bytes::new()),
             Op::Message(c, seq, raw) => {
                 queues.live.entry(c.to_string()).or_default().insert(*seq);
+                rollup = false;
                 (message_subject(link, c, *seq), raw.clone())
             }
             Op::DeleteMessage(c, seq) => {
@@ -227,7 +240,9 @@ async fn replicate(link: &Link, ops: &[Op], queues: &mut Queues) -> Result<u64, 
                 if !known {
                     queues.unknown.insert(c.to_string());
                 }
+                *queues.dead.entry(c.to_string()).or_default() += 1;
                 emptied.insert(c.to_string());
+                rollup = false;
                 (message_subject(link, c, *seq), Bytes::new())
             }
             Op::IncomingQos2(c, id) => (format!("{}.q.{id}", base(c).0), Bytes::from_static(b"1")),
@@ -238,6 +253,7 @@ async fn replicate(link: &Link, ops: &[Op], queues: &mut Queues) -> Result<u64, 
                 purge(link, p, format!("{prefix}.>")).await?;
                 queues.live.remove(&**c);
                 queues.unknown.remove(&**c);
+                queues.dead.remove(&**c);
                 emptied.remove(&**c);
                 n += 1;
                 continue;
@@ -248,13 +264,16 @@ async fn replicate(link: &Link, ops: &[Op], queues: &mut Queues) -> Result<u64, 
                 continue
             }
         };
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Rollup", "sub");
-        let ack = link
-            .js
-            .publish_with_headers(subject, headers, payload)
-            .await
-            .map_err(|e| e.to_string())?;
+        let ack = if rollup {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Rollup", "sub");
+            link.js
+                .publish_with_headers(subject, headers, payload)
+                .await
+        } else {
+            link.js.publish(subject, payload).await
+        }
+        .map_err(|e| e.to_string())?;
         batch.acks.push(ack);
         n += 1;
         // The client holds back publishes past a number of acknowledgements
@@ -263,12 +282,15 @@ async fn replicate(link: &Link, ops: &[Op], queues: &mut Queues) -> Result<u64, 
             await_acks(link, &mut batch).await?;
         }
     }
-    // Sessions whose every message is removed now: their tombstones go.
+    // Sessions whose every message is removed now: their messages and
+    // tombstones go, now and then (a purge is costly for the server).
     for c in emptied {
         let whole =
             !queues.unknown.contains(&c) && queues.live.get(&c).is_some_and(HashSet::is_empty);
-        if whole {
+        let due = queues.dead.get(&c).is_some_and(|d| *d >= COMPACT_AFTER);
+        if whole && due {
             queues.live.remove(&c);
+            queues.dead.remove(&c);
             let (prefix, p) = base(&c);
             batch.purges.push((p, format!("{prefix}.m.>")));
         }
@@ -382,6 +404,9 @@ pub async fn recover(replica: &Replica, client_id: &str) -> Option<(Vec<Bytes>, 
     }
     let mut subjects = Vec::with_capacity(messages.len());
     for (subject, raw) in messages.into_values() {
+        if raw.is_empty() {
+            continue;
+        }
         if let Ok(rec) = MessageRecord::decode(&raw) {
             builder.message(&rec, &raw);
         }
@@ -395,8 +420,8 @@ pub async fn recover(replica: &Replica, client_id: &str) -> Option<(Vec<Bytes>, 
     Some((builder.finish(), subjects))
 }
 
-/// Every message of `filter` in `stream`, with its subject; those with an
-/// empty payload (removals) left out.
+/// Every message of `filter` in `stream`, with its subject, in order
+/// (removals, with an empty payload, included: the last of a subject counts).
 async fn read_all(
     link: &Link,
     stream: &stream::Stream,
@@ -420,9 +445,7 @@ async fn read_all(
             return None;
         };
         let pending = m.info().map(|i| i.pending).unwrap_or(0);
-        if !m.payload.is_empty() {
-            out.push((m.subject.to_string(), m.payload.clone()));
-        }
+        out.push((m.subject.to_string(), m.payload.clone()));
         if pending == 0 {
             break;
         }
@@ -439,13 +462,7 @@ pub async fn forget(replica: &Replica, client_id: &str, subjects: Vec<String>) {
     let mut batch = Batch::default();
     let mut failed = None;
     for subject in subjects {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Rollup", "sub");
-        match link
-            .js
-            .publish_with_headers(subject, headers, Bytes::new())
-            .await
-        {
+        match link.js.publish(subject, Bytes::new()).await {
             Ok(ack) => batch.acks.push(ack),
             Err(e) => {
                 failed = Some(e.to_string());

@@ -593,6 +593,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     /// Handles one packet and submits what it changed. `Ok(false)` when
     /// reading must stop for now (the publish rate, or a congested subscriber).
     fn handle_packet(&mut self, client: &mut Client, packet: Packet) -> Result<bool, Close> {
+        let publish = matches!(packet, Packet::Publish(_));
         if let Packet::Publish(p) = &packet {
             self.m.throttle(p.payload.len());
         }
@@ -600,6 +601,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         self.handled += 1;
         self.submit_journal();
         handled?;
+        // Messages wait to cross to other nodes: this publisher pauses.
+        if publish && self.m.throttled_until.is_none() && self.broker.cluster().congested() {
+            self.m.throttled_until = Some(Instant::now() + CLUSTER_PAUSE);
+        }
         if self.m.throttled_until.is_some() {
             return Ok(false);
         }
@@ -661,6 +666,10 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         crate::lifecycle::detach(&self.broker, self.conn_id, client.departure(&close));
     }
 }
+
+/// How long a publisher pauses while the cluster's outbox is past its
+/// high-water mark (then it checks again).
+const CLUSTER_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// `write`, completed only once `interest` (if any) is done too.
 fn also_wait(
