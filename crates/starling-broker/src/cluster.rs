@@ -103,6 +103,17 @@ impl Cluster for SingleNode {
 }
 
 impl crate::BrokerState {
+    /// The topics of the retained messages this node holds (a cluster maps
+    /// the removals it learns of, by key, to them).
+    pub fn retained_topics(&self) -> Vec<starling_codec::ByteString> {
+        self.retained
+            .read()
+            .all()
+            .into_iter()
+            .map(|m| m.topic.clone())
+            .collect()
+    }
+
     /// Tells every subscription this node holds to `cluster` (those
     /// restored from the store before it was set), once per subscriber, as
     /// the connections do for new ones.

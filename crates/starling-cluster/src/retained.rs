@@ -49,6 +49,13 @@ pub async fn run(inner: Arc<Inner>, store: kv::Store, mut writes: mpsc::Receiver
 async fn watch(inner: Arc<Inner>, store: kv::Store) {
     // Which topic each key stands for, to clear it when its key is deleted.
     let mut topics: HashMap<String, starling_codec::ByteString> = HashMap::new();
+    // Those this node kept from before (its store): a removal made while
+    // it was away arrives as a delete marker of their key.
+    if let Some(broker) = inner.broker() {
+        for topic in broker.retained_topics() {
+            topics.insert(keys::of(&topic), topic);
+        }
+    }
     let mut next = 0u64;
     loop {
         let started = if next == 0 {

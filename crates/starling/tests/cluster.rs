@@ -33,6 +33,8 @@
 mod cluster_support;
 
 use std::collections::BTreeMap;
+
+use bytes::Bytes;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -456,7 +458,7 @@ async fn retained_at(
 
 #[test]
 fn a_retained_message_is_seen_on_other_nodes_and_cleared_from_a_third() {
-    let Some(c) = Cluster::start("retained") else {
+    let Some(mut c) = Cluster::start("retained") else {
         return;
     };
     run(async {
@@ -508,6 +510,43 @@ fn a_retained_message_is_seen_on_other_nodes_and_cleared_from_a_third() {
             "retained: cleared everywhere after {:?}",
             cleared_at.elapsed()
         );
+
+        // Cleared while node 3 was down: gone there too once it is back.
+        setter
+            .publish("r/u", &b"v2"[..], QoS::AtLeastOnce, true)
+            .await
+            .unwrap();
+        let set_at = tokio::time::Instant::now();
+        loop {
+            attempt += 1;
+            let got = retained_at(c.port(3), "r/#", "r/mark", attempt).await;
+            if got == [("r/u".to_string(), b"v2".to_vec())] {
+                break;
+            }
+            assert!(
+                set_at.elapsed() < RETAINED_LAG,
+                "node 3 did not have r/u within {RETAINED_LAG:?}: {got:?}"
+            );
+        }
+        c.nodes[2].proc.kill();
+        let clearer = connect(c.port(2), "retained-clearer-2").await;
+        clearer
+            .publish("r/u", Bytes::new(), QoS::AtLeastOnce, true)
+            .await
+            .unwrap();
+        tokio::task::block_in_place(|| c.restart_node(3));
+        let back_at = tokio::time::Instant::now();
+        loop {
+            attempt += 1;
+            let got = retained_at(c.port(3), "r/#", "r/mark", attempt).await;
+            if got.is_empty() {
+                break;
+            }
+            assert!(
+                back_at.elapsed() < RETAINED_LAG,
+                "node 3 still had {got:?} {RETAINED_LAG:?} after it came back"
+            );
+        }
     });
 }
 

@@ -327,6 +327,15 @@ impl Cluster {
         self.nodes[n - 1].port
     }
 
+    /// Starts node `n` again (after its process was killed), on its data
+    /// directory and NATS server; waits until it is ready.
+    pub fn restart_node(&mut self, n: usize) {
+        let nats_port = self.nats[n - 1].port;
+        let mut node = start_node(&self.dir, n, nats_port);
+        node.port = wait_node(&node.proc);
+        self.nodes[n - 1] = node;
+    }
+
     /// Kills NATS server `n` (1, 2 or 3).
     pub fn stop_nats(&mut self, n: usize) {
         self.nats[n - 1].proc.kill();
