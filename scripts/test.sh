@@ -36,5 +36,8 @@ echo "==> benchmark smoke (Starling vs Mosquitto, tiny counts, no speed checks)"
 cargo build -p starling --locked --quiet
 STARLING_BIN="$PWD/target/debug/starling" scripts/bench-smoke.sh --no-build
 
+echo "==> cluster benchmark smoke (three nats-servers, three nodes, NATS MQTT; tiny counts)"
+STARLING_BIN="$PWD/target/debug/starling" bash bench/cluster.sh --smoke
+
 echo "==> Debian package (build with cargo deb, dpkg -i, check the installed files, purge)"
 bash scripts/test-deb.sh

@@ -394,6 +394,7 @@ async fn open_buckets(
     };
     // Session streams before the buckets count as ready: a persistent
     // session is claimed only once it can be replicated.
+    let mut logged = false;
     loop {
         let linked = inner
             .replica
@@ -408,7 +409,13 @@ async fn open_buckets(
         match linked {
             Ok(()) => break,
             Err(e) => {
-                tracing::warn!("session streams not ready (retrying each second): {e}");
+                if !logged {
+                    tracing::warn!(
+                        "session streams not ready (retrying each second; persistent \
+                         sessions are refused meanwhile): {e}"
+                    );
+                    logged = true;
+                }
                 if inner.broker().is_none() {
                     return;
                 }

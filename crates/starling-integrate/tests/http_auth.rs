@@ -290,7 +290,9 @@ async fn without_an_acl_answer_checks_go_to_the_acl_url_and_are_cached() {
 async fn a_hanging_backend_costs_a_connect_its_timeout_and_nobody_else_anything() {
     let (addr, seen) = backend().await;
     let mut http = http_config(addr);
-    http.timeout_ms = 1500;
+    // Long enough that the others' logins (password hashing included) fit
+    // in it on a loaded machine.
+    http.timeout_ms = 5000;
     let (b, _dir) = broker(http, Some(&["password-file", "http"])).await;
     let addr_b = b.addr;
     let started = tokio::time::Instant::now();
@@ -303,10 +305,10 @@ async fn a_hanging_backend_costs_a_connect_its_timeout_and_nobody_else_anything(
     assert_eq!(ack.reason_code.0, 0);
     alice.sync().await;
     assert!(!slow.is_finished(), "the hanging connect is still waiting");
-    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert!(started.elapsed() < Duration::from_millis(5000));
     // on-error = deny: refused after its timeout.
     assert_eq!(slow.await.unwrap(), ReasonCode::BAD_USER_NAME_OR_PASSWORD.0);
-    assert!(started.elapsed() >= Duration::from_millis(1400));
+    assert!(started.elapsed() >= Duration::from_millis(4900));
     b.stop().await;
 }
 

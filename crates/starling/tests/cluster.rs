@@ -456,6 +456,31 @@ async fn retained_at(
     retained
 }
 
+/// Asks node `port` for its retained messages until they are `want`,
+/// failing if that takes [`RETAINED_LAG`] from `since`.
+async fn until_retained(
+    port: u16,
+    want: &[(&str, &[u8])],
+    attempt: &mut usize,
+    since: tokio::time::Instant,
+) {
+    let want: Vec<(String, Vec<u8>)> = want
+        .iter()
+        .map(|(t, p)| (t.to_string(), p.to_vec()))
+        .collect();
+    loop {
+        *attempt += 1;
+        let got = retained_at(port, "r/#", "r/mark", *attempt).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            since.elapsed() < RETAINED_LAG,
+            "port {port}: retained {got:?}, not {want:?}, {RETAINED_LAG:?} after the change"
+        );
+    }
+}
+
 #[test]
 fn a_retained_message_is_seen_on_other_nodes_and_cleared_from_a_third() {
     let Some(mut c) = Cluster::start("retained") else {
@@ -468,43 +493,20 @@ fn a_retained_message_is_seen_on_other_nodes_and_cleared_from_a_third() {
             .publish("r/t", &b"v1"[..], QoS::AtLeastOnce, true)
             .await
             .unwrap();
-        let set_at = tokio::time::Instant::now();
         // A new subscriber on node 3 gets it.
-        loop {
-            attempt += 1;
-            let got = retained_at(c.port(3), "r/#", "r/mark", attempt).await;
-            if got == [("r/t".to_string(), b"v1".to_vec())] {
-                break;
-            }
-            assert!(got.is_empty(), "unexpected retained messages {got:?}");
-            assert!(
-                set_at.elapsed() < RETAINED_LAG,
-                "node 3 did not have the retained message within {RETAINED_LAG:?}"
-            );
-        }
+        let set_at = tokio::time::Instant::now();
+        until_retained(c.port(3), &[("r/t", b"v1")], &mut attempt, set_at).await;
         eprintln!("retained: on node 3 after {:?}", set_at.elapsed());
 
         // Cleared from node 2.
         let clearer = connect(c.port(2), "retained-clearer").await;
         clearer
-            .publish("r/t", &b""[..], QoS::AtLeastOnce, true)
+            .publish("r/t", Bytes::new(), QoS::AtLeastOnce, true)
             .await
             .unwrap();
         let cleared_at = tokio::time::Instant::now();
         for node in [1, 3, 2] {
-            loop {
-                attempt += 1;
-                let got = retained_at(c.port(node), "r/#", "r/mark", attempt).await;
-                if got.is_empty() {
-                    break;
-                }
-                assert_eq!(got, [("r/t".to_string(), b"v1".to_vec())]);
-                assert!(
-                    cleared_at.elapsed() < RETAINED_LAG,
-                    "node {node} still had the retained message {RETAINED_LAG:?} after it was \
-                     cleared"
-                );
-            }
+            until_retained(c.port(node), &[], &mut attempt, cleared_at).await;
         }
         eprintln!(
             "retained: cleared everywhere after {:?}",
@@ -517,36 +519,15 @@ fn a_retained_message_is_seen_on_other_nodes_and_cleared_from_a_third() {
             .await
             .unwrap();
         let set_at = tokio::time::Instant::now();
-        loop {
-            attempt += 1;
-            let got = retained_at(c.port(3), "r/#", "r/mark", attempt).await;
-            if got == [("r/u".to_string(), b"v2".to_vec())] {
-                break;
-            }
-            assert!(
-                set_at.elapsed() < RETAINED_LAG,
-                "node 3 did not have r/u within {RETAINED_LAG:?}: {got:?}"
-            );
-        }
+        until_retained(c.port(3), &[("r/u", b"v2")], &mut attempt, set_at).await;
         c.nodes[2].proc.kill();
-        let clearer = connect(c.port(2), "retained-clearer-2").await;
         clearer
             .publish("r/u", Bytes::new(), QoS::AtLeastOnce, true)
             .await
             .unwrap();
         tokio::task::block_in_place(|| c.restart_node(3));
         let back_at = tokio::time::Instant::now();
-        loop {
-            attempt += 1;
-            let got = retained_at(c.port(3), "r/#", "r/mark", attempt).await;
-            if got.is_empty() {
-                break;
-            }
-            assert!(
-                back_at.elapsed() < RETAINED_LAG,
-                "node 3 still had {got:?} {RETAINED_LAG:?} after it came back"
-            );
-        }
+        until_retained(c.port(3), &[], &mut attempt, back_at).await;
     });
 }
 
