@@ -39,8 +39,14 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+# N free ports on 127.0.0.1, all different (their sockets held together).
+free_ports() {
+    python3 -c '
+import socket, sys
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in held:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in held))' "$1"
 }
 
 # Waits (at most 60 s) until FILE has a line matching PATTERN.
@@ -56,10 +62,12 @@ wait_log() {
 }
 
 declare -a CP RP MP SP
+read -r -a PORTS <<< "$(free_ports 13)"
 for i in 1 2 3; do
-    CP[$i]=$(free_port); RP[$i]=$(free_port); MP[$i]=$(free_port); SP[$i]=$(free_port)
+    CP[$i]=${PORTS[$((i - 1))]}; RP[$i]=${PORTS[$((i + 2))]}
+    MP[$i]=${PORTS[$((i + 5))]}; SP[$i]=${PORTS[$((i + 8))]}
 done
-SP0=$(free_port)
+SP0=${PORTS[12]}
 ROUTES="nats://127.0.0.1:${RP[1]}, nats://127.0.0.1:${RP[2]}, nats://127.0.0.1:${RP[3]}"
 for i in 1 2 3; do
     cat > "$OUT/n$i.conf" <<EOF
