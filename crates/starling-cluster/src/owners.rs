@@ -254,7 +254,12 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) {
                 let me = keys::owner_value(&inner.node_id, &client_id);
                 let claimed = buckets.owners.update(&entry.key, me, entry.revision).await;
                 if let Ok(revision) = claimed {
-                    if recover_session(inner, &client_id, true).await {
+                    // Held here already (its owner moved away and back, or
+                    // this node's copy is newer than the replica): kept.
+                    let here = inner
+                        .broker()
+                        .is_some_and(|b| b.session(&client_id).is_some());
+                    if here || recover_session(inner, &client_id, true).await {
                         adopted += 1;
                     } else {
                         // A clean session: nothing to keep.

@@ -97,6 +97,7 @@ async fn watch_nodes(inner: Arc<Inner>, buckets: Buckets) {
     let me = keys::node(&inner.node_id);
     let mut seen: HashMap<String, (String, Instant)> = HashMap::new();
     let mut tick = tokio::time::interval(BEAT);
+    let mut heard_since: Option<Instant> = None;
     let mut watch = match buckets.nodes.watch_with_history(">").await {
         Ok(w) => w,
         Err(e) => {
@@ -128,11 +129,18 @@ async fn watch_nodes(inner: Arc<Inner>, buckets: Buckets) {
                 if inner.broker().is_none() {
                     return;
                 }
-                // Only while this node hears NATS: otherwise it is the one cut off.
+                // Only while this node hears NATS, and once it has heard it
+                // for DEAD_AFTER: after an outage every beat it knows is old
+                // (the others were cut off too, or it was).
+                let now = Instant::now();
                 if !inner.connected() {
+                    heard_since = None;
                     continue;
                 }
-                let now = Instant::now();
+                let since = *heard_since.get_or_insert(now);
+                if now - since <= DEAD_AFTER {
+                    continue;
+                }
                 let dead: Vec<String> = seen
                     .iter()
                     .filter(|(_, (_, at))| now - *at > DEAD_AFTER)
