@@ -263,8 +263,16 @@ impl BrokerState {
         } else {
             Scope::All
         };
-        let offered = self.route_to(msg, scope, Some(journal), routed.map(|r| &mut r.congested));
-        cluster.forward(msg);
+        let offered = self.route_to(
+            msg,
+            scope,
+            Some(journal),
+            routed.as_deref_mut().map(|r| &mut r.congested),
+        );
+        let kept = cluster.forward(msg);
+        if let Some(r) = routed {
+            r.cluster_wait = kept;
+        }
         offered
     }
 
@@ -431,10 +439,20 @@ impl BrokerState {
     }
 
     /// Routes a message that came from another node to this node's
-    /// subscribers in `scope`, committing the store writes. Never forwarded.
-    pub fn route_from_cluster(&self, msg: &Arc<Message>, scope: Scope<'_>) -> usize {
+    /// subscribers in `scope`, committing the store writes, followed (when
+    /// there are some) by [`crate::store::Op::Received`] with `stamp`, the node's run and
+    /// the message's number there. Never forwarded.
+    pub fn route_from_cluster(
+        &self,
+        msg: &Arc<Message>,
+        scope: Scope<'_>,
+        stamp: (u64, u64),
+    ) -> usize {
         let mut journal = Journal::new();
         let offered = self.route_to(msg, scope, Some(&mut journal), None);
+        if !journal.is_empty() {
+            journal.received(stamp.0, stamp.1);
+        }
         commit(self.store.as_ref(), journal);
         offered
     }
@@ -473,6 +491,17 @@ impl BrokerState {
                 Scope::All => (true, None),
                 Scope::Plain => (true, Some(None)),
                 Scope::Group(key) => (false, Some(Some(key))),
+                Scope::Clients(only) => {
+                    m.subscribers
+                        .retain(|s| only.contains(&s.session.client_id));
+                    m.groups.clear();
+                    (true, None)
+                }
+                Scope::PlainExcept(not) => {
+                    m.subscribers
+                        .retain(|s| !not.contains(&s.session.client_id));
+                    (true, Some(None))
+                }
             };
             if !plain {
                 m.subscribers.clear();
@@ -700,6 +729,9 @@ pub(crate) struct Routed {
     pub may_refuse: bool,
     /// It was refused (`queue-overflow = "reject"`): nobody got it.
     pub refused: bool,
+    /// What its acknowledgement waits for in a cluster (see
+    /// [`Cluster::forward`]).
+    pub cluster_wait: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 /// Which of this node's subscriptions a message is routed to.
@@ -712,6 +744,12 @@ pub enum Scope<'a> {
     Plain,
     /// Only the shared group `$share/group/filter` with this key.
     Group(&'a str),
+    /// Only these clients' subscriptions that are not shared (a message
+    /// recovered for sessions rebuilt on this node).
+    Clients(&'a std::collections::HashSet<ByteString>),
+    /// As [`Scope::Plain`], except these clients' (they had the message
+    /// already).
+    PlainExcept(&'a std::collections::HashSet<ByteString>),
 }
 
 /// A session chosen for a message: granted QoS, Retain As Published, the

@@ -41,8 +41,11 @@ pub type ClusterFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// What the broker asks of the other nodes.
 pub trait Cluster: Send + Sync + 'static {
     /// A message accepted on this node, after it was routed here: hand it to
-    /// the nodes whose subscriptions match. Must not block.
-    fn forward(&self, message: &Arc<Message>);
+    /// the nodes whose subscriptions match. Must not block. For a message
+    /// that a client's acknowledgement (PUBACK, PUBREC) answers: a receiver
+    /// that completes once no node's death can lose it, which the
+    /// acknowledgement waits for (a dropped sender fails the connection).
+    fn forward(&self, message: &Arc<Message>) -> Option<tokio::sync::oneshot::Receiver<()>>;
     /// A local subscription to `filter` was added (`true`) or removed.
     /// Subscriptions are counted by the implementation: each add is matched
     /// by one removal.
@@ -91,7 +94,9 @@ pub trait Cluster: Send + Sync + 'static {
 pub struct SingleNode;
 
 impl Cluster for SingleNode {
-    fn forward(&self, _: &Arc<Message>) {}
+    fn forward(&self, _: &Arc<Message>) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        None
+    }
 
     fn interest(&self, _: &str, _: bool) {}
 

@@ -126,6 +126,11 @@ impl Journal {
         self.ops.push(Op::DeleteWill(client));
     }
 
+    /// The writes so far came with a message from another node.
+    pub fn received(&mut self, origin: u64, seq: u64) {
+        self.ops.push(Op::Received(origin, seq));
+    }
+
     /// A QoS 2 PUBLISH was received (its PUBREC is on its way).
     pub fn qos2_received(&mut self, client: ByteString, packet_id: u16) {
         self.ops.push(Op::IncomingQos2(client, packet_id));

@@ -16,11 +16,24 @@ use starling_codec::{Connect, Disconnect, Packet, ProtocolVersion as V, QoS, Uns
 #[derive(Default)]
 struct Recorder {
     log: Mutex<Vec<String>>,
+    /// Whether QoS 1/2 messages are held (their acknowledgements wait).
+    hold: bool,
+    held: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl Cluster for Recorder {
-    fn forward(&self, message: &Arc<Message>) {
+    fn forward(&self, message: &Arc<Message>) -> Option<tokio::sync::oneshot::Receiver<()>> {
         self.log.lock().push(format!("forward {}", message.topic));
+        if message.qos == QoS::AtMostOnce {
+            return None;
+        }
+        let (kept, wait) = tokio::sync::oneshot::channel();
+        if self.hold {
+            self.held.lock().push(kept);
+        } else {
+            let _ = kept.send(());
+        }
+        Some(wait)
     }
     fn interest(&self, filter: &str, added: bool) {
         self.log.lock().push(format!("interest {filter} {added}"));
@@ -39,8 +52,8 @@ impl Cluster for Recorder {
     }
 }
 
-#[tokio::test]
-async fn the_broker_tells_the_cluster_what_it_needs() {
+/// A broker without a store whose cluster seam is `recorder`.
+async fn broker_with(recorder: Arc<Recorder>) -> TestBroker {
     let broker = Broker::bind(Config {
         listen: vec!["mqtt://127.0.0.1:0".into()],
         sys_interval: 0,
@@ -49,9 +62,14 @@ async fn the_broker_tells_the_cluster_what_it_needs() {
     })
     .await
     .unwrap();
+    assert!(broker.state().set_cluster(recorder));
+    TestBroker::run(broker)
+}
+
+#[tokio::test]
+async fn the_broker_tells_the_cluster_what_it_needs() {
     let recorder = Arc::new(Recorder::default());
-    assert!(broker.state().set_cluster(recorder.clone()));
-    let b = TestBroker::run(broker);
+    let b = broker_with(recorder.clone()).await;
     let mut sub = Raw::client(b.addr, V::V5, "sub").await;
     sub.subscribe("c/+", QoS::AtLeastOnce).await;
     sub.subscribe("c/+", QoS::AtMostOnce).await; // a replacement: no new interest
@@ -85,5 +103,39 @@ async fn the_broker_tells_the_cluster_what_it_needs() {
         "claim elsewhere",
     ];
     assert_eq!(log, expected);
+    b.stop().await;
+}
+
+/// A PUBACK (and a PUBREC) waits until the cluster holds the message where
+/// no node's death loses it; acknowledgements keep their order.
+#[tokio::test]
+async fn an_acknowledgement_waits_for_the_cluster_to_keep_the_message() {
+    let recorder = Arc::new(Recorder {
+        hold: true,
+        ..Recorder::default()
+    });
+    let b = broker_with(recorder.clone()).await;
+    let mut publ = Raw::client(b.addr, V::V5, "pub").await;
+    for (topic, qos, id) in [
+        ("c/1", QoS::AtLeastOnce, 1),
+        ("c/2", QoS::AtMostOnce, 0),
+        ("c/3", QoS::ExactlyOnce, 2),
+    ] {
+        let mut p = starling_codec::Publish::new(topic, &b"x"[..]);
+        p.qos = qos;
+        p.packet_id = id;
+        publ.send(Packet::Publish(p)).await;
+    }
+    // Nothing acknowledged while the cluster holds both: a PINGRESP (sent
+    // at once) comes first.
+    publ.send(Packet::PingReq).await;
+    assert!(matches!(publ.recv().await, Packet::PingResp));
+    let held: Vec<_> = std::mem::take(&mut *recorder.held.lock());
+    assert_eq!(held.len(), 2, "QoS 1 and 2 held, QoS 0 not");
+    for kept in held {
+        let _ = kept.send(());
+    }
+    assert!(matches!(publ.recv().await, Packet::PubAck(a) if a.packet_id == 1));
+    assert!(matches!(publ.recv().await, Packet::PubRec(a) if a.packet_id == 2));
     b.stop().await;
 }

@@ -21,6 +21,8 @@ pub struct Buckets {
     pub wills: kv::Store,
     /// Each node's heartbeat, under its key.
     pub nodes: kv::Store,
+    /// Each node's receipt (see `transit`), under its key.
+    pub receipts: kv::Store,
 }
 
 /// Opens (creating if needed) the buckets with `replicas` copies each.
@@ -30,6 +32,7 @@ pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Buckets, a
         retained: bucket(js, crate::keys::RETAINED, 1, replicas).await?,
         wills: bucket(js, crate::keys::WILLS, 1, replicas).await?,
         nodes: bucket(js, crate::keys::NODES, 1, replicas).await?,
+        receipts: bucket(js, crate::keys::RECEIPTS, 1, replicas).await?,
     })
 }
 

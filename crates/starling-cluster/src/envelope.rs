@@ -15,7 +15,7 @@ const VERSION: u8 = 1;
 
 /// Where a message came from: a node's run (`origin`, random per start) and
 /// its place in that run's sequence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Stamp {
     /// The sending node's run.
     pub origin: u64,

@@ -13,6 +13,8 @@ pub const RETAINED: &str = "starling_retained";
 pub const WILLS: &str = "starling_wills";
 /// Each node's heartbeat.
 pub const NODES: &str = "starling_nodes";
+/// What each node routed from the others (see `transit`).
+pub const RECEIPTS: &str = "starling_receipts";
 
 /// The owners bucket's value for `client_id` on `node`: the node, then
 /// the client id (a survivor adopting a dead node's sessions needs it).

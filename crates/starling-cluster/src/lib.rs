@@ -6,7 +6,8 @@
 //! NATS queue groups; retained messages and the owner of each client id are
 //! kept in replicated key-value buckets; persistent sessions are
 //! replicated in partitioned streams ([`replica`]) so that they outlive
-//! their node.
+//! their node; QoS 1/2 messages are kept in transit until every node that
+//! may have missed them is known to have stored them (`transit`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -17,11 +18,13 @@ mod keys;
 mod node;
 mod owners;
 mod probe;
+mod receipt;
 pub mod replica;
 mod retained;
 mod routes;
 mod shared;
 pub mod subject;
+mod transit;
 mod wills;
 
 pub use envelope::EnvelopeError;

@@ -22,7 +22,9 @@ use crate::buckets;
 use crate::envelope::{self, Stamp};
 use crate::routes;
 pub use crate::shared::Counters;
+use crate::shared::ToNats;
 use crate::shared::{Command, Inner};
+use crate::transit;
 use crate::{owners, retained, subject, ClusterError};
 
 /// Messages waiting to be handed to NATS at most; past it a message is not
@@ -54,6 +56,8 @@ impl NatsCluster {
         let (retained_tx, retained_rx) = mpsc::channel(OUTBOX);
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (wills, wills_rx) = mpsc::unbounded_channel();
+        let (replays, replays_rx) = mpsc::channel(1024);
+        let (replay_requests, replay_requests_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             node_id: config.node_id.clone(),
             origin: rand::random(),
@@ -64,6 +68,11 @@ impl NatsCluster {
             timeout: Duration::from_millis(config.timeout_ms),
             counters,
             outbox,
+            transit: OnceLock::new(),
+            replays,
+            replay_requests,
+            replaying: Mutex::new(Default::default()),
+            replay_done: tokio::sync::Notify::new(),
             retained: retained_tx,
             interest: Mutex::new(Default::default()),
             commands,
@@ -75,8 +84,14 @@ impl NatsCluster {
             wills,
             outgoing: Mutex::new(Default::default()),
         });
-        tokio::spawn(forward_task(client.clone(), outbox_rx));
-        tokio::spawn(routes::run(inner.clone(), queue_client, commands_rx));
+        tokio::spawn(transit::forward(inner.clone(), outbox_rx));
+        tokio::spawn(transit::serve_replays(inner.clone(), replay_requests_rx));
+        tokio::spawn(routes::run(
+            inner.clone(),
+            queue_client,
+            commands_rx,
+            replays_rx,
+        ));
         tokio::spawn(owners::serve_takeovers(inner.clone()));
         tokio::spawn(owners::serve_handovers(inner.clone()));
         tokio::spawn(crate::probe::serve(inner.clone()));
@@ -137,9 +152,9 @@ impl NatsCluster {
 }
 
 impl Cluster for NatsCluster {
-    fn forward(&self, message: &Arc<Message>) {
+    fn forward(&self, message: &Arc<Message>) -> Option<tokio::sync::oneshot::Receiver<()>> {
         if message.topic.starts_with("$SYS") {
-            return;
+            return None;
         }
         let inner = &self.inner;
         let seq = inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
@@ -157,9 +172,26 @@ impl Cluster for NatsCluster {
             tracing::warn!(topic = %message.topic, "retained message not shared: too many waiting");
         }
         let subject = subject::of_topic(&message.topic);
-        match inner.outbox.try_send((subject, payload)) {
+        // Kept in transit only while it can be (NATS down: this node's own
+        // subscribers are all it reaches).
+        let keep = message.qos != starling_codec::QoS::AtMostOnce
+            && inner.transit.get().is_some()
+            && inner.connected();
+        let (kept, wait) = if keep {
+            let (kept, wait) = tokio::sync::oneshot::channel();
+            (Some(kept), Some(wait))
+        } else {
+            (None, None)
+        };
+        let out = ToNats {
+            subject,
+            payload,
+            kept,
+        };
+        match inner.outbox.try_send(out) {
             Ok(()) => {
                 inner.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                wait
             }
             Err(_) => {
                 let dropped = inner
@@ -172,6 +204,7 @@ impl Cluster for NatsCluster {
                          fast as they come (counted in $SYS/.../forward-dropped)"
                     );
                 }
+                None
             }
         }
     }
@@ -273,6 +306,8 @@ impl Cluster for NatsCluster {
             ("messages/received", get(&c.received)),
             ("messages/duplicates", get(&c.duplicates)),
             ("messages/slow-consumer-drops", get(&c.slow)),
+            ("messages/transit-failures", get(&c.transit_failed)),
+            ("messages/replayed", get(&c.replayed)),
             (
                 "sessions/replicated-changes",
                 get(&self.inner.replica.counters.written),
@@ -354,15 +389,6 @@ async fn connect(
     Ok(options.connect(servers).await?)
 }
 
-/// Hands forwarded messages to NATS, in the order they were accepted.
-async fn forward_task(client: async_nats::Client, mut rx: mpsc::Receiver<(String, bytes::Bytes)>) {
-    while let Some((subject, payload)) = rx.recv().await {
-        if let Err(e) = client.publish(subject, payload).await {
-            tracing::debug!("a message was not forwarded: {e}");
-        }
-    }
-}
-
 /// Opens the buckets, retrying while JetStream cannot answer, then serves
 /// the retained messages.
 async fn open_buckets(
@@ -404,6 +430,7 @@ async fn open_buckets(
                 replicas,
                 inner.timeout,
                 &inner.node_id,
+                inner.origin,
             )
             .await;
         match linked {
@@ -423,6 +450,18 @@ async fn open_buckets(
             }
         }
     }
+    let mut logged = false;
+    while let Err(e) = transit::open(&js, replicas).await {
+        if !logged {
+            tracing::warn!("the transit stream is not ready (retrying each second): {e}");
+            logged = true;
+        }
+        if inner.broker().is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let _ = inner.transit.set(js.clone());
     let _ = inner.buckets.set(opened.clone());
     tokio::spawn(crate::wills::run(inner.clone(), opened.clone(), wills_rx));
     tracing::info!(node = %inner.node_id, "cluster state ready (JetStream buckets open)");

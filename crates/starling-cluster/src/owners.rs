@@ -4,6 +4,7 @@
 //! as owner conditioned on the revision it read: of two nodes racing for
 //! one id, exactly one write succeeds.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_nats::jetstream::kv::{self, Operation};
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use starling_broker::cluster::Ownership;
 use starling_broker::BrokerState;
+use starling_codec::ByteString;
 
 use crate::shared::{Claim, Inner};
 use crate::{keys, replica};
@@ -199,12 +201,12 @@ async fn take_from(inner: &Inner, owner: &str, client_id: &str) {
         Ok(Ok(_)) => 0,
         Ok(Err(e)) => {
             tracing::info!(%client_id, %owner, "the previous owner did not answer: {e}");
-            recover_session(inner, client_id, false).await;
+            rebuild(inner, owner, client_id).await;
             return;
         }
         Err(_) => {
             tracing::info!(%client_id, %owner, "the previous owner did not answer in time");
-            recover_session(inner, client_id, false).await;
+            rebuild(inner, owner, client_id).await;
             return;
         }
     };
@@ -246,6 +248,8 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) {
             return;
         }
     };
+    let own_before = inner.seq.load(std::sync::atomic::Ordering::Relaxed);
+    let mut rebuilt = HashSet::new();
     let mut adopted = 0usize;
     while let Ok(Some(Ok(entry))) = tokio::time::timeout(inner.timeout, watch.next()).await {
         let last = entry.delta == 0;
@@ -259,8 +263,11 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) {
                     let here = inner
                         .broker()
                         .is_some_and(|b| b.session(&client_id).is_some());
-                    if here || recover_session(inner, &client_id, true).await {
+                    if here {
                         adopted += 1;
+                    } else if recover_session(inner, &client_id, true).await {
+                        adopted += 1;
+                        rebuilt.insert(ByteString::from(client_id.as_str()));
                     } else {
                         // A clean session: nothing to keep.
                         let _ = buckets
@@ -276,6 +283,33 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) {
         }
     }
     tracing::info!(node = %dead, sessions = adopted, "adopted the persistent sessions of a dead node");
+    request_replay(inner, dead, rebuilt, own_before);
+}
+
+/// The previous owner of `client_id`, `owner`, did not answer: the session
+/// is rebuilt from its replica, and what `owner` may have missed replayed.
+async fn rebuild(inner: &Inner, owner: &str, client_id: &str) {
+    let own_before = inner.seq.load(std::sync::atomic::Ordering::Relaxed);
+    if recover_session(inner, client_id, false).await {
+        let clients = HashSet::from([ByteString::from(client_id)]);
+        request_replay(inner, owner, clients, own_before);
+    }
+}
+
+fn request_replay(inner: &Inner, dead: &str, clients: HashSet<ByteString>, own_before: u64) {
+    if clients.is_empty() {
+        return;
+    }
+    let mut replaying = inner.replaying.lock();
+    for c in &clients {
+        *replaying.entry(c.to_string()).or_default() += 1;
+    }
+    drop(replaying);
+    let _ = inner.replay_requests.send(crate::shared::ReplayRequest {
+        dead: dead.to_string(),
+        clients,
+        own_before,
+    });
 }
 
 /// The previous owner is gone: its client's session is rebuilt from its
@@ -401,6 +435,7 @@ async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) ->
     if broker.session(client_id).is_none() {
         return 0;
     }
+    crate::transit::await_replay(inner, client_id, inner.timeout / 2).await;
     // Whatever ends here now, the claim is the new owner's: no release.
     inner.handing_over.lock().insert(client_id.to_string());
     if broker.kick_taken_over(client_id) {

@@ -34,6 +34,7 @@ use starling_broker::store::{
 use starling_broker::HandoverBuilder;
 
 use crate::keys;
+use crate::receipt::Receipt;
 
 /// Streams the sessions are spread over.
 pub const PARTITIONS: usize = 8;
@@ -73,6 +74,10 @@ struct Link {
     runtime: tokio::runtime::Handle,
     timeout: Duration,
     node: String,
+    /// This node's run (see `transit`).
+    origin: u64,
+    /// Where this node's receipt is written.
+    receipt_subject: String,
 }
 
 impl Replica {
@@ -88,6 +93,7 @@ impl Replica {
             local,
             replica: self.clone(),
             queues: Queues::default(),
+            received: HashMap::new(),
         }
     }
 
@@ -99,6 +105,7 @@ impl Replica {
         replicas: usize,
         timeout: Duration,
         node: &str,
+        origin: u64,
     ) -> Result<(), async_nats::Error> {
         let mut streams = Vec::with_capacity(PARTITIONS);
         for p in 0..PARTITIONS {
@@ -112,14 +119,26 @@ impl Replica {
             };
             streams.push(js.get_or_create_stream(config).await?);
         }
-        let _ = self.link.set(Link {
+        let link = Link {
             js: js.clone(),
             client,
             streams,
             runtime: tokio::runtime::Handle::current(),
             timeout,
             node: keys::of(node)[..12].to_string(),
-        });
+            origin,
+            receipt_subject: format!("$KV.{}.{}", keys::RECEIPTS, keys::node(node)),
+        };
+        // The node stores from now on, and nothing from this run yet.
+        let first = Receipt {
+            at_ms: starling_broker::store::unix_ms(),
+            own: origin,
+            high: HashMap::new(),
+        };
+        js.publish(link.receipt_subject.clone(), first.encode())
+            .await?
+            .await?;
+        let _ = self.link.set(link);
         Ok(())
     }
 
@@ -141,6 +160,8 @@ pub struct ReplicatedStore {
     local: Box<dyn Store>,
     replica: Replica,
     queues: Queues,
+    /// The newest stamp stored per origin, and when it last advanced.
+    received: HashMap<u64, (u64, std::time::Instant)>,
 }
 
 /// The messages of each session this process replicated and that are not
@@ -171,9 +192,9 @@ impl Store for ReplicatedStore {
         };
         let counters = &self.replica.counters;
         let started = std::time::Instant::now();
-        let sent = link
-            .runtime
-            .block_on(replicate(link, ops, &mut self.queues));
+        let sent =
+            link.runtime
+                .block_on(replicate(link, ops, &mut self.queues, &mut self.received));
         match sent {
             Ok(n) => {
                 tracing::trace!(changes = n, took = ?started.elapsed(), "replicated");
@@ -211,10 +232,19 @@ struct Batch {
     purges: Vec<(usize, String)>,
 }
 
-async fn replicate(link: &Link, ops: &[Op], queues: &mut Queues) -> Result<u64, String> {
+async fn replicate(
+    link: &Link,
+    ops: &[Op],
+    queues: &mut Queues,
+    received: &mut HashMap<u64, (u64, std::time::Instant)>,
+) -> Result<u64, String> {
     if link.client.connection_state() != async_nats::connection::State::Connected {
         return Err("not connected to NATS".into());
     }
+    // The receipt is written after the batch, when it stored messages from
+    // other nodes or a subscription (then its time says the node stored).
+    let mut receipt_due = false;
+    let mut stamps = Vec::new();
     let mut batch = Batch::default();
     let mut emptied = HashSet::new();
     let mut n = 0u64;
@@ -225,7 +255,15 @@ async fn replicate(link: &Link, ops: &[Op], queues: &mut Queues) -> Result<u64, 
         let mut rollup = true;
         let (subject, payload) = match op {
             Op::Session(c, rec) => (format!("{}.s", base(c).0), rec.encode()),
-            Op::Subscribe(c, f, rec) => (filter_subject(c, f), subscription(f, rec)),
+            Op::Subscribe(c, f, rec) => {
+                receipt_due = true;
+                (filter_subject(c, f), subscription(f, rec))
+            }
+            Op::Received(origin, seq) => {
+                stamps.push((*origin, *seq));
+                receipt_due = true;
+                continue;
+            }
             Op::Unsubscribe(c, f) => (filter_subject(c, f), Bytes::new()),
             Op::Message(c, seq, raw) => {
                 queues.live.entry(c.to_string()).or_default().insert(*seq);
@@ -296,7 +334,40 @@ async fn replicate(link: &Link, ops: &[Op], queues: &mut Queues) -> Result<u64, 
         }
     }
     flush(link, &mut batch).await?;
+    if receipt_due {
+        write_receipt(link, received, &stamps).await;
+    }
     Ok(n)
+}
+
+/// Writes this node's receipt, counting `stamps` (whose messages are
+/// replicated now). Its acknowledgement is not awaited: a receipt lost
+/// only makes a replay read more.
+async fn write_receipt(
+    link: &Link,
+    received: &mut HashMap<u64, (u64, std::time::Instant)>,
+    stamps: &[(u64, u64)],
+) {
+    let now = std::time::Instant::now();
+    for (origin, seq) in stamps {
+        let e = received.entry(*origin).or_insert((0, now));
+        if *seq > e.0 {
+            *e = (*seq, now);
+        }
+    }
+    received.retain(|_, (_, at)| now - *at < crate::receipt::FORGET_ORIGIN);
+    let receipt = Receipt {
+        at_ms: starling_broker::store::unix_ms(),
+        own: link.origin,
+        high: received.iter().map(|(o, (s, _))| (*o, *s)).collect(),
+    };
+    if let Err(e) = link
+        .js
+        .publish(link.receipt_subject.clone(), receipt.encode())
+        .await
+    {
+        tracing::debug!("the receipt was not written: {e}");
+    }
 }
 
 /// Waits for the batch's publishes, then runs its purges.

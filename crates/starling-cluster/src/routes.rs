@@ -13,7 +13,9 @@ use tokio::time::Instant;
 use tokio_stream::StreamMap;
 
 use crate::dedup::Seen;
+use crate::shared::ReplayCommand;
 use crate::shared::{Command, Inner};
+use crate::transit::Replays;
 use crate::{envelope, keys, probe, subject};
 
 /// A NATS subscription of this node: plain, or serving one shared group.
@@ -26,6 +28,7 @@ pub async fn run(
     inner: Arc<Inner>,
     queues: async_nats::Client,
     mut commands: mpsc::UnboundedReceiver<Command>,
+    mut replay_rx: mpsc::Receiver<ReplayCommand>,
 ) {
     let mut subs: StreamMap<u64, async_nats::Subscriber> = StreamMap::new();
     let mut routes: HashMap<u64, Route> = HashMap::new();
@@ -33,6 +36,7 @@ pub async fn run(
     let mut next_key = 0u64;
     let mut seen = Seen::default();
     let mut ready = Readiness::default();
+    let mut replays = Replays::default();
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -79,6 +83,12 @@ pub async fn run(
                     let _ = done.send(ok);
                 }
             },
+            Some(command) = replay_rx.recv() => {
+                let Some(broker) = inner.broker() else { return };
+                if replays.serve(&broker, command) {
+                    inner.counters.replayed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             Some((id, msg)) = subs.next(), if !subs.is_empty() => {
                 let Some(broker) = inner.broker() else { return };
                 if let Some(value) = msg.headers.as_ref().and_then(|h| h.get(probe::HEADER)) {
@@ -86,7 +96,7 @@ pub async fn run(
                     continue;
                 }
                 let share = routes.get(&id).and_then(|r| r.share.clone());
-                deliver(&inner, &broker, &mut seen, share.as_deref(), msg.payload);
+                deliver(&inner, &broker, &mut seen, &mut replays, share.as_deref(), msg.payload);
             }
         }
     }
@@ -150,6 +160,7 @@ fn deliver(
     inner: &Inner,
     broker: &BrokerState,
     seen: &mut Seen,
+    replays: &mut Replays,
     share: Option<&str>,
     payload: bytes::Bytes,
 ) {
@@ -164,14 +175,23 @@ fn deliver(
     };
     match share {
         Some(key) => {
-            broker.route_from_cluster(&msg, Scope::Group(key));
+            broker.route_from_cluster(&msg, Scope::Group(key), (stamp.origin, stamp.seq));
         }
         None => {
             if !seen.first(stamp) {
                 counters.duplicates.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            broker.route_from_cluster(&msg, Scope::Plain);
+            let had = if replays.is_empty() {
+                None
+            } else {
+                replays.routing(stamp)
+            };
+            let scope = match &had {
+                Some(not) => Scope::PlainExcept(not),
+                None => Scope::Plain,
+            };
+            broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq));
         }
     }
     counters.received.fetch_add(1, Ordering::Relaxed);

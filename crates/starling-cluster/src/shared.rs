@@ -12,6 +12,9 @@ use starling_broker::BrokerState;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::buckets::Buckets;
+use crate::envelope::Stamp;
+use starling_codec::ByteString;
+use std::collections::HashSet;
 
 /// What the cluster counts.
 #[derive(Debug, Default)]
@@ -26,6 +29,10 @@ pub struct Counters {
     pub duplicates: AtomicU64,
     /// NATS payloads that were not Starling envelopes.
     pub malformed: AtomicU64,
+    /// QoS 1/2 messages acknowledged without a copy in transit.
+    pub transit_failed: AtomicU64,
+    /// Messages in transit replayed to sessions rebuilt here.
+    pub replayed: AtomicU64,
     /// Times the NATS client dropped messages for a subscription of this
     /// node that did not keep up (slow consumer).
     pub slow: Arc<AtomicU64>,
@@ -89,7 +96,17 @@ pub(crate) struct Inner {
     pub buckets: OnceLock<Buckets>,
     pub timeout: Duration,
     pub counters: Counters,
-    pub outbox: mpsc::Sender<(String, bytes::Bytes)>,
+    pub outbox: mpsc::Sender<ToNats>,
+    /// JetStream, once the transit stream is open.
+    pub transit: OnceLock<async_nats::jetstream::Context>,
+    /// Replays, to the routing task.
+    pub replays: mpsc::Sender<ReplayCommand>,
+    /// Sessions rebuilt here, to the task that replays their messages.
+    pub replay_requests: mpsc::UnboundedSender<ReplayRequest>,
+    /// Client ids whose sessions wait for a replay (a handover waits for
+    /// it), and the signal that one ended.
+    pub replaying: Mutex<HashMap<String, usize>>,
+    pub replay_done: tokio::sync::Notify,
     pub retained: mpsc::Sender<(String, bytes::Bytes)>,
     pub interest: Mutex<std::collections::HashMap<String, usize>>,
     pub commands: mpsc::UnboundedSender<Command>,
@@ -119,4 +136,32 @@ impl Inner {
     pub fn broker(&self) -> Option<Arc<BrokerState>> {
         self.broker.upgrade()
     }
+}
+
+/// A message for the other nodes: its subject, its envelope, and for a
+/// QoS 1/2 message the sender its acknowledgement waits for.
+pub struct ToNats {
+    pub subject: String,
+    pub payload: Bytes,
+    pub kept: Option<oneshot::Sender<()>>,
+}
+
+/// What the routing task is asked during a replay.
+pub enum ReplayCommand {
+    /// A replay to these sessions begins: note the stamps core NATS brings
+    /// from now on (they reached the sessions).
+    Start(u64, Arc<HashSet<ByteString>>),
+    /// A message for the sessions of replay `.0`, unless it came meanwhile.
+    Message(u64, Stamp, Arc<starling_broker::message::Message>),
+    /// The replay is over.
+    End(u64),
+}
+
+/// Sessions of dead node `dead` rebuilt here: asks for their replay.
+pub struct ReplayRequest {
+    pub dead: String,
+    pub clients: HashSet<ByteString>,
+    /// This node's sequence number before the sessions were installed: its
+    /// own messages after it were routed to them here.
+    pub own_before: u64,
 }

@@ -21,6 +21,10 @@
 //!   QoS 1 messages queued: the subscriber resumes on another node with all
 //!   of them, and the will of another client of the dead node is published
 //!   once, by a survivor;
+//! - `kill -9` of the node of two persistent subscribers while another node
+//!   publishes QoS 1 and 2 to them: every acknowledged message reaches both,
+//!   one back at once, one after the survivors adopted its session, and no
+//!   QoS 2 message twice;
 //! - NATS away: persistent CONNECTs refused with 0x88 (3.1.1: 3), clean
 //!   sessions served, and after NATS is back the persistent session resumes
 //!   with what was acknowledged meanwhile.
@@ -810,6 +814,17 @@ fn a_persistent_session_and_its_queued_messages_move_to_the_new_node() {
 // ---------------------------------------------------------------------------
 // 9. kill -9 of the node holding a persistent session with a backlog
 
+/// Waits until node 1 (the lowest id alive) adopted node 2's sessions.
+fn until_adopted(c: &Cluster) {
+    c.nodes[0]
+        .proc
+        .log
+        .wait_for(Duration::from_secs(20), |l| {
+            l.contains("adopted the persistent sessions of a dead node")
+        })
+        .expect("node 1 adopts node 2's sessions");
+}
+
 #[test]
 fn a_killed_nodes_session_and_its_acknowledged_backlog_resume_on_another_node() {
     let Some(mut c) = Cluster::start("kill") else {
@@ -942,13 +957,7 @@ fn a_killed_nodes_session_and_its_acknowledged_backlog_resume_on_another_node() 
         }
         // Node 1 (the lowest id alive) adopts the keeper's session: what is
         // published to it before its client is back is kept.
-        c.nodes[0]
-            .proc
-            .log
-            .wait_for(Duration::from_secs(20), |l| {
-                l.contains("adopted the persistent sessions of a dead node")
-            })
-            .expect("node 1 adopts node 2's sessions");
+        until_adopted(&c);
         let late = connect(c.port(1), "k-late").await;
         for i in 0..LATE {
             late.publish("k/late", i.to_string(), QoS::AtLeastOnce, false)
@@ -998,6 +1007,196 @@ fn a_killed_nodes_session_and_its_acknowledged_backlog_resume_on_another_node() 
             "all 10,000 and {LATE} published after the kill delivered: {before} before the kill, the rest from node 3; {dups} \
              delivered twice (in flight at the kill)"
         );
+    });
+}
+
+/// What one persistent subscriber got: per (topic index, number) how many
+/// times, and how many of the QoS 2 ones came twice without DUP.
+#[derive(Default)]
+struct Got {
+    seen: BTreeMap<(usize, usize), usize>,
+    qos2_twice: usize,
+}
+
+impl Got {
+    fn note(&mut self, m: &starling_client::Message) {
+        // Probes ("t/probe") do not count.
+        let Some(Ok(t)) = m.topic.strip_prefix("t/").map(str::parse::<usize>) else {
+            return;
+        };
+        let i: usize = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
+        let n = self.seen.entry((t, i)).or_insert(0);
+        *n += 1;
+        if *n > 1 && m.qos == QoS::ExactlyOnce && !m.dup {
+            self.qos2_twice += 1;
+        }
+    }
+
+    /// Reads `client` until every acknowledged message has come, within 20 s.
+    async fn until_all(&mut self, client: &Client, acked: &[(usize, usize)], who: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while acked.iter().any(|k| !self.seen.contains_key(k)) {
+            let m = tokio::time::timeout_at(deadline, client.recv()).await;
+            let Ok(Some(m)) = m else {
+                let missing: Vec<_> = acked
+                    .iter()
+                    .filter(|k| !self.seen.contains_key(k))
+                    .collect();
+                panic!(
+                    "{who}: {} of {} acknowledged messages missing after 20 s, e.g. {:?}",
+                    missing.len(),
+                    acked.len(),
+                    &missing[..missing.len().min(10)]
+                );
+            };
+            self.note(&m);
+        }
+    }
+}
+
+#[test]
+fn a_subscribers_node_killed_loses_nothing_acknowledged_on_another_node() {
+    let Some(mut c) = Cluster::start("transit") else {
+        return;
+    };
+    run(async {
+        const TASKS: usize = 4; // even: QoS 1, odd: QoS 2
+        const EACH: usize = 1_000;
+        let sub_options = |port, id: &str| {
+            let mut o = options(port, id);
+            o.clean_start = false;
+            o.session_expiry = Some(3600);
+            o
+        };
+        // Two persistent subscribers of node 2: one comes back at once (its
+        // session rebuilt where it reconnects), one after the survivors
+        // adopted node 2's sessions.
+        let mut subs = Vec::new();
+        for id in ["t-quick", "t-late"] {
+            let (s, _) = Client::connect(sub_options(c.port(2), id)).await.unwrap();
+            s.subscribe("t/#", QoS::ExactlyOnce).await.unwrap();
+            subs.push(s);
+        }
+        let publisher = connect(c.port(1), "t-pub").await;
+        for s in &subs {
+            until_routed(&publisher, "t/probe", s).await;
+        }
+        // Each publisher acknowledged; the node dies after a quarter of them.
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let halfway = std::sync::Arc::new(tokio::sync::Notify::new());
+        let mut tasks = Vec::new();
+        for t in 0..TASKS {
+            let (p, acked, halfway) = (publisher.clone(), acked.clone(), halfway.clone());
+            tasks.push(tokio::spawn(async move {
+                let qos = if t % 2 == 0 {
+                    QoS::AtLeastOnce
+                } else {
+                    QoS::ExactlyOnce
+                };
+                for i in 0..EACH {
+                    let code = p
+                        .publish(format!("t/{t}"), i.to_string(), qos, false)
+                        .await
+                        .unwrap_or_else(|e| panic!("t/{t} {i} not acknowledged: {e}"));
+                    assert!(!code.is_error(), "t/{t} {i} refused: {code}");
+                    let mut a = acked.lock().unwrap();
+                    a.push((t, i));
+                    if a.len() == TASKS * EACH / 4 {
+                        halfway.notify_one();
+                    }
+                }
+            }));
+        }
+        // What the subscribers read before the kill counts.
+        let mut got: Vec<Got> = vec![Got::default(), Got::default()];
+        let readers: Vec<_> = subs
+            .into_iter()
+            .map(|s| {
+                tokio::spawn(async move {
+                    let mut g = Got::default();
+                    while let Some(m) = s.recv().await {
+                        g.note(&m);
+                    }
+                    g
+                })
+            })
+            .collect();
+        tokio::time::timeout(Duration::from_secs(60), halfway.notified())
+            .await
+            .expect("a quarter acknowledged within 60 s");
+        c.nodes[1].proc.kill();
+        let killed = std::time::Instant::now();
+        for (g, r) in got.iter_mut().zip(readers) {
+            *g = tokio::time::timeout(WAIT, r)
+                .await
+                .expect("the old connections end")
+                .unwrap();
+        }
+        let before: Vec<usize> = got.iter().map(|g| g.seen.len()).collect();
+        let pre: Vec<std::collections::BTreeSet<(usize, usize)>> = got
+            .iter()
+            .map(|g| g.seen.keys().copied().collect())
+            .collect();
+        let (quick, ack) = Client::connect(sub_options(c.port(3), "t-quick"))
+            .await
+            .unwrap();
+        assert!(
+            ack.session_present,
+            "t-quick's session was not rebuilt: {ack:?}"
+        );
+        eprintln!(
+            "t-quick back on node 3 {:?} after the kill",
+            killed.elapsed()
+        );
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(120), t)
+                .await
+                .expect("every message acknowledged within 120 s")
+                .unwrap();
+        }
+        let acked: Vec<(usize, usize)> = acked.lock().unwrap().clone();
+        assert_eq!(acked.len(), TASKS * EACH);
+        eprintln!(
+            "{} acknowledged, {:?} after the kill",
+            acked.len(),
+            killed.elapsed()
+        );
+        got[0].until_all(&quick, &acked, "t-quick").await;
+        until_adopted(&c);
+        let (late, ack) = Client::connect(sub_options(c.port(3), "t-late"))
+            .await
+            .unwrap();
+        assert!(
+            ack.session_present,
+            "t-late's session was not adopted: {ack:?}"
+        );
+        got[1].until_all(&late, &acked, "t-late").await;
+        // Copies still on their way.
+        for (g, client) in got.iter_mut().zip([&quick, &late]) {
+            while let Ok(Some(m)) = tokio::time::timeout(QUIET, client.recv()).await {
+                g.note(&m);
+            }
+        }
+        for (i, g) in got.iter().enumerate() {
+            let who = ["t-quick", "t-late"][i];
+            let twice: Vec<_> = g
+                .seen
+                .iter()
+                .filter(|(_, n)| **n > 1)
+                .map(|(k, _)| *k)
+                .collect();
+            let twice_pre = twice.iter().filter(|k| pre[i].contains(k)).count();
+            eprintln!(
+                "{who}: all {} acknowledged delivered ({} before the kill); {} twice ({twice_pre} \
+                 of them first delivered before the kill), {} QoS 2 twice without DUP; {:?}",
+                acked.len(),
+                before[i],
+                twice.len(),
+                g.qos2_twice,
+                &twice[..twice.len().min(12)]
+            );
+            assert_eq!(g.qos2_twice, 0, "{who}: QoS 2 messages delivered twice");
+        }
     });
 }
 

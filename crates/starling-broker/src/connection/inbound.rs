@@ -309,6 +309,7 @@ impl Machine {
             }
         }
         let mut code = ReasonCode::SUCCESS;
+        let mut cluster_wait = None;
         let journal_len = self.journal.len();
         if publish.properties.payload_format_indicator == Some(true)
             && std::str::from_utf8(&publish.payload).is_err()
@@ -343,11 +344,13 @@ impl Machine {
                 // Only MQTT 5 can be told; QoS 0 has nothing to refuse.
                 may_refuse: v.is_v5() && qos != QoS::AtMostOnce,
                 refused: false,
+                cluster_wait: None,
             };
             let offered =
                 self.broker
                     .publish_from_client(&msg, &mut self.journal, Some(&mut routed));
             self.congested = routed.congested;
+            cluster_wait = routed.cluster_wait;
             if routed.refused {
                 tracing::debug!(client_id = %client.client_id(), topic = %msg.topic, "publish refused: a persistent subscriber's queue is full");
                 code = ReasonCode::QUOTA_EXCEEDED;
@@ -390,7 +393,7 @@ impl Machine {
         // acknowledges is on disk; acknowledgements keep their order.
         if let Some(packet) = packet {
             let wait = self.journal.len() > journal_len && self.acks_wait();
-            self.send_ack(packet, wait, v);
+            self.send_ack_after(packet, wait, cluster_wait, v);
         }
         Ok(())
     }
@@ -505,8 +508,7 @@ impl Machine {
                     ready.await;
                     let _ = done.send(());
                 });
-                self.interest_wait = Some(wait);
-                self.send_ack(Packet::SubAck(ack), true, v);
+                self.send_ack_after(Packet::SubAck(ack), false, Some(wait), v);
             }
             None => self.send(&Packet::SubAck(ack), v),
         }

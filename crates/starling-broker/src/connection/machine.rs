@@ -53,11 +53,17 @@ pub(crate) struct Machine {
     pub pending_acks: VecDeque<PendingAck>,
     /// What the steps since the last [`Machine::take_journal`] changed.
     pub(super) journal: Journal,
-    /// Whether an acknowledgement waits for `journal` to be written.
+    /// Whether an acknowledgement waits for `journal`'s number.
     journal_awaited: bool,
-    /// What a SUBACK waits for besides the store: the cluster passing the
-    /// new interest on (see [`crate::cluster::Cluster::interest_ready`]).
-    pub(crate) interest_wait: Option<oneshot::Receiver<()>>,
+    /// Whether that wait includes writing `journal` to the store.
+    store_awaited: bool,
+    /// What acknowledgements wait for besides the store: the cluster
+    /// passing a new interest on (a SUBACK, see
+    /// [`crate::cluster::Cluster::interest_ready`]) or holding a message
+    /// where no node's death loses it (a PUBACK, see
+    /// [`crate::cluster::Cluster::forward`]). A dropped sender counts as
+    /// a failed write.
+    cluster_waits: Vec<oneshot::Receiver<()>>,
     /// The number of the next journal taken.
     next_journal: u64,
     /// Journals below this number are written.
@@ -149,7 +155,8 @@ impl Machine {
             pending_acks: VecDeque::new(),
             journal: Journal::new(),
             journal_awaited: false,
-            interest_wait: None,
+            store_awaited: false,
+            cluster_waits: Vec::new(),
             next_journal: 0,
             written: 0,
             writes: VecDeque::new(),
@@ -260,6 +267,7 @@ impl Machine {
     ) {
         if after_journal {
             self.journal_awaited = true;
+            self.store_awaited = true;
             self.pending_acks
                 .push_back((Some(self.next_journal), packet));
         } else if self.pending_acks.is_empty() {
@@ -269,14 +277,44 @@ impl Machine {
         }
     }
 
+    /// As [`Machine::send_ack`], and only once `cluster` (if any) is done
+    /// as well.
+    pub(crate) fn send_ack_after(
+        &mut self,
+        packet: Packet,
+        after_journal: bool,
+        cluster: Option<oneshot::Receiver<()>>,
+        version: ProtocolVersion,
+    ) {
+        let Some(wait) = cluster else {
+            return self.send_ack(packet, after_journal, version);
+        };
+        self.cluster_waits.push(wait);
+        self.store_awaited |= after_journal;
+        self.journal_awaited = true;
+        self.pending_acks
+            .push_back((Some(self.next_journal), packet));
+    }
+
+    /// What the acknowledgements of the journal last taken wait for: its
+    /// store write (`true`) and the cluster's receivers.
+    pub(crate) fn take_waits(&mut self) -> (bool, Vec<oneshot::Receiver<()>>) {
+        (
+            std::mem::take(&mut self.store_awaited),
+            std::mem::take(&mut self.cluster_waits),
+        )
+    }
+
     /// The journal of the store changes made since the last call, if any, and
     /// whether acknowledgements wait for it: then the driver submits it with
-    /// a receiver and hands that to [`Machine::awaiting`].
+    /// a receiver (see [`Machine::take_waits`]) and hands that to
+    /// [`Machine::awaiting`].
     pub(crate) fn take_journal(&mut self) -> Option<(Journal, bool)> {
-        if self.journal.is_empty() && self.interest_wait.is_none() {
+        if self.journal.is_empty() && self.cluster_waits.is_empty() {
             if self.journal_awaited {
                 // Nothing to write: what they wait for is done.
                 self.journal_awaited = false;
+                self.store_awaited = false;
                 self.next_journal += 1;
                 self.written = self.next_journal;
             }

@@ -625,23 +625,19 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         let Some((journal, awaited)) = self.m.take_journal() else {
             return;
         };
-        let interest = self.m.interest_wait.take();
-        match self.m.broker.store() {
-            Some(store) if awaited => {
-                let write = crate::journal::commit_and_wait(store, journal);
-                self.m.awaiting(also_wait(write, interest));
-            }
-            Some(store) => crate::journal::commit(Some(store), journal),
-            None => {
-                // Nothing to wait for without a store but the cluster
-                // (acknowledgements wait for the store only with durability
-                // "always").
-                let (done, write) = tokio::sync::oneshot::channel();
-                let _ = done.send(());
-                if awaited {
-                    self.m.awaiting(also_wait(write, interest));
+        let (store_awaited, cluster) = self.m.take_waits();
+        let store = self.m.broker.store();
+        let write = match store {
+            Some(store) if store_awaited => Some(crate::journal::commit_and_wait(store, journal)),
+            _ => {
+                if !journal.is_empty() {
+                    crate::journal::commit(store, journal);
                 }
+                None
             }
+        };
+        if awaited {
+            self.m.awaiting(all_of(write, cluster));
         }
     }
 
@@ -671,21 +667,40 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
 /// high-water mark (then it checks again).
 const CLUSTER_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// `write`, completed only once `interest` (if any) is done too.
-fn also_wait(
-    write: tokio::sync::oneshot::Receiver<()>,
-    interest: Option<tokio::sync::oneshot::Receiver<()>>,
+/// One receiver for a store write (if any) and the cluster's waits: done
+/// once they all are, failed if one failed.
+fn all_of(
+    write: Option<tokio::sync::oneshot::Receiver<()>>,
+    mut cluster: Vec<tokio::sync::oneshot::Receiver<()>>,
 ) -> tokio::sync::oneshot::Receiver<()> {
-    let Some(interest) = interest else {
-        return write;
-    };
-    let (done, both) = tokio::sync::oneshot::channel();
+    match (write, cluster.len()) {
+        (Some(write), 0) => write,
+        (None, 1) => match cluster.pop() {
+            Some(wait) => wait,
+            None => all_of_spawned(None, cluster),
+        },
+        (write, _) => all_of_spawned(write, cluster),
+    }
+}
+
+/// [`all_of`] on a task of its own.
+fn all_of_spawned(
+    write: Option<tokio::sync::oneshot::Receiver<()>>,
+    cluster: Vec<tokio::sync::oneshot::Receiver<()>>,
+) -> tokio::sync::oneshot::Receiver<()> {
+    let (done, all) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let written = write.await.is_ok();
-        let _ = interest.await;
-        if written {
-            let _ = done.send(());
+        if let Some(write) = write {
+            if write.await.is_err() {
+                return;
+            }
         }
+        for wait in cluster {
+            if wait.await.is_err() {
+                return;
+            }
+        }
+        let _ = done.send(());
     });
-    both
+    all
 }

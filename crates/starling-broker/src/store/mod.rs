@@ -63,6 +63,11 @@ pub enum Op {
     Will(ByteString, Bytes),
     /// Deletes a waiting will.
     DeleteWill(ByteString),
+    /// The writes before it in the batch came with a message from another
+    /// node: that node's run and the message's number there. The embedded
+    /// store keeps nothing of it; a store that replicates the sessions
+    /// records which messages it holds (see the cluster's transit).
+    Received(u64, u64),
 }
 
 /// Everything read back at startup. Records that failed to decode were logged

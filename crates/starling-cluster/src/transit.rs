@@ -1,0 +1,364 @@
+//! Messages in transit, so that no node's death loses an acknowledged one.
+//!
+//! Core NATS carries a message to the nodes that want it, and keeps
+//! nothing: a QoS 1/2 message acknowledged to its publisher would be lost if
+//! the subscriber's node died before storing it, or while no node held its
+//! session (between the death and the session's rebuild). So every QoS 1/2
+//! message is also appended to one replicated stream, [`STREAM`], kept for
+//! [`AGE`], and its publisher is acknowledged once JetStream has it.
+//!
+//! Each node says which messages it has stored: its *receipt*, which its
+//! replicating store writes to a bucket with each batch that stored
+//! messages from other nodes (after them, so it never counts one that is
+//! not replicated), holds per origin (a node's run) the newest stamp stored
+//! there. A node that rebuilds a dead node's sessions replays the transit
+//! messages from shortly before that node's last receipt whose stamps are
+//! newer than it, to those sessions only ([`replay`]), skipping what reached
+//! them meanwhile through core NATS.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use starling_broker::Scope;
+use starling_codec::ByteString;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::envelope::{self, Stamp};
+use crate::keys;
+use crate::receipt::Receipt;
+use crate::shared::{Command, Inner, ReplayCommand, ReplayRequest, ToNats};
+
+/// The stream of messages in transit.
+pub const STREAM: &str = "STARLING_TRANSIT";
+/// How long a message stays in transit: longer than a node's death takes
+/// to be noticed and its sessions rebuilt.
+pub const AGE: Duration = Duration::from_secs(120);
+/// The stream's size at most (the oldest messages go first past it).
+const MAX_BYTES: i64 = 1 << 30;
+/// Appends whose acknowledgements are awaited at once, at most: past it
+/// the forwarding task waits, the outbox fills and publishers pause.
+const IN_FLIGHT: usize = 8192;
+/// How long before a dead node's last receipt its replay starts (what it
+/// routed just before may not be in the receipt; clocks differ a little).
+const MARGIN: Duration = Duration::from_secs(5);
+/// How long a replay goes on reading after it caught up: an append that
+/// was on its way when this node's interest reached the other nodes.
+const TAIL: Duration = Duration::from_millis(300);
+/// Messages one replay reads at most.
+const REPLAY_LIMIT: usize = 2_000_000;
+/// Stamps a replay remembers of core NATS deliveries at most.
+const RECORD_LIMIT: usize = 4_000_000;
+
+/// The transit subject of a message subject.
+fn subject(message_subject: &str) -> String {
+    format!("starling.t.{message_subject}")
+}
+
+/// Opens (creating if needed) the transit stream.
+pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<(), async_nats::Error> {
+    let config = stream::Config {
+        name: STREAM.to_string(),
+        subjects: vec!["starling.t.>".to_string()],
+        max_age: AGE,
+        max_bytes: MAX_BYTES,
+        discard: stream::DiscardPolicy::Old,
+        num_replicas: replicas,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config).await?;
+    Ok(())
+}
+
+/// Hands messages to NATS in the order they were accepted: a QoS 1/2
+/// message to the transit stream first, then to the nodes that want it.
+pub async fn forward(inner: Arc<Inner>, mut rx: mpsc::Receiver<ToNats>) {
+    let (acks, acks_rx) = mpsc::channel(IN_FLIGHT);
+    tokio::spawn(await_appends(inner.clone(), acks_rx));
+    while let Some(out) = rx.recv().await {
+        if let Some(done) = out.kept {
+            let js = inner.transit.get();
+            let appended = match js {
+                Some(js) => js.publish(subject(&out.subject), out.payload.clone()).await,
+                None => {
+                    let _ = done.send(());
+                    continue_publish(&inner, out.subject, out.payload).await;
+                    continue;
+                }
+            };
+            match appended {
+                Ok(ack) => {
+                    let deadline = Instant::now() + inner.timeout;
+                    if acks.send((ack, deadline, done)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    not_kept(&inner, &e.to_string());
+                    let _ = done.send(());
+                }
+            }
+        }
+        continue_publish(&inner, out.subject, out.payload).await;
+    }
+}
+
+async fn continue_publish(inner: &Inner, subject: String, payload: Bytes) {
+    if let Err(e) = inner.client.publish(subject, payload).await {
+        tracing::debug!("a message was not forwarded: {e}");
+    }
+}
+
+/// Completes the acknowledgements waiting for appends, in order. One that
+/// failed is completed too (the message went to the other nodes, without
+/// the guarantee; counted and logged): refusing it would stop every QoS
+/// 1/2 publisher while JetStream is away.
+async fn await_appends(
+    inner: Arc<Inner>,
+    mut rx: mpsc::Receiver<(
+        jetstream::context::PublishAckFuture,
+        Instant,
+        oneshot::Sender<()>,
+    )>,
+) {
+    while let Some((ack, deadline, done)) = rx.recv().await {
+        match tokio::time::timeout_at(deadline, ack).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => not_kept(&inner, &e.to_string()),
+            Err(_) => not_kept(&inner, "JetStream did not acknowledge in time"),
+        }
+        let _ = done.send(());
+    }
+}
+
+fn not_kept(inner: &Inner, why: &str) {
+    let n = inner
+        .counters
+        .transit_failed
+        .fetch_add(1, Ordering::Relaxed);
+    if n.is_multiple_of(1000) {
+        tracing::warn!(
+            "QoS 1/2 messages acknowledged without a copy in transit (a node's death \
+             can lose them; counted in $SYS/.../transit-failures): {why}"
+        );
+    }
+}
+
+/// The replays in progress, as the routing task keeps them.
+#[derive(Default)]
+pub struct Replays {
+    running: HashMap<u64, Running>,
+}
+
+/// One replay: its sessions, the stamps core NATS brought since it began,
+/// and those it routed itself.
+struct Running {
+    clients: Arc<HashSet<ByteString>>,
+    core: HashSet<Stamp>,
+    replayed: HashSet<Stamp>,
+}
+
+impl Replays {
+    /// Whether no replay is in progress.
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// Before a message core NATS brought is routed: the sessions that a
+    /// replay gave it already (if any), which it must not reach again.
+    pub fn routing(&mut self, stamp: Stamp) -> Option<HashSet<ByteString>> {
+        let mut had: Option<HashSet<ByteString>> = None;
+        for r in self.running.values_mut() {
+            if r.replayed.contains(&stamp) {
+                had.get_or_insert_with(HashSet::new)
+                    .extend(r.clients.iter().cloned());
+            } else if r.core.len() < RECORD_LIMIT {
+                r.core.insert(stamp);
+            }
+        }
+        had
+    }
+
+    /// Serves one command; returns whether a message was routed.
+    pub fn serve(&mut self, broker: &starling_broker::BrokerState, command: ReplayCommand) -> bool {
+        match command {
+            ReplayCommand::Start(token, clients) => {
+                let running = Running {
+                    clients,
+                    core: HashSet::new(),
+                    replayed: HashSet::new(),
+                };
+                self.running.insert(token, running);
+            }
+            ReplayCommand::Message(token, stamp, msg) => {
+                let Some(r) = self.running.get_mut(&token) else {
+                    return false;
+                };
+                if !r.core.contains(&stamp) && r.replayed.insert(stamp) {
+                    let scope = Scope::Clients(&r.clients);
+                    return broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq)) > 0;
+                }
+            }
+            ReplayCommand::End(token) => {
+                self.running.remove(&token);
+            }
+        }
+        false
+    }
+}
+
+/// Serves replay requests, each on its own task.
+pub async fn serve_replays(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<ReplayRequest>) {
+    while let Some(request) = rx.recv().await {
+        if inner.broker().is_none() {
+            return;
+        }
+        tokio::spawn(replay_and_report(inner.clone(), request));
+    }
+}
+
+async fn replay_and_report(inner: Arc<Inner>, request: ReplayRequest) {
+    let clients = request.clients.len();
+    let ids: Vec<ByteString> = request.clients.iter().cloned().collect();
+    let replayed = replay(&inner, request).await;
+    {
+        let mut replaying = inner.replaying.lock();
+        for id in &ids {
+            if let Some(n) = replaying.get_mut(&**id) {
+                *n -= 1;
+                if *n == 0 {
+                    replaying.remove(&**id);
+                }
+            }
+        }
+    }
+    inner.replay_done.notify_waiters();
+    match replayed {
+        Ok(n) => tracing::info!(
+            sessions = clients,
+            messages = n,
+            "messages in transit replayed to rebuilt sessions"
+        ),
+        Err(e) => tracing::warn!(
+            sessions = clients,
+            "messages in transit not replayed (some acknowledged messages may be missing): {e}"
+        ),
+    }
+}
+
+/// Waits until no replay to `client_id`'s session is in progress, at most
+/// `limit` (a session handed over meanwhile would miss the rest).
+pub async fn await_replay(inner: &Inner, client_id: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let done = inner.replay_done.notified();
+        if !inner.replaying.lock().contains_key(client_id) {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, done).await.is_err() {
+            tracing::warn!(%client_id, "a session handed over before its replay ended");
+            return;
+        }
+    }
+}
+
+/// Replays to the rebuilt sessions the messages in transit that their dead
+/// node may not have stored; returns how many were read for them.
+async fn replay(inner: &Arc<Inner>, request: ReplayRequest) -> Result<usize, String> {
+    let Some(js) = inner.transit.get() else {
+        return Err("the transit stream is not open".into());
+    };
+    let Some(buckets) = inner.buckets.get() else {
+        return Err("the buckets are not open".into());
+    };
+    let receipt = match buckets.receipts.get(keys::node(&request.dead)).await {
+        Ok(Some(raw)) => Receipt::decode(&raw).unwrap_or_default(),
+        Ok(None) => Receipt::default(),
+        Err(e) => return Err(format!("the dead node's receipt could not be read: {e}")),
+    };
+    let from_ms = if receipt.at_ms == 0 {
+        starling_broker::store::unix_ms().saturating_sub(AGE.as_millis() as u64)
+    } else {
+        receipt.at_ms.saturating_sub(MARGIN.as_millis() as u64)
+    };
+    // From now on, what core NATS brings reached the sessions.
+    let token: u64 = rand::random();
+    let routes = &inner.replays;
+    let clients = Arc::new(request.clients);
+    routes
+        .send(ReplayCommand::Start(token, clients))
+        .await
+        .map_err(|_| "the routing task is gone")?;
+    // Once the sessions' interest has reached the other nodes, what they
+    // publish comes through core NATS: the replay reads up to then.
+    let (ready, wait) = oneshot::channel();
+    if inner.commands.send(Command::Ready(ready)).is_ok() {
+        let _ = tokio::time::timeout(inner.timeout, wait).await;
+    }
+    let read = read_since(inner, js, from_ms, token, &receipt, request.own_before).await;
+    let _ = routes.send(ReplayCommand::End(token)).await;
+    read
+}
+
+/// Reads the transit stream from `from_ms` and hands the messages the
+/// dead node may have missed to the routing task.
+async fn read_since(
+    inner: &Arc<Inner>,
+    js: &jetstream::Context,
+    from_ms: u64,
+    token: u64,
+    receipt: &Receipt,
+    own_before: u64,
+) -> Result<usize, String> {
+    let stream = js.get_stream(STREAM).await.map_err(|e| e.to_string())?;
+    let nanos = i128::from(from_ms) * 1_000_000;
+    let start_time =
+        time::OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: "starling.t.>".to_string(),
+            deliver_policy: consumer::DeliverPolicy::ByStartTime { start_time },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + inner.timeout * 20;
+    let tail_end = Instant::now() + TAIL;
+    let mut caught_up = false;
+    let (mut read, mut handed) = (0usize, 0usize);
+    while read < REPLAY_LIMIT {
+        let until = if caught_up { tail_end } else { deadline };
+        let next = match tokio::time::timeout_at(until, messages.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(None) => break,
+            Err(_) if caught_up => break,
+            Err(_) => return Err("the transit stream was not read in time".into()),
+        };
+        read += 1;
+        caught_up = next.info().map(|i| i.pending == 0).unwrap_or(false);
+        let Ok((stamp, msg)) = envelope::decode(next.payload.clone(), Instant::now()) else {
+            continue;
+        };
+        let own_later = stamp.origin == inner.origin && stamp.seq > own_before;
+        if receipt.missed(stamp) && !own_later {
+            handed += 1;
+            inner
+                .replays
+                .send(ReplayCommand::Message(token, stamp, msg))
+                .await
+                .map_err(|_| "the routing task is gone")?;
+        }
+        if caught_up && Instant::now() >= tail_end {
+            break;
+        }
+    }
+    Ok(handed)
+}
