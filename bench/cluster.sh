@@ -81,7 +81,20 @@ EOF
     "$NATS" -c "$OUT/n$i.conf" > "$OUT/n$i.log" 2>&1 &
     PIDS+=($!)
 done
-for i in 1 2 3; do wait_log "$OUT/n$i.log" "metadata leader"; done
+# One server knowing the JetStream leader is enough: the nodes retry
+# JetStream until it answers them (a server that joins its routes late
+# logs the leader late).
+wait_any_log() {
+    local pattern=$1
+    for _ in $(seq 600); do
+        grep -q "$pattern" "$OUT"/n[123].log 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "timed out waiting for '$pattern' in the NATS logs" >&2
+    tail -20 "$OUT"/n[123].log >&2
+    exit 1
+}
+wait_any_log "metadata leader"
 for i in 1 2 3; do
     "$BIN" broker --listen "mqtt://127.0.0.1:${SP[$i]}" --data-dir "$OUT/node$i" \
         --cluster "nats://127.0.0.1:${CP[$i]}" --node-id "node$i" --log-level info \
