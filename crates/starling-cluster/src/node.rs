@@ -73,6 +73,7 @@ impl NatsCluster {
             replay_requests,
             replaying: Mutex::new(Default::default()),
             replay_done: tokio::sync::Notify::new(),
+            repairing: Default::default(),
             retained: retained_tx,
             interest: Mutex::new(Default::default()),
             commands,
@@ -338,7 +339,7 @@ async fn connect(
         .max_reconnects(None)
         .connection_timeout(Duration::from_millis(config.timeout_ms))
         .request_timeout(Some(Duration::from_millis(config.timeout_ms)))
-        .subscription_capacity(65_536)
+        .subscription_capacity(config.subscription_capacity)
         .event_callback(move |event| {
             let node = node.clone();
             let slow = slow.clone();

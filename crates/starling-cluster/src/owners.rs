@@ -250,6 +250,7 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) {
     };
     let own_before = inner.seq.load(std::sync::atomic::Ordering::Relaxed);
     let mut rebuilt = HashSet::new();
+    let mut held = HashSet::new();
     let mut adopted = 0usize;
     while let Ok(Some(Ok(entry))) = tokio::time::timeout(inner.timeout, watch.next()).await {
         let last = entry.delta == 0;
@@ -265,7 +266,7 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) {
                         .is_some_and(|b| b.session(&client_id).is_some());
                     if here {
                         adopted += 1;
-                    } else if recover_session(inner, &client_id, true).await {
+                    } else if recover_session(inner, &client_id, true, &mut held).await {
                         adopted += 1;
                         rebuilt.insert(ByteString::from(client_id.as_str()));
                     } else {
@@ -283,20 +284,27 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) {
         }
     }
     tracing::info!(node = %dead, sessions = adopted, "adopted the persistent sessions of a dead node");
-    request_replay(inner, dead, rebuilt, own_before);
+    request_replay(inner, dead, rebuilt, own_before, held);
 }
 
 /// The previous owner of `client_id`, `owner`, did not answer: the session
 /// is rebuilt from its replica, and what `owner` may have missed replayed.
 async fn rebuild(inner: &Inner, owner: &str, client_id: &str) {
     let own_before = inner.seq.load(std::sync::atomic::Ordering::Relaxed);
-    if recover_session(inner, client_id, false).await {
+    let mut held = HashSet::new();
+    if recover_session(inner, client_id, false, &mut held).await {
         let clients = HashSet::from([ByteString::from(client_id)]);
-        request_replay(inner, owner, clients, own_before);
+        request_replay(inner, owner, clients, own_before, held);
     }
 }
 
-fn request_replay(inner: &Inner, dead: &str, clients: HashSet<ByteString>, own_before: u64) {
+fn request_replay(
+    inner: &Inner,
+    dead: &str,
+    clients: HashSet<ByteString>,
+    own_before: u64,
+    held: HashSet<(u64, u64)>,
+) {
     if clients.is_empty() {
         return;
     }
@@ -309,15 +317,23 @@ fn request_replay(inner: &Inner, dead: &str, clients: HashSet<ByteString>, own_b
         dead: dead.to_string(),
         clients,
         own_before,
+        held,
     });
 }
 
 /// The previous owner is gone: its client's session is rebuilt from its
 /// replica, if it was persistent (then `true`).
-async fn recover_session(inner: &Inner, client_id: &str, adopt: bool) -> bool {
-    let Some((chunks, old)) = replica::recover(&inner.replica, client_id).await else {
+async fn recover_session(
+    inner: &Inner,
+    client_id: &str,
+    adopt: bool,
+    held: &mut HashSet<(u64, u64)>,
+) -> bool {
+    let Some(recovered) = replica::recover(&inner.replica, client_id).await else {
         return false;
     };
+    let (chunks, old) = (recovered.chunks, recovered.subjects);
+    held.extend(recovered.stamps);
     let Some(broker) = inner.broker() else {
         return false;
     };
@@ -435,7 +451,7 @@ async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) ->
     if broker.session(client_id).is_none() {
         return 0;
     }
-    crate::transit::await_replay(inner, client_id, inner.timeout / 2).await;
+    crate::transit::await_replay(inner, client_id, inner.timeout * 3 / 4).await;
     // Whatever ends here now, the claim is the new owner's: no release.
     inner.handing_over.lock().insert(client_id.to_string());
     if broker.kick_taken_over(client_id) {

@@ -170,7 +170,9 @@ pub struct ReplicatedStore {
 /// is not known whole: it is only purged when it ends.
 #[derive(Default)]
 struct Queues {
-    live: HashMap<String, HashSet<u64>>,
+    /// Per session, its messages' sequence numbers and the stamp each
+    /// came with from another node (kept for its rewrites: in flight).
+    live: HashMap<String, HashMap<u64, Option<(u64, u64)>>>,
     unknown: HashSet<String>,
     /// Tombstones written since the session's last purge.
     dead: HashMap<String, u64>,
@@ -245,14 +247,16 @@ async fn replicate(
     // other nodes or a subscription (then its time says the node stored).
     let mut receipt_due = false;
     let mut stamps = Vec::new();
+    let came_with = came_with(ops);
     let mut batch = Batch::default();
     let mut emptied = HashSet::new();
     let mut n = 0u64;
-    for op in ops {
+    for (i, op) in ops.iter().enumerate() {
         // Messages and their tombstones are plain appends (the last of a
         // subject counts): a rollup makes the server purge the subject, one
         // costly operation per message.
         let mut rollup = true;
+        let mut stamp = None;
         let (subject, payload) = match op {
             Op::Session(c, rec) => (format!("{}.s", base(c).0), rec.encode()),
             Op::Subscribe(c, f, rec) => {
@@ -266,7 +270,9 @@ async fn replicate(
             }
             Op::Unsubscribe(c, f) => (filter_subject(c, f), Bytes::new()),
             Op::Message(c, seq, raw) => {
-                queues.live.entry(c.to_string()).or_default().insert(*seq);
+                // A rewrite (in flight now) keeps the stamp of the first.
+                let stamps = queues.live.entry(c.to_string()).or_default();
+                stamp = *stamps.entry(*seq).or_insert(came_with[i]);
                 rollup = false;
                 (message_subject(link, c, *seq), raw.clone())
             }
@@ -274,7 +280,7 @@ async fn replicate(
                 let known = queues
                     .live
                     .get_mut(&**c)
-                    .is_some_and(|live| live.remove(seq));
+                    .is_some_and(|live| live.remove(seq).is_some());
                 if !known {
                     queues.unknown.insert(c.to_string());
                 }
@@ -308,6 +314,12 @@ async fn replicate(
             link.js
                 .publish_with_headers(subject, headers, payload)
                 .await
+        } else if let Some((origin, seq)) = stamp {
+            let mut headers = HeaderMap::new();
+            headers.insert(STAMP, format!("{origin:x}-{seq}").as_str());
+            link.js
+                .publish_with_headers(subject, headers, payload)
+                .await
         } else {
             link.js.publish(subject, payload).await
         }
@@ -324,7 +336,7 @@ async fn replicate(
     // tombstones go, now and then (a purge is costly for the server).
     for c in emptied {
         let whole =
-            !queues.unknown.contains(&c) && queues.live.get(&c).is_some_and(HashSet::is_empty);
+            !queues.unknown.contains(&c) && queues.live.get(&c).is_some_and(HashMap::is_empty);
         let due = queues.dead.get(&c).is_some_and(|d| *d >= COMPACT_AFTER);
         if whole && due {
             queues.live.remove(&c);
@@ -338,6 +350,33 @@ async fn replicate(
         write_receipt(link, received, &stamps).await;
     }
     Ok(n)
+}
+
+/// The header of a replicated message that came from another node: the
+/// stamp (`<origin hex>-<seq>`) it came with.
+const STAMP: &str = "Starling-Stamp";
+
+/// For each op, the stamp of the message from another node it came with:
+/// a message op takes the stamp of the first [`Op::Received`] after it (the
+/// one its journal ended with; a message of a journal without one, followed
+/// in the batch by another's, takes that one's, which only claims a stamp
+/// whose own message this batch also holds).
+fn came_with(ops: &[Op]) -> Vec<Option<(u64, u64)>> {
+    let mut out = vec![None; ops.len()];
+    let mut next = None;
+    for (i, op) in ops.iter().enumerate().rev() {
+        match op {
+            Op::Received(origin, seq) => next = Some((*origin, *seq)),
+            Op::Message(..) => out[i] = next,
+            _ => {}
+        }
+    }
+    out
+}
+
+fn parse_stamp(value: &str) -> Option<(u64, u64)> {
+    let (origin, seq) = value.split_once('-')?;
+    Some((u64::from_str_radix(origin, 16).ok()?, seq.parse().ok()?))
 }
 
 /// Writes this node's receipt, counting `stamps` (whose messages are
@@ -422,11 +461,21 @@ fn subscription(filter: &str, rec: &SubscriptionRecord) -> Bytes {
     b.freeze()
 }
 
+/// A session rebuilt from its replica.
+pub struct Recovered {
+    /// The session, as a handover.
+    pub chunks: Vec<Bytes>,
+    /// The subjects of its messages (to remove once written again).
+    pub subjects: Vec<String>,
+    /// The stamps its queued messages came with from other nodes.
+    pub stamps: HashSet<(u64, u64)>,
+}
+
 /// The replicated session of `client_id`, as a handover (see
 /// [`starling_broker::BrokerState::take_handover`]), with the subjects of
 /// its messages (to purge once the new owner has written them again).
 /// `None`: there is none, or it could not be read.
-pub async fn recover(replica: &Replica, client_id: &str) -> Option<(Vec<Bytes>, Vec<String>)> {
+pub async fn recover(replica: &Replica, client_id: &str) -> Option<Recovered> {
     let link = replica.link.get()?;
     let (prefix, p) = base(client_id);
     let stream = &link.streams[p];
@@ -442,7 +491,7 @@ pub async fn recover(replica: &Replica, client_id: &str) -> Option<(Vec<Bytes>, 
     let mut filters = BTreeMap::new();
     let mut messages = BTreeMap::new();
     let mut qos2 = BTreeMap::new();
-    for (subject, payload) in entries {
+    for (subject, payload, stamp) in entries {
         let Some(rest) = subject.strip_prefix(&prefix) else {
             continue;
         };
@@ -454,7 +503,7 @@ pub async fn recover(replica: &Replica, client_id: &str) -> Option<(Vec<Bytes>, 
             // Per node, in order of their sequence numbers.
             let (node, seq) = m.split_once('.')?;
             let seq: u64 = seq.parse().ok()?;
-            messages.insert((node.to_string(), seq), (subject, payload));
+            messages.insert((node.to_string(), seq), (subject, payload, stamp));
         } else if let Some(id) = rest.strip_prefix(".q.") {
             qos2.insert(id.parse::<u16>().ok()?, payload);
         }
@@ -474,10 +523,12 @@ pub async fn recover(replica: &Replica, client_id: &str) -> Option<(Vec<Bytes>, 
         builder.subscription(filter, &rec);
     }
     let mut subjects = Vec::with_capacity(messages.len());
-    for (subject, raw) in messages.into_values() {
+    let mut stamps = HashSet::new();
+    for (subject, raw, stamp) in messages.into_values() {
         if raw.is_empty() {
             continue;
         }
+        stamps.extend(stamp);
         if let Ok(rec) = MessageRecord::decode(&raw) {
             builder.message(&rec, &raw);
         }
@@ -488,16 +539,20 @@ pub async fn recover(replica: &Replica, client_id: &str) -> Option<(Vec<Bytes>, 
             builder.qos2_received(id);
         }
     }
-    Some((builder.finish(), subjects))
+    Some(Recovered {
+        chunks: builder.finish(),
+        subjects,
+        stamps,
+    })
 }
+
+/// A replicated record: its subject, payload and stamp (if it came from
+/// another node).
+type Entry = (String, Bytes, Option<(u64, u64)>);
 
 /// Every message of `filter` in `stream`, with its subject, in order
 /// (removals, with an empty payload, included: the last of a subject counts).
-async fn read_all(
-    link: &Link,
-    stream: &stream::Stream,
-    filter: &str,
-) -> Option<Vec<(String, Bytes)>> {
+async fn read_all(link: &Link, stream: &stream::Stream, filter: &str) -> Option<Vec<Entry>> {
     use jetstream::consumer::pull::OrderedConfig;
     let consumer = stream
         .create_consumer(OrderedConfig {
@@ -516,7 +571,12 @@ async fn read_all(
             return None;
         };
         let pending = m.info().map(|i| i.pending).unwrap_or(0);
-        out.push((m.subject.to_string(), m.payload.clone()));
+        let stamp = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(STAMP))
+            .and_then(|v| parse_stamp(v.as_str()));
+        out.push((m.subject.to_string(), m.payload.clone(), stamp));
         if pending == 0 {
             break;
         }
@@ -552,5 +612,40 @@ pub async fn forget(replica: &Replica, client_id: &str, subjects: Vec<String>) {
     }
     if let Some(e) = failed {
         tracing::warn!(%client_id, "old copies of a recovered session not removed: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_codec::ByteString;
+
+    #[test]
+    fn a_message_takes_the_stamp_its_journal_ended_with() {
+        let c = ByteString::from("c");
+        let ops = [
+            Op::Message(c.clone(), 1, Bytes::new()),
+            Op::Received(7, 1),
+            Op::DeleteMessage(c.clone(), 1),
+            Op::Message(c.clone(), 2, Bytes::new()),
+            Op::Message(c.clone(), 3, Bytes::new()),
+            Op::Received(7, 2),
+            Op::Message(c, 4, Bytes::new()),
+        ];
+        let got = came_with(&ops);
+        assert_eq!(
+            got,
+            [
+                Some((7, 1)),
+                None,
+                None,
+                Some((7, 2)),
+                Some((7, 2)),
+                None,
+                None
+            ]
+        );
+        assert_eq!(parse_stamp("ff-12"), Some((255, 12)));
+        assert_eq!(parse_stamp("zz-1"), None);
     }
 }

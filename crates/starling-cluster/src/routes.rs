@@ -37,6 +37,9 @@ pub async fn run(
     let mut seen = Seen::default();
     let mut ready = Readiness::default();
     let mut replays = Replays::default();
+    let mut slow_seen = 0u64;
+    let mut check = tokio::time::interval(crate::transit::REPAIR_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -83,9 +86,21 @@ pub async fn run(
                     let _ = done.send(ok);
                 }
             },
+            _ = check.tick() => {
+                // NATS dropped messages for a subscription here: read the
+                // QoS 1/2 ones again from transit.
+                let slow = inner.counters.slow.load(Ordering::Relaxed);
+                if slow != slow_seen {
+                    let from = starling_broker::store::unix_ms()
+                        .saturating_sub(crate::transit::REPAIR_BACK.as_millis() as u64);
+                    if crate::transit::repair(&inner, from) {
+                        slow_seen = slow;
+                    }
+                }
+            }
             Some(command) = replay_rx.recv() => {
                 let Some(broker) = inner.broker() else { return };
-                if replays.serve(&broker, command) {
+                if replays.serve(&broker, &mut seen, command) {
                     inner.counters.replayed.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -107,6 +107,8 @@ pub(crate) struct Inner {
     /// it), and the signal that one ended.
     pub replaying: Mutex<HashMap<String, usize>>,
     pub replay_done: tokio::sync::Notify,
+    /// Whether a repair of this node's routing is in progress.
+    pub repairing: std::sync::atomic::AtomicBool,
     pub retained: mpsc::Sender<(String, bytes::Bytes)>,
     pub interest: Mutex<std::collections::HashMap<String, usize>>,
     pub commands: mpsc::UnboundedSender<Command>,
@@ -148,13 +150,16 @@ pub struct ToNats {
 
 /// What the routing task is asked during a replay.
 pub enum ReplayCommand {
-    /// A replay to these sessions begins: note the stamps core NATS brings
+    /// A replay to these sessions (`None`: a repair of this node's own
+    /// routing after NATS dropped messages for it) begins: note the stamps core NATS brings
     /// from now on (they reached the sessions).
-    Start(u64, Arc<HashSet<ByteString>>),
+    Start(u64, Option<Arc<HashSet<ByteString>>>),
     /// A message for the sessions of replay `.0`, unless it came meanwhile.
     Message(u64, Stamp, Arc<starling_broker::message::Message>),
     /// The replay is over.
-    End(u64),
+    /// Answered once every earlier command is served (a handover waits for
+    /// the replayed messages to be in the sessions' queues).
+    End(u64, tokio::sync::oneshot::Sender<()>),
 }
 
 /// Sessions of dead node `dead` rebuilt here: asks for their replay.
@@ -164,4 +169,6 @@ pub struct ReplayRequest {
     /// This node's sequence number before the sessions were installed: its
     /// own messages after it were routed to them here.
     pub own_before: u64,
+    /// The stamps of the messages the rebuilt sessions hold already.
+    pub held: HashSet<(u64, u64)>,
 }

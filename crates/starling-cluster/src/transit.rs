@@ -50,6 +50,10 @@ const MARGIN: Duration = Duration::from_secs(5);
 /// How long a replay goes on reading after it caught up: an append that
 /// was on its way when this node's interest reached the other nodes.
 const TAIL: Duration = Duration::from_millis(300);
+/// How often the routing task checks for messages NATS dropped.
+pub const REPAIR_CHECK: Duration = Duration::from_millis(250);
+/// How far before the check that noticed a drop its repair reads.
+pub const REPAIR_BACK: Duration = Duration::from_secs(2);
 /// Messages one replay reads at most.
 const REPLAY_LIMIT: usize = 2_000_000;
 /// Stamps a replay remembers of core NATS deliveries at most.
@@ -159,7 +163,8 @@ pub struct Replays {
 /// One replay: its sessions, the stamps core NATS brought since it began,
 /// and those it routed itself.
 struct Running {
-    clients: Arc<HashSet<ByteString>>,
+    /// `None`: a repair of this node's routing.
+    clients: Option<Arc<HashSet<ByteString>>>,
     core: HashSet<Stamp>,
     replayed: HashSet<Stamp>,
 }
@@ -175,9 +180,10 @@ impl Replays {
     pub fn routing(&mut self, stamp: Stamp) -> Option<HashSet<ByteString>> {
         let mut had: Option<HashSet<ByteString>> = None;
         for r in self.running.values_mut() {
+            let Some(clients) = &r.clients else { continue };
             if r.replayed.contains(&stamp) {
                 had.get_or_insert_with(HashSet::new)
-                    .extend(r.clients.iter().cloned());
+                    .extend(clients.iter().cloned());
             } else if r.core.len() < RECORD_LIMIT {
                 r.core.insert(stamp);
             }
@@ -185,8 +191,14 @@ impl Replays {
         had
     }
 
-    /// Serves one command; returns whether a message was routed.
-    pub fn serve(&mut self, broker: &starling_broker::BrokerState, command: ReplayCommand) -> bool {
+    /// Serves one command; returns whether a message was routed. A repair
+    /// routes what `seen` (the stamps core NATS brought) lacks.
+    pub fn serve(
+        &mut self,
+        broker: &starling_broker::BrokerState,
+        seen: &mut crate::dedup::Seen,
+        command: ReplayCommand,
+    ) -> bool {
         match command {
             ReplayCommand::Start(token, clients) => {
                 let running = Running {
@@ -200,13 +212,22 @@ impl Replays {
                 let Some(r) = self.running.get_mut(&token) else {
                     return false;
                 };
+                let Some(clients) = &r.clients else {
+                    return seen.first(stamp)
+                        && broker.route_from_cluster(
+                            &msg,
+                            Scope::Plain,
+                            (stamp.origin, stamp.seq),
+                        ) > 0;
+                };
                 if !r.core.contains(&stamp) && r.replayed.insert(stamp) {
-                    let scope = Scope::Clients(&r.clients);
+                    let scope = Scope::Clients(clients);
                     return broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq)) > 0;
                 }
             }
-            ReplayCommand::End(token) => {
+            ReplayCommand::End(token, done) => {
                 self.running.remove(&token);
+                let _ = done.send(());
             }
         }
         false
@@ -252,6 +273,63 @@ async fn replay_and_report(inner: Arc<Inner>, request: ReplayRequest) {
     }
 }
 
+/// NATS dropped messages for this node's subscriptions (a slow consumer):
+/// the QoS 1/2 ones among those in transit since `from_ms` that this node
+/// has not routed are routed now. One repair at a time: false when one
+/// is in progress (or there is no transit stream yet).
+pub fn repair(inner: &Arc<Inner>, from_ms: u64) -> bool {
+    if inner.transit.get().is_none() || inner.repairing.swap(true, Ordering::AcqRel) {
+        return false;
+    }
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let repaired = repair_from(&inner, from_ms).await;
+        inner.repairing.store(false, Ordering::Release);
+        match repaired {
+            Ok(n) => tracing::info!(
+                messages = n,
+                "messages NATS dropped for this node read again from transit"
+            ),
+            Err(e) => tracing::warn!("messages NATS dropped for this node not repaired: {e}"),
+        }
+    });
+    true
+}
+
+async fn repair_from(inner: &Arc<Inner>, from_ms: u64) -> Result<usize, String> {
+    let Some(js) = inner.transit.get() else {
+        return Err("the transit stream is not open".into());
+    };
+    let token: u64 = rand::random();
+    let routes = &inner.replays;
+    routes
+        .send(ReplayCommand::Start(token, None))
+        .await
+        .map_err(|_| "the routing task is gone")?;
+    // Everything but this node's own messages (never brought by core NATS).
+    let mine = Receipt {
+        own: inner.origin,
+        ..Receipt::default()
+    };
+    let none = HashSet::new();
+    let skip = Skip {
+        receipt: &mine,
+        own_before: 0,
+        held: &none,
+    };
+    let read = read_since(inner, js, from_ms, token, &skip).await;
+    end(routes, token).await;
+    read
+}
+
+/// Ends replay `token` once the routing task has served all it was sent.
+async fn end(routes: &mpsc::Sender<ReplayCommand>, token: u64) {
+    let (done, served) = oneshot::channel();
+    if routes.send(ReplayCommand::End(token, done)).await.is_ok() {
+        let _ = served.await;
+    }
+}
+
 /// Waits until no replay to `client_id`'s session is in progress, at most
 /// `limit` (a session handed over meanwhile would miss the rest).
 pub async fn await_replay(inner: &Inner, client_id: &str, limit: Duration) {
@@ -271,13 +349,40 @@ pub async fn await_replay(inner: &Inner, client_id: &str, limit: Duration) {
 /// Replays to the rebuilt sessions the messages in transit that their dead
 /// node may not have stored; returns how many were read for them.
 async fn replay(inner: &Arc<Inner>, request: ReplayRequest) -> Result<usize, String> {
+    // First of all: from now on, what core NATS brings reached the sessions.
+    let token: u64 = rand::random();
+    let routes = &inner.replays;
+    let clients = Arc::new(request.clients);
+    routes
+        .send(ReplayCommand::Start(token, Some(clients)))
+        .await
+        .map_err(|_| "the routing task is gone")?;
+    let read = replay_read(
+        inner,
+        token,
+        &request.dead,
+        request.own_before,
+        &request.held,
+    )
+    .await;
+    end(routes, token).await;
+    read
+}
+
+async fn replay_read(
+    inner: &Arc<Inner>,
+    token: u64,
+    dead: &str,
+    own_before: u64,
+    held: &HashSet<(u64, u64)>,
+) -> Result<usize, String> {
     let Some(js) = inner.transit.get() else {
         return Err("the transit stream is not open".into());
     };
     let Some(buckets) = inner.buckets.get() else {
         return Err("the buckets are not open".into());
     };
-    let receipt = match buckets.receipts.get(keys::node(&request.dead)).await {
+    let receipt = match buckets.receipts.get(keys::node(dead)).await {
         Ok(Some(raw)) => Receipt::decode(&raw).unwrap_or_default(),
         Ok(None) => Receipt::default(),
         Err(e) => return Err(format!("the dead node's receipt could not be read: {e}")),
@@ -287,23 +392,35 @@ async fn replay(inner: &Arc<Inner>, request: ReplayRequest) -> Result<usize, Str
     } else {
         receipt.at_ms.saturating_sub(MARGIN.as_millis() as u64)
     };
-    // From now on, what core NATS brings reached the sessions.
-    let token: u64 = rand::random();
-    let routes = &inner.replays;
-    let clients = Arc::new(request.clients);
-    routes
-        .send(ReplayCommand::Start(token, clients))
-        .await
-        .map_err(|_| "the routing task is gone")?;
     // Once the sessions' interest has reached the other nodes, what they
     // publish comes through core NATS: the replay reads up to then.
     let (ready, wait) = oneshot::channel();
     if inner.commands.send(Command::Ready(ready)).is_ok() {
         let _ = tokio::time::timeout(inner.timeout, wait).await;
     }
-    let read = read_since(inner, js, from_ms, token, &receipt, request.own_before).await;
-    let _ = routes.send(ReplayCommand::End(token)).await;
-    read
+    let skip = Skip {
+        receipt: &receipt,
+        own_before,
+        held,
+    };
+    read_since(inner, js, from_ms, token, &skip).await
+}
+
+/// Which transit messages a replay leaves out.
+struct Skip<'a> {
+    /// Those the dead node stored (its own included).
+    receipt: &'a Receipt,
+    /// This node's own after this number (routed here directly).
+    own_before: u64,
+    /// Those the rebuilt sessions hold.
+    held: &'a HashSet<(u64, u64)>,
+}
+
+impl Skip<'_> {
+    fn wanted(&self, inner: &Inner, stamp: Stamp) -> bool {
+        let own_later = stamp.origin == inner.origin && stamp.seq > self.own_before;
+        self.receipt.missed(stamp) && !own_later && !self.held.contains(&(stamp.origin, stamp.seq))
+    }
 }
 
 /// Reads the transit stream from `from_ms` and hands the messages the
@@ -313,8 +430,7 @@ async fn read_since(
     js: &jetstream::Context,
     from_ms: u64,
     token: u64,
-    receipt: &Receipt,
-    own_before: u64,
+    skip: &Skip<'_>,
 ) -> Result<usize, String> {
     let stream = js.get_stream(STREAM).await.map_err(|e| e.to_string())?;
     let nanos = i128::from(from_ms) * 1_000_000;
@@ -347,8 +463,7 @@ async fn read_since(
         let Ok((stamp, msg)) = envelope::decode(next.payload.clone(), Instant::now()) else {
             continue;
         };
-        let own_later = stamp.origin == inner.origin && stamp.seq > own_before;
-        if receipt.missed(stamp) && !own_later {
+        if skip.wanted(inner, stamp) {
             handed += 1;
             inner
                 .replays

@@ -36,6 +36,11 @@ pub struct ClusterConfig {
     /// How long one request to NATS may take (a claim, a takeover), in
     /// milliseconds.
     pub timeout_ms: u64,
+    /// Messages from other nodes buffered per NATS subscription while this
+    /// node routes the earlier ones; past it NATS drops them (a slow
+    /// consumer) and the node repairs the gap for QoS 1/2 from the
+    /// transit stream.
+    pub subscription_capacity: usize,
 }
 
 impl Default for ClusterConfig {
@@ -52,6 +57,7 @@ impl Default for ClusterConfig {
             tls_key: None,
             replicas: 3,
             timeout_ms: 2000,
+            subscription_capacity: 65_536,
         }
     }
 }
@@ -88,6 +94,14 @@ pub fn validate(c: &ClusterConfig) -> Result<(), (&'static str, String)> {
     }
     if c.timeout_ms == 0 {
         return Err(("cluster.timeout-ms", "must be at least 1".into()));
+    }
+    // JetStream reads (a replay, a session rebuilt) go through the same
+    // buffers, in batches of up to 500 messages.
+    if !(1024..=1 << 24).contains(&c.subscription_capacity) {
+        return Err((
+            "cluster.subscription-capacity",
+            "must be 1,024 to 16,777,216".into(),
+        ));
     }
     if c.tls_cert.is_some() != c.tls_key.is_some() {
         return Err((

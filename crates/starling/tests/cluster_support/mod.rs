@@ -306,7 +306,7 @@ impl Cluster {
             "the NATS servers did not start: {last}"
         );
         for (i, server) in cluster.nats.iter().enumerate() {
-            let node = start_node(&cluster.dir, i + 1, server.port);
+            let node = start_node(&cluster.dir, i + 1, server.port, "");
             cluster.nodes.push(node);
         }
         for node in &mut cluster.nodes {
@@ -330,8 +330,15 @@ impl Cluster {
     /// Starts node `n` again (after its process was killed), on its data
     /// directory and NATS server; waits until it is ready.
     pub fn restart_node(&mut self, n: usize) {
+        self.restart_node_with(n, "");
+    }
+
+    /// Kills node `n` if it runs and starts it again with `cluster` added
+    /// to its `[cluster]` table (TOML lines).
+    pub fn restart_node_with(&mut self, n: usize, cluster: &str) {
+        self.nodes[n - 1].proc.kill();
         let nats_port = self.nats[n - 1].port;
-        let mut node = start_node(&self.dir, n, nats_port);
+        let mut node = start_node(&self.dir, n, nats_port, cluster);
         node.port = wait_node(&node.proc);
         self.nodes[n - 1] = node;
     }
@@ -471,16 +478,21 @@ fn start_nats(bin: &Path, dir: &Path, attempt: usize) -> Result<Vec<NatsServer>,
     Ok(servers)
 }
 
-fn start_node(dir: &Path, n: usize, nats_port: u16) -> Node {
+fn start_node(dir: &Path, n: usize, nats_port: u16, cluster: &str) -> Node {
     let id = format!("node{n}");
+    let config = dir.join(format!("{id}.toml"));
+    let toml = format!(
+        "[cluster]\nnats = [\"nats://127.0.0.1:{nats_port}\"]\nnode-id = \"{id}\"\n{cluster}\n"
+    );
+    std::fs::write(&config, toml).expect("the node's configuration is written");
     let level = std::env::var("CLUSTER_TEST_LOG").unwrap_or_else(|_| "info".into());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_starling"));
     cmd.arg("broker")
         .args(["--listen", "mqtt://127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir.join(&id))
-        .args(["--cluster", &format!("nats://127.0.0.1:{nats_port}")])
-        .args(["--node-id", &id])
+        .arg("--config")
+        .arg(&config)
         .args(["--log-level", &level, "--log-format", "text"])
         .env_remove("RUST_LOG");
     Node {
