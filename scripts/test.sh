@@ -39,5 +39,8 @@ STARLING_BIN="$PWD/target/debug/starling" scripts/bench-smoke.sh --no-build
 echo "==> cluster benchmark smoke (three nats-servers, three nodes, NATS MQTT; tiny counts)"
 STARLING_BIN="$PWD/target/debug/starling" bash bench/cluster.sh --smoke
 
+echo "==> cluster demo smoke (three nats-servers, three nodes, HAProxy with PROXY v2)"
+STARLING_BIN="$PWD/target/debug/starling" bash scripts/cluster-demo.sh --smoke
+
 echo "==> Debian package (build with cargo deb, dpkg -i, check the installed files, purge)"
 bash scripts/test-deb.sh
