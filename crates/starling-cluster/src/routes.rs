@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use futures_util::stream::{abortable, AbortHandle, Abortable, SelectAll};
 use futures_util::StreamExt;
 use starling_broker::{BrokerState, Scope};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::StreamMap;
 
 use crate::dedup::Seen;
 use crate::shared::ReplayCommand;
@@ -18,9 +18,25 @@ use crate::shared::{Command, Inner};
 use crate::transit::Replays;
 use crate::{envelope, keys, probe, subject};
 
-/// A NATS subscription of this node: plain, or serving one shared group.
+/// A NATS subscription of this node: plain, or serving one shared group;
+/// aborting it ends (and unsubscribes) its stream.
 struct Route {
     share: Option<Arc<str>>,
+    stop: AbortHandle,
+}
+
+/// A subscription's messages, tagged with its key.
+type Tagged = Abortable<
+    futures_util::stream::Map<
+        async_nats::Subscriber,
+        Box<dyn FnMut(async_nats::Message) -> (u64, async_nats::Message) + Send>,
+    >,
+>;
+
+fn tagged(key: u64, subscriber: async_nats::Subscriber) -> (Tagged, AbortHandle) {
+    let tag: Box<dyn FnMut(async_nats::Message) -> (u64, async_nats::Message) + Send> =
+        Box::new(move |m| (key, m));
+    abortable(subscriber.map(tag))
 }
 
 /// Runs until the broker is gone.
@@ -30,7 +46,10 @@ pub async fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
     mut replay_rx: mpsc::Receiver<ReplayCommand>,
 ) {
-    let mut subs: StreamMap<u64, async_nats::Subscriber> = StreamMap::new();
+    // A `SelectAll` wakes on the subscription that has a message (a
+    // `StreamMap` polls every one of them for each message: with many
+    // distinct filters routing crawled). Removal aborts the stream.
+    let mut subs: SelectAll<Tagged> = SelectAll::new();
     let mut routes: HashMap<u64, Route> = HashMap::new();
     let mut by_filter: HashMap<String, Vec<u64>> = HashMap::new();
     let mut next_key = 0u64;
@@ -61,9 +80,11 @@ pub async fn run(
                         match made {
                             Ok(s) => {
                                 next_key += 1;
-                                subs.insert(next_key, s);
+                                let (stream, stop) = tagged(next_key, s);
+                                subs.push(stream);
                                 routes.insert(next_key, Route {
                                     share: share.map(|_| Arc::from(filter.as_str())),
+                                    stop,
                                 });
                                 ids.push(next_key);
                             }
@@ -74,9 +95,11 @@ pub async fn run(
                 }
                 Some(Command::Remove(filter)) => {
                     for id in by_filter.remove(&filter).unwrap_or_default() {
-                        routes.remove(&id);
-                        // Dropping the subscriber unsubscribes it.
-                        subs.remove(&id);
+                        // The aborted stream ends; dropping its subscriber
+                        // unsubscribes it.
+                        if let Some(route) = routes.remove(&id) {
+                            route.stop.abort();
+                        }
                     }
                 }
                 Some(Command::Ready(done)) => ready.wait(&inner, done),
