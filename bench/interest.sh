@@ -32,26 +32,13 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-read -r -a PORTS <<< "$(python3 -c '
-import socket
-held = [socket.socket() for _ in range(9)]
-for s in held:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in held))')"
+# shellcheck source=../scripts/lib/procs.sh
+. "$ROOT/scripts/lib/procs.sh"
+read -r -a PORTS <<< "$(free_ports 9)"
 declare -a CP RP SP NPID SPID
 for i in 1 2 3; do
     CP[$i]=${PORTS[$((i - 1))]}; RP[$i]=${PORTS[$((i + 2))]}; SP[$i]=${PORTS[$((i + 5))]}
 done
-wait_log() {
-    local file=$1 pattern=$2
-    for _ in $(seq 600); do
-        grep -q "$pattern" "$file" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "timed out waiting for '$pattern' in $file" >&2
-    tail -20 "$file" >&2
-    exit 1
-}
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 ROUTES="nats://127.0.0.1:${RP[1]}, nats://127.0.0.1:${RP[2]}, nats://127.0.0.1:${RP[3]}"

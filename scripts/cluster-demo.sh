@@ -38,13 +38,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# N free ports on 127.0.0.1, all different (their sockets held together).
-read -r -a PORTS <<< "$(python3 -c '
-import socket
-held = [socket.socket() for _ in range(14)]
-for s in held:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in held))')"
+# shellcheck source=lib/procs.sh
+. "$ROOT/scripts/lib/procs.sh"
+read -r -a PORTS <<< "$(free_ports 14)"
 declare -a CP RP SP HP
 for i in 1 2 3; do
     CP[$i]=${PORTS[$((i - 1))]}; RP[$i]=${PORTS[$((i + 2))]}
@@ -52,18 +48,6 @@ for i in 1 2 3; do
 done
 FRONT=${PORTS[12]}
 STATS=${PORTS[13]}
-
-# Waits (at most 60 s) until `file` has a line matching `pattern`.
-wait_log() {
-    local file=$1 pattern=$2
-    for _ in $(seq 600); do
-        grep -q "$pattern" "$file" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "cluster-demo: timed out waiting for '$pattern' in $file" >&2
-    tail -20 "$file" >&2
-    exit 1
-}
 
 ROUTES="nats://127.0.0.1:${RP[1]}, nats://127.0.0.1:${RP[2]}, nats://127.0.0.1:${RP[3]}"
 for i in 1 2 3; do

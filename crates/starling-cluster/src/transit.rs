@@ -56,8 +56,13 @@ pub const REPAIR_CHECK: Duration = Duration::from_millis(250);
 pub const REPAIR_BACK: Duration = Duration::from_secs(2);
 /// Messages one replay reads at most.
 const REPLAY_LIMIT: usize = 2_000_000;
-/// Stamps a replay remembers of core NATS deliveries at most.
-const RECORD_LIMIT: usize = 4_000_000;
+/// Stamps a replay remembers of core NATS deliveries at most (past it,
+/// a message core NATS brought may be replayed to the sessions again).
+const RECORD_LIMIT: usize = 1_000_000;
+/// Replays at once at most: each reads the whole transit window and
+/// records what core NATS brings, so a crowd of clients coming back after a
+/// node's death waits in line instead of multiplying that cost.
+const MAX_REPLAYS: usize = 8;
 
 /// The transit subject of a message subject.
 fn subject(message_subject: &str) -> String {
@@ -234,13 +239,21 @@ impl Replays {
     }
 }
 
-/// Serves replay requests, each on its own task.
+/// Serves replay requests, each on its own task, [`MAX_REPLAYS`] at once.
 pub async fn serve_replays(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<ReplayRequest>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_REPLAYS));
     while let Some(request) = rx.recv().await {
         if inner.broker().is_none() {
             return;
         }
-        tokio::spawn(replay_and_report(inner.clone(), request));
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            replay_and_report(inner, request).await;
+            drop(slot);
+        });
     }
 }
 
