@@ -26,7 +26,7 @@ pub const CHUNK: usize = 256 * 1024;
 
 const SESSION: u8 = 1;
 const SUBSCRIPTION: u8 = 2;
-const QUEUED: u8 = 3;
+pub(crate) const QUEUED: u8 = 3;
 const IN_FLIGHT: u8 = 4;
 const QOS2_RECEIVED: u8 = 5;
 
@@ -238,7 +238,7 @@ impl BrokerState {
         Ok(())
     }
 
-    fn install(
+    pub(crate) fn install(
         self: &Arc<Self>,
         session: &Arc<Session>,
         tag: u8,

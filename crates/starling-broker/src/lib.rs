@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 mod connection;
 pub mod events;
+mod fence;
 mod handover;
 mod journal;
 mod lifecycle;

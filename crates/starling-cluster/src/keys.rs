@@ -64,6 +64,12 @@ pub fn handover(node: &str) -> String {
     format!("starling.node.{node}.handover")
 }
 
+/// The subject on which node `node` takes messages for a session it owns
+/// that another node held for it while cut off (see `rejoin`).
+pub fn merge(node: &str) -> String {
+    format!("starling.node.{node}.merge")
+}
+
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod backlog;
 mod buckets;
 mod dedup;
 mod envelope;
@@ -19,6 +20,7 @@ mod node;
 mod owners;
 mod probe;
 mod receipt;
+mod rejoin;
 pub mod replica;
 mod retained;
 mod routes;

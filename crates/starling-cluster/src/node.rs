@@ -30,6 +30,9 @@ use crate::{owners, retained, subject, ClusterError};
 /// Messages waiting to be handed to NATS at most; past it a message is not
 /// forwarded (and counted), as core NATS would drop it for a slow consumer.
 const OUTBOX: usize = 65_536;
+/// Bytes of messages waiting to be handed to NATS at most (they wait there
+/// while NATS is away).
+const OUTBOX_BYTES: usize = 256 << 20;
 
 /// This node in a cluster over NATS.
 pub struct NatsCluster {
@@ -68,6 +71,7 @@ impl NatsCluster {
             timeout: Duration::from_millis(config.timeout_ms),
             counters,
             outbox,
+            outbox_bytes: Default::default(),
             transit: OnceLock::new(),
             replays,
             replay_requests,
@@ -96,6 +100,9 @@ impl NatsCluster {
         tokio::spawn(owners::serve_takeovers(inner.clone()));
         tokio::spawn(owners::serve_handovers(inner.clone()));
         tokio::spawn(crate::probe::serve(inner.clone()));
+        tokio::spawn(crate::rejoin::run(inner.clone()));
+        tokio::spawn(crate::rejoin::serve_merges(inner.clone()));
+        tokio::spawn(crate::rejoin::watch_owners(inner.clone()));
         tokio::spawn(open_buckets(
             inner.clone(),
             config.replicas,
@@ -173,12 +180,18 @@ impl Cluster for NatsCluster {
             tracing::warn!(topic = %message.topic, "retained message not shared: too many waiting");
         }
         let subject = subject::of_topic(&message.topic);
-        // Kept in transit only while it can be (NATS down: this node's own
-        // subscribers are all it reaches).
-        let keep = message.qos != starling_codec::QoS::AtMostOnce
-            && inner.transit.get().is_some()
-            && inner.connected();
-        let (kept, wait) = if keep {
+        // A QoS 1/2 message is kept in transit (once the stream is open),
+        // and its acknowledgement waits for that while NATS is here; while
+        // it is away the message waits in the outbox for it (bounded: past
+        // it, it is not forwarded, counted). A QoS 0 message has nowhere to
+        // go meanwhile.
+        let connected = inner.connected();
+        let qos = message.qos != starling_codec::QoS::AtMostOnce;
+        if !connected && !qos {
+            return None;
+        }
+        let keep = qos && inner.transit.get().is_some();
+        let (kept, wait) = if keep && connected {
             let (kept, wait) = tokio::sync::oneshot::channel();
             (Some(kept), Some(wait))
         } else {
@@ -187,9 +200,20 @@ impl Cluster for NatsCluster {
         let out = ToNats {
             subject,
             payload,
+            keep,
             kept,
         };
-        match inner.outbox.try_send(out) {
+        let size = out.payload.len();
+        let queued = inner.outbox_bytes.fetch_add(size, Ordering::Relaxed);
+        let sent = if queued + size > OUTBOX_BYTES {
+            Err(())
+        } else {
+            inner.outbox.try_send(out).map_err(|_| ())
+        };
+        if sent.is_err() {
+            inner.outbox_bytes.fetch_sub(size, Ordering::Relaxed);
+        }
+        match sent {
             Ok(()) => {
                 inner.counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 wait
@@ -271,7 +295,9 @@ impl Cluster for NatsCluster {
     }
 
     fn congested(&self) -> bool {
-        self.inner.outbox.capacity() < OUTBOX / 4
+        // Without NATS the outbox holds what waits for it: publishers here
+        // are not held back for that.
+        self.inner.outbox.capacity() < OUTBOX / 4 && self.inner.connected()
     }
 
     fn interest_ready(&self) -> Option<ClusterFuture<()>> {

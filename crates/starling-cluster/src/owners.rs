@@ -108,6 +108,10 @@ async fn claim_owner(inner: &Inner, client_id: &str, persistent: bool) -> Owners
     // The write comes first: of two nodes racing, only the winner disturbs
     // the old owner. The revision read fences the write.
     let read = entry.as_ref().map_or(0, |e| e.revision);
+    let previous = entry
+        .as_ref()
+        .filter(|e| e.operation == Operation::Put)
+        .map(|e| e.value.clone());
     let written = match entry {
         None => store.create(&key, me).await.map_err(|e| {
             let lost = e.kind() == kv::CreateErrorKind::AlreadyExists;
@@ -123,10 +127,29 @@ async fn claim_owner(inner: &Inner, client_id: &str, persistent: bool) -> Owners
     };
     match written {
         Ok(revision) => {
-            if let Some(owner) = predecessor(inner, store, &key, read, revision).await {
-                take_from(inner, &owner, client_id).await;
+            let Some(owner) = predecessor(inner, store, &key, read, revision).await else {
+                return Ownership::Local;
+            };
+            if take_from(inner, &owner, client_id).await || !persistent {
+                return Ownership::Local;
             }
-            Ownership::Local
+            // The session could not be had (its replica unreadable now):
+            // the owner goes back to what it was, for a later try.
+            let reverted = match previous {
+                Some(value) => store
+                    .update(&key, value, revision)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => store
+                    .delete_expect_revision(&key, Some(revision))
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = reverted {
+                tracing::warn!(%client_id, "session owner not restored: {e}");
+            }
+            unreachable
         }
         Err((true, _)) => {
             tracing::info!(%client_id, "another node claimed this client id first");
@@ -186,33 +209,44 @@ async fn predecessor(
 
 /// Asks node `owner` to close `client_id` there and hand its session over,
 /// and installs what comes. An owner that does not answer (it is gone) is
-/// passed over.
-async fn take_from(inner: &Inner, owner: &str, client_id: &str) {
-    let asked = inner
-        .client
-        .request(keys::takeover(owner), Bytes::from(client_id.to_string()));
-    let count = match tokio::time::timeout(inner.timeout, asked).await {
-        Ok(Ok(reply)) if reply.payload.len() == 4 => u32::from_be_bytes([
-            reply.payload[0],
-            reply.payload[1],
-            reply.payload[2],
-            reply.payload[3],
-        ]),
-        Ok(Ok(_)) => 0,
-        Ok(Err(e)) => {
-            tracing::info!(%client_id, %owner, "the previous owner did not answer: {e}");
-            rebuild(inner, owner, client_id).await;
-            return;
+/// passed over: the session is rebuilt from its replica. `false`: the
+/// session could not be had.
+async fn take_from(inner: &Inner, owner: &str, client_id: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + BUSY_FOR;
+    let count = loop {
+        let asked = inner
+            .client
+            .request(keys::takeover(owner), Bytes::from(client_id.to_string()));
+        let count = match tokio::time::timeout(inner.timeout, asked).await {
+            Ok(Ok(reply)) if reply.payload.len() == 4 => u32::from_be_bytes([
+                reply.payload[0],
+                reply.payload[1],
+                reply.payload[2],
+                reply.payload[3],
+            ]),
+            Ok(Ok(_)) => 0,
+            Ok(Err(e)) => {
+                tracing::info!(%client_id, %owner, "the previous owner did not answer: {e}");
+                return rebuild(inner, owner, client_id).await;
+            }
+            Err(_) => {
+                tracing::info!(%client_id, %owner, "the previous owner did not answer in time");
+                return rebuild(inner, owner, client_id).await;
+            }
+        };
+        if count != BUSY {
+            break count;
         }
-        Err(_) => {
-            tracing::info!(%client_id, %owner, "the previous owner did not answer in time");
-            rebuild(inner, owner, client_id).await;
-            return;
+        // Its messages are still being replayed there: asked again.
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(%client_id, %owner, "the session is still being rebuilt on its node");
+            return false;
         }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     };
     if count == 0 {
         tracing::debug!(%client_id, %owner, "taken over from another node (no session to move)");
-        return;
+        return true;
     }
     let mut chunks = Vec::with_capacity(count as usize);
     for index in 0..count {
@@ -220,62 +254,101 @@ async fn take_from(inner: &Inner, owner: &str, client_id: &str) {
             Some(chunk) => chunks.push(chunk),
             None => {
                 tracing::warn!(%client_id, %owner, "the session could not be moved: a part of it did not come");
-                return;
+                return true;
             }
         }
     }
-    let Some(broker) = inner.broker() else { return };
+    let Some(broker) = inner.broker() else {
+        return true;
+    };
     match broker.take_handover(client_id, &chunks) {
         Ok(()) => {
             tracing::info!(%client_id, %owner, parts = count, "session moved from another node")
         }
         Err(e) => tracing::warn!(%client_id, %owner, "the session could not be moved: {e}"),
     }
+    true
 }
 
 /// A node died (see `wills`): the sessions it owned are adopted here,
 /// rebuilt from their replicas, so that their subscriptions keep receiving
 /// until their clients come back (to any node, which takes them from
 /// here). Each is claimed with a write fenced on the revision read.
-pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) {
+/// Returns whether every session was settled (else it is tried again).
+pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) -> bool {
     let Some(buckets) = inner.buckets.get() else {
-        return;
+        return false;
     };
     let mut watch = match buckets.owners.watch_with_history(">").await {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!(node = %dead, "the sessions of a dead node could not be listed: {e}");
-            return;
+            return false;
         }
     };
     let own_before = inner.seq.load(std::sync::atomic::Ordering::Relaxed);
     let mut rebuilt = HashSet::new();
     let mut held = HashSet::new();
     let mut adopted = 0usize;
-    while let Ok(Some(Ok(entry))) = tokio::time::timeout(inner.timeout, watch.next()).await {
+    let mut complete = true;
+    loop {
+        let entry = match tokio::time::timeout(inner.timeout, watch.next()).await {
+            Ok(Some(Ok(entry))) => entry,
+            Ok(None) => break,
+            _ => {
+                complete = false;
+                break;
+            }
+        };
         let last = entry.delta == 0;
+        // Heard again: it is not dead (what was adopted so far it finds
+        // owned elsewhere and gives up, see `rejoin`).
+        if inner.live.lock().contains_key(dead) {
+            tracing::info!(node = %dead, "a node thought dead is back: its sessions stay");
+            break;
+        }
         if entry.operation == Operation::Put && keys::owner_node(&entry.value) == dead {
             if let Some(client_id) = keys::owner_client(&entry.value) {
                 let me = keys::owner_value(&inner.node_id, &client_id);
                 let claimed = buckets.owners.update(&entry.key, me, entry.revision).await;
-                if let Ok(revision) = claimed {
-                    // Held here already (its owner moved away and back, or
-                    // this node's copy is newer than the replica): kept.
-                    let here = inner
-                        .broker()
-                        .is_some_and(|b| b.session(&client_id).is_some());
-                    if here {
-                        adopted += 1;
-                    } else if recover_session(inner, &client_id, true, &mut held).await {
-                        adopted += 1;
-                        rebuilt.insert(ByteString::from(client_id.as_str()));
-                    } else {
-                        // A clean session: nothing to keep.
-                        let _ = buckets
-                            .owners
-                            .delete_expect_revision(&entry.key, Some(revision))
-                            .await;
+                match claimed {
+                    Ok(revision) => {
+                        // Held here already (its owner moved away and back, or
+                        // this node's copy is newer than the replica): kept.
+                        let here = inner
+                            .broker()
+                            .is_some_and(|b| b.session(&client_id).is_some());
+                        let outcome = if here {
+                            Rebuilt::Installed
+                        } else {
+                            recover_session(inner, &client_id, true, &mut held).await
+                        };
+                        match outcome {
+                            Rebuilt::Installed => {
+                                adopted += 1;
+                                if !here {
+                                    rebuilt.insert(ByteString::from(client_id.as_str()));
+                                }
+                            }
+                            // A clean session: nothing to keep.
+                            Rebuilt::Nothing => {
+                                let _ = buckets
+                                    .owners
+                                    .delete_expect_revision(&entry.key, Some(revision))
+                                    .await;
+                            }
+                            // Back to the dead node, for the next try.
+                            Rebuilt::Failed => {
+                                complete = false;
+                                let _ = buckets
+                                    .owners
+                                    .update(&entry.key, entry.value.clone(), revision)
+                                    .await;
+                            }
+                        }
                     }
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                    Err(_) => complete = false,
                 }
             }
         }
@@ -283,18 +356,25 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) {
             break;
         }
     }
-    tracing::info!(node = %dead, sessions = adopted, "adopted the persistent sessions of a dead node");
+    tracing::info!(node = %dead, sessions = adopted, complete, "adopted the persistent sessions of a dead node");
     request_replay(inner, dead, rebuilt, own_before, held);
+    complete
 }
 
 /// The previous owner of `client_id`, `owner`, did not answer: the session
 /// is rebuilt from its replica, and what `owner` may have missed replayed.
-async fn rebuild(inner: &Inner, owner: &str, client_id: &str) {
+/// `false`: the replica could not be read.
+async fn rebuild(inner: &Inner, owner: &str, client_id: &str) -> bool {
     let own_before = inner.seq.load(std::sync::atomic::Ordering::Relaxed);
     let mut held = HashSet::new();
-    if recover_session(inner, client_id, false, &mut held).await {
-        let clients = HashSet::from([ByteString::from(client_id)]);
-        request_replay(inner, owner, clients, own_before, held);
+    match recover_session(inner, client_id, false, &mut held).await {
+        Rebuilt::Installed => {
+            let clients = HashSet::from([ByteString::from(client_id)]);
+            request_replay(inner, owner, clients, own_before, held);
+            true
+        }
+        Rebuilt::Nothing => true,
+        Rebuilt::Failed => false,
     }
 }
 
@@ -321,21 +401,36 @@ fn request_replay(
     });
 }
 
+/// What became of a session rebuilt from its replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rebuilt {
+    Installed,
+    /// There was no persistent session.
+    Nothing,
+    /// The replica could not be read (or the session not installed).
+    Failed,
+}
+
 /// The previous owner is gone: its client's session is rebuilt from its
-/// replica, if it was persistent (then `true`).
+/// replica, if it was persistent.
 async fn recover_session(
     inner: &Inner,
     client_id: &str,
     adopt: bool,
     held: &mut HashSet<(u64, u64)>,
-) -> bool {
-    let Some(recovered) = replica::recover(&inner.replica, client_id).await else {
-        return false;
+) -> Rebuilt {
+    let recovered = match replica::recover(&inner.replica, client_id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return Rebuilt::Nothing,
+        Err(e) => {
+            tracing::warn!(%client_id, "the replicated session could not be read: {e}");
+            return Rebuilt::Failed;
+        }
     };
     let (chunks, old) = (recovered.chunks, recovered.subjects);
     held.extend(recovered.stamps);
     let Some(broker) = inner.broker() else {
-        return false;
+        return Rebuilt::Failed;
     };
     let installed = if adopt {
         broker.adopt_handover(client_id, &chunks)
@@ -344,7 +439,7 @@ async fn recover_session(
     };
     if let Err(e) = installed {
         tracing::warn!(%client_id, "the replicated session could not be installed: {e}");
-        return false;
+        return Rebuilt::Failed;
     }
     inner
         .replica
@@ -362,7 +457,7 @@ async fn recover_session(
         }
         replica::forget(&replica, &client_id, old).await;
     });
-    true
+    Rebuilt::Installed
 }
 
 /// One part of a session being handed over, asked up to three times.
@@ -412,6 +507,11 @@ pub async fn release(inner: &Inner, client_id: &str) {
     }
 }
 
+/// A takeover's answer while the session's replay is in progress.
+const BUSY: u32 = u32::MAX;
+/// How long a takeover asks again while the answer is [`BUSY`].
+const BUSY_FOR: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// How long a handed-over session waits to be fetched.
 const HANDOVER_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -451,7 +551,11 @@ async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) ->
     if broker.session(client_id).is_none() {
         return 0;
     }
-    crate::transit::await_replay(inner, client_id, inner.timeout * 3 / 4).await;
+    // A session whose messages are being replayed moves once they are in
+    // its queue: until then the new node is told to ask again.
+    if !crate::transit::await_replay(inner, client_id, inner.timeout / 2).await {
+        return BUSY;
+    }
     // Whatever ends here now, the claim is the new owner's: no release.
     inner.handing_over.lock().insert(client_id.to_string());
     if broker.kick_taken_over(client_id) {

@@ -33,6 +33,7 @@ use starling_broker::store::{
 };
 use starling_broker::HandoverBuilder;
 
+use crate::backlog::{client_of, Hold};
 use crate::keys;
 use crate::receipt::Receipt;
 
@@ -64,6 +65,8 @@ pub struct Replica {
     link: Arc<OnceLock<Link>>,
     /// What it counted.
     pub counters: Arc<ReplicaCounters>,
+    /// The changes held back, and the sessions fenced (see `backlog`).
+    pub(crate) hold: Arc<parking_lot::Mutex<Hold>>,
 }
 
 #[derive(Clone)]
@@ -178,6 +181,14 @@ struct Queues {
     dead: HashMap<String, u64>,
 }
 
+impl Queues {
+    /// Whether the replica may hold message `seq` of `client` (written by
+    /// this process, or by an earlier one).
+    fn may_hold(&self, client: &str, seq: u64) -> bool {
+        self.unknown.contains(client) || self.live.get(client).is_some_and(|l| l.contains_key(&seq))
+    }
+}
+
 /// Tombstones a session gathers before its messages are purged (when its
 /// queue is empty).
 const COMPACT_AFTER: u64 = 4096;
@@ -192,25 +203,34 @@ impl Store for ReplicatedStore {
         let Some(link) = self.replica.link.get() else {
             return Ok(());
         };
+        let (direct, receipts) = self.sort(link, ops);
+        if direct.is_empty() {
+            return Ok(());
+        }
         let counters = &self.replica.counters;
         let started = std::time::Instant::now();
-        let sent =
-            link.runtime
-                .block_on(replicate(link, ops, &mut self.queues, &mut self.received));
+        let sent = link.runtime.block_on(replicate(
+            link,
+            &direct,
+            &mut self.queues,
+            &mut self.received,
+            receipts,
+        ));
         match sent {
             Ok(n) => {
                 tracing::trace!(changes = n, took = ?started.elapsed(), "replicated");
                 counters.written.fetch_add(n, Ordering::Relaxed);
             }
             Err(e) => {
-                // Kept here: the node still has it; it is lost only if the
-                // node dies before NATS is back (counted in $SYS).
+                // Held here: the sessions are behind until NATS is back
+                // (lost only if the node dies before; counted in $SYS).
+                self.hold_back(&direct);
                 if counters
                     .failed
                     .fetch_add(1, Ordering::Relaxed)
                     .is_multiple_of(1000)
                 {
-                    tracing::warn!("session changes not replicated (kept on this node): {e}");
+                    tracing::warn!("session changes not replicated (held on this node): {e}");
                 }
             }
         }
@@ -223,6 +243,74 @@ impl Store for ReplicatedStore {
 
     fn load(&mut self) -> Result<Loaded, StoreError> {
         self.local.load()
+    }
+}
+
+impl ReplicatedStore {
+    /// Sorts a batch: the changes to write now (after the backlogs found
+    /// due), with each message's stamp right after it, and whether a
+    /// receipt may be written (not while anything is held: it would count
+    /// messages the replica lacks). Fenced sessions' changes are dropped,
+    /// those of sessions behind (or all, while suspect) held.
+    fn sort(&self, link: &Link, ops: &[Op]) -> (Vec<Op>, bool) {
+        let came = came_with(ops);
+        let mut direct = Vec::with_capacity(ops.len() * 2);
+        let mut hold = self.replica.hold.lock();
+        if link.client.connection_state() != async_nats::connection::State::Connected {
+            hold.suspect = true;
+        }
+        for c in std::mem::take(&mut hold.due) {
+            if let Some(b) = hold.backlogs.remove(&c) {
+                direct.extend(b.ops(&c));
+            }
+        }
+        let suspect = hold.suspect;
+        for (i, op) in ops.iter().enumerate() {
+            let Some(c) = client_of(op) else {
+                if !matches!(op, Op::Received(..)) {
+                    direct.push(op.clone());
+                }
+                continue;
+            };
+            if hold.fenced.contains(&**c) {
+                if matches!(op, Op::DeleteSession(_)) {
+                    hold.fenced.remove(&**c);
+                }
+                continue;
+            }
+            if suspect || hold.backlogs.contains_key(&**c) {
+                let written = |seq| self.queues.may_hold(c, seq);
+                hold.backlogs
+                    .entry(c.to_string())
+                    .or_default()
+                    .add(op, came[i], written, !suspect);
+                continue;
+            }
+            direct.push(op.clone());
+            if let (Op::Message(..), Some((origin, seq))) = (op, came[i]) {
+                direct.push(Op::Received(origin, seq));
+            }
+        }
+        let receipts = !suspect && hold.backlogs.is_empty();
+        (direct, receipts)
+    }
+
+    /// A batch the replica did not take: its sessions are behind.
+    fn hold_back(&self, direct: &[Op]) {
+        let came = came_with(direct);
+        let mut hold = self.replica.hold.lock();
+        let early = !hold.suspect;
+        for (i, op) in direct.iter().enumerate() {
+            let Some(c) = client_of(op) else { continue };
+            if hold.fenced.contains(&**c) {
+                continue;
+            }
+            let written = |seq| self.queues.may_hold(c, seq);
+            hold.backlogs
+                .entry(c.to_string())
+                .or_default()
+                .add(op, came[i], written, early);
+        }
     }
 }
 
@@ -239,6 +327,7 @@ async fn replicate(
     ops: &[Op],
     queues: &mut Queues,
     received: &mut HashMap<u64, (u64, std::time::Instant)>,
+    receipts: bool,
 ) -> Result<u64, String> {
     if link.client.connection_state() != async_nats::connection::State::Connected {
         return Err("not connected to NATS".into());
@@ -346,7 +435,7 @@ async fn replicate(
         }
     }
     flush(link, &mut batch).await?;
-    if receipt_due {
+    if receipt_due && receipts {
         write_receipt(link, received, &stamps).await;
     }
     Ok(n)
@@ -474,9 +563,14 @@ pub struct Recovered {
 /// The replicated session of `client_id`, as a handover (see
 /// [`starling_broker::BrokerState::take_handover`]), with the subjects of
 /// its messages (to purge once the new owner has written them again).
-/// `None`: there is none, or it could not be read.
-pub async fn recover(replica: &Replica, client_id: &str) -> Option<Recovered> {
-    let link = replica.link.get()?;
+/// `Ok(None)`: there is none; `Err`: it could not be read (JetStream is
+/// away or electing a leader): the caller must not go on without it.
+pub async fn recover(replica: &Replica, client_id: &str) -> Result<Option<Recovered>, String> {
+    use jetstream::stream::LastRawMessageErrorKind;
+    let link = replica
+        .link
+        .get()
+        .ok_or("sessions are not replicated yet")?;
     let (prefix, p) = base(client_id);
     let stream = &link.streams[p];
     // No session record: nothing to read.
@@ -484,9 +578,21 @@ pub async fn recover(replica: &Replica, client_id: &str) -> Option<Recovered> {
     let last = stream.get_last_raw_message_by_subject(&session_subject);
     match tokio::time::timeout(link.timeout, last).await {
         Ok(Ok(m)) if !m.payload.is_empty() => {}
-        _ => return None,
+        Ok(Ok(_)) => return Ok(None),
+        Ok(Err(e)) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("JetStream did not answer in time".into()),
     }
+    read_session(link, stream, &prefix)
+        .await
+        .map(Some)
+        .ok_or_else(|| "the replicated session was not read whole".to_string())
+}
+
+/// Reads the session under `prefix` whole (see [`recover`]).
+async fn read_session(link: &Link, stream: &stream::Stream, prefix: &str) -> Option<Recovered> {
     let entries = read_all(link, stream, &format!("{prefix}.>")).await?;
+    let prefix = prefix.to_string();
     let mut session = None;
     let mut filters = BTreeMap::new();
     let mut messages = BTreeMap::new();
@@ -561,6 +667,12 @@ async fn read_all(link: &Link, stream: &stream::Stream, filter: &str) -> Option<
         })
         .await
         .ok()?;
+    // How many there are, as the stream's leader says: the consumer may
+    // sit on a replica still catching up (a server just back).
+    let expected = tokio::time::timeout(link.timeout, count_matching(stream, filter))
+        .await
+        .ok()
+        .and_then(Result::ok);
     let mut messages = consumer.messages().await.ok()?;
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + link.timeout * 10;
@@ -577,11 +689,25 @@ async fn read_all(link: &Link, stream: &stream::Stream, filter: &str) -> Option<
             .and_then(|h| h.get(STAMP))
             .and_then(|v| parse_stamp(v.as_str()));
         out.push((m.subject.to_string(), m.payload.clone(), stamp));
-        if pending == 0 {
+        if pending == 0 && expected.is_none_or(|e| out.len() >= e) {
             break;
         }
     }
     Some(out)
+}
+
+/// How many messages of `stream` match `filter`, as its leader counts.
+async fn count_matching(stream: &stream::Stream, filter: &str) -> Result<usize, String> {
+    let mut subjects = stream
+        .info_with_subjects(filter)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut n = 0usize;
+    while let Some(entry) = subjects.next().await {
+        let (_, count) = entry.map_err(|e| e.to_string())?;
+        n += count;
+    }
+    Ok(n)
 }
 
 /// Removes the replicated messages that a recovered session's new owner

@@ -97,6 +97,8 @@ pub(crate) struct Inner {
     pub timeout: Duration,
     pub counters: Counters,
     pub outbox: mpsc::Sender<ToNats>,
+    /// Bytes of the messages in the outbox.
+    pub outbox_bytes: std::sync::atomic::AtomicUsize,
     /// JetStream, once the transit stream is open.
     pub transit: OnceLock<async_nats::jetstream::Context>,
     /// Replays, to the routing task.
@@ -140,11 +142,13 @@ impl Inner {
     }
 }
 
-/// A message for the other nodes: its subject, its envelope, and for a
-/// QoS 1/2 message the sender its acknowledgement waits for.
+/// A message for the other nodes: its subject, its envelope, whether it is
+/// kept in transit (QoS 1/2), and the sender its acknowledgement waits for
+/// (if it does).
 pub struct ToNats {
     pub subject: String,
     pub payload: Bytes,
+    pub keep: bool,
     pub kept: Option<oneshot::Sender<()>>,
 }
 
@@ -163,6 +167,7 @@ pub enum ReplayCommand {
 }
 
 /// Sessions of dead node `dead` rebuilt here: asks for their replay.
+#[derive(Clone)]
 pub struct ReplayRequest {
     pub dead: String,
     pub clients: HashSet<ByteString>,

@@ -87,35 +87,57 @@ pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<(), async_
 
 /// Hands messages to NATS in the order they were accepted: a QoS 1/2
 /// message to the transit stream first, then to the nodes that want it.
+/// Without NATS, the task waits for it (the messages wait in the outbox; a
+/// publisher's acknowledgement does not).
 pub async fn forward(inner: Arc<Inner>, mut rx: mpsc::Receiver<ToNats>) {
     let (acks, acks_rx) = mpsc::channel(IN_FLIGHT);
     tokio::spawn(await_appends(inner.clone(), acks_rx));
-    while let Some(out) = rx.recv().await {
-        if let Some(done) = out.kept {
-            let js = inner.transit.get();
-            let appended = match js {
-                Some(js) => js.publish(subject(&out.subject), out.payload.clone()).await,
-                None => {
+    while let Some(mut out) = rx.recv().await {
+        inner
+            .outbox_bytes
+            .fetch_sub(out.payload.len(), Ordering::Relaxed);
+        if out.keep {
+            if !inner.connected() {
+                if let Some(done) = out.kept.take() {
                     let _ = done.send(());
-                    continue_publish(&inner, out.subject, out.payload).await;
-                    continue;
                 }
+                if !wait_connected(&inner).await {
+                    return;
+                }
+            }
+            let transit_subject = subject(&out.subject);
+            let ack = match inner.transit.get() {
+                Some(js) => js
+                    .publish(transit_subject.clone(), out.payload.clone())
+                    .await
+                    .ok(),
+                None => None,
             };
-            match appended {
-                Ok(ack) => {
-                    let deadline = Instant::now() + inner.timeout;
-                    if acks.send((ack, deadline, done)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    not_kept(&inner, &e.to_string());
-                    let _ = done.send(());
-                }
+            let append = Append {
+                subject: transit_subject,
+                payload: out.payload.clone(),
+                ack,
+                first: Instant::now(),
+                sent: Instant::now(),
+                done: out.kept,
+            };
+            if acks.send(append).await.is_err() {
+                return;
             }
         }
         continue_publish(&inner, out.subject, out.payload).await;
     }
+}
+
+/// Waits until NATS is back; `false` when the broker is gone.
+async fn wait_connected(inner: &Inner) -> bool {
+    while !inner.connected() {
+        if inner.broker().is_none() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
 }
 
 async fn continue_publish(inner: &Inner, subject: String, payload: Bytes) {
@@ -124,25 +146,58 @@ async fn continue_publish(inner: &Inner, subject: String, payload: Bytes) {
     }
 }
 
+/// How long an append JetStream did not take is tried again before its
+/// message is acknowledged without it (longer than a stream leader's
+/// election after a server died).
+const APPEND_RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// A message appended to the transit stream, until JetStream has it.
+struct Append {
+    subject: String,
+    payload: Bytes,
+    ack: Option<jetstream::context::PublishAckFuture>,
+    first: Instant,
+    /// When it was last handed to JetStream.
+    sent: Instant,
+    /// The publisher's acknowledgement waits for this.
+    done: Option<oneshot::Sender<()>>,
+}
+
 /// Completes the acknowledgements waiting for appends, in order. One that
-/// failed is completed too (the message went to the other nodes, without
-/// the guarantee; counted and logged): refusing it would stop every QoS
-/// 1/2 publisher while JetStream is away.
-async fn await_appends(
-    inner: Arc<Inner>,
-    mut rx: mpsc::Receiver<(
-        jetstream::context::PublishAckFuture,
-        Instant,
-        oneshot::Sender<()>,
-    )>,
-) {
-    while let Some((ack, deadline, done)) = rx.recv().await {
-        match tokio::time::timeout_at(deadline, ack).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => not_kept(&inner, &e.to_string()),
-            Err(_) => not_kept(&inner, "JetStream did not acknowledge in time"),
+/// failed is tried again for [`APPEND_RETRY_FOR`], then completed too (the
+/// message went to the other nodes, without the guarantee; counted and
+/// logged): refusing it would stop every QoS 1/2 publisher while JetStream
+/// is away.
+async fn await_appends(inner: Arc<Inner>, mut rx: mpsc::Receiver<Append>) {
+    while let Some(mut a) = rx.recv().await {
+        loop {
+            let result = match a.ack.take() {
+                Some(ack) => match tokio::time::timeout_at(a.sent + inner.timeout, ack).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("JetStream did not acknowledge in time".to_string()),
+                },
+                None => Err("JetStream did not take the message".to_string()),
+            };
+            match result {
+                Ok(()) => break,
+                // A stream leader being elected: tried again, a while.
+                Err(_) if a.first.elapsed() < APPEND_RETRY_FOR && inner.broker().is_some() => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Some(js) = inner.transit.get() {
+                        a.ack = js.publish(a.subject.clone(), a.payload.clone()).await.ok();
+                        a.sent = Instant::now();
+                    }
+                }
+                Err(why) => {
+                    not_kept(&inner, &why);
+                    break;
+                }
+            }
         }
-        let _ = done.send(());
+        if let Some(done) = a.done {
+            let _ = done.send(());
+        }
     }
 }
 
@@ -227,8 +282,11 @@ impl Replays {
                 };
                 if !r.core.contains(&stamp) && r.replayed.insert(stamp) {
                     let scope = Scope::Clients(clients);
-                    return broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq)) > 0;
+                    let n = broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq));
+                    tracing::debug!(?stamp, topic = %msg.topic, routed = n, "replayed");
+                    return n > 0;
                 }
+                tracing::debug!(?stamp, topic = %msg.topic, "not replayed: core NATS brought it");
             }
             ReplayCommand::End(token, done) => {
                 self.running.remove(&token);
@@ -257,10 +315,28 @@ pub async fn serve_replays(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Re
     }
 }
 
-async fn replay_and_report(inner: Arc<Inner>, request: ReplayRequest) {
+/// Times a replay is tried (a second apart) while JetStream cannot answer.
+const REPLAY_TRIES: usize = 15;
+
+async fn replay_and_report(inner: Arc<Inner>, mut request: ReplayRequest) {
     let clients = request.clients.len();
     let ids: Vec<ByteString> = request.clients.iter().cloned().collect();
-    let replayed = replay(&inner, request).await;
+    let mut replayed = Err(String::new());
+    for _ in 0..REPLAY_TRIES {
+        // What an earlier try handed the sessions, they hold now.
+        let mut handed = HashSet::new();
+        replayed = replay(&inner, &request, &mut handed).await;
+        request.held.extend(handed);
+        if replayed.is_ok() || inner.broker().is_none() {
+            break;
+        }
+        tracing::info!(
+            sessions = clients,
+            "replay not done, trying again: {:?}",
+            replayed
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     {
         let mut replaying = inner.replaying.lock();
         for id in &ids {
@@ -330,7 +406,7 @@ async fn repair_from(inner: &Arc<Inner>, from_ms: u64) -> Result<usize, String> 
         own_before: 0,
         held: &none,
     };
-    let read = read_since(inner, js, from_ms, token, &skip).await;
+    let read = read_since(inner, js, from_ms, token, &skip, &mut HashSet::new()).await;
     end(routes, token).await;
     read
 }
@@ -345,27 +421,31 @@ async fn end(routes: &mpsc::Sender<ReplayCommand>, token: u64) {
 
 /// Waits until no replay to `client_id`'s session is in progress, at most
 /// `limit` (a session handed over meanwhile would miss the rest).
-pub async fn await_replay(inner: &Inner, client_id: &str, limit: Duration) {
+/// Whether it ended.
+pub async fn await_replay(inner: &Inner, client_id: &str, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     loop {
         let done = inner.replay_done.notified();
         if !inner.replaying.lock().contains_key(client_id) {
-            return;
+            return true;
         }
         if tokio::time::timeout_at(deadline, done).await.is_err() {
-            tracing::warn!(%client_id, "a session handed over before its replay ended");
-            return;
+            return false;
         }
     }
 }
 
 /// Replays to the rebuilt sessions the messages in transit that their dead
 /// node may not have stored; returns how many were read for them.
-async fn replay(inner: &Arc<Inner>, request: ReplayRequest) -> Result<usize, String> {
+async fn replay(
+    inner: &Arc<Inner>,
+    request: &ReplayRequest,
+    handed: &mut HashSet<(u64, u64)>,
+) -> Result<usize, String> {
     // First of all: from now on, what core NATS brings reached the sessions.
     let token: u64 = rand::random();
     let routes = &inner.replays;
-    let clients = Arc::new(request.clients);
+    let clients = Arc::new(request.clients.clone());
     routes
         .send(ReplayCommand::Start(token, Some(clients)))
         .await
@@ -376,6 +456,7 @@ async fn replay(inner: &Arc<Inner>, request: ReplayRequest) -> Result<usize, Str
         &request.dead,
         request.own_before,
         &request.held,
+        handed,
     )
     .await;
     end(routes, token).await;
@@ -388,6 +469,7 @@ async fn replay_read(
     dead: &str,
     own_before: u64,
     held: &HashSet<(u64, u64)>,
+    handed: &mut HashSet<(u64, u64)>,
 ) -> Result<usize, String> {
     let Some(js) = inner.transit.get() else {
         return Err("the transit stream is not open".into());
@@ -416,7 +498,7 @@ async fn replay_read(
         own_before,
         held,
     };
-    read_since(inner, js, from_ms, token, &skip).await
+    read_since(inner, js, from_ms, token, &skip, handed).await
 }
 
 /// Which transit messages a replay leaves out.
@@ -444,8 +526,13 @@ async fn read_since(
     from_ms: u64,
     token: u64,
     skip: &Skip<'_>,
+    handed_stamps: &mut HashSet<(u64, u64)>,
 ) -> Result<usize, String> {
     let stream = js.get_stream(STREAM).await.map_err(|e| e.to_string())?;
+    // The leader's last message: the consumer may sit on a replica that is
+    // still catching up (a server just back), whose "nothing pending"
+    // would end the read early.
+    let last = stream.cached_info().state.last_sequence;
     let nanos = i128::from(from_ms) * 1_000_000;
     let start_time =
         time::OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|e| e.to_string())?;
@@ -472,12 +559,19 @@ async fn read_since(
             Err(_) => return Err("the transit stream was not read in time".into()),
         };
         read += 1;
-        caught_up = next.info().map(|i| i.pending == 0).unwrap_or(false);
+        caught_up = next
+            .info()
+            .map(|i| i.pending == 0 && i.stream_sequence >= last)
+            .unwrap_or(false);
         let Ok((stamp, msg)) = envelope::decode(next.payload.clone(), Instant::now()) else {
             continue;
         };
-        if skip.wanted(inner, stamp) {
+        // Twice in transit (an append tried again that had made it).
+        let wanted = skip.wanted(inner, stamp);
+        tracing::debug!(?stamp, wanted, topic = %msg.topic, "read from transit");
+        if wanted && !handed_stamps.contains(&(stamp.origin, stamp.seq)) {
             handed += 1;
+            handed_stamps.insert((stamp.origin, stamp.seq));
             inner
                 .replays
                 .send(ReplayCommand::Message(token, stamp, msg))

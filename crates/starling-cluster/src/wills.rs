@@ -34,7 +34,7 @@ pub async fn run(inner: Arc<Inner>, buckets: Buckets, rx: mpsc::UnboundedReceive
     let me = keys::node(&inner.node_id);
     tokio::spawn(beat(inner.clone(), buckets.nodes.clone()));
     tokio::spawn(watch_nodes(inner.clone(), buckets.clone()));
-    take_wills_of(&inner, &buckets, &me).await;
+    take_wills_of(&inner, &buckets, &me, false).await;
     keep(inner, buckets.wills, rx).await;
 }
 
@@ -92,12 +92,19 @@ async fn beat(inner: Arc<Inner>, nodes: kv::Store) {
 }
 
 /// Watches the heartbeats; takes the wills of a node silent for
-/// [`DEAD_AFTER`] when this is the lowest live node.
+/// [`DEAD_AFTER`] when this is the lowest live node. Silent means: this
+/// node's own beats kept coming back through the bucket meanwhile (at least
+/// [`DEAD_AFTER`] worth of them), so a JetStream that could take no beat
+/// for a while (a leader being elected) makes no node look dead.
 async fn watch_nodes(inner: Arc<Inner>, buckets: Buckets) {
     let me = keys::node(&inner.node_id);
-    let mut seen: HashMap<String, (String, Instant)> = HashMap::new();
+    // Per node: its id, when its beat was last heard, and how many of this
+    // node's own beats had been heard by then.
+    let mut seen: HashMap<String, Seen> = HashMap::new();
+    let mut own: u64 = 0;
+    let mut own_ms: u64 = 0;
+    let own_needed = DEAD_AFTER.as_millis() as u64 / BEAT.as_millis() as u64;
     let mut tick = tokio::time::interval(BEAT);
-    let mut heard_since: Option<Instant> = None;
     let mut watch = match buckets.nodes.watch_with_history(">").await {
         Ok(w) => w,
         Err(e) => {
@@ -108,7 +115,7 @@ async fn watch_nodes(inner: Arc<Inner>, buckets: Buckets) {
     loop {
         tokio::select! {
             entry = watch.next() => match entry {
-                Some(Ok(e)) if e.operation == Operation::Put && e.key != me => {
+                Some(Ok(e)) if e.operation == Operation::Put => {
                     // "<ms since the epoch> <node id>": an old beat (a node
                     // long gone, read back from the bucket) is not life.
                     let text = String::from_utf8_lossy(&e.value);
@@ -117,10 +124,21 @@ async fn watch_nodes(inner: Arc<Inner>, buckets: Buckets) {
                     if age > DEAD_AFTER.as_millis() as u64 {
                         continue;
                     }
+                    let ms: u64 = ms.parse().unwrap_or(0);
+                    if e.key == me {
+                        if ms > own_ms {
+                            own_ms = ms;
+                            own += 1;
+                        }
+                        continue;
+                    }
                     if inner.live.lock().insert(id.to_string(), Instant::now()).is_none() {
                         tracing::info!(node = %id, "a node is in the cluster");
                     }
-                    seen.insert(e.key, (id.to_string(), Instant::now()));
+                    let fresh = seen.get(&e.key).is_none_or(|v| ms > v.3);
+                    if fresh {
+                        seen.insert(e.key, (id.to_string(), Instant::now(), own, ms));
+                    }
                 }
                 Some(_) => {}
                 None => return,
@@ -129,21 +147,17 @@ async fn watch_nodes(inner: Arc<Inner>, buckets: Buckets) {
                 if inner.broker().is_none() {
                     return;
                 }
-                // Only while this node hears NATS, and once it has heard it
-                // for DEAD_AFTER: after an outage every beat it knows is old
-                // (the others were cut off too, or it was).
+                // The watch (a push consumer) may stall while a leader is
+                // elected: the beats are read directly as well (any replica
+                // answers).
+                refresh(&buckets, &me, &mut seen, &mut own, &mut own_ms).await;
                 let now = Instant::now();
-                if !inner.connected() {
-                    heard_since = None;
-                    continue;
-                }
-                let since = *heard_since.get_or_insert(now);
-                if now - since <= DEAD_AFTER {
-                    continue;
-                }
+                let silent = |(_, at, mark, _): &Seen| {
+                    now - *at > DEAD_AFTER && own.saturating_sub(*mark) >= own_needed
+                };
                 let dead: Vec<String> = seen
                     .iter()
-                    .filter(|(_, (_, at))| now - *at > DEAD_AFTER)
+                    .filter(|(_, v)| silent(v))
                     .map(|(k, _)| k.clone())
                     .collect();
                 if dead.is_empty() {
@@ -151,15 +165,16 @@ async fn watch_nodes(inner: Arc<Inner>, buckets: Buckets) {
                 }
                 let lowest = seen
                     .values()
-                    .filter(|(_, at)| now - *at <= DEAD_AFTER)
-                    .all(|(id, _)| inner.node_id < *id);
+                    .filter(|v| !silent(v))
+                    .all(|(id, ..)| inner.node_id < *id);
                 for node in dead {
-                    let id = seen.remove(&node).map(|(id, _)| id).unwrap_or_default();
+                    let id = seen.remove(&node).map(|(id, ..)| id).unwrap_or_default();
                     inner.live.lock().remove(&id);
                     if lowest {
                         tracing::warn!(node = %id, "a node stopped beating: publishing its clients' wills");
-                        take_wills_of(&inner, &buckets, &node).await;
-                        crate::owners::adopt_sessions_of(&inner, &id).await;
+                        // On its own task: the watch goes on meanwhile (the
+                        // other nodes' beats must still be heard).
+                        tokio::spawn(settle_death(inner.clone(), buckets.clone(), node, id));
                     }
                 }
             }
@@ -167,19 +182,90 @@ async fn watch_nodes(inner: Arc<Inner>, buckets: Buckets) {
     }
 }
 
-/// Takes every will left under `node` and publishes each after its delay.
-async fn take_wills_of(inner: &Arc<Inner>, buckets: &Buckets, node: &str) {
+/// Another node as heard: its id, when its newest beat was heard, how many
+/// of this node's own beats had been heard by then, and the beat's time.
+type Seen = (String, Instant, u64, u64);
+
+/// Reads each known node's beat (and this node's own) directly.
+async fn refresh(
+    buckets: &Buckets,
+    me: &str,
+    seen: &mut HashMap<String, Seen>,
+    own: &mut u64,
+    own_ms: &mut u64,
+) {
+    let beat_ms = |v: &Bytes| {
+        let text = String::from_utf8_lossy(v);
+        text.split_once(' ')
+            .and_then(|(ms, _)| ms.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    if let Ok(Ok(Some(v))) = tokio::time::timeout(BEAT, buckets.nodes.get(me)).await {
+        let ms = beat_ms(&v);
+        if ms > *own_ms {
+            *own_ms = ms;
+            *own += 1;
+        }
+    }
+    for (key, v) in seen.iter_mut() {
+        if let Ok(Ok(Some(value))) = tokio::time::timeout(BEAT, buckets.nodes.get(key)).await {
+            let ms = beat_ms(&value);
+            if ms > v.3 {
+                *v = (v.0.clone(), Instant::now(), *own, ms);
+            }
+        }
+    }
+}
+
+/// Times a dead node's wills and sessions are tried (a second apart) while
+/// JetStream cannot answer (a leader being elected after a server died).
+const DEATH_TRIES: usize = 30;
+
+/// Publishes dead node `id`'s wills (under `key`) and adopts its sessions,
+/// trying again what JetStream could not answer, unless the node is heard
+/// again.
+async fn settle_death(inner: Arc<Inner>, buckets: Buckets, key: String, id: String) {
+    let (mut wills, mut sessions) = (false, false);
+    for _ in 0..DEATH_TRIES {
+        if inner.live.lock().contains_key(&id) {
+            return;
+        }
+        if !wills {
+            wills = take_wills_of(&inner, &buckets, &key, false).await;
+        }
+        if wills && !sessions {
+            sessions = crate::owners::adopt_sessions_of(&inner, &id).await;
+        }
+        if wills && sessions {
+            return;
+        }
+        tokio::time::sleep(BEAT).await;
+    }
+    tracing::warn!(node = %id, wills, sessions, "a dead node's wills or sessions were not all settled");
+}
+
+/// Takes every will left under `node` and publishes each after its delay;
+/// with `live_here`, not those of clients connected to this node now (the
+/// node's own wills after it lost NATS: the clients still here keep theirs).
+/// Returns whether they could be read.
+pub async fn take_wills_of(
+    inner: &Arc<Inner>,
+    buckets: &Buckets,
+    node: &str,
+    live_here: bool,
+) -> bool {
     let mut watch = match buckets.wills.watch_with_history(format!("{node}.>")).await {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!("the wills of a dead node could not be read: {e}");
-            return;
+            return false;
         }
     };
     // The entries there now, then nothing more comes.
     while let Ok(Some(Ok(entry))) = tokio::time::timeout(inner.timeout, watch.next()).await {
         let last = entry.delta == 0;
-        if entry.operation == Operation::Put {
+        let here = live_here && connected_here(inner, &entry.value);
+        if entry.operation == Operation::Put && !here {
             let fenced = buckets
                 .wills
                 .delete_expect_revision(&entry.key, Some(entry.revision))
@@ -192,6 +278,21 @@ async fn take_wills_of(inner: &Arc<Inner>, buckets: &Buckets, node: &str) {
             break;
         }
     }
+    true
+}
+
+/// Whether the client of will entry `value` is connected to this node.
+fn connected_here(inner: &Inner, value: &Bytes) -> bool {
+    let mut v = value.clone();
+    if v.len() < 2 {
+        return false;
+    }
+    let len = usize::from(v.get_u16());
+    if v.len() < len {
+        return false;
+    }
+    let id = String::from_utf8_lossy(&v[..len]).into_owned();
+    inner.broker().is_some_and(|b| b.is_connected(&id))
 }
 
 /// Publishes a taken will after its delay, unless its client's session was

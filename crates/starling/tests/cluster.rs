@@ -1374,6 +1374,157 @@ fn with_nats_cut_persistent_connects_are_refused_clean_ones_served_and_nothing_i
 }
 
 // ---------------------------------------------------------------------------
+// 10b. One node cut from NATS while the others go on
+
+/// Node 1 loses its NATS server (the servers do not advertise one another,
+/// so its client cannot move to another: a real cut) while nodes 2 and 3
+/// go on. After the lease node 1 sends its persistent clients away
+/// (DISCONNECT 0x9C); node 2 adopts its sessions; once back, node 1 drops
+/// them and hands on what its own publisher sent during the cut. Every
+/// acknowledged message reaches both subscribers, the QoS 2 one once.
+#[test]
+fn a_node_cut_from_nats_alone_hands_its_sessions_over_and_loses_nothing() {
+    let Some(mut c) = Cluster::start("alone") else {
+        return;
+    };
+    run(async {
+        const EACH: usize = 200;
+        let sub_options = |port, id: &str| {
+            let mut o = options(port, id);
+            o.clean_start = false;
+            o.session_expiry = Some(3600);
+            o
+        };
+        let (live, _) = Client::connect(sub_options(c.port(1), "a-live"))
+            .await
+            .unwrap();
+        live.subscribe("t/#", QoS::AtLeastOnce).await.unwrap();
+        let (away, _) = Client::connect(sub_options(c.port(1), "a-away"))
+            .await
+            .unwrap();
+        away.subscribe("t/#", QoS::ExactlyOnce).await.unwrap();
+        let (mut raw, ack) = Raw::connect(c.port(1), persistent(ProtocolVersion::V5, "a-raw"))
+            .await
+            .unwrap();
+        assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "{ack:?}");
+        let p1 = connect(c.port(1), "a-pub1").await;
+        let p3 = connect(c.port(3), "a-pub3").await;
+        until_routed(&p3, "t/probe", &live).await;
+        until_routed(&p3, "t/probe", &away).await;
+        away.disconnect().await.unwrap();
+
+        let mut acked = Vec::new();
+        async fn publish(p: &Client, t: usize, i: usize) {
+            let code = p
+                .publish(format!("t/{t}"), i.to_string(), QoS::ExactlyOnce, false)
+                .await
+                .unwrap_or_else(|e| panic!("t/{t} {i} not acknowledged: {e}"));
+            assert!(!code.is_error(), "t/{t} {i} refused: {code}");
+        }
+        for i in 0..EACH {
+            publish(&p3, 0, i).await;
+            acked.push((0, i));
+        }
+        let reader = tokio::spawn(async move {
+            let mut g = Got::default();
+            while let Some(m) = live.recv().await {
+                g.note(&m);
+            }
+            g
+        });
+
+        c.stop_nats(1);
+        let cut = std::time::Instant::now();
+        c.nodes[0]
+            .proc
+            .log
+            .wait_for(WAIT, |l| l.contains("lost the NATS connection"))
+            .expect("node 1 notices the cut");
+        // Both sides acknowledge: node 1 its own publisher's messages,
+        // node 3 (through JetStream) the others.
+        for i in 0..EACH {
+            publish(&p1, 1, i).await;
+            acked.push((1, i));
+            publish(&p3, 2, i).await;
+            acked.push((2, i));
+        }
+        match raw.next(Duration::from_secs(10)).await {
+            Next::Packet(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason_code, ReasonCode::USE_ANOTHER_SERVER, "{d:?}")
+            }
+            other => panic!("expected DISCONNECT 0x9C from the cut node, got {other:?}"),
+        }
+        eprintln!(
+            "persistent client sent away {:?} after the cut",
+            cut.elapsed()
+        );
+        let mut live_got = tokio::time::timeout(WAIT, reader)
+            .await
+            .expect("the persistent subscriber is sent away too")
+            .unwrap();
+        c.nodes[1]
+            .proc
+            .log
+            .wait_for(Duration::from_secs(45), |l| {
+                l.contains("adopted the persistent sessions of a dead node")
+                    && l.contains("complete=true")
+            })
+            .expect("node 2 adopts node 1's sessions");
+        // The subscriber comes back to node 3 while node 1 is still cut
+        // (refused with 0x88 while its session cannot be had yet, as a
+        // client that reconnects would be).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+        let (live, ack) = loop {
+            match Client::connect(sub_options(c.port(3), "a-live")).await {
+                Ok(ok) => break ok,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    eprintln!("a-live refused on node 3 (trying again): {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("a-live refused on node 3 for 40 s: {e}"),
+            }
+        };
+        assert!(ack.session_present, "a-live's session moved: {ack:?}");
+
+        c.restart_nats(1);
+        c.nodes[0]
+            .proc
+            .log
+            .wait_for(Duration::from_secs(30), |l| {
+                l.contains("back on NATS: sessions audited")
+            })
+            .expect("node 1, once back, audits its sessions");
+        eprintln!("node 1 back and audited {:?} after the cut", cut.elapsed());
+        live_got.until_all(&live, &acked, "a-live").await;
+        let (away, ack) = Client::connect(sub_options(c.port(2), "a-away"))
+            .await
+            .unwrap();
+        assert!(ack.session_present, "a-away's session was adopted: {ack:?}");
+        let mut away_got = Got::default();
+        away_got.until_all(&away, &acked, "a-away").await;
+        while let Ok(Some(m)) = tokio::time::timeout(QUIET, away.recv()).await {
+            away_got.note(&m);
+        }
+        let twice: Vec<_> = away_got
+            .seen
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(k, _)| *k)
+            .collect();
+        assert!(
+            twice.is_empty(),
+            "a-away (QoS 2) got these twice: {twice:?}"
+        );
+        let live_twice = live_got.seen.values().filter(|n| **n > 1).count();
+        eprintln!(
+            "{} acknowledged: all at both subscribers; a-live (QoS 1) had {live_twice} twice \
+             (delivered on node 1 during the cut, then from the cluster)",
+            acked.len()
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------
 // 11. A SUBACK means the other nodes route to the new subscription
 
 #[test]

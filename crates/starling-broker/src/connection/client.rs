@@ -31,6 +31,10 @@ pub(crate) enum Close {
     Protocol(ReasonCode, String),
     /// Another connection took the client id over.
     TakenOver,
+    /// The node cannot keep the session for the cluster: DISCONNECT 0x9C
+    /// Use another server; the will is left to the cluster (see
+    /// [`crate::session::Kick::Fenced`]).
+    Fenced,
     /// The broker is shutting down.
     Shutdown,
     /// The store could not write a message that the client is waiting to
@@ -56,6 +60,7 @@ impl Close {
             Close::KeepAlive => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
             Close::Protocol(code, _) => Some(*code),
             Close::TakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),
+            Close::Fenced => Some(ReasonCode::USE_ANOTHER_SERVER),
             Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
             Close::StoreFailed => Some(ReasonCode::UNSPECIFIED_ERROR),
             Close::Administrative => Some(ReasonCode::ADMINISTRATIVE_ACTION),
@@ -72,7 +77,7 @@ impl Close {
             Close::PeerClosed | Close::Hibernate => DisconnectReason::PeerClosed,
             Close::KeepAlive => DisconnectReason::KeepAlive,
             Close::Protocol(..) => DisconnectReason::ProtocolError,
-            Close::TakenOver => DisconnectReason::TakenOver,
+            Close::TakenOver | Close::Fenced => DisconnectReason::TakenOver,
             Close::Shutdown => DisconnectReason::Shutdown,
             Close::StoreFailed => DisconnectReason::StoreFailed,
             Close::Administrative => DisconnectReason::Administrative,
@@ -88,6 +93,7 @@ impl Close {
             Close::StoreFailed => Some("the broker could not store the message"),
             Close::SlowConsumer => Some("slow consumer: messages were not read in time"),
             Close::CredentialsExpired => Some("credentials expired"),
+            Close::Fenced => Some("this node lost the cluster: connect to another node"),
             _ => None,
         }
     }
@@ -153,12 +159,13 @@ impl Client {
     }
 
     /// What the connection leaves behind when it ends with `close`: a normal
-    /// DISCONNECT (0x00) discards the will.
+    /// DISCONNECT (0x00) discards the will; a fenced connection leaves it
+    /// to the cluster (its copy there is not cleared).
     pub fn departure(self, close: &Close) -> crate::lifecycle::Departure {
         crate::lifecycle::Departure {
             session: self.session,
             will: match close {
-                Close::Normal => None,
+                Close::Normal | Close::Fenced => None,
                 _ => self.will.map(|w| *w),
             },
             expiry_interval: self.expiry_interval,

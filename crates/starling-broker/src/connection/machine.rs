@@ -595,6 +595,7 @@ impl Machine {
             }
             Some(Kick::SlowConsumer) => Close::SlowConsumer,
             Some(Kick::TakenOver) => Close::TakenOver,
+            Some(Kick::Fenced) => Close::Fenced,
             Some(_) => Close::Administrative,
             None => Close::TakenOver,
         }

@@ -46,6 +46,10 @@ pub enum Kick {
     SlowConsumer,
     /// Another node of the cluster took the session over; it ends here.
     TakenOver,
+    /// This node cannot keep the session for the cluster (it lost NATS, or
+    /// another node owns the session now): the client is sent to another
+    /// node, and its will is the cluster's to publish, not this node's.
+    Fenced,
 }
 
 /// What the admin API shows of an attached connection. Compact (28 bytes):
@@ -1112,10 +1116,20 @@ impl SessionState {
     /// over (it closes with 0x8E and the session ends here); wakes it.
     /// `false` when no connection is attached.
     pub fn kick_taken_over(&mut self, notify: &Notify) -> bool {
+        self.kick_as(Kick::TakenOver, notify)
+    }
+
+    /// Tells the attached connection to close as [`Kick::Fenced`]; wakes
+    /// it. `false` when no connection is attached.
+    pub fn kick_fenced(&mut self, notify: &Notify) -> bool {
+        self.kick_as(Kick::Fenced, notify)
+    }
+
+    fn kick_as(&mut self, kick: Kick, notify: &Notify) -> bool {
         let Some(link) = &mut self.link else {
             return false;
         };
-        link.kick = Kick::TakenOver;
+        link.kick = kick;
         link.wake(notify);
         true
     }

@@ -437,7 +437,7 @@ fn start_nats(bin: &Path, dir: &Path, attempt: usize) -> Result<Vec<NatsServer>,
                  listen: 127.0.0.1:-1\n\
                  max_payload: 8MB\n\
                  jetstream {{ store_dir: {store:?} }}\n\
-                 cluster {{ name: {cluster_name:?}, listen: 127.0.0.1:{cport}, routes: [{routes}] }}\n"
+                 cluster {{ name: {cluster_name:?}, listen: 127.0.0.1:{cport}, routes: [{routes}], no_advertise: true }}\n"
             ),
         )
         .map_err(|e| format!("{}: {e}", conf.display()))?;

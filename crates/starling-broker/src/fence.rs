@@ -1,0 +1,76 @@
+//! A node of a cluster that cannot keep its sessions for the cluster: it
+//! lost NATS long enough for the other nodes to take its sessions, or it
+//! finds, once back, that another node owns one. Its persistent clients
+//! are sent elsewhere ([`BrokerState::fence_persistent`]), a session
+//! another node owns is dropped here ([`BrokerState::drop_fenced`]), and
+//! the messages only this node had for it are added to the owner's copy
+//! ([`BrokerState::merge_queued`]).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::journal::{commit, Journal};
+use crate::BrokerState;
+
+impl BrokerState {
+    /// The client ids of the persistent sessions held here.
+    pub fn persistent_ids(&self) -> Vec<String> {
+        self.all_sessions()
+            .into_iter()
+            .filter(|s| s.persistent.load(Ordering::Relaxed))
+            .map(|s| s.client_id.to_string())
+            .collect()
+    }
+
+    /// Tells every connection of a persistent session here to close with
+    /// DISCONNECT 0x9C Use another server, its will left to the cluster;
+    /// the sessions stay, offline. Returns how many were told.
+    pub fn fence_persistent(&self) -> usize {
+        self.all_sessions()
+            .into_iter()
+            .filter(|s| s.persistent.load(Ordering::Relaxed))
+            .filter(|s| s.state.lock().kick_fenced(&s.notify))
+            .count()
+    }
+
+    /// Drops the session of `client_id` here, another node owning it: its
+    /// connection (if any) closes as in [`BrokerState::fence_persistent`],
+    /// then the session goes without a will or an expiry. The store sees it
+    /// end (a replicating store must not pass that on). Returns whether
+    /// there was one.
+    pub async fn drop_fenced(self: &Arc<Self>, client_id: &str, limit: Duration) -> bool {
+        let Some(session) = self.session(client_id) else {
+            return false;
+        };
+        if session.state.lock().kick_fenced(&session.notify) {
+            let deadline = tokio::time::Instant::now() + limit;
+            while self.is_connected(client_id) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        self.hand_over(client_id).await.is_some()
+    }
+
+    /// Adds `records` (encoded store message records) to the queue of the
+    /// session of `client_id` here, as new deliveries (a packet id they had
+    /// elsewhere is not kept). Returns how many were added; none when there
+    /// is no such session here.
+    pub fn merge_queued(self: &Arc<Self>, client_id: &str, records: &[Bytes]) -> usize {
+        let Some(session) = self.session(client_id) else {
+            return 0;
+        };
+        let mut journal = Journal::new();
+        let mut added = 0;
+        for raw in records {
+            let queued = self.install(&session, crate::handover::QUEUED, raw.clone(), &mut journal);
+            if queued.is_ok() {
+                added += 1;
+            }
+        }
+        commit(self.store(), journal);
+        added
+    }
+}

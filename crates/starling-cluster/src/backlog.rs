@@ -1,0 +1,252 @@
+//! Session changes held back from the replica, and the fence against a
+//! session another node owns.
+//!
+//! A batch the replica could not take (NATS or JetStream away) leaves the
+//! sessions it touched *behind*: their later changes are held here too, in
+//! order, and folded to what the replica needs to catch up (the last record
+//! of each subject; a message added and removed while held is dropped
+//! whole). While the node is *suspect* (it lost NATS: the other nodes may
+//! have taken its sessions meanwhile) every change is held. Once the node
+//! is back, `rejoin` asks who owns each session: a session this node still
+//! owns has its backlog written out; one another node owns is *fenced*
+//! (nothing of it is written any more) and dropped here, the messages it
+//! got before the cut and never replicated going to the owner.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use bytes::Bytes;
+use starling_broker::store::{Op, SessionRecord, SubscriptionRecord};
+use starling_codec::ByteString;
+
+/// What the replicating store holds back, shared with `rejoin`.
+#[derive(Default)]
+pub struct Hold {
+    /// Every change is held (the node lost NATS and has not been audited).
+    pub suspect: bool,
+    /// The sessions behind, by client id.
+    pub backlogs: HashMap<String, Backlog>,
+    /// Sessions another node owns: their changes are not written.
+    pub fenced: HashSet<String>,
+    /// Sessions found this node's: their backlogs are written out with the
+    /// next batch.
+    pub due: HashSet<String>,
+}
+
+/// One held message: its record (`None`: removed), the stamp it came
+/// with from another node, whether the replica never had it (`fresh`) and
+/// whether it was held before the node turned suspect (`early`: it came
+/// before the cut, so nothing else brings it to another owner).
+struct Held {
+    raw: Option<Bytes>,
+    stamp: Option<(u64, u64)>,
+    fresh: bool,
+    early: bool,
+}
+
+/// The changes to one session the replica lacks, folded.
+#[derive(Default)]
+pub struct Backlog {
+    /// The session ended while held: the replica's copy goes first.
+    purge: bool,
+    session: Option<SessionRecord>,
+    filters: BTreeMap<ByteString, Option<SubscriptionRecord>>,
+    messages: BTreeMap<u64, Held>,
+    qos2: BTreeMap<u16, bool>,
+}
+
+impl Backlog {
+    /// Folds in `op`; `stamp` is the one its message came with, `written`
+    /// whether the replica may hold message `seq` already, `early` whether
+    /// the node was not suspect yet.
+    pub fn add(
+        &mut self,
+        op: &Op,
+        stamp: Option<(u64, u64)>,
+        written: impl Fn(u64) -> bool,
+        early: bool,
+    ) {
+        match op {
+            Op::Session(_, rec) => self.session = Some(*rec),
+            Op::DeleteSession(_) => {
+                *self = Backlog {
+                    purge: true,
+                    ..Backlog::default()
+                }
+            }
+            Op::Subscribe(_, f, rec) => {
+                self.filters.insert(f.clone(), Some(*rec));
+            }
+            Op::Unsubscribe(_, f) => {
+                self.filters.insert(f.clone(), None);
+            }
+            Op::Message(_, seq, raw) => {
+                let fresh = self
+                    .messages
+                    .get(seq)
+                    .map_or_else(|| !written(*seq), |h| h.fresh);
+                let early = self.messages.get(seq).map_or(early, |h| h.early);
+                let stamp = self.messages.get(seq).and_then(|h| h.stamp).or(stamp);
+                self.messages.insert(
+                    *seq,
+                    Held {
+                        raw: Some(raw.clone()),
+                        stamp,
+                        fresh,
+                        early,
+                    },
+                );
+            }
+            Op::DeleteMessage(_, seq) => {
+                let fresh = self
+                    .messages
+                    .get(seq)
+                    .map_or_else(|| !written(*seq), |h| h.fresh);
+                if fresh {
+                    self.messages.remove(seq);
+                } else {
+                    self.messages.insert(
+                        *seq,
+                        Held {
+                            raw: None,
+                            stamp: None,
+                            fresh: false,
+                            early,
+                        },
+                    );
+                }
+            }
+            Op::IncomingQos2(_, id) => {
+                self.qos2.insert(*id, true);
+            }
+            Op::DeleteIncomingQos2(_, id) => {
+                self.qos2.insert(*id, false);
+            }
+            Op::Retained(..)
+            | Op::DeleteRetained(..)
+            | Op::Will(..)
+            | Op::DeleteWill(..)
+            | Op::Received(..) => {}
+        }
+    }
+
+    /// The changes that bring the replica up to date, in an order it
+    /// takes (a message followed by the stamp it came with).
+    pub fn ops(&self, client: &str) -> Vec<Op> {
+        let c = ByteString::from(client);
+        let mut ops = Vec::new();
+        if self.purge {
+            ops.push(Op::DeleteSession(c.clone()));
+        }
+        if let Some(rec) = self.session {
+            ops.push(Op::Session(c.clone(), rec));
+        }
+        for (f, rec) in &self.filters {
+            ops.push(match rec {
+                Some(rec) => Op::Subscribe(c.clone(), f.clone(), *rec),
+                None => Op::Unsubscribe(c.clone(), f.clone()),
+            });
+        }
+        for (seq, held) in &self.messages {
+            match &held.raw {
+                Some(raw) => {
+                    ops.push(Op::Message(c.clone(), *seq, raw.clone()));
+                    if let Some((origin, n)) = held.stamp {
+                        ops.push(Op::Received(origin, n));
+                    }
+                }
+                None => ops.push(Op::DeleteMessage(c.clone(), *seq)),
+            }
+        }
+        for (id, kept) in &self.qos2 {
+            ops.push(if *kept {
+                Op::IncomingQos2(c.clone(), *id)
+            } else {
+                Op::DeleteIncomingQos2(c.clone(), *id)
+            });
+        }
+        ops
+    }
+
+    /// The messages held since before the cut that the replica never had:
+    /// what another owner of the session lacks.
+    pub fn early_messages(&self) -> Vec<Bytes> {
+        self.messages
+            .values()
+            .filter(|h| h.fresh && h.early)
+            .filter_map(|h| h.raw.clone())
+            .collect()
+    }
+}
+
+/// The client id an op is about, if any.
+pub fn client_of(op: &Op) -> Option<&ByteString> {
+    match op {
+        Op::Session(c, _)
+        | Op::DeleteSession(c)
+        | Op::Subscribe(c, ..)
+        | Op::Unsubscribe(c, _)
+        | Op::Message(c, ..)
+        | Op::DeleteMessage(c, _)
+        | Op::IncomingQos2(c, _)
+        | Op::DeleteIncomingQos2(c, _) => Some(c),
+        Op::Retained(..)
+        | Op::DeleteRetained(..)
+        | Op::Will(..)
+        | Op::DeleteWill(..)
+        | Op::Received(..) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_added_and_removed_while_held_leaves_nothing() {
+        let c = ByteString::from("c");
+        let mut b = Backlog::default();
+        let written = |seq: u64| seq < 10;
+        b.add(
+            &Op::Message(c.clone(), 11, Bytes::from_static(b"m")),
+            Some((1, 2)),
+            written,
+            true,
+        );
+        b.add(&Op::DeleteMessage(c.clone(), 11), None, written, true);
+        b.add(&Op::DeleteMessage(c.clone(), 5), None, written, true);
+        b.add(
+            &Op::Message(c.clone(), 12, Bytes::from_static(b"n")),
+            Some((1, 3)),
+            written,
+            false,
+        );
+        let ops = b.ops("c");
+        assert!(matches!(ops[0], Op::DeleteMessage(_, 5)), "{ops:?}");
+        assert!(matches!(ops[1], Op::Message(_, 12, _)), "{ops:?}");
+        assert!(matches!(ops[2], Op::Received(1, 3)), "{ops:?}");
+        assert_eq!(ops.len(), 3);
+        assert_eq!(b.early_messages(), Vec::<Bytes>::new());
+    }
+
+    #[test]
+    fn a_session_ended_while_held_is_purged_first() {
+        let c = ByteString::from("c");
+        let mut b = Backlog::default();
+        let rec = SessionRecord {
+            expiry_interval: 60,
+            disconnected_at_ms: 0,
+        };
+        b.add(
+            &Op::Message(c.clone(), 1, Bytes::from_static(b"m")),
+            None,
+            |_| false,
+            true,
+        );
+        b.add(&Op::DeleteSession(c.clone()), None, |_| false, true);
+        b.add(&Op::Session(c.clone(), rec), None, |_| false, true);
+        let ops = b.ops("c");
+        assert!(matches!(ops[0], Op::DeleteSession(_)), "{ops:?}");
+        assert!(matches!(ops[1], Op::Session(..)), "{ops:?}");
+        assert_eq!(ops.len(), 2);
+    }
+}

@@ -1,0 +1,403 @@
+//! A node that lost NATS, and its way back.
+//!
+//! Cut off for [`LEASE`] (shorter than the other nodes take to declare it
+//! dead, `wills::DEAD_AFTER`), the node sends its persistent clients to
+//! other nodes (DISCONNECT 0x9C; their wills are left to the cluster) and,
+//! as before, refuses new persistent sessions: no session is then served
+//! by two nodes when the others adopt this node's sessions.
+//!
+//! Once back, and whenever some sessions are behind their replica, it asks
+//! who owns each of its sessions (the *audit*). A session it still owns
+//! has its held changes written out (`backlog`); one another node owns
+//! now is fenced, dropped here, and what only this node had of it (the
+//! messages it got before the cut and never replicated) goes to the owner.
+//! Then the wills of its clients that ended meanwhile are published, each
+//! once (a fenced delete in the wills bucket, as a surviving node does).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{self, Operation};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use starling_broker::BrokerState;
+use tokio::time::Instant;
+
+use crate::keys;
+use crate::shared::{Claim, Inner};
+
+/// How long a node without NATS keeps its persistent clients.
+pub const LEASE: Duration = Duration::from_secs(3);
+/// How often the connection is looked at.
+const CHECK: Duration = Duration::from_millis(250);
+/// Audits at most this often (one that could not finish is tried again).
+const AUDIT_EVERY: Duration = Duration::from_secs(1);
+/// Owners read at once during an audit.
+const READS: usize = 32;
+/// Bytes of message records per merge request, about.
+const MERGE_CHUNK: usize = 512 * 1024;
+
+/// Watches the NATS connection: fences the persistent clients after
+/// [`LEASE`] without it, audits the sessions once back.
+pub async fn run(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(CHECK);
+    let mut lost_at: Option<Instant> = None;
+    let mut fenced = false;
+    let mut audited = Instant::now() - AUDIT_EVERY;
+    loop {
+        tick.tick().await;
+        let Some(broker) = inner.broker() else { return };
+        let now = Instant::now();
+        if !inner.connected() {
+            let since = *lost_at.get_or_insert(now);
+            // Once the sessions are replicated (before, nothing was).
+            if inner.replica.linked() {
+                inner.replica.hold.lock().suspect = true;
+            }
+            if !fenced && now - since >= LEASE {
+                fenced = true;
+                let n = broker.fence_persistent();
+                tracing::warn!(
+                    clients = n,
+                    "no NATS for {LEASE:?}: persistent clients sent to other nodes \
+                     (DISCONNECT 0x9C); persistent sessions are refused until NATS is back"
+                );
+            }
+            continue;
+        }
+        lost_at = None;
+        fenced = false;
+        let (suspect, behind) = {
+            let hold = inner.replica.hold.lock();
+            (hold.suspect, !hold.backlogs.is_empty())
+        };
+        let due = (suspect || behind) && now - audited >= AUDIT_EVERY;
+        if !due || inner.buckets.get().is_none() || !inner.replica.linked() {
+            continue;
+        }
+        audited = now;
+        audit(&inner, &broker, suspect).await;
+    }
+}
+
+/// Session `id`, held here, is `owner`'s (already fenced here): dropped
+/// here, and the messages only this node had of it (`early`) handed on.
+async fn give_up(
+    inner: &Inner,
+    broker: &Arc<BrokerState>,
+    id: &str,
+    owner: &str,
+    early: Vec<Bytes>,
+) {
+    broker.drop_fenced(id, inner.timeout / 2).await;
+    merge_to(inner, owner, id, early).await;
+}
+
+/// Watches who owns the client ids: a session held here that another node
+/// now owns, and that is not handed over to it within a moment (as a
+/// takeover does), was taken from this node without asking it (it was
+/// thought dead): it is given up as the audit does.
+pub async fn watch_owners(inner: Arc<Inner>) {
+    loop {
+        let Some(buckets) = inner.buckets.get() else {
+            tokio::time::sleep(AUDIT_EVERY).await;
+            continue;
+        };
+        let mut watch = match buckets.owners.watch(">").await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!("owners not watched (trying again): {e}");
+                tokio::time::sleep(AUDIT_EVERY).await;
+                continue;
+            }
+        };
+        while let Some(entry) = watch.next().await {
+            let Some(broker) = inner.broker() else { return };
+            let Ok(entry) = entry else { continue };
+            if entry.operation != Operation::Put {
+                continue;
+            }
+            let owner = keys::owner_node(&entry.value);
+            let Some(id) = keys::owner_client(&entry.value) else {
+                continue;
+            };
+            if owner == inner.node_id || broker.session(&id).is_none() {
+                continue;
+            }
+            tokio::spawn(unless_handed_over(inner.clone(), broker, id, owner));
+        }
+        if inner.broker().is_none() {
+            return;
+        }
+    }
+}
+
+/// After a takeover's time: gives up session `id` if it is still here and
+/// `owner` still owns it.
+async fn unless_handed_over(
+    inner: Arc<Inner>,
+    broker: Arc<BrokerState>,
+    id: String,
+    owner: String,
+) {
+    // A session whose replay is in progress answers takeovers "busy": the
+    // new owner asks again until it moves.
+    for _ in 0..60 {
+        tokio::time::sleep(inner.timeout * 2).await;
+        if broker.session(&id).is_none() || claiming(inner.claims.lock().get(&id), inner.timeout) {
+            return;
+        }
+        if !inner.replaying.lock().contains_key(&id) {
+            break;
+        }
+    }
+    if inner.replaying.lock().contains_key(&id) {
+        return;
+    }
+    let Some(Verdict::Lost(now)) = verdict(&inner, &broker, &id).await else {
+        return;
+    };
+    if now != owner {
+        return;
+    }
+    let early = {
+        let mut hold = inner.replica.hold.lock();
+        hold.fenced.insert(id.clone());
+        hold.backlogs
+            .remove(&id)
+            .map(|b| b.early_messages())
+            .unwrap_or_default()
+    };
+    tracing::warn!(client_id = %id, %owner, "another node took this session without asking: given up here");
+    give_up(&inner, &broker, &id, &owner, early).await;
+}
+
+/// Who owns a session held here, as the audit found.
+enum Verdict {
+    Mine,
+    Lost(String),
+}
+
+/// Asks who owns each session held here (all of them after a cut; else
+/// those behind), and settles each: written out, or fenced and dropped.
+async fn audit(inner: &Arc<Inner>, broker: &Arc<BrokerState>, suspect: bool) {
+    let mut ids: HashSet<String> = inner.replica.hold.lock().backlogs.keys().cloned().collect();
+    if suspect {
+        ids.extend(broker.persistent_ids());
+    }
+    let reads = futures_util::stream::iter(ids)
+        .map(|id| async move {
+            let verdict = verdict(inner, broker, &id).await;
+            (id, verdict)
+        })
+        .buffer_unordered(READS)
+        .collect::<Vec<_>>()
+        .await;
+    let mut verdicts = Vec::with_capacity(reads.len());
+    for (id, verdict) in reads {
+        match verdict {
+            Some(v) => verdicts.push((id, v)),
+            // Not known now: the next audit asks again.
+            None => return,
+        }
+    }
+    let mut lost = Vec::new();
+    {
+        let claims = inner.claims.lock();
+        let mut hold = inner.replica.hold.lock();
+        for (id, verdict) in verdicts {
+            match verdict {
+                // A claim here in progress (or just won) is newer than the
+                // owner read.
+                Verdict::Lost(owner) if !claiming(claims.get(&id), inner.timeout) => {
+                    let early = hold
+                        .backlogs
+                        .remove(&id)
+                        .map(|b| b.early_messages())
+                        .unwrap_or_default();
+                    hold.fenced.insert(id.clone());
+                    lost.push((id, owner, early));
+                }
+                _ => {
+                    if hold.backlogs.contains_key(&id) {
+                        hold.due.insert(id);
+                    }
+                }
+            }
+        }
+        if inner.connected() {
+            hold.suspect = false;
+        }
+    }
+    // The backlogs found due go out with the next batch: ask for one.
+    if let Some(store) = broker.store() {
+        let _ = tokio::time::timeout(inner.timeout, store.submit_and_wait(Vec::new())).await;
+    }
+    let n = lost.len();
+    for (id, owner, early) in lost {
+        give_up(inner, broker, &id, &owner, early).await;
+    }
+    if suspect {
+        tracing::info!(
+            sessions_lost = n,
+            "back on NATS: sessions audited (those another node owns now dropped here)"
+        );
+        if let Some(buckets) = inner.buckets.get() {
+            let me = keys::node(&inner.node_id);
+            crate::wills::take_wills_of(inner, buckets, &me, true).await;
+        }
+    }
+}
+
+fn claiming(claim: Option<&Claim>, within: Duration) -> bool {
+    match claim {
+        Some(Claim::InProgress) => true,
+        Some(Claim::Won(at)) => at.elapsed() < within,
+        _ => false,
+    }
+}
+
+/// Who owns `id`; `None` when the bucket could not be read. A session held
+/// here that no node owns is claimed again.
+async fn verdict(inner: &Inner, broker: &BrokerState, id: &str) -> Option<Verdict> {
+    let owners = &inner.buckets.get()?.owners;
+    let key = keys::of(id);
+    for _ in 0..3 {
+        let entry = tokio::time::timeout(inner.timeout, owners.entry(key.clone()))
+            .await
+            .ok()?
+            .ok()?;
+        match entry {
+            Some(e) if e.operation == Operation::Put => {
+                let owner = keys::owner_node(&e.value);
+                return Some(if owner == inner.node_id {
+                    Verdict::Mine
+                } else {
+                    Verdict::Lost(owner)
+                });
+            }
+            // Ended elsewhere, or never written: only a session held here
+            // is claimed again.
+            _ if broker.session(id).is_none() => return Some(Verdict::Mine),
+            _ => {}
+        }
+        let me = keys::owner_value(&inner.node_id, id);
+        match owners.create(&key, me).await {
+            Ok(_) => return Some(Verdict::Mine),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Sends `records` (messages of session `id` the owner lacks) to `owner`.
+async fn merge_to(inner: &Inner, owner: &str, id: &str, records: Vec<Bytes>) {
+    if records.is_empty() {
+        return;
+    }
+    let total = records.len();
+    let mut added = 0usize;
+    let mut rest = records.as_slice();
+    while !rest.is_empty() {
+        let mut body = BytesMut::new();
+        body.put_u16(u16::try_from(id.len()).unwrap_or(u16::MAX));
+        body.put_slice(id.as_bytes());
+        let mut taken = 0;
+        for r in rest {
+            if taken > 0 && body.len() + r.len() > MERGE_CHUNK {
+                break;
+            }
+            body.put_u32(u32::try_from(r.len()).unwrap_or(u32::MAX));
+            body.put_slice(r);
+            taken += 1;
+        }
+        rest = &rest[taken..];
+        let asked = inner.client.request(keys::merge(owner), body.freeze());
+        match tokio::time::timeout(inner.timeout, asked).await {
+            Ok(Ok(reply)) if reply.payload.len() == 4 => {
+                added += reply.payload.clone().get_u32() as usize;
+            }
+            _ => break,
+        }
+    }
+    if added < total {
+        tracing::warn!(
+            client_id = %id,
+            %owner,
+            lost = total - added,
+            "messages this node held for a session another node owns now did not reach it"
+        );
+    } else {
+        tracing::info!(client_id = %id, %owner, messages = total, "held messages handed to the session's owner");
+    }
+}
+
+/// Serves other nodes' merges into sessions this node owns.
+pub async fn serve_merges(inner: Arc<Inner>) {
+    let mut requests = match inner.client.subscribe(keys::merge(&inner.node_id)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("merges from other nodes cannot be served: {e}");
+            return;
+        }
+    };
+    while let Some(request) = requests.next().await {
+        let Some(broker) = inner.broker() else { return };
+        let added = match decode(request.payload) {
+            Some((id, records)) => broker.merge_queued(&id, &records),
+            None => 0,
+        };
+        if let Some(reply) = request.reply {
+            let count = u32::try_from(added).unwrap_or(u32::MAX);
+            let _ = inner
+                .client
+                .publish(reply, Bytes::copy_from_slice(&count.to_be_bytes()))
+                .await;
+        }
+    }
+}
+
+fn decode(mut p: Bytes) -> Option<(String, Vec<Bytes>)> {
+    if p.len() < 2 {
+        return None;
+    }
+    let len = usize::from(p.get_u16());
+    if p.len() < len {
+        return None;
+    }
+    let id = String::from_utf8(p.split_to(len).to_vec()).ok()?;
+    let mut records = Vec::new();
+    while p.len() >= 4 {
+        let len = p.get_u32() as usize;
+        if p.len() < len {
+            return None;
+        }
+        records.push(p.split_to(len));
+    }
+    Some((id, records))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_merge_request_reads_back() {
+        let mut body = BytesMut::new();
+        body.put_u16(3);
+        body.put_slice(b"abc");
+        for r in [&b"x"[..], b"yz"] {
+            body.put_u32(r.len() as u32);
+            body.put_slice(r);
+        }
+        let (id, records) = decode(body.freeze()).expect("well formed");
+        assert_eq!(id, "abc");
+        assert_eq!(
+            records,
+            vec![Bytes::from_static(b"x"), Bytes::from_static(b"yz")]
+        );
+        assert!(decode(Bytes::from_static(&[0, 9, b'a'])).is_none());
+    }
+}
