@@ -263,13 +263,19 @@ impl BrokerState {
         } else {
             Scope::All
         };
+        let stamp = cluster.next_stamp();
+        let before = journal.len();
         let offered = self.route_to(
             msg,
             scope,
             Some(journal),
             routed.as_deref_mut().map(|r| &mut r.congested),
         );
-        let kept = cluster.forward(msg);
+        // The copies kept here say which message they are (see `next_stamp`).
+        if let (Some((origin, seq)), true) = (stamp, journal.len() > before) {
+            journal.received(origin, seq);
+        }
+        let kept = cluster.forward(msg, stamp);
         if let Some(r) = routed {
             r.cluster_wait = kept;
         }

@@ -45,7 +45,23 @@ pub trait Cluster: Send + Sync + 'static {
     /// that a client's acknowledgement (PUBACK, PUBREC) answers: a receiver
     /// that completes once no node's death can lose it, which the
     /// acknowledgement waits for (a dropped sender fails the connection).
-    fn forward(&self, message: &Arc<Message>) -> Option<tokio::sync::oneshot::Receiver<()>>;
+    ///
+    /// `stamp` is what [`Cluster::next_stamp`] gave for it before it was
+    /// routed here (`None`: the implementation numbers it).
+    fn forward(
+        &self,
+        message: &Arc<Message>,
+        stamp: Option<(u64, u64)>,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>>;
+    /// The number the next message accepted on this node carries across
+    /// the cluster (this node's run, the message's number there), taken
+    /// before the message is routed here, so that the store records it with
+    /// the copies this node keeps ([`crate::store::Op::Received`]): a node
+    /// that rebuilds them elsewhere then knows which it holds. `None` for a
+    /// single node.
+    fn next_stamp(&self) -> Option<(u64, u64)> {
+        None
+    }
     /// A local subscription to `filter` was added (`true`) or removed.
     /// Subscriptions are counted by the implementation: each add is matched
     /// by one removal.
@@ -94,7 +110,11 @@ pub trait Cluster: Send + Sync + 'static {
 pub struct SingleNode;
 
 impl Cluster for SingleNode {
-    fn forward(&self, _: &Arc<Message>) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    fn forward(
+        &self,
+        _: &Arc<Message>,
+        _: Option<(u64, u64)>,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
         None
     }
 

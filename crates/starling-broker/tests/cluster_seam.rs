@@ -22,7 +22,11 @@ struct Recorder {
 }
 
 impl Cluster for Recorder {
-    fn forward(&self, message: &Arc<Message>) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    fn forward(
+        &self,
+        message: &Arc<Message>,
+        _: Option<(u64, u64)>,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
         self.log.lock().push(format!("forward {}", message.topic));
         if message.qos == QoS::AtMostOnce {
             return None;

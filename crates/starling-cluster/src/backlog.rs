@@ -167,6 +167,15 @@ impl Backlog {
         ops
     }
 
+    /// Adds to `low` the lowest stamp per origin among the messages held
+    /// (a receipt must not claim them).
+    pub fn low_stamps(&self, low: &mut HashMap<u64, u64>) {
+        for (origin, seq) in self.messages.values().filter_map(|h| h.stamp) {
+            let l = low.entry(origin).or_insert(seq);
+            *l = (*l).min(seq);
+        }
+    }
+
     /// The messages held since before the cut that the replica never had:
     /// what another owner of the session lacks.
     pub fn early_messages(&self) -> Vec<Bytes> {

@@ -70,6 +70,11 @@ pub fn merge(node: &str) -> String {
     format!("starling.node.{node}.merge")
 }
 
+/// The subject on which a node back on NATS asks every node to read the
+/// transit window around its absence again (core NATS may have lost what
+/// it published then).
+pub const REPAIR: &str = "starling.repair";
+
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);

@@ -25,7 +25,7 @@ pub use crate::shared::Counters;
 use crate::shared::ToNats;
 use crate::shared::{Command, Inner};
 use crate::transit;
-use crate::{owners, retained, subject, ClusterError};
+use crate::{keys, owners, retained, subject, ClusterError};
 
 /// Messages waiting to be handed to NATS at most; past it a message is not
 /// forwarded (and counted), as core NATS would drop it for a slow consumer.
@@ -84,6 +84,7 @@ impl NatsCluster {
             handing_over: Mutex::new(Default::default()),
             claims: Mutex::new(Default::default()),
             replica: replica.unwrap_or_default(),
+            previous_run: Mutex::new(None),
             live: Mutex::new(Default::default()),
             probes: Mutex::new(Default::default()),
             wills,
@@ -103,6 +104,7 @@ impl NatsCluster {
         tokio::spawn(crate::rejoin::run(inner.clone()));
         tokio::spawn(crate::rejoin::serve_merges(inner.clone()));
         tokio::spawn(crate::rejoin::watch_owners(inner.clone()));
+        tokio::spawn(crate::rejoin::serve_repairs(inner.clone()));
         tokio::spawn(open_buckets(
             inner.clone(),
             config.replicas,
@@ -160,16 +162,22 @@ impl NatsCluster {
 }
 
 impl Cluster for NatsCluster {
-    fn forward(&self, message: &Arc<Message>) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    fn next_stamp(&self) -> Option<(u64, u64)> {
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        Some((self.inner.origin, seq))
+    }
+
+    fn forward(
+        &self,
+        message: &Arc<Message>,
+        stamp: Option<(u64, u64)>,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
         if message.topic.starts_with("$SYS") {
             return None;
         }
         let inner = &self.inner;
-        let seq = inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let stamp = Stamp {
-            origin: inner.origin,
-            seq,
-        };
+        let (origin, seq) = stamp.or_else(|| self.next_stamp())?;
+        let stamp = Stamp { origin, seq };
         let payload = envelope::encode(message, stamp, Instant::now());
         if message.retain
             && inner
@@ -445,6 +453,22 @@ async fn open_buckets(
             }
         }
     };
+    // What this node's previous run stored (its receipt, before this run
+    // writes its own): the sessions it restores get what it missed.
+    if let Ok(Ok(Some(raw))) = tokio::time::timeout(
+        inner.timeout,
+        opened.receipts.get(keys::node(&inner.node_id)),
+    )
+    .await
+    {
+        *inner.previous_run.lock() = crate::receipt::Receipt::decode(&raw);
+    }
+    let carried = inner
+        .previous_run
+        .lock()
+        .as_ref()
+        .map(|r| r.high.clone())
+        .unwrap_or_default();
     // Session streams before the buckets count as ready: a persistent
     // session is claimed only once it can be replicated.
     let mut logged = false;
@@ -458,6 +482,7 @@ async fn open_buckets(
                 inner.timeout,
                 &inner.node_id,
                 inner.origin,
+                carried.clone(),
             )
             .await;
         match linked {

@@ -4,7 +4,7 @@
 //! as owner conditioned on the revision it read: of two nodes racing for
 //! one id, exactly one write succeeds.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_nats::jetstream::kv::{self, Operation};
@@ -286,8 +286,7 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) -> bool {
             return false;
         }
     };
-    let own_before = inner.seq.load(std::sync::atomic::Ordering::Relaxed);
-    let mut rebuilt = HashSet::new();
+    let mut rebuilt = HashMap::new();
     let mut held = HashSet::new();
     let mut adopted = 0usize;
     let mut complete = true;
@@ -327,7 +326,10 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) -> bool {
                             Rebuilt::Installed => {
                                 adopted += 1;
                                 if !here {
-                                    rebuilt.insert(ByteString::from(client_id.as_str()));
+                                    rebuilt.insert(
+                                        ByteString::from(client_id.as_str()),
+                                        own_now(inner),
+                                    );
                                 }
                             }
                             // A clean session: nothing to keep.
@@ -357,20 +359,25 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) -> bool {
         }
     }
     tracing::info!(node = %dead, sessions = adopted, complete, "adopted the persistent sessions of a dead node");
-    request_replay(inner, dead, rebuilt, own_before, held);
+    request_replay(inner, dead, rebuilt, held);
     complete
+}
+
+/// This node's newest message number: read right after a session is
+/// installed, its own messages after it reached the session here.
+fn own_now(inner: &Inner) -> u64 {
+    inner.seq.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// The previous owner of `client_id`, `owner`, did not answer: the session
 /// is rebuilt from its replica, and what `owner` may have missed replayed.
 /// `false`: the replica could not be read.
 async fn rebuild(inner: &Inner, owner: &str, client_id: &str) -> bool {
-    let own_before = inner.seq.load(std::sync::atomic::Ordering::Relaxed);
     let mut held = HashSet::new();
     match recover_session(inner, client_id, false, &mut held).await {
         Rebuilt::Installed => {
-            let clients = HashSet::from([ByteString::from(client_id)]);
-            request_replay(inner, owner, clients, own_before, held);
+            let clients = HashMap::from([(ByteString::from(client_id), own_now(inner))]);
+            request_replay(inner, owner, clients, held);
             true
         }
         Rebuilt::Nothing => true,
@@ -381,13 +388,27 @@ async fn rebuild(inner: &Inner, owner: &str, client_id: &str) -> bool {
 fn request_replay(
     inner: &Inner,
     dead: &str,
-    clients: HashSet<ByteString>,
-    own_before: u64,
+    clients: HashMap<ByteString, u64>,
     held: HashSet<(u64, u64)>,
 ) {
-    if clients.is_empty() {
+    request_replay_from(inner, dead, clients, held, None);
+}
+
+/// Asks for the transit messages `dead` (a node, or this node's previous
+/// run with its `receipt`) had not stored to be replayed to `clients`
+/// (each with this node's message number right after it was installed;
+/// their handovers wait meanwhile).
+pub fn request_replay_from(
+    inner: &Inner,
+    dead: &str,
+    own_before: HashMap<ByteString, u64>,
+    held: HashSet<(u64, u64)>,
+    receipt: Option<crate::receipt::Receipt>,
+) {
+    if own_before.is_empty() {
         return;
     }
+    let clients: HashSet<ByteString> = own_before.keys().cloned().collect();
     let mut replaying = inner.replaying.lock();
     for c in &clients {
         *replaying.entry(c.to_string()).or_default() += 1;
@@ -398,6 +419,7 @@ fn request_replay(
         clients,
         own_before,
         held,
+        receipt,
     });
 }
 

@@ -14,7 +14,7 @@ pub const FORGET_ORIGIN: Duration = Duration::from_secs(600);
 
 /// What a node has stored of the messages from the other nodes, written by
 /// its replicating store with the batches that hold them.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Receipt {
     /// When it was written (ms since the epoch): the node was storing then.
     pub at_ms: u64,
@@ -50,9 +50,10 @@ impl Receipt {
     }
 
     /// Whether `stamp` may not have been stored by the receipt's node: it
-    /// came from another run, newer than what that node routed from it.
+    /// is newer than what that node stored of its run (its own run's
+    /// messages included: its store records their stamps too).
     pub fn missed(&self, stamp: Stamp) -> bool {
-        stamp.origin != self.own && stamp.seq > self.high.get(&stamp.origin).copied().unwrap_or(0)
+        stamp.seq > self.high.get(&stamp.origin).copied().unwrap_or(0)
     }
 }
 
@@ -72,7 +73,10 @@ mod tests {
         assert!(!r.missed(Stamp { origin: 1, seq: 10 }));
         assert!(r.missed(Stamp { origin: 1, seq: 11 }));
         assert!(r.missed(Stamp { origin: 3, seq: 1 }), "an unknown run");
-        assert!(!r.missed(Stamp { origin: 7, seq: 99 }), "the node's own");
+        assert!(
+            r.missed(Stamp { origin: 7, seq: 99 }),
+            "the node's own count as the others' (its store records them)"
+        );
         assert!(Receipt::decode(&[0; 15]).is_none());
         assert!(Receipt::decode(&[0; 24]).is_none());
     }

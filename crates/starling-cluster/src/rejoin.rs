@@ -15,6 +15,7 @@
 //! once (a fenced delete in the wills bucket, as a surviving node does).
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,10 +46,38 @@ pub async fn run(inner: Arc<Inner>) {
     let mut lost_at: Option<Instant> = None;
     let mut fenced = false;
     let mut audited = Instant::now() - AUDIT_EVERY;
+    let stats = inner.client.statistics();
+    let mut connects = stats.connects.load(Ordering::Relaxed);
+    // When this node last knew it was connected (ms since the epoch).
+    let mut connected_ms = starling_broker::store::unix_ms();
+    let mut repair_from: Option<u64> = None;
     loop {
         tick.tick().await;
         let Some(broker) = inner.broker() else { return };
         let now = Instant::now();
+        // A new connection (however short the gap): what core NATS carried
+        // around it may be lost, both ways.
+        let c = stats.connects.load(Ordering::Relaxed);
+        if c != connects {
+            connects = c;
+            let from = connected_ms.saturating_sub(crate::transit::REPAIR_BACK.as_millis() as u64);
+            repair_from = Some(repair_from.map_or(from, |f| f.min(from)));
+        }
+        if inner.connected() {
+            connected_ms = starling_broker::store::unix_ms();
+            if let Some(from) = repair_from {
+                // (The first connection is no gap.)
+                if connects <= 1 {
+                    repair_from = None;
+                } else if crate::transit::repair(&inner, from, None) {
+                    repair_from = None;
+                    let mut ask = BytesMut::with_capacity(16);
+                    ask.put_u64(from);
+                    ask.put_u64(inner.origin);
+                    let _ = inner.client.publish(keys::REPAIR, ask.freeze()).await;
+                }
+            }
+        }
         if !inner.connected() {
             let since = *lost_at.get_or_insert(now);
             // Once the sessions are replicated (before, nothing was).
@@ -202,6 +231,11 @@ async fn audit(inner: &Arc<Inner>, broker: &Arc<BrokerState>, suspect: bool) {
             None => return,
         }
     }
+    let mine: Vec<String> = verdicts
+        .iter()
+        .filter(|(_, v)| matches!(v, Verdict::Mine))
+        .map(|(id, _)| id.clone())
+        .collect();
     let mut lost = Vec::new();
     {
         let claims = inner.claims.lock();
@@ -238,6 +272,10 @@ async fn audit(inner: &Arc<Inner>, broker: &Arc<BrokerState>, suspect: bool) {
     for (id, owner, early) in lost {
         give_up(inner, broker, &id, &owner, early).await;
     }
+    let previous = inner.previous_run.lock().take();
+    if let Some(receipt) = previous {
+        replay_to_restored(inner, broker, mine, receipt).await;
+    }
     if suspect {
         tracing::info!(
             sessions_lost = n,
@@ -256,6 +294,42 @@ fn claiming(claim: Option<&Claim>, within: Duration) -> bool {
         Some(Claim::Won(at)) => at.elapsed() < within,
         _ => false,
     }
+}
+
+/// After a restart: the sessions restored from the local store that are
+/// still this node's get what the previous run had not stored, from the
+/// transit stream (as a dead node's sessions do where they are rebuilt),
+/// skipping what their replicas hold.
+async fn replay_to_restored(
+    inner: &Arc<Inner>,
+    broker: &Arc<BrokerState>,
+    mine: Vec<String>,
+    receipt: crate::receipt::Receipt,
+) {
+    let mut clients = std::collections::HashMap::new();
+    let mut held = HashSet::new();
+    for id in mine {
+        if broker.session(&id).is_none() {
+            continue;
+        }
+        match crate::replica::recover(&inner.replica, &id).await {
+            Ok(Some(r)) => {
+                held.extend(r.stamps);
+                // Restored before this run published anything.
+                clients.insert(starling_codec::ByteString::from(id.as_str()), 0);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(client_id = %id, "not replayed after the restart: {e}"),
+        }
+    }
+    if clients.is_empty() {
+        return;
+    }
+    tracing::info!(
+        sessions = clients.len(),
+        "replaying what the previous run missed to its sessions"
+    );
+    crate::owners::request_replay_from(inner, &inner.node_id, clients, held, Some(receipt));
 }
 
 /// Who owns `id`; `None` when the bucket could not be read. A session held
@@ -331,6 +405,35 @@ async fn merge_to(inner: &Inner, owner: &str, id: &str, records: Vec<Bytes>) {
         );
     } else {
         tracing::info!(client_id = %id, %owner, messages = total, "held messages handed to the session's owner");
+    }
+}
+
+/// Serves other nodes' requests to read the transit window around their
+/// absence again.
+pub async fn serve_repairs(inner: Arc<Inner>) {
+    let mut requests = match inner.client.subscribe(keys::REPAIR).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("repair requests cannot be served: {e}");
+            return;
+        }
+    };
+    while let Some(request) = requests.next().await {
+        let mut p = request.payload.clone();
+        if p.len() != 16 {
+            continue;
+        }
+        let (from, origin) = (p.get_u64(), p.get_u64());
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            // One repair at a time: this one waits for the one running.
+            for _ in 0..40 {
+                if crate::transit::repair(&inner, from, Some(origin)) {
+                    return;
+                }
+                tokio::time::sleep(CHECK).await;
+            }
+        });
     }
 }
 

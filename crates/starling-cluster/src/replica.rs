@@ -81,6 +81,9 @@ struct Link {
     origin: u64,
     /// Where this node's receipt is written.
     receipt_subject: String,
+    /// What the node's previous run stored (its receipt's newest stamps),
+    /// which this run holds too: every receipt of this run claims it.
+    carried: HashMap<u64, u64>,
 }
 
 impl Replica {
@@ -101,6 +104,7 @@ impl Replica {
     }
 
     /// Opens (creating if needed) the session streams and links them.
+    #[allow(clippy::too_many_arguments)] // each is the node's, passed once
     pub(crate) async fn link(
         &self,
         js: &jetstream::Context,
@@ -109,6 +113,7 @@ impl Replica {
         timeout: Duration,
         node: &str,
         origin: u64,
+        carried: HashMap<u64, u64>,
     ) -> Result<(), async_nats::Error> {
         let mut streams = Vec::with_capacity(PARTITIONS);
         for p in 0..PARTITIONS {
@@ -131,16 +136,21 @@ impl Replica {
             node: keys::of(node)[..12].to_string(),
             origin,
             receipt_subject: format!("$KV.{}.{}", keys::RECEIPTS, keys::node(node)),
+            carried: carried.clone(),
         };
-        // The node stores from now on, and nothing from this run yet.
+        // The node stores from now on, and holds what its previous run
+        // stored (restored from its own store).
         let first = Receipt {
             at_ms: starling_broker::store::unix_ms(),
             own: origin,
-            high: HashMap::new(),
+            high: carried.clone(),
         };
         js.publish(link.receipt_subject.clone(), first.encode())
             .await?
             .await?;
+        // The sessions restored from the local store may be another node's
+        // by now: held until the first audit says whose they are.
+        self.hold.lock().suspect = true;
         let _ = self.link.set(link);
         Ok(())
     }
@@ -246,13 +256,29 @@ impl Store for ReplicatedStore {
     }
 }
 
+impl Drop for ReplicatedStore {
+    /// The store closes (the broker shuts down): what was handed to NATS
+    /// (the last receipt, which is not awaited) goes out first, so that a
+    /// replay elsewhere does not hand the sessions again what they had.
+    fn drop(&mut self) {
+        if let Some(link) = self.replica.link.get() {
+            let flushed = link
+                .runtime
+                .block_on(tokio::time::timeout(link.timeout, link.client.flush()));
+            if !matches!(flushed, Ok(Ok(()))) {
+                tracing::debug!("the last session changes were not flushed to NATS");
+            }
+        }
+    }
+}
+
 impl ReplicatedStore {
     /// Sorts a batch: the changes to write now (after the backlogs found
-    /// due), with each message's stamp right after it, and whether a
-    /// receipt may be written (not while anything is held: it would count
-    /// messages the replica lacks). Fenced sessions' changes are dropped,
+    /// due), with each message's stamp right after it, and the bounds of a
+    /// receipt (`None`: none may be written; else per origin the lowest
+    /// stamp held, which it must not claim). Fenced sessions' changes are dropped,
     /// those of sessions behind (or all, while suspect) held.
-    fn sort(&self, link: &Link, ops: &[Op]) -> (Vec<Op>, bool) {
+    fn sort(&self, link: &Link, ops: &[Op]) -> (Vec<Op>, Option<HashMap<u64, u64>>) {
         let came = came_with(ops);
         let mut direct = Vec::with_capacity(ops.len() * 2);
         let mut hold = self.replica.hold.lock();
@@ -291,7 +317,15 @@ impl ReplicatedStore {
                 direct.push(Op::Received(origin, seq));
             }
         }
-        let receipts = !suspect && hold.backlogs.is_empty();
+        // A receipt claims no held message: per origin, it stops below the
+        // lowest held; while suspect none is written.
+        let receipts = (!suspect).then(|| {
+            let mut low = HashMap::new();
+            for b in hold.backlogs.values() {
+                b.low_stamps(&mut low);
+            }
+            low
+        });
         (direct, receipts)
     }
 
@@ -327,7 +361,7 @@ async fn replicate(
     ops: &[Op],
     queues: &mut Queues,
     received: &mut HashMap<u64, (u64, std::time::Instant)>,
-    receipts: bool,
+    receipts: Option<HashMap<u64, u64>>,
 ) -> Result<u64, String> {
     if link.client.connection_state() != async_nats::connection::State::Connected {
         return Err("not connected to NATS".into());
@@ -435,8 +469,8 @@ async fn replicate(
         }
     }
     flush(link, &mut batch).await?;
-    if receipt_due && receipts {
-        write_receipt(link, received, &stamps).await;
+    if let (true, Some(low)) = (receipt_due, receipts) {
+        write_receipt(link, received, &stamps, &low).await;
     }
     Ok(n)
 }
@@ -475,6 +509,7 @@ async fn write_receipt(
     link: &Link,
     received: &mut HashMap<u64, (u64, std::time::Instant)>,
     stamps: &[(u64, u64)],
+    low: &HashMap<u64, u64>,
 ) {
     let now = std::time::Instant::now();
     for (origin, seq) in stamps {
@@ -487,7 +522,22 @@ async fn write_receipt(
     let receipt = Receipt {
         at_ms: starling_broker::store::unix_ms(),
         own: link.origin,
-        high: received.iter().map(|(o, (s, _))| (*o, *s)).collect(),
+        high: link
+            .carried
+            .iter()
+            .map(|(o, s)| (*o, *s))
+            .chain(received.iter().map(|(o, (s, _))| (*o, *s)))
+            .fold(HashMap::new(), |mut high, (o, s)| {
+                let h = high.entry(o).or_insert(s);
+                *h = (*h).max(s);
+                high
+            })
+            .into_iter()
+            .map(|(o, s)| match low.get(&o) {
+                Some(l) => (o, s.min(l.saturating_sub(1))),
+                None => (o, s),
+            })
+            .collect(),
     };
     if let Err(e) = link
         .js

@@ -116,14 +116,14 @@ pub async fn run(
                 if slow != slow_seen {
                     let from = starling_broker::store::unix_ms()
                         .saturating_sub(crate::transit::REPAIR_BACK.as_millis() as u64);
-                    if crate::transit::repair(&inner, from) {
+                    if crate::transit::repair(&inner, from, None) {
                         slow_seen = slow;
                     }
                 }
             }
             Some(command) = replay_rx.recv() => {
                 let Some(broker) = inner.broker() else { return };
-                if replays.serve(&broker, &mut seen, command) {
+                if replays.serve(&broker, &mut seen, inner.origin, command) {
                     inner.counters.replayed.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -128,6 +128,9 @@ pub(crate) struct Inner {
     pub probes: Mutex<HashMap<u64, Probe>>,
     /// The replica of this node's persistent sessions.
     pub replica: crate::replica::Replica,
+    /// The receipt this node's previous run left (it ended without its
+    /// sessions being adopted: what it missed is replayed to them here).
+    pub previous_run: Mutex<Option<crate::receipt::Receipt>>,
     /// Sessions handed over, until the new owner fetched them.
     pub outgoing: Mutex<Outgoing>,
 }
@@ -152,12 +155,16 @@ pub struct ToNats {
     pub kept: Option<oneshot::Sender<()>>,
 }
 
+/// The sessions of a replay, and per session this node's message number
+/// right after it was installed.
+pub type ReplayClients = (Arc<HashSet<ByteString>>, Arc<HashMap<ByteString, u64>>);
+
 /// What the routing task is asked during a replay.
 pub enum ReplayCommand {
     /// A replay to these sessions (`None`: a repair of this node's own
     /// routing after NATS dropped messages for it) begins: note the stamps core NATS brings
     /// from now on (they reached the sessions).
-    Start(u64, Option<Arc<HashSet<ByteString>>>),
+    Start(u64, Option<ReplayClients>),
     /// A message for the sessions of replay `.0`, unless it came meanwhile.
     Message(u64, Stamp, Arc<starling_broker::message::Message>),
     /// The replay is over.
@@ -171,9 +178,13 @@ pub enum ReplayCommand {
 pub struct ReplayRequest {
     pub dead: String,
     pub clients: HashSet<ByteString>,
-    /// This node's sequence number before the sessions were installed: its
-    /// own messages after it were routed to them here.
-    pub own_before: u64,
+    /// Per session, this node's message number right after it was
+    /// installed here: its own messages after it were routed to it here
+    /// (numbers are taken before routing), the others were not.
+    pub own_before: HashMap<ByteString, u64>,
     /// The stamps of the messages the rebuilt sessions hold already.
     pub held: HashSet<(u64, u64)>,
+    /// The receipt to replay from (this node's previous run's, read before
+    /// this run wrote its own); `None`: the dead node's, read then.
+    pub receipt: Option<crate::receipt::Receipt>,
 }

@@ -119,6 +119,7 @@ pub async fn forward(inner: Arc<Inner>, mut rx: mpsc::Receiver<ToNats>) {
                 ack,
                 first: Instant::now(),
                 sent: Instant::now(),
+                tries: 0,
                 done: out.kept,
             };
             if acks.send(append).await.is_err() {
@@ -159,6 +160,8 @@ struct Append {
     first: Instant,
     /// When it was last handed to JetStream.
     sent: Instant,
+    /// Times it was handed again.
+    tries: u32,
     /// The publisher's acknowledgement waits for this.
     done: Option<oneshot::Sender<()>>,
 }
@@ -180,10 +183,19 @@ async fn await_appends(inner: Arc<Inner>, mut rx: mpsc::Receiver<Append>) {
                 None => Err("JetStream did not take the message".to_string()),
             };
             match result {
+                // Tried again: its core copy went while JetStream (and
+                // perhaps the connection) was away; it goes again (the
+                // nodes drop a copy they had).
+                Ok(()) if a.tries > 0 => {
+                    let core = a.subject["starling.t.".len()..].to_string();
+                    let _ = inner.client.publish(core, a.payload.clone()).await;
+                    break;
+                }
                 Ok(()) => break,
                 // A stream leader being elected: tried again, a while.
                 Err(_) if a.first.elapsed() < APPEND_RETRY_FOR && inner.broker().is_some() => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                    a.tries += 1;
                     if let Some(js) = inner.transit.get() {
                         a.ack = js.publish(a.subject.clone(), a.payload.clone()).await.ok();
                         a.sent = Instant::now();
@@ -223,8 +235,9 @@ pub struct Replays {
 /// One replay: its sessions, the stamps core NATS brought since it began,
 /// and those it routed itself.
 struct Running {
-    /// `None`: a repair of this node's routing.
-    clients: Option<Arc<HashSet<ByteString>>>,
+    /// `None`: a repair of this node's routing. Else the sessions, and
+    /// per session this node's message number after its install.
+    clients: Option<crate::shared::ReplayClients>,
     core: HashSet<Stamp>,
     replayed: HashSet<Stamp>,
 }
@@ -240,7 +253,9 @@ impl Replays {
     pub fn routing(&mut self, stamp: Stamp) -> Option<HashSet<ByteString>> {
         let mut had: Option<HashSet<ByteString>> = None;
         for r in self.running.values_mut() {
-            let Some(clients) = &r.clients else { continue };
+            let Some((clients, _)) = &r.clients else {
+                continue;
+            };
             if r.replayed.contains(&stamp) {
                 had.get_or_insert_with(HashSet::new)
                     .extend(clients.iter().cloned());
@@ -257,6 +272,7 @@ impl Replays {
         &mut self,
         broker: &starling_broker::BrokerState,
         seen: &mut crate::dedup::Seen,
+        origin: u64,
         command: ReplayCommand,
     ) -> bool {
         match command {
@@ -281,6 +297,20 @@ impl Replays {
                         ) > 0;
                 };
                 if !r.core.contains(&stamp) && r.replayed.insert(stamp) {
+                    let (all, own_before) = clients;
+                    // This node's own messages reached a session installed
+                    // before they were numbered.
+                    let some: HashSet<ByteString>;
+                    let clients = if stamp.origin == origin {
+                        some = all
+                            .iter()
+                            .filter(|c| own_before.get(*c).is_none_or(|b| stamp.seq <= *b))
+                            .cloned()
+                            .collect();
+                        &some
+                    } else {
+                        &**all
+                    };
                     let scope = Scope::Clients(clients);
                     let n = broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq));
                     tracing::debug!(?stamp, topic = %msg.topic, routed = n, "replayed");
@@ -366,13 +396,15 @@ async fn replay_and_report(inner: Arc<Inner>, mut request: ReplayRequest) {
 /// the QoS 1/2 ones among those in transit since `from_ms` that this node
 /// has not routed are routed now. One repair at a time: false when one
 /// is in progress (or there is no transit stream yet).
-pub fn repair(inner: &Arc<Inner>, from_ms: u64) -> bool {
+/// `only`: the messages of that run alone (another node's, whose core
+/// copies may have been lost while it was away from NATS).
+pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>) -> bool {
     if inner.transit.get().is_none() || inner.repairing.swap(true, Ordering::AcqRel) {
         return false;
     }
     let inner = inner.clone();
     tokio::spawn(async move {
-        let repaired = repair_from(&inner, from_ms).await;
+        let repaired = repair_from(&inner, from_ms, only).await;
         inner.repairing.store(false, Ordering::Release);
         match repaired {
             Ok(n) => tracing::info!(
@@ -385,7 +417,7 @@ pub fn repair(inner: &Arc<Inner>, from_ms: u64) -> bool {
     true
 }
 
-async fn repair_from(inner: &Arc<Inner>, from_ms: u64) -> Result<usize, String> {
+async fn repair_from(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>) -> Result<usize, String> {
     let Some(js) = inner.transit.get() else {
         return Err("the transit stream is not open".into());
     };
@@ -398,6 +430,7 @@ async fn repair_from(inner: &Arc<Inner>, from_ms: u64) -> Result<usize, String> 
     // Everything but this node's own messages (never brought by core NATS).
     let mine = Receipt {
         own: inner.origin,
+        high: HashMap::from([(inner.origin, u64::MAX)]),
         ..Receipt::default()
     };
     let none = HashSet::new();
@@ -405,6 +438,7 @@ async fn repair_from(inner: &Arc<Inner>, from_ms: u64) -> Result<usize, String> 
         receipt: &mine,
         own_before: 0,
         held: &none,
+        only,
     };
     let read = read_since(inner, js, from_ms, token, &skip, &mut HashSet::new()).await;
     end(routes, token).await;
@@ -446,19 +480,12 @@ async fn replay(
     let token: u64 = rand::random();
     let routes = &inner.replays;
     let clients = Arc::new(request.clients.clone());
+    let own_before = Arc::new(request.own_before.clone());
     routes
-        .send(ReplayCommand::Start(token, Some(clients)))
+        .send(ReplayCommand::Start(token, Some((clients, own_before))))
         .await
         .map_err(|_| "the routing task is gone")?;
-    let read = replay_read(
-        inner,
-        token,
-        &request.dead,
-        request.own_before,
-        &request.held,
-        handed,
-    )
-    .await;
+    let read = replay_read(inner, token, request, handed).await;
     end(routes, token).await;
     read
 }
@@ -466,21 +493,24 @@ async fn replay(
 async fn replay_read(
     inner: &Arc<Inner>,
     token: u64,
-    dead: &str,
-    own_before: u64,
-    held: &HashSet<(u64, u64)>,
+    request: &ReplayRequest,
     handed: &mut HashSet<(u64, u64)>,
 ) -> Result<usize, String> {
+    let (dead, held) = (&request.dead, &request.held);
+    let own_before = request.own_before.values().copied().max().unwrap_or(0);
     let Some(js) = inner.transit.get() else {
         return Err("the transit stream is not open".into());
     };
     let Some(buckets) = inner.buckets.get() else {
         return Err("the buckets are not open".into());
     };
-    let receipt = match buckets.receipts.get(keys::node(dead)).await {
-        Ok(Some(raw)) => Receipt::decode(&raw).unwrap_or_default(),
-        Ok(None) => Receipt::default(),
-        Err(e) => return Err(format!("the dead node's receipt could not be read: {e}")),
+    let receipt = match &request.receipt {
+        Some(r) => r.clone(),
+        None => match buckets.receipts.get(keys::node(dead)).await {
+            Ok(Some(raw)) => Receipt::decode(&raw).unwrap_or_default(),
+            Ok(None) => Receipt::default(),
+            Err(e) => return Err(format!("the dead node's receipt could not be read: {e}")),
+        },
     };
     let from_ms = if receipt.at_ms == 0 {
         starling_broker::store::unix_ms().saturating_sub(AGE.as_millis() as u64)
@@ -497,12 +527,15 @@ async fn replay_read(
         receipt: &receipt,
         own_before,
         held,
+        only: None,
     };
     read_since(inner, js, from_ms, token, &skip, handed).await
 }
 
 /// Which transit messages a replay leaves out.
 struct Skip<'a> {
+    /// Only this run's messages, if set.
+    only: Option<u64>,
     /// Those the dead node stored (its own included).
     receipt: &'a Receipt,
     /// This node's own after this number (routed here directly).
@@ -513,6 +546,9 @@ struct Skip<'a> {
 
 impl Skip<'_> {
     fn wanted(&self, inner: &Inner, stamp: Stamp) -> bool {
+        if self.only.is_some_and(|o| o != stamp.origin) {
+            return false;
+        }
         let own_later = stamp.origin == inner.origin && stamp.seq > self.own_before;
         self.receipt.missed(stamp) && !own_later && !self.held.contains(&(stamp.origin, stamp.seq))
     }

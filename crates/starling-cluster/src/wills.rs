@@ -34,7 +34,11 @@ pub async fn run(inner: Arc<Inner>, buckets: Buckets, rx: mpsc::UnboundedReceive
     let me = keys::node(&inner.node_id);
     tokio::spawn(beat(inner.clone(), buckets.nodes.clone()));
     tokio::spawn(watch_nodes(inner.clone(), buckets.clone()));
-    take_wills_of(&inner, &buckets, &me, false).await;
+    // The wills the previous run left, alongside: this run's clients'
+    // wills are shared from the start (a client connected here now keeps
+    // its own).
+    let (stale, b) = (inner.clone(), buckets.clone());
+    tokio::spawn(async move { take_wills_of(&stale, &b, &me, true).await });
     keep(inner, buckets.wills, rx).await;
 }
 
@@ -72,8 +76,9 @@ async fn keep(inner: Arc<Inner>, wills: kv::Store, mut rx: mpsc::UnboundedReceiv
                     .map_err(|e| e.to_string())
             }
         };
-        if let Err(e) = done {
-            tracing::warn!("a will was not shared with the cluster: {e}");
+        match done {
+            Ok(()) => tracing::debug!("a will change shared with the cluster"),
+            Err(e) => tracing::warn!("a will was not shared with the cluster: {e}"),
         }
     }
 }
@@ -264,6 +269,7 @@ pub async fn take_wills_of(
     // The entries there now, then nothing more comes.
     while let Ok(Some(Ok(entry))) = tokio::time::timeout(inner.timeout, watch.next()).await {
         let last = entry.delta == 0;
+        tracing::debug!(key = %entry.key, op = ?entry.operation, delta = entry.delta, "a will left");
         let here = live_here && connected_here(inner, &entry.value);
         if entry.operation == Operation::Put && !here {
             let fenced = buckets

@@ -52,6 +52,19 @@ pub fn ci() -> bool {
     })
 }
 
+/// Debian's `haproxy`, or the first on `PATH`.
+pub fn haproxy_binary() -> Option<PathBuf> {
+    let debian = PathBuf::from("/usr/sbin/haproxy");
+    if debian.is_file() {
+        return Some(debian);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("haproxy"))
+            .find(|p| p.is_file())
+    })
+}
+
 /// The `nats-server` binary: `NATS_SERVER` if set (when it names no file,
 /// there is none), else the Debian package's `/usr/sbin/nats-server` or the
 /// first on `PATH`.
@@ -132,6 +145,11 @@ impl Log {
         }
     }
 
+    /// Every line so far.
+    pub fn all(&self) -> Vec<String> {
+        self.0 .0.lock().unwrap().lines.clone()
+    }
+
     /// Whether a line contains `needle` now.
     pub fn contains(&self, needle: &str) -> bool {
         self.0
@@ -186,6 +204,21 @@ impl Proc {
         self.child.id()
     }
 
+    /// SIGTERM, then waits for the exit, at most `limit` (then SIGKILL).
+    pub fn terminate(&mut self, limit: Duration) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+    }
+
     /// SIGKILL, and reaped.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -227,6 +260,9 @@ pub struct Node {
     pub id: String,
     /// Its MQTT port on 127.0.0.1.
     pub port: u16,
+    /// Behind the load balancer: its MQTT port (PROXY protocol only) and
+    /// HTTP port, the same across restarts.
+    pub pinned: Option<(u16, u16)>,
 }
 
 /// Three NATS servers and three Starling nodes (`nodes[i]` on `nats[i]`).
@@ -235,6 +271,12 @@ pub struct Cluster {
     pub nats: Vec<NatsServer>,
     pub dir: PathBuf,
     started: Instant,
+    /// HAProxy in front of the nodes, if started ([`Cluster::start_behind_proxy`]).
+    pub proxy: Option<Proc>,
+    /// The logs of the nodes' earlier runs (before a restart).
+    retired: Vec<Vec<String>>,
+    /// Its MQTT port.
+    pub proxy_port: u16,
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -261,6 +303,58 @@ impl Cluster {
     /// Starts a cluster for the test `tag`; `None` (after saying so) when
     /// `nats-server` is not installed and this is not CI.
     pub fn start(tag: &str) -> Option<Cluster> {
+        Cluster::start_with(tag, false)
+    }
+
+    /// A cluster behind HAProxy (Debian's `haproxy`) in TCP mode: the
+    /// nodes listen on fixed ports with the PROXY protocol, HAProxy sends
+    /// PROXY v2 and checks each node's `/readyz`. `None` (after saying so)
+    /// without `nats-server` or `haproxy`, unless this is CI.
+    pub fn start_behind_proxy(tag: &str) -> Option<Cluster> {
+        let Some(haproxy) = haproxy_binary() else {
+            assert!(
+                !ci(),
+                "no haproxy (apt-get install haproxy) and CI is set: the fault tests cannot run"
+            );
+            eprintln!("SKIPPED {tag}: no haproxy (apt-get install haproxy)");
+            return None;
+        };
+        let mut cluster = Cluster::start_with(tag, true)?;
+        cluster.proxy_port = free_ports(1)[0];
+        let servers: String = cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                let (mqtt, http) = n.pinned.expect("pinned ports");
+                format!("    server {} 127.0.0.1:{mqtt} port {http}\n", n.id)
+            })
+            .collect();
+        let conf = cluster.dir.join("haproxy.cfg");
+        std::fs::write(
+            &conf,
+            format!(
+                "global\n    maxconn 5000\n\
+                 defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 1h\n\
+                 \x20   timeout server 1h\n    timeout check 1s\n\
+                 frontend mqtt\n    bind 127.0.0.1:{}\n    default_backend starling\n\
+                 backend starling\n    balance roundrobin\n    option httpchk GET /readyz\n\
+                 \x20   default-server send-proxy-v2 check inter 500ms fall 2 rise 2\n{servers}",
+                cluster.proxy_port
+            ),
+        )
+        .expect("the HAProxy configuration is written");
+        let mut cmd = Command::new(haproxy);
+        cmd.args(["-W", "-db", "-f"]).arg(&conf);
+        cluster.proxy = Some(Proc::spawn("haproxy", cmd));
+        let deadline = Instant::now() + STARTUP;
+        while std::net::TcpStream::connect(("127.0.0.1", cluster.proxy_port)).is_err() {
+            assert!(Instant::now() < deadline, "HAProxy does not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(cluster)
+    }
+
+    fn start_with(tag: &str, proxied: bool) -> Option<Cluster> {
         let Some(nats_bin) = nats_server_binary() else {
             if ci() {
                 panic!(
@@ -288,6 +382,9 @@ impl Cluster {
             nats: Vec::new(),
             dir,
             started,
+            proxy: None,
+            proxy_port: 0,
+            retired: Vec::new(),
         };
         // A cluster port picked free may be taken before its server binds
         // it: that server exits, and the servers start again on new ports.
@@ -305,12 +402,18 @@ impl Cluster {
             !cluster.nats.is_empty(),
             "the NATS servers did not start: {last}"
         );
+        let pins: Vec<Option<(u16, u16)>> = if proxied {
+            let p = free_ports(6);
+            (0..3).map(|i| Some((p[2 * i], p[2 * i + 1]))).collect()
+        } else {
+            vec![None; 3]
+        };
         for (i, server) in cluster.nats.iter().enumerate() {
-            let node = start_node(&cluster.dir, i + 1, server.port, "");
+            let node = start_node(&cluster.dir, i + 1, server.port, "", pins[i]);
             cluster.nodes.push(node);
         }
         for node in &mut cluster.nodes {
-            node.port = wait_node(&node.proc);
+            node.port = wait_node(&node.proc, node.pinned);
         }
         eprintln!(
             "cluster {tag}: 3 NATS servers (client ports {:?}) and nodes on MQTT ports {:?}, \
@@ -337,10 +440,20 @@ impl Cluster {
     /// to its `[cluster]` table (TOML lines).
     pub fn restart_node_with(&mut self, n: usize, cluster: &str) {
         self.nodes[n - 1].proc.kill();
+        self.retired.push(self.nodes[n - 1].proc.log.all());
         let nats_port = self.nats[n - 1].port;
-        let mut node = start_node(&self.dir, n, nats_port, cluster);
-        node.port = wait_node(&node.proc);
+        let pinned = self.nodes[n - 1].pinned;
+        let mut node = start_node(&self.dir, n, nats_port, cluster, pinned);
+        node.port = wait_node(&node.proc, pinned);
         self.nodes[n - 1] = node;
+    }
+
+    /// Stops node `n` as an operator does (SIGTERM) and waits, at most
+    /// [`STARTUP`], for it to exit; then starts it again on its data
+    /// directory and ports, and waits until it is ready.
+    pub fn restart_node_gracefully(&mut self, n: usize) {
+        self.nodes[n - 1].proc.terminate(STARTUP);
+        self.restart_node(n);
     }
 
     /// Kills NATS server `n` (1, 2 or 3).
@@ -370,6 +483,32 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("{}", server.proc.failure("did not restart", &e)));
     }
 
+    /// Every node run's log lines: the earlier runs', then the current.
+    pub fn node_logs(&self) -> Vec<Vec<String>> {
+        let mut logs = self.retired.clone();
+        logs.extend(self.nodes.iter().map(|n| n.proc.log.all()));
+        logs
+    }
+
+    /// The NATS server (1, 2 or 3) that last logged becoming the leader of
+    /// stream `name`.
+    pub fn leader_of(&self, name: &str) -> Option<usize> {
+        let needle = format!("new stream leader for '$G > {name}'");
+        self.nats
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let lines = s.proc.log.all();
+                let last = lines.iter().rev().find(|l| l.contains(&needle))?;
+                // "[pid] 2026/12/04 17:32:26.837596 [INF] ...": date and time.
+                let mut words = last.split_whitespace().skip(1);
+                let at = format!("{} {}", words.next()?, words.next()?);
+                Some((at, i + 1))
+            })
+            .max()
+            .map(|(_, n)| n)
+    }
+
     /// How long the cluster has run.
     pub fn age(&self) -> Duration {
         self.started.elapsed()
@@ -387,7 +526,8 @@ impl Drop for Cluster {
                 .nodes
                 .iter()
                 .map(|n| &n.proc)
-                .chain(self.nats.iter().map(|s| &s.proc));
+                .chain(self.nats.iter().map(|s| &s.proc))
+                .chain(self.proxy.iter());
             for p in procs {
                 eprintln!(
                     "---- last lines of {} (pid {}):\n  {}",
@@ -398,6 +538,7 @@ impl Drop for Cluster {
             }
         }
         // The nodes first, so that they do not log the servers going away.
+        self.proxy = None;
         self.nodes.clear();
         self.nats.clear();
         if std::env::var_os("CLUSTER_TEST_KEEP").is_none() {
@@ -478,7 +619,13 @@ fn start_nats(bin: &Path, dir: &Path, attempt: usize) -> Result<Vec<NatsServer>,
     Ok(servers)
 }
 
-fn start_node(dir: &Path, n: usize, nats_port: u16, cluster: &str) -> Node {
+fn start_node(
+    dir: &Path,
+    n: usize,
+    nats_port: u16,
+    cluster: &str,
+    pinned: Option<(u16, u16)>,
+) -> Node {
     let id = format!("node{n}");
     let config = dir.join(format!("{id}.toml"));
     let toml = format!(
@@ -487,9 +634,17 @@ fn start_node(dir: &Path, n: usize, nats_port: u16, cluster: &str) -> Node {
     std::fs::write(&config, toml).expect("the node's configuration is written");
     let level = std::env::var("CLUSTER_TEST_LOG").unwrap_or_else(|_| "info".into());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_starling"));
-    cmd.arg("broker")
-        .args(["--listen", "mqtt://127.0.0.1:0"])
-        .arg("--data-dir")
+    cmd.arg("broker");
+    match pinned {
+        Some((mqtt, http)) => cmd
+            .args([
+                "--listen",
+                &format!("mqtt://127.0.0.1:{mqtt}?proxy-protocol=true"),
+            ])
+            .args(["--http-listen", &format!("http://127.0.0.1:{http}")]),
+        None => cmd.args(["--listen", "mqtt://127.0.0.1:0"]),
+    };
+    cmd.arg("--data-dir")
         .arg(dir.join(&id))
         .arg("--config")
         .arg(&config)
@@ -499,11 +654,18 @@ fn start_node(dir: &Path, n: usize, nats_port: u16, cluster: &str) -> Node {
         proc: Proc::spawn(&format!("starling {id}"), cmd),
         id,
         port: 0,
+        pinned,
     }
 }
 
 /// Waits until a node listens and its cluster state is ready; its port.
-fn wait_node(proc: &Proc) -> u16 {
+fn wait_node(proc: &Proc, pinned: Option<(u16, u16)>) -> u16 {
+    if let Some((mqtt, _)) = pinned {
+        proc.log
+            .wait_for(STARTUP, |l| l.contains("cluster state ready"))
+            .unwrap_or_else(|e| panic!("{}", proc.failure("has no cluster state", &e)));
+        return mqtt;
+    }
     let line = proc
         .log
         .wait_for(STARTUP, |l| l.contains("listening") && l.contains("addr="))
