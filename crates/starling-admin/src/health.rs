@@ -58,6 +58,9 @@ fn not_ready(ctx: &Ctx) -> Option<String> {
     if ctx.shutdown.is_shutting_down() {
         return Some("the broker is shutting down".into());
     }
+    if ctx.state.is_draining() {
+        return Some("the broker is handing its sessions to other nodes before it stops".into());
+    }
     let listeners = ctx.state.listeners();
     if listeners.is_empty() {
         return Some("no MQTT listener is bound".into());

@@ -73,6 +73,9 @@ pub struct BrokerState {
     pub started: Instant,
     /// How many connections are parked now (kept by the hibernation reactor).
     pub(crate) parked: Arc<std::sync::atomic::AtomicUsize>,
+    /// The node is handing its sessions to other nodes before it stops
+    /// (see [`BrokerState::start_draining`]).
+    pub(crate) draining: std::sync::atomic::AtomicBool,
     /// Queue bounds, from the configuration, shared by every session.
     pub(crate) limits: Arc<QueueLimits>,
     /// Whether a listener has an ACL file of its own (read once, not per
@@ -117,6 +120,7 @@ impl BrokerState {
             next_conn_id: AtomicU64::new(1),
             started: Instant::now(),
             parked: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            draining: std::sync::atomic::AtomicBool::new(false),
             listener_acls: config.listener.iter().any(|l| l.acl_file.is_some()),
             limits: Arc::new(QueueLimits {
                 max_messages: config.max_queued_messages,

@@ -16,6 +16,18 @@ use crate::journal::{commit, Journal};
 use crate::BrokerState;
 
 impl BrokerState {
+    /// The node stops soon and hands its sessions to the other nodes
+    /// meanwhile: `/readyz` says so (a load balancer sends no new clients)
+    /// and the cluster accepts no new session here.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether [`BrokerState::start_draining`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     /// The client ids of the persistent sessions held here.
     pub fn persistent_ids(&self) -> Vec<String> {
         self.all_sessions()
@@ -32,6 +44,16 @@ impl BrokerState {
         self.all_sessions()
             .into_iter()
             .filter(|s| s.persistent.load(Ordering::Relaxed))
+            .filter(|s| s.state.lock().kick_fenced(&s.notify))
+            .count()
+    }
+
+    /// As [`BrokerState::fence_persistent`], for every connection (a node
+    /// about to stop: the wills are left to the cluster, which publishes
+    /// them once the node is gone, instead of to this node's last moments).
+    pub fn fence_all(&self) -> usize {
+        self.all_sessions()
+            .into_iter()
             .filter(|s| s.state.lock().kick_fenced(&s.notify))
             .count()
     }

@@ -85,11 +85,24 @@ impl NatsCluster {
             claims: Mutex::new(Default::default()),
             replica: replica.unwrap_or_default(),
             previous_run: Mutex::new(None),
+            restart_token: rand::random(),
             live: Mutex::new(Default::default()),
             probes: Mutex::new(Default::default()),
             wills,
             outgoing: Mutex::new(Default::default()),
         });
+        // Before any message is routed: the sessions restored from the
+        // store get what the previous run missed, without what core NATS
+        // brings them from now on.
+        let restored: std::collections::HashSet<starling_codec::ByteString> = broker
+            .persistent_ids()
+            .into_iter()
+            .map(|id| starling_codec::ByteString::from(id.as_str()))
+            .collect();
+        let _ = inner.replays.try_send(crate::shared::ReplayCommand::Start(
+            inner.restart_token,
+            Some((Arc::new(restored), Arc::default())),
+        ));
         tokio::spawn(transit::forward(inner.clone(), outbox_rx));
         tokio::spawn(transit::serve_replays(inner.clone(), replay_requests_rx));
         tokio::spawn(routes::run(
@@ -147,6 +160,51 @@ impl NatsCluster {
     /// What the cluster counted.
     pub fn counters(&self) -> &Counters {
         &self.inner.counters
+    }
+
+    /// Before the node stops (SIGTERM): hands its sessions to the other
+    /// nodes. `/readyz` answers 503 and new sessions are refused (0x88), so
+    /// the load balancer and the clients go elsewhere; every client is sent
+    /// away (DISCONNECT 0x9C; the wills are the cluster's to publish once
+    /// the node is gone) and the persistent sessions move, whole, to
+    /// the node each reconnects to (the takeovers are served meanwhile),
+    /// for at most `grace`. A session whose client does not come back stays
+    /// here (the others adopt it if the node is not back in time).
+    pub async fn drain(&self, grace: Duration) {
+        let Some(broker) = self.inner.broker() else {
+            return;
+        };
+        if !self.connected() || !self.ready() {
+            return;
+        }
+        broker.start_draining();
+        // The sessions whose clients come back elsewhere: those connected now.
+        let connected: Vec<String> = broker
+            .persistent_ids()
+            .into_iter()
+            .filter(|id| broker.is_connected(id))
+            .collect();
+        broker.fence_all();
+        tracing::info!(
+            clients = connected.len(),
+            "stopping: persistent clients sent to other nodes, their sessions follow them"
+        );
+        let deadline = Instant::now() + grace;
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tick.tick().await;
+            let left = connected
+                .iter()
+                .filter(|id| broker.session(id).is_some())
+                .count();
+            if left == 0 || Instant::now() >= deadline {
+                tracing::info!(
+                    not_moved = left,
+                    "stopping: the sessions not taken over stay with this node"
+                );
+                return;
+            }
+        }
     }
 
     /// Waits until every interest change asked of this node so far has
@@ -273,6 +331,10 @@ impl Cluster for NatsCluster {
 
     fn claim(&self, client_id: &str, persistent: bool) -> ClusterFuture<Ownership> {
         let inner = self.inner.clone();
+        // Stopping: the client goes to another node.
+        if inner.broker().is_some_and(|b| b.is_draining()) {
+            return Box::pin(async { Ownership::Unavailable });
+        }
         let client_id = client_id.to_string();
         Box::pin(async move { owners::claim(&inner, &client_id, persistent).await })
     }

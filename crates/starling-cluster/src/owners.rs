@@ -286,6 +286,7 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) -> bool {
             return false;
         }
     };
+    let token = crate::transit::begin(inner, HashSet::new()).await;
     let mut rebuilt = HashMap::new();
     let mut held = HashSet::new();
     let mut adopted = 0usize;
@@ -320,6 +321,11 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) -> bool {
                         let outcome = if here {
                             Rebuilt::Installed
                         } else {
+                            // The replay knows it before it is installed.
+                            let mut clients: HashSet<ByteString> =
+                                rebuilt.keys().cloned().collect();
+                            clients.insert(ByteString::from(client_id.as_str()));
+                            crate::transit::extend(inner, token, clients).await;
                             recover_session(inner, &client_id, true, &mut held).await
                         };
                         match outcome {
@@ -359,7 +365,11 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) -> bool {
         }
     }
     tracing::info!(node = %dead, sessions = adopted, complete, "adopted the persistent sessions of a dead node");
-    request_replay(inner, dead, rebuilt, held);
+    if rebuilt.is_empty() {
+        crate::transit::abandon(inner, token).await;
+    } else {
+        request_replay_from(inner, dead, rebuilt, held, None, token);
+    }
     complete
 }
 
@@ -374,24 +384,22 @@ fn own_now(inner: &Inner) -> u64 {
 /// `false`: the replica could not be read.
 async fn rebuild(inner: &Inner, owner: &str, client_id: &str) -> bool {
     let mut held = HashSet::new();
+    let token = crate::transit::begin(inner, HashSet::from([ByteString::from(client_id)])).await;
     match recover_session(inner, client_id, false, &mut held).await {
         Rebuilt::Installed => {
             let clients = HashMap::from([(ByteString::from(client_id), own_now(inner))]);
-            request_replay(inner, owner, clients, held);
+            request_replay_from(inner, owner, clients, held, None, token);
             true
         }
-        Rebuilt::Nothing => true,
-        Rebuilt::Failed => false,
+        Rebuilt::Nothing => {
+            crate::transit::abandon(inner, token).await;
+            true
+        }
+        Rebuilt::Failed => {
+            crate::transit::abandon(inner, token).await;
+            false
+        }
     }
-}
-
-fn request_replay(
-    inner: &Inner,
-    dead: &str,
-    clients: HashMap<ByteString, u64>,
-    held: HashSet<(u64, u64)>,
-) {
-    request_replay_from(inner, dead, clients, held, None);
 }
 
 /// Asks for the transit messages `dead` (a node, or this node's previous
@@ -404,10 +412,8 @@ pub fn request_replay_from(
     own_before: HashMap<ByteString, u64>,
     held: HashSet<(u64, u64)>,
     receipt: Option<crate::receipt::Receipt>,
+    token: u64,
 ) {
-    if own_before.is_empty() {
-        return;
-    }
     let clients: HashSet<ByteString> = own_before.keys().cloned().collect();
     let mut replaying = inner.replaying.lock();
     for c in &clients {
@@ -420,6 +426,7 @@ pub fn request_replay_from(
         own_before,
         held,
         receipt,
+        token,
     });
 }
 

@@ -273,8 +273,10 @@ async fn audit(inner: &Arc<Inner>, broker: &Arc<BrokerState>, suspect: bool) {
         give_up(inner, broker, &id, &owner, early).await;
     }
     let previous = inner.previous_run.lock().take();
-    if let Some(receipt) = previous {
-        replay_to_restored(inner, broker, mine, receipt).await;
+    match previous {
+        Some(receipt) => replay_to_restored(inner, broker, mine, receipt).await,
+        None if suspect => crate::transit::abandon(inner, inner.restart_token).await,
+        None => {}
     }
     if suspect {
         tracing::info!(
@@ -322,14 +324,17 @@ async fn replay_to_restored(
             Err(e) => tracing::warn!(client_id = %id, "not replayed after the restart: {e}"),
         }
     }
+    // Begun when the node started: what core NATS brought them since.
+    let token = inner.restart_token;
     if clients.is_empty() {
+        crate::transit::abandon(inner, token).await;
         return;
     }
     tracing::info!(
         sessions = clients.len(),
         "replaying what the previous run missed to its sessions"
     );
-    crate::owners::request_replay_from(inner, &inner.node_id, clients, held, Some(receipt));
+    crate::owners::request_replay_from(inner, &inner.node_id, clients, held, Some(receipt), token);
 }
 
 /// Who owns `id`; `None` when the bucket could not be read. A session held

@@ -223,7 +223,7 @@ fn deliver(
             let had = if replays.is_empty() {
                 None
             } else {
-                replays.routing(stamp)
+                replays.routing(stamp, broker)
             };
             let scope = match &had {
                 Some(not) => Scope::PlainExcept(not),

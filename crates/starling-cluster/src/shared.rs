@@ -128,6 +128,9 @@ pub(crate) struct Inner {
     pub probes: Mutex<HashMap<u64, Probe>>,
     /// The replica of this node's persistent sessions.
     pub replica: crate::replica::Replica,
+    /// A replay begun when the node started, for the sessions it restored
+    /// (see `rejoin`).
+    pub restart_token: u64,
     /// The receipt this node's previous run left (it ended without its
     /// sessions being adopted: what it missed is replayed to them here).
     pub previous_run: Mutex<Option<crate::receipt::Receipt>>,
@@ -167,6 +170,8 @@ pub enum ReplayCommand {
     Start(u64, Option<ReplayClients>),
     /// A message for the sessions of replay `.0`, unless it came meanwhile.
     Message(u64, Stamp, Arc<starling_broker::message::Message>),
+    /// Answered once every earlier command is served.
+    Barrier(tokio::sync::oneshot::Sender<()>),
     /// The replay is over.
     /// Answered once every earlier command is served (a handover waits for
     /// the replayed messages to be in the sessions' queues).
@@ -187,4 +192,7 @@ pub struct ReplayRequest {
     /// The receipt to replay from (this node's previous run's, read before
     /// this run wrote its own); `None`: the dead node's, read then.
     pub receipt: Option<crate::receipt::Receipt>,
+    /// The replay's token, started ([`crate::transit::begin`]) before the
+    /// sessions were installed: what core NATS brought them since counts.
+    pub token: u64,
 }

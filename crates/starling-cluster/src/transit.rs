@@ -230,7 +230,14 @@ fn not_kept(inner: &Inner, why: &str) {
 #[derive(Default)]
 pub struct Replays {
     running: HashMap<u64, Running>,
+    /// Replays that ended lately: a core copy of a message one of them
+    /// handed its sessions, arriving late, must not reach them again.
+    ended: std::collections::VecDeque<(Instant, Running)>,
 }
+
+/// How long an ended replay's messages are kept from its sessions' core
+/// copies.
+const ENDED_KEPT: Duration = Duration::from_secs(10);
 
 /// One replay: its sessions, the stamps core NATS brought since it began,
 /// and those it routed itself.
@@ -245,13 +252,33 @@ struct Running {
 impl Replays {
     /// Whether no replay is in progress.
     pub fn is_empty(&self) -> bool {
-        self.running.is_empty()
+        self.running.is_empty() && self.ended.is_empty()
     }
 
     /// Before a message core NATS brought is routed: the sessions that a
     /// replay gave it already (if any), which it must not reach again.
-    pub fn routing(&mut self, stamp: Stamp) -> Option<HashSet<ByteString>> {
+    /// Only a session installed here by now gets it: a replay begun before
+    /// its sessions were installed records it for those that are.
+    pub fn routing(
+        &mut self,
+        stamp: Stamp,
+        broker: &starling_broker::BrokerState,
+    ) -> Option<HashSet<ByteString>> {
         let mut had: Option<HashSet<ByteString>> = None;
+        let now = Instant::now();
+        while self
+            .ended
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > ENDED_KEPT)
+        {
+            self.ended.pop_front();
+        }
+        for (_, r) in &self.ended {
+            if let (Some((clients, _)), true) = (&r.clients, r.replayed.contains(&stamp)) {
+                had.get_or_insert_with(HashSet::new)
+                    .extend(clients.iter().cloned());
+            }
+        }
         for r in self.running.values_mut() {
             let Some((clients, _)) = &r.clients else {
                 continue;
@@ -259,7 +286,9 @@ impl Replays {
             if r.replayed.contains(&stamp) {
                 had.get_or_insert_with(HashSet::new)
                     .extend(clients.iter().cloned());
-            } else if r.core.len() < RECORD_LIMIT {
+            } else if r.core.len() < RECORD_LIMIT
+                && clients.iter().any(|c| broker.session(c).is_some())
+            {
                 r.core.insert(stamp);
             }
         }
@@ -276,14 +305,18 @@ impl Replays {
         command: ReplayCommand,
     ) -> bool {
         match command {
-            ReplayCommand::Start(token, clients) => {
-                let running = Running {
-                    clients,
-                    core: HashSet::new(),
-                    replayed: HashSet::new(),
-                };
-                self.running.insert(token, running);
-            }
+            ReplayCommand::Start(token, clients) => match self.running.get_mut(&token) {
+                // Begun before the sessions were installed: now it knows them.
+                Some(r) => r.clients = clients,
+                None => {
+                    let running = Running {
+                        clients,
+                        core: HashSet::new(),
+                        replayed: HashSet::new(),
+                    };
+                    self.running.insert(token, running);
+                }
+            },
             ReplayCommand::Message(token, stamp, msg) => {
                 let Some(r) = self.running.get_mut(&token) else {
                     return false;
@@ -318,8 +351,16 @@ impl Replays {
                 }
                 tracing::debug!(?stamp, topic = %msg.topic, "not replayed: core NATS brought it");
             }
+            ReplayCommand::Barrier(done) => {
+                let _ = done.send(());
+            }
             ReplayCommand::End(token, done) => {
-                self.running.remove(&token);
+                if let Some(mut r) = self.running.remove(&token) {
+                    if r.clients.is_some() && !r.replayed.is_empty() {
+                        r.core = HashSet::new();
+                        self.ended.push_back((Instant::now(), r));
+                    }
+                }
                 let _ = done.send(());
             }
         }
@@ -367,6 +408,7 @@ async fn replay_and_report(inner: Arc<Inner>, mut request: ReplayRequest) {
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    end(&inner.replays, request.token).await;
     {
         let mut replaying = inner.replaying.lock();
         for id in &ids {
@@ -476,18 +518,57 @@ async fn replay(
     request: &ReplayRequest,
     handed: &mut HashSet<(u64, u64)>,
 ) -> Result<usize, String> {
-    // First of all: from now on, what core NATS brings reached the sessions.
-    let token: u64 = rand::random();
-    let routes = &inner.replays;
     let clients = Arc::new(request.clients.clone());
     let own_before = Arc::new(request.own_before.clone());
-    routes
-        .send(ReplayCommand::Start(token, Some((clients, own_before))))
+    inner
+        .replays
+        .send(ReplayCommand::Start(
+            request.token,
+            Some((clients, own_before)),
+        ))
         .await
         .map_err(|_| "the routing task is gone")?;
-    let read = replay_read(inner, token, request, handed).await;
-    end(routes, token).await;
-    read
+    replay_read(inner, request.token, request, handed).await
+}
+
+/// Begins a replay for `clients` before they are installed: from the moment
+/// the routing task has taken this, what core NATS brings to those of them
+/// installed by then is recorded (they have it), so the replay will not
+/// hand it to them again. Returns the replay's token (for
+/// [`crate::owners::request_replay_from`], or [`abandon`] when no session
+/// was installed).
+pub async fn begin(inner: &Inner, clients: HashSet<ByteString>) -> u64 {
+    let token: u64 = rand::random();
+    extend(inner, token, clients).await;
+    token
+}
+
+/// Replay `token` is for `clients` (all so far) from now on: sent before
+/// another of them is installed.
+pub async fn extend(inner: &Inner, token: u64, clients: HashSet<ByteString>) {
+    let clients = Some((Arc::new(clients), Arc::default()));
+    if inner
+        .replays
+        .send(ReplayCommand::Start(token, clients))
+        .await
+        .is_ok()
+    {
+        // Taken once a command sent after it is served.
+        let (done, served) = oneshot::channel();
+        if inner
+            .replays
+            .send(ReplayCommand::Barrier(done))
+            .await
+            .is_ok()
+        {
+            let _ = served.await;
+        }
+    }
+}
+
+/// Ends a replay begun for sessions none of which was installed.
+pub async fn abandon(inner: &Inner, token: u64) {
+    end(&inner.replays, token).await;
 }
 
 async fn replay_read(

@@ -25,6 +25,10 @@ use crate::shared::{Inner, WillCommand};
 /// How often a node beats.
 const BEAT: Duration = Duration::from_secs(1);
 
+/// Client ids whose stale will this run looked for, at most (then it
+/// starts over: a look is one read of the bucket).
+const KNOWN_LIMIT: usize = 1_000_000;
+
 /// A node silent this long is dead.
 pub const DEAD_AFTER: Duration = Duration::from_secs(5);
 
@@ -39,7 +43,7 @@ pub async fn run(inner: Arc<Inner>, buckets: Buckets, rx: mpsc::UnboundedReceive
     // its own).
     let (stale, b) = (inner.clone(), buckets.clone());
     tokio::spawn(async move { take_wills_of(&stale, &b, &me, true).await });
-    keep(inner, buckets.wills, rx).await;
+    keep(inner, buckets, rx).await;
 }
 
 fn key(node: &str, client_id: &str) -> String {
@@ -48,12 +52,35 @@ fn key(node: &str, client_id: &str) -> String {
 
 /// Writes the broker's changes, in order; a clear for a connection that
 /// is not the last one set is ignored.
-async fn keep(inner: Arc<Inner>, wills: kv::Store, mut rx: mpsc::UnboundedReceiver<WillCommand>) {
+async fn keep(inner: Arc<Inner>, buckets: Buckets, mut rx: mpsc::UnboundedReceiver<WillCommand>) {
     let me = keys::node(&inner.node_id);
+    let wills = buckets.wills.clone();
     let mut current: HashMap<String, u64> = HashMap::new();
+    let mut known: std::collections::HashSet<String> = Default::default();
     while let Some(command) = rx.recv().await {
         let done = match command {
             WillCommand::Set(client_id, conn, record) => {
+                // A client back on this node after its restart: the will its
+                // previous connection left (that connection ended with the
+                // node) goes first, once, before this one replaces it.
+                if known.len() >= KNOWN_LIMIT {
+                    known.clear();
+                }
+                if known.insert(client_id.clone()) {
+                    let k = key(&me, &client_id);
+                    if let Ok(Ok(Some(e))) =
+                        tokio::time::timeout(inner.timeout, wills.entry(k.clone())).await
+                    {
+                        if e.operation == Operation::Put
+                            && wills
+                                .delete_expect_revision(&k, Some(e.revision))
+                                .await
+                                .is_ok()
+                        {
+                            publish_later(inner.clone(), buckets.clone(), e.value);
+                        }
+                    }
+                }
                 current.insert(client_id.clone(), conn);
                 let mut value = BytesMut::with_capacity(2 + client_id.len() + record.len());
                 value.put_u16(u16::try_from(client_id.len()).unwrap_or(u16::MAX));

@@ -209,8 +209,9 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
             _ => None,
         };
         let broker = builder.bind().await?;
+        let mut node = None;
         if let Some(cluster) = &config.cluster {
-            join_cluster(cluster, &broker.state(), replica).await?;
+            node = Some(join_cluster(cluster, &broker.state(), replica).await?);
         }
         starling_integrate::webhook::start(&broker.state())?;
         let bridges =
@@ -237,6 +238,10 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
         ));
         tokio::spawn(async move {
             wait_for_signal().await;
+            // A cluster node first hands its sessions to the other nodes.
+            if let Some(node) = node {
+                node.drain(DRAIN).await;
+            }
             handle.shutdown();
         });
         let state = broker.state();
@@ -251,11 +256,14 @@ pub fn run(args: BrokerArgs) -> anyhow::Result<ExitCode> {
 /// Joins the cluster before the listeners serve: waits a little for
 /// JetStream (persistent sessions are refused until it answers), installs the
 /// cluster seam and tells it the subscriptions restored from the store.
+/// How long a stopping cluster node waits for its sessions to move.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn join_cluster(
     config: &starling_broker::config::ClusterConfig,
     state: &std::sync::Arc<starling_broker::BrokerState>,
     replica: Option<starling_cluster::Replica>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::sync::Arc<starling_cluster::NatsCluster>> {
     let cluster = starling_cluster::NatsCluster::start(config, state, replica).await?;
     if !cluster.wait_ready(std::time::Duration::from_secs(10)).await {
         tracing::warn!(
@@ -265,7 +273,7 @@ async fn join_cluster(
     state.set_cluster(cluster.clone());
     let n = state.announce_interest(&*cluster);
     tracing::info!(node = %config.node_id, subscriptions = n, "serving as a cluster node");
-    Ok(())
+    Ok(cluster)
 }
 
 /// Reloads certificates and the password and ACL files on each SIGHUP. A
