@@ -78,6 +78,24 @@ impl BrokerState {
             .is_some_and(|s| s.state.lock().is_connected())
     }
 
+    /// Takes the offline persistent session of `client_id` out of the
+    /// subscription index (a message routed from now on is not queued for it
+    /// here), ahead of [`BrokerState::hand_over`]. `false` when there is no
+    /// such session, it is connected or it is not persistent.
+    pub fn leave_index(&self, client_id: &str) -> bool {
+        let Some(session) = self.session(client_id) else {
+            return false;
+        };
+        {
+            let st = session.state.lock();
+            if st.is_connected() || st.expiry_interval() == 0 {
+                return false;
+            }
+        }
+        self.unsubscribe_all(&session);
+        true
+    }
+
     /// Writes out the offline session of `client_id` and removes it from this
     /// node (its wills and expiry timers see it as resumed and do nothing;
     /// the store forgets it). `None` when there is no such session or it is

@@ -70,6 +70,11 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// Per run, the newest message number seen.
+    pub fn highs(&self) -> std::collections::HashMap<u64, u64> {
+        self.runs.iter().map(|(o, w)| (*o, w.high)).collect()
+    }
+
     /// Records a stamp; true the first time it is seen.
     pub fn first(&mut self, stamp: Stamp) -> bool {
         self.clock += 1;

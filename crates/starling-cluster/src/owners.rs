@@ -213,17 +213,21 @@ async fn predecessor(
 /// session could not be had.
 async fn take_from(inner: &Inner, owner: &str, client_id: &str) -> bool {
     let deadline = tokio::time::Instant::now() + BUSY_FOR;
+    let mut cut = None;
     let count = loop {
         let asked = inner
             .client
             .request(keys::takeover(owner), Bytes::from(client_id.to_string()));
         let count = match tokio::time::timeout(inner.timeout, asked).await {
-            Ok(Ok(reply)) if reply.payload.len() == 4 => u32::from_be_bytes([
-                reply.payload[0],
-                reply.payload[1],
-                reply.payload[2],
-                reply.payload[3],
-            ]),
+            Ok(Ok(reply)) if reply.payload.len() >= 4 => {
+                cut = crate::receipt::Receipt::decode(&reply.payload[4..]);
+                u32::from_be_bytes([
+                    reply.payload[0],
+                    reply.payload[1],
+                    reply.payload[2],
+                    reply.payload[3],
+                ])
+            }
             Ok(Ok(_)) => 0,
             Ok(Err(e)) => {
                 tracing::info!(%client_id, %owner, "the previous owner did not answer: {e}");
@@ -261,11 +265,27 @@ async fn take_from(inner: &Inner, owner: &str, client_id: &str) -> bool {
     let Some(broker) = inner.broker() else {
         return true;
     };
+    let client = ByteString::from(client_id);
+    // What reached the session after it left the old node's index (and
+    // before it is in this one's) comes from transit.
+    let token = match &cut {
+        Some(_) => Some(crate::transit::begin(inner, HashSet::from([client.clone()])).await),
+        None => None,
+    };
     match broker.take_handover(client_id, &chunks) {
         Ok(()) => {
-            tracing::info!(%client_id, %owner, parts = count, "session moved from another node")
+            tracing::info!(%client_id, %owner, parts = count, "session moved from another node");
+            if let (Some(token), Some(cut)) = (token, cut) {
+                let clients = HashMap::from([(client, own_now(inner))]);
+                request_replay_from(inner, owner, clients, HashSet::new(), Some(cut), token);
+            }
         }
-        Err(e) => tracing::warn!(%client_id, %owner, "the session could not be moved: {e}"),
+        Err(e) => {
+            tracing::warn!(%client_id, %owner, "the session could not be moved: {e}");
+            if let Some(token) = token {
+                crate::transit::abandon(inner, token).await;
+            }
+        }
     }
     true
 }
@@ -564,26 +584,35 @@ pub async fn serve_takeovers(inner: Arc<Inner>) {
         let client_id = client_id.to_string();
         let inner = inner.clone();
         tokio::spawn(async move {
-            let parts = hand_over(&inner, &broker, &client_id).await;
+            let (parts, cut) = hand_over(&inner, &broker, &client_id).await;
             if let Some(reply) = request.reply {
-                let _ = inner
-                    .client
-                    .publish(reply, Bytes::copy_from_slice(&parts.to_be_bytes()))
-                    .await;
+                let mut answer = bytes::BytesMut::new();
+                answer.extend_from_slice(&parts.to_be_bytes());
+                if let Some(cut) = cut {
+                    answer.extend_from_slice(&cut.encode());
+                }
+                let _ = inner.client.publish(reply, answer.freeze()).await;
             }
         });
     }
 }
 
-async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) -> u32 {
+/// Returns how many parts the session has, and what it had of each run's
+/// messages when it left this node's subscription index (the new node
+/// replays what came after from transit).
+async fn hand_over(
+    inner: &Inner,
+    broker: &Arc<BrokerState>,
+    client_id: &str,
+) -> (u32, Option<crate::receipt::Receipt>) {
     await_claim(inner, broker, client_id).await;
     if broker.session(client_id).is_none() {
-        return 0;
+        return (0, None);
     }
     // A session whose messages are being replayed moves once they are in
     // its queue: until then the new node is told to ask again.
     if !crate::transit::await_replay(inner, client_id, inner.timeout / 2).await {
-        return BUSY;
+        return (BUSY, None);
     }
     // Whatever ends here now, the claim is the new owner's: no release.
     inner.handing_over.lock().insert(client_id.to_string());
@@ -595,9 +624,11 @@ async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) ->
         }
     }
     // A clean session ends with its connection, and its release takes the
-    // mark off; a persistent one is written out here.
+    // mark off; a persistent one leaves the index inside this node's routing
+    // task (what it had of each run is known exactly), then is written out.
+    let cut = cut_from_routing(inner, client_id).await;
     let Some(chunks) = broker.hand_over(client_id).await else {
-        return 0;
+        return (0, None);
     };
     inner.handing_over.lock().remove(client_id);
     let parts = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
@@ -606,7 +637,27 @@ async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) ->
     out.by_client
         .retain(|_, (_, at)| now.duration_since(*at) < HANDOVER_KEPT);
     out.by_client.insert(client_id.to_string(), (chunks, now));
-    parts
+    (parts, cut)
+}
+
+/// Takes `client_id`'s session out of the subscription index inside this
+/// node's routing task, which answers with the newest message number it
+/// had routed per run (this node's own too): the session had those and
+/// everything before them. `None` when the task did not answer in time or
+/// the session was not there to leave (then nothing is replayed).
+async fn cut_from_routing(inner: &Inner, client_id: &str) -> Option<crate::receipt::Receipt> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let command = crate::shared::Command::Cut(client_id.to_string(), tx);
+    inner.commands.send(command).ok()?;
+    let high = tokio::time::timeout(inner.timeout / 4, rx)
+        .await
+        .ok()?
+        .ok()??;
+    Some(crate::receipt::Receipt {
+        at_ms: starling_broker::store::unix_ms(),
+        own: inner.origin,
+        high,
+    })
 }
 
 /// Answers other nodes' requests for the parts of handed-over sessions.

@@ -104,6 +104,18 @@ pub async fn run(
                 }
                 Some(Command::Ready(done)) => ready.wait(&inner, done),
                 Some(Command::Probed(seq)) => ready.probed(&inner, seq),
+                Some(Command::Cut(client_id, done)) => {
+                    let Some(broker) = inner.broker() else { return };
+                    // This node's own messages are routed on their
+                    // publishers' tasks: the number is read first.
+                    let own = inner.seq.load(Ordering::SeqCst);
+                    let cut = broker.leave_index(&client_id).then(|| {
+                        let mut high = seen.highs();
+                        high.insert(inner.origin, own);
+                        high
+                    });
+                    let _ = done.send(cut);
+                }
                 Some(Command::Flush(done)) => {
                     let ok = inner.client.flush().await.is_ok() && queues.flush().await.is_ok();
                     let _ = done.send(ok);

@@ -51,6 +51,10 @@ pub enum Command {
     Ready(oneshot::Sender<()>),
     /// The probe for the changes up to this number is done.
     Probed(u64),
+    /// Take this client's session out of the subscription index and answer
+    /// with the newest message number routed so far per run (this node's
+    /// own included); `None` if it was not there to leave.
+    Cut(String, oneshot::Sender<Option<HashMap<u64, u64>>>),
 }
 
 /// A probe waiting for the nodes that have not answered yet.

@@ -739,6 +739,92 @@ fn paho_mqtt_5_properties_cross_nodes() {
 }
 
 // ---------------------------------------------------------------------------
+// 7b. A session moving between nodes while messages keep coming
+
+/// A persistent QoS 2 subscriber moves from node 1 to node 2 and back
+/// while node 3 publishes without pause: what was published while its
+/// session was on the way (out of the old node's index, not yet in the new
+/// one's) still reaches it, once.
+#[test]
+fn a_session_moving_between_nodes_under_load_loses_nothing() {
+    let Some(c) = Cluster::start("moving") else {
+        return;
+    };
+    run(async {
+        const N: usize = 1_500;
+        let sub_options = |port, id: &str| {
+            let mut o = options(port, id);
+            o.clean_start = false;
+            o.session_expiry = Some(3600);
+            o
+        };
+        let (sub, _) = Client::connect(sub_options(c.port(1), "m-sub"))
+            .await
+            .unwrap();
+        sub.subscribe("t/#", QoS::ExactlyOnce).await.unwrap();
+        let publisher = connect(c.port(3), "m-pub").await;
+        until_routed(&publisher, "t/probe", &sub).await;
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (p, a) = (publisher.clone(), acked.clone());
+        let publishing = tokio::spawn(async move {
+            let mut pace = tokio::time::interval(Duration::from_millis(2));
+            for i in 0..N {
+                pace.tick().await;
+                let qos = if i % 2 == 0 {
+                    QoS::AtLeastOnce
+                } else {
+                    QoS::ExactlyOnce
+                };
+                let code = p
+                    .publish(format!("t/{}", i % 2), i.to_string(), qos, false)
+                    .await
+                    .unwrap_or_else(|e| panic!("{i} not acknowledged: {e}"));
+                assert!(!code.is_error(), "{i} refused: {code}");
+                a.lock().unwrap().push((i % 2, i));
+            }
+        });
+        let mut got = Got::default();
+        let mut client = sub;
+        // Three moves while the publisher goes on.
+        for port in [c.port(2), c.port(1), c.port(2)] {
+            let until = acked.lock().unwrap().len() + N / 5;
+            while acked.lock().unwrap().len() < until {
+                if let Ok(Some(m)) = tokio::time::timeout(QUIET, client.recv()).await {
+                    got.note(&m);
+                }
+            }
+            let (next, ack) = Client::connect(sub_options(port, "m-sub")).await.unwrap();
+            assert!(ack.session_present, "{ack:?}");
+            while let Ok(Some(m)) =
+                tokio::time::timeout(Duration::from_millis(50), client.recv()).await
+            {
+                got.note(&m);
+            }
+            client = next;
+        }
+        tokio::time::timeout(Duration::from_secs(60), publishing)
+            .await
+            .expect("every message acknowledged")
+            .unwrap();
+        let acked: Vec<(usize, usize)> = acked.lock().unwrap().clone();
+        got.until_all(&client, &acked, "m-sub").await;
+        while let Ok(Some(m)) = tokio::time::timeout(QUIET, client.recv()).await {
+            got.note(&m);
+        }
+        assert!(
+            got.qos2_twice.is_empty(),
+            "QoS 2 twice: {:?}",
+            got.qos2_twice
+        );
+        eprintln!(
+            "{} acknowledged, all delivered across three moves; {} copies",
+            acked.len(),
+            got.seen.values().filter(|n| **n > 1).count()
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------
 // 8. A persistent session moves with its client
 
 #[test]
