@@ -267,13 +267,14 @@ impl BrokerState {
         } else {
             Scope::All
         };
-        let stamp = cluster.next_stamp();
+        let mut stamp = None;
         let before = journal.len();
         let offered = self.route_to(
             msg,
             scope,
             Some(journal),
             routed.as_deref_mut().map(|r| &mut r.congested),
+            Some(&mut stamp),
         );
         // The copies kept here say which message they are (see `next_stamp`).
         if let (Some((origin, seq)), true) = (stamp, journal.len() > before) {
@@ -445,7 +446,7 @@ impl BrokerState {
     /// writes for persistent subscribers are added to it. Returns how many
     /// sessions it was offered to.
     pub fn route(&self, msg: &Arc<Message>, journal: Option<&mut Journal>) -> usize {
-        self.route_to(msg, Scope::All, journal, None)
+        self.route_to(msg, Scope::All, journal, None, None)
     }
 
     /// Routes a message that came from another node to this node's
@@ -459,7 +460,7 @@ impl BrokerState {
         stamp: (u64, u64),
     ) -> usize {
         let mut journal = Journal::new();
-        let offered = self.route_to(msg, scope, Some(&mut journal), None);
+        let offered = self.route_to(msg, scope, Some(&mut journal), None, None);
         if !journal.is_empty() {
             journal.received(stamp.0, stamp.1);
         }
@@ -484,10 +485,14 @@ impl BrokerState {
         scope: Scope<'_>,
         mut journal: Option<&mut Journal>,
         mut congested: Option<&mut Vec<Arc<Session>>>,
+        stamp: Option<&mut Option<(u64, u64)>>,
     ) -> usize {
         let store = self.store.as_ref();
         // No clock read for a message without an expiry (most of them).
         if msg.expires_at.is_some() && msg.is_expired(Instant::now()) {
+            if let Some(stamp) = stamp {
+                *stamp = self.cluster().next_stamp();
+            }
             self.metrics.drops.inc(DropReason::Expired as usize);
             return 0;
         }
@@ -495,6 +500,10 @@ impl BrokerState {
         let mut targets: Vec<Target> = Vec::new();
         {
             let tree = self.topics.read();
+            // Numbered while the index is held: see `Cluster::last_stamp`.
+            if let Some(stamp) = stamp {
+                *stamp = self.cluster().next_stamp();
+            }
             let mut m = Matches::default();
             tree.matches(&msg.topic, &mut m);
             let (plain, groups) = match scope {
@@ -706,7 +715,8 @@ impl BrokerState {
     }
 
     /// Removes every subscription of `session` from the index.
-    pub fn unsubscribe_all(&self, session: &Arc<Session>) {
+    /// Returns [`Cluster::last_stamp`] as read while the index was held.
+    pub fn unsubscribe_all(&self, session: &Arc<Session>) -> u64 {
         let filters: Vec<ByteString> = session
             .state
             .lock()
@@ -714,7 +724,8 @@ impl BrokerState {
             .map(|(f, _)| f.clone())
             .collect();
         let mut removed = Vec::new();
-        {
+        let cluster = self.cluster();
+        let mark = {
             let mut tree = self.topics.write();
             for f in filters {
                 let (share, filter) = split_share(&f);
@@ -722,11 +733,12 @@ impl BrokerState {
                     removed.push(f);
                 }
             }
-        }
-        let cluster = self.cluster();
+            cluster.last_stamp()
+        };
         for f in removed {
             cluster.interest(&f, false);
         }
+        mark
     }
 }
 

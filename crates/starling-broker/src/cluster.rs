@@ -62,6 +62,14 @@ pub trait Cluster: Send + Sync + 'static {
     fn next_stamp(&self) -> Option<(u64, u64)> {
         None
     }
+    /// The number of the newest message [`Cluster::next_stamp`] gave so far
+    /// (0 for a single node). The broker takes stamps while it holds its
+    /// subscription index for reading and reads this while it holds it for
+    /// writing: a session entering or leaving the index then had exactly
+    /// this node's messages up to it.
+    fn last_stamp(&self) -> u64 {
+        0
+    }
     /// A local subscription to `filter` was added (`true`) or removed.
     /// Subscriptions are counted by the implementation: each add is matched
     /// by one removal.

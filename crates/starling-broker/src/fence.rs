@@ -48,13 +48,21 @@ impl BrokerState {
             .count()
     }
 
-    /// As [`BrokerState::fence_persistent`], for every connection (a node
-    /// about to stop: the wills are left to the cluster, which publishes
-    /// them once the node is gone, instead of to this node's last moments).
-    pub fn fence_all(&self) -> usize {
+    /// Tells every connection to close with DISCONNECT 0x9C Use another
+    /// server, this node being about to stop; their wills are published as
+    /// for any close by the server. Returns how many were told.
+    pub fn drain_all(&self) -> usize {
         self.all_sessions()
             .into_iter()
-            .filter(|s| s.state.lock().kick_fenced(&s.notify))
+            .filter(|s| s.state.lock().kick_draining(&s.notify))
+            .count()
+    }
+
+    /// How many sessions here have a connection attached.
+    pub fn connected_count(&self) -> usize {
+        self.all_sessions()
+            .into_iter()
+            .filter(|s| s.state.lock().is_connected())
             .count()
     }
 

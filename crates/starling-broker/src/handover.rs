@@ -80,20 +80,19 @@ impl BrokerState {
 
     /// Takes the offline persistent session of `client_id` out of the
     /// subscription index (a message routed from now on is not queued for it
-    /// here), ahead of [`BrokerState::hand_over`]. `false` when there is no
-    /// such session, it is connected or it is not persistent.
-    pub fn leave_index(&self, client_id: &str) -> bool {
-        let Some(session) = self.session(client_id) else {
-            return false;
-        };
+    /// here), ahead of [`BrokerState::hand_over`]. Returns the cluster's
+    /// [`crate::Cluster::last_stamp`] at that moment: the session had this
+    /// node's messages up to it. `None` when there is no such session, it is
+    /// connected or it is not persistent.
+    pub fn leave_index(&self, client_id: &str) -> Option<u64> {
+        let session = self.session(client_id)?;
         {
             let st = session.state.lock();
             if st.is_connected() || st.expiry_interval() == 0 {
-                return false;
+                return None;
             }
         }
-        self.unsubscribe_all(&session);
-        true
+        Some(self.unsubscribe_all(&session))
     }
 
     /// Writes out the offline session of `client_id` and removes it from this
@@ -199,12 +198,14 @@ impl BrokerState {
 
     /// Installs a session handed over by another node, offline, for the
     /// connection of `client_id` that follows to resume. Any session of that
-    /// id here is replaced.
+    /// id here is replaced. Its subscriptions enter the index last, at once;
+    /// returns the cluster's [`crate::Cluster::last_stamp`] at that moment
+    /// (this node's messages after it reach the session here).
     pub fn take_handover(
         self: &Arc<Self>,
         client_id: &str,
         chunks: &[Bytes],
-    ) -> Result<(), HandoverError> {
+    ) -> Result<u64, HandoverError> {
         let entries = read(chunks)?;
         let Some((SESSION, first)) = entries.first() else {
             return Err(HandoverError);
@@ -226,11 +227,73 @@ impl BrokerState {
         if let Some(old) = old {
             self.unsubscribe_all(&old);
         }
+        let mut subscriptions = Vec::new();
         for (tag, raw) in &entries[1..] {
-            self.install(&session, *tag, raw.clone(), &mut journal)?;
+            if *tag == SUBSCRIPTION {
+                subscriptions.push(raw.clone());
+            } else {
+                self.install(&session, *tag, raw.clone(), &mut journal)?;
+            }
         }
+        let mark = self.subscribe_handed(&session, subscriptions, &mut journal)?;
         commit(self.store(), journal);
-        Ok(())
+        Ok(mark)
+    }
+
+    /// Puts a handed-over session's subscriptions into the index under one
+    /// lock; returns [`crate::Cluster::last_stamp`] read under it.
+    fn subscribe_handed(
+        &self,
+        session: &Arc<Session>,
+        records: Vec<Bytes>,
+        journal: &mut Journal,
+    ) -> Result<u64, HandoverError> {
+        let mut subscriptions = Vec::with_capacity(records.len());
+        for mut raw in records {
+            if raw.len() < 2 {
+                return Err(HandoverError);
+            }
+            let len = usize::from(raw.get_u16());
+            if raw.len() < len {
+                return Err(HandoverError);
+            }
+            let filter = ByteString::try_from(raw.split_to(len)).map_err(|_| HandoverError)?;
+            let rec = SubscriptionRecord::decode(&raw).map_err(|_| HandoverError)?;
+            subscriptions.push((filter, rec));
+        }
+        let cluster = self.cluster();
+        let mut added = Vec::new();
+        let mark = {
+            let mut tree = self.topics.write();
+            for (filter, rec) in &subscriptions {
+                let (share, inner) = crate::broker::split_share(filter);
+                let subscriber = Subscriber {
+                    session: session.clone(),
+                    options: rec.options,
+                    id: rec.id,
+                };
+                if !tree.subscribe(share, inner, subscriber) {
+                    added.push(filter.clone());
+                }
+            }
+            cluster.last_stamp()
+        };
+        for filter in added {
+            cluster.interest(&filter, true);
+        }
+        let persistent = session.persistent.load(Ordering::Relaxed);
+        let mut st = session.state.lock();
+        for (filter, rec) in subscriptions {
+            if persistent {
+                journal.subscribed(&session.client_id, &filter, rec.options, rec.id);
+            }
+            let entry = SubEntry {
+                options: rec.options,
+                id: rec.id,
+            };
+            st.subscribe(filter, entry);
+        }
+        Ok(mark)
     }
 
     /// Installs a session rebuilt from a copy kept elsewhere as an offline
@@ -240,8 +303,8 @@ impl BrokerState {
         self: &Arc<Self>,
         client_id: &str,
         chunks: &[Bytes],
-    ) -> Result<(), HandoverError> {
-        self.take_handover(client_id, chunks)?;
+    ) -> Result<u64, HandoverError> {
+        let mark = self.take_handover(client_id, chunks)?;
         if let Some(session) = self.session(client_id) {
             let expiry = {
                 let mut st = session.state.lock();
@@ -253,7 +316,7 @@ impl BrokerState {
                 crate::lifecycle::schedule_expiry(self, session, 1, wait);
             }
         }
-        Ok(())
+        Ok(mark)
     }
 
     pub(crate) fn install(
@@ -265,38 +328,7 @@ impl BrokerState {
     ) -> Result<(), HandoverError> {
         match tag {
             SUBSCRIPTION => {
-                if raw.len() < 2 {
-                    return Err(HandoverError);
-                }
-                let len = usize::from(raw.get_u16());
-                if raw.len() < len {
-                    return Err(HandoverError);
-                }
-                let filter = ByteString::try_from(raw.split_to(len)).map_err(|_| HandoverError)?;
-                let rec = SubscriptionRecord::decode(&raw).map_err(|_| HandoverError)?;
-                let (share, inner) = crate::broker::split_share(&filter);
-                let existed = self.topics.write().subscribe(
-                    share,
-                    inner,
-                    Subscriber {
-                        session: session.clone(),
-                        options: rec.options,
-                        id: rec.id,
-                    },
-                );
-                if !existed {
-                    self.cluster().interest(&filter, true);
-                }
-                if session.persistent.load(Ordering::Relaxed) {
-                    journal.subscribed(&session.client_id, &filter, rec.options, rec.id);
-                }
-                session.state.lock().subscribe(
-                    filter,
-                    SubEntry {
-                        options: rec.options,
-                        id: rec.id,
-                    },
-                );
+                self.subscribe_handed(session, vec![raw], journal)?;
             }
             QUEUED | IN_FLIGHT => {
                 let rec = MessageRecord::decode(&raw).map_err(|_| HandoverError)?;

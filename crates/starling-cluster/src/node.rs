@@ -184,10 +184,10 @@ impl NatsCluster {
             .into_iter()
             .filter(|id| broker.is_connected(id))
             .collect();
-        broker.fence_all();
+        broker.drain_all();
         tracing::info!(
             clients = connected.len(),
-            "stopping: persistent clients sent to other nodes, their sessions follow them"
+            "stopping: clients sent to other nodes, persistent sessions follow them"
         );
         let deadline = Instant::now() + grace;
         let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -197,13 +197,35 @@ impl NatsCluster {
                 .iter()
                 .filter(|id| broker.session(id).is_some())
                 .count();
-            if left == 0 || Instant::now() >= deadline {
+            let attached = broker.connected_count();
+            if (left == 0 && attached == 0) || Instant::now() >= deadline {
                 tracing::info!(
                     not_moved = left,
+                    still_connected = attached,
                     "stopping: the sessions not taken over stay with this node"
                 );
-                return;
+                break;
             }
+        }
+        // The wills of the clients sent away, and the messages before them,
+        // reach NATS before the process ends, and the cluster's copies of
+        // those wills are gone (else this node's next run or the others
+        // would publish them again).
+        let (written, wills) = tokio::sync::oneshot::channel();
+        if self
+            .inner
+            .wills
+            .send(crate::shared::WillCommand::Barrier(written))
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(grace, wills).await;
+        }
+        let deadline = Instant::now() + grace;
+        while self.inner.outbox_bytes.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tick.tick().await;
+        }
+        if tokio::time::timeout(grace, self.flush()).await.is_err() {
+            tracing::warn!("stopping: NATS did not confirm the last messages in time");
         }
     }
 
@@ -221,8 +243,12 @@ impl NatsCluster {
 
 impl Cluster for NatsCluster {
     fn next_stamp(&self) -> Option<(u64, u64)> {
-        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let seq = self.inner.seq.fetch_add(1, Ordering::SeqCst) + 1;
         Some((self.inner.origin, seq))
+    }
+
+    fn last_stamp(&self) -> u64 {
+        self.inner.seq.load(Ordering::SeqCst)
     }
 
     fn forward(

@@ -273,10 +273,10 @@ async fn take_from(inner: &Inner, owner: &str, client_id: &str) -> bool {
         None => None,
     };
     match broker.take_handover(client_id, &chunks) {
-        Ok(()) => {
+        Ok(mark) => {
             tracing::info!(%client_id, %owner, parts = count, "session moved from another node");
             if let (Some(token), Some(cut)) = (token, cut) {
-                let clients = HashMap::from([(client, own_now(inner))]);
+                let clients = HashMap::from([(client, mark)]);
                 request_replay_from(inner, owner, clients, HashSet::new(), Some(cut), token);
             }
         }
@@ -339,7 +339,7 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) -> bool {
                             .broker()
                             .is_some_and(|b| b.session(&client_id).is_some());
                         let outcome = if here {
-                            Rebuilt::Installed
+                            Rebuilt::Installed(0)
                         } else {
                             // The replay knows it before it is installed.
                             let mut clients: HashSet<ByteString> =
@@ -349,13 +349,10 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) -> bool {
                             recover_session(inner, &client_id, true, &mut held).await
                         };
                         match outcome {
-                            Rebuilt::Installed => {
+                            Rebuilt::Installed(mark) => {
                                 adopted += 1;
                                 if !here {
-                                    rebuilt.insert(
-                                        ByteString::from(client_id.as_str()),
-                                        own_now(inner),
-                                    );
+                                    rebuilt.insert(ByteString::from(client_id.as_str()), mark);
                                 }
                             }
                             // A clean session: nothing to keep.
@@ -393,12 +390,6 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) -> bool {
     complete
 }
 
-/// This node's newest message number: read right after a session is
-/// installed, its own messages after it reached the session here.
-fn own_now(inner: &Inner) -> u64 {
-    inner.seq.load(std::sync::atomic::Ordering::SeqCst)
-}
-
 /// The previous owner of `client_id`, `owner`, did not answer: the session
 /// is rebuilt from its replica, and what `owner` may have missed replayed.
 /// `false`: the replica could not be read.
@@ -406,8 +397,8 @@ async fn rebuild(inner: &Inner, owner: &str, client_id: &str) -> bool {
     let mut held = HashSet::new();
     let token = crate::transit::begin(inner, HashSet::from([ByteString::from(client_id)])).await;
     match recover_session(inner, client_id, false, &mut held).await {
-        Rebuilt::Installed => {
-            let clients = HashMap::from([(ByteString::from(client_id), own_now(inner))]);
+        Rebuilt::Installed(mark) => {
+            let clients = HashMap::from([(ByteString::from(client_id), mark)]);
             request_replay_from(inner, owner, clients, held, None, token);
             true
         }
@@ -453,7 +444,9 @@ pub fn request_replay_from(
 /// What became of a session rebuilt from its replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rebuilt {
-    Installed,
+    /// With this node's message number when its subscriptions entered the
+    /// index (its own messages after it reached it here).
+    Installed(u64),
     /// There was no persistent session.
     Nothing,
     /// The replica could not be read (or the session not installed).
@@ -486,10 +479,13 @@ async fn recover_session(
     } else {
         broker.take_handover(client_id, &chunks)
     };
-    if let Err(e) = installed {
-        tracing::warn!(%client_id, "the replicated session could not be installed: {e}");
-        return Rebuilt::Failed;
-    }
+    let mark = match installed {
+        Ok(mark) => mark,
+        Err(e) => {
+            tracing::warn!(%client_id, "the replicated session could not be installed: {e}");
+            return Rebuilt::Failed;
+        }
+    };
     inner
         .replica
         .counters
@@ -506,7 +502,7 @@ async fn recover_session(
         }
         replica::forget(&replica, &client_id, old).await;
     });
-    Rebuilt::Installed
+    Rebuilt::Installed(mark)
 }
 
 /// One part of a session being handed over, asked up to three times.

@@ -107,9 +107,9 @@ pub async fn run(
                 Some(Command::Cut(client_id, done)) => {
                     let Some(broker) = inner.broker() else { return };
                     // This node's own messages are routed on their
-                    // publishers' tasks: the number is read first.
-                    let own = inner.seq.load(Ordering::SeqCst);
-                    let cut = broker.leave_index(&client_id).then(|| {
+                    // publishers' tasks: their number is read as the
+                    // session leaves the index.
+                    let cut = broker.leave_index(&client_id).map(|own| {
                         let mut high = seen.highs();
                         high.insert(inner.origin, own);
                         high

@@ -69,6 +69,8 @@ pub enum WillCommand {
     Set(String, u64, Bytes),
     /// Connection `.1` of client `.0` ended here.
     Clear(String, u64),
+    /// Answer once every change sent before is written.
+    Barrier(oneshot::Sender<()>),
 }
 
 /// Sessions written out for another node, until it fetched them.

@@ -102,6 +102,10 @@ async fn keep(inner: Arc<Inner>, buckets: Buckets, mut rx: mpsc::UnboundedReceiv
                     .await
                     .map_err(|e| e.to_string())
             }
+            WillCommand::Barrier(done) => {
+                let _ = done.send(());
+                continue;
+            }
         };
         match done {
             Ok(()) => tracing::debug!("a will change shared with the cluster"),

@@ -66,8 +66,12 @@ struct History {
     acked: Vec<(usize, u64, QoS)>,
     /// Per subscriber, each delivery.
     delivered: Vec<Vec<Delivery>>,
-    /// Wills seen, per client id.
+    /// Wills seen, per client id (each connection's will names it: a QoS 1
+    /// copy of one will is counted once).
     wills: HashMap<String, usize>,
+    /// Wills already counted, and the copies seen again.
+    will_payloads: std::collections::HashSet<(String, bytes::Bytes)>,
+    will_copies: usize,
     /// Connections each client lost (not ended by its own DISCONNECT).
     lost: HashMap<String, usize>,
     /// Reconnects whose session was not there any more.
@@ -132,7 +136,12 @@ async fn publisher(n: usize, port: u16, history: Shared, stop: Arc<AtomicBool>) 
     o.will = Some(will);
     let mut seq = 0u64;
     let mut pace = tokio::time::interval(Duration::from_millis(1000 / RATE));
+    let mut connections = 0u64;
     'connection: while !stop.load(Ordering::Relaxed) {
+        connections += 1;
+        if let Some(will) = o.will.as_mut() {
+            will.payload = format!("gone {connections}").into();
+        }
         let Some((client, _)) = connect_again(&o, &history, &stop).await else {
             return;
         };
@@ -222,12 +231,12 @@ async fn will_watcher(port: u16, history: Shared, stop: Arc<AtomicBool>, ready: 
         }
         while let Some(m) = client.recv().await {
             if let Some(id) = m.topic.strip_prefix("will/") {
-                *history
-                    .lock()
-                    .unwrap()
-                    .wills
-                    .entry(id.to_string())
-                    .or_default() += 1;
+                let mut h = history.lock().unwrap();
+                if h.will_payloads.insert((id.to_string(), m.payload.clone())) {
+                    *h.wills.entry(id.to_string()).or_default() += 1;
+                } else {
+                    h.will_copies += 1;
+                }
             }
         }
     }
@@ -386,6 +395,9 @@ struct Verdict {
     /// Some of them: (subscriber, publisher, seq).
     missing_some: Vec<(usize, usize, u64)>,
     qos2_twice: usize,
+    /// Some of them: (subscriber, publisher, seq, ms after the fault began
+    /// of the first and of the second delivery).
+    qos2_twice_some: Vec<(usize, usize, u64, i128, i128)>,
     /// QoS 2 copies of a message first delivered before the fault (by the
     /// node that was killed, before it stored the delivery: the broker-wide
     /// `kill -9` gap, not the cluster's).
@@ -403,7 +415,14 @@ fn check(h: &History, logs: &[Vec<String>], fault_at: std::time::Instant) -> Ver
         sessions_lost: h.sessions_lost.clone(),
         ..Verdict::default()
     };
-    for d in &h.delivered {
+    let since = |at: std::time::Instant| -> i128 {
+        if at >= fault_at {
+            at.duration_since(fault_at).as_millis() as i128
+        } else {
+            -(fault_at.duration_since(at).as_millis() as i128)
+        }
+    };
+    for (sub, d) in h.delivered.iter().enumerate() {
         let mut seen: HashMap<(usize, u64), usize> = HashMap::new();
         let mut first_at: HashMap<(usize, u64), std::time::Instant> = HashMap::new();
         let mut last: HashMap<usize, u64> = HashMap::new();
@@ -418,6 +437,10 @@ fn check(h: &History, logs: &[Vec<String>], fault_at: std::time::Instant) -> Ver
                         v.qos2_again_after_kill += 1;
                     } else {
                         v.qos2_twice += 1;
+                        if v.qos2_twice_some.len() < 20 {
+                            v.qos2_twice_some
+                                .push((sub, *p, *s, since(first), since(*at)));
+                        }
                     }
                 }
                 continue;
@@ -435,14 +458,7 @@ fn check(h: &History, logs: &[Vec<String>], fault_at: std::time::Instant) -> Ver
         {
             v.missing += 1;
             if v.missing_some.len() < 20 {
-                v.missing_some.push((
-                    h.delivered
-                        .iter()
-                        .position(|x| std::ptr::eq(x, d))
-                        .unwrap_or(0),
-                    *p,
-                    *s,
-                ));
+                v.missing_some.push((sub, *p, *s));
             }
         }
     }
@@ -521,6 +537,20 @@ fn field(line: &str, key: &str) -> Option<String> {
     Some(rest.split_whitespace().next()?.to_string())
 }
 
+/// With `FAULT_LOGS=DIR`, every node run's log is written there (one file
+/// per run, the killed and restarted ones included), for reading a failure.
+fn keep_logs(tag: &str, logs: &[Vec<String>]) {
+    let Some(dir) = std::env::var_os("FAULT_LOGS") else {
+        return;
+    };
+    let dir = std::path::Path::new(&dir).join(tag);
+    std::fs::create_dir_all(&dir).expect("the log directory");
+    for (i, run) in logs.iter().enumerate() {
+        std::fs::write(dir.join(format!("run{i}.log")), run.join("\n")).expect("a log written");
+    }
+    eprintln!("{tag}: node logs in {}", dir.display());
+}
+
 /// Runs `fault` under load through HAProxy and checks the history.
 fn under_load(tag: &str, fault: impl FnOnce(&mut Cluster) + Send) {
     let Some(mut c) = Cluster::start_behind_proxy(tag) else {
@@ -550,12 +580,13 @@ fn under_load(tag: &str, fault: impl FnOnce(&mut Cluster) + Send) {
         .unwrap_or_else(|_| panic!("{tag} did not finish within {LIMIT:?}"))
     });
     let logs = c.node_logs();
+    keep_logs(tag, &logs);
     let at = *fault_at.lock().unwrap();
     let v = check(&history, &logs, at);
     eprintln!(
         "{tag}: {} acknowledged; missing {}, QoS 2 twice {} (+{} first delivered before the \
          fault), copies {}, out of order {}, sessions lost {:?}, refused CONNECTs {}, \
-         connections lost {:?}, wills {:?}",
+         connections lost {:?}, wills {:?} (+{} copies)",
         v.acked,
         v.missing,
         v.qos2_twice,
@@ -565,7 +596,8 @@ fn under_load(tag: &str, fault: impl FnOnce(&mut Cluster) + Send) {
         v.sessions_lost,
         history.refused,
         history.lost,
-        history.wills
+        history.wills,
+        history.will_copies
     );
     assert_eq!(v.missing, 0, "{tag}: acknowledged messages missing: {v:?}");
     assert_eq!(v.qos2_twice, 0, "{tag}: QoS 2 delivered twice: {v:?}");

@@ -35,6 +35,9 @@ pub(crate) enum Close {
     /// Use another server; the will is left to the cluster (see
     /// [`crate::session::Kick::Fenced`]).
     Fenced,
+    /// The node is stopping and its clients go to the other nodes of the
+    /// cluster: DISCONNECT 0x9C Use another server; the will is published.
+    Draining,
     /// The broker is shutting down.
     Shutdown,
     /// The store could not write a message that the client is waiting to
@@ -60,7 +63,7 @@ impl Close {
             Close::KeepAlive => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
             Close::Protocol(code, _) => Some(*code),
             Close::TakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),
-            Close::Fenced => Some(ReasonCode::USE_ANOTHER_SERVER),
+            Close::Fenced | Close::Draining => Some(ReasonCode::USE_ANOTHER_SERVER),
             Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
             Close::StoreFailed => Some(ReasonCode::UNSPECIFIED_ERROR),
             Close::Administrative => Some(ReasonCode::ADMINISTRATIVE_ACTION),
@@ -78,7 +81,7 @@ impl Close {
             Close::KeepAlive => DisconnectReason::KeepAlive,
             Close::Protocol(..) => DisconnectReason::ProtocolError,
             Close::TakenOver | Close::Fenced => DisconnectReason::TakenOver,
-            Close::Shutdown => DisconnectReason::Shutdown,
+            Close::Shutdown | Close::Draining => DisconnectReason::Shutdown,
             Close::StoreFailed => DisconnectReason::StoreFailed,
             Close::Administrative => DisconnectReason::Administrative,
             Close::SlowConsumer => DisconnectReason::SlowConsumer,
@@ -94,6 +97,7 @@ impl Close {
             Close::SlowConsumer => Some("slow consumer: messages were not read in time"),
             Close::CredentialsExpired => Some("credentials expired"),
             Close::Fenced => Some("this node lost the cluster: connect to another node"),
+            Close::Draining => Some("this node is stopping: connect to another node"),
             _ => None,
         }
     }

@@ -596,6 +596,7 @@ impl Machine {
             Some(Kick::SlowConsumer) => Close::SlowConsumer,
             Some(Kick::TakenOver) => Close::TakenOver,
             Some(Kick::Fenced) => Close::Fenced,
+            Some(Kick::Draining) => Close::Draining,
             Some(_) => Close::Administrative,
             None => Close::TakenOver,
         }

@@ -50,6 +50,10 @@ pub enum Kick {
     /// another node owns the session now): the client is sent to another
     /// node, and its will is the cluster's to publish, not this node's.
     Fenced,
+    /// This node is stopping (a graceful restart of a cluster node): the
+    /// client is sent to another node; its will is published as for any
+    /// connection the server closes.
+    Draining,
 }
 
 /// What the admin API shows of an attached connection. Compact (28 bytes):
@@ -1123,6 +1127,12 @@ impl SessionState {
     /// it. `false` when no connection is attached.
     pub fn kick_fenced(&mut self, notify: &Notify) -> bool {
         self.kick_as(Kick::Fenced, notify)
+    }
+
+    /// Tells the attached connection to close as [`Kick::Draining`]; wakes
+    /// it. `false` when no connection is attached.
+    pub fn kick_draining(&mut self, notify: &Notify) -> bool {
+        self.kick_as(Kick::Draining, notify)
     }
 
     fn kick_as(&mut self, kick: Kick, notify: &Notify) -> bool {
