@@ -198,10 +198,14 @@ impl NatsCluster {
                 .filter(|id| broker.session(id).is_some())
                 .count();
             let attached = broker.connected_count();
-            if (left == 0 && attached == 0) || Instant::now() >= deadline {
+            // A session written out waits here until its new node fetched it.
+            let moving =
+                self.inner.handing_over.lock().len() + self.inner.outgoing.lock().by_client.len();
+            if (left == 0 && attached == 0 && moving == 0) || Instant::now() >= deadline {
                 tracing::info!(
                     not_moved = left,
                     still_connected = attached,
+                    still_moving = moving,
                     "stopping: the sessions not taken over stay with this node"
                 );
                 break;

@@ -277,7 +277,8 @@ async fn take_from(inner: &Inner, owner: &str, client_id: &str) -> bool {
             tracing::info!(%client_id, %owner, parts = count, "session moved from another node");
             if let (Some(token), Some(cut)) = (token, cut) {
                 let clients = HashMap::from([(client, mark)]);
-                request_replay_from(inner, owner, clients, HashSet::new(), Some(cut), token);
+                let cut = (Some(cut), true);
+                request_replay(inner, owner, clients, HashSet::new(), cut, token);
             }
         }
         Err(e) => {
@@ -425,6 +426,19 @@ pub fn request_replay_from(
     receipt: Option<crate::receipt::Receipt>,
     token: u64,
 ) {
+    request_replay(inner, dead, own_before, held, (receipt, false), token);
+}
+
+/// As [`request_replay_from`], `receipt` flagged as a live handover's cut
+/// when `.1` (see [`crate::shared::ReplayRequest::live`]).
+fn request_replay(
+    inner: &Inner,
+    dead: &str,
+    own_before: HashMap<ByteString, u64>,
+    held: HashSet<(u64, u64)>,
+    (receipt, live): (Option<crate::receipt::Receipt>, bool),
+    token: u64,
+) {
     let clients: HashSet<ByteString> = own_before.keys().cloned().collect();
     let mut replaying = inner.replaying.lock();
     for c in &clients {
@@ -437,6 +451,7 @@ pub fn request_replay_from(
         own_before,
         held,
         receipt,
+        live,
         token,
     });
 }

@@ -111,6 +111,10 @@ pub async fn run(
                     // session leaves the index.
                     let cut = broker.leave_index(&client_id).map(|own| {
                         let mut high = seen.highs();
+                        for (o, s) in replays.replayed_highs(&client_id) {
+                            let h = high.entry(o).or_default();
+                            *h = (*h).max(s);
+                        }
                         high.insert(inner.origin, own);
                         high
                     });

@@ -189,15 +189,20 @@ pub enum ReplayCommand {
 pub struct ReplayRequest {
     pub dead: String,
     pub clients: HashSet<ByteString>,
-    /// Per session, this node's message number right after it was
-    /// installed here: its own messages after it were routed to it here
-    /// (numbers are taken before routing), the others were not.
+    /// Per session, this node's message number as its subscriptions
+    /// entered the index here: its own messages after it were routed to it
+    /// here, the others were not.
     pub own_before: HashMap<ByteString, u64>,
     /// The stamps of the messages the rebuilt sessions hold already.
     pub held: HashSet<(u64, u64)>,
     /// The receipt to replay from (this node's previous run's, read before
     /// this run wrote its own); `None`: the dead node's, read then.
     pub receipt: Option<crate::receipt::Receipt>,
+    /// The receipt is a live handover's cut: a run it does not name sent
+    /// the old node nothing the sessions wanted, so only its messages still
+    /// on their way then (the last [`crate::transit::ON_THE_WAY`]) are
+    /// replayed.
+    pub live: bool,
     /// The replay's token, started ([`crate::transit::begin`]) before the
     /// sessions were installed: what core NATS brought them since counts.
     pub token: u64,

@@ -50,6 +50,9 @@ const MARGIN: Duration = Duration::from_secs(5);
 /// How long a replay goes on reading after it caught up: an append that
 /// was on its way when this node's interest reached the other nodes.
 const TAIL: Duration = Duration::from_millis(300);
+/// How long a message may still be on its way to a node through core NATS
+/// (see [`crate::shared::ReplayRequest::live`]).
+pub const ON_THE_WAY: Duration = Duration::from_secs(2);
 /// How often the routing task checks for messages NATS dropped.
 pub const REPAIR_CHECK: Duration = Duration::from_millis(250);
 /// How far before the check that noticed a drop its repair reads.
@@ -253,6 +256,27 @@ impl Replays {
     /// Whether no replay is in progress.
     pub fn is_empty(&self) -> bool {
         self.running.is_empty() && self.ended.is_empty()
+    }
+
+    /// Per run, the newest message number a replay (in progress, or ended
+    /// within [`ENDED_KEPT`]) gave `client_id`'s session: a live handover's
+    /// cut counts those with what core NATS brought.
+    pub fn replayed_highs(&self, client_id: &str) -> HashMap<u64, u64> {
+        let mut high: HashMap<u64, u64> = HashMap::new();
+        let ended = self.ended.iter().map(|(_, r)| r);
+        for r in ended.chain(self.running.values()) {
+            let Some((clients, _)) = &r.clients else {
+                continue;
+            };
+            if !clients.iter().any(|c| &**c == client_id) {
+                continue;
+            }
+            for s in &r.replayed {
+                let h = high.entry(s.origin).or_default();
+                *h = (*h).max(s.seq);
+            }
+        }
+        high
     }
 
     /// Before a message core NATS brought is routed: the sessions that a
@@ -481,6 +505,7 @@ async fn repair_from(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>) -> Res
         own_before: 0,
         held: &none,
         only,
+        unknown_from_ms: None,
     };
     let read = read_since(inner, js, from_ms, token, &skip, &mut HashSet::new()).await;
     end(routes, token).await;
@@ -604,11 +629,15 @@ async fn replay_read(
     if inner.commands.send(Command::Ready(ready)).is_ok() {
         let _ = tokio::time::timeout(inner.timeout, wait).await;
     }
+    let unknown_from_ms = request
+        .live
+        .then(|| receipt.at_ms.saturating_sub(ON_THE_WAY.as_millis() as u64));
     let skip = Skip {
         receipt: &receipt,
         own_before,
         held,
         only: None,
+        unknown_from_ms,
     };
     read_since(inner, js, from_ms, token, &skip, handed).await
 }
@@ -623,11 +652,19 @@ struct Skip<'a> {
     own_before: u64,
     /// Those the rebuilt sessions hold.
     held: &'a HashSet<(u64, u64)>,
+    /// Those of runs the receipt does not name stored before this (ms).
+    unknown_from_ms: Option<u64>,
 }
 
 impl Skip<'_> {
-    fn wanted(&self, inner: &Inner, stamp: Stamp) -> bool {
+    fn wanted(&self, inner: &Inner, stamp: Stamp, stored_ms: u64) -> bool {
         if self.only.is_some_and(|o| o != stamp.origin) {
+            return false;
+        }
+        if self
+            .unknown_from_ms
+            .is_some_and(|from| stored_ms < from && !self.receipt.high.contains_key(&stamp.origin))
+        {
             return false;
         }
         let own_later = stamp.origin == inner.origin && stamp.seq > self.own_before;
@@ -684,7 +721,11 @@ async fn read_since(
             continue;
         };
         // Twice in transit (an append tried again that had made it).
-        let wanted = skip.wanted(inner, stamp);
+        let stored_ms = next
+            .info()
+            .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as u64)
+            .unwrap_or(u64::MAX);
+        let wanted = skip.wanted(inner, stamp, stored_ms);
         tracing::debug!(?stamp, wanted, topic = %msg.topic, "read from transit");
         if wanted && !handed_stamps.contains(&(stamp.origin, stamp.seq)) {
             handed += 1;
