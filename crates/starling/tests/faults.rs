@@ -634,7 +634,6 @@ fn kill_9_of_a_node_under_load() {
 }
 
 #[test]
-#[ignore = "fails: a graceful restart under load loses acknowledged messages (issue 19, in the notes)"]
 fn rolling_restart_of_every_node_under_load() {
     under_load("fault-rolling", |c| {
         for n in 1..=3 {
