@@ -48,6 +48,20 @@ impl BrokerState {
             .count()
     }
 
+    /// Tells connection `conn_id` of `client_id`, if it is still attached,
+    /// to close as in [`BrokerState::fence_persistent`] (its will left to
+    /// the cluster, whose copy of it stands). Whether it was told.
+    pub fn fence_connection(&self, client_id: &str, conn_id: u64) -> bool {
+        self.session(client_id)
+            .is_some_and(|s| s.state.lock().kick_fenced_conn(conn_id, &s.notify))
+    }
+
+    /// The connection attached to `client_id`'s session here, if any.
+    pub fn connection_of(&self, client_id: &str) -> Option<u64> {
+        self.session(client_id)
+            .and_then(|s| s.state.lock().attached_conn())
+    }
+
     /// Tells every connection to close with DISCONNECT 0x9C Use another
     /// server, this node being about to stop; their wills are published as
     /// for any close by the server. Returns how many were told.

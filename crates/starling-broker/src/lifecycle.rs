@@ -143,6 +143,10 @@ pub(crate) struct Departure {
     /// The will to publish (now or after its delay); `None` when the client
     /// had none or ended normally.
     pub will: Option<Will>,
+    /// The connection had a will, which the cluster's copy of is to go
+    /// (published here, or discarded by a normal DISCONNECT); not when it
+    /// is left to the cluster ([`crate::connection::Close::Fenced`]).
+    pub clear_shared_will: bool,
     /// The session expiry in force at the end.
     pub expiry_interval: u32,
     /// The client's user name, for the will's ACL check.
@@ -158,7 +162,7 @@ pub(crate) struct Departure {
 pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Departure) {
     let session = client.session;
     let will = client.will;
-    if will.is_some() {
+    if client.clear_shared_will {
         broker.cluster().will(&session.client_id, conn_id, None);
     }
     let will_delay = will

@@ -89,6 +89,7 @@ impl NatsCluster {
             live: Mutex::new(Default::default()),
             probes: Mutex::new(Default::default()),
             wills,
+            shared_wills: Default::default(),
             outgoing: Mutex::new(Default::default()),
         });
         // Before any message is routed: the sessions restored from the

@@ -86,7 +86,16 @@ pub async fn run(inner: Arc<Inner>) {
             }
             if !fenced && now - since >= LEASE {
                 fenced = true;
-                let n = broker.fence_persistent();
+                let mut n = broker.fence_persistent();
+                // The others take this node's wills once they think it dead:
+                // the clients whose will they have a copy of go too (those
+                // that came since are served on).
+                let shared: Vec<(String, u64)> =
+                    inner.shared_wills.lock().iter().cloned().collect();
+                n += shared
+                    .iter()
+                    .filter(|(c, conn)| broker.fence_connection(c, *conn))
+                    .count();
                 tracing::warn!(
                     clients = n,
                     "no NATS for {LEASE:?}: persistent clients sent to other nodes \
@@ -283,12 +292,24 @@ async fn audit(inner: &Arc<Inner>, broker: &Arc<BrokerState>, suspect: bool) {
             sessions_lost = n,
             "back on NATS: sessions audited (those another node owns now dropped here)"
         );
-        if let Some(buckets) = inner.buckets.get() {
-            let me = keys::node(&inner.node_id);
-            crate::wills::take_wills_of(inner, buckets, &me, true).await;
+        // The wills of clients that ended meanwhile (JetStream may still be
+        // electing leaders: tried again, a second apart).
+        if let Some(buckets) = inner.buckets.get().cloned() {
+            let (inner, me) = (inner.clone(), keys::node(&inner.node_id));
+            tokio::spawn(async move {
+                for _ in 0..WILL_TRIES {
+                    if crate::wills::take_wills_of(&inner, &buckets, &me, true).await {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
         }
     }
 }
+
+/// Times this node's own wills are looked for once it is back on NATS.
+const WILL_TRIES: usize = 30;
 
 fn claiming(claim: Option<&Claim>, within: Duration) -> bool {
     match claim {

@@ -128,6 +128,10 @@ pub(crate) struct Inner {
     pub claims: Mutex<HashMap<String, Claim>>,
     /// The wills of this node's clients, to the task that shares them.
     pub wills: mpsc::UnboundedSender<WillCommand>,
+    /// The connections whose will the cluster has a copy of (client id,
+    /// connection): a node cut off from NATS sends those clients away
+    /// before the others take its wills (see `rejoin`).
+    pub shared_wills: Mutex<std::collections::HashSet<(String, u64)>>,
     /// The other nodes heard beating, and when last.
     pub live: Mutex<HashMap<String, tokio::time::Instant>>,
     /// Probes in flight, by token.

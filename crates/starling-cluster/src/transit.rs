@@ -686,10 +686,16 @@ async fn read_since(
     // The leader's last message: the consumer may sit on a replica that is
     // still catching up (a server just back), whose "nothing pending"
     // would end the read early.
-    let last = stream.cached_info().state.last_sequence;
+    let state = &stream.cached_info().state;
+    let last = state.last_sequence;
     let nanos = i128::from(from_ms) * 1_000_000;
     let start_time =
         time::OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|e| e.to_string())?;
+    // Nothing stored since: a consumer would wait for a first message until
+    // the deadline.
+    if last == 0 || state.last_timestamp < start_time {
+        return Ok(0);
+    }
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: "starling.t.>".to_string(),

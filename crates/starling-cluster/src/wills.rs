@@ -1,5 +1,6 @@
 //! Wills across nodes, and the death of a node. Each node keeps the wills of its connected clients
-//! in a bucket (under `<node>.<client>`) and beats in another each second.
+//! in a bucket (one key per connection, `<node>.<client>.<run>-<connection>`,
+//! written again until it is written) and beats in another each second.
 //! When a node stops beating for [`DEAD_AFTER`], the live node with the
 //! lowest id takes its wills (a delete fenced on the revision read, so a
 //! will goes once) and publishes each after its delay, unless its session
@@ -25,10 +26,6 @@ use crate::shared::{Inner, WillCommand};
 /// How often a node beats.
 const BEAT: Duration = Duration::from_secs(1);
 
-/// Client ids whose stale will this run looked for, at most (then it
-/// starts over: a look is one read of the bucket).
-const KNOWN_LIMIT: usize = 1_000_000;
-
 /// A node silent this long is dead.
 pub const DEAD_AFTER: Duration = Duration::from_secs(5);
 
@@ -46,71 +43,102 @@ pub async fn run(inner: Arc<Inner>, buckets: Buckets, rx: mpsc::UnboundedReceive
     keep(inner, buckets, rx).await;
 }
 
-fn key(node: &str, client_id: &str) -> String {
-    format!("{node}.{}", keys::of(client_id))
+/// The key of one connection's will: `<node>.<client>.<run>-<connection>`,
+/// so that a run's connections never share one (a connection sent away
+/// while NATS was unreachable keeps its will there whatever the client's
+/// next connection does, and a restarted node's startup sweep publishes
+/// every will its previous run left).
+fn key(node: &str, client_id: &str, origin: u64, conn: u64) -> String {
+    format!("{node}.{}.{origin:x}-{conn}", keys::of(client_id))
 }
 
-/// Writes the broker's changes, in order; a clear for a connection that
-/// is not the last one set is ignored.
+/// Writes the broker's changes, in order. A write that fails (NATS or
+/// JetStream away) is tried again each [`BEAT`] until a later change of the
+/// same connection replaces it.
 async fn keep(inner: Arc<Inner>, buckets: Buckets, mut rx: mpsc::UnboundedReceiver<WillCommand>) {
     let me = keys::node(&inner.node_id);
-    let wills = buckets.wills.clone();
-    let mut current: HashMap<String, u64> = HashMap::new();
-    let mut known: std::collections::HashSet<String> = Default::default();
-    while let Some(command) = rx.recv().await {
-        let done = match command {
-            WillCommand::Set(client_id, conn, record) => {
-                // A client back on this node after its restart: the will its
-                // previous connection left (that connection ended with the
-                // node) goes first, once, before this one replaces it.
-                if known.len() >= KNOWN_LIMIT {
-                    known.clear();
-                }
-                if known.insert(client_id.clone()) {
-                    let k = key(&me, &client_id);
-                    if let Ok(Ok(Some(e))) =
-                        tokio::time::timeout(inner.timeout, wills.entry(k.clone())).await
-                    {
-                        if e.operation == Operation::Put
-                            && wills
-                                .delete_expect_revision(&k, Some(e.revision))
-                                .await
-                                .is_ok()
-                        {
-                            publish_later(inner.clone(), buckets.clone(), e.value);
-                        }
+    // Per connection, the value its key must get (`None`: no key).
+    let mut failed: HashMap<(String, u64), Option<Bytes>> = HashMap::new();
+    let mut retry = tokio::time::interval(BEAT);
+    loop {
+        let command = tokio::select! {
+            command = rx.recv() => match command {
+                Some(c) => c,
+                None => return,
+            },
+            _ = retry.tick() => {
+                let due: Vec<_> = failed.drain().collect();
+                for ((client_id, conn), value) in due {
+                    let again = (conn, value.clone());
+                    if !write_will(&inner, &buckets, &me, &client_id, again, false).await {
+                        failed.insert((client_id, conn), value);
                     }
                 }
-                current.insert(client_id.clone(), conn);
+                continue;
+            }
+        };
+        let (client_id, conn, value) = match command {
+            WillCommand::Set(client_id, conn, record) => {
                 let mut value = BytesMut::with_capacity(2 + client_id.len() + record.len());
                 value.put_u16(u16::try_from(client_id.len()).unwrap_or(u16::MAX));
                 value.put_slice(client_id.as_bytes());
                 value.put_slice(&record);
-                wills
-                    .put(key(&me, &client_id), value.freeze())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                (client_id, conn, Some(value.freeze()))
             }
-            WillCommand::Clear(client_id, conn) => {
-                if current.get(&client_id) != Some(&conn) {
-                    continue;
-                }
-                current.remove(&client_id);
-                wills
-                    .purge(key(&me, &client_id))
-                    .await
-                    .map_err(|e| e.to_string())
-            }
+            WillCommand::Clear(client_id, conn) => (client_id, conn, None),
             WillCommand::Barrier(done) => {
                 let _ = done.send(());
                 continue;
             }
         };
-        match done {
-            Ok(()) => tracing::debug!("a will change shared with the cluster"),
-            Err(e) => tracing::warn!("a will was not shared with the cluster: {e}"),
+        let id = (client_id, conn);
+        if failed.remove(&id).is_some() && value.is_none() {
+            // Never written: nothing to remove.
+            continue;
         }
+        if !write_will(&inner, &buckets, &me, &id.0, (conn, value.clone()), true).await {
+            failed.insert(id, value);
+        }
+    }
+}
+
+/// Writes (`Some`) or removes the shared will of `client_id`'s connection
+/// `conn`, and records which connections' wills the cluster holds; false
+/// when the bucket could not be written (`loud`: said at warn level).
+async fn write_will(
+    inner: &Inner,
+    buckets: &Buckets,
+    me: &str,
+    client_id: &str,
+    (conn, value): (u64, Option<Bytes>),
+    loud: bool,
+) -> bool {
+    let k = key(me, client_id, inner.origin, conn);
+    let done = match &value {
+        Some(v) => buckets
+            .wills
+            .put(k, v.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        None => buckets.wills.purge(k).await.map_err(|e| e.to_string()),
+    };
+    match done {
+        Ok(()) => {
+            let mut shared = inner.shared_wills.lock();
+            let id = (client_id.to_string(), conn);
+            match value {
+                Some(_) => shared.insert(id),
+                None => shared.remove(&id),
+            };
+            tracing::debug!("a will change shared with the cluster");
+            true
+        }
+        Err(e) if loud => {
+            tracing::warn!(%client_id, "a will was not shared with the cluster (tried again): {e}");
+            false
+        }
+        Err(_) => false,
     }
 }
 
@@ -301,7 +329,7 @@ pub async fn take_wills_of(
     while let Ok(Some(Ok(entry))) = tokio::time::timeout(inner.timeout, watch.next()).await {
         let last = entry.delta == 0;
         tracing::debug!(key = %entry.key, op = ?entry.operation, delta = entry.delta, "a will left");
-        let here = live_here && connected_here(inner, &entry.value);
+        let here = live_here && connected_here(inner, &entry.key, &entry.value);
         if entry.operation == Operation::Put && !here {
             let fenced = buckets
                 .wills
@@ -319,9 +347,17 @@ pub async fn take_wills_of(
 }
 
 /// Whether the client of will entry `value` is connected to this node.
-fn connected_here(inner: &Inner, value: &Bytes) -> bool {
+/// Whether the will under `key` is that of a connection of this run still
+/// attached here.
+fn connected_here(inner: &Inner, key: &str, value: &Bytes) -> bool {
+    let Some((origin, conn)) = key.rsplit('.').next().and_then(|last| last.split_once('-')) else {
+        return false;
+    };
+    let (Ok(origin), Ok(conn)) = (u64::from_str_radix(origin, 16), conn.parse::<u64>()) else {
+        return false;
+    };
     let mut v = value.clone();
-    if v.len() < 2 {
+    if origin != inner.origin || v.len() < 2 {
         return false;
     }
     let len = usize::from(v.get_u16());
@@ -329,7 +365,9 @@ fn connected_here(inner: &Inner, value: &Bytes) -> bool {
         return false;
     }
     let id = String::from_utf8_lossy(&v[..len]).into_owned();
-    inner.broker().is_some_and(|b| b.is_connected(&id))
+    inner
+        .broker()
+        .is_some_and(|b| b.connection_of(&id) == Some(conn))
 }
 
 /// Publishes a taken will after its delay, unless its client's session was

@@ -78,6 +78,9 @@ struct History {
     sessions_lost: Vec<String>,
     /// CONNECTs refused (0x88 while the cluster recovers, ...).
     refused: usize,
+    /// Per (re)connection: the client, when it began trying, and how long
+    /// until it was served.
+    waits: Vec<(String, std::time::Instant, Duration)>,
 }
 
 /// One delivery: publisher, seq, QoS, DUP, when.
@@ -111,11 +114,20 @@ async fn connect_within(
     limit: Duration,
 ) -> Option<(Client, ConnAckInfo)> {
     let deadline = tokio::time::Instant::now() + limit;
+    let began = std::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     while tokio::time::Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
         tick.tick().await;
         match Client::connect(o.clone()).await {
-            Ok(ok) => return Some(ok),
+            Ok(ok) => {
+                let id = o.client_id.to_string();
+                history
+                    .lock()
+                    .unwrap()
+                    .waits
+                    .push((id, began, began.elapsed()));
+                return Some(ok);
+            }
             Err(_) => history.lock().unwrap().refused += 1,
         }
     }
@@ -583,6 +595,14 @@ fn under_load(tag: &str, fault: impl FnOnce(&mut Cluster) + Send) {
     keep_logs(tag, &logs);
     let at = *fault_at.lock().unwrap();
     let v = check(&history, &logs, at);
+    let (waited, who) = history
+        .waits
+        .iter()
+        .filter(|(_, began, _)| *began >= at)
+        .map(|(id, _, d)| (*d, id.as_str()))
+        .max()
+        .unwrap_or_default();
+    eprintln!("{tag}: every client served again: the longest wait was {waited:?} ({who})");
     eprintln!(
         "{tag}: {} acknowledged; missing {}, QoS 2 twice {} (+{} first delivered before the \
          fault), copies {}, out of order {}, sessions lost {:?}, refused CONNECTs {}, \
@@ -640,6 +660,79 @@ fn rolling_restart_of_every_node_under_load() {
             c.restart_node_gracefully(n);
         }
     });
+}
+
+/// Two of the three NATS servers down (JetStream without quorum; nodes 2
+/// and 3 without NATS): persistent CONNECTs are refused with 0x88, clean
+/// sessions are served; everything comes back with the servers.
+#[test]
+#[ignore = "fails: acknowledged messages missing and sessions lost after JetStream loses quorum (issue 19, in the notes)"]
+fn two_of_three_nats_servers_down_under_load() {
+    under_load("fault-quorum", |c| {
+        c.stop_nats(2);
+        c.stop_nats(3);
+        // Held until nodes 2 and 3 sent their persistent clients away (their
+        // lease ran out), so that every client lives through the loss.
+        for n in [1, 2] {
+            c.nodes[n]
+                .proc
+                .log
+                .wait_for(Duration::from_secs(30), |l| l.contains("no NATS for"))
+                .unwrap_or_else(|e| panic!("node {} never saw NATS gone: {e}", n + 1));
+        }
+        let proxy = c.proxy_port;
+        tokio::runtime::Handle::current().block_on(without_quorum(proxy));
+        c.restart_nats(2);
+        c.restart_nats(3);
+    });
+}
+
+/// What the cluster answers (through HAProxy) while JetStream has no
+/// quorum: 0x88 to a persistent CONNECT (within 20 s: a claim may have to
+/// time out first), a clean session served with its QoS 0 messages.
+async fn without_quorum(port: u16) {
+    use starling_codec::ReasonCode;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let mut o = client_options(port, "q-persistent", true);
+        o.clean_start = false;
+        match Client::connect(o).await {
+            Err(e)
+                if e.refusal()
+                    .is_some_and(|r| r.code.reason_code() == ReasonCode::SERVER_UNAVAILABLE) =>
+            {
+                break
+            }
+            Ok((client, _)) => {
+                let _ = client.disconnect().await;
+            }
+            Err(e) => eprintln!("q-persistent: {e}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "persistent CONNECTs still served 20 s into the quorum loss"
+        );
+    }
+    eprintln!("without quorum: a persistent CONNECT refused with 0x88");
+    let (clean, _) = Client::connect(client_options(port, "q-clean", false))
+        .await
+        .expect("a clean session is served without quorum");
+    clean
+        .subscribe("q/echo", QoS::AtMostOnce)
+        .await
+        .expect("subscribed");
+    clean
+        .publish("q/echo", "x", QoS::AtMostOnce, false)
+        .await
+        .expect("published");
+    let echo = tokio::time::timeout(Duration::from_secs(10), clean.recv())
+        .await
+        .expect("its own QoS 0 message within 10 s")
+        .expect("a message");
+    assert_eq!(&echo.payload[..], b"x");
+    let _ = clean.disconnect().await;
 }
 
 #[test]

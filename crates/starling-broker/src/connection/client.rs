@@ -167,6 +167,7 @@ impl Client {
     /// to the cluster (its copy there is not cleared).
     pub fn departure(self, close: &Close) -> crate::lifecycle::Departure {
         crate::lifecycle::Departure {
+            clear_shared_will: self.will.is_some() && !matches!(close, Close::Fenced),
             session: self.session,
             will: match close {
                 Close::Normal | Close::Fenced => None,

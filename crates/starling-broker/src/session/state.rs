@@ -1129,6 +1129,21 @@ impl SessionState {
         self.kick_as(Kick::Fenced, notify)
     }
 
+    /// The id of the attached connection, if any.
+    pub fn attached_conn(&self) -> Option<u64> {
+        self.link.as_ref().map(|l| l.conn_id)
+    }
+
+    /// As [`SessionState::kick_fenced`], only if connection `conn_id` is the
+    /// one attached.
+    pub fn kick_fenced_conn(&mut self, conn_id: u64, notify: &Notify) -> bool {
+        if self.link.as_ref().is_some_and(|l| l.conn_id == conn_id) {
+            self.kick_as(Kick::Fenced, notify)
+        } else {
+            false
+        }
+    }
+
     /// Tells the attached connection to close as [`Kick::Draining`]; wakes
     /// it. `false` when no connection is attached.
     pub fn kick_draining(&mut self, notify: &Notify) -> bool {
