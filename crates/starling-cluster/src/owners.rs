@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_nats::jetstream::kv::{self, Operation};
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use starling_broker::cluster::Ownership;
@@ -107,7 +108,7 @@ async fn claim_owner(inner: &Inner, client_id: &str, persistent: bool) -> Owners
     };
     // The write comes first: of two nodes racing, only the winner disturbs
     // the old owner. The revision read fences the write.
-    let read = entry.as_ref().map_or(0, |e| e.revision);
+    let mut read = entry.as_ref().map_or(0, |e| e.revision);
     let previous = entry
         .as_ref()
         .filter(|e| e.operation == Operation::Put)
@@ -118,7 +119,17 @@ async fn claim_owner(inner: &Inner, client_id: &str, persistent: bool) -> Owners
             (lost, e.to_string())
         }),
         Some(e) if e.operation == Operation::Put && keys::owner_node(&e.value) == inner.node_id => {
-            return Ownership::Local
+            let here = inner
+                .broker()
+                .is_some_and(|b| b.session(client_id).is_some());
+            if here || !persistent {
+                return Ownership::Local;
+            }
+            // Written by an earlier claim here whose answer was lost (a
+            // timeout while JetStream elected a leader): the session is
+            // still with the owner before that write.
+            read = 1;
+            Ok(e.revision)
         }
         Some(e) => store.update(&key, me, e.revision).await.map_err(|e| {
             let lost = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
@@ -127,8 +138,13 @@ async fn claim_owner(inner: &Inner, client_id: &str, persistent: bool) -> Owners
     };
     match written {
         Ok(revision) => {
-            let Some(owner) = predecessor(inner, store, &key, read, revision).await else {
-                return Ownership::Local;
+            let owner = match predecessor(inner, store, &key, read, revision).await {
+                Ok(Some(owner)) => owner,
+                Ok(None) => return Ownership::Local,
+                Err(()) => {
+                    tracing::warn!(%client_id, "the previous owner could not be read");
+                    return unreachable;
+                }
             };
             if take_from(inner, &owner, client_id).await || !persistent {
                 return Ownership::Local;
@@ -175,7 +191,7 @@ async fn predecessor(
     key: &str,
     read: u64,
     written: u64,
-) -> Option<String> {
+) -> Result<Option<String>, ()> {
     let subject = format!("{}{key}", store.prefix);
     let mut last = None;
     let mut from = read.max(1);
@@ -189,7 +205,9 @@ async fn predecessor(
             .send();
         let message = match tokio::time::timeout(inner.timeout, next).await {
             Ok(Ok(m)) => m,
-            _ => break,
+            Ok(Err(e)) if e.kind() == LastRawMessageErrorKind::NoMessageFound => break,
+            // Not known: the session may be elsewhere.
+            _ => return Err(()),
         };
         if message.sequence >= written {
             break;
@@ -199,12 +217,12 @@ async fn predecessor(
     }
     let deleted =
         |m: &async_nats::jetstream::message::StreamMessage| m.headers.get("KV-Operation").is_some();
-    match last {
+    let owner = match last {
         Some(m) if deleted(&m) => None,
         Some(m) => Some(keys::owner_node(&m.payload)),
         None => None,
-    }
-    .filter(|owner| owner != &inner.node_id)
+    };
+    Ok(owner.filter(|owner| owner != &inner.node_id))
 }
 
 /// Asks node `owner` to close `client_id` there and hand its session over,
