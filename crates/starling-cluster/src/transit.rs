@@ -470,7 +470,16 @@ pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>) -> bool {
     }
     let inner = inner.clone();
     tokio::spawn(async move {
-        let repaired = repair_from(&inner, from_ms, only).await;
+        // JetStream may be electing leaders (the reason NATS dropped them):
+        // tried again, a second apart (what was routed is not routed twice).
+        let mut repaired = Err(String::new());
+        for _ in 0..REPLAY_TRIES {
+            repaired = repair_from(&inner, from_ms, only).await;
+            if repaired.is_ok() || inner.broker().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         inner.repairing.store(false, Ordering::Release);
         match repaired {
             Ok(n) => tracing::info!(

@@ -740,7 +740,58 @@ fn kill_9_of_the_session_buckets_jetstream_leader_under_load() {
     under_load("fault-leader", |c| {
         let n = c.leader_of("KV_starling_owners").unwrap_or(1);
         eprintln!("the owners bucket's leader is NATS server {n}");
+        let rt = tokio::runtime::Handle::current();
+        let probing = rt.spawn(owner_writes(c.proxy_port));
         c.stop_nats(n);
         c.restart_nats(n);
+        let (pause, refused, probes) = rt.block_on(probing).expect("the owner-write probe ends");
+        eprintln!(
+            "fault-leader: owners bucket write pause seen by persistent CONNECTs ({probes} \
+             new client ids, one each 50 ms): {pause:?}, {refused} refused"
+        );
     });
+}
+
+/// The owners bucket's write pause as clients see it: a persistent CONNECT
+/// with a new client id (an owner key created before the CONNACK) each
+/// 50 ms, until 20 in a row were accepted (bounded: 30 s). Returns the
+/// pause (from the first refused or slow one, over 100 ms, to the end of
+/// the next accepted one), how many were refused and how many were tried.
+async fn owner_writes(port: u16) -> (Duration, usize, usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let (mut refused, mut accepted_in_a_row, mut tried) = (0, 0, 0);
+    let mut troubled_since: Option<std::time::Instant> = None;
+    let mut pause = Duration::ZERO;
+    while tokio::time::Instant::now() < deadline && accepted_in_a_row < 20 {
+        tick.tick().await;
+        tried += 1;
+        let mut o = client_options(port, &format!("owner-probe-{tried}"), true);
+        o.session_expiry = Some(5);
+        let began = std::time::Instant::now();
+        let answered = Client::connect(o).await;
+        let took = began.elapsed();
+        let ok = match answered {
+            Ok((client, _)) => {
+                let _ = client.disconnect().await;
+                true
+            }
+            Err(_) => {
+                refused += 1;
+                false
+            }
+        };
+        if !ok || took > Duration::from_millis(100) {
+            troubled_since.get_or_insert(began);
+        }
+        if ok {
+            accepted_in_a_row += 1;
+            if let Some(since) = troubled_since.take() {
+                pause = pause.max(since.elapsed());
+            }
+        } else {
+            accepted_in_a_row = 0;
+        }
+    }
+    (pause, refused, tried)
 }
