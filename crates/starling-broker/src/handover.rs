@@ -81,7 +81,7 @@ impl BrokerState {
     /// Takes the offline persistent session of `client_id` out of the
     /// subscription index (a message routed from now on is not queued for it
     /// here), ahead of [`BrokerState::hand_over`]. Returns the cluster's
-    /// [`crate::Cluster::last_stamp`] at that moment: the session had this
+    /// [`crate::cluster::Cluster::last_stamp`] at that moment: the session had this
     /// node's messages up to it. `None` when there is no such session, it is
     /// connected or it is not persistent.
     pub fn leave_index(&self, client_id: &str) -> Option<u64> {
@@ -199,7 +199,7 @@ impl BrokerState {
     /// Installs a session handed over by another node, offline, for the
     /// connection of `client_id` that follows to resume. Any session of that
     /// id here is replaced. Its subscriptions enter the index last, at once;
-    /// returns the cluster's [`crate::Cluster::last_stamp`] at that moment
+    /// returns the cluster's [`crate::cluster::Cluster::last_stamp`] at that moment
     /// (this node's messages after it reach the session here).
     pub fn take_handover(
         self: &Arc<Self>,
@@ -241,7 +241,7 @@ impl BrokerState {
     }
 
     /// Puts a handed-over session's subscriptions into the index under one
-    /// lock; returns [`crate::Cluster::last_stamp`] read under it.
+    /// lock; returns [`crate::cluster::Cluster::last_stamp`] read under it.
     fn subscribe_handed(
         &self,
         session: &Arc<Session>,
