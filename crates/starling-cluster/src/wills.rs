@@ -67,11 +67,19 @@ async fn keep(inner: Arc<Inner>, buckets: Buckets, mut rx: mpsc::UnboundedReceiv
                 None => return,
             },
             _ = retry.tick() => {
+                // One write that fails ends the round (each may take a
+                // timeout): the broker's changes are not held up longer.
+                if !inner.connected() {
+                    continue;
+                }
                 let due: Vec<_> = failed.drain().collect();
-                for ((client_id, conn), value) in due {
+                let mut due = due.into_iter();
+                while let Some(((client_id, conn), value)) = due.next() {
                     let again = (conn, value.clone());
                     if !write_will(&inner, &buckets, &me, &client_id, again, false).await {
                         failed.insert((client_id, conn), value);
+                        failed.extend(due);
+                        break;
                     }
                 }
                 continue;
@@ -92,11 +100,12 @@ async fn keep(inner: Arc<Inner>, buckets: Buckets, mut rx: mpsc::UnboundedReceiv
             }
         };
         let id = (client_id, conn);
-        if failed.remove(&id).is_some() && value.is_none() {
-            // Never written: nothing to remove.
-            continue;
-        }
-        if !write_will(&inner, &buckets, &me, &id.0, (conn, value.clone()), true).await {
+        // A later change replaces one not written yet (a removal is still
+        // written: the failed write may have reached the bucket).
+        failed.remove(&id);
+        let written = inner.connected()
+            && write_will(&inner, &buckets, &me, &id.0, (conn, value.clone()), true).await;
+        if !written {
             failed.insert(id, value);
         }
     }
