@@ -70,6 +70,12 @@ pub fn merge(node: &str) -> String {
     format!("starling.node.{node}.merge")
 }
 
+/// The subject on which node `node` says whether it holds a session (see
+/// `holder`).
+pub fn holds(node: &str) -> String {
+    format!("starling.node.{node}.holds")
+}
+
 /// The subject on which a node back on NATS asks every node to read the
 /// transit window around its absence again (core NATS may have lost what
 /// it published then).

@@ -15,6 +15,7 @@ mod backlog;
 mod buckets;
 mod dedup;
 mod envelope;
+mod holder;
 mod keys;
 mod node;
 mod owners;

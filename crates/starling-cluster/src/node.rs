@@ -90,6 +90,7 @@ impl NatsCluster {
             probes: Mutex::new(Default::default()),
             wills,
             shared_wills: Default::default(),
+            failed_claims: Default::default(),
             outgoing: Mutex::new(Default::default()),
         });
         // Before any message is routed: the sessions restored from the
@@ -114,6 +115,7 @@ impl NatsCluster {
         ));
         tokio::spawn(owners::serve_takeovers(inner.clone()));
         tokio::spawn(owners::serve_handovers(inner.clone()));
+        tokio::spawn(crate::holder::serve(inner.clone()));
         tokio::spawn(crate::probe::serve(inner.clone()));
         tokio::spawn(crate::rejoin::run(inner.clone()));
         tokio::spawn(crate::rejoin::serve_merges(inner.clone()));

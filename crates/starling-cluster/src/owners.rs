@@ -57,23 +57,25 @@ pub async fn claim(inner: &Inner, client_id: &str, persistent: bool) -> Ownershi
 
 /// Before a takeover request for `client_id` is served: waits, bounded by
 /// half the cluster timeout, for a claim of it here to finish and its
-/// client to attach. A claim still in progress then is marked lost.
-async fn await_claim(inner: &Inner, broker: &BrokerState, client_id: &str) {
+/// client to attach. A claim still in progress then is marked lost, and
+/// `true` returned (it may still be getting the session).
+async fn await_claim(inner: &Inner, broker: &BrokerState, client_id: &str) -> bool {
     let deadline = tokio::time::Instant::now() + inner.timeout / 2;
     loop {
         let late = tokio::time::Instant::now() >= deadline;
         {
             let mut claims = inner.claims.lock();
             match claims.get(client_id).copied() {
-                None | Some(Claim::Lost) => return,
+                None => return false,
+                Some(Claim::Lost) => return true,
                 Some(Claim::InProgress) if late => {
                     claims.insert(client_id.to_string(), Claim::Lost);
-                    return;
+                    return true;
                 }
                 Some(Claim::InProgress) => {}
                 Some(Claim::Won(_)) if late || broker.is_connected(client_id) => {
                     claims.remove(client_id);
-                    return;
+                    return false;
                 }
                 Some(Claim::Won(_)) => {}
             }
@@ -139,18 +141,28 @@ async fn claim_owner(inner: &Inner, client_id: &str, persistent: bool) -> Owners
     match written {
         Ok(revision) => {
             let owner = match predecessor(inner, store, &key, read, revision).await {
-                Ok(Some(owner)) => owner,
+                Ok(Some(owner)) => Some(owner),
                 Ok(None) => return Ownership::Local,
                 Err(()) => {
                     tracing::warn!(%client_id, "the previous owner could not be read");
-                    return unreachable;
+                    None
                 }
             };
-            if take_from(inner, &owner, client_id).await || !persistent {
+            let had = match &owner {
+                Some(owner) => take_from(inner, owner, client_id).await,
+                None => false,
+            };
+            if had || !persistent {
+                crate::holder::claim_succeeded(inner, client_id);
                 return Ownership::Local;
             }
             // The session could not be had (its replica unreadable now):
-            // the owner goes back to what it was, for a later try.
+            // the owner goes back to what it was, for a later try, and a
+            // takeover asked here meanwhile is sent where the session is.
+            let stayed = owner.or_else(|| previous.as_ref().map(|v| keys::owner_node(v)));
+            if let Some(stayed) = stayed.filter(|n| n != &inner.node_id) {
+                crate::holder::claim_failed(inner, client_id, &stayed);
+            }
             let reverted = match previous {
                 Some(value) => store
                     .update(&key, value, revision)
@@ -231,41 +243,52 @@ async fn predecessor(
 /// session could not be had.
 async fn take_from(inner: &Inner, owner: &str, client_id: &str) -> bool {
     let deadline = tokio::time::Instant::now() + BUSY_FOR;
-    let mut cut = None;
-    let count = loop {
+    let mut owner = owner.to_string();
+    let mut hops = 0;
+    let (count, cut) = loop {
         let asked = inner
             .client
-            .request(keys::takeover(owner), Bytes::from(client_id.to_string()));
-        let count = match tokio::time::timeout(inner.timeout, asked).await {
-            Ok(Ok(reply)) if reply.payload.len() >= 4 => {
-                cut = crate::receipt::Receipt::decode(&reply.payload[4..]);
-                u32::from_be_bytes([
-                    reply.payload[0],
-                    reply.payload[1],
-                    reply.payload[2],
-                    reply.payload[3],
-                ])
-            }
-            Ok(Ok(_)) => 0,
+            .request(keys::takeover(&owner), Bytes::from(client_id.to_string()));
+        let answer = match tokio::time::timeout(inner.timeout, asked).await {
+            Ok(Ok(reply)) => Handed::decode(&reply.payload).unwrap_or(Handed::Parts(0, None)),
             Ok(Err(e)) => {
                 tracing::info!(%client_id, %owner, "the previous owner did not answer: {e}");
-                return rebuild(inner, owner, client_id).await;
+                return rebuild(inner, &owner, client_id).await;
             }
             Err(_) => {
                 tracing::info!(%client_id, %owner, "the previous owner did not answer in time");
-                return rebuild(inner, owner, client_id).await;
+                return rebuild(inner, &owner, client_id).await;
             }
         };
-        if count != BUSY {
-            break count;
+        match answer {
+            Handed::Parts(count, cut) => break (count, cut),
+            // A claim there failed and left the session with `node`.
+            Handed::Elsewhere(node) if hops < HOPS => {
+                tracing::info!(%client_id, %owner, holder = %node, "the session stayed with the node before: asked there");
+                hops += 1;
+                if node == inner.node_id {
+                    return inner
+                        .broker()
+                        .is_some_and(|b| b.session(client_id).is_some());
+                }
+                owner = node;
+                continue;
+            }
+            Handed::Elsewhere(_) => {
+                tracing::warn!(%client_id, %owner, "the session was not found along its owners");
+                return false;
+            }
+            Handed::Busy => {}
         }
-        // Its messages are still being replayed there: asked again.
+        // Its messages are still being replayed there, or a claim there is
+        // fetching it: asked again.
         if tokio::time::Instant::now() >= deadline {
             tracing::warn!(%client_id, %owner, "the session is still being rebuilt on its node");
             return false;
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     };
+    let owner = owner.as_str();
     if count == 0 {
         tracing::debug!(%client_id, %owner, "taken over from another node (no session to move)");
         return true;
@@ -587,6 +610,11 @@ pub async fn release(inner: &Inner, client_id: &str) {
 
 /// A takeover's answer while the session's replay is in progress.
 const BUSY: u32 = u32::MAX;
+/// A takeover's answer from a node without the session, followed by the
+/// node that has it.
+const ELSEWHERE: u32 = u32::MAX - 1;
+/// Nodes a takeover follows from one to the next, at most.
+const HOPS: usize = 3;
 /// How long a takeover asks again while the answer is [`BUSY`].
 const BUSY_FOR: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -613,14 +641,9 @@ pub async fn serve_takeovers(inner: Arc<Inner>) {
         let client_id = client_id.to_string();
         let inner = inner.clone();
         tokio::spawn(async move {
-            let (parts, cut) = hand_over(&inner, &broker, &client_id).await;
+            let answer = hand_over(&inner, &broker, &client_id).await;
             if let Some(reply) = request.reply {
-                let mut answer = bytes::BytesMut::new();
-                answer.extend_from_slice(&parts.to_be_bytes());
-                if let Some(cut) = cut {
-                    answer.extend_from_slice(&cut.encode());
-                }
-                let _ = inner.client.publish(reply, answer.freeze()).await;
+                let _ = inner.client.publish(reply, answer.encode()).await;
             }
         });
     }
@@ -628,20 +651,26 @@ pub async fn serve_takeovers(inner: Arc<Inner>) {
 
 /// Returns how many parts the session has, and what it had of each run's
 /// messages when it left this node's subscription index (the new node
-/// replays what came after from transit).
-async fn hand_over(
-    inner: &Inner,
-    broker: &Arc<BrokerState>,
-    client_id: &str,
-) -> (u32, Option<crate::receipt::Receipt>) {
-    await_claim(inner, broker, client_id).await;
+/// replays what came after from transit); or that the asker should ask
+/// again, or ask another node.
+async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) -> Handed {
+    let cut_short = await_claim(inner, broker, client_id).await;
     if broker.session(client_id).is_none() {
-        return (0, None);
+        // A claim here that could not get the session: it stayed with the
+        // node the claim asked (or is still being fetched from it).
+        if let Some(node) = crate::holder::redirect(inner, client_id) {
+            return Handed::Elsewhere(node);
+        }
+        return if cut_short {
+            Handed::Busy
+        } else {
+            Handed::Parts(0, None)
+        };
     }
     // A session whose messages are being replayed moves once they are in
     // its queue: until then the new node is told to ask again.
     if !crate::transit::await_replay(inner, client_id, inner.timeout / 2).await {
-        return (BUSY, None);
+        return Handed::Busy;
     }
     // Whatever ends here now, the claim is the new owner's: no release.
     inner.handing_over.lock().insert(client_id.to_string());
@@ -657,7 +686,7 @@ async fn hand_over(
     // task (what it had of each run is known exactly), then is written out.
     let cut = cut_from_routing(inner, client_id).await;
     let Some(chunks) = broker.hand_over(client_id).await else {
-        return (0, None);
+        return Handed::Parts(0, None);
     };
     inner.handing_over.lock().remove(client_id);
     let parts = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
@@ -666,7 +695,47 @@ async fn hand_over(
     out.by_client
         .retain(|_, (_, at)| now.duration_since(*at) < HANDOVER_KEPT);
     out.by_client.insert(client_id.to_string(), (chunks, now));
-    (parts, cut)
+    Handed::Parts(parts, cut)
+}
+
+/// A takeover's answer.
+enum Handed {
+    /// How many parts the session has (0: none here), and its cut.
+    Parts(u32, Option<crate::receipt::Receipt>),
+    /// Ask again (a replay or a claim of the session is in progress here).
+    Busy,
+    /// Not here: ask that node, where a failed claim here left it.
+    Elsewhere(String),
+}
+
+impl Handed {
+    fn encode(self) -> Bytes {
+        let mut answer = bytes::BytesMut::new();
+        match self {
+            Handed::Parts(parts, cut) => {
+                answer.extend_from_slice(&parts.to_be_bytes());
+                if let Some(cut) = cut {
+                    answer.extend_from_slice(&cut.encode());
+                }
+            }
+            Handed::Busy => answer.extend_from_slice(&BUSY.to_be_bytes()),
+            Handed::Elsewhere(node) => {
+                answer.extend_from_slice(&ELSEWHERE.to_be_bytes());
+                answer.extend_from_slice(node.as_bytes());
+            }
+        }
+        answer.freeze()
+    }
+
+    /// `None`: not an answer.
+    fn decode(payload: &[u8]) -> Option<Handed> {
+        let count = u32::from_be_bytes(payload.get(..4)?.try_into().ok()?);
+        Some(match count {
+            BUSY => Handed::Busy,
+            ELSEWHERE => Handed::Elsewhere(String::from_utf8(payload[4..].to_vec()).ok()?),
+            parts => Handed::Parts(parts, crate::receipt::Receipt::decode(&payload[4..])),
+        })
+    }
 }
 
 /// Takes `client_id`'s session out of the subscription index inside this

@@ -1,10 +1,14 @@
 //! A node that lost NATS, and its way back.
 //!
-//! Cut off for [`LEASE`] (shorter than the other nodes take to declare it
-//! dead, `wills::DEAD_AFTER`), the node sends its persistent clients to
-//! other nodes (DISCONNECT 0x9C; their wills are left to the cluster) and,
-//! as before, refuses new persistent sessions: no session is then served
-//! by two nodes when the others adopt this node's sessions.
+//! Cut off, the node sends its persistent clients to other nodes at once
+//! (DISCONNECT 0x9C; their wills are left to the cluster): their sessions'
+//! changes cannot be replicated now, and a message delivered here would be
+//! delivered again by the node that rebuilds the session from its replica.
+//! It refuses new persistent sessions until NATS is back, so no session is
+//! served by two nodes when the others adopt this node's sessions. After
+//! [`LEASE`] (shorter than the others take to declare it dead,
+//! `wills::DEAD_AFTER`) the clean clients whose wills the others hold go
+//! too.
 //!
 //! Once back, and whenever some sessions are behind their replica, it asks
 //! who owns each of its sessions (the *audit*). A session it still owns
@@ -25,13 +29,16 @@ use futures_util::StreamExt;
 use starling_broker::BrokerState;
 use tokio::time::Instant;
 
+use crate::holder::Holding;
 use crate::keys;
 use crate::shared::{Claim, Inner};
 
-/// How long a node without NATS keeps its persistent clients.
+/// How long a node without NATS keeps the clean clients whose wills the
+/// other nodes hold (and its persistent ones, before its sessions are
+/// replicated).
 pub const LEASE: Duration = Duration::from_secs(3);
 /// How often the connection is looked at.
-const CHECK: Duration = Duration::from_millis(250);
+const CHECK: Duration = Duration::from_millis(100);
 /// Audits at most this often (one that could not finish is tried again).
 const AUDIT_EVERY: Duration = Duration::from_secs(1);
 /// Owners read at once during an audit.
@@ -45,6 +52,7 @@ pub async fn run(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(CHECK);
     let mut lost_at: Option<Instant> = None;
     let mut fenced = false;
+    let mut persistent_fenced = false;
     let mut audited = Instant::now() - AUDIT_EVERY;
     let stats = inner.client.statistics();
     let mut connects = stats.connects.load(Ordering::Relaxed);
@@ -81,31 +89,41 @@ pub async fn run(inner: Arc<Inner>) {
         if !inner.connected() {
             let since = *lost_at.get_or_insert(now);
             // Once the sessions are replicated (before, nothing was).
-            if inner.replica.linked() {
+            let linked = inner.replica.linked();
+            if linked {
                 inner.replica.hold.lock().suspect = true;
+            }
+            if !persistent_fenced && (linked || now - since >= LEASE) {
+                persistent_fenced = true;
+                let n = broker.fence_persistent();
+                tracing::warn!(
+                    clients = n,
+                    "no NATS: persistent clients sent to other nodes (DISCONNECT 0x9C); \
+                     persistent sessions are refused until NATS is back"
+                );
             }
             if !fenced && now - since >= LEASE {
                 fenced = true;
-                let mut n = broker.fence_persistent();
                 // The others take this node's wills once they think it dead:
                 // the clients whose will they have a copy of go too (those
                 // that came since are served on).
                 let shared: Vec<(String, u64)> =
                     inner.shared_wills.lock().iter().cloned().collect();
-                n += shared
+                let n = shared
                     .iter()
                     .filter(|(c, conn)| broker.fence_connection(c, *conn))
                     .count();
                 tracing::warn!(
                     clients = n,
-                    "no NATS for {LEASE:?}: persistent clients sent to other nodes \
-                     (DISCONNECT 0x9C); persistent sessions are refused until NATS is back"
+                    "no NATS for {LEASE:?}: the clients whose wills the other nodes hold sent \
+                     to them (DISCONNECT 0x9C)"
                 );
             }
             continue;
         }
         lost_at = None;
         fenced = false;
+        persistent_fenced = false;
         let (suspect, behind) = {
             let hold = inner.replica.hold.lock();
             (hold.suspect, !hold.backlogs.is_empty())
@@ -163,7 +181,7 @@ pub async fn watch_owners(inner: Arc<Inner>) {
             if owner == inner.node_id || broker.session(&id).is_none() {
                 continue;
             }
-            tokio::spawn(unless_handed_over(inner.clone(), broker, id, owner));
+            tokio::spawn(unless_handed_over(inner.clone(), broker, id));
         }
         if inner.broker().is_none() {
             return;
@@ -172,33 +190,37 @@ pub async fn watch_owners(inner: Arc<Inner>) {
 }
 
 /// After a takeover's time: gives up session `id` if it is still here and
-/// `owner` still owns it.
-async fn unless_handed_over(
-    inner: Arc<Inner>,
-    broker: Arc<BrokerState>,
-    id: String,
-    owner: String,
-) {
+/// another node owns and holds it; keeps it if the owner turns out not to
+/// hold it (see `holder`). Asked again while the owner's claim is in
+/// progress or it does not answer.
+async fn unless_handed_over(inner: Arc<Inner>, broker: Arc<BrokerState>, id: String) {
     // A session whose replay is in progress answers takeovers "busy": the
     // new owner asks again until it moves.
-    for _ in 0..60 {
+    let mut owner = None;
+    for _ in 0..SETTLE_TRIES {
         tokio::time::sleep(inner.timeout * 2).await;
         if broker.session(&id).is_none() || claiming(inner.claims.lock().get(&id), inner.timeout) {
             return;
         }
-        if !inner.replaying.lock().contains_key(&id) {
-            break;
+        if inner.replaying.lock().contains_key(&id) {
+            continue;
+        }
+        match verdict(&inner, &broker, &id).await {
+            Some(Verdict::Lost(now)) => {
+                owner = Some(now);
+                break;
+            }
+            Some(Verdict::Mine) => {
+                write_out(&inner, &broker, &id).await;
+                return;
+            }
+            Some(Verdict::Unsettled(_)) | None => {}
         }
     }
-    if inner.replaying.lock().contains_key(&id) {
-        return;
-    }
-    let Some(Verdict::Lost(now)) = verdict(&inner, &broker, &id).await else {
+    let Some(owner) = owner else {
+        tracing::warn!(client_id = %id, "another node owns this session but never said it holds it: kept here");
         return;
     };
-    if now != owner {
-        return;
-    }
     let early = {
         let mut hold = inner.replica.hold.lock();
         hold.fenced.insert(id.clone());
@@ -211,10 +233,30 @@ async fn unless_handed_over(
     give_up(&inner, &broker, &id, &owner, early).await;
 }
 
+/// Times a session another node owns is looked at again, `2 × timeout`
+/// apart, before it is given up or kept.
+const SETTLE_TRIES: usize = 60;
+
 /// Who owns a session held here, as the audit found.
 enum Verdict {
     Mine,
+    /// Another node owns and holds it.
     Lost(String),
+    /// Another node owns it but is still claiming it, or did not answer
+    /// whether it holds it: kept here, and asked again.
+    Unsettled(String),
+}
+
+/// Session `id`, found this node's after all, has its held changes written
+/// out.
+async fn write_out(inner: &Inner, broker: &BrokerState, id: &str) {
+    let due = {
+        let mut hold = inner.replica.hold.lock();
+        hold.backlogs.contains_key(id) && hold.due.insert(id.to_string())
+    };
+    if let (true, Some(store)) = (due, broker.store()) {
+        let _ = tokio::time::timeout(inner.timeout, store.submit_and_wait(Vec::new())).await;
+    }
 }
 
 /// Asks who owns each session held here (all of them after a cut; else
@@ -246,6 +288,16 @@ async fn audit(inner: &Arc<Inner>, broker: &Arc<BrokerState>, suspect: bool) {
         .map(|(id, _)| id.clone())
         .collect();
     let mut lost = Vec::new();
+    for (id, v) in &verdicts {
+        if let Verdict::Unsettled(owner) = v {
+            tracing::info!(client_id = %id, %owner, "a session another node owns but may not hold: kept for now");
+            tokio::spawn(unless_handed_over(
+                inner.clone(),
+                broker.clone(),
+                id.clone(),
+            ));
+        }
+    }
     {
         let claims = inner.claims.lock();
         let mut hold = inner.replica.hold.lock();
@@ -262,6 +314,7 @@ async fn audit(inner: &Arc<Inner>, broker: &Arc<BrokerState>, suspect: bool) {
                     hold.fenced.insert(id.clone());
                     lost.push((id, owner, early));
                 }
+                Verdict::Unsettled(_) => {}
                 _ => {
                     if hold.backlogs.contains_key(&id) {
                         hold.due.insert(id);
@@ -371,11 +424,28 @@ async fn verdict(inner: &Inner, broker: &BrokerState, id: &str) -> Option<Verdic
         match entry {
             Some(e) if e.operation == Operation::Put => {
                 let owner = keys::owner_node(&e.value);
-                return Some(if owner == inner.node_id {
-                    Verdict::Mine
-                } else {
-                    Verdict::Lost(owner)
-                });
+                if owner == inner.node_id {
+                    return Some(Verdict::Mine);
+                }
+                match crate::holder::ask(inner, &owner, id).await {
+                    Holding::Held => return Some(Verdict::Lost(owner)),
+                    Holding::Claiming | Holding::Unknown => return Some(Verdict::Unsettled(owner)),
+                    // Its claim failed and the owner was not put back:
+                    // this node's copy is the session.
+                    Holding::Not => {
+                        let me = keys::owner_value(&inner.node_id, id);
+                        match owners.update(&key, me, e.revision).await {
+                            Ok(_) => {
+                                tracing::info!(client_id = %id, %owner, "claimed back a session its owner did not hold");
+                                return Some(Verdict::Mine);
+                            }
+                            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                                continue
+                            }
+                            Err(_) => return None,
+                        }
+                    }
+                }
             }
             // Ended elsewhere, or never written: only a session held here
             // is claimed again.

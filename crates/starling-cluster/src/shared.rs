@@ -126,6 +126,9 @@ pub(crate) struct Inner {
     /// Client ids this node is claiming or just claimed: a takeover request
     /// for one of them waits for the client to attach before it is kicked.
     pub claims: Mutex<HashMap<String, Claim>>,
+    /// Claims here that could not get their session, with the node that
+    /// still holds it and when (see `holder`).
+    pub failed_claims: Mutex<HashMap<String, (String, tokio::time::Instant)>>,
     /// The wills of this node's clients, to the task that shares them.
     pub wills: mpsc::UnboundedSender<WillCommand>,
     /// The connections whose will the cluster has a copy of (client id,
