@@ -28,19 +28,24 @@ pub struct Buckets {
 /// Opens (creating if needed) the buckets with `replicas` copies each.
 pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Buckets, async_nats::Error> {
     Ok(Buckets {
-        owners: bucket(js, crate::keys::OWNERS, OWNER_HISTORY, replicas).await?,
-        retained: bucket(js, crate::keys::RETAINED, 1, replicas).await?,
-        wills: bucket(js, crate::keys::WILLS, 1, replicas).await?,
-        nodes: bucket(js, crate::keys::NODES, 1, replicas).await?,
-        receipts: bucket(js, crate::keys::RECEIPTS, 1, replicas).await?,
+        owners: bucket(js, crate::keys::OWNERS, OWNER_HISTORY, replicas, false).await?,
+        retained: bucket(js, crate::keys::RETAINED, 1, replicas, true).await?,
+        wills: bucket(js, crate::keys::WILLS, 1, replicas, true).await?,
+        nodes: bucket(js, crate::keys::NODES, 1, replicas, true).await?,
+        receipts: bucket(js, crate::keys::RECEIPTS, 1, replicas, true).await?,
     })
 }
 
+/// `direct`: reads may be answered by any replica (fast, but a replica
+/// that is catching up, after its server restarted, answers what it had).
+/// The owners bucket reads from the stream's leader: a claim must see the
+/// latest owner.
 async fn bucket(
     js: &jetstream::Context,
     name: &str,
     history: i64,
     replicas: usize,
+    direct: bool,
 ) -> Result<kv::Store, async_nats::Error> {
     let config = stream::Config {
         name: format!("KV_{name}"),
@@ -49,12 +54,16 @@ async fn bucket(
         discard: stream::DiscardPolicy::New,
         allow_rollup: true,
         deny_delete: true,
-        allow_direct: true,
+        allow_direct: direct,
         num_replicas: replicas,
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     };
-    js.get_or_create_stream(config).await?;
+    let mut stream = js.get_or_create_stream(config.clone()).await?;
+    // Made by an earlier version with other reads.
+    if stream.info().await?.config.allow_direct != direct {
+        js.update_stream(config).await?;
+    }
     Ok(js.get_key_value(name).await?)
 }

@@ -142,7 +142,12 @@ async fn claim_owner(inner: &Inner, client_id: &str, persistent: bool) -> Owners
         Ok(revision) => {
             let owner = match predecessor(inner, store, &key, read, revision).await {
                 Ok(Some(owner)) => Some(owner),
-                Ok(None) => return Ownership::Local,
+                Ok(None) => {
+                    if read > 0 && persistent {
+                        tracing::info!(%client_id, "no earlier owner in the key's history: a new session");
+                    }
+                    return Ownership::Local;
+                }
                 Err(()) => {
                     tracing::warn!(%client_id, "the previous owner could not be read");
                     None
@@ -225,16 +230,19 @@ async fn predecessor(
             break;
         }
         from = message.sequence + 1;
-        last = Some(message);
+        // This node's own earlier writes are passed over: claims that did
+        // not get the session (their answer lost in a timeout while
+        // JetStream had no quorum, then landed), or a session it held once
+        // and gave to the owner after it.
+        let deleted = message.headers.get("KV-Operation").is_some();
+        if deleted || keys::owner_node(&message.payload) != inner.node_id {
+            last = Some((deleted, message));
+        }
     }
-    let deleted =
-        |m: &async_nats::jetstream::message::StreamMessage| m.headers.get("KV-Operation").is_some();
-    let owner = match last {
-        Some(m) if deleted(&m) => None,
-        Some(m) => Some(keys::owner_node(&m.payload)),
-        None => None,
-    };
-    Ok(owner.filter(|owner| owner != &inner.node_id))
+    Ok(match last {
+        Some((false, m)) => Some(keys::owner_node(&m.payload)),
+        _ => None,
+    })
 }
 
 /// Asks node `owner` to close `client_id` there and hand its session over,
@@ -290,7 +298,7 @@ async fn take_from(inner: &Inner, owner: &str, client_id: &str) -> bool {
     };
     let owner = owner.as_str();
     if count == 0 {
-        tracing::debug!(%client_id, %owner, "taken over from another node (no session to move)");
+        tracing::info!(%client_id, %owner, "taken over from another node (no session to move)");
         return true;
     }
     let mut chunks = Vec::with_capacity(count as usize);

@@ -239,7 +239,7 @@ fn deliver(
             let had = if replays.is_empty() {
                 None
             } else {
-                replays.routing(stamp, broker)
+                replays.routing(stamp, &msg, broker)
             };
             let scope = match &had {
                 Some(not) => Scope::PlainExcept(not),

@@ -62,6 +62,12 @@ const REPLAY_LIMIT: usize = 2_000_000;
 /// Stamps a replay remembers of core NATS deliveries at most (past it,
 /// a message core NATS brought may be replayed to the sessions again).
 const RECORD_LIMIT: usize = 1_000_000;
+/// Payload bytes of the live messages one replay parks at most (past it,
+/// they reach the sessions at once, before older replayed ones).
+const PARK_LIMIT: usize = 64 << 20;
+/// How long a replay parks live messages at most (a replay that takes
+/// longer, or is never ended, lets them through then).
+const PARK_FOR: Duration = Duration::from_secs(20);
 /// Replays at once at most: each reads the whole transit window and
 /// records what core NATS brings, so a crowd of clients coming back after a
 /// node's death waits in line instead of multiplying that cost.
@@ -244,12 +250,81 @@ const ENDED_KEPT: Duration = Duration::from_secs(10);
 
 /// One replay: its sessions, the stamps core NATS brought since it began,
 /// and those it routed itself.
+///
+/// What core NATS brings its sessions while it runs is *parked*, not
+/// delivered: the replay hands them the older messages first, then the
+/// parked ones it did not replay, so that one publisher's messages reach
+/// each session in order. Past [`PARK_LIMIT`] they are delivered at once
+/// (and noted in `core`, which the replay then skips), as they are after
+/// [`PARK_FOR`].
 struct Running {
     /// `None`: a repair of this node's routing. Else the sessions, and
     /// per session this node's message number after its install.
     clients: Option<crate::shared::ReplayClients>,
     core: HashSet<Stamp>,
     replayed: HashSet<Stamp>,
+    parked: Vec<(Stamp, Arc<starling_broker::message::Message>)>,
+    parked_bytes: usize,
+    /// Whether live messages are parked still, and since when.
+    parking: bool,
+    began: Instant,
+}
+
+impl Running {
+    fn new(clients: Option<crate::shared::ReplayClients>) -> Running {
+        Running {
+            clients,
+            core: HashSet::new(),
+            replayed: HashSet::new(),
+            parked: Vec::new(),
+            parked_bytes: 0,
+            parking: true,
+            began: Instant::now(),
+        }
+    }
+
+    /// Parks a live message for the sessions; `false` past the limits
+    /// (what was parked then goes to the sessions at once).
+    fn park(
+        &mut self,
+        stamp: Stamp,
+        msg: &Arc<starling_broker::message::Message>,
+        broker: &starling_broker::BrokerState,
+    ) -> bool {
+        let full = self.parked_bytes + msg.payload.len() > PARK_LIMIT;
+        if self.parking && (full || self.began.elapsed() > PARK_FOR) {
+            self.parking = false;
+            let n = self.unpark(broker);
+            tracing::info!(
+                messages = n,
+                "a replay runs long: the live messages it held back delivered"
+            );
+        }
+        let empty = self.clients.as_ref().is_none_or(|(c, _)| c.is_empty());
+        if !self.parking || empty {
+            return false;
+        }
+        self.parked_bytes += msg.payload.len();
+        self.parked.push((stamp, msg.clone()));
+        true
+    }
+
+    /// The replay ended: the parked messages it did not hand the sessions
+    /// go to them now, in the order they came.
+    fn unpark(&mut self, broker: &starling_broker::BrokerState) -> usize {
+        let Some((clients, _)) = &self.clients else {
+            return 0;
+        };
+        let mut routed = 0;
+        for (stamp, msg) in std::mem::take(&mut self.parked) {
+            if self.replayed.insert(stamp) {
+                let scope = Scope::Clients(clients);
+                routed += broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq));
+            }
+        }
+        self.parked_bytes = 0;
+        routed
+    }
 }
 
 impl Replays {
@@ -286,6 +361,7 @@ impl Replays {
     pub fn routing(
         &mut self,
         stamp: Stamp,
+        msg: &Arc<starling_broker::message::Message>,
         broker: &starling_broker::BrokerState,
     ) -> Option<HashSet<ByteString>> {
         let mut had: Option<HashSet<ByteString>> = None;
@@ -304,10 +380,11 @@ impl Replays {
             }
         }
         for r in self.running.values_mut() {
-            let Some((clients, _)) = &r.clients else {
+            let Some((clients, _)) = r.clients.clone() else {
                 continue;
             };
-            if r.replayed.contains(&stamp) {
+            // Replayed already, or parked until the replay ends.
+            if r.replayed.contains(&stamp) || r.park(stamp, msg, broker) {
                 had.get_or_insert_with(HashSet::new)
                     .extend(clients.iter().cloned());
             } else if r.core.len() < RECORD_LIMIT
@@ -333,12 +410,7 @@ impl Replays {
                 // Begun before the sessions were installed: now it knows them.
                 Some(r) => r.clients = clients,
                 None => {
-                    let running = Running {
-                        clients,
-                        core: HashSet::new(),
-                        replayed: HashSet::new(),
-                    };
-                    self.running.insert(token, running);
+                    self.running.insert(token, Running::new(clients));
                 }
             },
             ReplayCommand::Message(token, stamp, msg) => {
@@ -379,13 +451,23 @@ impl Replays {
                 let _ = done.send(());
             }
             ReplayCommand::End(token, done) => {
+                let mut routed = false;
                 if let Some(mut r) = self.running.remove(&token) {
+                    let unparked = r.unpark(broker);
+                    if unparked > 0 {
+                        tracing::debug!(
+                            messages = unparked,
+                            "live messages parked during a replay delivered"
+                        );
+                        routed = true;
+                    }
                     if r.clients.is_some() && !r.replayed.is_empty() {
                         r.core = HashSet::new();
                         self.ended.push_back((Instant::now(), r));
                     }
                 }
                 let _ = done.send(());
+                return routed;
             }
         }
         false
