@@ -20,8 +20,9 @@
 //!   node killed before it stored that delivery sends it again after a
 //!   restart too, a broker-wide `kill -9` gap);
 //! - one publisher's messages in order at each subscriber (counting the
-//!   first delivery of each): reported, not yet required (a replay after a
-//!   node's death delivers older messages after newer live ones);
+//!   first delivery of each): reported, not yet required (live messages
+//!   now wait while a rebuilt session's replay runs, and `kill -9` shows
+//!   none out of order; a rolling restart still shows a few dozen);
 //! - no client id connected on two nodes at once;
 //! - each publisher's will published once per connection it lost.
 //!
@@ -623,9 +624,9 @@ fn under_load(tag: &str, fault: impl FnOnce(&mut Cluster) + Send) {
     assert_eq!(v.qos2_twice, 0, "{tag}: QoS 2 delivered twice: {v:?}");
     assert!(v.sessions_lost.is_empty(), "{tag}: sessions lost: {v:?}");
     assert!(v.overlaps.is_empty(), "{tag}: a client on two nodes: {v:?}");
-    // Not asserted yet (issue 19 stays open for it): messages replayed to
-    // a session rebuilt after its node died arrive after newer ones that
-    // reached it live. Reported, and counted in BENCHMARKS.md.
+    // Not asserted yet (issue 19 stays open for it): a few first
+    // deliveries still arrive after newer ones around a drain or a
+    // quorum loss. Reported, and counted in BENCHMARKS.md.
     if v.out_of_order > 0 {
         eprintln!(
             "{tag}: KNOWN GAP: {} first deliveries out of order",
@@ -666,7 +667,7 @@ fn rolling_restart_of_every_node_under_load() {
 /// and 3 without NATS): persistent CONNECTs are refused with 0x88, clean
 /// sessions are served; everything comes back with the servers.
 #[test]
-#[ignore = "fails: acknowledged messages missing and sessions lost after JetStream loses quorum (issue 19, in the notes)"]
+#[ignore = "fails about 1 run in 4: a few acknowledged messages published as the servers stop missing, or QoS 2 delivered twice, at a rebuilt session (issue 19, in the notes)"]
 fn two_of_three_nats_servers_down_under_load() {
     under_load("fault-quorum", |c| {
         c.stop_nats(2);
