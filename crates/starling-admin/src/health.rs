@@ -71,5 +71,5 @@ fn not_ready(ctx: &Ctx) -> Option<String> {
     if ctx.state.store().is_some_and(|s| !s.is_running()) {
         return Some("the store's writer has stopped".into());
     }
-    None
+    ctx.state.cluster().unavailable()
 }

@@ -111,6 +111,12 @@ pub trait Cluster: Send + Sync + 'static {
     fn status(&self) -> Vec<(&'static str, String)> {
         Vec::new()
     }
+    /// Why this node should not be sent new clients now, if so (its
+    /// `/readyz` answers 503 with it, and a load balancer sends them to
+    /// the other nodes).
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
 }
 
 /// One node alone: nothing to forward, every session is local.

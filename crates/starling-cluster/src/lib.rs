@@ -13,6 +13,7 @@
 
 mod backlog;
 mod buckets;
+mod cutoff;
 mod dedup;
 mod envelope;
 mod holder;

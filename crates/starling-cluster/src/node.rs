@@ -78,6 +78,7 @@ impl NatsCluster {
             replaying: Mutex::new(Default::default()),
             replay_done: tokio::sync::Notify::new(),
             repairing: Default::default(),
+            repair_due: Default::default(),
             retained: retained_tx,
             interest: Mutex::new(Default::default()),
             commands,
@@ -87,6 +88,8 @@ impl NatsCluster {
             previous_run: Mutex::new(None),
             restart_token: rand::random(),
             live: Mutex::new(Default::default()),
+            beat_ms: Default::default(),
+            isolated: Default::default(),
             probes: Mutex::new(Default::default()),
             wills,
             shared_wills: Default::default(),
@@ -280,17 +283,16 @@ impl Cluster for NatsCluster {
         }
         let subject = subject::of_topic(&message.topic);
         // A QoS 1/2 message is kept in transit (once the stream is open),
-        // and its acknowledgement waits for that while NATS is here; while
-        // it is away the message waits in the outbox for it (bounded: past
-        // it, it is not forwarded, counted). A QoS 0 message has nowhere to
-        // go meanwhile.
+        // and its acknowledgement waits for that, NATS away or not (the
+        // message waits in the outbox meanwhile; bounded: past it, it is not
+        // forwarded, counted). A QoS 0 message has nowhere to go meanwhile.
         let connected = inner.connected();
         let qos = message.qos != starling_codec::QoS::AtMostOnce;
         if !connected && !qos {
             return None;
         }
         let keep = qos && inner.transit.get().is_some();
-        let (kept, wait) = if keep && connected {
+        let (kept, wait) = if keep {
             let (kept, wait) = tokio::sync::oneshot::channel();
             (Some(kept), Some(wait))
         } else {
@@ -395,6 +397,14 @@ impl Cluster for NatsCluster {
             None => WillCommand::Clear(client_id.to_string(), conn),
         };
         let _ = self.inner.wills.send(command);
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        (!self.inner.connected()).then(|| {
+            "no connection to NATS: the other nodes cannot be reached (persistent \
+             sessions and QoS 1/2 acknowledgements wait for it)"
+                .to_string()
+        })
     }
 
     fn congested(&self) -> bool {

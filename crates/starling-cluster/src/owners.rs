@@ -94,7 +94,7 @@ async fn claim_owner(inner: &Inner, client_id: &str, persistent: bool) -> Owners
     let Some(buckets) = inner.buckets.get() else {
         return unreachable;
     };
-    if !inner.connected() {
+    if !inner.reachable() {
         return unreachable;
     }
     let store = &buckets.owners;
@@ -190,6 +190,12 @@ async fn claim_owner(inner: &Inner, client_id: &str, persistent: bool) -> Owners
         }
         Err((false, e)) => {
             tracing::warn!(%client_id, "session owner not written: {e}");
+            // It may have landed after all (a timeout while JetStream had no
+            // quorum): a takeover asked here is sent to the owner read.
+            let stayed = previous.as_ref().map(|v| keys::owner_node(v));
+            if let Some(stayed) = stayed.filter(|n| n != &inner.node_id) {
+                crate::holder::claim_failed(inner, client_id, &stayed);
+            }
             unreachable
         }
     }
@@ -676,8 +682,15 @@ async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) ->
         };
     }
     // A session whose messages are being replayed moves once they are in
-    // its queue: until then the new node is told to ask again.
+    // its queue, and one whose node reads what NATS may have dropped again
+    // once that is routed: until then the new node is told to ask again.
     if !crate::transit::await_replay(inner, client_id, inner.timeout / 2).await {
+        return Handed::Busy;
+    }
+    let repairing = inner.repair_due.load(std::sync::atomic::Ordering::Relaxed)
+        || inner.repairing.load(std::sync::atomic::Ordering::Relaxed);
+    if repairing {
+        tracing::debug!(%client_id, "a repair is due or running: the takeover asks again");
         return Handed::Busy;
     }
     // Whatever ends here now, the claim is the new owner's: no release.

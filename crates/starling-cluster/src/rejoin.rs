@@ -46,8 +46,10 @@ const READS: usize = 32;
 /// Bytes of message records per merge request, about.
 const MERGE_CHUNK: usize = 512 * 1024;
 
-/// Watches the NATS connection: fences the persistent clients after
-/// [`LEASE`] without it, audits the sessions once back.
+/// Watches the NATS connection and whether the other nodes are reached
+/// through it (see `cutoff`): cut off, sends the persistent clients away
+/// at once and the clean ones whose wills the others hold after [`LEASE`];
+/// audits the sessions once back.
 pub async fn run(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(CHECK);
     let mut lost_at: Option<Instant> = None;
@@ -59,10 +61,22 @@ pub async fn run(inner: Arc<Inner>) {
     // When this node last knew it was connected (ms since the epoch).
     let mut connected_ms = starling_broker::store::unix_ms();
     let mut repair_from: Option<u64> = None;
+    let mut isolation = crate::cutoff::Isolation::default();
+    // A gap to repair without a new connection: cut off from the others.
+    let mut was_isolated = false;
+    let mut isolated_gap = false;
     loop {
         tick.tick().await;
         let Some(broker) = inner.broker() else { return };
         let now = Instant::now();
+        let isolated = isolation.check(&inner).await;
+        inner.isolated.store(isolated, Ordering::Relaxed);
+        if was_isolated && !isolated {
+            let from = connected_ms.saturating_sub(crate::transit::REPAIR_BACK.as_millis() as u64);
+            repair_from = Some(repair_from.map_or(from, |f| f.min(from)));
+            isolated_gap = true;
+        }
+        was_isolated = isolated;
         // A new connection (however short the gap): what core NATS carried
         // around it may be lost, both ways.
         let c = stats.connects.load(Ordering::Relaxed);
@@ -71,14 +85,15 @@ pub async fn run(inner: Arc<Inner>) {
             let from = connected_ms.saturating_sub(crate::transit::REPAIR_BACK.as_millis() as u64);
             repair_from = Some(repair_from.map_or(from, |f| f.min(from)));
         }
-        if inner.connected() {
+        if inner.reachable() {
             connected_ms = starling_broker::store::unix_ms();
             if let Some(from) = repair_from {
                 // (The first connection is no gap.)
-                if connects <= 1 {
+                if connects <= 1 && !isolated_gap {
                     repair_from = None;
                 } else if crate::transit::repair(&inner, from, None) {
                     repair_from = None;
+                    isolated_gap = false;
                     let mut ask = BytesMut::with_capacity(16);
                     ask.put_u64(from);
                     ask.put_u64(inner.origin);
@@ -86,7 +101,7 @@ pub async fn run(inner: Arc<Inner>) {
                 }
             }
         }
-        if !inner.connected() {
+        if !inner.reachable() {
             let since = *lost_at.get_or_insert(now);
             // Once the sessions are replicated (before, nothing was).
             let linked = inner.replica.linked();
@@ -98,11 +113,17 @@ pub async fn run(inner: Arc<Inner>) {
                 let n = broker.fence_persistent();
                 tracing::warn!(
                     clients = n,
-                    "no NATS: persistent clients sent to other nodes (DISCONNECT 0x9C); \
-                     persistent sessions are refused until NATS is back"
+                    "{}: persistent clients sent to other nodes (DISCONNECT 0x9C); \
+                     persistent sessions are refused until it is back",
+                    if isolated {
+                        "cut from the other nodes"
+                    } else {
+                        "no NATS"
+                    }
                 );
             }
-            if !fenced && now - since >= LEASE {
+            // Cut from the others, the lease ran out with the heartbeats.
+            if !fenced && (isolated || now - since >= LEASE) {
                 fenced = true;
                 // The others take this node's wills once they think it dead:
                 // the clients whose will they have a copy of go too (those
@@ -115,8 +136,13 @@ pub async fn run(inner: Arc<Inner>) {
                     .count();
                 tracing::warn!(
                     clients = n,
-                    "no NATS for {LEASE:?}: the clients whose wills the other nodes hold sent \
-                     to them (DISCONNECT 0x9C)"
+                    "{} for {LEASE:?}: the clients whose wills the other nodes hold sent \
+                     to them (DISCONNECT 0x9C)",
+                    if isolated {
+                        "cut from the other nodes"
+                    } else {
+                        "no NATS"
+                    }
                 );
             }
             continue;
@@ -124,6 +150,9 @@ pub async fn run(inner: Arc<Inner>) {
         lost_at = None;
         fenced = false;
         persistent_fenced = false;
+        inner
+            .repair_due
+            .store(repair_from.is_some(), Ordering::Relaxed);
         let (suspect, behind) = {
             let hold = inner.replica.hold.lock();
             (hold.suspect, !hold.backlogs.is_empty())
@@ -146,6 +175,13 @@ async fn give_up(
     owner: &str,
     early: Vec<Bytes>,
 ) {
+    // Handed over meanwhile (a takeover from the owner, once this node was
+    // back): the owner has the whole session, these messages included (a
+    // merge would deliver them twice).
+    if broker.session(id).is_none() {
+        tracing::info!(client_id = %id, %owner, "session handed over already: nothing to merge");
+        return;
+    }
     broker.drop_fenced(id, inner.timeout / 2).await;
     merge_to(inner, owner, id, early).await;
 }
@@ -322,7 +358,7 @@ async fn audit(inner: &Arc<Inner>, broker: &Arc<BrokerState>, suspect: bool) {
                 }
             }
         }
-        if inner.connected() {
+        if inner.reachable() {
             hold.suspect = false;
         }
     }

@@ -117,6 +117,10 @@ pub(crate) struct Inner {
     pub replay_done: tokio::sync::Notify,
     /// Whether a repair of this node's routing is in progress.
     pub repairing: std::sync::atomic::AtomicBool,
+    /// Whether one is due after a new NATS connection (or the end of a
+    /// cut): a handover waits for it, as its cut (the newest message
+    /// routed per run) would pass over what the repair brings.
+    pub repair_due: std::sync::atomic::AtomicBool,
     pub retained: mpsc::Sender<(String, bytes::Bytes)>,
     pub interest: Mutex<std::collections::HashMap<String, usize>>,
     pub commands: mpsc::UnboundedSender<Command>,
@@ -137,6 +141,11 @@ pub(crate) struct Inner {
     pub shared_wills: Mutex<std::collections::HashSet<(String, u64)>>,
     /// The other nodes heard beating, and when last.
     pub live: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// When the nodes bucket last took this node's heartbeat (ms since the
+    /// epoch; 0: never), and whether the node is cut from the others
+    /// though connected to NATS (see `cutoff`).
+    pub beat_ms: AtomicU64,
+    pub isolated: std::sync::atomic::AtomicBool,
     /// Probes in flight, by token.
     pub probes: Mutex<HashMap<u64, Probe>>,
     /// The replica of this node's persistent sessions.
@@ -154,6 +163,11 @@ pub(crate) struct Inner {
 impl Inner {
     pub fn connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Connected to NATS, and through it to the other nodes.
+    pub fn reachable(&self) -> bool {
+        self.connected() && !self.isolated.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn broker(&self) -> Option<Arc<BrokerState>> {

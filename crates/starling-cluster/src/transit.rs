@@ -96,23 +96,19 @@ pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<(), async_
 
 /// Hands messages to NATS in the order they were accepted: a QoS 1/2
 /// message to the transit stream first, then to the nodes that want it.
-/// Without NATS, the task waits for it (the messages wait in the outbox; a
-/// publisher's acknowledgement does not).
+/// Without NATS, the task waits for it (the messages wait in the outbox,
+/// and so do their publishers' acknowledgements: one given before the
+/// message is in transit would be lost with this node).
 pub async fn forward(inner: Arc<Inner>, mut rx: mpsc::Receiver<ToNats>) {
     let (acks, acks_rx) = mpsc::channel(IN_FLIGHT);
     tokio::spawn(await_appends(inner.clone(), acks_rx));
-    while let Some(mut out) = rx.recv().await {
+    while let Some(out) = rx.recv().await {
         inner
             .outbox_bytes
             .fetch_sub(out.payload.len(), Ordering::Relaxed);
         if out.keep {
-            if !inner.connected() {
-                if let Some(done) = out.kept.take() {
-                    let _ = done.send(());
-                }
-                if !wait_connected(&inner).await {
-                    return;
-                }
+            if !inner.connected() && !wait_connected(&inner).await {
+                return;
             }
             let transit_subject = subject(&out.subject);
             let ack = match inner.transit.get() {
@@ -156,10 +152,9 @@ async fn continue_publish(inner: &Inner, subject: String, payload: Bytes) {
     }
 }
 
-/// How long an append JetStream did not take is tried again before its
-/// message is acknowledged without it (longer than a stream leader's
-/// election after a server died).
-const APPEND_RETRY_FOR: Duration = Duration::from_secs(10);
+/// How long appends may wait for JetStream before it is logged that their
+/// publishers' acknowledgements are held.
+const APPEND_WARN_AFTER: Duration = Duration::from_secs(10);
 
 /// A message appended to the transit stream, until JetStream has it.
 struct Append {
@@ -176,10 +171,12 @@ struct Append {
 }
 
 /// Completes the acknowledgements waiting for appends, in order. One that
-/// failed is tried again for [`APPEND_RETRY_FOR`], then completed too (the
-/// message went to the other nodes, without the guarantee; counted and
-/// logged): refusing it would stop every QoS 1/2 publisher while JetStream
-/// is away.
+/// failed is tried again until JetStream takes it (its core copy goes
+/// again then: the nodes that were away when it first went get it): an
+/// acknowledged message is never left without its copy in transit, so
+/// while JetStream cannot take messages (no quorum) the QoS 1/2 publishers
+/// of this node wait for their acknowledgements, and past the outbox's
+/// limit pause. Only a broker shutting down completes them without it.
 async fn await_appends(inner: Arc<Inner>, mut rx: mpsc::Receiver<Append>) {
     while let Some(mut a) = rx.recv().await {
         loop {
@@ -201,8 +198,16 @@ async fn await_appends(inner: Arc<Inner>, mut rx: mpsc::Receiver<Append>) {
                     break;
                 }
                 Ok(()) => break,
-                // A stream leader being elected: tried again, a while.
-                Err(_) if a.first.elapsed() < APPEND_RETRY_FOR && inner.broker().is_some() => {
+                // A stream leader being elected, JetStream without quorum:
+                // tried again.
+                Err(why) if inner.broker().is_some() => {
+                    if a.tries % 50 == 0 && a.first.elapsed() >= APPEND_WARN_AFTER {
+                        tracing::warn!(
+                            waiting = ?a.first.elapsed(),
+                            "QoS 1/2 acknowledgements held: the transit stream does not take \
+                             messages ({why})"
+                        );
+                    }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     a.tries += 1;
                     if let Some(js) = inner.transit.get() {

@@ -159,7 +159,9 @@ async fn beat(inner: Arc<Inner>, nodes: kv::Store) {
         tick.tick().await;
         if inner.connected() {
             let beat = format!("{} {}", starling_broker::store::unix_ms(), inner.node_id);
-            let _ = nodes.put(&me, Bytes::from(beat)).await;
+            if nodes.put(&me, Bytes::from(beat)).await.is_ok() {
+                crate::cutoff::beat_taken(&inner);
+            }
         }
     }
 }

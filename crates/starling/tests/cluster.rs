@@ -1419,20 +1419,34 @@ fn with_nats_cut_persistent_connects_are_refused_clean_ones_served_and_nothing_i
                 "a persistent {version:?} CONNECT while NATS is away"
             );
         }
-        // A clean session is served, and its QoS 1 messages acknowledged
-        // and kept for the offline persistent session of node 1.
+        // A clean session is served; its QoS 1 messages are kept for the
+        // offline persistent session of node 1, and acknowledged once they
+        // are kept in transit too: not while NATS is away (a message
+        // acknowledged then would be lost with the node).
         let publisher = connect(c.port(1), "cut-pub").await;
-        for i in 0..N {
-            let code = publisher
-                .publish(format!("cut/{i}"), i.to_string(), QoS::AtLeastOnce, false)
+        let mut sending = tokio::spawn(async move {
+            for i in 0..N {
+                let code = publisher
+                    .publish(format!("cut/{i}"), i.to_string(), QoS::AtLeastOnce, false)
+                    .await
+                    .unwrap();
+                assert!(!code.is_error(), "cut/{i} refused: {code}");
+            }
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut sending)
                 .await
-                .unwrap();
-            assert!(!code.is_error(), "cut/{i} refused: {code}");
-        }
+                .is_err(),
+            "QoS 1 messages acknowledged while NATS is away"
+        );
 
         for n in 1..=3 {
             c.restart_nats(n);
         }
+        tokio::time::timeout(Duration::from_secs(30), sending)
+            .await
+            .expect("acknowledged within 30 s of NATS coming back")
+            .unwrap();
         // Accepted again once node 1 is back on NATS and JetStream answers.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let (back, ack) = loop {
@@ -1464,10 +1478,11 @@ fn with_nats_cut_persistent_connects_are_refused_clean_ones_served_and_nothing_i
 
 /// Node 1 loses its NATS server (the servers do not advertise one another,
 /// so its client cannot move to another: a real cut) while nodes 2 and 3
-/// go on. After the lease node 1 sends its persistent clients away
-/// (DISCONNECT 0x9C); node 2 adopts its sessions; once back, node 1 drops
-/// them and hands on what its own publisher sent during the cut. Every
-/// acknowledged message reaches both subscribers, the QoS 2 one once.
+/// go on. Node 1 sends its persistent clients away at once (DISCONNECT
+/// 0x9C); node 2 adopts its sessions; node 1's own publisher's messages
+/// wait in its outbox, unacknowledged; once back, node 1 drops the
+/// sessions, hands on what it held, and its publisher is acknowledged.
+/// Every acknowledged message reaches both subscribers, the QoS 2 one once.
 #[test]
 fn a_node_cut_from_nats_alone_hands_its_sessions_over_and_loses_nothing() {
     let Some(mut c) = Cluster::start("alone") else {
@@ -1526,11 +1541,15 @@ fn a_node_cut_from_nats_alone_hands_its_sessions_over_and_loses_nothing() {
             .log
             .wait_for(WAIT, |l| l.contains("lost the NATS connection"))
             .expect("node 1 notices the cut");
-        // Both sides acknowledge: node 1 its own publisher's messages,
-        // node 3 (through JetStream) the others.
+        // Both sides take messages: node 3 acknowledges its publisher's
+        // (through JetStream); node 1 keeps its own publisher's in its
+        // outbox and acknowledges them once NATS is back.
+        let held = tokio::spawn(async move {
+            for i in 0..EACH {
+                publish(&p1, 1, i).await;
+            }
+        });
         for i in 0..EACH {
-            publish(&p1, 1, i).await;
-            acked.push((1, i));
             publish(&p3, 2, i).await;
             acked.push((2, i));
         }
@@ -1581,6 +1600,11 @@ fn a_node_cut_from_nats_alone_hands_its_sessions_over_and_loses_nothing() {
             })
             .expect("node 1, once back, audits its sessions");
         eprintln!("node 1 back and audited {:?} after the cut", cut.elapsed());
+        tokio::time::timeout(Duration::from_secs(30), held)
+            .await
+            .expect("node 1's publisher acknowledged within 30 s of NATS coming back")
+            .unwrap();
+        acked.extend((0..EACH).map(|i| (1, i)));
         live_got.until_all(&live, &acked, "a-live").await;
         let (away, ack) = Client::connect(sub_options(c.port(2), "a-away"))
             .await

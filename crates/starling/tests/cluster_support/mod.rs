@@ -23,6 +23,8 @@
 //! temporary directories.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -125,10 +127,21 @@ impl Log {
     /// `limit`. `Err` says why not: the child closed its stderr (it ended),
     /// or the time ran out.
     pub fn wait_for(&self, limit: Duration, pred: impl Fn(&str) -> bool) -> Result<String, String> {
+        self.wait_for_after(0, limit, pred)
+    }
+
+    /// As [`Log::wait_for`], among the lines after the first `skip` (those
+    /// logged after [`Log::len`] said `skip`).
+    pub fn wait_for_after(
+        &self,
+        skip: usize,
+        limit: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String, String> {
         let deadline = Instant::now() + limit;
         let (lock, cv) = &*self.0;
         let mut st = lock.lock().unwrap();
-        let mut checked = 0;
+        let mut checked = skip.min(st.lines.len());
         loop {
             if let Some(line) = st.lines[checked..].iter().find(|l| pred(l)) {
                 return Ok(line.clone());
@@ -143,6 +156,11 @@ impl Log {
             }
             st = cv.wait_timeout(st, deadline - now).unwrap().0;
         }
+    }
+
+    /// How many lines so far.
+    pub fn len(&self) -> usize {
+        self.0 .0.lock().unwrap().lines.len()
     }
 
     /// Every line so far.
@@ -247,8 +265,11 @@ impl Drop for Proc {
 /// One NATS server of the cluster.
 pub struct NatsServer {
     pub proc: Proc,
-    /// Its client port on 127.0.0.1.
+    /// Its client address (127.0.0.1, or in its namespace) and port.
+    pub host: String,
     pub port: u16,
+    /// Its MQTT listener's port (the anchor), on `host`.
+    pub mqtt: Option<u16>,
     /// Its configuration file.
     conf: PathBuf,
 }
@@ -277,6 +298,12 @@ pub struct Cluster {
     retired: Vec<Vec<String>>,
     /// Its MQTT port.
     pub proxy_port: u16,
+    /// NATS server 3's namespace, when it has one (dropped after the
+    /// servers).
+    pub partition: Option<netns::Partition>,
+    /// When a fault test's fault took effect, if it marked it
+    /// ([`Cluster::mark_fault`]).
+    pub fault_at: Option<Instant>,
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -303,7 +330,7 @@ impl Cluster {
     /// Starts a cluster for the test `tag`; `None` (after saying so) when
     /// `nats-server` is not installed and this is not CI.
     pub fn start(tag: &str) -> Option<Cluster> {
-        Cluster::start_with(tag, false)
+        Cluster::start_with(tag, false, false, false)
     }
 
     /// A cluster behind HAProxy (Debian's `haproxy`) in TCP mode: the
@@ -311,16 +338,15 @@ impl Cluster {
     /// PROXY v2 and checks each node's `/readyz`. `None` (after saying so)
     /// without `nats-server` or `haproxy`, unless this is CI.
     pub fn start_behind_proxy(tag: &str) -> Option<Cluster> {
-        let Some(haproxy) = haproxy_binary() else {
-            assert!(
-                !ci(),
-                "no haproxy (apt-get install haproxy) and CI is set: the fault tests cannot run"
-            );
-            eprintln!("SKIPPED {tag}: no haproxy (apt-get install haproxy)");
-            return None;
-        };
-        let mut cluster = Cluster::start_with(tag, true)?;
-        cluster.proxy_port = free_ports(1)[0];
+        Cluster::start_behind_proxy_with(tag, false)
+    }
+
+    /// As [`Cluster::start_behind_proxy`], with NATS server 3 in a network
+    /// namespace of its own when `partitionable` and namespaces can be made
+    /// here (see `netns`; `Cluster::partition` says whether it is).
+    pub fn start_behind_proxy_with(tag: &str, partitionable: bool) -> Option<Cluster> {
+        let haproxy = haproxy_or_skip(tag)?;
+        let mut cluster = Cluster::start_with(tag, true, partitionable, false)?;
         let servers: String = cluster
             .nodes
             .iter()
@@ -329,7 +355,38 @@ impl Cluster {
                 format!("    server {} 127.0.0.1:{mqtt} port {http}\n", n.id)
             })
             .collect();
-        let conf = cluster.dir.join("haproxy.cfg");
+        let checks = "    option httpchk GET /readyz\n\
+                      \x20   default-server send-proxy-v2 check inter 500ms fall 2 rise 2\n";
+        cluster.start_proxy(&haproxy, checks, &servers);
+        Some(cluster)
+    }
+
+    /// NATS's own MQTT listener (`mqtt { }`) on the three servers, behind
+    /// HAProxy checking each MQTT port over TCP, and no Starling node: the
+    /// anchor the fault tests compare with. Server 3 in a namespace when
+    /// `partitionable` (and one can be made).
+    pub fn start_anchor(tag: &str, partitionable: bool) -> Option<Cluster> {
+        let haproxy = haproxy_or_skip(tag)?;
+        let mut cluster = Cluster::start_with(tag, true, partitionable, true)?;
+        let servers: String = cluster
+            .nats
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mqtt = s.mqtt.expect("an MQTT port");
+                format!("    server n{} {}:{mqtt}\n", i + 1, s.host)
+            })
+            .collect();
+        let checks = "    default-server check inter 500ms fall 2 rise 2\n";
+        cluster.start_proxy(&haproxy, checks, &servers);
+        Some(cluster)
+    }
+
+    /// Starts HAProxy in front of `servers` (its `server` lines) with
+    /// `checks` (the backend's check lines); waits until it listens.
+    fn start_proxy(&mut self, haproxy: &Path, checks: &str, servers: &str) {
+        self.proxy_port = free_ports(1)[0];
+        let conf = self.dir.join("haproxy.cfg");
         std::fs::write(
             &conf,
             format!(
@@ -337,24 +394,23 @@ impl Cluster {
                  defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 1h\n\
                  \x20   timeout server 1h\n    timeout check 1s\n\
                  frontend mqtt\n    bind 127.0.0.1:{}\n    default_backend starling\n\
-                 backend starling\n    balance roundrobin\n    option httpchk GET /readyz\n\
-                 \x20   default-server send-proxy-v2 check inter 500ms fall 2 rise 2\n{servers}",
-                cluster.proxy_port
+                 backend starling\n    balance roundrobin\n{checks}{servers}",
+                self.proxy_port
             ),
         )
         .expect("the HAProxy configuration is written");
         let mut cmd = Command::new(haproxy);
         cmd.args(["-W", "-db", "-f"]).arg(&conf);
-        cluster.proxy = Some(Proc::spawn("haproxy", cmd));
+        self.proxy = Some(Proc::spawn("haproxy", cmd));
         let deadline = Instant::now() + STARTUP;
-        while std::net::TcpStream::connect(("127.0.0.1", cluster.proxy_port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.proxy_port)).is_err() {
             assert!(Instant::now() < deadline, "HAProxy does not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(cluster)
     }
 
-    fn start_with(tag: &str, proxied: bool) -> Option<Cluster> {
+    /// `anchor`: NATS servers with their MQTT listener, and no node.
+    fn start_with(tag: &str, proxied: bool, partitionable: bool, anchor: bool) -> Option<Cluster> {
         let Some(nats_bin) = nats_server_binary() else {
             if ci() {
                 panic!(
@@ -385,12 +441,25 @@ impl Cluster {
             proxy: None,
             proxy_port: 0,
             retired: Vec::new(),
+            partition: None,
+            fault_at: None,
         };
+        if partitionable {
+            match netns::Partition::create() {
+                Ok(p) => cluster.partition = Some(p),
+                Err(e) => eprintln!(
+                    "cluster {tag}: no network namespace could be made ({e}): the \
+                     partition is made by stopping the NATS server instead"
+                ),
+            }
+        }
         // A cluster port picked free may be taken before its server binds
         // it: that server exits, and the servers start again on new ports.
         let mut last = String::new();
         for attempt in 0..3 {
-            match start_nats(&nats_bin, &cluster.dir, attempt) {
+            let mqtt = anchor.then(|| free_ports(3));
+            let net = cluster.partition.as_ref();
+            match start_nats(&nats_bin, &cluster.dir, attempt, net, mqtt.as_deref()) {
                 Ok(servers) => {
                     cluster.nats = servers;
                     break;
@@ -402,6 +471,14 @@ impl Cluster {
             !cluster.nats.is_empty(),
             "the NATS servers did not start: {last}"
         );
+        if anchor {
+            eprintln!(
+                "anchor {tag}: 3 NATS servers with MQTT listeners on {:?}, ready in {:?}",
+                cluster.nats.iter().map(|s| s.mqtt).collect::<Vec<_>>(),
+                started.elapsed()
+            );
+            return Some(cluster);
+        }
         let pins: Vec<Option<(u16, u16)>> = if proxied {
             let p = free_ports(6);
             (0..3).map(|i| Some((p[2 * i], p[2 * i + 1]))).collect()
@@ -409,7 +486,8 @@ impl Cluster {
             vec![None; 3]
         };
         for (i, server) in cluster.nats.iter().enumerate() {
-            let node = start_node(&cluster.dir, i + 1, server.port, "", pins[i]);
+            let nats = format!("{}:{}", server.host, server.port);
+            let node = start_node(&cluster.dir, i + 1, &nats, "", pins[i]);
             cluster.nodes.push(node);
         }
         for node in &mut cluster.nodes {
@@ -441,9 +519,9 @@ impl Cluster {
     pub fn restart_node_with(&mut self, n: usize, cluster: &str) {
         self.nodes[n - 1].proc.kill();
         self.retired.push(self.nodes[n - 1].proc.log.all());
-        let nats_port = self.nats[n - 1].port;
+        let nats = format!("{}:{}", self.nats[n - 1].host, self.nats[n - 1].port);
         let pinned = self.nodes[n - 1].pinned;
-        let mut node = start_node(&self.dir, n, nats_port, cluster, pinned);
+        let mut node = start_node(&self.dir, n, &nats, cluster, pinned);
         node.port = wait_node(&node.proc, pinned);
         self.nodes[n - 1] = node;
     }
@@ -466,11 +544,15 @@ impl Cluster {
         let server = &mut self.nats[n - 1];
         let conf = std::fs::read_to_string(&server.conf).expect("its configuration");
         let conf = conf.replace(
-            "listen: 127.0.0.1:-1",
-            &format!("listen: 127.0.0.1:{}", server.port),
+            &format!("listen: {}:-1", server.host),
+            &format!("listen: {}:{}", server.host, server.port),
         );
         std::fs::write(&server.conf, conf).expect("its configuration is written");
-        let mut cmd = Command::new(nats_server_binary().expect("nats-server"));
+        let bin = nats_server_binary().expect("nats-server");
+        let mut cmd = match (&self.partition, n) {
+            (Some(p), 3) => p.command(&bin),
+            _ => Command::new(bin),
+        };
         cmd.arg("-c").arg(&server.conf);
         let name = server.proc.name.clone();
         server.proc = Proc::spawn(&name, cmd);
@@ -507,6 +589,13 @@ impl Cluster {
             })
             .max()
             .map(|(_, n)| n)
+    }
+
+    /// Marks now as the instant the fault took effect (the last server
+    /// stopped, the link cut): a node's deliveries before it count as made
+    /// before the fault.
+    pub fn mark_fault(&mut self) {
+        self.fault_at = Some(Instant::now());
     }
 
     /// How long the cluster has run.
@@ -549,10 +638,39 @@ impl Drop for Cluster {
     }
 }
 
+/// HAProxy's binary; `None` (after saying so) outside CI without it.
+fn haproxy_or_skip(tag: &str) -> Option<PathBuf> {
+    let found = haproxy_binary();
+    if found.is_none() {
+        assert!(
+            !ci(),
+            "no haproxy (apt-get install haproxy) and CI is set: the fault tests cannot run"
+        );
+        eprintln!("SKIPPED {tag}: no haproxy (apt-get install haproxy)");
+    }
+    found
+}
+
 /// Three NATS servers with JetStream, routed to one another; each is ready
 /// once it listens for routes.
-fn start_nats(bin: &Path, dir: &Path, attempt: usize) -> Result<Vec<NatsServer>, String> {
+/// With `net`, server 3 runs in its namespace and the routes go over its
+/// route link.
+fn start_nats(
+    bin: &Path,
+    dir: &Path,
+    attempt: usize,
+    net: Option<&netns::Partition>,
+    mqtt: Option<&[u16]>,
+) -> Result<Vec<NatsServer>, String> {
     let cluster_ports = free_ports(3);
+    // (client address, route address) of each server.
+    let addrs: Vec<(String, String)> = (0..3)
+        .map(|i| match net {
+            Some(p) if i == 2 => (p.client_addr.clone(), p.route_ns.clone()),
+            Some(p) => ("127.0.0.1".to_string(), p.route_host.clone()),
+            None => ("127.0.0.1".to_string(), "127.0.0.1".to_string()),
+        })
+        .collect();
     // A name of its own: should a port picked here be taken by another
     // test's server, the routes to it are refused rather than joining the
     // two clusters.
@@ -563,7 +681,8 @@ fn start_nats(bin: &Path, dir: &Path, attempt: usize) -> Result<Vec<NatsServer>,
     let cluster_name = format!("{dir_name}-{attempt}");
     let routes = cluster_ports
         .iter()
-        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .zip(&addrs)
+        .map(|(p, (_, route))| format!("nats://{route}:{p}"))
         .collect::<Vec<_>>()
         .join(", ");
     let mut procs = Vec::new();
@@ -571,30 +690,39 @@ fn start_nats(bin: &Path, dir: &Path, attempt: usize) -> Result<Vec<NatsServer>,
         let name = format!("n{}", i + 1);
         let store = dir.join(format!("{name}-{attempt}"));
         let conf = dir.join(format!("{name}-{attempt}.conf"));
+        let (host, route) = &addrs[i];
+        let mqtt_block = match mqtt {
+            Some(ports) => format!("mqtt {{ listen: {host}:{} }}\n", ports[i]),
+            None => String::new(),
+        };
         std::fs::write(
             &conf,
             format!(
                 "server_name: {name}\n\
-                 listen: 127.0.0.1:-1\n\
+                 listen: {host}:-1\n\
                  max_payload: 8MB\n\
                  jetstream {{ store_dir: {store:?} }}\n\
-                 cluster {{ name: {cluster_name:?}, listen: 127.0.0.1:{cport}, routes: [{routes}], no_advertise: true }}\n"
+                 cluster {{ name: {cluster_name:?}, listen: {route}:{cport}, routes: [{routes}], no_advertise: true }}\n\
+                 {mqtt_block}"
             ),
         )
         .map_err(|e| format!("{}: {e}", conf.display()))?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = match net {
+            Some(p) if i == 2 => p.command(bin),
+            _ => Command::new(bin),
+        };
         cmd.arg("-c").arg(&conf);
         procs.push(Proc::spawn(&format!("nats-server {name}"), cmd));
     }
     let mut servers = Vec::new();
-    for proc in procs {
+    for (i, (proc, (host, _))) in procs.into_iter().zip(addrs).enumerate() {
         let line = proc
             .log
             .wait_for(STARTUP, |l| {
                 l.contains("Listening for client connections on")
             })
             .map_err(|e| proc.failure("did not listen for clients", &e))?;
-        let port = port_in(&line, "client connections on 127.0.0.1:")
+        let port = port_in(&line, &format!("client connections on {host}:"))
             .ok_or_else(|| proc.failure("logged no client port", &line))?;
         proc.log
             .wait_for(STARTUP, |l| {
@@ -605,7 +733,13 @@ fn start_nats(bin: &Path, dir: &Path, attempt: usize) -> Result<Vec<NatsServer>,
             "{}-{attempt}.conf",
             &proc.name["nats-server ".len()..]
         ));
-        servers.push(NatsServer { proc, port, conf });
+        servers.push(NatsServer {
+            proc,
+            host,
+            port,
+            mqtt: mqtt.map(|m| m[i]),
+            conf,
+        });
     }
     // JetStream answers once the servers have elected a metadata leader:
     // the nodes started before that would wait for their first request to
@@ -619,18 +753,10 @@ fn start_nats(bin: &Path, dir: &Path, attempt: usize) -> Result<Vec<NatsServer>,
     Ok(servers)
 }
 
-fn start_node(
-    dir: &Path,
-    n: usize,
-    nats_port: u16,
-    cluster: &str,
-    pinned: Option<(u16, u16)>,
-) -> Node {
+fn start_node(dir: &Path, n: usize, nats: &str, cluster: &str, pinned: Option<(u16, u16)>) -> Node {
     let id = format!("node{n}");
     let config = dir.join(format!("{id}.toml"));
-    let toml = format!(
-        "[cluster]\nnats = [\"nats://127.0.0.1:{nats_port}\"]\nnode-id = \"{id}\"\n{cluster}\n"
-    );
+    let toml = format!("[cluster]\nnats = [\"nats://{nats}\"]\nnode-id = \"{id}\"\n{cluster}\n");
     std::fs::write(&config, toml).expect("the node's configuration is written");
     let level = std::env::var("CLUSTER_TEST_LOG").unwrap_or_else(|_| "info".into());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_starling"));
