@@ -49,6 +49,13 @@ impl Isolation {
         let silent_ms = starling_broker::store::unix_ms().saturating_sub(beat);
         // Before the first heartbeat, or with heartbeats taken: not cut.
         if beat == 0 || silent_ms < SILENT_FOR.as_millis() as u64 || !inner.connected() {
+            if self.isolated {
+                tracing::info!(
+                    heartbeats = silent_ms < SILENT_FOR.as_millis() as u64,
+                    connected = inner.connected(),
+                    "no longer cut off from the other nodes"
+                );
+            }
             self.isolated = false;
             self.asked = None;
             return false;
@@ -58,6 +65,9 @@ impl Isolation {
             self.asked = Some(tokio::time::Instant::now());
             let was = self.isolated;
             self.isolated = !any_node_answers(inner).await;
+            if was && !self.isolated {
+                tracing::info!("no longer cut off from the other nodes: one answers");
+            }
             if self.isolated && !was {
                 tracing::warn!(
                     silent_ms,

@@ -284,8 +284,11 @@ impl Cluster for NatsCluster {
         let subject = subject::of_topic(&message.topic);
         // A QoS 1/2 message is kept in transit (once the stream is open),
         // and its acknowledgement waits for that, NATS away or not (the
-        // message waits in the outbox meanwhile; bounded: past it, it is not
-        // forwarded, counted). A QoS 0 message has nowhere to go meanwhile.
+        // message waits in the outbox meanwhile). The outbox is bounded:
+        // past it a message is not forwarded (counted), and a QoS 1/2 one is
+        // not acknowledged either: its sender is dropped with it, which
+        // closes the publisher's connection (0x80) and the client sends it
+        // again. A QoS 0 message has nowhere to go while NATS is away.
         let connected = inner.connected();
         let qos = message.qos != starling_codec::QoS::AtMostOnce;
         if !connected && !qos {
@@ -327,10 +330,11 @@ impl Cluster for NatsCluster {
                 if dropped.is_multiple_of(10_000) {
                     tracing::warn!(
                         "messages not forwarded to other nodes: NATS does not take them as \
-                         fast as they come (counted in $SYS/.../forward-dropped)"
+                         fast as they come (counted in $SYS/.../forward-dropped; QoS 1/2 \
+                         publishers are sent away unacknowledged)"
                     );
                 }
-                None
+                wait
             }
         }
     }
@@ -400,17 +404,26 @@ impl Cluster for NatsCluster {
     }
 
     fn unavailable(&self) -> Option<String> {
-        (!self.inner.connected()).then(|| {
-            "no connection to NATS: the other nodes cannot be reached (persistent \
-             sessions and QoS 1/2 acknowledgements wait for it)"
+        if !self.inner.connected() {
+            return Some(
+                "no connection to NATS: the other nodes cannot be reached (persistent \
+                 sessions and QoS 1/2 acknowledgements wait for it)"
+                    .to_string(),
+            );
+        }
+        (!self.inner.reachable()).then(|| {
+            "cut off: the NATS server this node uses reaches no other node \
+             (persistent sessions and QoS 1/2 acknowledgements wait for it)"
                 .to_string()
         })
     }
 
     fn congested(&self) -> bool {
         // Without NATS the outbox holds what waits for it: publishers here
-        // are not held back for that.
-        self.inner.outbox.capacity() < OUTBOX / 4 && self.inner.connected()
+        // are not held back for that (their QoS 1/2 acknowledgements wait).
+        let full = self.inner.outbox.capacity() < OUTBOX / 4
+            || self.inner.outbox_bytes.load(Ordering::Relaxed) > OUTBOX_BYTES / 4 * 3;
+        full && self.inner.connected()
     }
 
     fn interest_ready(&self) -> Option<ClusterFuture<()>> {
