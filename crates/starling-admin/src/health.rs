@@ -1,7 +1,8 @@
 //! `/healthz` (the process serves HTTP) and `/readyz` (the broker takes
 //! clients: its listeners are bound, its store's writer runs, and it is not
 //! shutting down). Both answer JSON; `/readyz` answers 503 with the reason
-//! when not ready, so a load balancer stops sending clients.
+//! when not ready, so a load balancer stops sending clients, and 200 with
+//! `degraded` and the reason while a cluster node is cut from the others.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,7 +15,8 @@ use crate::Ctx;
 /// What the health endpoints answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Health {
-    /// `ok`, or `unavailable`.
+    /// `ok`, `degraded` (`/readyz`: serving, but cut from the cluster),
+    /// or `unavailable`.
     status: &'static str,
     /// Why not ready, when not.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -36,13 +38,20 @@ async fn healthz() -> Json<Health> {
 
 async fn readyz(State(ctx): State<Ctx>) -> (StatusCode, Json<Health>) {
     match not_ready(&ctx) {
-        None => (
-            StatusCode::OK,
-            Json(Health {
-                status: "ok",
-                reason: None,
-            }),
-        ),
+        // Cut from the rest of its cluster the node still serves clean
+        // sessions (persistent ones are refused or sent away): 200, so that
+        // a load balancer whose every node is cut off (all of NATS away)
+        // still has somewhere to send clients, with the reason.
+        None => {
+            let degraded = ctx.state.cluster().unavailable();
+            (
+                StatusCode::OK,
+                Json(Health {
+                    status: if degraded.is_some() { "degraded" } else { "ok" },
+                    reason: degraded,
+                }),
+            )
+        }
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(Health {
@@ -71,5 +80,5 @@ fn not_ready(ctx: &Ctx) -> Option<String> {
     if ctx.state.store().is_some_and(|s| !s.is_running()) {
         return Some("the store's writer has stopped".into());
     }
-    ctx.state.cluster().unavailable()
+    None
 }

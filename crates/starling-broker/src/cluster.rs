@@ -111,9 +111,8 @@ pub trait Cluster: Send + Sync + 'static {
     fn status(&self) -> Vec<(&'static str, String)> {
         Vec::new()
     }
-    /// Why this node should not be sent new clients now, if so (its
-    /// `/readyz` answers 503 with it, and a load balancer sends them to
-    /// the other nodes).
+    /// Why this node cannot keep sessions for the cluster now, if so: it
+    /// serves clean sessions only (its `/readyz` says `degraded` with it).
     fn unavailable(&self) -> Option<String> {
         None
     }

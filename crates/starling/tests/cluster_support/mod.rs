@@ -604,30 +604,32 @@ impl Cluster {
     }
 
     /// Waits (polling every 100 ms, at most `limit`) until node `n`'s
-    /// `/readyz` answers `status`, as HAProxy's check sees it. Only for a
-    /// cluster behind the proxy (the nodes' HTTP ports are pinned there).
-    pub fn wait_readyz(&self, n: usize, status: u16, limit: Duration) -> Result<(), String> {
+    /// `/readyz` answers with `status` in its body (`"ok"`, `"degraded"`),
+    /// as HAProxy's check would see it. Only for a cluster behind the
+    /// proxy (the nodes' HTTP ports are pinned there).
+    pub fn wait_readyz(&self, n: usize, status: &str, limit: Duration) -> Result<(), String> {
         let (_, http) = self.nodes[n - 1]
             .pinned
             .expect("node HTTP ports are pinned");
+        let want = format!("\"status\":\"{status}\"");
         let start = Instant::now();
         let mut last = None;
         while start.elapsed() < limit {
             last = readyz(http);
-            if last == Some(status) {
+            if last.as_deref().is_some_and(|r| r.contains(&want)) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         Err(format!(
-            "node {n}'s /readyz answered {last:?}, not {status}, for {limit:?}"
+            "node {n}'s /readyz answered {last:?}, not {want}, for {limit:?}"
         ))
     }
 }
 
-/// The status of `GET /readyz` on 127.0.0.1:`port` (`None`: no answer
-/// within a second).
-fn readyz(port: u16) -> Option<u16> {
+/// The whole answer (status line, headers, body) of `GET /readyz` on
+/// 127.0.0.1:`port` (`None`: none within a second).
+fn readyz(port: u16) -> Option<String> {
     use std::io::Write;
     let limit = Some(Duration::from_secs(1));
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -635,9 +637,9 @@ fn readyz(port: u16) -> Option<u16> {
     s.set_write_timeout(limit).ok()?;
     s.write_all(b"GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
         .ok()?;
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    let mut answer = String::new();
+    s.take(64 * 1024).read_to_string(&mut answer).ok()?;
+    Some(answer)
 }
 
 impl Drop for Cluster {
