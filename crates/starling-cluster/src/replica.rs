@@ -539,6 +539,7 @@ async fn write_receipt(
             })
             .collect(),
     };
+    tracing::trace!(at_ms = receipt.at_ms, high = ?receipt.high, "receipt");
     if let Err(e) = link
         .js
         .publish(link.receipt_subject.clone(), receipt.encode())

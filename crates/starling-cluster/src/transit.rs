@@ -250,8 +250,10 @@ pub struct Replays {
 }
 
 /// How long an ended replay's messages are kept from its sessions' core
-/// copies.
-const ENDED_KEPT: Duration = Duration::from_secs(10);
+/// copies and from repairs: as long as transit keeps messages (a repair
+/// reads no older ones), and at most [`ENDED_STAMPS`] stamps in all.
+const ENDED_KEPT: Duration = AGE;
+const ENDED_STAMPS: usize = 1_000_000;
 
 /// One replay: its sessions, the stamps core NATS brought since it began,
 /// and those it routed itself.
@@ -359,6 +361,20 @@ impl Replays {
         high
     }
 
+    /// The sessions a replay (running, or ended within [`ENDED_KEPT`])
+    /// gave `stamp`, if any.
+    fn given(&self, stamp: Stamp) -> Option<HashSet<ByteString>> {
+        let mut had: Option<HashSet<ByteString>> = None;
+        let ended = self.ended.iter().map(|(_, r)| r);
+        for r in ended.chain(self.running.values()) {
+            if let (Some((clients, _)), true) = (&r.clients, r.replayed.contains(&stamp)) {
+                had.get_or_insert_with(HashSet::new)
+                    .extend(clients.iter().cloned());
+            }
+        }
+        had
+    }
+
     /// Before a message core NATS brought is routed: the sessions that a
     /// replay gave it already (if any), which it must not reach again.
     /// Only a session installed here by now gets it: a replay begun before
@@ -419,16 +435,27 @@ impl Replays {
                 }
             },
             ReplayCommand::Message(token, stamp, msg) => {
+                let Some(repair) = self.running.get(&token).map(|r| r.clients.is_none()) else {
+                    return false;
+                };
+                if repair {
+                    // What core NATS did not bring, to every session here
+                    // but those a replay gave it already.
+                    if !seen.first(stamp) {
+                        return false;
+                    }
+                    let had = self.given(stamp);
+                    let scope = match &had {
+                        Some(not) => Scope::PlainExcept(not),
+                        None => Scope::Plain,
+                    };
+                    return broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq)) > 0;
+                }
                 let Some(r) = self.running.get_mut(&token) else {
                     return false;
                 };
                 let Some(clients) = &r.clients else {
-                    return seen.first(stamp)
-                        && broker.route_from_cluster(
-                            &msg,
-                            Scope::Plain,
-                            (stamp.origin, stamp.seq),
-                        ) > 0;
+                    return false;
                 };
                 if !r.core.contains(&stamp) && r.replayed.insert(stamp) {
                     let (all, own_before) = clients;
@@ -469,6 +496,13 @@ impl Replays {
                     if r.clients.is_some() && !r.replayed.is_empty() {
                         r.core = HashSet::new();
                         self.ended.push_back((Instant::now(), r));
+                        let mut kept: usize =
+                            self.ended.iter().map(|(_, r)| r.replayed.len()).sum();
+                        while kept > ENDED_STAMPS && self.ended.len() > 1 {
+                            if let Some((_, old)) = self.ended.pop_front() {
+                                kept -= old.replayed.len();
+                            }
+                        }
                     }
                 }
                 let _ = done.send(());
@@ -725,6 +759,13 @@ async fn replay_read(
     if inner.commands.send(Command::Ready(ready)).is_ok() {
         let _ = tokio::time::timeout(inner.timeout, wait).await;
     }
+    tracing::debug!(
+        %dead,
+        receipt_at_ms = receipt.at_ms,
+        high = ?receipt.high,
+        from_ms,
+        "replaying transit from the dead node's receipt"
+    );
     let unknown_from_ms = request
         .live
         .then(|| receipt.at_ms.saturating_sub(ON_THE_WAY.as_millis() as u64));

@@ -443,8 +443,9 @@ impl Load {
 struct Verdict {
     acked: usize,
     missing: usize,
-    /// Some of them: (subscriber, publisher, seq).
-    missing_some: Vec<(usize, usize, u64)>,
+    /// Some of them: (subscriber, publisher, seq, the newest seq that
+    /// subscriber had of that publisher).
+    missing_some: Vec<(usize, usize, u64, u64)>,
     qos2_twice: usize,
     /// Some of them: (subscriber, publisher, seq, ms after the fault began
     /// of the first and of the second delivery).
@@ -509,7 +510,8 @@ fn check(h: &History, logs: &[Vec<String>], fault_at: std::time::Instant) -> Ver
         {
             v.missing += 1;
             if v.missing_some.len() < 20 {
-                v.missing_some.push((sub, *p, *s));
+                v.missing_some
+                    .push((sub, *p, *s, last.get(p).copied().unwrap_or(0)));
             }
         }
     }
