@@ -195,6 +195,10 @@ pub enum ReplayCommand {
     /// routing after NATS dropped messages for it) begins: note the stamps core NATS brings
     /// from now on (they reached the sessions).
     Start(u64, Option<ReplayClients>),
+    /// The sessions of replay `.0` had, as they were installed here, every
+    /// message up to these numbers (per run; the dead node's receipt or
+    /// the old node's cut): a repair does not give them those again.
+    Covers(u64, HashMap<u64, u64>),
     /// A message for the sessions of replay `.0`, unless it came meanwhile.
     Message(u64, Stamp, Arc<starling_broker::message::Message>),
     /// Answered once every earlier command is served.

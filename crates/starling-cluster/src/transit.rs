@@ -270,6 +270,9 @@ struct Running {
     clients: Option<crate::shared::ReplayClients>,
     core: HashSet<Stamp>,
     replayed: HashSet<Stamp>,
+    /// What the sessions had at their install, per run (see
+    /// `ReplayCommand::Covers`).
+    covered: HashMap<u64, u64>,
     parked: Vec<(Stamp, Arc<starling_broker::message::Message>)>,
     parked_bytes: usize,
     /// Whether live messages are parked still, and since when.
@@ -283,6 +286,7 @@ impl Running {
             clients,
             core: HashSet::new(),
             replayed: HashSet::new(),
+            covered: HashMap::new(),
             parked: Vec::new(),
             parked_bytes: 0,
             parking: true,
@@ -367,7 +371,12 @@ impl Replays {
         let mut had: Option<HashSet<ByteString>> = None;
         let ended = self.ended.iter().map(|(_, r)| r);
         for r in ended.chain(self.running.values()) {
-            if let (Some((clients, _)), true) = (&r.clients, r.replayed.contains(&stamp)) {
+            let covered = r
+                .covered
+                .get(&stamp.origin)
+                .is_some_and(|h| stamp.seq <= *h);
+            if let (Some((clients, _)), true) = (&r.clients, covered || r.replayed.contains(&stamp))
+            {
                 had.get_or_insert_with(HashSet::new)
                     .extend(clients.iter().cloned());
             }
@@ -479,6 +488,11 @@ impl Replays {
                 }
                 tracing::debug!(?stamp, topic = %msg.topic, "not replayed: core NATS brought it");
             }
+            ReplayCommand::Covers(token, high) => {
+                if let Some(r) = self.running.get_mut(&token) {
+                    r.covered = high;
+                }
+            }
             ReplayCommand::Barrier(done) => {
                 let _ = done.send(());
             }
@@ -493,7 +507,7 @@ impl Replays {
                         );
                         routed = true;
                     }
-                    if r.clients.is_some() && !r.replayed.is_empty() {
+                    if r.clients.is_some() && !(r.replayed.is_empty() && r.covered.is_empty()) {
                         r.core = HashSet::new();
                         self.ended.push_back((Instant::now(), r));
                         let mut kept: usize =
@@ -766,6 +780,12 @@ async fn replay_read(
         from_ms,
         "replaying transit from the dead node's receipt"
     );
+    let covers = ReplayCommand::Covers(token, receipt.high.clone());
+    inner
+        .replays
+        .send(covers)
+        .await
+        .map_err(|_| "the routing task is gone")?;
     let unknown_from_ms = request
         .live
         .then(|| receipt.at_ms.saturating_sub(ON_THE_WAY.as_millis() as u64));

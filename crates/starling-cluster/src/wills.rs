@@ -337,7 +337,10 @@ pub async fn take_wills_of(
         }
     };
     // The entries there now, then nothing more comes.
+    let mut seen = 0usize;
+    let mut untaken = false;
     while let Ok(Some(Ok(entry))) = tokio::time::timeout(inner.timeout, watch.next()).await {
+        seen += 1;
         let last = entry.delta == 0;
         tracing::debug!(key = %entry.key, op = ?entry.operation, delta = entry.delta, "a will left");
         let here = live_here && connected_here(inner, &entry.key, &entry.value);
@@ -346,13 +349,41 @@ pub async fn take_wills_of(
                 .wills
                 .delete_expect_revision(&entry.key, Some(entry.revision))
                 .await;
-            if fenced.is_ok() {
-                publish_later(inner.clone(), buckets.clone(), entry.value);
+            match fenced {
+                Ok(()) => publish_later(inner.clone(), buckets.clone(), entry.value),
+                // Another node took it first.
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                // JetStream did not answer: the will stays, read again.
+                Err(e) => {
+                    tracing::debug!(key = %entry.key, "a will not taken: {e}");
+                    untaken = true;
+                }
             }
         }
         if last {
             break;
         }
+    }
+    if untaken {
+        return false;
+    }
+    if live_here {
+        // This node's own wills, once back: those it left to the cluster
+        // (connections it sent away, or that ended meanwhile) are in the
+        // bucket unless another node took them. A replica still catching
+        // up (its server just restarted) shows none: read again later.
+        let broker = inner.broker();
+        let mut shared = inner.shared_wills.lock();
+        let here = |(c, conn): &(String, u64)| {
+            broker
+                .as_ref()
+                .is_some_and(|b| b.connection_of(c) == Some(*conn))
+        };
+        if seen == 0 && !shared.iter().all(here) {
+            tracing::info!("this node's wills not seen in the bucket yet: read again");
+            return false;
+        }
+        shared.retain(|id| here(id));
     }
     true
 }
