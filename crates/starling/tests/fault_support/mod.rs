@@ -650,7 +650,9 @@ pub fn under_load_on(tag: &str, target: Target, fault: impl FnOnce(&mut Cluster)
     let (waited, who) = history
         .waits
         .iter()
-        .filter(|(_, began, _)| *began >= at)
+        // Reconnects still going on when the fault was marked (a client
+        // may see a killed node before the mark) or begun after it.
+        .filter(|(_, began, d)| *began + *d >= at)
         .map(|(id, _, d)| (*d, id.as_str()))
         .max()
         .unwrap_or_default();
