@@ -262,25 +262,38 @@ impl BrokerState {
         let cluster = self.cluster();
         // In a cluster a shared group is served through it, which picks one
         // member cluster-wide (this node's included).
-        let scope = if cluster.shares_across_nodes() {
-            Scope::Plain
+        // Sessions in a replay get it after their older, replayed messages.
+        let parked = if cluster.shares_across_nodes() {
+            cluster.parked_sessions()
         } else {
-            Scope::All
+            None
+        };
+        let scope = match (&parked, cluster.shares_across_nodes()) {
+            (Some(sessions), _) => Scope::PlainExcept(sessions),
+            (None, true) => Scope::Plain,
+            (None, false) => Scope::All,
         };
         let mut stamp = None;
         let before = journal.len();
-        let offered = self.route_to(
+        let mut offered = self.route_to(
             msg,
             scope,
             Some(journal),
             routed.as_deref_mut().map(|r| &mut r.congested),
             Some(&mut stamp),
         );
+        if let (Some(sessions), None) = (&parked, stamp) {
+            // Not numbered: nothing to park it by; theirs now.
+            offered += self.route_to(msg, Scope::Clients(sessions), Some(journal), None, None);
+        }
         // The copies kept here say which message they are (see `next_stamp`).
         if let (Some((origin, seq)), true) = (stamp, journal.len() > before) {
             journal.received(origin, seq);
         }
         let kept = cluster.forward(msg, stamp);
+        if let (Some(sessions), Some(stamp)) = (parked, stamp) {
+            cluster.park_local(msg, stamp, sessions);
+        }
         if let Some(r) = routed {
             r.cluster_wait = kept;
         }

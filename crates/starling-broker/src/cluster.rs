@@ -12,12 +12,13 @@
 //! will ([`crate::BrokerState::publish`]), never for a message that came from
 //! another node ([`crate::BrokerState::route`] alone).
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use starling_codec::Will;
+use starling_codec::{ByteString, Will};
 
 use crate::message::Message;
 use crate::store::WillRecord;
@@ -98,6 +99,23 @@ pub trait Cluster: Send + Sync + 'static {
     /// for a congested subscriber, instead of messages being dropped.
     fn congested(&self) -> bool {
         false
+    }
+    /// The sessions here whose new messages wait while a replay runs for
+    /// them (a rebuilt or moved session gets the older, replayed messages
+    /// first): a message published on this node is routed past them and
+    /// handed to [`Cluster::park_local`]. `None` (nearly always): none.
+    fn parked_sessions(&self) -> Option<Arc<HashSet<ByteString>>> {
+        None
+    }
+    /// A message published here, numbered `stamp`, that was kept from
+    /// `sessions` (see [`Cluster::parked_sessions`]): the cluster delivers
+    /// it to them after their replay.
+    fn park_local(
+        &self,
+        _msg: &Arc<Message>,
+        _stamp: (u64, u64),
+        _sessions: Arc<HashSet<ByteString>>,
+    ) {
     }
     /// Whether shared subscriptions are served across the nodes: then a
     /// message reaches a shared group only through the cluster, which picks

@@ -5,6 +5,7 @@
 //! of shared subscriptions, which does hear this node's messages, so that a
 //! shared group's member here competes with the other nodes' members.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -14,7 +15,8 @@ use parking_lot::Mutex;
 use starling_broker::cluster::{Cluster, ClusterFuture, Ownership};
 use starling_broker::config::ClusterConfig;
 use starling_broker::message::Message;
-use starling_broker::BrokerState;
+use starling_broker::{BrokerState, Scope};
+use starling_codec::ByteString;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -77,6 +79,8 @@ impl NatsCluster {
             replay_requests,
             replaying: Mutex::new(Default::default()),
             replay_done: tokio::sync::Notify::new(),
+            parking: Default::default(),
+            parking_any: Default::default(),
             repairing: Default::default(),
             repair_due: Default::default(),
             retained: retained_tx,
@@ -440,6 +444,31 @@ impl Cluster for NatsCluster {
 
     fn shares_across_nodes(&self) -> bool {
         true
+    }
+
+    fn parked_sessions(&self) -> Option<Arc<HashSet<ByteString>>> {
+        if !self.inner.parking_any.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.inner.parking.read().clone()
+    }
+
+    fn park_local(
+        &self,
+        msg: &Arc<starling_broker::message::Message>,
+        (origin, seq): (u64, u64),
+        sessions: Arc<HashSet<ByteString>>,
+    ) {
+        let stamp = Stamp { origin, seq };
+        let command = crate::shared::ReplayCommand::ParkLocal(stamp, msg.clone(), sessions);
+        // The routing task is behind: theirs now (in order or not).
+        if let Err(e) = self.inner.replays.try_send(command) {
+            if let (crate::shared::ReplayCommand::ParkLocal(_, msg, sessions), Some(broker)) =
+                (e.into_inner(), self.inner.broker())
+            {
+                broker.route_from_cluster(&msg, Scope::Clients(&sessions), (origin, seq));
+            }
+        }
     }
 
     fn status(&self) -> Vec<(&'static str, String)> {

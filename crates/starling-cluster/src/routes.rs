@@ -139,8 +139,15 @@ pub async fn run(
             }
             Some(command) = replay_rx.recv() => {
                 let Some(broker) = inner.broker() else { return };
+                let reshaped = matches!(command, ReplayCommand::Start(..) | ReplayCommand::End(..));
                 if replays.serve(&broker, &mut seen, inner.origin, command) {
                     inner.counters.replayed.fetch_add(1, Ordering::Relaxed);
+                }
+                // After a Start, before its sessions are installed (its
+                // sender waits for a barrier after it); after an End, once
+                // its parked messages were delivered.
+                if reshaped {
+                    set_parking(&inner, replays.parking_clients());
                 }
             }
             Some((id, msg)) = subs.next(), if !subs.is_empty() => {
@@ -207,6 +214,16 @@ impl Readiness {
             None => self.probed(inner, self.adds),
         }
     }
+}
+
+/// Tells the publish path which sessions' messages are parked now.
+fn set_parking(
+    inner: &Inner,
+    sessions: Option<Arc<std::collections::HashSet<starling_codec::ByteString>>>,
+) {
+    let any = sessions.is_some();
+    *inner.parking.write() = sessions;
+    inner.parking_any.store(any, Ordering::Relaxed);
 }
 
 /// Routes one message from another node to this node's subscribers.

@@ -114,6 +114,11 @@ pub(crate) struct Inner {
     /// Client ids whose sessions wait for a replay (a handover waits for
     /// it), and the signal that one ended.
     pub replaying: Mutex<HashMap<String, usize>>,
+    /// The sessions of the replays running now (set by the routing task):
+    /// messages published here are parked for them too. `parking_any`
+    /// says whether there are any, read first on every publish.
+    pub parking: parking_lot::RwLock<Option<Arc<HashSet<ByteString>>>>,
+    pub parking_any: std::sync::atomic::AtomicBool,
     pub replay_done: tokio::sync::Notify,
     /// Whether a repair of this node's routing is in progress.
     pub repairing: std::sync::atomic::AtomicBool,
@@ -199,6 +204,13 @@ pub enum ReplayCommand {
     /// message up to these numbers (per run; the dead node's receipt or
     /// the old node's cut): a repair does not give them those again.
     Covers(u64, HashMap<u64, u64>),
+    /// A message published on this node (stamp, message) that was kept
+    /// from these sessions, in replays: parked for them, or theirs now.
+    ParkLocal(
+        Stamp,
+        Arc<starling_broker::message::Message>,
+        Arc<HashSet<ByteString>>,
+    ),
     /// A message for the sessions of replay `.0`, unless it came meanwhile.
     Message(u64, Stamp, Arc<starling_broker::message::Message>),
     /// Answered once every earlier command is served.

@@ -365,6 +365,17 @@ impl Replays {
         high
     }
 
+    /// The sessions of the replays running now, if any.
+    pub fn parking_clients(&self) -> Option<Arc<HashSet<ByteString>>> {
+        let all: HashSet<ByteString> = self
+            .running
+            .values()
+            .filter_map(|r| r.clients.as_ref())
+            .flat_map(|(clients, _)| clients.iter().cloned())
+            .collect();
+        (!all.is_empty()).then(|| Arc::new(all))
+    }
+
     /// The sessions a replay (running, or ended within [`ENDED_KEPT`])
     /// gave `stamp`, if any.
     fn given(&self, stamp: Stamp) -> Option<HashSet<ByteString>> {
@@ -487,6 +498,28 @@ impl Replays {
                     return n > 0;
                 }
                 tracing::debug!(?stamp, topic = %msg.topic, "not replayed: core NATS brought it");
+            }
+            ReplayCommand::ParkLocal(stamp, msg, sessions) => {
+                // Parked by the replays running for them; the others'
+                // now (their replay ended meanwhile: in order still).
+                let mut rest: HashSet<ByteString> = (*sessions).clone();
+                for r in self.running.values_mut() {
+                    let Some((clients, _)) = r.clients.clone() else {
+                        continue;
+                    };
+                    if !clients.iter().any(|c| rest.contains(c)) {
+                        continue;
+                    }
+                    if r.replayed.contains(&stamp) || r.park(stamp, &msg, broker) {
+                        for c in clients.iter() {
+                            rest.remove(c);
+                        }
+                    }
+                }
+                if !rest.is_empty() {
+                    let scope = Scope::Clients(&rest);
+                    return broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq)) > 0;
+                }
             }
             ReplayCommand::Covers(token, high) => {
                 if let Some(r) = self.running.get_mut(&token) {

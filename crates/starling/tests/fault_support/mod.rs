@@ -453,6 +453,9 @@ struct Verdict {
     qos2_again_after_kill: usize,
     duplicates: usize,
     out_of_order: usize,
+    /// Some of them: (subscriber, publisher, seq, the newest seq before
+    /// it, ms after the fault began).
+    out_of_order_some: Vec<(usize, usize, u64, u64, i128)>,
     overlaps: Vec<String>,
     wills_wrong: Vec<String>,
     sessions_lost: Vec<String>,
@@ -497,6 +500,9 @@ fn check(h: &History, logs: &[Vec<String>], fault_at: std::time::Instant) -> Ver
             let l = last.entry(*p).or_default();
             if *s < *l {
                 v.out_of_order += 1;
+                if v.out_of_order_some.len() < 10 {
+                    v.out_of_order_some.push((sub, *p, *s, *l, since(*at)));
+                }
             }
             *l = (*l).max(*s);
         }
@@ -686,8 +692,8 @@ pub fn under_load_on(tag: &str, target: Target, fault: impl FnOnce(&mut Cluster)
     // quorum loss. Reported, and counted in BENCHMARKS.md.
     if v.out_of_order > 0 {
         eprintln!(
-            "{tag}: KNOWN GAP: {} first deliveries out of order",
-            v.out_of_order
+            "{tag}: KNOWN GAP: {} first deliveries out of order, e.g. {:?}",
+            v.out_of_order, v.out_of_order_some
         );
     }
     assert!(v.wills_wrong.is_empty(), "{tag}: wills: {v:?}");
