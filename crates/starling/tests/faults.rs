@@ -12,6 +12,7 @@ use starling_client::{Client, QoS};
 
 #[test]
 fn kill_9_of_a_node_under_load() {
+    fault_support::require_order();
     under_load("fault-kill", |c| {
         c.nodes[1].proc.kill();
         c.mark_fault();
@@ -31,6 +32,7 @@ fn kill_9_of_a_node_under_load() {
 
 #[test]
 fn rolling_restart_of_every_node_under_load() {
+    fault_support::require_order();
     under_load("fault-rolling", |c| {
         for n in 1..=3 {
             c.restart_node_gracefully(n);
