@@ -507,7 +507,10 @@ impl Replays {
                     let Some((clients, _)) = r.clients.clone() else {
                         continue;
                     };
-                    if !clients.iter().any(|c| rest.contains(c)) {
+                    // Parked by one replay per session: a replay some of
+                    // whose sessions another one parked it for already
+                    // leaves it (delivered now), or they would get it twice.
+                    if !clients.iter().all(|c| rest.contains(c)) {
                         continue;
                     }
                     if r.replayed.contains(&stamp) || r.park(stamp, &msg, broker) {
