@@ -424,8 +424,15 @@ impl Replays {
             let Some((clients, _)) = r.clients.clone() else {
                 continue;
             };
-            // Replayed already, or parked until the replay ends.
-            if r.replayed.contains(&stamp) || r.park(stamp, msg, broker) {
+            // Replayed already, or parked until the replay ends (by one
+            // replay per session: one some of whose sessions have it or
+            // wait for it already leaves it to core NATS, or they would
+            // get it twice).
+            let replayed = r.replayed.contains(&stamp);
+            let overlaps = had
+                .as_ref()
+                .is_some_and(|h| clients.iter().any(|c| h.contains(c)));
+            if replayed || (!overlaps && r.park(stamp, msg, broker)) {
                 had.get_or_insert_with(HashSet::new)
                     .extend(clients.iter().cloned());
             } else if r.core.len() < RECORD_LIMIT
