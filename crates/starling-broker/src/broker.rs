@@ -290,7 +290,8 @@ impl BrokerState {
         if let (Some((origin, seq)), true) = (stamp, journal.len() > before) {
             journal.received(origin, seq);
         }
-        let kept = cluster.forward(msg, stamp);
+        let withdrawable = routed.as_deref().is_some_and(|r| r.withdrawable);
+        let kept = cluster.forward(msg, stamp, withdrawable);
         if let (Some(sessions), Some(stamp)) = (parked, stamp) {
             cluster.park_local(msg, stamp, sessions);
         }
@@ -767,6 +768,9 @@ pub(crate) struct Routed {
     /// What its acknowledgement waits for in a cluster (see
     /// [`Cluster::forward`]).
     pub cluster_wait: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// The other nodes may go without it if the publisher's connection ends
+    /// before its acknowledgement (see [`Cluster::forward`]).
+    pub withdrawable: bool,
 }
 
 /// Which of this node's subscriptions a message is routed to.

@@ -49,10 +49,18 @@ pub trait Cluster: Send + Sync + 'static {
     ///
     /// `stamp` is what [`Cluster::next_stamp`] gave for it before it was
     /// routed here (`None`: the implementation numbers it).
+    ///
+    /// `withdrawable`: if the receiver is dropped before it completes (the
+    /// publisher's connection ended unacknowledged), the message may be
+    /// withdrawn from the other nodes: its publisher owes it nothing more
+    /// (a clean session) or sends it again (QoS 1, routed anew). Delivered
+    /// late instead, after the publisher's later messages sent elsewhere,
+    /// it would break their order.
     fn forward(
         &self,
         message: &Arc<Message>,
         stamp: Option<(u64, u64)>,
+        withdrawable: bool,
     ) -> Option<tokio::sync::oneshot::Receiver<()>>;
     /// The number the next message accepted on this node carries across
     /// the cluster (this node's run, the message's number there), taken
@@ -145,6 +153,7 @@ impl Cluster for SingleNode {
         &self,
         _: &Arc<Message>,
         _: Option<(u64, u64)>,
+        _: bool,
     ) -> Option<tokio::sync::oneshot::Receiver<()>> {
         None
     }

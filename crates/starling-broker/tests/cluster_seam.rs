@@ -19,6 +19,8 @@ struct Recorder {
     /// Whether QoS 1/2 messages are held (their acknowledgements wait).
     hold: bool,
     held: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
+    /// Per message forwarded: its topic and whether it is withdrawable.
+    withdrawable: Mutex<Vec<(String, bool)>>,
 }
 
 impl Cluster for Recorder {
@@ -26,8 +28,12 @@ impl Cluster for Recorder {
         &self,
         message: &Arc<Message>,
         _: Option<(u64, u64)>,
+        withdrawable: bool,
     ) -> Option<tokio::sync::oneshot::Receiver<()>> {
         self.log.lock().push(format!("forward {}", message.topic));
+        self.withdrawable
+            .lock()
+            .push((message.topic.to_string(), withdrawable));
         if message.qos == QoS::AtMostOnce {
             return None;
         }
@@ -141,5 +147,56 @@ async fn an_acknowledgement_waits_for_the_cluster_to_keep_the_message() {
     }
     assert!(matches!(publ.recv().await, Packet::PubAck(a) if a.packet_id == 1));
     assert!(matches!(publ.recv().await, Packet::PubRec(a) if a.packet_id == 2));
+    b.stop().await;
+}
+
+/// A message whose publisher may leave unacknowledged without being owed
+/// anything more (QoS 1: it sends it again; a clean session's QoS 2) is
+/// withdrawable; a persistent session's QoS 2 one, whose resend the
+/// session takes as a duplicate, is not. A publisher gone unacknowledged
+/// drops what the cluster's receiver waits for.
+#[tokio::test]
+async fn the_cluster_is_told_which_messages_it_may_withdraw() {
+    let recorder = Arc::new(Recorder {
+        hold: true,
+        ..Recorder::default()
+    });
+    let b = broker_with(recorder.clone()).await;
+    let mut clean = Raw::client(b.addr, V::V5, "clean").await;
+    let mut connect = Connect::new(V::V5, "kept");
+    connect.clean_start = false;
+    connect.properties.session_expiry_interval = Some(60);
+    let (mut kept, _) = Raw::connect(b.addr, connect).await;
+    for (which, topic, qos, id) in [
+        (0, "w/clean1", QoS::AtLeastOnce, 1),
+        (0, "w/clean2", QoS::ExactlyOnce, 2),
+        (1, "w/kept1", QoS::AtLeastOnce, 1),
+        (1, "w/kept2", QoS::ExactlyOnce, 2),
+    ] {
+        let p = if which == 0 { &mut clean } else { &mut kept };
+        let mut publish = starling_codec::Publish::new(topic, &b"x"[..]);
+        publish.qos = qos;
+        publish.packet_id = id;
+        p.send(Packet::Publish(publish)).await;
+        p.send(Packet::PingReq).await;
+        assert!(matches!(p.recv().await, Packet::PingResp));
+    }
+    let told = recorder.withdrawable.lock().clone();
+    let expected = [
+        ("w/clean1", true),
+        ("w/clean2", true),
+        ("w/kept1", true),
+        ("w/kept2", false),
+    ];
+    let told: Vec<(&str, bool)> = told.iter().map(|(t, w)| (t.as_str(), *w)).collect();
+    assert_eq!(told, expected);
+    // The clean publisher goes, unacknowledged: its two waits are dropped.
+    drop(clean);
+    let held: Vec<_> = std::mem::take(&mut *recorder.held.lock());
+    for (n, mut sender) in held.into_iter().take(2).enumerate() {
+        tokio::time::timeout(std::time::Duration::from_secs(5), sender.closed())
+            .await
+            .unwrap_or_else(|_| panic!("wait {n} of the gone publisher dropped"));
+    }
     b.stop().await;
 }

@@ -177,11 +177,13 @@ impl Backlog {
     }
 
     /// The messages held since before the cut that the replica never had:
-    /// what another owner of the session lacks.
-    pub fn early_messages(&self) -> Vec<Bytes> {
+    /// what another owner of the session lacks; those `withdrawn` says
+    /// were withdrawn (by stamp) left out.
+    pub fn early_messages(&self, withdrawn: impl Fn((u64, u64)) -> bool) -> Vec<Bytes> {
         self.messages
             .values()
             .filter(|h| h.fresh && h.early)
+            .filter(|h| !h.stamp.is_some_and(&withdrawn))
             .filter_map(|h| h.raw.clone())
             .collect()
     }
@@ -234,7 +236,7 @@ mod tests {
         assert!(matches!(ops[1], Op::Message(_, 12, _)), "{ops:?}");
         assert!(matches!(ops[2], Op::Received(1, 3)), "{ops:?}");
         assert_eq!(ops.len(), 3);
-        assert_eq!(b.early_messages(), Vec::<Bytes>::new());
+        assert_eq!(b.early_messages(|_| false), Vec::<Bytes>::new());
     }
 
     #[test]

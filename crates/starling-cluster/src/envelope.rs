@@ -10,8 +10,10 @@ use starling_broker::message::Message;
 use starling_codec::{ByteString, Decoder, Packet, ProtocolVersion, Publish, QoS};
 use tokio::time::Instant;
 
-/// The first byte of an envelope: its format.
-const VERSION: u8 = 1;
+/// The first byte of an envelope: its format (2: with the time it was
+/// sent; 1, still read: without).
+const VERSION: u8 = 2;
+const VERSION_1: u8 = 1;
 
 /// Where a message came from: a node's run (`origin`, random per start) and
 /// its place in that run's sequence.
@@ -52,6 +54,7 @@ pub fn encode(msg: &Message, stamp: Stamp, now: Instant) -> Bytes {
     buf.put_u8(VERSION);
     buf.put_u64(stamp.origin);
     buf.put_u64(stamp.seq);
+    buf.put_u64(starling_broker::store::unix_ms());
     buf.put_u8(u8::from(msg.publisher.is_some()));
     // A client id is at most 65,535 bytes (it came in a CONNECT).
     let len = u16::try_from(publisher.len()).unwrap_or(u16::MAX);
@@ -68,16 +71,35 @@ pub fn encode(msg: &Message, stamp: Stamp, now: Instant) -> Bytes {
     buf.freeze()
 }
 
+/// An envelope's stamp and when its node sent it (ms since the epoch;
+/// `None` for the first format), without reading the message.
+pub fn header(raw: &[u8]) -> Option<(Stamp, Option<u64>)> {
+    let mut head = raw;
+    let version = *head.first()?;
+    let need = match version {
+        VERSION => 25,
+        VERSION_1 => 17,
+        _ => return None,
+    };
+    if head.len() < need {
+        return None;
+    }
+    head.advance(1);
+    let stamp = Stamp {
+        origin: head.get_u64(),
+        seq: head.get_u64(),
+    };
+    Some((stamp, (version == VERSION).then(|| head.get_u64())))
+}
+
 /// The stamp and message an envelope holds.
 pub fn decode(mut raw: Bytes, now: Instant) -> Result<(Stamp, Arc<Message>), EnvelopeError> {
-    if raw.len() < 20 || raw[0] != VERSION {
+    let (stamp, sent) = header(&raw).ok_or(EnvelopeError::Malformed)?;
+    let head = if sent.is_some() { 25 } else { 17 };
+    if raw.len() < head + 3 {
         return Err(EnvelopeError::Malformed);
     }
-    raw.advance(1);
-    let stamp = Stamp {
-        origin: raw.get_u64(),
-        seq: raw.get_u64(),
-    };
+    raw.advance(head);
     let has_publisher = raw.get_u8() == 1;
     let len = usize::from(raw.get_u16());
     if raw.len() < len {
@@ -131,7 +153,12 @@ mod tests {
         for publisher in [Some("pub-1"), None] {
             let m = message(publisher, now);
             let stamp = Stamp { origin: 7, seq: 42 };
-            let (s, back) = decode(encode(&m, stamp, now), now).unwrap();
+            let raw = encode(&m, stamp, now);
+            let (s, sent) = header(&raw).unwrap();
+            assert_eq!(s, stamp);
+            let sent = sent.expect("the time it was sent");
+            assert!(starling_broker::store::unix_ms().abs_diff(sent) < 60_000);
+            let (s, back) = decode(raw, now).unwrap();
             assert_eq!(s, stamp);
             assert_eq!(back.topic, m.topic);
             assert_eq!(back.payload, m.payload);
@@ -149,6 +176,24 @@ mod tests {
             );
             assert_eq!(back.remaining_expiry(now), Some(30));
         }
+    }
+
+    #[tokio::test]
+    async fn the_first_format_is_still_read() {
+        let now = Instant::now();
+        let m = message(Some("p"), now);
+        let v2 = encode(&m, Stamp { origin: 3, seq: 4 }, now);
+        // Version 1: the same without the 8 bytes of the time sent.
+        let mut v1 = BytesMut::new();
+        v1.put_u8(VERSION_1);
+        v1.put_slice(&v2[1..17]);
+        v1.put_slice(&v2[25..]);
+        let v1 = v1.freeze();
+        assert_eq!(header(&v1), Some((Stamp { origin: 3, seq: 4 }, None)));
+        let (s, back) = decode(v1, now).unwrap();
+        assert_eq!(s, Stamp { origin: 3, seq: 4 });
+        assert_eq!(back.payload, m.payload);
+        assert_eq!(back.publisher, m.publisher);
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ mod dedup;
 mod envelope;
 mod holder;
 mod keys;
+mod late;
 mod node;
 mod owners;
 mod probe;
@@ -30,6 +31,7 @@ mod shared;
 pub mod subject;
 mod transit;
 mod wills;
+mod withdrawn;
 
 pub use envelope::EnvelopeError;
 pub use node::{Counters, NatsCluster};

@@ -98,6 +98,7 @@ impl NatsCluster {
             wills,
             shared_wills: Default::default(),
             failed_claims: Default::default(),
+            withdrawn: Default::default(),
             outgoing: Mutex::new(Default::default()),
         });
         // Before any message is routed: the sessions restored from the
@@ -123,6 +124,7 @@ impl NatsCluster {
         tokio::spawn(owners::serve_takeovers(inner.clone()));
         tokio::spawn(owners::serve_handovers(inner.clone()));
         tokio::spawn(crate::holder::serve(inner.clone()));
+        tokio::spawn(crate::withdrawn::serve(inner.clone()));
         tokio::spawn(crate::probe::serve(inner.clone()));
         tokio::spawn(crate::rejoin::run(inner.clone()));
         tokio::spawn(crate::rejoin::serve_merges(inner.clone()));
@@ -269,6 +271,7 @@ impl Cluster for NatsCluster {
         &self,
         message: &Arc<Message>,
         stamp: Option<(u64, u64)>,
+        withdrawable: bool,
     ) -> Option<tokio::sync::oneshot::Receiver<()>> {
         if message.topic.starts_with("$SYS") {
             return None;
@@ -310,6 +313,8 @@ impl Cluster for NatsCluster {
             payload,
             keep,
             kept,
+            withdrawable,
+            seq,
         };
         let size = out.payload.len();
         let queued = inner.outbox_bytes.fetch_add(size, Ordering::Relaxed);
@@ -489,6 +494,9 @@ impl Cluster for NatsCluster {
             ("messages/duplicates", get(&c.duplicates)),
             ("messages/slow-consumer-drops", get(&c.slow)),
             ("messages/transit-failures", get(&c.transit_failed)),
+            ("messages/withdrawn", get(&c.withdrawn)),
+            ("messages/late", get(&c.late)),
+            ("messages/late-withdrawn", get(&c.late_withdrawn)),
             ("messages/replayed", get(&c.replayed)),
             (
                 "sessions/replicated-changes",

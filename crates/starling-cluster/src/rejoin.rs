@@ -262,7 +262,7 @@ async fn unless_handed_over(inner: Arc<Inner>, broker: Arc<BrokerState>, id: Str
         hold.fenced.insert(id.clone());
         hold.backlogs
             .remove(&id)
-            .map(|b| b.early_messages())
+            .map(|b| b.early_messages(|stamp| crate::withdrawn::by_this_node(&inner, stamp)))
             .unwrap_or_default()
     };
     tracing::warn!(client_id = %id, %owner, "another node took this session without asking: given up here");
@@ -345,7 +345,9 @@ async fn audit(inner: &Arc<Inner>, broker: &Arc<BrokerState>, suspect: bool) {
                     let early = hold
                         .backlogs
                         .remove(&id)
-                        .map(|b| b.early_messages())
+                        .map(|b| {
+                            b.early_messages(|stamp| crate::withdrawn::by_this_node(inner, stamp))
+                        })
                         .unwrap_or_default();
                     hold.fenced.insert(id.clone());
                     lost.push((id, owner, early));

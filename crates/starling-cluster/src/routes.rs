@@ -57,6 +57,7 @@ pub async fn run(
     let mut ready = Readiness::default();
     let mut replays = Replays::default();
     let mut slow_seen = 0u64;
+    let (mut holding, mut checked) = crate::late::Holding::start(inner.clone());
     let mut check = tokio::time::interval(crate::transit::REPAIR_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -157,7 +158,17 @@ pub async fn run(
                     continue;
                 }
                 let share = routes.get(&id).and_then(|r| r.share.clone());
-                deliver(&inner, &broker, &mut seen, &mut replays, share.as_deref(), msg.payload);
+                if let Some(payload) = holding.take(share.clone(), msg.payload) {
+                    deliver(&inner, &broker, &mut seen, &mut replays, share.as_deref(), payload);
+                }
+            }
+            Some(copy) = checked.recv() => {
+                let Some(broker) = inner.broker() else { return };
+                holding.returned(&copy);
+                if !copy.withdrawn {
+                    let share = copy.share.as_deref();
+                    deliver(&inner, &broker, &mut seen, &mut replays, share, copy.payload);
+                }
             }
         }
     }

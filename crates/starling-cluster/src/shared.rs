@@ -31,6 +31,13 @@ pub struct Counters {
     pub malformed: AtomicU64,
     /// QoS 1/2 messages acknowledged without a copy in transit.
     pub transit_failed: AtomicU64,
+    /// QoS 1/2 messages that waited for NATS and were withdrawn: their
+    /// publishers' connections ended unacknowledged meanwhile.
+    pub withdrawn: AtomicU64,
+    /// Core NATS copies that came late (see `late`).
+    pub late: AtomicU64,
+    /// Of them, those their origin had withdrawn (not routed).
+    pub late_withdrawn: AtomicU64,
     /// Messages in transit replayed to sessions rebuilt here.
     pub replayed: AtomicU64,
     /// Times the NATS client dropped messages for a subscription of this
@@ -138,6 +145,8 @@ pub(crate) struct Inner {
     /// Claims here that could not get their session, with the node that
     /// still holds it and when (see `holder`).
     pub failed_claims: Mutex<HashMap<String, (String, tokio::time::Instant)>>,
+    /// This node's messages withdrawn (see `withdrawn`).
+    pub withdrawn: Mutex<crate::withdrawn::Withdrawn>,
     /// The wills of this node's clients, to the task that shares them.
     pub wills: mpsc::UnboundedSender<WillCommand>,
     /// The connections whose will the cluster has a copy of (client id,
@@ -188,6 +197,19 @@ pub struct ToNats {
     pub payload: Bytes,
     pub keep: bool,
     pub kept: Option<oneshot::Sender<()>>,
+    /// Withdrawn if `kept`'s receiver is gone while the message waits for
+    /// NATS (see `starling_broker::cluster::Cluster::forward`).
+    pub withdrawable: bool,
+    /// Its number on this node (its stamp's `seq`).
+    pub seq: u64,
+}
+
+impl ToNats {
+    /// Whether it is withdrawn: its publisher's connection ended before the
+    /// acknowledgement, and the publisher owes it nothing or sends it again.
+    pub fn withdrawn(&self) -> bool {
+        self.withdrawable && self.kept.as_ref().is_some_and(|k| k.is_closed())
+    }
 }
 
 /// The sessions of a replay, and per session this node's message number

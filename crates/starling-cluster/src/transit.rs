@@ -102,13 +102,24 @@ pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<(), async_
 pub async fn forward(inner: Arc<Inner>, mut rx: mpsc::Receiver<ToNats>) {
     let (acks, acks_rx) = mpsc::channel(IN_FLIGHT);
     tokio::spawn(await_appends(inner.clone(), acks_rx));
+    // Since NATS was last away, until the outbox is empty again: what
+    // waited meanwhile and whose publisher left unacknowledged is withdrawn.
+    let mut behind = false;
     while let Some(out) = rx.recv().await {
         inner
             .outbox_bytes
             .fetch_sub(out.payload.len(), Ordering::Relaxed);
         if out.keep {
-            if !inner.connected() && !wait_connected(&inner).await {
-                return;
+            if !inner.connected() {
+                if !wait_connected(&inner).await {
+                    return;
+                }
+                behind = true;
+            }
+            if behind && out.withdrawn() {
+                crate::withdrawn::withdraw(&inner, out.seq);
+                behind = !rx.is_empty();
+                continue;
             }
             let transit_subject = subject(&out.subject);
             let ack = match inner.transit.get() {
@@ -126,12 +137,15 @@ pub async fn forward(inner: Arc<Inner>, mut rx: mpsc::Receiver<ToNats>) {
                 sent: Instant::now(),
                 tries: 0,
                 done: out.kept,
+                withdrawable: out.withdrawable,
+                seq: out.seq,
             };
             if acks.send(append).await.is_err() {
                 return;
             }
         }
         continue_publish(&inner, out.subject, out.payload).await;
+        behind = behind && !rx.is_empty();
     }
 }
 
@@ -168,6 +182,18 @@ struct Append {
     tries: u32,
     /// The publisher's acknowledgement waits for this.
     done: Option<oneshot::Sender<()>>,
+    /// See [`ToNats::withdrawable`].
+    withdrawable: bool,
+    /// See [`ToNats::seq`].
+    seq: u64,
+}
+
+impl Append {
+    /// Whether its publisher left unacknowledged and it is to be withdrawn
+    /// (see `crate::withdrawn`).
+    fn withdrawn(&self) -> bool {
+        self.withdrawable && self.done.as_ref().is_some_and(|d| d.is_closed())
+    }
 }
 
 /// Completes the acknowledgements waiting for appends, in order. One that
@@ -192,15 +218,35 @@ async fn await_appends(inner: Arc<Inner>, mut rx: mpsc::Receiver<Append>) {
                 // Tried again: its core copy went while JetStream (and
                 // perhaps the connection) was away; it goes again (the
                 // nodes drop a copy they had).
+                // Its publisher left meanwhile: withdrawn (the nodes that
+                // read transit skip it).
+                Ok(()) if a.tries > 0 && a.withdrawn() => {
+                    crate::withdrawn::withdraw(&inner, a.seq);
+                    break;
+                }
                 Ok(()) if a.tries > 0 => {
                     let core = a.subject["starling.t.".len()..].to_string();
                     let _ = inner.client.publish(core, a.payload.clone()).await;
                     break;
                 }
                 Ok(()) => break,
+                // Not taken, and its publisher left unacknowledged: not
+                // tried again (JetStream may still commit what it took
+                // without quorum: remembered as withdrawn).
+                Err(_) if a.withdrawn() => {
+                    crate::withdrawn::withdraw(&inner, a.seq);
+                    break;
+                }
                 // A stream leader being elected, JetStream without quorum:
                 // tried again.
                 Err(why) if inner.broker().is_some() => {
+                    tracing::debug!(
+                        tries = a.tries,
+                        withdrawable = a.withdrawable,
+                        publisher_left = a.done.as_ref().map(|d| d.is_closed()),
+                        subject = %a.subject,
+                        "append tried again: {why}"
+                    );
                     if a.tries % 50 == 0 && a.first.elapsed() >= APPEND_WARN_AFTER {
                         tracing::warn!(
                             waiting = ?a.first.elapsed(),
@@ -595,10 +641,10 @@ async fn replay_and_report(inner: Arc<Inner>, mut request: ReplayRequest) {
     let clients = request.clients.len();
     let ids: Vec<ByteString> = request.clients.iter().cloned().collect();
     let mut replayed = Err(String::new());
-    for _ in 0..REPLAY_TRIES {
+    for n in 1..=REPLAY_TRIES {
         // What an earlier try handed the sessions, they hold now.
         let mut handed = HashSet::new();
-        replayed = replay(&inner, &request, &mut handed).await;
+        replayed = replay(&inner, &request, &mut handed, n == REPLAY_TRIES).await;
         request.held.extend(handed);
         if replayed.is_ok() || inner.broker().is_none() {
             break;
@@ -651,8 +697,8 @@ pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>) -> bool {
         // JetStream may be electing leaders (the reason NATS dropped them):
         // tried again, a second apart (what was routed is not routed twice).
         let mut repaired = Err(String::new());
-        for _ in 0..REPLAY_TRIES {
-            repaired = repair_from(&inner, from_ms, only).await;
+        for n in 1..=REPLAY_TRIES {
+            repaired = repair_from(&inner, from_ms, only, n == REPLAY_TRIES).await;
             if repaired.is_ok() || inner.broker().is_none() {
                 break;
             }
@@ -670,7 +716,12 @@ pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>) -> bool {
     true
 }
 
-async fn repair_from(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>) -> Result<usize, String> {
+async fn repair_from(
+    inner: &Arc<Inner>,
+    from_ms: u64,
+    only: Option<u64>,
+    last_try: bool,
+) -> Result<usize, String> {
     let Some(js) = inner.transit.get() else {
         return Err("the transit stream is not open".into());
     };
@@ -693,6 +744,8 @@ async fn repair_from(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>) -> Res
         held: &none,
         only,
         unknown_from_ms: None,
+        last_try,
+        gone: None,
     };
     let read = read_since(inner, js, from_ms, token, &skip, &mut HashSet::new()).await;
     end(routes, token).await;
@@ -729,6 +782,7 @@ async fn replay(
     inner: &Arc<Inner>,
     request: &ReplayRequest,
     handed: &mut HashSet<(u64, u64)>,
+    last_try: bool,
 ) -> Result<usize, String> {
     let clients = Arc::new(request.clients.clone());
     let own_before = Arc::new(request.own_before.clone());
@@ -740,7 +794,7 @@ async fn replay(
         ))
         .await
         .map_err(|_| "the routing task is gone")?;
-    replay_read(inner, request.token, request, handed).await
+    replay_read(inner, request.token, request, handed, last_try).await
 }
 
 /// Begins a replay for `clients` before they are installed: from the moment
@@ -788,6 +842,7 @@ async fn replay_read(
     token: u64,
     request: &ReplayRequest,
     handed: &mut HashSet<(u64, u64)>,
+    last_try: bool,
 ) -> Result<usize, String> {
     let (dead, held) = (&request.dead, &request.held);
     let own_before = request.own_before.values().copied().max().unwrap_or(0);
@@ -838,6 +893,8 @@ async fn replay_read(
         held,
         only: None,
         unknown_from_ms,
+        last_try,
+        gone: (!request.live).then_some(receipt.own),
     };
     read_since(inner, js, from_ms, token, &skip, handed).await
 }
@@ -854,6 +911,11 @@ struct Skip<'a> {
     held: &'a HashSet<(u64, u64)>,
     /// Those of runs the receipt does not name stored before this (ms).
     unknown_from_ms: Option<u64>,
+    /// The read's last try: an origin that does not say which messages it
+    /// withdrew no longer fails it.
+    last_try: bool,
+    /// The run of the dead node whose sessions a replay rebuilds.
+    gone: Option<u64>,
 }
 
 impl Skip<'_> {
@@ -909,6 +971,8 @@ async fn read_since(
     let tail_end = Instant::now() + TAIL;
     let mut caught_up = false;
     let (mut read, mut handed) = (0usize, 0usize);
+    // Per origin, the messages its node withdrew (asked once per read).
+    let mut withdrawn: HashMap<u64, HashSet<u64>> = HashMap::new();
     while read < REPLAY_LIMIT {
         let until = if caught_up { tail_end } else { deadline };
         let next = match tokio::time::timeout_at(until, messages.next()).await {
@@ -931,7 +995,22 @@ async fn read_since(
             .info()
             .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as u64)
             .unwrap_or(u64::MAX);
-        let wanted = skip.wanted(inner, stamp, stored_ms);
+        let mut wanted = skip.wanted(inner, stamp, stored_ms);
+        if wanted {
+            if let std::collections::hash_map::Entry::Vacant(entry) = withdrawn.entry(stamp.origin)
+            {
+                // (The dead node of a replay is not asked.)
+                let asked = if skip.gone == Some(stamp.origin) {
+                    HashSet::new()
+                } else {
+                    crate::withdrawn::for_reader(inner, stamp.origin, skip.last_try).await?
+                };
+                entry.insert(asked);
+            }
+            wanted = !withdrawn
+                .get(&stamp.origin)
+                .is_some_and(|w| w.contains(&stamp.seq));
+        }
         tracing::debug!(?stamp, wanted, topic = %msg.topic, "read from transit");
         if wanted && !handed_stamps.contains(&(stamp.origin, stamp.seq)) {
             handed += 1;

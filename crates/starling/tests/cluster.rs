@@ -1513,6 +1513,14 @@ fn a_node_cut_from_nats_alone_hands_its_sessions_over_and_loses_nothing() {
         until_routed(&p3, "t/probe", &live).await;
         until_routed(&p3, "t/probe", &away).await;
         away.disconnect().await.unwrap();
+        // A subscriber on node 3 only, and a publisher on node 1 that will
+        // leave unacknowledged during the cut (see `withdrawn_stays_away`).
+        let w_sub = connect(c.port(3), "w-sub").await;
+        w_sub.subscribe("w/#", QoS::AtLeastOnce).await.unwrap();
+        until_routed(&p1, "w/probe", &w_sub).await;
+        let (mut gone, _) = Raw::connect(c.port(1), Connect::new(ProtocolVersion::V5, "w-gone"))
+            .await
+            .unwrap();
 
         let mut acked = Vec::new();
         async fn publish(p: &Client, t: usize, i: usize) {
@@ -1541,6 +1549,14 @@ fn a_node_cut_from_nats_alone_hands_its_sessions_over_and_loses_nothing() {
             .log
             .wait_for(WAIT, |l| l.contains("lost the NATS connection"))
             .expect("node 1 notices the cut");
+        // Its message waits for NATS, unacknowledged, and the publisher goes
+        // (a PINGRESP says the PUBLISH before it was read).
+        let mut held_publish = starling_codec::Publish::new("w/held", Bytes::from_static(b"x"));
+        held_publish.qos = QoS::AtLeastOnce;
+        held_publish.packet_id = 1;
+        gone.send(Packet::Publish(held_publish)).await.unwrap();
+        gone.ping().await.expect("w-gone's PUBLISH was read");
+        drop(gone);
         // Both sides take messages: node 3 acknowledges its publisher's
         // (through JetStream); node 1 keeps its own publisher's in its
         // outbox and acknowledges them once NATS is back.
@@ -1548,6 +1564,7 @@ fn a_node_cut_from_nats_alone_hands_its_sessions_over_and_loses_nothing() {
             for i in 0..EACH {
                 publish(&p1, 1, i).await;
             }
+            p1
         });
         for i in 0..EACH {
             publish(&p3, 2, i).await;
@@ -1600,11 +1617,12 @@ fn a_node_cut_from_nats_alone_hands_its_sessions_over_and_loses_nothing() {
             })
             .expect("node 1, once back, audits its sessions");
         eprintln!("node 1 back and audited {:?} after the cut", cut.elapsed());
-        tokio::time::timeout(Duration::from_secs(30), held)
+        let p1 = tokio::time::timeout(Duration::from_secs(30), held)
             .await
             .expect("node 1's publisher acknowledged within 30 s of NATS coming back")
             .unwrap();
         acked.extend((0..EACH).map(|i| (1, i)));
+        withdrawn_stays_away(&c, &p1, &p3, &w_sub).await;
         live_got.until_all(&live, &acked, "a-live").await;
         let (away, ack) = Client::connect(sub_options(c.port(2), "a-away"))
             .await
@@ -1632,6 +1650,39 @@ fn a_node_cut_from_nats_alone_hands_its_sessions_over_and_loses_nothing() {
             acked.len()
         );
     });
+}
+
+/// A message that waited on a node cut from NATS while its publisher left
+/// unacknowledged (and published again elsewhere) is withdrawn, not sent
+/// after the publisher's later messages: `w-sub` on node 3 gets the
+/// publisher's next message, then node 1's marker sent after the withdrawn
+/// one, and never the withdrawn one.
+async fn withdrawn_stays_away(c: &Cluster, p1: &Client, p3: &Client, w_sub: &Client) {
+    let code = p3
+        .publish("w/after", "x", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert!(!code.is_error(), "{code}");
+    c.nodes[0]
+        .proc
+        .log
+        .wait_for(WAIT, |l| l.contains("QoS 1/2 messages withdrawn"))
+        .expect("node 1 withdraws the message whose publisher left");
+    let code = p1
+        .publish("w/end", "x", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    assert!(!code.is_error(), "{code}");
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !got.iter().any(|t| t == "w/end") {
+        match tokio::time::timeout_at(deadline, w_sub.recv()).await {
+            Ok(Some(m)) if &*m.topic != "w/probe" => got.push(m.topic.to_string()),
+            Ok(Some(_)) => {}
+            _ => panic!("w-sub did not get node 1's marker in time: {got:?}"),
+        }
+    }
+    assert_eq!(got, ["w/after", "w/end"], "what w-sub got");
 }
 
 // ---------------------------------------------------------------------------

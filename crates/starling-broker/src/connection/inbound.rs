@@ -345,6 +345,12 @@ impl Machine {
                 may_refuse: v.is_v5() && qos != QoS::AtMostOnce,
                 refused: false,
                 cluster_wait: None,
+                // Unacknowledged when its connection ends, a QoS 1 message
+                // is sent again (and routed anew), a session ending with
+                // the connection owes nothing; a lasting session's QoS 2
+                // one is not routed again once its packet id is recorded
+                // (below), with a store or without.
+                withdrawable: qos == QoS::AtLeastOnce || client.expiry_interval == 0,
             };
             let offered =
                 self.broker

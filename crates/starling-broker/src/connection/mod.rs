@@ -683,24 +683,65 @@ fn all_of(
     }
 }
 
-/// [`all_of`] on a task of its own.
+/// [`all_of`] on a task of its own, which ends (dropping the receivers it
+/// waits on) as soon as its own receiver is dropped: the cluster withdraws
+/// a message whose publisher's connection went unacknowledged (see
+/// [`crate::cluster::Cluster::forward`]), and it tells by that.
 fn all_of_spawned(
     write: Option<tokio::sync::oneshot::Receiver<()>>,
     cluster: Vec<tokio::sync::oneshot::Receiver<()>>,
 ) -> tokio::sync::oneshot::Receiver<()> {
-    let (done, all) = tokio::sync::oneshot::channel();
+    let (mut done, all) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        if let Some(write) = write {
-            if write.await.is_err() {
-                return;
+        let waits = async move {
+            if let Some(write) = write {
+                write.await?;
             }
-        }
-        for wait in cluster {
-            if wait.await.is_err() {
-                return;
+            for wait in cluster {
+                wait.await?;
             }
+            Ok::<(), tokio::sync::oneshot::error::RecvError>(())
+        };
+        let finished = tokio::select! {
+            _ = done.closed() => false,
+            result = waits => result.is_ok(),
+        };
+        if finished {
+            let _ = done.send(());
         }
-        let _ = done.send(());
     });
     all
+}
+
+#[cfg(test)]
+mod all_of_tests {
+    use std::time::Duration;
+    use tokio::sync::oneshot;
+
+    #[tokio::test]
+    async fn done_once_the_write_and_every_wait_are() {
+        let (write_done, write) = oneshot::channel();
+        let (kept, wait) = oneshot::channel();
+        let all = super::all_of(Some(write), vec![wait]);
+        write_done.send(()).unwrap();
+        kept.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), all)
+            .await
+            .expect("done in time")
+            .expect("done, not failed");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_receiver_lets_go_of_what_it_waited_on() {
+        let (write_done, write) = oneshot::channel();
+        let (mut kept, wait) = oneshot::channel::<()>();
+        let all = super::all_of(Some(write), vec![wait]);
+        write_done.send(()).unwrap();
+        assert!(!kept.is_closed());
+        // The connection went: the cluster sees its wait dropped too.
+        drop(all);
+        tokio::time::timeout(Duration::from_secs(5), kept.closed())
+            .await
+            .expect("the cluster's receiver dropped");
+    }
 }

@@ -23,13 +23,12 @@
 //!   effect, the last server stopped or the link cut, as each test marks
 //!   it);
 //! - one publisher's messages in order at each subscriber (counting the
-//!   first delivery of each): required of `kill -9` and the rolling
-//!   restart ([`require_order`]), reported for the others (live messages,
-//!   from other nodes and published on the node alike, wait while a
-//!   rebuilt session's replay runs: `kill -9` and the rolling restart show
-//!   none out of order; a partition or a quorum loss a few, a message held
-//!   on the cut-off node at the cut arriving after the publisher's later
-//!   ones sent on a new connection elsewhere);
+//!   first delivery of each): live messages wait while a rebuilt session's
+//!   replay runs, and a message held for NATS whose publisher left
+//!   unacknowledged (sent away from a cut-off node) is withdrawn rather
+//!   than sent after the publisher's later ones. Required of every fault
+//!   but the two-of-three one ([`order_reported_only`]: a repair after the
+//!   outage can still queue an older message behind newer ones);
 //! - no client id connected on two nodes at once;
 //! - each publisher's will published once per connection it lost.
 //!
@@ -63,18 +62,19 @@ pub enum Target {
 /// clients speak MQTT 3.1.1 at QoS 1 for the anchor.
 static ANCHOR: AtomicBool = AtomicBool::new(false);
 
-/// Set by a test whose fault must leave every publisher's messages in
-/// order at each subscriber (see [`require_order`]).
-static IN_ORDER: AtomicBool = AtomicBool::new(false);
-
-/// This test's fault must leave one publisher's messages in order at each
-/// subscriber (first deliveries); the others report order only.
-pub fn require_order() {
-    IN_ORDER.store(true, Ordering::Relaxed);
-}
-
 fn anchor() -> bool {
     ANCHOR.load(Ordering::Relaxed)
+}
+
+/// Set by a test whose fault may still leave first deliveries out of
+/// order (a known gap, with the reason): then order is reported, not
+/// required.
+static ORDER_REPORTED_ONLY: Mutex<Option<&'static str>> = Mutex::new(None);
+
+/// This test's fault may leave some first deliveries out of order, for
+/// `reason` (reported as a known gap rather than failing the test).
+pub fn order_reported_only(reason: &'static str) {
+    *ORDER_REPORTED_ONLY.lock().unwrap() = Some(reason);
 }
 
 /// Publishers (even: QoS 1, odd: QoS 2) and persistent subscribers.
@@ -654,6 +654,14 @@ pub fn under_load_on(tag: &str, target: Target, fault: impl FnOnce(&mut Cluster)
             load.until_acked(before, Duration::from_secs(60)).await;
             let started = std::time::Instant::now();
             *fault_at.lock().unwrap() = started;
+            // (To match the nodes' logs: the ms in the checker's samples
+            // count from here.)
+            eprintln!(
+                "{tag}: fault begins at {:?} since the Unix epoch",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+            );
             tokio::task::block_in_place(|| fault(&mut c));
             eprintln!("{tag}: fault injected in {:?}", started.elapsed());
             load.until_acked(before + AFTER * scale(), Duration::from_secs(90))
@@ -701,20 +709,16 @@ pub fn under_load_on(tag: &str, target: Target, fault: impl FnOnce(&mut Cluster)
     assert_eq!(v.qos2_twice, 0, "{tag}: QoS 2 delivered twice: {v:?}");
     assert!(v.sessions_lost.is_empty(), "{tag}: sessions lost: {v:?}");
     assert!(v.overlaps.is_empty(), "{tag}: a client on two nodes: {v:?}");
-    if IN_ORDER.load(Ordering::Relaxed) {
-        assert_eq!(
+    match *ORDER_REPORTED_ONLY.lock().unwrap() {
+        Some(reason) if v.out_of_order > 0 => eprintln!(
+            "{tag}: KNOWN GAP: {} first deliveries out of order, e.g. {:?} ({reason})",
+            v.out_of_order, v.out_of_order_some
+        ),
+        Some(_) => {}
+        None => assert_eq!(
             v.out_of_order, 0,
             "{tag}: first deliveries out of order: {v:?}"
-        );
-    }
-    // Not asserted for the others yet (issue 19 stays open for it): a few
-    // first deliveries still arrive after newer ones around a partition or
-    // a quorum loss. Reported, and counted in BENCHMARKS.md.
-    if v.out_of_order > 0 {
-        eprintln!(
-            "{tag}: KNOWN GAP: {} first deliveries out of order, e.g. {:?}",
-            v.out_of_order, v.out_of_order_some
-        );
+        ),
     }
     assert!(v.wills_wrong.is_empty(), "{tag}: wills: {v:?}");
 }
