@@ -340,6 +340,16 @@ impl Running {
         }
     }
 
+    /// Whether its sessions have `stamp`: it replayed it, or they had it
+    /// at their install (a late core copy of it must not reach them again).
+    fn had(&self, stamp: Stamp) -> bool {
+        self.replayed.contains(&stamp)
+            || self
+                .covered
+                .get(&stamp.origin)
+                .is_some_and(|h| stamp.seq <= *h)
+    }
+
     /// Parks a live message for the sessions; `false` past the limits
     /// (what was parked then goes to the sessions at once).
     fn park(
@@ -428,12 +438,7 @@ impl Replays {
         let mut had: Option<HashSet<ByteString>> = None;
         let ended = self.ended.iter().map(|(_, r)| r);
         for r in ended.chain(self.running.values()) {
-            let covered = r
-                .covered
-                .get(&stamp.origin)
-                .is_some_and(|h| stamp.seq <= *h);
-            if let (Some((clients, _)), true) = (&r.clients, covered || r.replayed.contains(&stamp))
-            {
+            if let (Some((clients, _)), true) = (&r.clients, r.had(stamp)) {
                 had.get_or_insert_with(HashSet::new)
                     .extend(clients.iter().cloned());
             }
@@ -461,7 +466,7 @@ impl Replays {
             self.ended.pop_front();
         }
         for (_, r) in &self.ended {
-            if let (Some((clients, _)), true) = (&r.clients, r.replayed.contains(&stamp)) {
+            if let (Some((clients, _)), true) = (&r.clients, r.had(stamp)) {
                 had.get_or_insert_with(HashSet::new)
                     .extend(clients.iter().cloned());
             }
@@ -474,7 +479,7 @@ impl Replays {
             // replay per session: one some of whose sessions have it or
             // wait for it already leaves it to core NATS, or they would
             // get it twice).
-            let replayed = r.replayed.contains(&stamp);
+            let replayed = r.had(stamp);
             let overlaps = had
                 .as_ref()
                 .is_some_and(|h| clients.iter().any(|c| h.contains(c)));
