@@ -16,6 +16,7 @@ mod buckets;
 mod cutoff;
 mod dedup;
 mod envelope;
+mod gap;
 mod holder;
 mod keys;
 mod late;
@@ -31,6 +32,7 @@ mod shared;
 pub mod subject;
 mod transit;
 mod wills;
+mod withdrawals;
 mod withdrawn;
 
 pub use envelope::EnvelopeError;

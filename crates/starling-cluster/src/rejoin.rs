@@ -91,7 +91,7 @@ pub async fn run(inner: Arc<Inner>) {
                 // (The first connection is no gap.)
                 if connects <= 1 && !isolated_gap {
                     repair_from = None;
-                } else if crate::transit::repair(&inner, from, None) {
+                } else if crate::transit::repair(&inner, from, None, true) {
                     repair_from = None;
                     isolated_gap = false;
                     let mut ask = BytesMut::with_capacity(16);
@@ -562,7 +562,7 @@ pub async fn serve_repairs(inner: Arc<Inner>) {
         tokio::spawn(async move {
             // One repair at a time: this one waits for the one running.
             for _ in 0..40 {
-                if crate::transit::repair(&inner, from, Some(origin)) {
+                if crate::transit::repair(&inner, from, Some(origin), true) {
                     return;
                 }
                 tokio::time::sleep(CHECK).await;

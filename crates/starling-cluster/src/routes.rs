@@ -107,6 +107,9 @@ pub async fn run(
                 Some(Command::Probed(seq)) => ready.probed(&inner, seq),
                 Some(Command::Cut(client_id, done)) => {
                     let Some(broker) = inner.broker() else { return };
+                    // What a repair holds back is in `seen`: in the
+                    // session's queue before it leaves the index.
+                    replays.release_gap(&broker);
                     // This node's own messages are routed on their
                     // publishers' tasks: their number is read as the
                     // session leaves the index.
@@ -133,7 +136,7 @@ pub async fn run(
                 if slow != slow_seen {
                     let from = starling_broker::store::unix_ms()
                         .saturating_sub(crate::transit::REPAIR_BACK.as_millis() as u64);
-                    if crate::transit::repair(&inner, from, None) {
+                    if crate::transit::repair(&inner, from, None, false) {
                         slow_seen = slow;
                     }
                 }
@@ -264,16 +267,7 @@ fn deliver(
                 counters.duplicates.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            let had = if replays.is_empty() {
-                None
-            } else {
-                replays.routing(stamp, &msg, broker)
-            };
-            let scope = match &had {
-                Some(not) => Scope::PlainExcept(not),
-                None => Scope::Plain,
-            };
-            broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq));
+            replays.live(stamp, &msg, broker);
         }
     }
     counters.received.fetch_add(1, Ordering::Relaxed);

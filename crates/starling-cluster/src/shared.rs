@@ -146,7 +146,7 @@ pub(crate) struct Inner {
     /// still holds it and when (see `holder`).
     pub failed_claims: Mutex<HashMap<String, (String, tokio::time::Instant)>>,
     /// This node's messages withdrawn (see `withdrawn`).
-    pub withdrawn: Mutex<crate::withdrawn::Withdrawn>,
+    pub withdrawn: Mutex<crate::withdrawals::Withdrawn>,
     /// The wills of this node's clients, to the task that shares them.
     pub wills: mpsc::UnboundedSender<WillCommand>,
     /// The connections whose will the cluster has a copy of (client id,
@@ -222,6 +222,10 @@ pub enum ReplayCommand {
     /// routing after NATS dropped messages for it) begins: note the stamps core NATS brings
     /// from now on (they reached the sessions).
     Start(u64, Option<ReplayClients>),
+    /// A repair after a gap begins (`token`): while it runs, the live
+    /// messages core NATS brings (of run `only`, or of every run) are held
+    /// back until it reaches them (see `gap`).
+    Repair { token: u64, only: Option<u64> },
     /// The sessions of replay `.0` had, as they were installed here, every
     /// message up to these numbers (per run; the dead node's receipt or
     /// the old node's cut): a repair does not give them those again.

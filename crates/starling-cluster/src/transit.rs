@@ -293,6 +293,8 @@ pub struct Replays {
     /// Replays that ended lately: a core copy of a message one of them
     /// handed its sessions, arriving late, must not reach them again.
     ended: std::collections::VecDeque<(Instant, Running)>,
+    /// What core NATS brought while a repair after a gap runs.
+    gap: Option<crate::gap::Hold>,
 }
 
 /// How long an ended replay's messages are kept from its sessions' core
@@ -446,6 +448,58 @@ impl Replays {
         had
     }
 
+    /// Routes a message core NATS brought (new to this node), or holds it
+    /// back while a repair after a gap runs.
+    pub fn live(
+        &mut self,
+        stamp: Stamp,
+        msg: &Arc<starling_broker::message::Message>,
+        broker: &starling_broker::BrokerState,
+    ) {
+        if let Some(gap) = &mut self.gap {
+            match gap.hold(stamp, msg) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(()) => {
+                    let n = self.release_gap(broker);
+                    tracing::info!(
+                        messages = n,
+                        "a repair runs long: the live messages it held back delivered"
+                    );
+                }
+            }
+        }
+        self.route_live(stamp, msg, broker);
+    }
+
+    /// Routes a live message now, past the sessions a replay gave it.
+    fn route_live(
+        &mut self,
+        stamp: Stamp,
+        msg: &Arc<starling_broker::message::Message>,
+        broker: &starling_broker::BrokerState,
+    ) -> usize {
+        let had = if self.is_empty() {
+            None
+        } else {
+            self.routing(stamp, msg, broker)
+        };
+        let scope = match &had {
+            Some(not) => Scope::PlainExcept(not),
+            None => Scope::Plain,
+        };
+        broker.route_from_cluster(msg, scope, (stamp.origin, stamp.seq))
+    }
+
+    /// Routes what a repair holds back now (it goes on holding, if within
+    /// its limits); returns how many deliveries that made.
+    pub fn release_gap(&mut self, broker: &starling_broker::BrokerState) -> usize {
+        let held = self.gap.as_mut().map(|g| g.release()).unwrap_or_default();
+        held.into_iter()
+            .map(|(stamp, msg)| self.route_live(stamp, &msg, broker))
+            .sum()
+    }
+
     /// Before a message core NATS brought is routed: the sessions that a
     /// replay gave it already (if any), which it must not reach again.
     /// Only a session installed here by now gets it: a replay begun before
@@ -518,9 +572,14 @@ impl Replays {
                 };
                 if repair {
                     // What core NATS did not bring, to every session here
-                    // but those a replay gave it already.
+                    // but those a replay gave it already; what it brought
+                    // and this repair held back goes out at its place.
                     if !seen.first(stamp) {
-                        return false;
+                        let held = self.gap.as_mut().filter(|g| g.token == token);
+                        return match held.and_then(|g| g.reached(stamp)) {
+                            Some(msg) => self.route_live(stamp, &msg, broker) > 0,
+                            None => false,
+                        };
                     }
                     let had = self.given(stamp);
                     let scope = match &had {
@@ -582,6 +641,11 @@ impl Replays {
                     return broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq)) > 0;
                 }
             }
+            ReplayCommand::Repair { token, only } => {
+                self.release_gap(broker);
+                self.gap = Some(crate::gap::Hold::new(token, only));
+                self.running.insert(token, Running::new(None));
+            }
             ReplayCommand::Covers(token, high) => {
                 if let Some(r) = self.running.get_mut(&token) {
                     r.covered = high;
@@ -592,6 +656,17 @@ impl Replays {
             }
             ReplayCommand::End(token, done) => {
                 let mut routed = false;
+                if self.gap.as_ref().is_some_and(|g| g.token == token) {
+                    let released = self.release_gap(broker);
+                    self.gap = None;
+                    if released > 0 {
+                        tracing::debug!(
+                            deliveries = released,
+                            "live messages held back during a repair delivered"
+                        );
+                        routed = true;
+                    }
+                }
                 if let Some(mut r) = self.running.remove(&token) {
                     let unparked = r.unpark(broker);
                     if unparked > 0 {
@@ -692,8 +767,11 @@ async fn replay_and_report(inner: Arc<Inner>, mut request: ReplayRequest) {
 /// has not routed are routed now. One repair at a time: false when one
 /// is in progress (or there is no transit stream yet).
 /// `only`: the messages of that run alone (another node's, whose core
-/// copies may have been lost while it was away from NATS).
-pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>) -> bool {
+/// copies may have been lost while it was away from NATS). `gap`: a repair
+/// after a gap, which holds back the live messages core NATS brings
+/// meanwhile (see [`crate::gap`]; after a slow consumer's drops, order is
+/// lost already and nothing is held).
+pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>, gap: bool) -> bool {
     if inner.transit.get().is_none() || inner.repairing.swap(true, Ordering::AcqRel) {
         return false;
     }
@@ -703,7 +781,7 @@ pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>) -> bool {
         // tried again, a second apart (what was routed is not routed twice).
         let mut repaired = Err(String::new());
         for n in 1..=REPLAY_TRIES {
-            repaired = repair_from(&inner, from_ms, only, n == REPLAY_TRIES).await;
+            repaired = repair_from(&inner, from_ms, only, gap, n == REPLAY_TRIES).await;
             if repaired.is_ok() || inner.broker().is_none() {
                 break;
             }
@@ -725,6 +803,7 @@ async fn repair_from(
     inner: &Arc<Inner>,
     from_ms: u64,
     only: Option<u64>,
+    gap: bool,
     last_try: bool,
 ) -> Result<usize, String> {
     let Some(js) = inner.transit.get() else {
@@ -732,8 +811,12 @@ async fn repair_from(
     };
     let token: u64 = rand::random();
     let routes = &inner.replays;
+    let start = match gap {
+        true => ReplayCommand::Repair { token, only },
+        false => ReplayCommand::Start(token, None),
+    };
     routes
-        .send(ReplayCommand::Start(token, None))
+        .send(start)
         .await
         .map_err(|_| "the routing task is gone")?;
     // Everything but this node's own messages (never brought by core NATS).

@@ -12,70 +12,19 @@
 //! for the stamps it withdrew ([`ask`]) and skip them; a node's merges of
 //! a session's early messages skip them too.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use crate::shared::Inner;
 
-/// How long a withdrawn stamp is remembered: as long as transit keeps
-/// messages.
-const KEPT: Duration = crate::transit::AGE;
-/// Withdrawn stamps remembered at most (the oldest forgotten first); an
-/// answer carries them all in one NATS message (8 bytes each).
-const LIMIT: usize = 65_536;
 /// How long another node is given to answer.
 const ASK_FOR: Duration = Duration::from_millis(500);
-
-/// This node's withdrawn messages (their numbers in this run), newest last.
-#[derive(Default)]
-pub struct Withdrawn {
-    seqs: HashSet<u64>,
-    order: VecDeque<(Instant, u64)>,
-}
-
-impl Withdrawn {
-    fn add(&mut self, seq: u64) {
-        self.forget_old();
-        if self.order.len() >= LIMIT {
-            if let Some((_, oldest)) = self.order.pop_front() {
-                self.seqs.remove(&oldest);
-            }
-        }
-        if self.seqs.insert(seq) {
-            self.order.push_back((Instant::now(), seq));
-        }
-    }
-
-    fn forget_old(&mut self) {
-        while let Some((at, seq)) = self.order.front().copied() {
-            if at.elapsed() < KEPT {
-                break;
-            }
-            self.order.pop_front();
-            self.seqs.remove(&seq);
-        }
-    }
-
-    /// Whether this node withdrew its message `seq`.
-    pub fn contains(&self, seq: u64) -> bool {
-        self.seqs.contains(&seq)
-    }
-
-    fn encode(&mut self) -> Bytes {
-        self.forget_old();
-        let mut out = BytesMut::with_capacity(self.seqs.len() * 8);
-        for seq in &self.seqs {
-            out.put_u64(*seq);
-        }
-        out.freeze()
-    }
-}
 
 /// Withdraws this node's message `seq`: counted, remembered, logged now
 /// and then.
@@ -115,13 +64,12 @@ pub enum Unknown {
 /// (this node's own without asking).
 pub async fn ask(inner: &Inner, origin: u64) -> Result<HashSet<u64>, Unknown> {
     if origin == inner.origin {
-        let w = inner.withdrawn.lock();
-        return Ok(w.seqs.clone());
+        return Ok(inner.withdrawn.lock().numbers().clone());
     }
     let asked = inner.client.request(subject(origin), Bytes::new());
     match tokio::time::timeout(ASK_FOR, asked).await {
         Ok(Ok(reply)) => {
-            let seqs = decode(reply.payload);
+            let seqs = crate::withdrawals::decode(reply.payload);
             tracing::debug!(origin, withdrawn = seqs.len(), "withdrawn messages asked");
             Ok(seqs)
         }
@@ -194,14 +142,6 @@ pub async fn for_late_copy(inner: &Inner, origin: u64) -> HashSet<u64> {
 /// How long a late copy's origin is asked at most.
 const LATE_ASKING: Duration = Duration::from_secs(5);
 
-fn decode(mut payload: Bytes) -> HashSet<u64> {
-    let mut seqs = HashSet::with_capacity(payload.len() / 8);
-    while payload.remaining() >= 8 {
-        seqs.insert(payload.get_u64());
-    }
-    seqs
-}
-
 /// Answers the other nodes' [`ask`]s.
 pub async fn serve(inner: Arc<Inner>) {
     let mut requests = match inner.client.subscribe(subject(inner.origin)).await {
@@ -217,41 +157,5 @@ pub async fn serve(inner: Arc<Inner>) {
         if let Err(e) = inner.client.publish(reply, answer).await {
             tracing::debug!("an answer about withdrawn messages was not sent: {e}");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn remembers_at_most_the_limit_newest_kept() {
-        let mut w = Withdrawn::default();
-        for seq in 0..(LIMIT as u64 + 10) {
-            w.add(seq);
-        }
-        assert_eq!(w.seqs.len(), LIMIT);
-        assert!(!w.contains(9));
-        assert!(w.contains(10));
-        assert!(w.contains(LIMIT as u64 + 9));
-        assert_eq!(decode(w.encode()), w.seqs);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn forgets_what_transit_no_longer_keeps() {
-        let mut w = Withdrawn::default();
-        w.add(1);
-        tokio::time::advance(KEPT + Duration::from_secs(1)).await;
-        w.add(2);
-        assert!(!w.contains(1));
-        assert!(w.contains(2));
-    }
-
-    #[test]
-    fn a_short_answer_decodes_what_it_has() {
-        let mut b = BytesMut::new();
-        b.put_u64(7);
-        b.put_slice(&[1, 2, 3]);
-        assert_eq!(decode(b.freeze()), HashSet::from([7]));
     }
 }
