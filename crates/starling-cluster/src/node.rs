@@ -74,6 +74,7 @@ impl NatsCluster {
             counters,
             outbox,
             outbox_bytes: Default::default(),
+            appending: Default::default(),
             transit: OnceLock::new(),
             replays,
             replay_requests,
@@ -113,7 +114,11 @@ impl NatsCluster {
             inner.restart_token,
             Some((Arc::new(restored), Arc::default())),
         ));
-        tokio::spawn(transit::forward(inner.clone(), outbox_rx));
+        tokio::spawn(transit::forward(
+            inner.clone(),
+            queue_client.clone(),
+            outbox_rx,
+        ));
         tokio::spawn(transit::serve_replays(inner.clone(), replay_requests_rx));
         tokio::spawn(routes::run(
             inner.clone(),
@@ -237,7 +242,11 @@ impl NatsCluster {
             let _ = tokio::time::timeout(grace, wills).await;
         }
         let deadline = Instant::now() + grace;
-        while self.inner.outbox_bytes.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        let waiting = |inner: &Inner| {
+            inner.outbox_bytes.load(Ordering::Relaxed) > 0
+                || inner.appending.load(Ordering::Relaxed) > 0
+        };
+        while waiting(&self.inner) && Instant::now() < deadline {
             tick.tick().await;
         }
         if tokio::time::timeout(grace, self.flush()).await.is_err() {

@@ -112,6 +112,9 @@ pub(crate) struct Inner {
     pub outbox: mpsc::Sender<ToNats>,
     /// Bytes of the messages in the outbox.
     pub outbox_bytes: std::sync::atomic::AtomicUsize,
+    /// QoS 1/2 messages past the outbox whose core copies wait for their
+    /// appends to transit (see `transit::forward`).
+    pub appending: std::sync::atomic::AtomicUsize,
     /// JetStream, once the transit stream is open.
     pub transit: OnceLock<async_nats::jetstream::Context>,
     /// Replays, to the routing task.

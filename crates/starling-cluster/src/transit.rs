@@ -94,14 +94,20 @@ pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<(), async_
     Ok(())
 }
 
-/// Hands messages to NATS in the order they were accepted: a QoS 1/2
-/// message to the transit stream first, then to the nodes that want it.
+/// Hands messages to NATS in the order they were accepted: a QoS 0
+/// message to the nodes that want it at once; a QoS 1/2 message to the
+/// transit stream, and to the nodes once JetStream has it ([`await_appends`]):
+/// so whatever core NATS brought a node is in transit already, and a node
+/// that missed it (away from NATS meanwhile) finds it there when it reads
+/// again what it missed; and a message whose append waits for JetStream
+/// never reaches the other nodes after its publisher's later ones.
 /// Without NATS, the task waits for it (the messages wait in the outbox,
 /// and so do their publishers' acknowledgements: one given before the
 /// message is in transit would be lost with this node).
-pub async fn forward(inner: Arc<Inner>, mut rx: mpsc::Receiver<ToNats>) {
+/// `marks`: the node's second connection (see [`Settled::marks`]).
+pub async fn forward(inner: Arc<Inner>, marks: async_nats::Client, mut rx: mpsc::Receiver<ToNats>) {
     let (acks, acks_rx) = mpsc::channel(IN_FLIGHT);
-    tokio::spawn(await_appends(inner.clone(), acks_rx));
+    tokio::spawn(await_appends(inner.clone(), marks, acks_rx));
     // Since NATS was last away, until the outbox is empty again: what
     // waited meanwhile and whose publisher left unacknowledged is withdrawn.
     let mut behind = false;
@@ -140,11 +146,13 @@ pub async fn forward(inner: Arc<Inner>, mut rx: mpsc::Receiver<ToNats>) {
                 withdrawable: out.withdrawable,
                 seq: out.seq,
             };
+            inner.appending.fetch_add(1, Ordering::Relaxed);
             if acks.send(append).await.is_err() {
                 return;
             }
+        } else {
+            continue_publish(&inner, out.subject, out.payload).await;
         }
-        continue_publish(&inner, out.subject, out.payload).await;
         behind = behind && !rx.is_empty();
     }
 }
@@ -196,79 +204,180 @@ impl Append {
     }
 }
 
-/// Completes the acknowledgements waiting for appends, in order. One that
-/// failed is tried again until JetStream takes it (its core copy goes
-/// again then: the nodes that were away when it first went get it): an
-/// acknowledged message is never left without its copy in transit, so
-/// while JetStream cannot take messages (no quorum) the QoS 1/2 publishers
-/// of this node wait for their acknowledgements, and past the outbox's
-/// limit pause. Only a broker shutting down completes them without it.
-async fn await_appends(inner: Arc<Inner>, mut rx: mpsc::Receiver<Append>) {
-    while let Some(mut a) = rx.recv().await {
-        loop {
-            let result = match a.ack.take() {
-                Some(ack) => match tokio::time::timeout_at(a.sent + inner.timeout, ack).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("JetStream did not acknowledge in time".to_string()),
-                },
-                None => Err("JetStream did not take the message".to_string()),
-            };
-            match result {
-                // Tried again: its core copy went while JetStream (and
-                // perhaps the connection) was away; it goes again (the
-                // nodes drop a copy they had).
-                // Its publisher left meanwhile: withdrawn (the nodes that
-                // read transit skip it).
-                Ok(()) if a.tries > 0 && a.withdrawn() => {
-                    crate::withdrawn::withdraw(&inner, a.seq);
-                    break;
-                }
-                Ok(()) if a.tries > 0 => {
-                    let core = a.subject["starling.t.".len()..].to_string();
-                    let _ = inner.client.publish(core, a.payload.clone()).await;
-                    break;
-                }
-                Ok(()) => break,
-                // Not taken, and its publisher left unacknowledged: not
-                // tried again (JetStream may still commit what it took
-                // without quorum: remembered as withdrawn).
-                Err(_) if a.withdrawn() => {
-                    crate::withdrawn::withdraw(&inner, a.seq);
-                    break;
-                }
-                // A stream leader being elected, JetStream without quorum:
-                // tried again.
-                Err(why) if inner.broker().is_some() => {
-                    tracing::debug!(
-                        tries = a.tries,
-                        withdrawable = a.withdrawable,
-                        publisher_left = a.done.as_ref().map(|d| d.is_closed()),
-                        subject = %a.subject,
-                        "append tried again: {why}"
-                    );
-                    if a.tries % 50 == 0 && a.first.elapsed() >= APPEND_WARN_AFTER {
-                        tracing::warn!(
-                            waiting = ?a.first.elapsed(),
-                            "QoS 1/2 acknowledgements held: the transit stream does not take \
-                             messages ({why})"
-                        );
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    a.tries += 1;
-                    if let Some(js) = inner.transit.get() {
-                        a.ack = js.publish(a.subject.clone(), a.payload.clone()).await.ok();
-                        a.sent = Instant::now();
-                    }
-                }
-                Err(why) => {
-                    not_kept(&inner, &why);
-                    break;
-                }
+/// Appends settled in one go at most: their core copies are flushed to
+/// NATS together before their publishers are acknowledged.
+const SETTLE_BATCH: usize = 256;
+
+/// Completes the appends in order: each taken by JetStream sends its core
+/// copy to the nodes; once NATS confirms those copies (one flush per
+/// batch: an acknowledged message is never left without them, or a node's
+/// death would leave it in transit only), the publishers are acknowledged.
+/// One that failed is tried again until JetStream takes it, the later ones
+/// waiting behind it: while JetStream cannot take messages (no quorum) the
+/// QoS 1/2 publishers of this node wait for their acknowledgements, and
+/// past the outbox's limit pause. Only a broker shutting down completes
+/// them without it.
+async fn await_appends(
+    inner: Arc<Inner>,
+    marks: async_nats::Client,
+    mut rx: mpsc::Receiver<Append>,
+) {
+    let mut batch = Vec::with_capacity(SETTLE_BATCH);
+    let subject = format!("starling.settled.{}", inner.origin);
+    let marks = match marks.subscribe(subject.clone()).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("core copies are flushed, not confirmed, before acknowledgements: {e}");
+            None
+        }
+    };
+    let mut settled = Settled {
+        marks: marks.map(|m| (subject, m)),
+        ..Settled::default()
+    };
+    while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+        for a in batch.drain(..) {
+            let (core, kept) = settle(&inner, a, &mut settled).await;
+            if let Some((subject, payload)) = core {
+                continue_publish(&inner, subject, payload).await;
+                settled.sent = true;
+            }
+            settled.done.extend(kept);
+            settled.count += 1;
+        }
+        settled.release(&inner).await;
+    }
+}
+
+/// Appends settled whose publishers are not acknowledged yet.
+#[derive(Default)]
+struct Settled {
+    done: Vec<oneshot::Sender<()>>,
+    /// Whether core copies went since the last release.
+    sent: bool,
+    /// Appends settled since the last release.
+    count: usize,
+    /// A subject only this node listens to, on its second connection (the
+    /// first does not hear its own messages): a mark sent there on the
+    /// first after the core copies comes back once the NATS server has
+    /// taken them (it handles one connection's messages in order).
+    marks: Option<(String, async_nats::Subscriber)>,
+    mark: u64,
+}
+
+impl Settled {
+    /// Once NATS confirms the core copies sent, acknowledges the publishers.
+    async fn release(&mut self, inner: &Inner) {
+        if std::mem::take(&mut self.sent)
+            && tokio::time::timeout(inner.timeout, self.confirm(inner))
+                .await
+                .is_err()
+        {
+            tracing::debug!("NATS did not confirm the core copies of appended messages in time");
+        }
+        for kept in self.done.drain(..) {
+            let _ = kept.send(());
+        }
+        let n = std::mem::take(&mut self.count);
+        inner.appending.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Sends a mark after the core copies and waits for it to come back
+    /// (marks of earlier, timed-out rounds are passed over).
+    async fn confirm(&mut self, inner: &Inner) {
+        let Some((subject, marks)) = &mut self.marks else {
+            let _ = inner.client.flush().await;
+            return;
+        };
+        self.mark += 1;
+        let mark = self.mark;
+        let payload = Bytes::copy_from_slice(&mark.to_be_bytes());
+        if inner
+            .client
+            .publish(subject.clone(), payload)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        while let Some(m) = marks.next().await {
+            let back = <[u8; 8]>::try_from(&m.payload[..]).map(u64::from_be_bytes);
+            if back.is_ok_and(|b| b >= mark) {
+                return;
             }
         }
-        if let Some(done) = a.done {
-            let _ = done.send(());
+    }
+}
+
+/// Waits for one append (trying it again until JetStream takes it);
+/// returns its core copy unless it was withdrawn, and its publisher's
+/// acknowledgement.
+async fn settle(
+    inner: &Inner,
+    mut a: Append,
+    settled: &mut Settled,
+) -> (Option<(String, Bytes)>, Option<oneshot::Sender<()>>) {
+    let core = |a: &Append| {
+        let subject = a.subject["starling.t.".len()..].to_string();
+        Some((subject, a.payload.clone()))
+    };
+    loop {
+        let result = match a.ack.take() {
+            Some(ack) => match tokio::time::timeout_at(a.sent + inner.timeout, ack).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("JetStream did not acknowledge in time".to_string()),
+            },
+            None => Err("JetStream did not take the message".to_string()),
+        };
+        match result {
+            // Taken after it was tried again, its publisher gone
+            // meanwhile: withdrawn (the nodes that read transit skip it).
+            Ok(()) if a.tries > 0 && a.withdrawn() => {
+                crate::withdrawn::withdraw(inner, a.seq);
+                return (None, a.done);
+            }
+            Ok(()) => return (core(&a), a.done),
+            // Not taken, and its publisher left unacknowledged: not tried
+            // again (JetStream may still commit what it took without
+            // quorum: remembered as withdrawn).
+            Err(_) if a.withdrawn() => {
+                crate::withdrawn::withdraw(inner, a.seq);
+                return (None, a.done);
+            }
+            // A stream leader being elected, JetStream without quorum:
+            // tried again.
+            Err(why) if inner.broker().is_some() => {
+                tracing::debug!(
+                    tries = a.tries,
+                    withdrawable = a.withdrawable,
+                    publisher_left = a.done.as_ref().map(|d| d.is_closed()),
+                    subject = %a.subject,
+                    "append tried again: {why}"
+                );
+                if a.tries == 0 {
+                    // The ones before it need not wait with it.
+                    settled.release(inner).await;
+                }
+                if a.tries.is_multiple_of(50) && a.first.elapsed() >= APPEND_WARN_AFTER {
+                    tracing::warn!(
+                        waiting = ?a.first.elapsed(),
+                        "QoS 1/2 acknowledgements held: the transit stream does not take \
+                         messages ({why})"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                a.tries += 1;
+                if let Some(js) = inner.transit.get() {
+                    a.ack = js.publish(a.subject.clone(), a.payload.clone()).await.ok();
+                    a.sent = Instant::now();
+                }
+            }
+            // Shutting down: the nodes get it still, without its copy.
+            Err(why) => {
+                not_kept(inner, &why);
+                return (core(&a), a.done);
+            }
         }
     }
 }

@@ -87,9 +87,9 @@ fn one_nats_server_cut_from_the_other_two_under_load() {
 #[test]
 fn two_of_three_nats_servers_down_under_load() {
     fault_support::order_reported_only(
-        "a node back on NATS repairs what core NATS dropped for it after live messages \
-         resumed: a session can queue a publisher's older message behind its newer ones \
-         (1 run in 4, 7 messages)",
+        "a publisher sent away from a cut-off node to one without NATS publishes there: its \
+         later messages reach that node's sessions at once, its last one from the first \
+         node only with the repair once NATS is back (1 run in 7, 3-4 messages)",
     );
     under_load("fault-quorum", |c| {
         c.stop_nats(2);
