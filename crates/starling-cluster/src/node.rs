@@ -75,6 +75,7 @@ impl NatsCluster {
             outbox,
             outbox_bytes: Default::default(),
             appending: Default::default(),
+            arrivals: Default::default(),
             transit: OnceLock::new(),
             replays,
             replay_requests,
@@ -392,6 +393,7 @@ impl Cluster for NatsCluster {
         if inner.broker().is_some_and(|b| b.is_draining()) {
             return Box::pin(async { Ownership::Unavailable });
         }
+        inner.arrivals.connects(client_id);
         let client_id = client_id.to_string();
         Box::pin(async move { owners::claim(&inner, &client_id, persistent).await })
     }
@@ -481,6 +483,26 @@ impl Cluster for NatsCluster {
                 (e.into_inner(), self.inner.broker())
             {
                 broker.route_from_cluster(&msg, Scope::Clients(&sessions), (origin, seq));
+            }
+        }
+    }
+
+    fn holds_local(&self, msg: &Message) -> bool {
+        msg.qos != starling_codec::QoS::AtMostOnce
+            && msg
+                .publisher
+                .as_ref()
+                .is_some_and(|p| self.inner.arrivals.holds(p))
+    }
+
+    fn hold_local(&self, msg: &Arc<starling_broker::message::Message>, (origin, seq): (u64, u64)) {
+        let command = crate::shared::ReplayCommand::HoldLocal(Stamp { origin, seq }, msg.clone());
+        // The routing task is behind: routed now (in order or not).
+        if let Err(e) = self.inner.replays.try_send(command) {
+            if let (crate::shared::ReplayCommand::HoldLocal(_, msg), Some(broker)) =
+                (e.into_inner(), self.inner.broker())
+            {
+                broker.route_from_cluster(&msg, Scope::Plain, (origin, seq));
             }
         }
     }

@@ -55,7 +55,7 @@ pub async fn run(
     let mut next_key = 0u64;
     let mut seen = Seen::default();
     let mut ready = Readiness::default();
-    let mut replays = Replays::default();
+    let mut replays = Replays::of(inner.clone());
     let mut slow_seen = 0u64;
     let (mut holding, mut checked) = crate::late::Holding::start(inner.clone());
     let mut check = tokio::time::interval(crate::transit::REPAIR_CHECK);
@@ -107,8 +107,13 @@ pub async fn run(
                 Some(Command::Probed(seq)) => ready.probed(&inner, seq),
                 Some(Command::Cut(client_id, done)) => {
                     let Some(broker) = inner.broker() else { return };
-                    // What a repair holds back is in `seen`: in the
-                    // session's queue before it leaves the index.
+                    // The messages parked or held for it already sent here
+                    // are served first, and what a repair holds back (in
+                    // `seen`) goes out: in the session's queue before it
+                    // leaves the index.
+                    while let Ok(command) = replay_rx.try_recv() {
+                        replays.serve(&broker, &mut seen, inner.origin, command);
+                    }
                     replays.release_gap(&broker);
                     // This node's own messages are routed on their
                     // publishers' tasks: their number is read as the
@@ -130,6 +135,10 @@ pub async fn run(
                 }
             },
             _ = check.tick() => {
+                if let Some(broker) = inner.broker() {
+                    replays.expire_gap(&broker);
+                    inner.arrivals.set_open(replays.gap_open());
+                }
                 // NATS dropped messages for a subscription here: read the
                 // QoS 1/2 ones again from transit.
                 let slow = inner.counters.slow.load(Ordering::Relaxed);
@@ -153,6 +162,7 @@ pub async fn run(
                 if reshaped {
                     set_parking(&inner, replays.parking_clients());
                 }
+                inner.arrivals.set_open(replays.gap_open());
             }
             Some((id, msg)) = subs.next(), if !subs.is_empty() => {
                 let Some(broker) = inner.broker() else { return };

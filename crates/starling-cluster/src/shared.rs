@@ -112,6 +112,8 @@ pub(crate) struct Inner {
     pub outbox: mpsc::Sender<ToNats>,
     /// Bytes of the messages in the outbox.
     pub outbox_bytes: std::sync::atomic::AtomicUsize,
+    /// The clients that connected during this node's gap (see `gap`).
+    pub arrivals: crate::gap::Arrivals,
     /// QoS 1/2 messages past the outbox whose core copies wait for their
     /// appends to transit (see `transit::forward`).
     pub appending: std::sync::atomic::AtomicUsize,
@@ -225,6 +227,13 @@ pub enum ReplayCommand {
     /// routing after NATS dropped messages for it) begins: note the stamps core NATS brings
     /// from now on (they reached the sessions).
     Start(u64, Option<ReplayClients>),
+    /// This node's gap begins (NATS lost, or cut off): live messages are
+    /// held from now on until its repair is done (see `gap`).
+    GapBegins,
+    /// A message published here by a client that connected during a gap
+    /// (see `gap::Arrivals`), routed to no session here yet: held with the
+    /// gap's live messages, or routed now.
+    HoldLocal(Stamp, Arc<starling_broker::message::Message>),
     /// A repair after a gap begins (`token`): while it runs, the live
     /// messages core NATS brings (of run `only`, or of every run) are held
     /// back until it reaches them (see `gap`).

@@ -246,6 +246,7 @@ async fn await_appends(
             settled.count += 1;
         }
         settled.release(&inner).await;
+        settled.behind = settled.behind && !rx.is_empty();
     }
 }
 
@@ -257,6 +258,9 @@ struct Settled {
     sent: bool,
     /// Appends settled since the last release.
     count: usize,
+    /// Since an append was tried again, until none waits: the ones behind
+    /// it waited as long (their publishers may have left meanwhile).
+    behind: bool,
     /// A subject only this node listens to, on its second connection (the
     /// first does not hear its own messages): a mark sent there on the
     /// first after the core copies comes back once the NATS server has
@@ -331,9 +335,10 @@ async fn settle(
             None => Err("JetStream did not take the message".to_string()),
         };
         match result {
-            // Taken after it was tried again, its publisher gone
-            // meanwhile: withdrawn (the nodes that read transit skip it).
-            Ok(()) if a.tries > 0 && a.withdrawn() => {
+            // Taken after it (or one before it) was tried again, its
+            // publisher gone meanwhile: withdrawn (the nodes that read
+            // transit skip it).
+            Ok(()) if (a.tries > 0 || settled.behind) && a.withdrawn() => {
                 crate::withdrawn::withdraw(inner, a.seq);
                 return (None, a.done);
             }
@@ -358,6 +363,7 @@ async fn settle(
                 if a.tries == 0 {
                     // The ones before it need not wait with it.
                     settled.release(inner).await;
+                    settled.behind = true;
                 }
                 if a.tries.is_multiple_of(50) && a.first.elapsed() >= APPEND_WARN_AFTER {
                     tracing::warn!(
@@ -404,6 +410,8 @@ pub struct Replays {
     ended: std::collections::VecDeque<(Instant, Running)>,
     /// What core NATS brought while a repair after a gap runs.
     gap: Option<crate::gap::Hold>,
+    /// This node (for the messages of its own it withdrew).
+    inner: Option<Arc<Inner>>,
 }
 
 /// How long an ended replay's messages are kept from its sessions' core
@@ -495,7 +503,13 @@ impl Running {
         };
         let mut routed = 0;
         for (stamp, msg) in std::mem::take(&mut self.parked) {
-            if self.replayed.insert(stamp) {
+            // (Had at their install: the old node's cut, or the dead one's
+            // receipt, come after it was parked.)
+            let covered = self
+                .covered
+                .get(&stamp.origin)
+                .is_some_and(|h| stamp.seq <= *h);
+            if !covered && self.replayed.insert(stamp) {
                 let scope = Scope::Clients(clients);
                 routed += broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq));
             }
@@ -506,6 +520,21 @@ impl Running {
 }
 
 impl Replays {
+    /// The replays of `inner`'s routing task.
+    pub fn of(inner: Arc<Inner>) -> Replays {
+        Replays {
+            inner: Some(inner),
+            ..Replays::default()
+        }
+    }
+
+    /// Whether this node withdrew `stamp` (one of its own).
+    fn withdrawn_here(&self, stamp: Stamp) -> bool {
+        self.inner.as_ref().is_some_and(|i| {
+            stamp.origin == i.origin && i.withdrawn.lock().numbers().contains(&stamp.seq)
+        })
+    }
+
     /// Whether no replay is in progress.
     pub fn is_empty(&self) -> bool {
         self.running.is_empty() && self.ended.is_empty()
@@ -600,13 +629,42 @@ impl Replays {
         broker.route_from_cluster(msg, scope, (stamp.origin, stamp.seq))
     }
 
+    /// Whether live messages are held for a gap (see [`crate::gap`]).
+    pub fn gap_open(&self) -> bool {
+        self.gap.is_some()
+    }
+
+    /// A gap's hold past its time goes out; one whose repair never began
+    /// ends.
+    pub fn expire_gap(&mut self, broker: &starling_broker::BrokerState) {
+        if !self.gap.as_ref().is_some_and(|g| g.expired()) {
+            return;
+        }
+        let n = self.release_gap(broker);
+        if self.gap.as_ref().is_some_and(|g| g.is_pending()) {
+            self.gap = None;
+        }
+        if n > 0 {
+            tracing::info!(
+                deliveries = n,
+                "a gap runs long: the live messages held back for its repair delivered"
+            );
+        }
+    }
+
     /// Routes what a repair holds back now (it goes on holding, if within
     /// its limits); returns how many deliveries that made.
     pub fn release_gap(&mut self, broker: &starling_broker::BrokerState) -> usize {
         let held = self.gap.as_mut().map(|g| g.release()).unwrap_or_default();
-        held.into_iter()
-            .map(|(stamp, msg)| self.route_live(stamp, &msg, broker))
-            .sum()
+        let mut routed = 0;
+        for (stamp, msg) in held {
+            // (One of its own held here whose publisher left unacknowledged
+            // meanwhile: withdrawn, it goes nowhere, as its core copy.)
+            if !self.withdrawn_here(stamp) {
+                routed += self.route_live(stamp, &msg, broker);
+            }
+        }
+        routed
     }
 
     /// Before a message core NATS brought is routed: the sessions that a
@@ -682,10 +740,11 @@ impl Replays {
                 if repair {
                     // What core NATS did not bring, to every session here
                     // but those a replay gave it already; what it brought
-                    // and this repair held back goes out at its place.
+                    // and a gap's hold keeps goes out at its place (this
+                    // repair's hold, or this node's own gap's while another
+                    // node's repair runs).
                     if !seen.first(stamp) {
-                        let held = self.gap.as_mut().filter(|g| g.token == token);
-                        return match held.and_then(|g| g.reached(stamp)) {
+                        return match self.gap.as_mut().and_then(|g| g.reached(stamp)) {
                             Some(msg) => self.route_live(stamp, &msg, broker) > 0,
                             None => false,
                         };
@@ -725,6 +784,7 @@ impl Replays {
                 }
                 tracing::debug!(?stamp, topic = %msg.topic, "not replayed: core NATS brought it");
             }
+            ReplayCommand::HoldLocal(stamp, msg) => self.live(stamp, &msg, broker),
             ReplayCommand::ParkLocal(stamp, msg, sessions) => {
                 // Parked by the replays running for them; the others'
                 // now (their replay ended meanwhile: in order still).
@@ -751,9 +811,22 @@ impl Replays {
                 }
             }
             ReplayCommand::Repair { token, only } => {
-                self.release_gap(broker);
-                self.gap = Some(crate::gap::Hold::new(token, only));
+                match &mut self.gap {
+                    // This node's gap's repair: it takes the gap's hold over.
+                    Some(g) if g.is_pending() && only.is_none() => g.taken_by(token),
+                    // Another node's: the gap's hold waits for its own.
+                    Some(g) if g.is_pending() => {}
+                    _ => {
+                        self.release_gap(broker);
+                        self.gap = Some(crate::gap::Hold::new(token, only));
+                    }
+                }
                 self.running.insert(token, Running::new(None));
+            }
+            ReplayCommand::GapBegins => {
+                if self.gap.is_none() {
+                    self.gap = Some(crate::gap::Hold::pending());
+                }
             }
             ReplayCommand::Covers(token, high) => {
                 if let Some(r) = self.running.get_mut(&token) {
@@ -765,7 +838,7 @@ impl Replays {
             }
             ReplayCommand::End(token, done) => {
                 let mut routed = false;
-                if self.gap.as_ref().is_some_and(|g| g.token == token) {
+                if self.gap.as_ref().is_some_and(|g| g.is_for(token)) {
                     let released = self.release_gap(broker);
                     self.gap = None;
                     if released > 0 {
