@@ -58,6 +58,11 @@ pub async fn run(
     let mut replays = Replays::of(inner.clone());
     let mut slow_seen = 0u64;
     let (mut holding, mut checked) = crate::late::Holding::start(inner.clone());
+    // A new NATS connection is a gap (what came meanwhile was lost): the
+    // first message after it begins holding for its repair, sooner than
+    // the connection watcher can tell.
+    let stats = inner.client.statistics();
+    let mut connects = stats.connects.load(Ordering::Relaxed);
     let mut check = tokio::time::interval(crate::transit::REPAIR_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -169,6 +174,14 @@ pub async fn run(
                 if let Some(value) = msg.headers.as_ref().and_then(|h| h.get(probe::HEADER)) {
                     probe::arrived(&inner, value.as_str());
                     continue;
+                }
+                let c = stats.connects.load(Ordering::Relaxed);
+                if c != connects {
+                    if connects > 0 {
+                        replays.begin_gap();
+                        inner.arrivals.set_open(true);
+                    }
+                    connects = c;
                 }
                 let share = routes.get(&id).and_then(|r| r.share.clone());
                 if let Some(payload) = holding.take(share.clone(), msg.payload) {

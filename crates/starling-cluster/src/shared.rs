@@ -234,6 +234,9 @@ pub enum ReplayCommand {
     /// (see `gap::Arrivals`), routed to no session here yet: held with the
     /// gap's live messages, or routed now.
     HoldLocal(Stamp, Arc<starling_broker::message::Message>),
+    /// The repair after a gap (`.0`, all its tries) is over: what it held
+    /// goes out. Answered once served.
+    GapEnds(u64, tokio::sync::oneshot::Sender<()>),
     /// A repair after a gap begins (`token`): while it runs, the live
     /// messages core NATS brings (of run `only`, or of every run) are held
     /// back until it reaches them (see `gap`).

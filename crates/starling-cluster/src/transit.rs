@@ -629,6 +629,14 @@ impl Replays {
         broker.route_from_cluster(msg, scope, (stamp.origin, stamp.seq))
     }
 
+    /// This node's gap begins: live messages are held from now on until
+    /// its repair is done.
+    pub fn begin_gap(&mut self) {
+        if self.gap.is_none() {
+            self.gap = Some(crate::gap::Hold::pending());
+        }
+    }
+
     /// Whether live messages are held for a gap (see [`crate::gap`]).
     pub fn gap_open(&self) -> bool {
         self.gap.is_some()
@@ -812,6 +820,8 @@ impl Replays {
             }
             ReplayCommand::Repair { token, only } => {
                 match &mut self.gap {
+                    // The same repair tried again: it holds on.
+                    Some(g) if g.is_for(token) => {}
                     // This node's gap's repair: it takes the gap's hold over.
                     Some(g) if g.is_pending() && only.is_none() => g.taken_by(token),
                     // Another node's: the gap's hold waits for its own.
@@ -823,11 +833,20 @@ impl Replays {
                 }
                 self.running.insert(token, Running::new(None));
             }
-            ReplayCommand::GapBegins => {
-                if self.gap.is_none() {
-                    self.gap = Some(crate::gap::Hold::pending());
+            ReplayCommand::GapEnds(token, done) => {
+                let mut released = 0;
+                if self.gap.as_ref().is_some_and(|g| g.is_for(token)) {
+                    released = self.release_gap(broker);
+                    self.gap = None;
+                    tracing::debug!(
+                        deliveries = released,
+                        "live messages held back during a repair delivered"
+                    );
                 }
+                let _ = done.send(());
+                return released > 0;
             }
+            ReplayCommand::GapBegins => self.begin_gap(),
             ReplayCommand::Covers(token, high) => {
                 if let Some(r) = self.running.get_mut(&token) {
                     r.covered = high;
@@ -838,17 +857,6 @@ impl Replays {
             }
             ReplayCommand::End(token, done) => {
                 let mut routed = false;
-                if self.gap.as_ref().is_some_and(|g| g.is_for(token)) {
-                    let released = self.release_gap(broker);
-                    self.gap = None;
-                    if released > 0 {
-                        tracing::debug!(
-                            deliveries = released,
-                            "live messages held back during a repair delivered"
-                        );
-                        routed = true;
-                    }
-                }
                 if let Some(mut r) = self.running.remove(&token) {
                     let unparked = r.unpark(broker);
                     if unparked > 0 {
@@ -961,13 +969,27 @@ pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>, gap: bool) ->
     tokio::spawn(async move {
         // JetStream may be electing leaders (the reason NATS dropped them):
         // tried again, a second apart (what was routed is not routed twice).
+        // (One token for all tries: a gap's hold lasts until the last.)
+        let token: u64 = rand::random();
         let mut repaired = Err(String::new());
         for n in 1..=REPLAY_TRIES {
-            repaired = repair_from(&inner, from_ms, only, gap, n == REPLAY_TRIES).await;
+            let last_try = n == REPLAY_TRIES;
+            repaired = repair_from(&inner, token, from_ms, only, gap, last_try).await;
             if repaired.is_ok() || inner.broker().is_none() {
                 break;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if gap {
+            let (done, served) = oneshot::channel();
+            if inner
+                .replays
+                .send(ReplayCommand::GapEnds(token, done))
+                .await
+                .is_ok()
+            {
+                let _ = served.await;
+            }
         }
         inner.repairing.store(false, Ordering::Release);
         match repaired {
@@ -983,6 +1005,7 @@ pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>, gap: bool) ->
 
 async fn repair_from(
     inner: &Arc<Inner>,
+    token: u64,
     from_ms: u64,
     only: Option<u64>,
     gap: bool,
@@ -991,7 +1014,6 @@ async fn repair_from(
     let Some(js) = inner.transit.get() else {
         return Err("the transit stream is not open".into());
     };
-    let token: u64 = rand::random();
     let routes = &inner.replays;
     let start = match gap {
         true => ReplayCommand::Repair { token, only },
