@@ -117,10 +117,6 @@ for t in "${TARGETS[@]}"; do
     run "fanout-q0-$tag" "$pub" "$sub" --mode fan-out -c 10 -n "$N_OUT" -t "fo/%i"
     run "fanin-q1-$tag" "$pub" "$sub" --mode fan-in -c 10 -n "$N_Q1" -q 1 -t "fq/%i"
     run "latency-$tag" "$pub" "$sub" --mode pairs -c 1 --rate 10000 --duration "$LAT_SECS" -t "lt/%i"
-    # QoS 1 (across nodes: a message reaches the other node once JetStream
-    # has its transit copy), at a rate every target keeps up with.
-    run "latency-q1-$tag" "$pub" "$sub" --mode pairs -c 1 --rate 2000 -q 1 \
-        --duration "$LAT_SECS" -t "lq/%i"
     # A persistent subscriber: every message stored (and, in the cluster,
     # replicated in JetStream) before it is acknowledged.
     run "fanin-q1p-$tag" "$pub" "$sub" --mode fan-in -c 10 -n "$N_Q1" -q 1 -x 300 -t "fp/%i"
@@ -186,12 +182,6 @@ for q in ["p50", "p99"]:
         s = load(f"latency-{t}")
         row.append(f"{s['latency_us'][q] / 1000:.2f} ms")
     print(f"| latency {q} at 10,000 msg/s | " + " | ".join(row) + " |")
-for q in ["p50", "p99"]:
-    row = []
-    for t in tags:
-        s = load(f"latency-q1-{t}")
-        row.append(f"{s['latency_us'][q] / 1000:.2f} ms")
-    print(f"| QoS 1 latency {q} at 2,000 msg/s | " + " | ".join(row) + " |")
 tk = load("takeover")
 print(f"\nTakeover across nodes (CONNECT to CONNACK, session present, {tk['rounds']} rounds): "
       f"p50 {tk['p50_ms']:.1f} ms, max {tk['max_ms']:.1f} ms")

@@ -1,4 +1,4 @@
-//! Live messages held back across a gap, until its repair is done.
+//! Live messages held back while a repair after a gap runs.
 //!
 //! When this node was away from NATS (a new connection, the end of a cut),
 //! or another node was and asks for it, a repair reads the messages core
@@ -8,17 +8,9 @@
 //! messages the repair finds, out of their publishers' order. So it is
 //! *held* here: each held message goes out when the repair reaches it in
 //! transit (its place in its publisher's order), the rest (QoS 0, or not
-//! read by then) when the repair ends.
-//!
-//! The same holds for the QoS 1/2 messages published here by the clients
-//! that connected while this node was away ([`Arrivals`]): such a client
-//! may come from a node it was sent away from, whose last messages reach
-//! this node only with the repair (their acknowledgements wait for NATS
-//! anyway; QoS 0 messages, ordered apart, go at once). A hold for this node's own gap begins with
-//! the gap ([`Hold::pending`]) and is taken over by its repair.
-//!
-//! Bounded like a replay's parking: past [`HOLD_LIMIT`] payload bytes or
-//! [`HOLD_FOR`], everything held goes out and nothing more is held.
+//! read by then) when the repair ends. Bounded like a replay's parking:
+//! past [`HOLD_LIMIT`] payload bytes or [`HOLD_FOR`], everything held goes
+//! out and the rest of the repair's live messages are not held.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -36,8 +28,8 @@ pub const HOLD_FOR: Duration = Duration::from_secs(20);
 
 /// The live messages one repair holds back.
 pub struct Hold {
-    /// The repair's token (`None`: the gap's repair has not begun).
-    token: Option<u64>,
+    /// The repair's token.
+    pub token: u64,
     /// Only messages of this run are held (a repair of one run's gap).
     only: Option<u64>,
     held: Vec<(Stamp, Arc<Message>)>,
@@ -52,48 +44,14 @@ pub struct Hold {
 impl Hold {
     pub fn new(token: u64, only: Option<u64>) -> Hold {
         Hold {
-            token: Some(token),
-            ..Hold::pending()
-        }
-        .only(only)
-    }
-
-    /// A hold for this node's gap, begun with it: its repair takes it over.
-    pub fn pending() -> Hold {
-        Hold {
-            token: None,
-            only: None,
+            token,
+            only,
             held: Vec::new(),
             waiting: HashSet::new(),
             bytes: 0,
             began: Instant::now(),
             holding: true,
         }
-    }
-
-    fn only(mut self, only: Option<u64>) -> Hold {
-        self.only = only;
-        self
-    }
-
-    /// Whether it is repair `token`'s.
-    pub fn is_for(&self, token: u64) -> bool {
-        self.token == Some(token)
-    }
-
-    /// Whether it waits for its gap's repair to begin.
-    pub fn is_pending(&self) -> bool {
-        self.token.is_none()
-    }
-
-    /// The gap's repair begins: it holds for that repair from now on.
-    pub fn taken_by(&mut self, token: u64) {
-        self.token = Some(token);
-    }
-
-    /// Whether it held for longer than [`HOLD_FOR`].
-    pub fn expired(&self) -> bool {
-        self.began.elapsed() > HOLD_FOR
     }
 
     /// Holds a live message: `Ok(true)` held, `Ok(false)` not one to hold
@@ -132,38 +90,6 @@ impl Hold {
         self.waiting.clear();
         self.bytes = 0;
         std::mem::take(&mut self.held)
-    }
-}
-
-/// The clients that connected while a hold for this node's gap was open
-/// (their messages published here are held with it); read on the publish
-/// path, one atomic load when no gap is open.
-#[derive(Default)]
-pub struct Arrivals {
-    open: std::sync::atomic::AtomicBool,
-    clients: parking_lot::Mutex<HashSet<String>>,
-}
-
-impl Arrivals {
-    /// A gap's hold opens (`true`) or ends: the clients are forgotten then.
-    pub fn set_open(&self, open: bool) {
-        use std::sync::atomic::Ordering;
-        if self.open.swap(open, Ordering::AcqRel) && !open {
-            self.clients.lock().clear();
-        }
-    }
-
-    /// `client_id` connects here.
-    pub fn connects(&self, client_id: &str) {
-        if self.open.load(std::sync::atomic::Ordering::Acquire) {
-            self.clients.lock().insert(client_id.to_string());
-        }
-    }
-
-    /// Whether `publisher`'s messages are held (see the module's doc).
-    pub fn holds(&self, publisher: &str) -> bool {
-        self.open.load(std::sync::atomic::Ordering::Acquire)
-            && self.clients.lock().contains(publisher)
     }
 }
 
@@ -222,37 +148,11 @@ mod tests {
         assert_eq!(h.release().len(), 1);
     }
 
-    #[test]
-    fn a_gaps_hold_is_taken_over_by_its_repair() {
-        let mut h = Hold::pending();
-        assert!(h.is_pending() && !h.is_for(5));
-        assert_eq!(h.hold(stamp(7, 1), &msg(b"x")), Ok(true));
-        h.taken_by(5);
-        assert!(h.is_for(5) && !h.is_pending());
-        assert_eq!(h.release().len(), 1);
-    }
-
-    #[test]
-    fn only_clients_that_came_during_the_gap_are_held_and_only_while_it_is_open() {
-        let a = Arrivals::default();
-        a.connects("before");
-        a.set_open(true);
-        a.connects("during");
-        assert!(a.holds("during"));
-        assert!(!a.holds("before"));
-        a.set_open(false);
-        assert!(!a.holds("during"));
-        a.set_open(true);
-        assert!(!a.holds("during"), "forgotten when the gap ended");
-    }
-
     #[tokio::test(start_paused = true)]
     async fn it_holds_for_a_bounded_time() {
         let mut h = Hold::new(1, None);
         assert_eq!(h.hold(stamp(7, 1), &msg(b"x")), Ok(true));
-        assert!(!h.expired());
         tokio::time::advance(HOLD_FOR + Duration::from_millis(1)).await;
-        assert!(h.expired());
         assert_eq!(h.hold(stamp(7, 2), &msg(b"x")), Err(()));
     }
 }

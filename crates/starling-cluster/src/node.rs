@@ -74,8 +74,6 @@ impl NatsCluster {
             counters,
             outbox,
             outbox_bytes: Default::default(),
-            appending: Default::default(),
-            arrivals: Default::default(),
             transit: OnceLock::new(),
             replays,
             replay_requests,
@@ -115,11 +113,7 @@ impl NatsCluster {
             inner.restart_token,
             Some((Arc::new(restored), Arc::default())),
         ));
-        tokio::spawn(transit::forward(
-            inner.clone(),
-            queue_client.clone(),
-            outbox_rx,
-        ));
+        tokio::spawn(transit::forward(inner.clone(), outbox_rx));
         tokio::spawn(transit::serve_replays(inner.clone(), replay_requests_rx));
         tokio::spawn(routes::run(
             inner.clone(),
@@ -243,11 +237,7 @@ impl NatsCluster {
             let _ = tokio::time::timeout(grace, wills).await;
         }
         let deadline = Instant::now() + grace;
-        let waiting = |inner: &Inner| {
-            inner.outbox_bytes.load(Ordering::Relaxed) > 0
-                || inner.appending.load(Ordering::Relaxed) > 0
-        };
-        while waiting(&self.inner) && Instant::now() < deadline {
+        while self.inner.outbox_bytes.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
             tick.tick().await;
         }
         if tokio::time::timeout(grace, self.flush()).await.is_err() {
@@ -393,7 +383,6 @@ impl Cluster for NatsCluster {
         if inner.broker().is_some_and(|b| b.is_draining()) {
             return Box::pin(async { Ownership::Unavailable });
         }
-        inner.arrivals.connects(client_id);
         let client_id = client_id.to_string();
         Box::pin(async move { owners::claim(&inner, &client_id, persistent).await })
     }
@@ -483,26 +472,6 @@ impl Cluster for NatsCluster {
                 (e.into_inner(), self.inner.broker())
             {
                 broker.route_from_cluster(&msg, Scope::Clients(&sessions), (origin, seq));
-            }
-        }
-    }
-
-    fn holds_local(&self, msg: &Message) -> bool {
-        msg.qos != starling_codec::QoS::AtMostOnce
-            && msg
-                .publisher
-                .as_ref()
-                .is_some_and(|p| self.inner.arrivals.holds(p))
-    }
-
-    fn hold_local(&self, msg: &Arc<starling_broker::message::Message>, (origin, seq): (u64, u64)) {
-        let command = crate::shared::ReplayCommand::HoldLocal(Stamp { origin, seq }, msg.clone());
-        // The routing task is behind: routed now (in order or not).
-        if let Err(e) = self.inner.replays.try_send(command) {
-            if let (crate::shared::ReplayCommand::HoldLocal(_, msg), Some(broker)) =
-                (e.into_inner(), self.inner.broker())
-            {
-                broker.route_from_cluster(&msg, Scope::Plain, (origin, seq));
             }
         }
     }

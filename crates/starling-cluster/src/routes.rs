@@ -55,14 +55,9 @@ pub async fn run(
     let mut next_key = 0u64;
     let mut seen = Seen::default();
     let mut ready = Readiness::default();
-    let mut replays = Replays::of(inner.clone());
+    let mut replays = Replays::default();
     let mut slow_seen = 0u64;
     let (mut holding, mut checked) = crate::late::Holding::start(inner.clone());
-    // A new NATS connection is a gap (what came meanwhile was lost): the
-    // first message after it begins holding for its repair, sooner than
-    // the connection watcher can tell.
-    let stats = inner.client.statistics();
-    let mut connects = stats.connects.load(Ordering::Relaxed);
     let mut check = tokio::time::interval(crate::transit::REPAIR_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -112,13 +107,8 @@ pub async fn run(
                 Some(Command::Probed(seq)) => ready.probed(&inner, seq),
                 Some(Command::Cut(client_id, done)) => {
                     let Some(broker) = inner.broker() else { return };
-                    // The messages parked or held for it already sent here
-                    // are served first, and what a repair holds back (in
-                    // `seen`) goes out: in the session's queue before it
-                    // leaves the index.
-                    while let Ok(command) = replay_rx.try_recv() {
-                        replays.serve(&broker, &mut seen, inner.origin, command);
-                    }
+                    // What a repair holds back is in `seen`: in the
+                    // session's queue before it leaves the index.
                     replays.release_gap(&broker);
                     // This node's own messages are routed on their
                     // publishers' tasks: their number is read as the
@@ -140,10 +130,6 @@ pub async fn run(
                 }
             },
             _ = check.tick() => {
-                if let Some(broker) = inner.broker() {
-                    replays.expire_gap(&broker);
-                    inner.arrivals.set_open(replays.gap_open());
-                }
                 // NATS dropped messages for a subscription here: read the
                 // QoS 1/2 ones again from transit.
                 let slow = inner.counters.slow.load(Ordering::Relaxed);
@@ -167,21 +153,12 @@ pub async fn run(
                 if reshaped {
                     set_parking(&inner, replays.parking_clients());
                 }
-                inner.arrivals.set_open(replays.gap_open());
             }
             Some((id, msg)) = subs.next(), if !subs.is_empty() => {
                 let Some(broker) = inner.broker() else { return };
                 if let Some(value) = msg.headers.as_ref().and_then(|h| h.get(probe::HEADER)) {
                     probe::arrived(&inner, value.as_str());
                     continue;
-                }
-                let c = stats.connects.load(Ordering::Relaxed);
-                if c != connects {
-                    if connects > 0 {
-                        replays.begin_gap();
-                        inner.arrivals.set_open(true);
-                    }
-                    connects = c;
                 }
                 let share = routes.get(&id).and_then(|r| r.share.clone());
                 if let Some(payload) = holding.take(share.clone(), msg.payload) {

@@ -112,11 +112,6 @@ pub(crate) struct Inner {
     pub outbox: mpsc::Sender<ToNats>,
     /// Bytes of the messages in the outbox.
     pub outbox_bytes: std::sync::atomic::AtomicUsize,
-    /// The clients that connected during this node's gap (see `gap`).
-    pub arrivals: crate::gap::Arrivals,
-    /// QoS 1/2 messages past the outbox whose core copies wait for their
-    /// appends to transit (see `transit::forward`).
-    pub appending: std::sync::atomic::AtomicUsize,
     /// JetStream, once the transit stream is open.
     pub transit: OnceLock<async_nats::jetstream::Context>,
     /// Replays, to the routing task.
@@ -227,16 +222,6 @@ pub enum ReplayCommand {
     /// routing after NATS dropped messages for it) begins: note the stamps core NATS brings
     /// from now on (they reached the sessions).
     Start(u64, Option<ReplayClients>),
-    /// This node's gap begins (NATS lost, or cut off): live messages are
-    /// held from now on until its repair is done (see `gap`).
-    GapBegins,
-    /// A message published here by a client that connected during a gap
-    /// (see `gap::Arrivals`), routed to no session here yet: held with the
-    /// gap's live messages, or routed now.
-    HoldLocal(Stamp, Arc<starling_broker::message::Message>),
-    /// The repair after a gap (`.0`, all its tries) is over: what it held
-    /// goes out. Answered once served.
-    GapEnds(u64, tokio::sync::oneshot::Sender<()>),
     /// A repair after a gap begins (`token`): while it runs, the live
     /// messages core NATS brings (of run `only`, or of every run) are held
     /// back until it reaches them (see `gap`).

@@ -94,20 +94,14 @@ pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<(), async_
     Ok(())
 }
 
-/// Hands messages to NATS in the order they were accepted: a QoS 0
-/// message to the nodes that want it at once; a QoS 1/2 message to the
-/// transit stream, and to the nodes once JetStream has it ([`await_appends`]):
-/// so whatever core NATS brought a node is in transit already, and a node
-/// that missed it (away from NATS meanwhile) finds it there when it reads
-/// again what it missed; and a message whose append waits for JetStream
-/// never reaches the other nodes after its publisher's later ones.
+/// Hands messages to NATS in the order they were accepted: a QoS 1/2
+/// message to the transit stream first, then to the nodes that want it.
 /// Without NATS, the task waits for it (the messages wait in the outbox,
 /// and so do their publishers' acknowledgements: one given before the
 /// message is in transit would be lost with this node).
-/// `marks`: the node's second connection (see [`Settled::marks`]).
-pub async fn forward(inner: Arc<Inner>, marks: async_nats::Client, mut rx: mpsc::Receiver<ToNats>) {
+pub async fn forward(inner: Arc<Inner>, mut rx: mpsc::Receiver<ToNats>) {
     let (acks, acks_rx) = mpsc::channel(IN_FLIGHT);
-    tokio::spawn(await_appends(inner.clone(), marks, acks_rx));
+    tokio::spawn(await_appends(inner.clone(), acks_rx));
     // Since NATS was last away, until the outbox is empty again: what
     // waited meanwhile and whose publisher left unacknowledged is withdrawn.
     let mut behind = false;
@@ -146,13 +140,11 @@ pub async fn forward(inner: Arc<Inner>, marks: async_nats::Client, mut rx: mpsc:
                 withdrawable: out.withdrawable,
                 seq: out.seq,
             };
-            inner.appending.fetch_add(1, Ordering::Relaxed);
             if acks.send(append).await.is_err() {
                 return;
             }
-        } else {
-            continue_publish(&inner, out.subject, out.payload).await;
         }
+        continue_publish(&inner, out.subject, out.payload).await;
         behind = behind && !rx.is_empty();
     }
 }
@@ -204,186 +196,79 @@ impl Append {
     }
 }
 
-/// Appends settled in one go at most: their core copies are flushed to
-/// NATS together before their publishers are acknowledged.
-const SETTLE_BATCH: usize = 256;
-
-/// Completes the appends in order: each taken by JetStream sends its core
-/// copy to the nodes; once NATS confirms those copies (one flush per
-/// batch: an acknowledged message is never left without them, or a node's
-/// death would leave it in transit only), the publishers are acknowledged.
-/// One that failed is tried again until JetStream takes it, the later ones
-/// waiting behind it: while JetStream cannot take messages (no quorum) the
-/// QoS 1/2 publishers of this node wait for their acknowledgements, and
-/// past the outbox's limit pause. Only a broker shutting down completes
-/// them without it.
-async fn await_appends(
-    inner: Arc<Inner>,
-    marks: async_nats::Client,
-    mut rx: mpsc::Receiver<Append>,
-) {
-    let mut batch = Vec::with_capacity(SETTLE_BATCH);
-    let subject = format!("starling.settled.{}", inner.origin);
-    let marks = match marks.subscribe(subject.clone()).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!("core copies are flushed, not confirmed, before acknowledgements: {e}");
-            None
-        }
-    };
-    let mut settled = Settled {
-        marks: marks.map(|m| (subject, m)),
-        ..Settled::default()
-    };
-    while rx.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
-        for a in batch.drain(..) {
-            let (core, kept) = settle(&inner, a, &mut settled).await;
-            if let Some((subject, payload)) = core {
-                continue_publish(&inner, subject, payload).await;
-                settled.sent = true;
-            }
-            settled.done.extend(kept);
-            settled.count += 1;
-        }
-        settled.release(&inner).await;
-        settled.behind = settled.behind && !rx.is_empty();
-    }
-}
-
-/// Appends settled whose publishers are not acknowledged yet.
-#[derive(Default)]
-struct Settled {
-    done: Vec<oneshot::Sender<()>>,
-    /// Whether core copies went since the last release.
-    sent: bool,
-    /// Appends settled since the last release.
-    count: usize,
-    /// Since an append was tried again, until none waits: the ones behind
-    /// it waited as long (their publishers may have left meanwhile).
-    behind: bool,
-    /// A subject only this node listens to, on its second connection (the
-    /// first does not hear its own messages): a mark sent there on the
-    /// first after the core copies comes back once the NATS server has
-    /// taken them (it handles one connection's messages in order).
-    marks: Option<(String, async_nats::Subscriber)>,
-    mark: u64,
-}
-
-impl Settled {
-    /// Once NATS confirms the core copies sent, acknowledges the publishers.
-    async fn release(&mut self, inner: &Inner) {
-        if std::mem::take(&mut self.sent)
-            && tokio::time::timeout(inner.timeout, self.confirm(inner))
-                .await
-                .is_err()
-        {
-            tracing::debug!("NATS did not confirm the core copies of appended messages in time");
-        }
-        for kept in self.done.drain(..) {
-            let _ = kept.send(());
-        }
-        let n = std::mem::take(&mut self.count);
-        inner.appending.fetch_sub(n, Ordering::Relaxed);
-    }
-
-    /// Sends a mark after the core copies and waits for it to come back
-    /// (marks of earlier, timed-out rounds are passed over).
-    async fn confirm(&mut self, inner: &Inner) {
-        let Some((subject, marks)) = &mut self.marks else {
-            let _ = inner.client.flush().await;
-            return;
-        };
-        self.mark += 1;
-        let mark = self.mark;
-        let payload = Bytes::copy_from_slice(&mark.to_be_bytes());
-        if inner
-            .client
-            .publish(subject.clone(), payload)
-            .await
-            .is_err()
-        {
-            return;
-        }
-        while let Some(m) = marks.next().await {
-            let back = <[u8; 8]>::try_from(&m.payload[..]).map(u64::from_be_bytes);
-            if back.is_ok_and(|b| b >= mark) {
-                return;
-            }
-        }
-    }
-}
-
-/// Waits for one append (trying it again until JetStream takes it);
-/// returns its core copy unless it was withdrawn, and its publisher's
-/// acknowledgement.
-async fn settle(
-    inner: &Inner,
-    mut a: Append,
-    settled: &mut Settled,
-) -> (Option<(String, Bytes)>, Option<oneshot::Sender<()>>) {
-    let core = |a: &Append| {
-        let subject = a.subject["starling.t.".len()..].to_string();
-        Some((subject, a.payload.clone()))
-    };
-    loop {
-        let result = match a.ack.take() {
-            Some(ack) => match tokio::time::timeout_at(a.sent + inner.timeout, ack).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("JetStream did not acknowledge in time".to_string()),
-            },
-            None => Err("JetStream did not take the message".to_string()),
-        };
-        match result {
-            // Taken after it (or one before it) was tried again, its
-            // publisher gone meanwhile: withdrawn (the nodes that read
-            // transit skip it).
-            Ok(()) if (a.tries > 0 || settled.behind) && a.withdrawn() => {
-                crate::withdrawn::withdraw(inner, a.seq);
-                return (None, a.done);
-            }
-            Ok(()) => return (core(&a), a.done),
-            // Not taken, and its publisher left unacknowledged: not tried
-            // again (JetStream may still commit what it took without
-            // quorum: remembered as withdrawn).
-            Err(_) if a.withdrawn() => {
-                crate::withdrawn::withdraw(inner, a.seq);
-                return (None, a.done);
-            }
-            // A stream leader being elected, JetStream without quorum:
-            // tried again.
-            Err(why) if inner.broker().is_some() => {
-                tracing::debug!(
-                    tries = a.tries,
-                    withdrawable = a.withdrawable,
-                    publisher_left = a.done.as_ref().map(|d| d.is_closed()),
-                    subject = %a.subject,
-                    "append tried again: {why}"
-                );
-                if a.tries == 0 {
-                    // The ones before it need not wait with it.
-                    settled.release(inner).await;
-                    settled.behind = true;
+/// Completes the acknowledgements waiting for appends, in order. One that
+/// failed is tried again until JetStream takes it (its core copy goes
+/// again then: the nodes that were away when it first went get it): an
+/// acknowledged message is never left without its copy in transit, so
+/// while JetStream cannot take messages (no quorum) the QoS 1/2 publishers
+/// of this node wait for their acknowledgements, and past the outbox's
+/// limit pause. Only a broker shutting down completes them without it.
+async fn await_appends(inner: Arc<Inner>, mut rx: mpsc::Receiver<Append>) {
+    while let Some(mut a) = rx.recv().await {
+        loop {
+            let result = match a.ack.take() {
+                Some(ack) => match tokio::time::timeout_at(a.sent + inner.timeout, ack).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("JetStream did not acknowledge in time".to_string()),
+                },
+                None => Err("JetStream did not take the message".to_string()),
+            };
+            match result {
+                // Tried again: its core copy went while JetStream (and
+                // perhaps the connection) was away; it goes again (the
+                // nodes drop a copy they had).
+                // Its publisher left meanwhile: withdrawn (the nodes that
+                // read transit skip it).
+                Ok(()) if a.tries > 0 && a.withdrawn() => {
+                    crate::withdrawn::withdraw(&inner, a.seq);
+                    break;
                 }
-                if a.tries.is_multiple_of(50) && a.first.elapsed() >= APPEND_WARN_AFTER {
-                    tracing::warn!(
-                        waiting = ?a.first.elapsed(),
-                        "QoS 1/2 acknowledgements held: the transit stream does not take \
-                         messages ({why})"
+                Ok(()) if a.tries > 0 => {
+                    let core = a.subject["starling.t.".len()..].to_string();
+                    let _ = inner.client.publish(core, a.payload.clone()).await;
+                    break;
+                }
+                Ok(()) => break,
+                // Not taken, and its publisher left unacknowledged: not
+                // tried again (JetStream may still commit what it took
+                // without quorum: remembered as withdrawn).
+                Err(_) if a.withdrawn() => {
+                    crate::withdrawn::withdraw(&inner, a.seq);
+                    break;
+                }
+                // A stream leader being elected, JetStream without quorum:
+                // tried again.
+                Err(why) if inner.broker().is_some() => {
+                    tracing::debug!(
+                        tries = a.tries,
+                        withdrawable = a.withdrawable,
+                        publisher_left = a.done.as_ref().map(|d| d.is_closed()),
+                        subject = %a.subject,
+                        "append tried again: {why}"
                     );
+                    if a.tries % 50 == 0 && a.first.elapsed() >= APPEND_WARN_AFTER {
+                        tracing::warn!(
+                            waiting = ?a.first.elapsed(),
+                            "QoS 1/2 acknowledgements held: the transit stream does not take \
+                             messages ({why})"
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    a.tries += 1;
+                    if let Some(js) = inner.transit.get() {
+                        a.ack = js.publish(a.subject.clone(), a.payload.clone()).await.ok();
+                        a.sent = Instant::now();
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                a.tries += 1;
-                if let Some(js) = inner.transit.get() {
-                    a.ack = js.publish(a.subject.clone(), a.payload.clone()).await.ok();
-                    a.sent = Instant::now();
+                Err(why) => {
+                    not_kept(&inner, &why);
+                    break;
                 }
             }
-            // Shutting down: the nodes get it still, without its copy.
-            Err(why) => {
-                not_kept(inner, &why);
-                return (core(&a), a.done);
-            }
+        }
+        if let Some(done) = a.done {
+            let _ = done.send(());
         }
     }
 }
@@ -410,8 +295,6 @@ pub struct Replays {
     ended: std::collections::VecDeque<(Instant, Running)>,
     /// What core NATS brought while a repair after a gap runs.
     gap: Option<crate::gap::Hold>,
-    /// This node (for the messages of its own it withdrew).
-    inner: Option<Arc<Inner>>,
 }
 
 /// How long an ended replay's messages are kept from its sessions' core
@@ -503,13 +386,7 @@ impl Running {
         };
         let mut routed = 0;
         for (stamp, msg) in std::mem::take(&mut self.parked) {
-            // (Had at their install: the old node's cut, or the dead one's
-            // receipt, come after it was parked.)
-            let covered = self
-                .covered
-                .get(&stamp.origin)
-                .is_some_and(|h| stamp.seq <= *h);
-            if !covered && self.replayed.insert(stamp) {
+            if self.replayed.insert(stamp) {
                 let scope = Scope::Clients(clients);
                 routed += broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq));
             }
@@ -520,21 +397,6 @@ impl Running {
 }
 
 impl Replays {
-    /// The replays of `inner`'s routing task.
-    pub fn of(inner: Arc<Inner>) -> Replays {
-        Replays {
-            inner: Some(inner),
-            ..Replays::default()
-        }
-    }
-
-    /// Whether this node withdrew `stamp` (one of its own).
-    fn withdrawn_here(&self, stamp: Stamp) -> bool {
-        self.inner.as_ref().is_some_and(|i| {
-            stamp.origin == i.origin && i.withdrawn.lock().numbers().contains(&stamp.seq)
-        })
-    }
-
     /// Whether no replay is in progress.
     pub fn is_empty(&self) -> bool {
         self.running.is_empty() && self.ended.is_empty()
@@ -629,50 +491,13 @@ impl Replays {
         broker.route_from_cluster(msg, scope, (stamp.origin, stamp.seq))
     }
 
-    /// This node's gap begins: live messages are held from now on until
-    /// its repair is done.
-    pub fn begin_gap(&mut self) {
-        if self.gap.is_none() {
-            self.gap = Some(crate::gap::Hold::pending());
-        }
-    }
-
-    /// Whether live messages are held for a gap (see [`crate::gap`]).
-    pub fn gap_open(&self) -> bool {
-        self.gap.is_some()
-    }
-
-    /// A gap's hold past its time goes out; one whose repair never began
-    /// ends.
-    pub fn expire_gap(&mut self, broker: &starling_broker::BrokerState) {
-        if !self.gap.as_ref().is_some_and(|g| g.expired()) {
-            return;
-        }
-        let n = self.release_gap(broker);
-        if self.gap.as_ref().is_some_and(|g| g.is_pending()) {
-            self.gap = None;
-        }
-        if n > 0 {
-            tracing::info!(
-                deliveries = n,
-                "a gap runs long: the live messages held back for its repair delivered"
-            );
-        }
-    }
-
     /// Routes what a repair holds back now (it goes on holding, if within
     /// its limits); returns how many deliveries that made.
     pub fn release_gap(&mut self, broker: &starling_broker::BrokerState) -> usize {
         let held = self.gap.as_mut().map(|g| g.release()).unwrap_or_default();
-        let mut routed = 0;
-        for (stamp, msg) in held {
-            // (One of its own held here whose publisher left unacknowledged
-            // meanwhile: withdrawn, it goes nowhere, as its core copy.)
-            if !self.withdrawn_here(stamp) {
-                routed += self.route_live(stamp, &msg, broker);
-            }
-        }
-        routed
+        held.into_iter()
+            .map(|(stamp, msg)| self.route_live(stamp, &msg, broker))
+            .sum()
     }
 
     /// Before a message core NATS brought is routed: the sessions that a
@@ -748,11 +573,10 @@ impl Replays {
                 if repair {
                     // What core NATS did not bring, to every session here
                     // but those a replay gave it already; what it brought
-                    // and a gap's hold keeps goes out at its place (this
-                    // repair's hold, or this node's own gap's while another
-                    // node's repair runs).
+                    // and this repair held back goes out at its place.
                     if !seen.first(stamp) {
-                        return match self.gap.as_mut().and_then(|g| g.reached(stamp)) {
+                        let held = self.gap.as_mut().filter(|g| g.token == token);
+                        return match held.and_then(|g| g.reached(stamp)) {
                             Some(msg) => self.route_live(stamp, &msg, broker) > 0,
                             None => false,
                         };
@@ -792,7 +616,6 @@ impl Replays {
                 }
                 tracing::debug!(?stamp, topic = %msg.topic, "not replayed: core NATS brought it");
             }
-            ReplayCommand::HoldLocal(stamp, msg) => self.live(stamp, &msg, broker),
             ReplayCommand::ParkLocal(stamp, msg, sessions) => {
                 // Parked by the replays running for them; the others'
                 // now (their replay ended meanwhile: in order still).
@@ -819,34 +642,10 @@ impl Replays {
                 }
             }
             ReplayCommand::Repair { token, only } => {
-                match &mut self.gap {
-                    // The same repair tried again: it holds on.
-                    Some(g) if g.is_for(token) => {}
-                    // This node's gap's repair: it takes the gap's hold over.
-                    Some(g) if g.is_pending() && only.is_none() => g.taken_by(token),
-                    // Another node's: the gap's hold waits for its own.
-                    Some(g) if g.is_pending() => {}
-                    _ => {
-                        self.release_gap(broker);
-                        self.gap = Some(crate::gap::Hold::new(token, only));
-                    }
-                }
+                self.release_gap(broker);
+                self.gap = Some(crate::gap::Hold::new(token, only));
                 self.running.insert(token, Running::new(None));
             }
-            ReplayCommand::GapEnds(token, done) => {
-                let mut released = 0;
-                if self.gap.as_ref().is_some_and(|g| g.is_for(token)) {
-                    released = self.release_gap(broker);
-                    self.gap = None;
-                    tracing::debug!(
-                        deliveries = released,
-                        "live messages held back during a repair delivered"
-                    );
-                }
-                let _ = done.send(());
-                return released > 0;
-            }
-            ReplayCommand::GapBegins => self.begin_gap(),
             ReplayCommand::Covers(token, high) => {
                 if let Some(r) = self.running.get_mut(&token) {
                     r.covered = high;
@@ -857,6 +656,17 @@ impl Replays {
             }
             ReplayCommand::End(token, done) => {
                 let mut routed = false;
+                if self.gap.as_ref().is_some_and(|g| g.token == token) {
+                    let released = self.release_gap(broker);
+                    self.gap = None;
+                    if released > 0 {
+                        tracing::debug!(
+                            deliveries = released,
+                            "live messages held back during a repair delivered"
+                        );
+                        routed = true;
+                    }
+                }
                 if let Some(mut r) = self.running.remove(&token) {
                     let unparked = r.unpark(broker);
                     if unparked > 0 {
@@ -969,27 +779,13 @@ pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>, gap: bool) ->
     tokio::spawn(async move {
         // JetStream may be electing leaders (the reason NATS dropped them):
         // tried again, a second apart (what was routed is not routed twice).
-        // (One token for all tries: a gap's hold lasts until the last.)
-        let token: u64 = rand::random();
         let mut repaired = Err(String::new());
         for n in 1..=REPLAY_TRIES {
-            let last_try = n == REPLAY_TRIES;
-            repaired = repair_from(&inner, token, from_ms, only, gap, last_try).await;
+            repaired = repair_from(&inner, from_ms, only, gap, n == REPLAY_TRIES).await;
             if repaired.is_ok() || inner.broker().is_none() {
                 break;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        if gap {
-            let (done, served) = oneshot::channel();
-            if inner
-                .replays
-                .send(ReplayCommand::GapEnds(token, done))
-                .await
-                .is_ok()
-            {
-                let _ = served.await;
-            }
         }
         inner.repairing.store(false, Ordering::Release);
         match repaired {
@@ -1005,7 +801,6 @@ pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>, gap: bool) ->
 
 async fn repair_from(
     inner: &Arc<Inner>,
-    token: u64,
     from_ms: u64,
     only: Option<u64>,
     gap: bool,
@@ -1014,6 +809,7 @@ async fn repair_from(
     let Some(js) = inner.transit.get() else {
         return Err("the transit stream is not open".into());
     };
+    let token: u64 = rand::random();
     let routes = &inner.replays;
     let start = match gap {
         true => ReplayCommand::Repair { token, only },
