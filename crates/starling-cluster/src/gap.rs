@@ -8,11 +8,12 @@
 //! messages the repair finds, out of their publishers' order. So it is
 //! *held* here: each held message goes out when the repair reaches it in
 //! transit (its place in its publisher's order), the rest (QoS 0, or not
-//! read by then) when the repair ends. Bounded like a replay's parking:
-//! past [`HOLD_LIMIT`] payload bytes or [`HOLD_FOR`], everything held goes
+//! read by then) when the repair ends. Bounded: past [`HOLD_LIMIT`] bytes
+//! (each message charged its whole weight and its place here, so a flood
+//! of empty payloads is bounded too) or [`HOLD_FOR`], everything held goes
 //! out and the rest of the repair's live messages are not held.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +22,16 @@ use tokio::time::Instant;
 
 use crate::envelope::Stamp;
 
-/// Payload bytes held at most.
+/// Bytes held at most (see [`cost`]).
 pub const HOLD_LIMIT: usize = 64 << 20;
+/// What holding one message costs beyond its weight: its slot and index
+/// entry, about.
+const ENTRY: usize = 96;
+
+/// What holding `msg` is charged.
+fn cost(msg: &Message) -> usize {
+    msg.weight() as usize + ENTRY
+}
 /// How long live messages are held at most.
 pub const HOLD_FOR: Duration = Duration::from_secs(20);
 
@@ -32,9 +41,11 @@ pub struct Hold {
     pub token: u64,
     /// Only messages of this run are held (a repair of one run's gap).
     only: Option<u64>,
-    held: Vec<(Stamp, Arc<Message>)>,
-    /// The stamps in `held` not yet sent out.
-    waiting: HashSet<Stamp>,
+    /// In the order they came; `None` once sent out where the repair
+    /// reached it.
+    held: Vec<Option<(Stamp, Arc<Message>)>>,
+    /// Where each message still held is in `held`.
+    waiting: HashMap<Stamp, usize>,
     bytes: usize,
     began: Instant,
     /// Whether it still holds (false once past its limits).
@@ -47,7 +58,7 @@ impl Hold {
             token,
             only,
             held: Vec::new(),
-            waiting: HashSet::new(),
+            waiting: HashMap::new(),
             bytes: 0,
             began: Instant::now(),
             holding: true,
@@ -61,14 +72,15 @@ impl Hold {
         if !self.holding || self.only.is_some_and(|o| o != stamp.origin) {
             return Ok(false);
         }
-        let full = self.bytes + msg.payload.len() > HOLD_LIMIT;
+        let full = self.bytes + cost(msg) > HOLD_LIMIT;
         if full || self.began.elapsed() > HOLD_FOR {
             self.holding = false;
             return Err(());
         }
-        if self.waiting.insert(stamp) {
-            self.bytes += msg.payload.len();
-            self.held.push((stamp, msg.clone()));
+        if let std::collections::hash_map::Entry::Vacant(e) = self.waiting.entry(stamp) {
+            e.insert(self.held.len());
+            self.bytes += cost(msg);
+            self.held.push(Some((stamp, msg.clone())));
         }
         Ok(true)
     }
@@ -76,12 +88,9 @@ impl Hold {
     /// The repair reached `stamp` in transit: the held message, if any,
     /// goes out now.
     pub fn reached(&mut self, stamp: Stamp) -> Option<Arc<Message>> {
-        if !self.waiting.remove(&stamp) {
-            return None;
-        }
-        let at = self.held.iter().position(|(s, _)| *s == stamp)?;
-        let (_, msg) = self.held.remove(at);
-        self.bytes = self.bytes.saturating_sub(msg.payload.len());
+        let at = self.waiting.remove(&stamp)?;
+        let (_, msg) = self.held.get_mut(at)?.take()?;
+        self.bytes = self.bytes.saturating_sub(cost(&msg));
         Some(msg)
     }
 
@@ -90,6 +99,9 @@ impl Hold {
         self.waiting.clear();
         self.bytes = 0;
         std::mem::take(&mut self.held)
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }
 
@@ -141,11 +153,25 @@ mod tests {
     #[test]
     fn past_its_limits_it_stops_holding() {
         let mut h = Hold::new(1, None);
-        let big = with(bytes::Bytes::from(vec![0u8; HOLD_LIMIT]));
+        // (Charged exactly the limit: an empty one's cost plus its payload.)
+        let big = with(bytes::Bytes::from(vec![0u8; HOLD_LIMIT - cost(&msg(b""))]));
+        assert_eq!(cost(&big), HOLD_LIMIT);
         assert_eq!(h.hold(stamp(7, 1), &big), Ok(true));
         assert_eq!(h.hold(stamp(7, 2), &msg(b"x")), Err(()));
         assert_eq!(h.hold(stamp(7, 3), &msg(b"x")), Ok(false), "not again");
         assert_eq!(h.release().len(), 1);
+    }
+
+    #[test]
+    fn empty_payloads_are_bounded_too() {
+        let mut h = Hold::new(1, None);
+        let per = cost(&msg(b""));
+        let fit = (HOLD_LIMIT / per) as u64;
+        for seq in 1..=fit {
+            assert_eq!(h.hold(stamp(7, seq), &msg(b"")), Ok(true));
+        }
+        assert_eq!(h.hold(stamp(7, fit + 1), &msg(b"")), Err(()));
+        assert_eq!(h.release().len() as u64, fit);
     }
 
     #[tokio::test(start_paused = true)]
