@@ -8,7 +8,9 @@
 //! messages the repair finds, out of their publishers' order. So it is
 //! *held* here: each held message goes out when the repair reaches it in
 //! transit (its place in its publisher's order), the rest (QoS 0, or not
-//! read by then) when the repair ends. Bounded: past [`HOLD_LIMIT`] bytes
+//! read by then) when the repair ends: after its last try, when a try
+//! fails (JetStream electing a leader), since the next try may find older
+//! messages still. Bounded: past [`HOLD_LIMIT`] bytes
 //! (each message charged its whole weight and its place here, so a flood
 //! of empty payloads is bounded too) or [`HOLD_FOR`], everything held goes
 //! out and the rest of the repair's live messages are not held.

@@ -222,6 +222,9 @@ pub enum ReplayCommand {
     /// routing after NATS dropped messages for it) begins: note the stamps core NATS brings
     /// from now on (they reached the sessions).
     Start(u64, Option<ReplayClients>),
+    /// The repair after a gap (`.0`, all its tries) is over: what it held
+    /// goes out. Answered once served.
+    GapEnds(u64, tokio::sync::oneshot::Sender<()>),
     /// A repair after a gap begins (`token`): while it runs, the live
     /// messages core NATS brings (of run `only`, or of every run) are held
     /// back until it reaches them (see `gap`).

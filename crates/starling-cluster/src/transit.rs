@@ -642,9 +642,26 @@ impl Replays {
                 }
             }
             ReplayCommand::Repair { token, only } => {
-                self.release_gap(broker);
-                self.gap = Some(crate::gap::Hold::new(token, only));
+                // The same repair tried again holds on (its next try reads
+                // what the failed one did not reach).
+                if self.gap.as_ref().is_none_or(|g| g.token != token) {
+                    self.release_gap(broker);
+                    self.gap = Some(crate::gap::Hold::new(token, only));
+                }
                 self.running.insert(token, Running::new(None));
+            }
+            ReplayCommand::GapEnds(token, done) => {
+                let mut released = 0;
+                if self.gap.as_ref().is_some_and(|g| g.token == token) {
+                    released = self.release_gap(broker);
+                    self.gap = None;
+                    tracing::debug!(
+                        deliveries = released,
+                        "live messages held back during a repair delivered"
+                    );
+                }
+                let _ = done.send(());
+                return released > 0;
             }
             ReplayCommand::Covers(token, high) => {
                 if let Some(r) = self.running.get_mut(&token) {
@@ -656,17 +673,6 @@ impl Replays {
             }
             ReplayCommand::End(token, done) => {
                 let mut routed = false;
-                if self.gap.as_ref().is_some_and(|g| g.token == token) {
-                    let released = self.release_gap(broker);
-                    self.gap = None;
-                    if released > 0 {
-                        tracing::debug!(
-                            deliveries = released,
-                            "live messages held back during a repair delivered"
-                        );
-                        routed = true;
-                    }
-                }
                 if let Some(mut r) = self.running.remove(&token) {
                     let unparked = r.unpark(broker);
                     if unparked > 0 {
@@ -779,13 +785,23 @@ pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>, gap: bool) ->
     tokio::spawn(async move {
         // JetStream may be electing leaders (the reason NATS dropped them):
         // tried again, a second apart (what was routed is not routed twice).
+        // One token for all tries: a gap's hold lasts until the last one.
+        let token: u64 = rand::random();
         let mut repaired = Err(String::new());
         for n in 1..=REPLAY_TRIES {
-            repaired = repair_from(&inner, from_ms, only, gap, n == REPLAY_TRIES).await;
+            let last_try = n == REPLAY_TRIES;
+            repaired = repair_from(&inner, token, from_ms, only, gap, last_try).await;
             if repaired.is_ok() || inner.broker().is_none() {
                 break;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if gap {
+            let (done, served) = oneshot::channel();
+            let ends = ReplayCommand::GapEnds(token, done);
+            if inner.replays.send(ends).await.is_ok() {
+                let _ = served.await;
+            }
         }
         inner.repairing.store(false, Ordering::Release);
         match repaired {
@@ -801,6 +817,7 @@ pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>, gap: bool) ->
 
 async fn repair_from(
     inner: &Arc<Inner>,
+    token: u64,
     from_ms: u64,
     only: Option<u64>,
     gap: bool,
@@ -809,7 +826,6 @@ async fn repair_from(
     let Some(js) = inner.transit.get() else {
         return Err("the transit stream is not open".into());
     };
-    let token: u64 = rand::random();
     let routes = &inner.replays;
     let start = match gap {
         true => ReplayCommand::Repair { token, only },
