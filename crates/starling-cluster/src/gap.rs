@@ -31,7 +31,7 @@ pub const HOLD_LIMIT: usize = 64 << 20;
 const ENTRY: usize = 96;
 
 /// What holding `msg` is charged.
-fn cost(msg: &Message) -> usize {
+pub fn cost(msg: &Message) -> usize {
     msg.weight() as usize + ENTRY
 }
 /// How long live messages are held at most.

@@ -28,6 +28,7 @@ mod rejoin;
 pub mod replica;
 mod retained;
 mod routes;
+mod running;
 mod shared;
 pub mod subject;
 mod transit;

@@ -261,11 +261,18 @@ impl Drop for ReplicatedStore {
     /// (the last receipt, which is not awaited) goes out first, so that a
     /// replay elsewhere does not hand the sessions again what they had.
     fn drop(&mut self) {
+        // On the runtime's own task, waited for here: this thread is not
+        // the runtime's, and the runtime may be shutting down already (the
+        // task is then dropped, and so is its answer).
         if let Some(link) = self.replica.link.get() {
-            let flushed = link
-                .runtime
-                .block_on(tokio::time::timeout(link.timeout, link.client.flush()));
-            if !matches!(flushed, Ok(Ok(()))) {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (client, limit) = (link.client.clone(), link.timeout);
+            link.runtime.spawn(async move {
+                let flushed = tokio::time::timeout(limit, client.flush()).await;
+                let _ = tx.send(matches!(flushed, Ok(Ok(()))));
+            });
+            let wait = limit + Duration::from_millis(100);
+            if !rx.recv_timeout(wait).unwrap_or(false) {
                 tracing::debug!("the last session changes were not flushed to NATS");
             }
         }

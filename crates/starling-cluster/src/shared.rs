@@ -240,6 +240,9 @@ pub enum ReplayCommand {
         Arc<starling_broker::message::Message>,
         Arc<HashSet<ByteString>>,
     ),
+    /// Replay `.0` read this node's own message `.1` in transit, one that
+    /// reached its sessions live: if parked, it goes to them now.
+    ReachedOwn(u64, Stamp),
     /// A message for the sessions of replay `.0`, unless it came meanwhile.
     Message(u64, Stamp, Arc<starling_broker::message::Message>),
     /// Answered once every earlier command is served.

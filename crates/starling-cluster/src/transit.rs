@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use crate::envelope::{self, Stamp};
 use crate::keys;
 use crate::receipt::Receipt;
+use crate::running::Running;
 use crate::shared::{Command, Inner, ReplayCommand, ReplayRequest, ToNats};
 
 /// The stream of messages in transit.
@@ -62,12 +63,6 @@ const REPLAY_LIMIT: usize = 2_000_000;
 /// Stamps a replay remembers of core NATS deliveries at most (past it,
 /// a message core NATS brought may be replayed to the sessions again).
 const RECORD_LIMIT: usize = 1_000_000;
-/// Payload bytes of the live messages one replay parks at most (past it,
-/// they reach the sessions at once, before older replayed ones).
-const PARK_LIMIT: usize = 64 << 20;
-/// How long a replay parks live messages at most (a replay that takes
-/// longer, or is never ended, lets them through then).
-const PARK_FOR: Duration = Duration::from_secs(20);
 /// Replays at once at most: each reads the whole transit window and
 /// records what core NATS brings, so a crowd of clients coming back after a
 /// node's death waits in line instead of multiplying that cost.
@@ -303,99 +298,6 @@ pub struct Replays {
 const ENDED_KEPT: Duration = AGE;
 const ENDED_STAMPS: usize = 1_000_000;
 
-/// One replay: its sessions, the stamps core NATS brought since it began,
-/// and those it routed itself.
-///
-/// What core NATS brings its sessions while it runs is *parked*, not
-/// delivered: the replay hands them the older messages first, then the
-/// parked ones it did not replay, so that one publisher's messages reach
-/// each session in order. Past [`PARK_LIMIT`] they are delivered at once
-/// (and noted in `core`, which the replay then skips), as they are after
-/// [`PARK_FOR`].
-struct Running {
-    /// `None`: a repair of this node's routing. Else the sessions, and
-    /// per session this node's message number after its install.
-    clients: Option<crate::shared::ReplayClients>,
-    core: HashSet<Stamp>,
-    replayed: HashSet<Stamp>,
-    /// What the sessions had at their install, per run (see
-    /// `ReplayCommand::Covers`).
-    covered: HashMap<u64, u64>,
-    parked: Vec<(Stamp, Arc<starling_broker::message::Message>)>,
-    parked_bytes: usize,
-    /// Whether live messages are parked still, and since when.
-    parking: bool,
-    began: Instant,
-}
-
-impl Running {
-    fn new(clients: Option<crate::shared::ReplayClients>) -> Running {
-        Running {
-            clients,
-            core: HashSet::new(),
-            replayed: HashSet::new(),
-            covered: HashMap::new(),
-            parked: Vec::new(),
-            parked_bytes: 0,
-            parking: true,
-            began: Instant::now(),
-        }
-    }
-
-    /// Whether its sessions have `stamp`: it replayed it, or they had it
-    /// at their install (a late core copy of it must not reach them again).
-    fn had(&self, stamp: Stamp) -> bool {
-        self.replayed.contains(&stamp)
-            || self
-                .covered
-                .get(&stamp.origin)
-                .is_some_and(|h| stamp.seq <= *h)
-    }
-
-    /// Parks a live message for the sessions; `false` past the limits
-    /// (what was parked then goes to the sessions at once).
-    fn park(
-        &mut self,
-        stamp: Stamp,
-        msg: &Arc<starling_broker::message::Message>,
-        broker: &starling_broker::BrokerState,
-    ) -> bool {
-        let full = self.parked_bytes + msg.payload.len() > PARK_LIMIT;
-        if self.parking && (full || self.began.elapsed() > PARK_FOR) {
-            self.parking = false;
-            let n = self.unpark(broker);
-            tracing::info!(
-                messages = n,
-                "a replay runs long: the live messages it held back delivered"
-            );
-        }
-        let empty = self.clients.as_ref().is_none_or(|(c, _)| c.is_empty());
-        if !self.parking || empty {
-            return false;
-        }
-        self.parked_bytes += msg.payload.len();
-        self.parked.push((stamp, msg.clone()));
-        true
-    }
-
-    /// The replay ended: the parked messages it did not hand the sessions
-    /// go to them now, in the order they came.
-    fn unpark(&mut self, broker: &starling_broker::BrokerState) -> usize {
-        let Some((clients, _)) = &self.clients else {
-            return 0;
-        };
-        let mut routed = 0;
-        for (stamp, msg) in std::mem::take(&mut self.parked) {
-            if self.replayed.insert(stamp) {
-                let scope = Scope::Clients(clients);
-                routed += broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq));
-            }
-        }
-        self.parked_bytes = 0;
-        routed
-    }
-}
-
 impl Replays {
     /// Whether no replay is in progress.
     pub fn is_empty(&self) -> bool {
@@ -611,10 +513,10 @@ impl Replays {
                     };
                     let scope = Scope::Clients(clients);
                     let n = broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq));
-                    tracing::debug!(?stamp, topic = %msg.topic, routed = n, "replayed");
+                    tracing::debug!(?stamp, topic = %msg.topic, head = %head(&msg.payload), routed = n, "replayed");
                     return n > 0;
                 }
-                tracing::debug!(?stamp, topic = %msg.topic, "not replayed: core NATS brought it");
+                tracing::debug!(?stamp, topic = %msg.topic, head = %head(&msg.payload), "not replayed: core NATS brought it");
             }
             ReplayCommand::ParkLocal(stamp, msg, sessions) => {
                 // Parked by the replays running for them; the others'
@@ -630,7 +532,9 @@ impl Replays {
                     if !clients.iter().all(|c| rest.contains(c)) {
                         continue;
                     }
-                    if r.replayed.contains(&stamp) || r.park(stamp, &msg, broker) {
+                    // (A replay past its place in transit lets it go now.)
+                    let passed = r.passed_own(stamp.seq);
+                    if r.replayed.contains(&stamp) || (!passed && r.park(stamp, &msg, broker)) {
                         for c in clients.iter() {
                             rest.remove(c);
                         }
@@ -662,6 +566,12 @@ impl Replays {
                 }
                 let _ = done.send(());
                 return released > 0;
+            }
+            ReplayCommand::ReachedOwn(token, stamp) => {
+                return self
+                    .running
+                    .get_mut(&token)
+                    .is_some_and(|r| r.reached_own(stamp, broker) > 0);
             }
             ReplayCommand::Covers(token, high) => {
                 if let Some(r) = self.running.get_mut(&token) {
@@ -850,6 +760,7 @@ async fn repair_from(
         unknown_from_ms: None,
         last_try,
         gone: None,
+        own_places: false,
     };
     let read = read_since(inner, js, from_ms, token, &skip, &mut HashSet::new()).await;
     end(routes, token).await;
@@ -999,6 +910,7 @@ async fn replay_read(
         unknown_from_ms,
         last_try,
         gone: (!request.live).then_some(receipt.own),
+        own_places: true,
     };
     read_since(inner, js, from_ms, token, &skip, handed).await
 }
@@ -1020,6 +932,9 @@ struct Skip<'a> {
     last_try: bool,
     /// The run of the dead node whose sessions a replay rebuilds.
     gone: Option<u64>,
+    /// A replay, whose sessions this node's own later messages reached
+    /// live (parked): the places of those are told to the routing task.
+    own_places: bool,
 }
 
 impl Skip<'_> {
@@ -1115,8 +1030,15 @@ async fn read_since(
                 .get(&stamp.origin)
                 .is_some_and(|w| w.contains(&stamp.seq));
         }
-        tracing::debug!(?stamp, wanted, topic = %msg.topic, "read from transit");
-        if wanted && !handed_stamps.contains(&(stamp.origin, stamp.seq)) {
+        tracing::debug!(?stamp, wanted, topic = %msg.topic, head = %head(&msg.payload), "read from transit");
+        let own_later = stamp.origin == inner.origin && stamp.seq > skip.own_before;
+        if skip.own_places && own_later {
+            inner
+                .replays
+                .send(ReplayCommand::ReachedOwn(token, stamp))
+                .await
+                .map_err(|_| "the routing task is gone")?;
+        } else if wanted && !handed_stamps.contains(&(stamp.origin, stamp.seq)) {
             handed += 1;
             handed_stamps.insert((stamp.origin, stamp.seq));
             inner
@@ -1130,4 +1052,9 @@ async fn read_since(
         }
     }
     Ok(handed)
+}
+
+/// The first bytes of a payload, for debug logs (which message a stamp is).
+fn head(payload: &[u8]) -> String {
+    String::from_utf8_lossy(&payload[..payload.len().min(16)]).into_owned()
 }

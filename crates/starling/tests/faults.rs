@@ -31,11 +31,6 @@ fn kill_9_of_a_node_under_load() {
 
 #[test]
 fn rolling_restart_of_every_node_under_load() {
-    fault_support::order_reported_only(
-        "a session that moves on again while the replay of its first move still runs: \
-         the next node's replay gives it older messages after newer ones it has \
-         (about 1 run in 4, 75-160 messages)",
-    );
     under_load("fault-rolling", |c| {
         for n in 1..=3 {
             c.restart_node_gracefully(n);

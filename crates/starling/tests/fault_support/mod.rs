@@ -471,6 +471,8 @@ struct Verdict {
     /// it, ms after the fault began).
     out_of_order_some: Vec<(usize, usize, u64, u64, i128)>,
     overlaps: Vec<String>,
+    /// Node log lines that say a thread panicked.
+    panics: Vec<String>,
     wills_wrong: Vec<String>,
     sessions_lost: Vec<String>,
 }
@@ -546,6 +548,13 @@ fn check(h: &History, logs: &[Vec<String>], fault_at: std::time::Instant) -> Ver
         }
     }
     v.overlaps = overlaps(logs);
+    v.panics = logs
+        .iter()
+        .flatten()
+        .filter(|l| l.contains("panicked at"))
+        .take(5)
+        .cloned()
+        .collect();
     v
 }
 
@@ -709,6 +718,11 @@ pub fn under_load_on(tag: &str, target: Target, fault: impl FnOnce(&mut Cluster)
     assert_eq!(v.qos2_twice, 0, "{tag}: QoS 2 delivered twice: {v:?}");
     assert!(v.sessions_lost.is_empty(), "{tag}: sessions lost: {v:?}");
     assert!(v.overlaps.is_empty(), "{tag}: a client on two nodes: {v:?}");
+    assert!(
+        v.panics.is_empty(),
+        "{tag}: a node panicked: {:?}",
+        v.panics
+    );
     match *ORDER_REPORTED_ONLY.lock().unwrap() {
         Some(reason) if v.out_of_order > 0 => eprintln!(
             "{tag}: KNOWN GAP: {} first deliveries out of order, e.g. {:?} ({reason})",

@@ -1,0 +1,163 @@
+//! One replay in progress, as the routing task keeps it: its sessions, the
+//! stamps core NATS brought them since it began, those it routed itself,
+//! and the live messages it parks.
+//!
+//! What reaches its sessions live while it runs (from core NATS, or
+//! published on this node) is *parked*, not delivered: the replay hands
+//! them the older messages first. A parked message goes out where the
+//! replay reaches it in transit (its place in its publisher's order, which
+//! may go on at another node: a publisher that moved publishes its later
+//! messages under that node's run), the rest (QoS 0, or not read by then)
+//! when the replay ends. Past [`PARK_LIMIT`] (each message charged its
+//! whole weight and its slot, as in [`crate::gap`]) or [`PARK_FOR`] they
+//! are delivered at once (and noted in `core`, which the replay then
+//! skips).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_broker::message::Message;
+use starling_broker::Scope;
+use tokio::time::Instant;
+
+use crate::envelope::Stamp;
+
+/// Bytes of the live messages one replay parks at most (past it, they
+/// reach the sessions at once, before older replayed ones).
+pub const PARK_LIMIT: usize = 64 << 20;
+/// How long a replay parks live messages at most (a replay that takes
+/// longer, or is never ended, lets them through then).
+pub const PARK_FOR: Duration = Duration::from_secs(20);
+
+/// One replay (see the module's documentation).
+pub struct Running {
+    /// `None`: a repair of this node's routing. Else the sessions, and
+    /// per session this node's message number after its install.
+    pub clients: Option<crate::shared::ReplayClients>,
+    /// What core NATS brought its sessions meanwhile (not replayed).
+    pub core: HashSet<Stamp>,
+    /// What it routed (or let core NATS's copy through for) itself.
+    pub replayed: HashSet<Stamp>,
+    /// What the sessions had at their install, per run (see
+    /// `ReplayCommand::Covers`).
+    pub covered: HashMap<u64, u64>,
+    /// In the order they came; `None` once sent out where the replay
+    /// reached it.
+    parked: Vec<Option<(Stamp, Arc<Message>)>>,
+    /// Where each message still parked is in `parked`.
+    parked_at: HashMap<Stamp, usize>,
+    parked_bytes: usize,
+    /// This node's own newest message number the replay has passed in
+    /// transit: one of its own published later than that is parked, one
+    /// before goes out at once (its place is behind).
+    own_reached: u64,
+    /// Whether live messages are parked still, and since when.
+    parking: bool,
+    began: Instant,
+}
+
+impl Running {
+    pub fn new(clients: Option<crate::shared::ReplayClients>) -> Running {
+        Running {
+            clients,
+            core: HashSet::new(),
+            replayed: HashSet::new(),
+            covered: HashMap::new(),
+            parked: Vec::new(),
+            parked_at: HashMap::new(),
+            parked_bytes: 0,
+            own_reached: 0,
+            parking: true,
+            began: Instant::now(),
+        }
+    }
+
+    /// Whether its sessions have `stamp`: it replayed it, or they had it
+    /// at their install (a late core copy of it must not reach them again).
+    pub fn had(&self, stamp: Stamp) -> bool {
+        self.replayed.contains(&stamp)
+            || self
+                .covered
+                .get(&stamp.origin)
+                .is_some_and(|h| stamp.seq <= *h)
+    }
+
+    /// Whether the replay has passed the place in transit of this node's
+    /// own message `seq` (it goes to the sessions now, not parked).
+    pub fn passed_own(&self, seq: u64) -> bool {
+        seq <= self.own_reached
+    }
+
+    /// Parks a live message for the sessions; `false` past the limits
+    /// (what was parked then goes to the sessions at once).
+    pub fn park(
+        &mut self,
+        stamp: Stamp,
+        msg: &Arc<Message>,
+        broker: &starling_broker::BrokerState,
+    ) -> bool {
+        let cost = crate::gap::cost(msg);
+        let full = self.parked_bytes + cost > PARK_LIMIT;
+        if self.parking && (full || self.began.elapsed() > PARK_FOR) {
+            self.parking = false;
+            let n = self.unpark(broker);
+            tracing::info!(
+                messages = n,
+                "a replay runs long: the live messages it held back delivered"
+            );
+        }
+        let empty = self.clients.as_ref().is_none_or(|(c, _)| c.is_empty());
+        if !self.parking || empty {
+            return false;
+        }
+        self.parked_bytes += cost;
+        self.parked_at.insert(stamp, self.parked.len());
+        self.parked.push(Some((stamp, msg.clone())));
+        true
+    }
+
+    /// The replay read this node's own message `stamp` in transit (one it
+    /// does not route itself: it reached the sessions here live): if parked,
+    /// it goes to them now, at its place. Returns the deliveries made.
+    pub fn reached_own(&mut self, stamp: Stamp, broker: &starling_broker::BrokerState) -> usize {
+        self.own_reached = self.own_reached.max(stamp.seq);
+        let Some(i) = self.parked_at.remove(&stamp) else {
+            return 0;
+        };
+        let Some((stamp, msg)) = self.parked.get_mut(i).and_then(Option::take) else {
+            return 0;
+        };
+        self.parked_bytes = self.parked_bytes.saturating_sub(crate::gap::cost(&msg));
+        self.deliver(stamp, &msg, broker)
+    }
+
+    /// Hands a parked message to the sessions, unless it reached them.
+    fn deliver(
+        &mut self,
+        stamp: Stamp,
+        msg: &Arc<Message>,
+        broker: &starling_broker::BrokerState,
+    ) -> usize {
+        let Some((clients, _)) = &self.clients else {
+            return 0;
+        };
+        if !self.replayed.insert(stamp) {
+            return 0;
+        }
+        let scope = Scope::Clients(clients);
+        broker.route_from_cluster(msg, scope, (stamp.origin, stamp.seq))
+    }
+
+    /// The replay ended: the parked messages it did not hand the sessions
+    /// go to them now, in the order they came.
+    pub fn unpark(&mut self, broker: &starling_broker::BrokerState) -> usize {
+        self.parked_at.clear();
+        self.parked_bytes = 0;
+        let mut routed = 0;
+        for (stamp, msg) in std::mem::take(&mut self.parked).into_iter().flatten() {
+            routed += self.deliver(stamp, &msg, broker);
+        }
+        routed
+    }
+}
