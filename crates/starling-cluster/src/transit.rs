@@ -431,10 +431,10 @@ impl Replays {
             let Some((clients, _)) = r.clients.clone() else {
                 continue;
             };
-            // Replayed already, or parked until the replay ends (by one
-            // replay per session: one some of whose sessions have it or
-            // wait for it already leaves it to core NATS, or they would
-            // get it twice).
+            // Replayed already, or parked until the replay reaches it or
+            // ends (by one replay per session: one some of whose sessions
+            // have it or wait for it already leaves it to core NATS, or
+            // they would get it twice).
             let replayed = r.had(stamp);
             let overlaps = had
                 .as_ref()
