@@ -406,6 +406,7 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) -> bool {
                         };
                         match outcome {
                             Rebuilt::Installed(mark) => {
+                                tracing::info!(node = %dead, %client_id, held_here = here, revision, "adopted a dead node's session");
                                 adopted += 1;
                                 if !here {
                                     rebuilt.insert(ByteString::from(client_id.as_str()), mark);

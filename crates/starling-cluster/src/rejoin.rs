@@ -182,6 +182,7 @@ async fn give_up(
         tracing::info!(client_id = %id, %owner, "session handed over already: nothing to merge");
         return;
     }
+    tracing::info!(client_id = %id, %owner, early = early.len(), "session given up here: another node owns and holds it");
     broker.drop_fenced(id, inner.timeout / 2).await;
     merge_to(inner, owner, id, early).await;
 }
