@@ -88,6 +88,7 @@ impl NatsCluster {
             commands,
             handing_over: Mutex::new(Default::default()),
             claims: Mutex::new(Default::default()),
+            owned_at: Default::default(),
             replica: replica.unwrap_or_default(),
             previous_run: Mutex::new(None),
             restart_token: rand::random(),

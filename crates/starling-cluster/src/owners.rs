@@ -146,6 +146,9 @@ async fn claim_owner(inner: &Inner, client_id: &str, persistent: bool) -> Owners
                     if read > 0 && persistent {
                         tracing::info!(%client_id, "no earlier owner in the key's history: a new session");
                     }
+                    if persistent {
+                        wrote(inner, client_id, revision);
+                    }
                     return Ownership::Local;
                 }
                 Err(()) => {
@@ -159,6 +162,9 @@ async fn claim_owner(inner: &Inner, client_id: &str, persistent: bool) -> Owners
             };
             if had || !persistent {
                 crate::holder::claim_succeeded(inner, client_id);
+                if persistent {
+                    wrote(inner, client_id, revision);
+                }
                 return Ownership::Local;
             }
             // The session could not be had (its replica unreadable now):
@@ -406,6 +412,7 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) -> bool {
                         };
                         match outcome {
                             Rebuilt::Installed(mark) => {
+                                wrote(inner, &client_id, revision);
                                 tracing::info!(node = %dead, %client_id, held_here = here, revision, "adopted a dead node's session");
                                 adopted += 1;
                                 if !here {
@@ -593,6 +600,29 @@ async fn fetch_chunk(inner: &Inner, owner: &str, client_id: &str, index: u32) ->
     None
 }
 
+/// This node wrote itself the owner of `client_id`'s session at
+/// `revision` (see [`crate::shared::Inner::owned_at`]).
+pub fn wrote(inner: &Inner, client_id: &str, revision: u64) {
+    let mut owned = inner.owned_at.lock();
+    let r = owned.entry(client_id.to_string()).or_default();
+    *r = (*r).max(revision);
+}
+
+/// The session of `client_id` is no longer held here.
+pub fn forget(inner: &Inner, client_id: &str) {
+    inner.owned_at.lock().remove(client_id);
+}
+
+/// Whether an owner entry read at `revision` is older than this node's own
+/// last write of it (a stale read: nothing is decided on it).
+pub fn stale(inner: &Inner, client_id: &str, revision: u64) -> bool {
+    inner
+        .owned_at
+        .lock()
+        .get(client_id)
+        .is_some_and(|mine| revision < *mine)
+}
+
 /// The session of `client_id` ended here: the claim is removed unless
 /// another node (or a new connection here) holds it now.
 pub async fn release(inner: &Inner, client_id: &str) {
@@ -612,6 +642,9 @@ pub async fn release(inner: &Inner, client_id: &str) {
     let back = inner
         .broker()
         .is_some_and(|b| b.session(client_id).is_some());
+    if !back {
+        forget(inner, client_id);
+    }
     if ours && !back {
         if let Err(e) = buckets
             .owners
@@ -711,6 +744,7 @@ async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) ->
         return Handed::Parts(0, None);
     };
     inner.handing_over.lock().remove(client_id);
+    forget(inner, client_id);
     let parts = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
     let now = tokio::time::Instant::now();
     let mut out = inner.outgoing.lock();

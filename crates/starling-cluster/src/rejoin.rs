@@ -183,6 +183,7 @@ async fn give_up(
         return;
     }
     tracing::info!(client_id = %id, %owner, early = early.len(), "session given up here: another node owns and holds it");
+    crate::owners::forget(inner, id);
     broker.drop_fenced(id, inner.timeout / 2).await;
     merge_to(inner, owner, id, early).await;
 }
@@ -466,6 +467,12 @@ async fn verdict(inner: &Inner, broker: &BrokerState, id: &str) -> Option<Verdic
                 if owner == inner.node_id {
                     return Some(Verdict::Mine);
                 }
+                // Older than this node's own claim of it: a stale answer
+                // (not known now; asked again later).
+                if crate::owners::stale(inner, id, e.revision) {
+                    tracing::info!(client_id = %id, %owner, revision = e.revision, "a stale owner read (older than this node's claim): asked again later");
+                    return None;
+                }
                 match crate::holder::ask(inner, &owner, id).await {
                     Holding::Held => return Some(Verdict::Lost(owner)),
                     Holding::Claiming | Holding::Unknown => return Some(Verdict::Unsettled(owner)),
@@ -474,7 +481,8 @@ async fn verdict(inner: &Inner, broker: &BrokerState, id: &str) -> Option<Verdic
                     Holding::Not => {
                         let me = keys::owner_value(&inner.node_id, id);
                         match owners.update(&key, me, e.revision).await {
-                            Ok(_) => {
+                            Ok(revision) => {
+                                crate::owners::wrote(inner, id, revision);
                                 tracing::info!(client_id = %id, %owner, "claimed back a session its owner did not hold");
                                 return Some(Verdict::Mine);
                             }
@@ -493,7 +501,10 @@ async fn verdict(inner: &Inner, broker: &BrokerState, id: &str) -> Option<Verdic
         }
         let me = keys::owner_value(&inner.node_id, id);
         match owners.create(&key, me).await {
-            Ok(_) => return Some(Verdict::Mine),
+            Ok(revision) => {
+                crate::owners::wrote(inner, id, revision);
+                return Some(Verdict::Mine);
+            }
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
             Err(_) => return None,
         }

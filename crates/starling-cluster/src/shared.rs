@@ -142,6 +142,11 @@ pub(crate) struct Inner {
     /// Client ids this node is claiming or just claimed: a takeover request
     /// for one of them waits for the client to attach before it is kicked.
     pub claims: Mutex<HashMap<String, Claim>>,
+    /// Per persistent session held here, the revision of this node's last
+    /// write of its owner: an owner read older than that is stale (a
+    /// server just back answering for a moment), and nothing is given up
+    /// on it (see `rejoin`).
+    pub owned_at: Mutex<HashMap<String, u64>>,
     /// Claims here that could not get their session, with the node that
     /// still holds it and when (see `holder`).
     pub failed_claims: Mutex<HashMap<String, (String, tokio::time::Instant)>>,
