@@ -263,12 +263,18 @@ impl BrokerState {
         // In a cluster a shared group is served through it, which picks one
         // member cluster-wide (this node's included).
         // Sessions in a replay get it after their older, replayed messages.
-        let parked = if cluster.shares_across_nodes() {
+        // A publisher that came while this node was away from the others
+        // reaches its sessions once the node is back (see `holds_local`).
+        let across = cluster.shares_across_nodes();
+        let held = across && cluster.holds_local(msg);
+        let parked = if across && !held {
             cluster.parked_sessions()
         } else {
             None
         };
-        let scope = match (&parked, cluster.shares_across_nodes()) {
+        let nobody = std::collections::HashSet::new();
+        let scope = match (&parked, across) {
+            _ if held => Scope::Clients(&nobody),
             (Some(sessions), _) => Scope::PlainExcept(sessions),
             (None, true) => Scope::Plain,
             (None, false) => Scope::All,
@@ -289,6 +295,13 @@ impl BrokerState {
         // The copies kept here say which message they are (see `next_stamp`).
         if let (Some((origin, seq)), true) = (stamp, journal.len() > before) {
             journal.received(origin, seq);
+        }
+        if held {
+            match stamp {
+                Some(stamp) => cluster.hold_local(msg, stamp),
+                // Not numbered: nothing to hold it by; theirs now.
+                None => offered += self.route_to(msg, Scope::Plain, Some(journal), None, None),
+            }
         }
         let withdrawable = routed.as_deref().is_some_and(|r| r.withdrawable);
         let kept = cluster.forward(msg, stamp, withdrawable);

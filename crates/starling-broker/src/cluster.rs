@@ -125,6 +125,19 @@ pub trait Cluster: Send + Sync + 'static {
         _sessions: Arc<HashSet<ByteString>>,
     ) {
     }
+    /// Whether `msg`, published here, waits before it reaches this node's
+    /// sessions: a QoS 1/2 message of a client that connected while this
+    /// node was away from the other nodes, and may have published through
+    /// one of them just before (those messages reach this node only once
+    /// it is back). Such a message is routed to no session here and handed
+    /// to [`Cluster::hold_local`]. Called on every publish in a cluster.
+    fn holds_local(&self, _msg: &Message) -> bool {
+        false
+    }
+    /// A message published here, numbered `stamp`, kept from every session
+    /// here (see [`Cluster::holds_local`]): the cluster delivers it to them
+    /// once the node's gap is repaired.
+    fn hold_local(&self, _msg: &Arc<Message>, _stamp: (u64, u64)) {}
     /// Whether shared subscriptions are served across the nodes: then a
     /// message reaches a shared group only through the cluster, which picks
     /// one member cluster-wide, and [`crate::BrokerState::publish`] routes

@@ -30,6 +30,10 @@ pub struct Hold {
     /// Sessions found this node's: their backlogs are written out with the
     /// next batch.
     pub due: HashSet<String>,
+    /// Per origin, the lowest stamp the routing task holds back from the
+    /// sessions (a gap's hold, a replay's parking): stored by none of them
+    /// yet, so no receipt may claim it (a death now would lose it).
+    pub routing_low: HashMap<u64, u64>,
 }
 
 /// One held message: its record (`None`: removed), the stamp it came

@@ -1,4 +1,4 @@
-//! Live messages held back while a repair after a gap runs.
+//! Live messages held back across a gap, until its repair is done.
 //!
 //! When this node was away from NATS (a new connection, the end of a cut),
 //! or another node was and asks for it, a repair reads the messages core
@@ -8,12 +8,19 @@
 //! messages the repair finds, out of their publishers' order. So it is
 //! *held* here: each held message goes out when the repair reaches it in
 //! transit (its place in its publisher's order), the rest (QoS 0, or not
-//! read by then) when the repair ends: after its last try, when a try
-//! fails (JetStream electing a leader), since the next try may find older
-//! messages still. Bounded: past [`HOLD_LIMIT`] bytes
-//! (each message charged its whole weight and its place here, so a flood
-//! of empty payloads is bounded too) or [`HOLD_FOR`], everything held goes
-//! out and the rest of the repair's live messages are not held.
+//! read by then) when the repair is over: after its last try, not when one
+//! try fails (JetStream electing a leader), since the next may still find
+//! older messages.
+//!
+//! The same holds for the QoS 1/2 messages published here by the clients
+//! that connected while this node was away (see `arrivals`): such a client
+//! may come from a node it was sent away from, whose last messages reach
+//! this node only with the repair. A hold for this node's own gap begins
+//! with the gap ([`Hold::pending`]) and is taken over by its repair.
+//!
+//! Bounded: past [`HOLD_LIMIT`] bytes (each message charged its whole
+//! weight and its place here, so a flood of empty payloads is bounded too)
+//! or [`HOLD_FOR`], everything held goes out and nothing more is held.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,8 +46,9 @@ pub const HOLD_FOR: Duration = Duration::from_secs(20);
 
 /// The live messages one repair holds back.
 pub struct Hold {
-    /// The repair's token.
-    pub token: u64,
+    /// The repair's token (`None`: this node's gap, whose repair has not
+    /// begun).
+    token: Option<u64>,
     /// Only messages of this run are held (a repair of one run's gap).
     only: Option<u64>,
     /// In the order they came; `None` once sent out where the repair
@@ -49,6 +57,9 @@ pub struct Hold {
     /// Where each message still held is in `held`.
     waiting: HashMap<Stamp, usize>,
     bytes: usize,
+    /// Per origin, the lowest stamp held since the last release (see
+    /// `backlog::Hold::routing_low`).
+    low: HashMap<u64, u64>,
     began: Instant,
     /// Whether it still holds (false once past its limits).
     holding: bool,
@@ -57,14 +68,45 @@ pub struct Hold {
 impl Hold {
     pub fn new(token: u64, only: Option<u64>) -> Hold {
         Hold {
-            token,
+            token: Some(token),
             only,
+            ..Hold::pending()
+        }
+    }
+
+    /// A hold for this node's gap, begun with it: its repair takes it over
+    /// ([`Hold::taken_by`]).
+    pub fn pending() -> Hold {
+        Hold {
+            token: None,
+            only: None,
             held: Vec::new(),
             waiting: HashMap::new(),
             bytes: 0,
+            low: HashMap::new(),
             began: Instant::now(),
             holding: true,
         }
+    }
+
+    /// Whether it is repair `token`'s.
+    pub fn is_for(&self, token: u64) -> bool {
+        self.token == Some(token)
+    }
+
+    /// Whether it waits for its gap's repair to begin.
+    pub fn is_pending(&self) -> bool {
+        self.token.is_none()
+    }
+
+    /// The gap's repair begins: it holds for that repair from now on.
+    pub fn taken_by(&mut self, token: u64) {
+        self.token = Some(token);
+    }
+
+    /// Whether it has held for longer than [`HOLD_FOR`].
+    pub fn expired(&self) -> bool {
+        self.began.elapsed() > HOLD_FOR
     }
 
     /// Holds a live message: `Ok(true)` held, `Ok(false)` not one to hold
@@ -83,6 +125,8 @@ impl Hold {
             e.insert(self.held.len());
             self.bytes += cost(msg);
             self.held.push(Some((stamp, msg.clone())));
+            let low = self.low.entry(stamp.origin).or_insert(stamp.seq);
+            *low = (*low).min(stamp.seq);
         }
         Ok(true)
     }
@@ -96,9 +140,17 @@ impl Hold {
         Some(msg)
     }
 
+    /// Per origin, the lowest stamp held since the last release (one sent
+    /// out where the repair reached it still counts: a receipt then
+    /// claims less, and a replay reads more).
+    pub fn low(&self) -> &HashMap<u64, u64> {
+        &self.low
+    }
+
     /// Everything still held, in the order it came; the hold is empty then.
     pub fn release(&mut self) -> Vec<(Stamp, Arc<Message>)> {
         self.waiting.clear();
+        self.low.clear();
         self.bytes = 0;
         std::mem::take(&mut self.held)
             .into_iter()
@@ -174,6 +226,24 @@ mod tests {
         }
         assert_eq!(h.hold(stamp(7, fit + 1), &msg(b"")), Err(()));
         assert_eq!(h.release().len() as u64, fit);
+    }
+
+    #[test]
+    fn a_gaps_hold_is_taken_over_by_its_repair() {
+        let mut h = Hold::pending();
+        assert!(h.is_pending() && !h.is_for(5));
+        assert_eq!(h.hold(stamp(7, 1), &msg(b"x")), Ok(true));
+        h.taken_by(5);
+        assert!(h.is_for(5) && !h.is_pending());
+        assert_eq!(h.release().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_expires() {
+        let h = Hold::pending();
+        assert!(!h.expired());
+        tokio::time::advance(HOLD_FOR + Duration::from_millis(1)).await;
+        assert!(h.expired());
     }
 
     #[tokio::test(start_paused = true)]

@@ -89,6 +89,7 @@ impl NatsCluster {
             handing_over: Mutex::new(Default::default()),
             claims: Mutex::new(Default::default()),
             owned_at: Default::default(),
+            arrivals: Default::default(),
             replica: replica.unwrap_or_default(),
             previous_run: Mutex::new(None),
             restart_token: rand::random(),
@@ -384,6 +385,7 @@ impl Cluster for NatsCluster {
         if inner.broker().is_some_and(|b| b.is_draining()) {
             return Box::pin(async { Ownership::Unavailable });
         }
+        inner.arrivals.connects(client_id);
         let client_id = client_id.to_string();
         Box::pin(async move { owners::claim(&inner, &client_id, persistent).await })
     }
@@ -473,6 +475,26 @@ impl Cluster for NatsCluster {
                 (e.into_inner(), self.inner.broker())
             {
                 broker.route_from_cluster(&msg, Scope::Clients(&sessions), (origin, seq));
+            }
+        }
+    }
+
+    fn holds_local(&self, msg: &Message) -> bool {
+        msg.qos != starling_codec::QoS::AtMostOnce
+            && msg
+                .publisher
+                .as_ref()
+                .is_some_and(|p| self.inner.arrivals.holds(p))
+    }
+
+    fn hold_local(&self, msg: &Arc<Message>, (origin, seq): (u64, u64)) {
+        let command = crate::shared::ReplayCommand::HoldLocal(Stamp { origin, seq }, msg.clone());
+        // The routing task is behind: routed now (in order or not).
+        if let Err(e) = self.inner.replays.try_send(command) {
+            if let (crate::shared::ReplayCommand::HoldLocal(_, msg), Some(broker)) =
+                (e.into_inner(), self.inner.broker())
+            {
+                broker.route_from_cluster(&msg, Scope::Plain, (origin, seq));
             }
         }
     }

@@ -65,6 +65,8 @@ pub async fn run(inner: Arc<Inner>) {
     // A gap to repair without a new connection: cut off from the others.
     let mut was_isolated = false;
     let mut isolated_gap = false;
+    // (A node not yet connected has no gap to hold messages for.)
+    let mut was_reachable = false;
     loop {
         tick.tick().await;
         let Some(broker) = inner.broker() else { return };
@@ -86,6 +88,7 @@ pub async fn run(inner: Arc<Inner>) {
             repair_from = Some(repair_from.map_or(from, |f| f.min(from)));
         }
         if inner.reachable() {
+            was_reachable = true;
             connected_ms = starling_broker::store::unix_ms();
             if let Some(from) = repair_from {
                 // (The first connection is no gap.)
@@ -102,6 +105,12 @@ pub async fn run(inner: Arc<Inner>) {
             }
         }
         if !inner.reachable() {
+            if lost_at.is_none() && was_reachable {
+                // Live messages wait for what this gap loses (see `gap`).
+                let _ = inner
+                    .replays
+                    .try_send(crate::shared::ReplayCommand::GapBegins);
+            }
             let since = *lost_at.get_or_insert(now);
             // Once the sessions are replicated (before, nothing was).
             let linked = inner.replica.linked();

@@ -331,6 +331,10 @@ impl ReplicatedStore {
             for b in hold.backlogs.values() {
                 b.low_stamps(&mut low);
             }
+            for (origin, seq) in &hold.routing_low {
+                let l = low.entry(*origin).or_insert(*seq);
+                *l = (*l).min(*seq);
+            }
             low
         });
         (direct, receipts)

@@ -55,7 +55,12 @@ pub async fn run(
     let mut next_key = 0u64;
     let mut seen = Seen::default();
     let mut ready = Readiness::default();
-    let mut replays = Replays::default();
+    let mut replays = Replays::of(inner.clone());
+    // A new NATS connection is a gap (what came meanwhile was lost): the
+    // first message after it begins holding for its repair, sooner than
+    // the connection watcher can tell.
+    let stats = inner.client.statistics();
+    let mut connects = stats.connects.load(Ordering::Relaxed);
     let mut slow_seen = 0u64;
     let (mut holding, mut checked) = crate::late::Holding::start(inner.clone());
     let mut check = tokio::time::interval(crate::transit::REPAIR_CHECK);
@@ -107,9 +112,15 @@ pub async fn run(
                 Some(Command::Probed(seq)) => ready.probed(&inner, seq),
                 Some(Command::Cut(client_id, done)) => {
                     let Some(broker) = inner.broker() else { return };
-                    // What a repair holds back is in `seen`: in the
-                    // session's queue before it leaves the index.
+                    // The messages parked or held for it already sent here
+                    // are served first, and what a repair holds back (in
+                    // `seen`) goes out: in the session's queue before it
+                    // leaves the index.
+                    while let Ok(command) = replay_rx.try_recv() {
+                        serve_replay(&inner, &broker, &mut seen, &mut replays, command);
+                    }
                     replays.release_gap(&broker);
+                    replays.publish_low();
                     // This node's own messages are routed on their
                     // publishers' tasks: their number is read as the
                     // session leaves the index.
@@ -130,6 +141,11 @@ pub async fn run(
                 }
             },
             _ = check.tick() => {
+                if let Some(broker) = inner.broker() {
+                    replays.expire_gap(&broker);
+                    replays.publish_low();
+                    inner.arrivals.set_open(replays.gap_open());
+                }
                 // NATS dropped messages for a subscription here: read the
                 // QoS 1/2 ones again from transit.
                 let slow = inner.counters.slow.load(Ordering::Relaxed);
@@ -143,16 +159,7 @@ pub async fn run(
             }
             Some(command) = replay_rx.recv() => {
                 let Some(broker) = inner.broker() else { return };
-                let reshaped = matches!(command, ReplayCommand::Start(..) | ReplayCommand::End(..));
-                if replays.serve(&broker, &mut seen, inner.origin, command) {
-                    inner.counters.replayed.fetch_add(1, Ordering::Relaxed);
-                }
-                // After a Start, before its sessions are installed (its
-                // sender waits for a barrier after it); after an End, once
-                // its parked messages were delivered.
-                if reshaped {
-                    set_parking(&inner, replays.parking_clients());
-                }
+                serve_replay(&inner, &broker, &mut seen, &mut replays, command);
             }
             Some((id, msg)) = subs.next(), if !subs.is_empty() => {
                 let Some(broker) = inner.broker() else { return };
@@ -160,9 +167,18 @@ pub async fn run(
                     probe::arrived(&inner, value.as_str());
                     continue;
                 }
+                let c = stats.connects.load(Ordering::Relaxed);
+                if c != connects {
+                    if connects > 0 {
+                        replays.begin_gap();
+                        inner.arrivals.set_open(true);
+                    }
+                    connects = c;
+                }
                 let share = routes.get(&id).and_then(|r| r.share.clone());
                 if let Some(payload) = holding.take(share.clone(), msg.payload) {
                     deliver(&inner, &broker, &mut seen, &mut replays, share.as_deref(), payload);
+                    replays.publish_low();
                 }
             }
             Some(copy) = checked.recv() => {
@@ -171,10 +187,33 @@ pub async fn run(
                 if !copy.withdrawn {
                     let share = copy.share.as_deref();
                     deliver(&inner, &broker, &mut seen, &mut replays, share, copy.payload);
+                    replays.publish_low();
                 }
             }
         }
     }
+}
+
+/// Serves one replay command in the routing task.
+fn serve_replay(
+    inner: &Arc<Inner>,
+    broker: &starling_broker::BrokerState,
+    seen: &mut Seen,
+    replays: &mut Replays,
+    command: ReplayCommand,
+) {
+    let reshaped = matches!(command, ReplayCommand::Start(..) | ReplayCommand::End(..));
+    if replays.serve(broker, seen, inner.origin, command) {
+        inner.counters.replayed.fetch_add(1, Ordering::Relaxed);
+    }
+    replays.publish_low();
+    // After a Start, before its sessions are installed (its sender waits
+    // for a barrier after it); after an End, once its parked messages were
+    // delivered.
+    if reshaped {
+        set_parking(inner, replays.parking_clients());
+    }
+    inner.arrivals.set_open(replays.gap_open());
 }
 
 /// Which interest changes the other nodes' servers are known to have, and

@@ -48,6 +48,9 @@ pub struct Running {
     /// Where each message still parked is in `parked`.
     parked_at: HashMap<Stamp, usize>,
     parked_bytes: usize,
+    /// Per origin, the lowest stamp parked since the replay began (see
+    /// `backlog::Hold::routing_low`).
+    pub low: HashMap<u64, u64>,
     /// This node's own newest message number the replay has passed in
     /// transit: one of its own published later than that is parked, one
     /// before goes out at once (its place is behind).
@@ -67,6 +70,7 @@ impl Running {
             parked: Vec::new(),
             parked_at: HashMap::new(),
             parked_bytes: 0,
+            low: HashMap::new(),
             own_reached: 0,
             parking: true,
             began: Instant::now(),
@@ -81,6 +85,11 @@ impl Running {
                 .covered
                 .get(&stamp.origin)
                 .is_some_and(|h| stamp.seq <= *h)
+    }
+
+    /// Whether `stamp`, just parked, is the lowest parked of its origin.
+    pub fn lowest(&self, stamp: Stamp) -> bool {
+        self.low.get(&stamp.origin) == Some(&stamp.seq)
     }
 
     /// Whether the replay has passed the place in transit of this node's
@@ -114,6 +123,8 @@ impl Running {
         self.parked_bytes += cost;
         self.parked_at.insert(stamp, self.parked.len());
         self.parked.push(Some((stamp, msg.clone())));
+        let low = self.low.entry(stamp.origin).or_insert(stamp.seq);
+        *low = (*low).min(stamp.seq);
         true
     }
 
@@ -153,11 +164,96 @@ impl Running {
     /// go to them now, in the order they came.
     pub fn unpark(&mut self, broker: &starling_broker::BrokerState) -> usize {
         self.parked_at.clear();
+        self.low.clear();
         self.parked_bytes = 0;
         let mut routed = 0;
         for (stamp, msg) in std::mem::take(&mut self.parked).into_iter().flatten() {
             routed += self.deliver(stamp, &msg, broker);
         }
         routed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_codec::ByteString;
+
+    fn broker() -> starling_broker::BrokerState {
+        let auth = Arc::new(starling_broker::auth::FileAuthenticator {
+            allow_anonymous: true,
+            passwords: None,
+        });
+        starling_broker::BrokerState::new(starling_broker::Config::default(), auth, None)
+    }
+
+    fn msg(payload: &'static [u8]) -> Arc<Message> {
+        Arc::new(Message {
+            topic: "t".into(),
+            payload: bytes::Bytes::from_static(payload),
+            qos: starling_codec::QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+            expires_at: None,
+            publisher: None,
+        })
+    }
+
+    fn for_one_session() -> Running {
+        let clients: HashSet<ByteString> = [ByteString::from("s")].into_iter().collect();
+        Running::new(Some((Arc::new(clients), Arc::new(HashMap::new()))))
+    }
+
+    fn stamp(seq: u64) -> Stamp {
+        Stamp { origin: 7, seq }
+    }
+
+    #[test]
+    fn a_parked_own_message_goes_out_where_the_replay_reaches_it() {
+        let b = broker();
+        let mut r = for_one_session();
+        for seq in 1..=3 {
+            assert!(r.park(stamp(seq), &msg(b"x"), &b));
+        }
+        assert!(!r.passed_own(2));
+        r.reached_own(stamp(2), &b);
+        assert!(r.had(stamp(2)), "sent out at its place");
+        assert!(!r.had(stamp(1)) && !r.had(stamp(3)), "the others wait");
+        assert!(r.passed_own(2) && !r.passed_own(3));
+        r.unpark(&b);
+        assert!(r.had(stamp(1)) && r.had(stamp(3)), "the rest at the end");
+    }
+
+    #[test]
+    fn the_lowest_parked_stamp_is_known_until_the_replay_ends() {
+        let b = broker();
+        let mut r = for_one_session();
+        assert!(r.park(stamp(5), &msg(b"x"), &b));
+        assert!(r.lowest(stamp(5)));
+        assert!(r.park(stamp(6), &msg(b"x"), &b));
+        assert!(!r.lowest(stamp(6)));
+        assert!(r.park(stamp(3), &msg(b"x"), &b));
+        assert!(r.lowest(stamp(3)));
+        r.unpark(&b);
+        assert!(r.low.is_empty());
+    }
+
+    #[test]
+    fn empty_payloads_are_bounded_too() {
+        let b = broker();
+        let mut r = for_one_session();
+        let fit = (PARK_LIMIT / crate::gap::cost(&msg(b""))) as u64;
+        for seq in 1..=fit {
+            assert!(r.park(stamp(seq), &msg(b""), &b));
+        }
+        assert!(!r.park(stamp(fit + 1), &msg(b""), &b), "past the limit");
+        assert!(!r.park(stamp(fit + 2), &msg(b""), &b), "and parks no more");
+    }
+
+    #[test]
+    fn a_repairs_running_parks_nothing() {
+        let b = broker();
+        let mut r = Running::new(None);
+        assert!(!r.park(stamp(1), &msg(b"x"), &b));
     }
 }

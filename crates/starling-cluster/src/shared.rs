@@ -147,6 +147,8 @@ pub(crate) struct Inner {
     /// server just back answering for a moment), and nothing is given up
     /// on it (see `rejoin`).
     pub owned_at: Mutex<HashMap<String, u64>>,
+    /// The clients that connected during this node's gap (see `arrivals`).
+    pub arrivals: crate::arrivals::Arrivals,
     /// Claims here that could not get their session, with the node that
     /// still holds it and when (see `holder`).
     pub failed_claims: Mutex<HashMap<String, (String, tokio::time::Instant)>>,
@@ -227,6 +229,14 @@ pub enum ReplayCommand {
     /// routing after NATS dropped messages for it) begins: note the stamps core NATS brings
     /// from now on (they reached the sessions).
     Start(u64, Option<ReplayClients>),
+    /// This node's gap begins (NATS lost, or cut off, or a new
+    /// connection): live messages are held from now on until its repair is
+    /// over (see `gap`).
+    GapBegins,
+    /// A message published here by a client that connected during the gap
+    /// (see `arrivals`), routed to no session here yet: held with the
+    /// gap's live messages, or routed now.
+    HoldLocal(Stamp, Arc<starling_broker::message::Message>),
     /// The repair after a gap (`.0`, all its tries) is over: what it held
     /// goes out. Answered once served.
     GapEnds(u64, tokio::sync::oneshot::Sender<()>),

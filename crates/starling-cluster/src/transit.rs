@@ -290,6 +290,11 @@ pub struct Replays {
     ended: std::collections::VecDeque<(Instant, Running)>,
     /// What core NATS brought while a repair after a gap runs.
     gap: Option<crate::gap::Hold>,
+    /// This node (`None` in unit tests).
+    inner: Option<Arc<Inner>>,
+    /// What is held back from the sessions changed its lowest stamps:
+    /// they are to be told to the replica (see [`Replays::publish_low`]).
+    low_dirty: bool,
 }
 
 /// How long an ended replay's messages are kept from its sessions' core
@@ -299,6 +304,14 @@ const ENDED_KEPT: Duration = AGE;
 const ENDED_STAMPS: usize = 1_000_000;
 
 impl Replays {
+    /// The replays of `inner`'s routing task.
+    pub fn of(inner: Arc<Inner>) -> Replays {
+        Replays {
+            inner: Some(inner),
+            ..Replays::default()
+        }
+    }
+
     /// Whether no replay is in progress.
     pub fn is_empty(&self) -> bool {
         self.running.is_empty() && self.ended.is_empty()
@@ -360,7 +373,13 @@ impl Replays {
     ) {
         if let Some(gap) = &mut self.gap {
             match gap.hold(stamp, msg) {
-                Ok(true) => return,
+                Ok(true) => {
+                    if gap.low().get(&stamp.origin) == Some(&stamp.seq) {
+                        self.low_dirty = true;
+                        self.publish_low();
+                    }
+                    return;
+                }
                 Ok(false) => {}
                 Err(()) => {
                     let n = self.release_gap(broker);
@@ -393,13 +412,77 @@ impl Replays {
         broker.route_from_cluster(msg, scope, (stamp.origin, stamp.seq))
     }
 
+    /// This node's gap begins: live messages are held from now on until
+    /// its repair is over.
+    pub fn begin_gap(&mut self) {
+        if self.gap.is_none() {
+            self.gap = Some(crate::gap::Hold::pending());
+        }
+    }
+
+    /// Whether live messages are held for a gap (see [`crate::gap`]).
+    pub fn gap_open(&self) -> bool {
+        self.gap.is_some()
+    }
+
+    /// A gap's hold past its time goes out; one whose repair never began
+    /// is over.
+    pub fn expire_gap(&mut self, broker: &starling_broker::BrokerState) {
+        if !self.gap.as_ref().is_some_and(|g| g.expired()) {
+            return;
+        }
+        let n = self.release_gap(broker);
+        if self.gap.as_ref().is_some_and(|g| g.is_pending()) {
+            self.gap = None;
+        }
+        if n > 0 {
+            tracing::info!(
+                deliveries = n,
+                "a gap runs long: the live messages held back for its repair delivered"
+            );
+        }
+    }
+
     /// Routes what a repair holds back now (it goes on holding, if within
     /// its limits); returns how many deliveries that made.
     pub fn release_gap(&mut self, broker: &starling_broker::BrokerState) -> usize {
         let held = self.gap.as_mut().map(|g| g.release()).unwrap_or_default();
-        held.into_iter()
-            .map(|(stamp, msg)| self.route_live(stamp, &msg, broker))
-            .sum()
+        self.low_dirty = true;
+        let mut routed = 0;
+        for (stamp, msg) in held {
+            // (One of this node's own whose publisher left unacknowledged
+            // meanwhile: withdrawn, it goes nowhere, as its copy to NATS.)
+            if !self.withdrawn_here(stamp) {
+                routed += self.route_live(stamp, &msg, broker);
+            }
+        }
+        routed
+    }
+
+    /// Tells the replica, when it changed, the lowest stamp per origin held
+    /// back from the sessions here (a gap's hold, the replays' parking):
+    /// no receipt claims it before it is stored.
+    pub fn publish_low(&mut self) {
+        if !std::mem::take(&mut self.low_dirty) {
+            return;
+        }
+        let Some(inner) = &self.inner else { return };
+        let mut low: HashMap<u64, u64> = HashMap::new();
+        let gap = self.gap.iter().map(|g| g.low());
+        for l in gap.chain(self.running.values().map(|r| &r.low)) {
+            for (origin, seq) in l {
+                let e = low.entry(*origin).or_insert(*seq);
+                *e = (*e).min(*seq);
+            }
+        }
+        inner.replica.hold.lock().routing_low = low;
+    }
+
+    /// Whether this node withdrew `stamp` (one of its own).
+    fn withdrawn_here(&self, stamp: Stamp) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(|i| crate::withdrawn::by_this_node(i, (stamp.origin, stamp.seq)))
     }
 
     /// Before a message core NATS brought is routed: the sessions that a
@@ -439,7 +522,9 @@ impl Replays {
             let overlaps = had
                 .as_ref()
                 .is_some_and(|h| clients.iter().any(|c| h.contains(c)));
-            if replayed || (!overlaps && r.park(stamp, msg, broker)) {
+            let parked = !replayed && !overlaps && r.park(stamp, msg, broker);
+            self.low_dirty |= parked && r.lowest(stamp);
+            if replayed || parked {
                 had.get_or_insert_with(HashSet::new)
                     .extend(clients.iter().cloned());
             } else if r.core.len() < RECORD_LIMIT
@@ -476,9 +561,10 @@ impl Replays {
                     // What core NATS did not bring, to every session here
                     // but those a replay gave it already; what it brought
                     // and this repair held back goes out at its place.
+                    // (This repair's hold, or this node's own gap's while
+                    // another node's repair runs.)
                     if !seen.first(stamp) {
-                        let held = self.gap.as_mut().filter(|g| g.token == token);
-                        return match held.and_then(|g| g.reached(stamp)) {
+                        return match self.gap.as_mut().and_then(|g| g.reached(stamp)) {
                             Some(msg) => self.route_live(stamp, &msg, broker) > 0,
                             None => false,
                         };
@@ -534,7 +620,10 @@ impl Replays {
                     }
                     // (A replay past its place in transit lets it go now.)
                     let passed = r.passed_own(stamp.seq);
-                    if r.replayed.contains(&stamp) || (!passed && r.park(stamp, &msg, broker)) {
+                    let parked =
+                        !passed && !r.replayed.contains(&stamp) && r.park(stamp, &msg, broker);
+                    self.low_dirty |= parked && r.lowest(stamp);
+                    if r.replayed.contains(&stamp) || parked {
                         for c in clients.iter() {
                             rest.remove(c);
                         }
@@ -546,17 +635,26 @@ impl Replays {
                 }
             }
             ReplayCommand::Repair { token, only } => {
-                // The same repair tried again holds on (its next try reads
-                // what the failed one did not reach).
-                if self.gap.as_ref().is_none_or(|g| g.token != token) {
-                    self.release_gap(broker);
-                    self.gap = Some(crate::gap::Hold::new(token, only));
+                match &mut self.gap {
+                    // The same repair tried again holds on (its next try
+                    // reads what the failed one did not reach).
+                    Some(g) if g.is_for(token) => {}
+                    // This node's gap's repair takes the gap's hold over.
+                    Some(g) if g.is_pending() && only.is_none() => g.taken_by(token),
+                    // Another node's: the gap's hold waits for its own.
+                    Some(g) if g.is_pending() => {}
+                    _ => {
+                        self.release_gap(broker);
+                        self.gap = Some(crate::gap::Hold::new(token, only));
+                    }
                 }
                 self.running.insert(token, Running::new(None));
             }
+            ReplayCommand::GapBegins => self.begin_gap(),
+            ReplayCommand::HoldLocal(stamp, msg) => self.live(stamp, &msg, broker),
             ReplayCommand::GapEnds(token, done) => {
                 let mut released = 0;
-                if self.gap.as_ref().is_some_and(|g| g.token == token) {
+                if self.gap.as_ref().is_some_and(|g| g.is_for(token)) {
                     released = self.release_gap(broker);
                     self.gap = None;
                     tracing::debug!(
@@ -582,6 +680,7 @@ impl Replays {
                 let _ = done.send(());
             }
             ReplayCommand::End(token, done) => {
+                self.low_dirty = true;
                 let mut routed = false;
                 if let Some(mut r) = self.running.remove(&token) {
                     let unparked = r.unpark(broker);

@@ -361,7 +361,8 @@ impl Machine {
                 tracing::debug!(client_id = %client.client_id(), topic = %msg.topic, "publish refused: a persistent subscriber's queue is full");
                 code = ReasonCode::QUOTA_EXCEEDED;
                 crate::metrics::Metrics::add(&self.broker.metrics.publishes_refused, 1);
-            } else if offered == 0 {
+            } else if offered == 0 && !self.broker.cluster().shares_across_nodes() {
+                // (In a cluster the subscribers may be on other nodes.)
                 code = ReasonCode::NO_MATCHING_SUBSCRIBERS;
             }
         }
