@@ -86,11 +86,6 @@ fn one_nats_server_cut_from_the_other_two_under_load() {
 /// sessions are served; everything comes back with the servers.
 #[test]
 fn two_of_three_nats_servers_down_under_load() {
-    fault_support::order_reported_only(
-        "a QoS 1/2 message whose core copy went while JetStream could not take its append \
-         reaches a node that was away only once taken, after its publisher's later ones \
-         (1-2 messages in about half the runs)",
-    );
     under_load("fault-quorum", |c| {
         c.stop_nats(2);
         c.stop_nats(3);

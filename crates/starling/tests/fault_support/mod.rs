@@ -26,9 +26,9 @@
 //!   first delivery of each): live messages wait while a rebuilt session's
 //!   replay runs, and a message held for NATS whose publisher left
 //!   unacknowledged (sent away from a cut-off node) is withdrawn rather
-//!   than sent after the publisher's later ones. Required of every fault
-//!   but the two-of-three one ([`order_reported_only`]: a repair after the
-//!   outage can still queue an older message behind newer ones);
+//!   than sent after the publisher's later ones; the messages of clients
+//!   that came to a node during its gap wait for its repair. Required of
+//!   every fault;
 //! - no client id connected on two nodes at once;
 //! - each publisher's will published once per connection it lost.
 //!
@@ -64,17 +64,6 @@ static ANCHOR: AtomicBool = AtomicBool::new(false);
 
 fn anchor() -> bool {
     ANCHOR.load(Ordering::Relaxed)
-}
-
-/// Set by a test whose fault may still leave first deliveries out of
-/// order (a known gap, with the reason): then order is reported, not
-/// required.
-static ORDER_REPORTED_ONLY: Mutex<Option<&'static str>> = Mutex::new(None);
-
-/// This test's fault may leave some first deliveries out of order, for
-/// `reason` (reported as a known gap rather than failing the test).
-pub fn order_reported_only(reason: &'static str) {
-    *ORDER_REPORTED_ONLY.lock().unwrap() = Some(reason);
 }
 
 /// Publishers (even: QoS 1, odd: QoS 2) and persistent subscribers.
@@ -723,16 +712,9 @@ pub fn under_load_on(tag: &str, target: Target, fault: impl FnOnce(&mut Cluster)
         "{tag}: a node panicked: {:?}",
         v.panics
     );
-    match *ORDER_REPORTED_ONLY.lock().unwrap() {
-        Some(reason) if v.out_of_order > 0 => eprintln!(
-            "{tag}: KNOWN GAP: {} first deliveries out of order, e.g. {:?} ({reason})",
-            v.out_of_order, v.out_of_order_some
-        ),
-        Some(_) => {}
-        None => assert_eq!(
-            v.out_of_order, 0,
-            "{tag}: first deliveries out of order: {v:?}"
-        ),
-    }
+    assert_eq!(
+        v.out_of_order, 0,
+        "{tag}: first deliveries out of order: {v:?}"
+    );
     assert!(v.wills_wrong.is_empty(), "{tag}: wills: {v:?}");
 }
