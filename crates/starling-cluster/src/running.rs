@@ -143,19 +143,22 @@ impl Running {
         self.deliver(stamp, &msg, broker)
     }
 
-    /// Hands a parked message to the sessions, unless it reached them.
+    /// Hands a parked message to the sessions, unless they have it: the
+    /// replay gave it them, or they had it at their install (the old
+    /// node's cut or the dead one's receipt, known after it was parked).
     fn deliver(
         &mut self,
         stamp: Stamp,
         msg: &Arc<Message>,
         broker: &starling_broker::BrokerState,
     ) -> usize {
+        if self.had(stamp) {
+            return 0;
+        }
         let Some((clients, _)) = &self.clients else {
             return 0;
         };
-        if !self.replayed.insert(stamp) {
-            return 0;
-        }
+        self.replayed.insert(stamp);
         let scope = Scope::Clients(clients);
         broker.route_from_cluster(msg, scope, (stamp.origin, stamp.seq))
     }
@@ -248,6 +251,18 @@ mod tests {
         }
         assert!(!r.park(stamp(fit + 1), &msg(b""), &b), "past the limit");
         assert!(!r.park(stamp(fit + 2), &msg(b""), &b), "and parks no more");
+    }
+
+    #[test]
+    fn a_parked_message_the_sessions_had_at_their_install_is_not_sent_again() {
+        let b = broker();
+        let mut r = for_one_session();
+        assert!(r.park(stamp(4), &msg(b"x"), &b));
+        assert!(r.park(stamp(9), &msg(b"x"), &b));
+        r.covered.insert(7, 5);
+        r.unpark(&b);
+        assert!(!r.replayed.contains(&stamp(4)), "covered: not delivered");
+        assert!(r.replayed.contains(&stamp(9)));
     }
 
     #[test]

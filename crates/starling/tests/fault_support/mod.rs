@@ -455,6 +455,9 @@ struct Verdict {
     /// Of `qos2_twice`, those first delivered before the fault.
     qos2_again_after_kill: usize,
     duplicates: usize,
+    /// Of them, those without DUP (not a redelivery by the same session
+    /// state after a reconnect).
+    copies_not_dup: usize,
     out_of_order: usize,
     /// Some of them: (subscriber, publisher, seq, the newest seq before
     /// it, ms after the fault began).
@@ -489,6 +492,9 @@ fn check(h: &History, logs: &[Vec<String>], fault_at: std::time::Instant) -> Ver
             let first = *first_at.entry((*p, *s)).or_insert(*at);
             if *n > 1 {
                 v.duplicates += 1;
+                if !dup {
+                    v.copies_not_dup += 1;
+                }
                 if *qos == QoS::ExactlyOnce && !dup {
                     // Counted apart too: first delivered before the fault.
                     if first < fault_at {
@@ -685,13 +691,14 @@ pub fn under_load_on(tag: &str, target: Target, fault: impl FnOnce(&mut Cluster)
     eprintln!("{tag}: every client served again: the longest wait was {waited:?} ({who})");
     eprintln!(
         "{tag}: {} acknowledged; missing {}, QoS 2 twice {} ({} of them first delivered before \
-         the fault), copies {}, out of order {}, sessions lost {:?}, refused CONNECTs {}, \
+         the fault), copies {} ({} without DUP), out of order {}, sessions lost {:?}, refused CONNECTs {}, \
          connections lost {:?}, wills {:?} (+{} copies)",
         v.acked,
         v.missing,
         v.qos2_twice,
         v.qos2_again_after_kill,
         v.duplicates,
+        v.copies_not_dup,
         v.out_of_order,
         v.sessions_lost,
         history.refused,
