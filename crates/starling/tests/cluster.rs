@@ -1584,13 +1584,7 @@ fn a_node_cut_from_nats_alone_hands_its_sessions_over_and_loses_nothing() {
             .await
             .expect("the persistent subscriber is sent away too")
             .unwrap();
-        c.nodes[1]
-            .proc
-            .log
-            .wait_for(Duration::from_secs(45), |l| {
-                l.contains("adopted the persistent sessions of a dead node")
-                    && l.contains("complete=true")
-            })
+        c.wait_adopted(2, Duration::from_secs(45))
             .expect("node 2 adopts node 1's sessions");
         // The subscriber comes back to node 3 while node 1 is still cut
         // (refused with 0x88 while its session cannot be had yet, as a

@@ -17,13 +17,7 @@ fn kill_9_of_a_node_under_load() {
         c.mark_fault();
         // Its clients move through HAProxy; it stays down until node 1
         // (the lowest live node) adopted its sessions, then comes back.
-        c.nodes[0]
-            .proc
-            .log
-            .wait_for(Duration::from_secs(40), |l| {
-                l.contains("adopted the persistent sessions of a dead node")
-                    && l.contains("complete=true")
-            })
+        c.wait_adopted(1, Duration::from_secs(40))
             .expect("node 1 adopts node 2's sessions");
         c.restart_node(2);
     });
@@ -64,13 +58,7 @@ fn one_nats_server_cut_from_the_other_two_under_load() {
             c.wait_readyz(3, "degraded", Duration::from_secs(5))
                 .expect("node 3 says it is degraded while cut off");
         }
-        c.nodes[0]
-            .proc
-            .log
-            .wait_for(Duration::from_secs(40), |l| {
-                l.contains("adopted the persistent sessions of a dead node")
-                    && l.contains("complete=true")
-            })
+        c.wait_adopted(1, Duration::from_secs(40))
             .expect("node 1 adopts node 3's sessions");
         match &c.partition {
             Some(p) => p.heal(),

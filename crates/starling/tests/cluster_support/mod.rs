@@ -603,6 +603,15 @@ impl Cluster {
         self.started.elapsed()
     }
 
+    /// Waits until node `n` (1-based) logged that it adopted all the
+    /// sessions of a node it found dead.
+    pub fn wait_adopted(&self, n: usize, limit: Duration) -> Result<String, String> {
+        self.nodes[n - 1].proc.log.wait_for(limit, |l| {
+            l.contains("adopted the persistent sessions of a dead node")
+                && l.contains("complete=true")
+        })
+    }
+
     /// Waits (polling every 100 ms, at most `limit`) until node `n`'s
     /// `/readyz` answers with `status` in its body (`"ok"`, `"degraded"`),
     /// as HAProxy's check would see it. Only for a cluster behind the
