@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod appends;
 mod arrivals;
 mod backlog;
 mod buckets;

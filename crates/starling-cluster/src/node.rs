@@ -115,7 +115,7 @@ impl NatsCluster {
             inner.restart_token,
             Some((Arc::new(restored), Arc::default())),
         ));
-        tokio::spawn(transit::forward(inner.clone(), outbox_rx));
+        tokio::spawn(crate::appends::forward(inner.clone(), outbox_rx));
         tokio::spawn(transit::serve_replays(inner.clone(), replay_requests_rx));
         tokio::spawn(routes::run(
             inner.clone(),

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
-use bytes::Bytes;
 use futures_util::StreamExt;
 use starling_broker::Scope;
 use starling_codec::ByteString;
@@ -33,7 +32,7 @@ use crate::envelope::{self, Stamp};
 use crate::keys;
 use crate::receipt::Receipt;
 use crate::running::Running;
-use crate::shared::{Command, Inner, ReplayCommand, ReplayRequest, ToNats};
+use crate::shared::{Command, Inner, ReplayCommand, ReplayRequest};
 
 /// The stream of messages in transit.
 pub const STREAM: &str = "STARLING_TRANSIT";
@@ -42,9 +41,6 @@ pub const STREAM: &str = "STARLING_TRANSIT";
 pub const AGE: Duration = Duration::from_secs(120);
 /// The stream's size at most (the oldest messages go first past it).
 const MAX_BYTES: i64 = 1 << 30;
-/// Appends whose acknowledgements are awaited at once, at most: past it
-/// the forwarding task waits, the outbox fills and publishers pause.
-const IN_FLIGHT: usize = 8192;
 /// How long before a dead node's last receipt its replay starts (what it
 /// routed just before may not be in the receipt; clocks differ a little).
 const MARGIN: Duration = Duration::from_secs(5);
@@ -69,7 +65,7 @@ const RECORD_LIMIT: usize = 1_000_000;
 const MAX_REPLAYS: usize = 8;
 
 /// The transit subject of a message subject.
-fn subject(message_subject: &str) -> String {
+pub fn subject(message_subject: &str) -> String {
     format!("starling.t.{message_subject}")
 }
 
@@ -87,198 +83,6 @@ pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<(), async_
     };
     js.get_or_create_stream(config).await?;
     Ok(())
-}
-
-/// Hands messages to NATS in the order they were accepted: a QoS 1/2
-/// message to the transit stream first, then to the nodes that want it.
-/// Without NATS, the task waits for it (the messages wait in the outbox,
-/// and so do their publishers' acknowledgements: one given before the
-/// message is in transit would be lost with this node).
-pub async fn forward(inner: Arc<Inner>, mut rx: mpsc::Receiver<ToNats>) {
-    let (acks, acks_rx) = mpsc::channel(IN_FLIGHT);
-    tokio::spawn(await_appends(inner.clone(), acks_rx));
-    // Since NATS was last away, until the outbox is empty again: what
-    // waited meanwhile and whose publisher left unacknowledged is withdrawn.
-    let mut behind = false;
-    while let Some(out) = rx.recv().await {
-        inner
-            .outbox_bytes
-            .fetch_sub(out.payload.len(), Ordering::Relaxed);
-        if out.keep {
-            if !inner.connected() {
-                if !wait_connected(&inner).await {
-                    return;
-                }
-                behind = true;
-            }
-            if behind && out.withdrawn() {
-                crate::withdrawn::withdraw(&inner, out.seq);
-                behind = !rx.is_empty();
-                continue;
-            }
-            let transit_subject = subject(&out.subject);
-            let ack = match inner.transit.get() {
-                Some(js) => js
-                    .publish(transit_subject.clone(), out.payload.clone())
-                    .await
-                    .ok(),
-                None => None,
-            };
-            let append = Append {
-                subject: transit_subject,
-                payload: out.payload.clone(),
-                ack,
-                first: Instant::now(),
-                sent: Instant::now(),
-                tries: 0,
-                done: out.kept,
-                withdrawable: out.withdrawable,
-                seq: out.seq,
-            };
-            if acks.send(append).await.is_err() {
-                return;
-            }
-        }
-        continue_publish(&inner, out.subject, out.payload).await;
-        behind = behind && !rx.is_empty();
-    }
-}
-
-/// Waits until NATS is back; `false` when the broker is gone.
-async fn wait_connected(inner: &Inner) -> bool {
-    while !inner.connected() {
-        if inner.broker().is_none() {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    true
-}
-
-async fn continue_publish(inner: &Inner, subject: String, payload: Bytes) {
-    if let Err(e) = inner.client.publish(subject, payload).await {
-        tracing::debug!("a message was not forwarded: {e}");
-    }
-}
-
-/// How long appends may wait for JetStream before it is logged that their
-/// publishers' acknowledgements are held.
-const APPEND_WARN_AFTER: Duration = Duration::from_secs(10);
-
-/// A message appended to the transit stream, until JetStream has it.
-struct Append {
-    subject: String,
-    payload: Bytes,
-    ack: Option<jetstream::context::PublishAckFuture>,
-    first: Instant,
-    /// When it was last handed to JetStream.
-    sent: Instant,
-    /// Times it was handed again.
-    tries: u32,
-    /// The publisher's acknowledgement waits for this.
-    done: Option<oneshot::Sender<()>>,
-    /// See [`ToNats::withdrawable`].
-    withdrawable: bool,
-    /// See [`ToNats::seq`].
-    seq: u64,
-}
-
-impl Append {
-    /// Whether its publisher left unacknowledged and it is to be withdrawn
-    /// (see `crate::withdrawn`).
-    fn withdrawn(&self) -> bool {
-        self.withdrawable && self.done.as_ref().is_some_and(|d| d.is_closed())
-    }
-}
-
-/// Completes the acknowledgements waiting for appends, in order. One that
-/// failed is tried again until JetStream takes it (its core copy goes
-/// again then: the nodes that were away when it first went get it): an
-/// acknowledged message is never left without its copy in transit, so
-/// while JetStream cannot take messages (no quorum) the QoS 1/2 publishers
-/// of this node wait for their acknowledgements, and past the outbox's
-/// limit pause. Only a broker shutting down completes them without it.
-async fn await_appends(inner: Arc<Inner>, mut rx: mpsc::Receiver<Append>) {
-    while let Some(mut a) = rx.recv().await {
-        loop {
-            let result = match a.ack.take() {
-                Some(ack) => match tokio::time::timeout_at(a.sent + inner.timeout, ack).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("JetStream did not acknowledge in time".to_string()),
-                },
-                None => Err("JetStream did not take the message".to_string()),
-            };
-            match result {
-                // Tried again: its core copy went while JetStream (and
-                // perhaps the connection) was away; it goes again (the
-                // nodes drop a copy they had).
-                // Its publisher left meanwhile: withdrawn (the nodes that
-                // read transit skip it).
-                Ok(()) if a.tries > 0 && a.withdrawn() => {
-                    crate::withdrawn::withdraw(&inner, a.seq);
-                    break;
-                }
-                Ok(()) if a.tries > 0 => {
-                    let core = a.subject["starling.t.".len()..].to_string();
-                    let _ = inner.client.publish(core, a.payload.clone()).await;
-                    break;
-                }
-                Ok(()) => break,
-                // Not taken, and its publisher left unacknowledged: not
-                // tried again (JetStream may still commit what it took
-                // without quorum: remembered as withdrawn).
-                Err(_) if a.withdrawn() => {
-                    crate::withdrawn::withdraw(&inner, a.seq);
-                    break;
-                }
-                // A stream leader being elected, JetStream without quorum:
-                // tried again.
-                Err(why) if inner.broker().is_some() => {
-                    tracing::debug!(
-                        tries = a.tries,
-                        withdrawable = a.withdrawable,
-                        publisher_left = a.done.as_ref().map(|d| d.is_closed()),
-                        subject = %a.subject,
-                        "append tried again: {why}"
-                    );
-                    if a.tries % 50 == 0 && a.first.elapsed() >= APPEND_WARN_AFTER {
-                        tracing::warn!(
-                            waiting = ?a.first.elapsed(),
-                            "QoS 1/2 acknowledgements held: the transit stream does not take \
-                             messages ({why})"
-                        );
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    a.tries += 1;
-                    if let Some(js) = inner.transit.get() {
-                        a.ack = js.publish(a.subject.clone(), a.payload.clone()).await.ok();
-                        a.sent = Instant::now();
-                    }
-                }
-                Err(why) => {
-                    not_kept(&inner, &why);
-                    break;
-                }
-            }
-        }
-        if let Some(done) = a.done {
-            let _ = done.send(());
-        }
-    }
-}
-
-fn not_kept(inner: &Inner, why: &str) {
-    let n = inner
-        .counters
-        .transit_failed
-        .fetch_add(1, Ordering::Relaxed);
-    if n.is_multiple_of(1000) {
-        tracing::warn!(
-            "QoS 1/2 messages acknowledged without a copy in transit (a node's death \
-             can lose them; counted in $SYS/.../transit-failures): {why}"
-        );
-    }
 }
 
 /// The replays in progress, as the routing task keeps them.
