@@ -218,27 +218,29 @@ async fn answer(inner: &Inner, a: &mut Append, queue: &mut Queue) -> Answer {
     let Some(ack) = a.ack.take() else {
         return Answer::Failed("JetStream did not take the message".to_string());
     };
-    let troubled = a.tries > 0 || queue.behind;
     let ack = tokio::time::timeout_at(a.sent + inner.timeout, ack);
+    let taken = |result: Result<Result<_, _>, _>| match result {
+        Ok(Ok(_)) => Answer::Taken,
+        Ok(Err(e)) => Answer::Failed(format!("{e}")),
+        Err(_) => Answer::Failed("JetStream did not acknowledge in time".to_string()),
+    };
+    // Nothing tried again: the common case, nothing else to watch.
+    if a.tries == 0 && !queue.behind {
+        return taken(ack.await);
+    }
     tokio::pin!(ack);
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {
         let left = async {
             match a.done.as_mut() {
-                Some(d) if troubled && a.withdrawable => d.closed().await,
+                Some(d) if a.withdrawable => d.closed().await,
                 _ => std::future::pending().await,
             }
         };
         tokio::select! {
-            result = &mut ack => {
-                return match result {
-                    Ok(Ok(_)) => Answer::Taken,
-                    Ok(Err(e)) => Answer::Failed(e.to_string()),
-                    Err(_) => Answer::Failed("JetStream did not acknowledge in time".to_string()),
-                };
-            }
+            result = &mut ack => return taken(result),
             _ = left => return Answer::Left,
-            _ = sweep.tick(), if troubled => queue.sweep(inner),
+            _ = sweep.tick() => queue.sweep(inner),
         }
     }
 }
