@@ -153,6 +153,20 @@ impl Replays {
         (!all.is_empty()).then(|| Arc::new(all))
     }
 
+    /// The sessions a replay (running, or ended within [`ENDED_KEPT`])
+    /// gave `stamp`, if any.
+    fn given(&self, stamp: Stamp) -> Option<HashSet<ByteString>> {
+        let mut had: Option<HashSet<ByteString>> = None;
+        let ended = self.ended.iter().map(|(_, r)| r);
+        for r in ended.chain(self.running.values()) {
+            if let (Some((clients, _)), true) = (&r.clients, r.had(stamp)) {
+                had.get_or_insert_with(HashSet::new)
+                    .extend(clients.iter().cloned());
+            }
+        }
+        had
+    }
+
     /// Routes a message core NATS brought (new to this node), or holds it
     /// back while a repair after a gap runs.
     pub fn live(
@@ -348,21 +362,23 @@ impl Replays {
                     return false;
                 };
                 if repair {
-                    // What core NATS did not bring goes out as a live message
-                    // arriving now: past the sessions a replay gave it, and
-                    // parked for those whose replay runs (delivered at once,
-                    // it would come before the older messages that replay
-                    // has still to give them, and again from it). What core
-                    // NATS brought and this repair held back goes out at its
-                    // place. (This repair's hold, or this node's own gap's
-                    // while another node's repair runs.)
+                    // What core NATS did not bring, to every session here
+                    // but those a replay gave it already; what it brought
+                    // and this repair held back goes out at its place.
+                    // (This repair's hold, or this node's own gap's while
+                    // another node's repair runs.)
                     if !seen.first(stamp) {
                         return match self.gap.as_mut().and_then(|g| g.reached(stamp)) {
                             Some(msg) => self.route_live(stamp, &msg, broker) > 0,
                             None => false,
                         };
                     }
-                    return self.route_live(stamp, &msg, broker) > 0;
+                    let had = self.given(stamp);
+                    let scope = match &had {
+                        Some(not) => Scope::PlainExcept(not),
+                        None => Scope::Plain,
+                    };
+                    return broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq)) > 0;
                 }
                 let Some(r) = self.running.get_mut(&token) else {
                     return false;
