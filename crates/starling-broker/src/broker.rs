@@ -30,6 +30,11 @@ use crate::session::{QueueLimits, Session, Sessions};
 use crate::store::Persistence;
 use crate::topic_tree::{Matches, TopicTree};
 
+/// No session: the scope of a message held from every session here (see
+/// `Cluster::holds_local`).
+static NOBODY: std::sync::LazyLock<std::collections::HashSet<ByteString>> =
+    std::sync::LazyLock::new(std::collections::HashSet::new);
+
 /// Shared broker state.
 pub struct BrokerState {
     /// The configuration in force.
@@ -272,9 +277,8 @@ impl BrokerState {
         } else {
             None
         };
-        let nobody = std::collections::HashSet::new();
         let scope = match (&parked, across) {
-            _ if held => Scope::Clients(&nobody),
+            _ if held => Scope::Clients(&NOBODY),
             (Some(sessions), _) => Scope::PlainExcept(sessions),
             (None, true) => Scope::Plain,
             (None, false) => Scope::All,

@@ -15,8 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
-/// Client ids that connected here during the open gap (bounded by the
-/// connections this node accepts during one gap).
+/// Client ids remembered during one gap at most: past it, a newcomer's
+/// messages are not held (a flood of CONNECTs during a gap costs bounded
+/// memory; those clients' order is then not guarded).
+const MAX_ARRIVALS: usize = 100_000;
+
+/// Client ids that connected here during the open gap.
 #[derive(Default)]
 pub struct Arrivals {
     open: AtomicBool,
@@ -35,7 +39,10 @@ impl Arrivals {
     /// `client_id` connects here.
     pub fn connects(&self, client_id: &str) {
         if self.open.load(Ordering::Acquire) {
-            self.clients.lock().insert(client_id.to_string());
+            let mut clients = self.clients.lock();
+            if clients.len() < MAX_ARRIVALS {
+                clients.insert(client_id.to_string());
+            }
         }
     }
 
