@@ -160,7 +160,9 @@ impl Running {
         };
         self.replayed.insert(stamp);
         let scope = Scope::Clients(clients);
-        broker.route_from_cluster(msg, scope, (stamp.origin, stamp.seq))
+        let n = broker.route_from_cluster(msg, scope, (stamp.origin, stamp.seq));
+        tracing::debug!(target: "starling_cluster::transit", ?stamp, topic = %msg.topic, head = %crate::transit::head(&msg.payload), n, "unparked");
+        n
     }
 
     /// The replay ended: the parked messages it did not hand the sessions

@@ -44,8 +44,9 @@ const MAX_BYTES: i64 = 1 << 30;
 /// How long before a dead node's last receipt its replay starts (what it
 /// routed just before may not be in the receipt; clocks differ a little).
 const MARGIN: Duration = Duration::from_secs(5);
-/// How long a replay goes on reading after it caught up: an append that
-/// was on its way when this node's interest reached the other nodes.
+/// How long a read of transit goes on after it reached the stream's last
+/// message as it began: an append that was on its way when this node's
+/// interest reached the other nodes.
 const TAIL: Duration = Duration::from_millis(300);
 /// How long a message may still be on its way to a node through core NATS
 /// (see [`crate::shared::ReplayRequest::live`]).
@@ -327,6 +328,7 @@ impl Replays {
                 .as_ref()
                 .is_some_and(|h| clients.iter().any(|c| h.contains(c)));
             let parked = !replayed && !overlaps && r.park(stamp, msg, broker);
+            tracing::debug!(?stamp, topic = %msg.topic, head = %head(&msg.payload), replayed, overlaps, parked, clients = ?clients, "live during a replay");
             self.low_dirty |= parked && r.lowest(stamp);
             if replayed || parked {
                 had.get_or_insert_with(HashSet::new)
@@ -362,14 +364,31 @@ impl Replays {
                     return false;
                 };
                 if repair {
+                    // This node's own gap waits for its repair (this one
+                    // repairs another node's run): what this one finds is
+                    // held with the gap's live messages, and what the gap
+                    // holds stays held. The gap's repair, which reads every
+                    // run, places them: a publisher that moved between
+                    // nodes has older messages in another run, which only
+                    // that repair routes.
+                    let gap_waits = self.gap.as_ref().is_some_and(|g| g.is_pending());
+                    if gap_waits {
+                        if seen.first(stamp) {
+                            self.live(stamp, &msg, broker);
+                        }
+                        tracing::debug!(?stamp, topic = %msg.topic, head = %head(&msg.payload), "repair leaves it to the gap's repair");
+                        return false;
+                    }
                     // What core NATS did not bring, to every session here
                     // but those a replay gave it already; what it brought
                     // and this repair held back goes out at its place.
-                    // (This repair's hold, or this node's own gap's while
-                    // another node's repair runs.)
                     if !seen.first(stamp) {
                         return match self.gap.as_mut().and_then(|g| g.reached(stamp)) {
-                            Some(msg) => self.route_live(stamp, &msg, broker) > 0,
+                            Some(msg) => {
+                                let n = self.route_live(stamp, &msg, broker);
+                                tracing::debug!(?stamp, topic = %msg.topic, head = %head(&msg.payload), n, "held released at its place");
+                                n > 0
+                            }
                             None => false,
                         };
                     }
@@ -378,7 +397,9 @@ impl Replays {
                         Some(not) => Scope::PlainExcept(not),
                         None => Scope::Plain,
                     };
-                    return broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq)) > 0;
+                    let n = broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq));
+                    tracing::debug!(?stamp, topic = %msg.topic, head = %head(&msg.payload), n, not = ?had, "repair routes");
+                    return n > 0;
                 }
                 let Some(r) = self.running.get_mut(&token) else {
                     return false;
@@ -433,6 +454,7 @@ impl Replays {
                         }
                     }
                 }
+                tracing::debug!(?stamp, topic = %msg.topic, head = %head(&msg.payload), rest = ?rest, "park local");
                 if !rest.is_empty() {
                     let scope = Scope::Clients(&rest);
                     return broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq)) > 0;
@@ -543,7 +565,7 @@ async fn replay_and_report(inner: Arc<Inner>, mut request: ReplayRequest) {
     for n in 1..=REPLAY_TRIES {
         // What an earlier try handed the sessions, they hold now.
         let mut handed = HashSet::new();
-        replayed = replay(&inner, &request, &mut handed, n == REPLAY_TRIES).await;
+        replayed = replay(&inner, &mut request, &mut handed, n == REPLAY_TRIES).await;
         request.held.extend(handed);
         if replayed.is_ok() || inner.broker().is_none() {
             break;
@@ -606,6 +628,9 @@ pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>, gap: bool) ->
             repaired = repair_from(&inner, token, from_ms, only, gap, last_try).await;
             if repaired.is_ok() || inner.broker().is_none() {
                 break;
+            }
+            if let Err(e) = &repaired {
+                tracing::info!(try_ = n, "a repair's read failed (tried again): {e}");
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -698,7 +723,7 @@ pub async fn await_replay(inner: &Inner, client_id: &str, limit: Duration) -> bo
 /// node may not have stored; returns how many were read for them.
 async fn replay(
     inner: &Arc<Inner>,
-    request: &ReplayRequest,
+    request: &mut ReplayRequest,
     handed: &mut HashSet<(u64, u64)>,
     last_try: bool,
 ) -> Result<usize, String> {
@@ -758,7 +783,7 @@ pub async fn abandon(inner: &Inner, token: u64) {
 async fn replay_read(
     inner: &Arc<Inner>,
     token: u64,
-    request: &ReplayRequest,
+    request: &mut ReplayRequest,
     handed: &mut HashSet<(u64, u64)>,
     last_try: bool,
 ) -> Result<usize, String> {
@@ -778,6 +803,10 @@ async fn replay_read(
             Err(e) => return Err(format!("the dead node's receipt could not be read: {e}")),
         },
     };
+    // Kept for the next tries: the dead node may come back meanwhile and
+    // write a newer receipt, which names what it stored since, not what
+    // the sessions rebuilt here have.
+    request.receipt = Some(receipt.clone());
     let from_ms = if receipt.at_ms == 0 {
         starling_broker::store::unix_ms().saturating_sub(AGE.as_millis() as u64)
     } else {
@@ -866,6 +895,7 @@ async fn read_since(
     skip: &Skip<'_>,
     handed_stamps: &mut HashSet<(u64, u64)>,
 ) -> Result<usize, String> {
+    let began = Instant::now();
     let stream = js.get_stream(STREAM).await.map_err(|e| e.to_string())?;
     // The leader's last message: the consumer may sit on a replica that is
     // still catching up (a server just back), whose "nothing pending"
@@ -889,26 +919,38 @@ async fn read_since(
         .await
         .map_err(|e| e.to_string())?;
     let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    tracing::debug!(
+        token,
+        took_ms = began.elapsed().as_millis() as u64,
+        last,
+        "transit read begins"
+    );
     let deadline = Instant::now() + inner.timeout * 20;
-    let tail_end = Instant::now() + TAIL;
-    let mut caught_up = false;
+    // Read until the stream's last message as the read began, then for
+    // [`TAIL`] more (at least [`TAIL`] in all). Not until the consumer
+    // says nothing is pending: its count can stay above zero with nothing
+    // more to come (seen after JetStream lost quorum), and the read would
+    // wait for its deadline, holding a gap's live messages all that time.
+    let mut tail_end = Instant::now() + TAIL;
+    let mut reached = false;
     let (mut read, mut handed) = (0usize, 0usize);
     // Per origin, the messages its node withdrew (asked once per read).
     let mut withdrawn: HashMap<u64, HashSet<u64>> = HashMap::new();
     while read < REPLAY_LIMIT {
-        let until = if caught_up { tail_end } else { deadline };
+        let until = if reached { tail_end } else { deadline };
         let next = match tokio::time::timeout_at(until, messages.next()).await {
             Ok(Some(Ok(m))) => m,
             Ok(Some(Err(e))) => return Err(e.to_string()),
             Ok(None) => break,
-            Err(_) if caught_up => break,
+            Err(_) if reached => break,
             Err(_) => return Err("the transit stream was not read in time".into()),
         };
         read += 1;
-        caught_up = next
-            .info()
-            .map(|i| i.pending == 0 && i.stream_sequence >= last)
-            .unwrap_or(false);
+        let sseq = next.info().map(|i| i.stream_sequence).unwrap_or(0);
+        if !reached && sseq >= last {
+            reached = true;
+            tail_end = tail_end.max(Instant::now() + TAIL);
+        }
         let Ok((stamp, msg)) = envelope::decode(next.payload.clone(), Instant::now()) else {
             continue;
         };
@@ -933,7 +975,7 @@ async fn read_since(
                 .get(&stamp.origin)
                 .is_some_and(|w| w.contains(&stamp.seq));
         }
-        tracing::debug!(?stamp, wanted, topic = %msg.topic, head = %head(&msg.payload), "read from transit");
+        tracing::debug!(?stamp, wanted, sseq, topic = %msg.topic, head = %head(&msg.payload), "read from transit");
         let own_later = stamp.origin == inner.origin && stamp.seq > skip.own_before;
         if skip.own_places && own_later {
             inner
@@ -950,14 +992,15 @@ async fn read_since(
                 .await
                 .map_err(|_| "the routing task is gone")?;
         }
-        if caught_up && Instant::now() >= tail_end {
+        if reached && Instant::now() >= tail_end {
             break;
         }
     }
+    tracing::debug!(token, read, handed, "transit read ends");
     Ok(handed)
 }
 
 /// The first bytes of a payload, for debug logs (which message a stamp is).
-fn head(payload: &[u8]) -> String {
+pub fn head(payload: &[u8]) -> String {
     String::from_utf8_lossy(&payload[..payload.len().min(16)]).into_owned()
 }
