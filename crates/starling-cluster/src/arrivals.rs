@@ -10,8 +10,8 @@
 //!
 //! Read on the publish path: one atomic load while no gap is open.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -20,19 +20,23 @@ use parking_lot::Mutex;
 /// memory; those clients' order is then not guarded).
 const MAX_ARRIVALS: usize = 100_000;
 
-/// Client ids that connected here during the open gap.
+/// Client ids that connected here during the open gap, each with its held
+/// messages the routing task has not taken yet.
 #[derive(Default)]
 pub struct Arrivals {
     open: AtomicBool,
-    clients: Mutex<HashSet<String>>,
+    /// Held messages not taken yet, all clients together.
+    pending: AtomicUsize,
+    clients: Mutex<HashMap<String, usize>>,
 }
 
 impl Arrivals {
     /// A gap's hold opens (`true`) or is over: its clients are forgotten
-    /// then.
+    /// then, but for those whose held messages the routing task has not
+    /// taken yet (see [`Arrivals::holds`]).
     pub fn set_open(&self, open: bool) {
         if self.open.swap(open, Ordering::AcqRel) && !open {
-            self.clients.lock().clear();
+            self.clients.lock().retain(|_, n| *n > 0);
         }
     }
 
@@ -41,14 +45,51 @@ impl Arrivals {
         if self.open.load(Ordering::Acquire) {
             let mut clients = self.clients.lock();
             if clients.len() < MAX_ARRIVALS {
-                clients.insert(client_id.to_string());
+                clients.entry(client_id.to_string()).or_default();
             }
         }
     }
 
-    /// Whether the messages `publisher` publishes here are held.
+    /// Whether the messages `publisher` publishes here are held: it came
+    /// during the open gap, or (the gap just over) messages it published
+    /// before are still on their way to the routing task: the next goes
+    /// the same way, behind them, not straight to the sessions ahead of
+    /// them.
     pub fn holds(&self, publisher: &str) -> bool {
-        self.open.load(Ordering::Acquire) && self.clients.lock().contains(publisher)
+        let open = self.open.load(Ordering::Acquire);
+        if !open && self.pending.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        self.clients
+            .lock()
+            .get(publisher)
+            .is_some_and(|n| open || *n > 0)
+    }
+
+    /// A message of `publisher` is sent to the routing task to be held.
+    /// (Called only after [`Arrivals::holds`] said so: bounded as they.)
+    pub fn sent(&self, publisher: &str) {
+        *self
+            .clients
+            .lock()
+            .entry(publisher.to_string())
+            .or_default() += 1;
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The routing task took a held message of `publisher` (or it went
+    /// straight to the sessions).
+    pub fn taken(&self, publisher: &str) {
+        let mut clients = self.clients.lock();
+        if let Some(n) = clients.get_mut(publisher) {
+            if *n > 0 {
+                *n -= 1;
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+            }
+            if *n == 0 && !self.open.load(Ordering::Acquire) {
+                clients.remove(publisher);
+            }
+        }
     }
 }
 
@@ -68,5 +109,19 @@ mod tests {
         assert!(!a.holds("during"));
         a.set_open(true);
         assert!(!a.holds("during"), "forgotten when the gap was over");
+    }
+
+    #[test]
+    fn a_client_with_held_messages_on_their_way_is_held_until_they_are_taken() {
+        let a = Arrivals::default();
+        a.set_open(true);
+        a.connects("c");
+        a.sent("c");
+        a.set_open(false);
+        assert!(a.holds("c"), "one is on its way: the next goes behind it");
+        a.taken("c");
+        assert!(!a.holds("c"));
+        a.set_open(true);
+        assert!(!a.holds("c"), "forgotten once taken");
     }
 }

@@ -489,8 +489,14 @@ impl Cluster for NatsCluster {
 
     fn hold_local(&self, msg: &Arc<Message>, (origin, seq): (u64, u64)) {
         let command = crate::shared::ReplayCommand::HoldLocal(Stamp { origin, seq }, msg.clone());
+        if let Some(p) = &msg.publisher {
+            self.inner.arrivals.sent(p);
+        }
         // The routing task is behind: routed now (in order or not).
         if let Err(e) = self.inner.replays.try_send(command) {
+            if let Some(p) = &msg.publisher {
+                self.inner.arrivals.taken(p);
+            }
             if let (crate::shared::ReplayCommand::HoldLocal(_, msg), Some(broker)) =
                 (e.into_inner(), self.inner.broker())
             {

@@ -128,11 +128,20 @@ impl Running {
         true
     }
 
-    /// The replay read this node's own message `stamp` in transit (one it
-    /// does not route itself: it reached the sessions here live): if parked,
-    /// it goes to them now, at its place. Returns the deliveries made.
-    pub fn reached_own(&mut self, stamp: Stamp, broker: &starling_broker::BrokerState) -> usize {
-        self.own_reached = self.own_reached.max(stamp.seq);
+    /// The replay read `stamp` in transit and hands the sessions nothing
+    /// for it (see `ReplayCommand::Reached`; `own`: this node's own). A
+    /// parked copy goes to them now, at its place, unless they `have` it.
+    /// Returns the deliveries made.
+    pub fn reached(
+        &mut self,
+        stamp: Stamp,
+        own: bool,
+        have: bool,
+        broker: &starling_broker::BrokerState,
+    ) -> usize {
+        if own {
+            self.own_reached = self.own_reached.max(stamp.seq);
+        }
         let Some(i) = self.parked_at.remove(&stamp) else {
             return 0;
         };
@@ -140,6 +149,9 @@ impl Running {
             return 0;
         };
         self.parked_bytes = self.parked_bytes.saturating_sub(crate::gap::cost(&msg));
+        if have {
+            return 0;
+        }
         self.deliver(stamp, &msg, broker)
     }
 
@@ -221,7 +233,7 @@ mod tests {
             assert!(r.park(stamp(seq), &msg(b"x"), &b));
         }
         assert!(!r.passed_own(2));
-        r.reached_own(stamp(2), &b);
+        r.reached(stamp(2), true, false, &b);
         assert!(r.had(stamp(2)), "sent out at its place");
         assert!(!r.had(stamp(1)) && !r.had(stamp(3)), "the others wait");
         assert!(r.passed_own(2) && !r.passed_own(3));

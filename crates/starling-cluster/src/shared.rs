@@ -255,9 +255,13 @@ pub enum ReplayCommand {
         Arc<starling_broker::message::Message>,
         Arc<HashSet<ByteString>>,
     ),
-    /// Replay `.0` read this node's own message `.1` in transit, one that
-    /// reached its sessions live: if parked, it goes to them now.
-    ReachedOwn(u64, Stamp),
+    /// Replay `.0` read message `.1` in transit and hands it nothing: one
+    /// of this node's own (it reached the sessions live), one they have
+    /// (`.2`: the receipt or their store holds it), or one the replay
+    /// leaves to core NATS (a run the cut does not name). If a copy of it
+    /// is parked for them, it goes to them now, at its place (not if they
+    /// have it).
+    Reached(u64, Stamp, bool),
     /// A message for the sessions of replay `.0`, unless it came meanwhile.
     Message(u64, Stamp, Arc<starling_broker::message::Message>),
     /// Answered once every earlier command is served.

@@ -154,20 +154,6 @@ impl Replays {
         (!all.is_empty()).then(|| Arc::new(all))
     }
 
-    /// The sessions a replay (running, or ended within [`ENDED_KEPT`])
-    /// gave `stamp`, if any.
-    fn given(&self, stamp: Stamp) -> Option<HashSet<ByteString>> {
-        let mut had: Option<HashSet<ByteString>> = None;
-        let ended = self.ended.iter().map(|(_, r)| r);
-        for r in ended.chain(self.running.values()) {
-            if let (Some((clients, _)), true) = (&r.clients, r.had(stamp)) {
-                had.get_or_insert_with(HashSet::new)
-                    .extend(clients.iter().cloned());
-            }
-        }
-        had
-    }
-
     /// Routes a message core NATS brought (new to this node), or holds it
     /// back while a repair after a gap runs.
     pub fn live(
@@ -379,9 +365,13 @@ impl Replays {
                         tracing::debug!(?stamp, topic = %msg.topic, head = %head(&msg.payload), "repair leaves it to the gap's repair");
                         return false;
                     }
-                    // What core NATS did not bring, to every session here
-                    // but those a replay gave it already; what it brought
-                    // and this repair held back goes out at its place.
+                    // What core NATS did not bring goes out as a live
+                    // message would: to every session here but those a
+                    // replay gave it already, and parked for those a replay
+                    // runs for (which places it: its sessions may have
+                    // moved here from another node, whose older messages
+                    // that replay still gives). What core NATS brought and
+                    // this repair held back goes out at its place.
                     if !seen.first(stamp) {
                         return match self.gap.as_mut().and_then(|g| g.reached(stamp)) {
                             Some(msg) => {
@@ -392,13 +382,8 @@ impl Replays {
                             None => false,
                         };
                     }
-                    let had = self.given(stamp);
-                    let scope = match &had {
-                        Some(not) => Scope::PlainExcept(not),
-                        None => Scope::Plain,
-                    };
-                    let n = broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq));
-                    tracing::debug!(?stamp, topic = %msg.topic, head = %head(&msg.payload), n, not = ?had, "repair routes");
+                    let n = self.route_live(stamp, &msg, broker);
+                    tracing::debug!(?stamp, topic = %msg.topic, head = %head(&msg.payload), n, "repair routes");
                     return n > 0;
                 }
                 let Some(r) = self.running.get_mut(&token) else {
@@ -477,7 +462,12 @@ impl Replays {
                 self.running.insert(token, Running::new(None));
             }
             ReplayCommand::GapBegins => self.begin_gap(),
-            ReplayCommand::HoldLocal(stamp, msg) => self.live(stamp, &msg, broker),
+            ReplayCommand::HoldLocal(stamp, msg) => {
+                self.live(stamp, &msg, broker);
+                if let (Some(inner), Some(p)) = (&self.inner, &msg.publisher) {
+                    inner.arrivals.taken(p);
+                }
+            }
             ReplayCommand::GapEnds(token, done) => {
                 let mut released = 0;
                 if self.gap.as_ref().is_some_and(|g| g.is_for(token)) {
@@ -491,11 +481,12 @@ impl Replays {
                 let _ = done.send(());
                 return released > 0;
             }
-            ReplayCommand::ReachedOwn(token, stamp) => {
+            ReplayCommand::Reached(token, stamp, have) => {
+                let own = stamp.origin == origin;
                 return self
                     .running
                     .get_mut(&token)
-                    .is_some_and(|r| r.reached_own(stamp, broker) > 0);
+                    .is_some_and(|r| r.reached(stamp, own, have, broker) > 0);
             }
             ReplayCommand::Covers(token, high) => {
                 if let Some(r) = self.running.get_mut(&token) {
@@ -870,6 +861,12 @@ struct Skip<'a> {
 }
 
 impl Skip<'_> {
+    /// Whether the sessions have `stamp` (the receipt claims it, or their
+    /// store holds it).
+    fn have(&self, stamp: Stamp) -> bool {
+        !self.receipt.missed(stamp) || self.held.contains(&(stamp.origin, stamp.seq))
+    }
+
     fn wanted(&self, inner: &Inner, stamp: Stamp, stored_ms: u64) -> bool {
         if self.only.is_some_and(|o| o != stamp.origin) {
             return false;
@@ -960,6 +957,7 @@ async fn read_since(
             .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as u64)
             .unwrap_or(u64::MAX);
         let mut wanted = skip.wanted(inner, stamp, stored_ms);
+        let mut was_withdrawn = false;
         if wanted {
             if let std::collections::hash_map::Entry::Vacant(entry) = withdrawn.entry(stamp.origin)
             {
@@ -971,24 +969,29 @@ async fn read_since(
                 };
                 entry.insert(asked);
             }
-            wanted = !withdrawn
+            was_withdrawn = withdrawn
                 .get(&stamp.origin)
                 .is_some_and(|w| w.contains(&stamp.seq));
+            wanted = !was_withdrawn;
         }
         tracing::debug!(?stamp, wanted, sseq, topic = %msg.topic, head = %head(&msg.payload), "read from transit");
         let own_later = stamp.origin == inner.origin && stamp.seq > skip.own_before;
-        if skip.own_places && own_later {
-            inner
-                .replays
-                .send(ReplayCommand::ReachedOwn(token, stamp))
-                .await
-                .map_err(|_| "the routing task is gone")?;
-        } else if wanted && !handed_stamps.contains(&(stamp.origin, stamp.seq)) {
+        let handed_before = handed_stamps.contains(&(stamp.origin, stamp.seq));
+        if wanted && !own_later && !handed_before {
             handed += 1;
             handed_stamps.insert((stamp.origin, stamp.seq));
             inner
                 .replays
                 .send(ReplayCommand::Message(token, stamp, msg))
+                .await
+                .map_err(|_| "the routing task is gone")?;
+        } else if skip.own_places {
+            // (A withdrawn one is not theirs to have: a copy of it goes
+            // nowhere.)
+            let have = !own_later && (handed_before || was_withdrawn || skip.have(stamp));
+            inner
+                .replays
+                .send(ReplayCommand::Reached(token, stamp, have))
                 .await
                 .map_err(|_| "the routing task is gone")?;
         }
