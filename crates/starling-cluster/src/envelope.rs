@@ -122,6 +122,11 @@ pub fn decode(mut raw: Bytes, now: Instant) -> Result<(Stamp, Arc<Message>), Env
     }
 }
 
+/// The first bytes of a payload, for debug logs (which message a stamp is).
+pub fn head(payload: &[u8]) -> String {
+    String::from_utf8_lossy(&payload[..payload.len().min(16)]).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -173,7 +173,7 @@ impl Running {
         self.replayed.insert(stamp);
         let scope = Scope::Clients(clients);
         let n = broker.route_from_cluster(msg, scope, (stamp.origin, stamp.seq));
-        tracing::debug!(target: "starling_cluster::transit", ?stamp, topic = %msg.topic, head = %crate::transit::head(&msg.payload), n, "unparked");
+        tracing::debug!(target: "starling_cluster::transit", ?stamp, topic = %msg.topic, head = %crate::envelope::head(&msg.payload), n, "unparked");
         n
     }
 

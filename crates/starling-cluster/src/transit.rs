@@ -314,7 +314,7 @@ impl Replays {
                 .as_ref()
                 .is_some_and(|h| clients.iter().any(|c| h.contains(c)));
             let parked = !replayed && !overlaps && r.park(stamp, msg, broker);
-            tracing::debug!(?stamp, topic = %msg.topic, head = %head(&msg.payload), replayed, overlaps, parked, clients = ?clients, "live during a replay");
+            tracing::debug!(?stamp, topic = %msg.topic, head = %envelope::head(&msg.payload), replayed, overlaps, parked, clients = ?clients, "live during a replay");
             self.low_dirty |= parked && r.lowest(stamp);
             if replayed || parked {
                 had.get_or_insert_with(HashSet::new)
@@ -362,7 +362,7 @@ impl Replays {
                         if seen.first(stamp) {
                             self.live(stamp, &msg, broker);
                         }
-                        tracing::debug!(?stamp, topic = %msg.topic, head = %head(&msg.payload), "repair leaves it to the gap's repair");
+                        tracing::debug!(?stamp, topic = %msg.topic, head = %envelope::head(&msg.payload), "repair leaves it to the gap's repair");
                         return false;
                     }
                     // What core NATS did not bring goes out as a live
@@ -376,14 +376,14 @@ impl Replays {
                         return match self.gap.as_mut().and_then(|g| g.reached(stamp)) {
                             Some(msg) => {
                                 let n = self.route_live(stamp, &msg, broker);
-                                tracing::debug!(?stamp, topic = %msg.topic, head = %head(&msg.payload), n, "held released at its place");
+                                tracing::debug!(?stamp, topic = %msg.topic, head = %envelope::head(&msg.payload), n, "held released at its place");
                                 n > 0
                             }
                             None => false,
                         };
                     }
                     let n = self.route_live(stamp, &msg, broker);
-                    tracing::debug!(?stamp, topic = %msg.topic, head = %head(&msg.payload), n, "repair routes");
+                    tracing::debug!(?stamp, topic = %msg.topic, head = %envelope::head(&msg.payload), n, "repair routes");
                     return n > 0;
                 }
                 let Some(r) = self.running.get_mut(&token) else {
@@ -409,10 +409,10 @@ impl Replays {
                     };
                     let scope = Scope::Clients(clients);
                     let n = broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq));
-                    tracing::debug!(?stamp, topic = %msg.topic, head = %head(&msg.payload), routed = n, "replayed");
+                    tracing::debug!(?stamp, topic = %msg.topic, head = %envelope::head(&msg.payload), routed = n, "replayed");
                     return n > 0;
                 }
-                tracing::debug!(?stamp, topic = %msg.topic, head = %head(&msg.payload), "not replayed: core NATS brought it");
+                tracing::debug!(?stamp, topic = %msg.topic, head = %envelope::head(&msg.payload), "not replayed: core NATS brought it");
             }
             ReplayCommand::ParkLocal(stamp, msg, sessions) => {
                 // Parked by the replays running for them; the others'
@@ -439,7 +439,7 @@ impl Replays {
                         }
                     }
                 }
-                tracing::debug!(?stamp, topic = %msg.topic, head = %head(&msg.payload), rest = ?rest, "park local");
+                tracing::debug!(?stamp, topic = %msg.topic, head = %envelope::head(&msg.payload), rest = ?rest, "park local");
                 if !rest.is_empty() {
                     let scope = Scope::Clients(&rest);
                     return broker.route_from_cluster(&msg, scope, (stamp.origin, stamp.seq)) > 0;
@@ -974,7 +974,7 @@ async fn read_since(
                 .is_some_and(|w| w.contains(&stamp.seq));
             wanted = !was_withdrawn;
         }
-        tracing::debug!(?stamp, wanted, sseq, topic = %msg.topic, head = %head(&msg.payload), "read from transit");
+        tracing::debug!(?stamp, wanted, sseq, topic = %msg.topic, head = %envelope::head(&msg.payload), "read from transit");
         let own_later = stamp.origin == inner.origin && stamp.seq > skip.own_before;
         let handed_before = handed_stamps.contains(&(stamp.origin, stamp.seq));
         if wanted && !own_later && !handed_before {
@@ -1001,9 +1001,4 @@ async fn read_since(
     }
     tracing::debug!(token, read, handed, "transit read ends");
     Ok(handed)
-}
-
-/// The first bytes of a payload, for debug logs (which message a stamp is).
-pub fn head(payload: &[u8]) -> String {
-    String::from_utf8_lossy(&payload[..payload.len().min(16)]).into_owned()
 }
