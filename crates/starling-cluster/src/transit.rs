@@ -680,6 +680,7 @@ async fn repair_from(
         last_try,
         gone: None,
         own_places: false,
+        settle: gap && only.is_none(),
     };
     let read = read_since(inner, js, from_ms, token, &skip, &mut HashSet::new()).await;
     end(routes, token).await;
@@ -834,6 +835,7 @@ async fn replay_read(
         last_try,
         gone: (!request.live).then_some(receipt.own),
         own_places: true,
+        settle: false,
     };
     read_since(inner, js, from_ms, token, &skip, handed).await
 }
@@ -858,6 +860,9 @@ struct Skip<'a> {
     /// A replay, whose sessions this node's own later messages reached
     /// live (parked): the places of those are told to the routing task.
     own_places: bool,
+    /// This node's own gap repair: it waits (a little) for the stream's
+    /// replicas to be current (see [`settle`]).
+    settle: bool,
 }
 
 impl Skip<'_> {
@@ -882,6 +887,36 @@ impl Skip<'_> {
     }
 }
 
+/// How long a gap's repair waits at most for the stream's replicas to be
+/// current (see [`settle`]).
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// Waits, at most [`SETTLE`], until every replica of the stream that is
+/// online is current. For this node's own gap repair: when a cut ends, the
+/// cut server's replica may still hold entries it took alone while it led
+/// cut off, never committed, and a consumer placed there reads them in
+/// place of the committed ones (seen: one sequence read as two different
+/// messages half a second apart), so the repair would miss a message and
+/// send it out at its end, after newer ones. (Only there: a replay that
+/// waited would hold up the takeovers that wait for it.)
+async fn settle(stream: &mut stream::Stream) -> Result<(), String> {
+    let current = |info: &stream::Info| {
+        info.cluster
+            .as_ref()
+            .is_none_or(|c| c.replicas.iter().all(|p| p.current || p.offline))
+    };
+    let until = Instant::now() + SETTLE;
+    while !current(stream.cached_info()) {
+        if Instant::now() >= until {
+            tracing::debug!("a gap's repair reads transit with replicas not current");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.info().await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Reads the transit stream from `from_ms` and hands the messages the
 /// dead node may have missed to the routing task.
 async fn read_since(
@@ -893,7 +928,10 @@ async fn read_since(
     handed_stamps: &mut HashSet<(u64, u64)>,
 ) -> Result<usize, String> {
     let began = Instant::now();
-    let stream = js.get_stream(STREAM).await.map_err(|e| e.to_string())?;
+    let mut stream = js.get_stream(STREAM).await.map_err(|e| e.to_string())?;
+    if skip.settle {
+        settle(&mut stream).await?;
+    }
     // The leader's last message: the consumer may sit on a replica that is
     // still catching up (a server just back), whose "nothing pending"
     // would end the read early.
