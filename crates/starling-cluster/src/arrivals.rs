@@ -8,7 +8,8 @@
 //! node's sessions at once, ahead of its older ones. Their
 //! acknowledgements wait for NATS anyway; QoS 0 messages go at once.
 //!
-//! Read on the publish path: one atomic load while no gap is open.
+//! Read on the publish path: two atomic loads while no gap is open (is one
+//! open; are any held messages still on their way to the routing task).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
