@@ -124,12 +124,7 @@ async fn write_will(
 ) -> bool {
     let k = key(me, client_id, inner.origin, conn);
     let done = match &value {
-        Some(v) => buckets
-            .wills
-            .put(k, v.clone())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+        Some(v) => create(&buckets.wills, k, v.clone()).await,
         None => buckets.wills.purge(k).await.map_err(|e| e.to_string()),
     };
     match done {
@@ -148,6 +143,25 @@ async fn write_will(
             false
         }
         Err(_) => false,
+    }
+}
+
+/// Writes a connection's will under `key` only if the key never had one:
+/// each key is one connection's, written once. A write that timed out may
+/// still be taken by JetStream later (held in a route cut off from the
+/// stream's leader, delivered once the link is back), after the
+/// connection's removal: it is refused then, and the will of a connection
+/// that ended cleanly is not published. Refused because the key has an
+/// entry is written: an earlier try of this write that was taken, or the
+/// will taken since by another node (publishing it is that node's).
+async fn create(wills: &kv::Store, key: String, value: Bytes) -> Result<(), String> {
+    match wills.update(&key, value, 0).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+            tracing::debug!(%key, "a will already written (an earlier try was taken)");
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
 
