@@ -36,6 +36,20 @@ pub enum Ownership {
     Busy,
 }
 
+/// Where a persistent session's latest changes stand in what outlives this
+/// node (see [`Cluster::replica_lag`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaLag {
+    /// Written where another node rebuilds the session from.
+    Current,
+    /// Held on this node for now (the cluster's storage did not take them
+    /// yet, the node is still in the cluster): they follow.
+    Behind,
+    /// Held on this node, which lost the cluster: another node may rebuild
+    /// the session without them.
+    Lost,
+}
+
 /// A future a [`Cluster`] returns.
 pub type ClusterFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -149,6 +163,15 @@ pub trait Cluster: Send + Sync + 'static {
     /// (none for a single node).
     fn status(&self) -> Vec<(&'static str, String)> {
         Vec::new()
+    }
+    /// Whether the changes to `client_id`'s persistent session written so
+    /// far are where another node would rebuild the session from if this
+    /// one died. A QoS 2 PUBLISH (with its packet id) or PUBREL that waits
+    /// for the store goes out only when they are: a session rebuilt without
+    /// them would deliver the message again as a new one [MQTT-4.3.3-1].
+    /// Called once per such packet.
+    fn replica_lag(&self, _client_id: &str) -> ReplicaLag {
+        ReplicaLag::Current
     }
     /// Why this node cannot keep sessions for the cluster now, if so: it
     /// serves clean sessions only (its `/readyz` says `degraded` with it).

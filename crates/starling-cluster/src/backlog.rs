@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
+use starling_broker::cluster::ReplicaLag;
 use starling_broker::store::{Op, SessionRecord, SubscriptionRecord};
 use starling_codec::ByteString;
 
@@ -34,6 +35,24 @@ pub struct Hold {
     /// sessions (a gap's hold, a replay's parking): stored by none of them
     /// yet, so no receipt may claim it (a death now would lose it).
     pub routing_low: HashMap<u64, u64>,
+}
+
+impl Hold {
+    /// Where `client`'s session stands in the replica: behind while its
+    /// changes are held here, lost if meanwhile this node lost NATS (the
+    /// others may rebuild the session without them) or another node owns
+    /// it.
+    pub fn lag(&self, client: &str) -> ReplicaLag {
+        if self.fenced.contains(client) {
+            ReplicaLag::Lost
+        } else if !self.backlogs.contains_key(client) {
+            ReplicaLag::Current
+        } else if self.suspect {
+            ReplicaLag::Lost
+        } else {
+            ReplicaLag::Behind
+        }
+    }
 }
 
 /// One held message: its record (`None`: removed), the stamp it came
@@ -215,6 +234,21 @@ pub fn client_of(op: &Op) -> Option<&ByteString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_is_behind_while_held_and_lost_once_the_node_is_suspect_or_fenced() {
+        let mut hold = Hold::default();
+        assert_eq!(hold.lag("c"), ReplicaLag::Current);
+        hold.backlogs.insert("c".into(), Backlog::default());
+        assert_eq!(hold.lag("c"), ReplicaLag::Behind);
+        assert_eq!(hold.lag("d"), ReplicaLag::Current);
+        hold.suspect = true;
+        assert_eq!(hold.lag("c"), ReplicaLag::Lost);
+        // Nothing of it held since the node turned suspect: written before.
+        assert_eq!(hold.lag("d"), ReplicaLag::Current);
+        hold.fenced.insert("d".into());
+        assert_eq!(hold.lag("d"), ReplicaLag::Lost);
+    }
 
     #[test]
     fn a_message_added_and_removed_while_held_leaves_nothing() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use parking_lot::Mutex;
-use starling_broker::cluster::{Cluster, ClusterFuture, Ownership};
+use starling_broker::cluster::{Cluster, ClusterFuture, Ownership, ReplicaLag};
 use starling_broker::config::ClusterConfig;
 use starling_broker::message::Message;
 use starling_broker::{BrokerState, Scope};
@@ -99,6 +99,7 @@ impl NatsCluster {
             probes: Mutex::new(Default::default()),
             wills,
             shared_wills: Default::default(),
+            clearing: Default::default(),
             failed_claims: Default::default(),
             withdrawn: Default::default(),
             outgoing: Mutex::new(Default::default()),
@@ -410,9 +411,17 @@ impl Cluster for NatsCluster {
                 };
                 WillCommand::Set(client_id.to_string(), conn, record)
             }
-            None => WillCommand::Clear(client_id.to_string(), conn),
+            None => {
+                let ended = (client_id.to_string(), conn);
+                self.inner.clearing.lock().insert(ended);
+                WillCommand::Clear(client_id.to_string(), conn)
+            }
         };
         let _ = self.inner.wills.send(command);
+    }
+
+    fn replica_lag(&self, client_id: &str) -> ReplicaLag {
+        self.inner.replica.hold.lock().lag(client_id)
     }
 
     fn unavailable(&self) -> Option<String> {

@@ -160,6 +160,11 @@ pub(crate) struct Inner {
     /// connection): a node cut off from NATS sends those clients away
     /// before the others take its wills (see `rejoin`).
     pub shared_wills: Mutex<std::collections::HashSet<(String, u64)>>,
+    /// The connections that ended here without their will (a clean
+    /// DISCONNECT) whose copy in the cluster is not removed yet: this
+    /// node's sweep of its own wills, once it is back on NATS, leaves
+    /// theirs alone (see `wills`).
+    pub clearing: Mutex<std::collections::HashSet<(String, u64)>>,
     /// The other nodes heard beating, and when last.
     pub live: Mutex<HashMap<String, tokio::time::Instant>>,
     /// When the nodes bucket last took this node's heartbeat (ms since the

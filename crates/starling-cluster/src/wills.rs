@@ -133,7 +133,10 @@ async fn write_will(
             let id = (client_id.to_string(), conn);
             match value {
                 Some(_) => shared.insert(id),
-                None => shared.remove(&id),
+                None => {
+                    inner.clearing.lock().remove(&id);
+                    shared.remove(&id)
+                }
             };
             tracing::debug!("a will change shared with the cluster");
             true
@@ -334,7 +337,8 @@ async fn settle_death(inner: Arc<Inner>, buckets: Buckets, key: String, id: Stri
 }
 
 /// Takes every will left under `node` and publishes each after its delay;
-/// with `live_here`, not those of clients connected to this node now (the
+/// with `live_here`, not those of clients connected to this node now, nor
+/// those of connections that ended here cleanly (the
 /// node's own wills after it lost NATS: the clients still here keep theirs).
 /// Returns whether they could be read.
 pub async fn take_wills_of(
@@ -357,7 +361,7 @@ pub async fn take_wills_of(
         seen += 1;
         let last = entry.delta == 0;
         tracing::debug!(key = %entry.key, op = ?entry.operation, delta = entry.delta, "a will left");
-        let here = live_here && connected_here(inner, &entry.key, &entry.value);
+        let here = live_here && ended_here(inner, &entry.key, &entry.value);
         if entry.operation == Operation::Put && !here {
             let fenced = buckets
                 .wills
@@ -402,10 +406,11 @@ pub async fn take_wills_of(
     true
 }
 
-/// Whether the client of will entry `value` is connected to this node.
-/// Whether the will under `key` is that of a connection of this run still
-/// attached here.
-fn connected_here(inner: &Inner, key: &str, value: &Bytes) -> bool {
+/// Whether the will under `key` is this node's to keep: that of a
+/// connection of this run still attached here, or one that ended here
+/// cleanly (its removal from the bucket not written yet: a write of the
+/// will that timed out may have been taken after all).
+fn ended_here(inner: &Inner, key: &str, value: &Bytes) -> bool {
     let Some((origin, conn)) = key.rsplit('.').next().and_then(|last| last.split_once('-')) else {
         return false;
     };
@@ -421,9 +426,10 @@ fn connected_here(inner: &Inner, key: &str, value: &Bytes) -> bool {
         return false;
     }
     let id = String::from_utf8_lossy(&v[..len]).into_owned();
-    inner
+    let attached = inner
         .broker()
-        .is_some_and(|b| b.connection_of(&id) == Some(conn))
+        .is_some_and(|b| b.connection_of(&id) == Some(conn));
+    attached || inner.clearing.lock().contains(&(id, conn))
 }
 
 /// Publishes a taken will after its delay, unless its client's session was

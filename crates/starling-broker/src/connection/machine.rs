@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::client::{Client, Close};
 use super::mount;
 use crate::broker::BrokerState;
+use crate::cluster::ReplicaLag;
 use crate::config::SlowConsumer;
 use crate::events::{DropReason, Event};
 use crate::journal::Journal;
@@ -37,6 +38,21 @@ pub(crate) const HIGH_WATER: usize = 64 * 1024;
 /// deliveries with what follows them) the connection stops draining its
 /// queue until the store catches up.
 const MAX_HELD: usize = 1024;
+
+/// How long a packet held for the cluster's copy of its session waits
+/// before it is looked at again (see [`Machine::release_acks`]).
+const REPLICA_RETRY: Duration = Duration::from_millis(100);
+
+/// Whether `packet`, held for the store, must also be in the cluster's
+/// copy of the session before it goes: a QoS 2 PUBLISH (its packet id) or
+/// a PUBREL (the release).
+fn outlives_the_node(packet: &Packet) -> bool {
+    match packet {
+        Packet::Publish(p) => p.qos == starling_codec::QoS::ExactlyOnce,
+        Packet::PubRel(_) => true,
+        _ => false,
+    }
+}
 
 /// An acknowledgement, and the journal it waits for (none: ready).
 pub(crate) type PendingAck = (Option<u64>, Packet);
@@ -84,6 +100,9 @@ pub(crate) struct Machine {
     pub throttled_until: Option<Instant>,
     /// A re-authentication under way (see [`super::enhanced`]).
     pub(super) reauth: Option<Box<starling_scram::ServerExchange>>,
+    /// When held packets look again at the cluster's copy of the session
+    /// (see [`Machine::release_acks`]).
+    pub replica_retry: Option<Instant>,
 }
 
 /// Topic aliases towards the client: a topic seen before goes as its alias
@@ -166,6 +185,7 @@ impl Machine {
             rates: None,
             throttled_until: None,
             reauth: None,
+            replica_retry: None,
         }
     }
 
@@ -342,12 +362,13 @@ impl Machine {
     pub(crate) fn write_done(
         &mut self,
         written: Option<u64>,
+        client_id: &str,
         version: ProtocolVersion,
     ) -> Result<(), Close> {
         match written {
             Some(number) => {
                 self.written = self.written.max(number + 1);
-                self.release_acks(version)
+                self.release_acks(client_id, version)
             }
             None => Err(Close::StoreFailed),
         }
@@ -372,13 +393,35 @@ impl Machine {
     /// A failed write ends the connection without its acknowledgement, or any
     /// after it (the caller drops them): the client keeps those messages and
     /// sends them again.
-    pub(crate) fn release_acks(&mut self, version: ProtocolVersion) -> Result<(), Close> {
+    ///
+    /// A QoS 2 PUBLISH or PUBREL of a persistent session waits for the
+    /// cluster's copy of the session as well (see
+    /// [`crate::cluster::Cluster::replica_lag`]): while it is behind, it is
+    /// looked at again after [`REPLICA_RETRY`]; if this node lost the
+    /// cluster, the client goes to another node (DISCONNECT 0x9C), which
+    /// has the message still to send instead of sending it twice.
+    pub(crate) fn release_acks(
+        &mut self,
+        client_id: &str,
+        version: ProtocolVersion,
+    ) -> Result<(), Close> {
         if !self.poll_writes() {
             return Err(Close::StoreFailed);
         }
-        while let Some((wait, _)) = self.pending_acks.front() {
+        self.replica_retry = None;
+        while let Some((wait, packet)) = self.pending_acks.front() {
             if wait.is_some_and(|number| number >= self.written) {
                 break;
+            }
+            if wait.is_some() && outlives_the_node(packet) {
+                match self.broker.cluster().replica_lag(client_id) {
+                    ReplicaLag::Current => {}
+                    ReplicaLag::Behind => {
+                        self.replica_retry = Some(Instant::now() + REPLICA_RETRY);
+                        break;
+                    }
+                    ReplicaLag::Lost => return Err(Close::Fenced),
+                }
             }
             if let Some((_, packet)) = self.pending_acks.pop_front() {
                 self.send(&packet, version);

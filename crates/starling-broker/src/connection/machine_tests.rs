@@ -420,10 +420,10 @@ async fn acknowledgements_wait_for_the_store_in_order() {
     assert!(m.take_journal().is_none(), "taken once");
     let (first_done, first_wait) = oneshot::channel();
     m.awaiting(first_wait);
-    m.release_acks(V::V5).unwrap();
+    m.release_acks("c", V::V5).unwrap();
     assert!(out(&mut m, V::V5).is_empty());
     first_done.send(()).unwrap();
-    m.release_acks(V::V5).unwrap();
+    m.release_acks("c", V::V5).unwrap();
     assert_eq!(puback_ids(out(&mut m, V::V5)), [1, 2]);
     assert!(!m.awaits_store());
     // A store that failed: the connection closes without the acknowledgement.
@@ -433,7 +433,7 @@ async fn acknowledgements_wait_for_the_store_in_order() {
     assert!(m.take_journal().is_some_and(|(_, awaited)| awaited));
     m.awaiting(wait);
     drop(failed);
-    assert_eq!(m.release_acks(V::V5), Err(Close::StoreFailed));
+    assert_eq!(m.release_acks("c", V::V5), Err(Close::StoreFailed));
     assert!(out(&mut m, V::V5).is_empty());
 }
 
@@ -475,7 +475,7 @@ async fn a_stored_publish_is_acknowledged_once_its_journal_is_written() {
     m.awaiting(crate::journal::commit_and_wait(store, journal));
     let written = super::first_write(&mut m.writes).await;
     assert_eq!(written, Some(0));
-    m.write_done(written, V::V5).unwrap();
+    m.write_done(written, "c", V::V5).unwrap();
     assert_eq!(puback_ids(out(&mut m, V::V5)), [7]);
     // A QoS 0 publish to the same subscriber changes nothing on disk.
     m.handle(&mut c, publish("t", b"y", QoS::AtMostOnce, 0))
@@ -515,7 +515,7 @@ async fn qos2_publish_and_pubrel_wait_until_their_state_is_written() {
     let store = b.store().expect("a store");
     m.awaiting(crate::journal::commit_and_wait(store, journal));
     let written = super::first_write(&mut m.writes).await;
-    m.write_done(written, V::V5).unwrap();
+    m.write_done(written, "c", V::V5).unwrap();
     let packet_id = match out(&mut m, V::V5).as_slice() {
         [Packet::Publish(p)] => p.packet_id,
         other => panic!("{other:?}"),
@@ -529,7 +529,7 @@ async fn qos2_publish_and_pubrel_wait_until_their_state_is_written() {
     m.awaiting(write);
     drop(journal);
     done.send(()).unwrap();
-    m.release_acks(V::V5).unwrap();
+    m.release_acks("c", V::V5).unwrap();
     match out(&mut m, V::V5).as_slice() {
         [Packet::PubRel(rel)] => assert_eq!(rel.packet_id, packet_id),
         other => panic!("{other:?}"),
@@ -639,4 +639,79 @@ async fn subscriptions_past_the_quota_are_refused_and_counted() {
     }
     let quota = crate::metrics::SubscribeRefusal::QuotaExceeded as usize;
     assert_eq!(b.metrics.subscribe_refusals.get(quota), 2);
+}
+
+/// A cluster seam whose copy of every session stands where the test says.
+struct Lagging(parking_lot::Mutex<crate::cluster::ReplicaLag>);
+
+impl crate::cluster::Cluster for Lagging {
+    fn forward(
+        &self,
+        _: &Arc<crate::message::Message>,
+        _: Option<(u64, u64)>,
+        _: bool,
+    ) -> Option<oneshot::Receiver<()>> {
+        None
+    }
+    fn interest(&self, _: &str, _: bool) {}
+    fn claim(&self, _: &str, _: bool) -> crate::cluster::ClusterFuture<crate::cluster::Ownership> {
+        Box::pin(async { crate::cluster::Ownership::Local })
+    }
+    fn release(&self, _: &str) {}
+    fn replica_lag(&self, _: &str) -> crate::cluster::ReplicaLag {
+        *self.0.lock()
+    }
+}
+
+#[tokio::test]
+async fn a_qos_2_publish_and_pubrel_wait_for_the_clusters_copy_of_the_session() {
+    use crate::cluster::ReplicaLag;
+    let b = broker(Config::default());
+    let lag = Arc::new(Lagging(parking_lot::Mutex::new(ReplicaLag::Behind)));
+    assert!(b.set_cluster(lag.clone()));
+    let (mut m, _c) = attach(&b, "q2", V::V5);
+    // Held for the store: a QoS 1 PUBLISH goes once written, a QoS 2 one
+    // (and the PUBREL, and what follows them) once the copy is current.
+    m.journal.forget(&"q2".into(), 1);
+    m.send_ack(publish("t", b"1", QoS::AtLeastOnce, 1), true, V::V5);
+    m.send_ack(publish("t", b"2", QoS::ExactlyOnce, 2), true, V::V5);
+    m.send_ack(Packet::PubRel(Ack::new(3)), true, V::V5);
+    m.send_ack(Packet::PubAck(Ack::new(4)), false, V::V5);
+    assert!(m.take_journal().is_some());
+    let (done, wait) = oneshot::channel();
+    m.awaiting(wait);
+    done.send(()).unwrap();
+    m.release_acks("q2", V::V5).unwrap();
+    let sent = out(&mut m, V::V5);
+    assert!(
+        matches!(&sent[..], [Packet::Publish(p)] if p.packet_id == 1),
+        "{sent:?}"
+    );
+    assert!(m.replica_retry.is_some(), "looked at again later");
+    // Still behind: nothing more.
+    m.release_acks("q2", V::V5).unwrap();
+    assert!(out(&mut m, V::V5).is_empty());
+    *lag.0.lock() = ReplicaLag::Current;
+    m.release_acks("q2", V::V5).unwrap();
+    let sent = out(&mut m, V::V5);
+    assert!(
+        matches!(
+            &sent[..],
+            [Packet::Publish(p), Packet::PubRel(r), Packet::PubAck(a)]
+                if p.packet_id == 2 && r.packet_id == 3 && a.packet_id == 4
+        ),
+        "{sent:?}"
+    );
+    assert!(m.replica_retry.is_none());
+    // This node lost the cluster: the client goes to another node, and the
+    // PUBREL does not go.
+    *lag.0.lock() = ReplicaLag::Lost;
+    m.journal.forget(&"q2".into(), 2);
+    m.send_ack(Packet::PubRel(Ack::new(5)), true, V::V5);
+    assert!(m.take_journal().is_some());
+    let (done, wait) = oneshot::channel();
+    m.awaiting(wait);
+    done.send(()).unwrap();
+    assert_eq!(m.release_acks("q2", V::V5), Err(Close::Fenced));
+    assert!(out(&mut m, V::V5).is_empty());
 }

@@ -371,7 +371,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 reading_page = self.next_page(&session);
             }
             if !self.m.pending_acks.is_empty() && !self.m.awaits_store() {
-                if let Err(close) = self.m.release_acks(client.version) {
+                if let Err(close) = self.m.release_acks(client.client_id(), client.version) {
                     return close;
                 }
             }
@@ -424,6 +424,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                 idle_deadline,
                 self.m.stall_until,
                 self.m.throttled_until,
+                self.m.replica_retry,
                 expires,
             ]
             .into_iter()
@@ -476,7 +477,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                     }
                 }
                 written = first_write(&mut self.m.writes), if self.m.awaits_store() => {
-                    if let Err(close) = self.m.write_done(written, client.version) {
+                    if let Err(close) = self.m.write_done(written, client.client_id(), client.version) {
                         self.m.pending_acks.clear();
                         return close;
                     }
@@ -536,6 +537,7 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
                         if self.m.wbuf.is_empty()
                             && self.rbuf.is_empty()
                             && !self.m.awaits_store()
+                            && self.m.pending_acks.is_empty()
                             && self.m.congested.is_empty()
                             && self.m.throttled_until.is_none()
                             && reading_page.is_none()
