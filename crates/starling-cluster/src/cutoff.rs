@@ -83,12 +83,16 @@ impl Isolation {
 /// Whether any other node heard of lately answers over core NATS.
 async fn any_node_answers(inner: &Inner) -> bool {
     let others: Vec<String> = inner.live.lock().keys().cloned().collect();
-    let asks = others.iter().map(|node| {
-        let asked = inner.client.request(keys::holds(node), Bytes::new());
-        async move { matches!(tokio::time::timeout(ASK_FOR, asked).await, Ok(Ok(_))) }
-    });
+    let asks = others.iter().map(|node| answers(inner, node));
     futures_util::future::join_all(asks)
         .await
         .into_iter()
         .any(|answered| answered)
+}
+
+/// Whether node `node` answers a question over core NATS within
+/// [`ASK_FOR`]: it is alive and reachable, whatever its heartbeats say.
+pub async fn answers(inner: &Inner, node: &str) -> bool {
+    let asked = inner.client.request(keys::holds(node), Bytes::new());
+    matches!(tokio::time::timeout(ASK_FOR, asked).await, Ok(Ok(_)))
 }

@@ -24,6 +24,7 @@ mod keys;
 mod late;
 mod node;
 mod owners;
+mod placement;
 mod probe;
 mod receipt;
 mod rejoin;

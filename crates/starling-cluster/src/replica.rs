@@ -722,16 +722,20 @@ type Entry = (String, Bytes, Option<(u64, u64)>);
 /// (removals, with an empty payload, included: the last of a subject counts).
 async fn read_all(link: &Link, stream: &stream::Stream, filter: &str) -> Option<Vec<Entry>> {
     use jetstream::consumer::pull::OrderedConfig;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: filter.to_string(),
-            ..Default::default()
-        })
+    // Its leader now (see `placement`).
+    let mut stream = stream.clone();
+    tokio::time::timeout(link.timeout, stream.info())
         .await
+        .ok()?
         .ok()?;
+    let config = OrderedConfig {
+        filter_subject: filter.to_string(),
+        ..Default::default()
+    };
+    let consumer = crate::placement::on_leader(&stream, config).await.ok()?;
     // How many there are, as the stream's leader says: the consumer may
     // sit on a replica still catching up (a server just back).
-    let expected = tokio::time::timeout(link.timeout, count_matching(stream, filter))
+    let expected = tokio::time::timeout(link.timeout, count_matching(&stream, filter))
         .await
         .ok()
         .and_then(Result::ok);

@@ -945,14 +945,12 @@ async fn read_since(
     if last == 0 || state.last_timestamp < start_time {
         return Ok(0);
     }
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: "starling.t.>".to_string(),
-            deliver_policy: consumer::DeliverPolicy::ByStartTime { start_time },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+    let config = consumer::pull::OrderedConfig {
+        filter_subject: "starling.t.>".to_string(),
+        deliver_policy: consumer::DeliverPolicy::ByStartTime { start_time },
+        ..Default::default()
+    };
+    let consumer = crate::placement::on_leader(&stream, config).await?;
     let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
     tracing::debug!(
         token,

@@ -1,7 +1,9 @@
 //! Wills across nodes, and the death of a node. Each node keeps the wills of its connected clients
 //! in a bucket (one key per connection, `<node>.<client>.<run>-<connection>`,
 //! written again until it is written) and beats in another each second.
-//! When a node stops beating for [`DEAD_AFTER`], the live node with the
+//! When a node stops beating for [`DEAD_AFTER`] and does not answer over
+//! core NATS either (JetStream may take no heartbeat of a live node for a
+//! while), the live node with the
 //! lowest id takes its wills (a delete fenced on the revision read, so a
 //! will goes once) and publishes each after its delay, unless its session
 //! was resumed on another node within it, and adopts the dead node's
@@ -247,11 +249,25 @@ async fn watch_nodes(inner: Arc<Inner>, buckets: Buckets) {
                 let silent = |(_, at, mark, _): &Seen| {
                     now - *at > DEAD_AFTER && own.saturating_sub(*mark) >= own_needed
                 };
-                let dead: Vec<String> = seen
+                let mut dead: Vec<String> = seen
                     .iter()
                     .filter(|(_, v)| silent(v))
                     .map(|(k, _)| k.clone())
                     .collect();
+                if dead.is_empty() {
+                    continue;
+                }
+                // Silent but alive (JetStream took none of its heartbeats
+                // for a while): watched on, as if heard now.
+                for node in std::mem::take(&mut dead) {
+                    let Some(v) = seen.get_mut(&node) else { continue };
+                    if crate::cutoff::answers(&inner, &v.0).await {
+                        tracing::info!(node = %v.0, "a node whose heartbeats stopped answers: not dead");
+                        (v.1, v.2) = (Instant::now(), own);
+                    } else {
+                        dead.push(node);
+                    }
+                }
                 if dead.is_empty() {
                     continue;
                 }
@@ -315,11 +331,18 @@ const DEATH_TRIES: usize = 30;
 
 /// Publishes dead node `id`'s wills (under `key`) and adopts its sessions,
 /// trying again what JetStream could not answer, unless the node is heard
-/// again.
+/// again or answers over core NATS.
 async fn settle_death(inner: Arc<Inner>, buckets: Buckets, key: String, id: String) {
     let (mut wills, mut sessions) = (false, false);
     for _ in 0..DEATH_TRIES {
         if inner.live.lock().contains_key(&id) {
+            return;
+        }
+        // Its heartbeats may stop while it lives: JetStream took none of
+        // them for a while (seen in a partition of another node's server:
+        // its clients' wills were published while they were connected).
+        if crate::cutoff::answers(&inner, &id).await {
+            tracing::info!(node = %id, "a node whose heartbeats stopped answers: not dead");
             return;
         }
         if !wills {
