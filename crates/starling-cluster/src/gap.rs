@@ -41,8 +41,10 @@ const ENTRY: usize = 96;
 pub fn cost(msg: &Message) -> usize {
     msg.weight() as usize + ENTRY
 }
-/// How long live messages are held at most.
-pub const HOLD_FOR: Duration = Duration::from_secs(20);
+/// How long live messages are held at most: as long as a replay parks
+/// them (`running::PARK_FOR`), for JetStream to come back after a
+/// partition heals.
+pub const HOLD_FOR: Duration = Duration::from_secs(60);
 
 /// The live messages one repair holds back.
 pub struct Hold {
