@@ -33,6 +33,18 @@ use crate::holder::Holding;
 use crate::keys;
 use crate::shared::{Claim, Inner};
 
+/// When, after this node is back, the other nodes are asked (again) to
+/// repair its run: the first ask can be lost (a NATS server just back from a
+/// partition drops what it routes before the others' interest reaches it
+/// again), and so can the core copies of what this node's outbox sends to
+/// the transit stream as it empties, after the others' first repair read
+/// it.
+const REPAIR_ASKS: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_secs(2),
+    Duration::from_secs(8),
+];
+
 /// How long a node without NATS keeps the clean clients whose wills the
 /// other nodes hold (and its persistent ones, before its sessions are
 /// replicated).
@@ -97,10 +109,7 @@ pub async fn run(inner: Arc<Inner>) {
                 } else if crate::transit::repair(&inner, from, None, true) {
                     repair_from = None;
                     isolated_gap = false;
-                    let mut ask = BytesMut::with_capacity(16);
-                    ask.put_u64(from);
-                    ask.put_u64(inner.origin);
-                    let _ = inner.client.publish(keys::REPAIR, ask.freeze()).await;
+                    tokio::spawn(ask_repairs(inner.clone(), from));
                 }
             }
         }
@@ -635,6 +644,23 @@ fn decode(mut p: Bytes) -> Option<(String, Vec<Bytes>)> {
         records.push(p.split_to(len));
     }
     Some((id, records))
+}
+
+/// Asks the other nodes, at each of [`REPAIR_ASKS`], to repair this node's
+/// run from `from_ms` (what was routed already is not routed twice).
+async fn ask_repairs(inner: Arc<Inner>, from_ms: u64) {
+    let mut ask = BytesMut::with_capacity(16);
+    ask.put_u64(from_ms);
+    ask.put_u64(inner.origin);
+    let ask = ask.freeze();
+    let began = Instant::now();
+    for at in REPAIR_ASKS {
+        tokio::time::sleep_until(began + at).await;
+        if inner.broker().is_none() {
+            return;
+        }
+        let _ = inner.client.publish(keys::REPAIR, ask.clone()).await;
+    }
 }
 
 #[cfg(test)]
