@@ -265,7 +265,8 @@ pub enum ReplayCommand {
     /// (`.2`: the receipt or their store holds it), or one the replay
     /// leaves to core NATS (a run the cut does not name). If a copy of it
     /// is parked for them, it goes to them now, at its place (not if they
-    /// have it).
+    /// have it). A repair sends it for the withdrawn messages it reads
+    /// (`.2` true): its gap's held copy of one is dropped.
     Reached(u64, Stamp, bool),
     /// A message for the sessions of replay `.0`, unless it came meanwhile.
     Message(u64, Stamp, Arc<starling_broker::message::Message>),

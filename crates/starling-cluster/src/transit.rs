@@ -482,6 +482,13 @@ impl Replays {
                 return released > 0;
             }
             ReplayCommand::Reached(token, stamp, have) => {
+                if have {
+                    if let Some(g) = self.gap.as_mut().filter(|g| g.is_for(token)) {
+                        if g.reached(stamp).is_some() {
+                            tracing::debug!(?stamp, "a held copy of a withdrawn message dropped");
+                        }
+                    }
+                }
                 let own = stamp.origin == origin;
                 return self
                     .running
@@ -1021,9 +1028,10 @@ async fn read_since(
                 .send(ReplayCommand::Message(token, stamp, msg))
                 .await
                 .map_err(|_| "the routing task is gone")?;
-        } else if skip.own_places {
+        } else if skip.own_places || was_withdrawn {
             // (A withdrawn one is not theirs to have: a copy of it goes
-            // nowhere.)
+            // nowhere, nor does a gap's held copy of it, which core NATS
+            // brought late while the node that withdrew it did not answer.)
             let have = !own_later && (handed_before || was_withdrawn || skip.have(stamp));
             inner
                 .replays
