@@ -310,8 +310,12 @@ async fn take_from(inner: &Inner, owner: &str, client_id: &str) -> bool {
     };
     let owner = owner.as_str();
     if count == 0 {
-        tracing::info!(%client_id, %owner, "taken over from another node (no session to move)");
-        return true;
+        // Its replica may hold it still (seen: a node just back from a cut
+        // answered none for a session its audit had kept a moment before,
+        // and the session started empty here): rebuilt from there, as from
+        // a node that is gone (none there either: a new session).
+        tracing::info!(%client_id, %owner, "no session to move from the other node: rebuilt from its replica");
+        return rebuild(inner, owner, client_id).await;
     }
     let mut chunks = Vec::with_capacity(count as usize);
     for index in 0..count {
