@@ -42,6 +42,9 @@ pub struct Running {
     pub core: HashSet<Stamp>,
     /// What it routed (or let core NATS's copy through for) itself.
     pub replayed: HashSet<Stamp>,
+    /// What the sessions' stores held as they were rebuilt (see
+    /// `ReplayCommand::Covers`).
+    pub held: HashSet<Stamp>,
     /// What the sessions had at their install, per run (see
     /// `ReplayCommand::Covers`).
     pub covered: HashMap<u64, u64>,
@@ -69,6 +72,7 @@ impl Running {
             clients,
             core: HashSet::new(),
             replayed: HashSet::new(),
+            held: HashSet::new(),
             covered: HashMap::new(),
             parked: Vec::new(),
             parked_at: HashMap::new(),
@@ -84,6 +88,7 @@ impl Running {
     /// at their install (a late core copy of it must not reach them again).
     pub fn had(&self, stamp: Stamp) -> bool {
         self.replayed.contains(&stamp)
+            || self.held.contains(&stamp)
             || self
                 .covered
                 .get(&stamp.origin)
@@ -226,6 +231,16 @@ mod tests {
 
     fn stamp(seq: u64) -> Stamp {
         Stamp { origin: 7, seq }
+    }
+
+    #[test]
+    fn what_the_rebuilt_stores_held_counts_as_had() {
+        let mut r = Running::new(None);
+        r.covered.insert(7, 3);
+        r.held.insert(stamp(9));
+        assert!(r.had(stamp(3)), "covered");
+        assert!(r.had(stamp(9)), "held by the store");
+        assert!(!r.had(stamp(8)), "neither");
     }
 
     #[test]

@@ -251,8 +251,11 @@ pub enum ReplayCommand {
     Repair { token: u64, only: Option<u64> },
     /// The sessions of replay `.0` had, as they were installed here, every
     /// message up to these numbers (per run; the dead node's receipt or
-    /// the old node's cut): a repair does not give them those again.
-    Covers(u64, HashMap<u64, u64>),
+    /// the old node's cut): a repair does not give them those again; nor
+    /// those in `.2`, which their stores held as they were rebuilt here
+    /// (a repair of another node's run, later, routed one of them to a
+    /// rebuilt session again: QoS 2 twice).
+    Covers(u64, HashMap<u64, u64>, Vec<(u64, u64)>),
     /// A message published on this node (stamp, message) that was kept
     /// from these sessions, in replays: parked for them, or theirs now.
     ParkLocal(

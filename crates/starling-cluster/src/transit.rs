@@ -495,9 +495,11 @@ impl Replays {
                     .get_mut(&token)
                     .is_some_and(|r| r.reached(stamp, own, have, broker) > 0);
             }
-            ReplayCommand::Covers(token, high) => {
+            ReplayCommand::Covers(token, high, held) => {
                 if let Some(r) = self.running.get_mut(&token) {
                     r.covered = high;
+                    r.held
+                        .extend(held.into_iter().map(|(origin, seq)| Stamp { origin, seq }));
                 }
             }
             ReplayCommand::Barrier(done) => {
@@ -515,14 +517,16 @@ impl Replays {
                         );
                         routed = true;
                     }
-                    if r.clients.is_some() && !(r.replayed.is_empty() && r.covered.is_empty()) {
+                    let keep =
+                        !(r.replayed.is_empty() && r.held.is_empty() && r.covered.is_empty());
+                    if r.clients.is_some() && keep {
                         r.core = HashSet::new();
                         self.ended.push_back((Instant::now(), r));
-                        let mut kept: usize =
-                            self.ended.iter().map(|(_, r)| r.replayed.len()).sum();
+                        let stamps = |r: &Running| r.replayed.len() + r.held.len();
+                        let mut kept: usize = self.ended.iter().map(|(_, r)| stamps(r)).sum();
                         while kept > ENDED_STAMPS && self.ended.len() > 1 {
                             if let Some((_, old)) = self.ended.pop_front() {
-                                kept -= old.replayed.len();
+                                kept -= stamps(&old);
                             }
                         }
                     }
@@ -824,7 +828,8 @@ async fn replay_read(
         from_ms,
         "replaying transit from the dead node's receipt"
     );
-    let covers = ReplayCommand::Covers(token, receipt.high.clone());
+    let held_stamps = held.iter().copied().collect();
+    let covers = ReplayCommand::Covers(token, receipt.high.clone(), held_stamps);
     inner
         .replays
         .send(covers)
