@@ -115,7 +115,9 @@ pub async fn for_reader(
 }
 
 /// What `origin` withdrew, for a late copy: asked until [`LATE_ASKING`]
-/// has passed (the copy and its origin's later ones wait meanwhile).
+/// has passed (the copy and its origin's later ones wait meanwhile; right
+/// after a partition heals, "nobody listens" may only mean its interest
+/// has not come back yet).
 pub async fn for_late_copy(inner: &Inner, origin: u64) -> HashSet<u64> {
     let deadline = Instant::now() + LATE_ASKING;
     loop {
@@ -139,8 +141,10 @@ pub async fn for_late_copy(inner: &Inner, origin: u64) -> HashSet<u64> {
     }
 }
 
-/// How long a late copy's origin is asked at most.
-const LATE_ASKING: Duration = Duration::from_secs(5);
+/// How long a late copy's origin is asked at most: a node just back from
+/// a partition answered only 10 s after the late copies came (with 5 s,
+/// two withdrawn messages were routed, out of order).
+const LATE_ASKING: Duration = Duration::from_secs(20);
 
 /// Answers the other nodes' [`ask`]s.
 pub async fn serve(inner: Arc<Inner>) {
