@@ -411,10 +411,13 @@ async fn replicate(
                 (message_subject(link, c, *seq), raw.clone())
             }
             Op::DeleteMessage(c, seq) => {
-                let known = queues
-                    .live
-                    .get_mut(&**c)
-                    .is_some_and(|live| live.remove(seq).is_some());
+                let removed = queues.live.get_mut(&**c).and_then(|live| live.remove(seq));
+                let known = removed.is_some();
+                // The tombstone keeps the stamp: a session rebuilt from
+                // here had that message (delivered, or gone elsewhere), and
+                // a replay from a receipt that does not name it yet (the
+                // node died before writing it) must not give it again.
+                stamp = removed.flatten();
                 if !known {
                     queues.unknown.insert(c.to_string());
                 }
@@ -618,7 +621,9 @@ pub struct Recovered {
     pub chunks: Vec<Bytes>,
     /// The subjects of its messages (to remove once written again).
     pub subjects: Vec<String>,
-    /// The stamps its queued messages came with from other nodes.
+    /// The stamps its messages came with, those still queued and those
+    /// it was done with (their tombstones keep them): a replay does not
+    /// give it those again.
     pub stamps: HashSet<(u64, u64)>,
 }
 
@@ -693,10 +698,11 @@ async fn read_session(link: &Link, stream: &stream::Stream, prefix: &str) -> Opt
     let mut subjects = Vec::with_capacity(messages.len());
     let mut stamps = HashSet::new();
     for (subject, raw, stamp) in messages.into_values() {
+        // (A tombstone's stamp too: the session had that message.)
+        stamps.extend(stamp);
         if raw.is_empty() {
             continue;
         }
-        stamps.extend(stamp);
         if let Ok(rec) = MessageRecord::decode(&raw) {
             builder.message(&rec, &raw);
         }
