@@ -557,11 +557,8 @@ pub async fn serve_replays(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Re
     }
 }
 
-/// Times a replay (or a repair) is tried, a second apart, while JetStream
-/// cannot answer: about as long as the live messages wait for it
-/// (`running::PARK_FOR`). After a partition healed, the transit stream had
-/// no leader for more than 15 s, and a rebuilt session's replay gave up.
-const REPLAY_TRIES: usize = 60;
+/// Times a replay is tried (a second apart) while JetStream cannot answer.
+const REPLAY_TRIES: usize = 15;
 
 async fn replay_and_report(inner: Arc<Inner>, mut request: ReplayRequest) {
     let clients = request.clients.len();
