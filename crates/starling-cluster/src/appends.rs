@@ -23,6 +23,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::inorder::InOrder;
 use crate::shared::{Inner, ToNats};
 
 /// Appends whose acknowledgements are awaited at once, at most: past it
@@ -46,7 +47,8 @@ pub async fn forward(inner: Arc<Inner>, mut rx: mpsc::Receiver<ToNats>) {
     // Since NATS was last away, until the outbox is empty again: what
     // waited meanwhile and whose publisher left unacknowledged is withdrawn.
     let mut behind = false;
-    while let Some(out) = rx.recv().await {
+    let mut order = InOrder::default();
+    while let Some(out) = next_in_order(&inner, &mut rx, &mut order).await {
         inner
             .outbox_bytes
             .fetch_sub(out.payload.len(), Ordering::Relaxed);
@@ -59,7 +61,7 @@ pub async fn forward(inner: Arc<Inner>, mut rx: mpsc::Receiver<ToNats>) {
             }
             if behind && out.withdrawn() {
                 crate::withdrawn::withdraw(&inner, out.seq);
-                behind = !rx.is_empty();
+                behind = !(rx.is_empty() && order.is_empty());
                 continue;
             }
             let transit_subject = crate::transit::subject(&out.subject);
@@ -87,7 +89,40 @@ pub async fn forward(inner: Arc<Inner>, mut rx: mpsc::Receiver<ToNats>) {
             }
         }
         continue_publish(&inner, out.subject, out.payload).await;
-        behind = behind && !rx.is_empty();
+        behind = behind && !(rx.is_empty() && order.is_empty());
+    }
+}
+
+/// The next message of the outbox in stamp order (see `inorder`); `None`
+/// once the outbox is closed and empty.
+async fn next_in_order(
+    inner: &Inner,
+    rx: &mut mpsc::Receiver<ToNats>,
+    order: &mut InOrder,
+) -> Option<ToNats> {
+    loop {
+        if let Some(out) = order.pop(&inner.skipped) {
+            return Some(out);
+        }
+        let got = match order.deadline() {
+            Some(deadline) => tokio::select! {
+                got = rx.recv() => got,
+                () = tokio::time::sleep_until(deadline) => {
+                    order.pass_over();
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        match got {
+            Some(out) => {
+                if let Some(out) = order.arrive(out) {
+                    return Some(out);
+                }
+            }
+            None if order.is_empty() => return None,
+            None => order.pass_over(),
+        }
     }
 }
 

@@ -20,6 +20,7 @@ mod dedup;
 mod envelope;
 mod gap;
 mod holder;
+mod inorder;
 mod keys;
 mod late;
 mod node;

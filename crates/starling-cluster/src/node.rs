@@ -63,6 +63,14 @@ impl NatsCluster {
         let (wills, wills_rx) = mpsc::unbounded_channel();
         let (replays, replays_rx) = mpsc::channel(1024);
         let (replay_requests, replay_requests_rx) = mpsc::unbounded_channel();
+        // Before any session is claimed: those restored from the store.
+        let restored: Arc<std::collections::HashSet<starling_codec::ByteString>> = Arc::new(
+            broker
+                .persistent_ids()
+                .into_iter()
+                .map(|id| starling_codec::ByteString::from(id.as_str()))
+                .collect(),
+        );
         let inner = Arc::new(Inner {
             node_id: config.node_id.clone(),
             origin: rand::random(),
@@ -74,6 +82,7 @@ impl NatsCluster {
             counters,
             outbox,
             outbox_bytes: Default::default(),
+            skipped: Default::default(),
             transit: OnceLock::new(),
             replays,
             replay_requests,
@@ -93,6 +102,7 @@ impl NatsCluster {
             replica: replica.unwrap_or_default(),
             previous_run: Mutex::new(None),
             restart_token: rand::random(),
+            restored: restored.clone(),
             live: Mutex::new(Default::default()),
             beat_ms: Default::default(),
             isolated: Default::default(),
@@ -107,14 +117,9 @@ impl NatsCluster {
         // Before any message is routed: the sessions restored from the
         // store get what the previous run missed, without what core NATS
         // brings them from now on.
-        let restored: std::collections::HashSet<starling_codec::ByteString> = broker
-            .persistent_ids()
-            .into_iter()
-            .map(|id| starling_codec::ByteString::from(id.as_str()))
-            .collect();
         let _ = inner.replays.try_send(crate::shared::ReplayCommand::Start(
             inner.restart_token,
-            Some((Arc::new(restored), Arc::default())),
+            Some((restored, Arc::default())),
         ));
         tokio::spawn(crate::appends::forward(inner.clone(), outbox_rx));
         tokio::spawn(transit::serve_replays(inner.clone(), replay_requests_rx));
@@ -276,10 +281,13 @@ impl Cluster for NatsCluster {
         stamp: Option<(u64, u64)>,
         withdrawable: bool,
     ) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let inner = &self.inner;
         if message.topic.starts_with("$SYS") {
+            if let Some((_, seq)) = stamp {
+                inner.skipped.skip(seq);
+            }
             return None;
         }
-        let inner = &self.inner;
         let (origin, seq) = stamp.or_else(|| self.next_stamp())?;
         let stamp = Stamp { origin, seq };
         let payload = envelope::encode(message, stamp, Instant::now());
@@ -302,6 +310,7 @@ impl Cluster for NatsCluster {
         let connected = inner.connected();
         let qos = message.qos != starling_codec::QoS::AtMostOnce;
         if !connected && !qos {
+            inner.skipped.skip(seq);
             return None;
         }
         let keep = qos && inner.transit.get().is_some();
@@ -328,6 +337,7 @@ impl Cluster for NatsCluster {
         };
         if sent.is_err() {
             inner.outbox_bytes.fetch_sub(size, Ordering::Relaxed);
+            inner.skipped.skip(seq);
         }
         match sent {
             Ok(()) => {
@@ -676,10 +686,20 @@ async fn open_buckets(
                 &inner.node_id,
                 inner.origin,
                 carried.clone(),
+                !inner.restored.is_empty(),
             )
             .await;
         match linked {
-            Ok(()) => break,
+            Ok(()) => {
+                // No session restored: no audit of them, nothing of the
+                // previous run to replay (a session claimed since is this
+                // run's own).
+                if inner.restored.is_empty() {
+                    inner.previous_run.lock().take();
+                    transit::abandon(&inner, inner.restart_token).await;
+                }
+                break;
+            }
             Err(e) => {
                 if !logged {
                     tracing::warn!(

@@ -268,7 +268,7 @@ async fn take_from(inner: &Inner, owner: &str, client_id: &str) -> bool {
     let (count, cut) = loop {
         let asked = inner
             .client
-            .request(keys::takeover(&owner), Bytes::from(client_id.to_string()));
+            .request(keys::takeover(&owner), takeover_request(client_id));
         let answer = match tokio::time::timeout(inner.timeout, asked).await {
             Ok(Ok(reply)) => Handed::decode(&reply.payload).unwrap_or(Handed::Parts(0, None)),
             Ok(Err(e)) => {
@@ -287,16 +287,19 @@ async fn take_from(inner: &Inner, owner: &str, client_id: &str) -> bool {
                 tracing::info!(%client_id, %owner, holder = %node, "the session stayed with the node before: asked there");
                 hops += 1;
                 if node == inner.node_id {
-                    return inner
+                    if inner
                         .broker()
-                        .is_some_and(|b| b.session(client_id).is_some());
+                        .is_some_and(|b| b.session(client_id).is_some())
+                    {
+                        return true;
+                    }
+                    return rebuild_unknown(inner, client_id).await;
                 }
                 owner = node;
                 continue;
             }
             Handed::Elsewhere(_) => {
-                tracing::warn!(%client_id, %owner, "the session was not found along its owners");
-                return false;
+                return rebuild_unknown(inner, client_id).await;
             }
             Handed::Busy => {}
         }
@@ -479,6 +482,56 @@ async fn rebuild(inner: &Inner, owner: &str, client_id: &str) -> bool {
             false
         }
     }
+}
+
+/// No node along the session's owners holds it (each one's failed claim
+/// says another has it; seen after a partition, two nodes naming each
+/// other): rebuilt from its replica, and since the node that last held
+/// it is not known, what transit kept of the last [`crate::transit::AGE`]
+/// is replayed to it but for what the replica holds (its tombstones name
+/// the messages it was done with).
+async fn rebuild_unknown(inner: &Inner, client_id: &str) -> bool {
+    tracing::warn!(%client_id, "the session was not found along its owners: rebuilt from its replica");
+    let mut held = HashSet::new();
+    let token = crate::transit::begin(inner, HashSet::from([ByteString::from(client_id)])).await;
+    match recover_session(inner, client_id, false, &mut held).await {
+        Rebuilt::Installed(mark) => {
+            let clients = HashMap::from([(ByteString::from(client_id), mark)]);
+            let nobody = crate::receipt::Receipt::default();
+            request_replay_from(inner, "", clients, held, Some(nobody), token);
+            true
+        }
+        Rebuilt::Nothing => {
+            crate::transit::abandon(inner, token).await;
+            true
+        }
+        Rebuilt::Failed => {
+            crate::transit::abandon(inner, token).await;
+            false
+        }
+    }
+}
+
+/// A takeover request: when it was sent (ms since the epoch), then the
+/// client id. A request that reaches the old node after the asker gave up
+/// on it (a NATS route cut, then back, delivers what it buffered) is
+/// not served: the asker has rebuilt the session elsewhere meanwhile.
+fn takeover_request(client_id: &str) -> Bytes {
+    let mut b = bytes::BytesMut::with_capacity(8 + client_id.len());
+    b.extend_from_slice(&starling_broker::store::unix_ms().to_be_bytes());
+    b.extend_from_slice(client_id.as_bytes());
+    b.freeze()
+}
+
+/// A takeover request's client id and age, if it is one.
+fn read_takeover(payload: &[u8]) -> Option<(&str, std::time::Duration)> {
+    let (sent, id) = payload.split_at_checked(8)?;
+    let sent = u64::from_be_bytes(sent.try_into().ok()?);
+    let age = starling_broker::store::unix_ms().saturating_sub(sent);
+    Some((
+        std::str::from_utf8(id).ok()?,
+        std::time::Duration::from_millis(age),
+    ))
 }
 
 /// Asks for the transit messages `dead` (a node, or this node's previous
@@ -670,6 +723,10 @@ const HOPS: usize = 3;
 /// How long a takeover asks again while the answer is [`BUSY`].
 const BUSY_FOR: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// How far two nodes' clocks may differ for a takeover request's age (see
+/// [`takeover_request`]).
+const CLOCKS_DIFFER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long a handed-over session waits to be fetched.
 const HANDOVER_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -686,14 +743,19 @@ pub async fn serve_takeovers(inner: Arc<Inner>) {
     };
     while let Some(request) = requests.next().await {
         let Some(broker) = inner.broker() else { return };
-        let Ok(client_id) = std::str::from_utf8(&request.payload) else {
+        let Some((client_id, age)) = read_takeover(&request.payload) else {
             continue;
         };
         // Each on its own task: one may wait for a claim to finish.
         let client_id = client_id.to_string();
         let inner = inner.clone();
         tokio::spawn(async move {
-            let answer = hand_over(&inner, &broker, &client_id).await;
+            let answer = if age > inner.timeout + CLOCKS_DIFFER {
+                tracing::info!(%client_id, age_ms = age.as_millis() as u64, "a takeover request came after its asker gave up: not served");
+                Handed::Busy
+            } else {
+                hand_over(&inner, &broker, &client_id).await
+            };
             if let Some(reply) = request.reply {
                 let _ = inner.client.publish(reply, answer.encode()).await;
             }
@@ -706,6 +768,7 @@ pub async fn serve_takeovers(inner: Arc<Inner>) {
 /// replays what came after from transit); or that the asker should ask
 /// again, or ask another node.
 async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) -> Handed {
+    let arrived = tokio::time::Instant::now();
     let cut_short = await_claim(inner, broker, client_id).await;
     if broker.session(client_id).is_none() {
         // A claim here that could not get the session: it stayed with the
@@ -729,6 +792,13 @@ async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) ->
         || inner.repairing.load(std::sync::atomic::Ordering::Relaxed);
     if repairing {
         tracing::debug!(%client_id, "a repair is due or running: the takeover asks again");
+        return Handed::Busy;
+    }
+    // The asker waits `timeout` for the answer: past it, it rebuilds the
+    // session from its replica, and one handed over now would be left
+    // unfetched (and gone from here).
+    if arrived.elapsed() >= inner.timeout / 2 {
+        tracing::info!(%client_id, "a takeover took too long here: the asker asks again");
         return Handed::Busy;
     }
     // Whatever ends here now, the claim is the new owner's: no release.

@@ -443,7 +443,9 @@ async fn replay_to_restored(
     let mut clients = std::collections::HashMap::new();
     let mut held = HashSet::new();
     for id in mine {
-        if broker.session(&id).is_none() {
+        // Claimed in this run (moved here since it started): not the
+        // previous run's, which may not have had it at all.
+        if !inner.restored.contains(id.as_str()) || broker.session(&id).is_none() {
             continue;
         }
         match crate::replica::recover(&inner.replica, &id).await {

@@ -114,6 +114,7 @@ impl Replica {
         node: &str,
         origin: u64,
         carried: HashMap<u64, u64>,
+        restored: bool,
     ) -> Result<(), async_nats::Error> {
         let mut streams = Vec::with_capacity(PARTITIONS);
         for p in 0..PARTITIONS {
@@ -149,8 +150,12 @@ impl Replica {
             .await?
             .await?;
         // The sessions restored from the local store may be another node's
-        // by now: held until the first audit says whose they are.
-        self.hold.lock().suspect = true;
+        // by now: held until the first audit says whose they are. (None
+        // restored, as after a drain: nothing to hold, and a session
+        // claimed meanwhile is this node's.)
+        if restored {
+            self.hold.lock().suspect = true;
+        }
         let _ = self.link.set(link);
         Ok(())
     }

@@ -112,6 +112,8 @@ pub(crate) struct Inner {
     pub outbox: mpsc::Sender<ToNats>,
     /// Bytes of the messages in the outbox.
     pub outbox_bytes: std::sync::atomic::AtomicUsize,
+    /// Stamps that will not enter the outbox (see `inorder`).
+    pub skipped: crate::inorder::Skipped,
     /// JetStream, once the transit stream is open.
     pub transit: OnceLock<async_nats::jetstream::Context>,
     /// Replays, to the routing task.
@@ -179,6 +181,9 @@ pub(crate) struct Inner {
     /// A replay begun when the node started, for the sessions it restored
     /// (see `rejoin`).
     pub restart_token: u64,
+    /// The persistent sessions restored from the local store as the node
+    /// started (the restart replay's; those claimed later are not).
+    pub restored: Arc<HashSet<ByteString>>,
     /// The receipt this node's previous run left (it ended without its
     /// sessions being adopted: what it missed is replayed to them here).
     pub previous_run: Mutex<Option<crate::receipt::Receipt>>,
