@@ -35,6 +35,10 @@ const OUTBOX: usize = 65_536;
 /// Bytes of messages waiting to be handed to NATS at most (they wait there
 /// while NATS is away).
 const OUTBOX_BYTES: usize = 256 << 20;
+/// Bytes of the messages parked or held on the publish path that may wait
+/// for the routing task at most (past it they go to their sessions at once,
+/// in order or not).
+const LOCAL_BYTES: usize = 64 << 20;
 
 /// This node in a cluster over NATS.
 pub struct NatsCluster {
@@ -42,6 +46,25 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
+    /// Hands a message parked or held on the publish path to the routing
+    /// task, unless [`LOCAL_BYTES`] of them wait already (given back).
+    fn to_routing(
+        &self,
+        command: crate::shared::ReplayCommand,
+        msg: &Message,
+    ) -> Result<(), crate::shared::ReplayCommand> {
+        let cost = crate::gap::cost(msg);
+        let inner = &self.inner;
+        if inner.local_bytes.fetch_add(cost, Ordering::Relaxed) + cost > LOCAL_BYTES {
+            inner.local_bytes.fetch_sub(cost, Ordering::Relaxed);
+            return Err(command);
+        }
+        inner.local.send(command).map_err(|e| {
+            inner.local_bytes.fetch_sub(cost, Ordering::Relaxed);
+            e.0
+        })
+    }
+
     /// Connects to NATS for `broker` and starts the node's tasks; `replica`
     /// (the one wrapping the broker's store, if any) is linked once
     /// JetStream is ready. Returns
@@ -62,6 +85,7 @@ impl NatsCluster {
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (wills, wills_rx) = mpsc::unbounded_channel();
         let (replays, replays_rx) = mpsc::channel(1024);
+        let (local, local_rx) = mpsc::unbounded_channel();
         let (replay_requests, replay_requests_rx) = mpsc::unbounded_channel();
         // Before any session is claimed: those restored from the store.
         let restored: Arc<std::collections::HashSet<starling_codec::ByteString>> = Arc::new(
@@ -85,6 +109,8 @@ impl NatsCluster {
             skipped: Default::default(),
             transit: OnceLock::new(),
             replays,
+            local,
+            local_bytes: Default::default(),
             replay_requests,
             replaying: Mutex::new(Default::default()),
             replay_done: tokio::sync::Notify::new(),
@@ -127,7 +153,7 @@ impl NatsCluster {
             inner.clone(),
             queue_client,
             commands_rx,
-            replays_rx,
+            (replays_rx, local_rx),
         ));
         tokio::spawn(owners::serve_takeovers(inner.clone()));
         tokio::spawn(owners::serve_handovers(inner.clone()));
@@ -488,11 +514,11 @@ impl Cluster for NatsCluster {
     ) {
         let stamp = Stamp { origin, seq };
         let command = crate::shared::ReplayCommand::ParkLocal(stamp, msg.clone(), sessions);
-        // The routing task is behind: theirs now (in order or not).
-        if let Err(e) = self.inner.replays.try_send(command) {
-            if let (crate::shared::ReplayCommand::ParkLocal(_, msg, sessions), Some(broker)) =
-                (e.into_inner(), self.inner.broker())
-            {
+        // The routing task is far behind: theirs now (in order or not).
+        if let Err(crate::shared::ReplayCommand::ParkLocal(_, msg, sessions)) =
+            self.to_routing(command, msg)
+        {
+            if let Some(broker) = self.inner.broker() {
                 broker.route_from_cluster(&msg, Scope::Clients(&sessions), (origin, seq));
             }
         }
@@ -511,14 +537,13 @@ impl Cluster for NatsCluster {
         if let Some(p) = &msg.publisher {
             self.inner.arrivals.sent(p);
         }
-        // The routing task is behind: routed now (in order or not).
-        if let Err(e) = self.inner.replays.try_send(command) {
+        // The routing task is far behind: routed now (in order or not).
+        if let Err(crate::shared::ReplayCommand::HoldLocal(_, msg)) = self.to_routing(command, msg)
+        {
             if let Some(p) = &msg.publisher {
                 self.inner.arrivals.taken(p);
             }
-            if let (crate::shared::ReplayCommand::HoldLocal(_, msg), Some(broker)) =
-                (e.into_inner(), self.inner.broker())
-            {
+            if let Some(broker) = self.inner.broker() {
                 broker.route_from_cluster(&msg, Scope::Plain, (origin, seq));
             }
         }

@@ -116,9 +116,7 @@ pub async fn run(inner: Arc<Inner>) {
         if !inner.reachable() {
             if lost_at.is_none() && was_reachable {
                 // Live messages wait for what this gap loses (see `gap`).
-                let _ = inner
-                    .replays
-                    .try_send(crate::shared::ReplayCommand::GapBegins);
+                let _ = inner.local.send(crate::shared::ReplayCommand::GapBegins);
             }
             let since = *lost_at.get_or_insert(now);
             // Once the sessions are replicated (before, nothing was).

@@ -44,7 +44,10 @@ pub async fn run(
     inner: Arc<Inner>,
     queues: async_nats::Client,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    mut replay_rx: mpsc::Receiver<ReplayCommand>,
+    (mut replay_rx, mut local_rx): (
+        mpsc::Receiver<ReplayCommand>,
+        mpsc::UnboundedReceiver<ReplayCommand>,
+    ),
 ) {
     // A `SelectAll` wakes on the subscription that has a message (a
     // `StreamMap` polls every one of them for each message: with many
@@ -116,6 +119,10 @@ pub async fn run(
                     // are served first, and what a repair holds back (in
                     // `seen`) goes out: in the session's queue before it
                     // leaves the index.
+                    while let Ok(command) = local_rx.try_recv() {
+                        taken_local(&inner, &command);
+                        serve_replay(&inner, &broker, &mut seen, &mut replays, command);
+                    }
                     while let Ok(command) = replay_rx.try_recv() {
                         serve_replay(&inner, &broker, &mut seen, &mut replays, command);
                     }
@@ -157,6 +164,11 @@ pub async fn run(
                     }
                 }
             }
+            Some(command) = local_rx.recv() => {
+                let Some(broker) = inner.broker() else { return };
+                taken_local(&inner, &command);
+                serve_replay(&inner, &broker, &mut seen, &mut replays, command);
+            }
             Some(command) = replay_rx.recv() => {
                 let Some(broker) = inner.broker() else { return };
                 serve_replay(&inner, &broker, &mut seen, &mut replays, command);
@@ -191,6 +203,16 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// A command from [`Inner::local`] is taken: its message no longer counts
+/// in [`Inner::local_bytes`].
+fn taken_local(inner: &Inner, command: &ReplayCommand) {
+    if let ReplayCommand::ParkLocal(_, msg, _) | ReplayCommand::HoldLocal(_, msg) = command {
+        inner
+            .local_bytes
+            .fetch_sub(crate::gap::cost(msg), Ordering::Relaxed);
     }
 }
 

@@ -118,6 +118,12 @@ pub(crate) struct Inner {
     pub transit: OnceLock<async_nats::jetstream::Context>,
     /// Replays, to the routing task.
     pub replays: mpsc::Sender<ReplayCommand>,
+    /// What the publish path and the connection watcher tell the routing
+    /// task (a message parked or held, a gap begun): never dropped because
+    /// replays fill [`Inner::replays`]; bounded by [`Inner::local_bytes`].
+    pub local: mpsc::UnboundedSender<ReplayCommand>,
+    /// Bytes of the messages in [`Inner::local`].
+    pub local_bytes: std::sync::atomic::AtomicUsize,
     /// Sessions rebuilt here, to the task that replays their messages.
     pub replay_requests: mpsc::UnboundedSender<ReplayRequest>,
     /// Client ids whose sessions wait for a replay (a handover waits for
