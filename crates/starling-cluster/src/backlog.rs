@@ -35,9 +35,38 @@ pub struct Hold {
     /// sessions (a gap's hold, a replay's parking): stored by none of them
     /// yet, so no receipt may claim it (a death now would lose it).
     pub routing_low: HashMap<u64, u64>,
+    /// This node's last gap (its own, or another node's run it was asked to
+    /// repair): since when (ms since the epoch) its routing may have missed
+    /// messages, and when that was noted.
+    pub gap: Option<(u64, std::time::Instant)>,
 }
 
 impl Hold {
+    /// Notes a gap from `from_ms` on (see [`Hold::complete_from_ms`]).
+    pub fn note_gap(&mut self, from_ms: u64) {
+        let from = match self.complete_from_ms() {
+            Some(earlier) => earlier.min(from_ms),
+            None => from_ms,
+        };
+        self.gap = Some((from, std::time::Instant::now()));
+    }
+
+    /// Since when this node's routing is complete, if a gap was repaired
+    /// less than [`crate::transit::AGE`] ago: its receipts and the cuts of
+    /// its handovers say so, and the replays they start read transit from
+    /// there, not from the moment they were written. A gap's repair can
+    /// read a stale copy of transit (seen: nats-server 2.9 answered a
+    /// stream's last sequence as 2,004 right after a partition healed,
+    /// where the others had 4,167); the session then left with a cut that
+    /// named numbers far below what transit held, and the new node's
+    /// replay, reading only the last seconds, lost 2,162 acknowledged
+    /// messages.
+    pub fn complete_from_ms(&self) -> Option<u64> {
+        self.gap
+            .filter(|(_, at)| at.elapsed() < crate::transit::AGE)
+            .map(|(ms, _)| ms)
+    }
+
     /// Where `client`'s session stands in the replica: behind while its
     /// changes are held here, lost if meanwhile this node lost NATS (the
     /// others may rebuild the session without them) or another node owns
@@ -234,6 +263,19 @@ pub fn client_of(op: &Op) -> Option<&ByteString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_a_gap_routing_is_complete_only_from_its_earliest_beginning() {
+        let mut hold = Hold::default();
+        assert_eq!(hold.complete_from_ms(), None);
+        hold.note_gap(5_000);
+        hold.note_gap(9_000);
+        assert_eq!(hold.complete_from_ms(), Some(5_000), "the earlier gap still counts");
+        hold.gap = Some((5_000, std::time::Instant::now() - crate::transit::AGE));
+        assert_eq!(hold.complete_from_ms(), None, "older than transit keeps messages");
+        hold.note_gap(9_000);
+        assert_eq!(hold.complete_from_ms(), Some(9_000));
+    }
 
     #[test]
     fn a_session_is_behind_while_held_and_lost_once_the_node_is_suspect_or_fenced() {

@@ -37,6 +37,7 @@ mod shared;
 pub mod subject;
 mod transit;
 mod wills;
+mod wire;
 mod withdrawals;
 mod withdrawn;
 

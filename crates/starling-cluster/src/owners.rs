@@ -881,8 +881,12 @@ async fn cut_from_routing(inner: &Inner, client_id: &str) -> Option<crate::recei
         .await
         .ok()?
         .ok()??;
+    // After a gap, complete only from its beginning (see
+    // `backlog::Hold::complete_from_ms`).
+    let now = starling_broker::store::unix_ms();
+    let complete = inner.replica.hold.lock().complete_from_ms();
     Some(crate::receipt::Receipt {
-        at_ms: starling_broker::store::unix_ms(),
+        at_ms: complete.map_or(now, |from| from.min(now)),
         own: inner.origin,
         high,
     })

@@ -290,7 +290,7 @@ impl ReplicatedStore {
     /// receipt (`None`: none may be written; else per origin the lowest
     /// stamp held, which it must not claim). Fenced sessions' changes are dropped,
     /// those of sessions behind (or all, while suspect) held.
-    fn sort(&self, link: &Link, ops: &[Op]) -> (Vec<Op>, Option<HashMap<u64, u64>>) {
+    fn sort(&self, link: &Link, ops: &[Op]) -> (Vec<Op>, Option<Bounds>) {
         let came = came_with(ops);
         let mut direct = Vec::with_capacity(ops.len() * 2);
         let mut hold = self.replica.hold.lock();
@@ -342,6 +342,11 @@ impl ReplicatedStore {
             }
             low
         });
+        let complete_from_ms = hold.complete_from_ms();
+        let receipts = receipts.map(|low| Bounds {
+            low,
+            complete_from_ms,
+        });
         (direct, receipts)
     }
 
@@ -366,6 +371,13 @@ impl ReplicatedStore {
 
 /// What one batch asks of JetStream, in order: publishes are pipelined,
 /// purges follow them, a session's removal waits for both.
+/// What a receipt written after a batch may claim: per origin, below the
+/// lowest stamp held back; and since when the node's routing is complete.
+struct Bounds {
+    low: HashMap<u64, u64>,
+    complete_from_ms: Option<u64>,
+}
+
 #[derive(Default)]
 struct Batch {
     acks: Vec<jetstream::context::PublishAckFuture>,
@@ -377,7 +389,7 @@ async fn replicate(
     ops: &[Op],
     queues: &mut Queues,
     received: &mut HashMap<u64, (u64, std::time::Instant)>,
-    receipts: Option<HashMap<u64, u64>>,
+    receipts: Option<Bounds>,
 ) -> Result<u64, String> {
     if link.client.connection_state() != async_nats::connection::State::Connected {
         return Err("not connected to NATS".into());
@@ -488,8 +500,8 @@ async fn replicate(
         }
     }
     flush(link, &mut batch).await?;
-    if let (true, Some(low)) = (receipt_due, receipts) {
-        write_receipt(link, received, &stamps, &low).await;
+    if let (true, Some(bounds)) = (receipt_due, receipts) {
+        write_receipt(link, received, &stamps, &bounds).await;
     }
     Ok(n)
 }
@@ -528,7 +540,10 @@ async fn write_receipt(
     link: &Link,
     received: &mut HashMap<u64, (u64, std::time::Instant)>,
     stamps: &[(u64, u64)],
-    low: &HashMap<u64, u64>,
+    Bounds {
+        low,
+        complete_from_ms,
+    }: &Bounds,
 ) {
     let now = std::time::Instant::now();
     for (origin, seq) in stamps {
@@ -538,8 +553,11 @@ async fn write_receipt(
         }
     }
     received.retain(|_, (_, at)| now - *at < crate::receipt::FORGET_ORIGIN);
+    let now_ms = starling_broker::store::unix_ms();
     let receipt = Receipt {
-        at_ms: starling_broker::store::unix_ms(),
+        // After a gap, complete only from its beginning (see
+        // `backlog::Hold::complete_from_ms`).
+        at_ms: complete_from_ms.map_or(now_ms, |from| from.min(now_ms)),
         own: link.origin,
         high: link
             .carried

@@ -173,24 +173,28 @@ pub async fn run(
                 let Some(broker) = inner.broker() else { return };
                 serve_replay(&inner, &broker, &mut seen, &mut replays, command);
             }
-            Some((id, msg)) = subs.next(), if !subs.is_empty() => {
+            Some(first) = subs.next(), if !subs.is_empty() => {
                 let Some(broker) = inner.broker() else { return };
-                if let Some(value) = msg.headers.as_ref().and_then(|h| h.get(probe::HEADER)) {
-                    probe::arrived(&inner, value.as_str());
-                    continue;
-                }
-                let c = stats.connects.load(Ordering::Relaxed);
-                if c != connects {
-                    if connects > 0 {
-                        replays.begin_gap();
-                        inner.arrivals.set_open(true);
+                // Everything the subscriptions hold, each node's messages
+                // in the order it sent them (see `wire`).
+                for (id, msg) in crate::wire::batch(first, &mut subs) {
+                    if let Some(value) = msg.headers.as_ref().and_then(|h| h.get(probe::HEADER)) {
+                        probe::arrived(&inner, value.as_str());
+                        continue;
                     }
-                    connects = c;
-                }
-                let share = routes.get(&id).and_then(|r| r.share.clone());
-                if let Some(payload) = holding.take(share.clone(), msg.payload) {
-                    deliver(&inner, &broker, &mut seen, &mut replays, share.as_deref(), payload);
-                    replays.publish_low();
+                    let c = stats.connects.load(Ordering::Relaxed);
+                    if c != connects {
+                        if connects > 0 {
+                            replays.begin_gap();
+                            inner.arrivals.set_open(true);
+                        }
+                        connects = c;
+                    }
+                    let share = routes.get(&id).and_then(|r| r.share.clone());
+                    if let Some(payload) = holding.take(share.clone(), msg.payload) {
+                        deliver(&inner, &broker, &mut seen, &mut replays, share.as_deref(), payload);
+                        replays.publish_low();
+                    }
                 }
             }
             Some(copy) = checked.recv() => {

@@ -618,6 +618,9 @@ pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>, gap: bool) ->
     if inner.transit.get().is_none() || inner.repairing.swap(true, Ordering::AcqRel) {
         return false;
     }
+    if gap {
+        inner.replica.hold.lock().note_gap(from_ms);
+    }
     let inner = inner.clone();
     tokio::spawn(async move {
         // JetStream may be electing leaders (the reason NATS dropped them):
