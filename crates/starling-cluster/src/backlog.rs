@@ -270,9 +270,17 @@ mod tests {
         assert_eq!(hold.complete_from_ms(), None);
         hold.note_gap(5_000);
         hold.note_gap(9_000);
-        assert_eq!(hold.complete_from_ms(), Some(5_000), "the earlier gap still counts");
+        assert_eq!(
+            hold.complete_from_ms(),
+            Some(5_000),
+            "the earlier gap still counts"
+        );
         hold.gap = Some((5_000, std::time::Instant::now() - crate::transit::AGE));
-        assert_eq!(hold.complete_from_ms(), None, "older than transit keeps messages");
+        assert_eq!(
+            hold.complete_from_ms(),
+            None,
+            "older than transit keeps messages"
+        );
         hold.note_gap(9_000);
         assert_eq!(hold.complete_from_ms(), Some(9_000));
     }

@@ -140,6 +140,10 @@ pub async fn run(
                         high.insert(inner.origin, own);
                         high
                     });
+                    if cut.is_some() {
+                        replays.leave(&client_id);
+                        set_parking(&inner, replays.parking_clients());
+                    }
                     let _ = done.send(cut);
                 }
                 Some(Command::Flush(done)) => {

@@ -143,6 +143,21 @@ impl Replays {
         high
     }
 
+    /// A session left this node (handed over): the replays still running
+    /// here (one that cannot read transit lets its sessions move) no longer
+    /// route or park for it.
+    pub fn leave(&mut self, client_id: &str) {
+        for r in self.running.values_mut() {
+            if let Some((clients, _)) = &mut r.clients {
+                if clients.contains(client_id) {
+                    let mut rest = (**clients).clone();
+                    rest.remove(client_id);
+                    *clients = Arc::new(rest);
+                }
+            }
+        }
+    }
+
     /// The sessions of the replays running now, if any.
     pub fn parking_clients(&self) -> Option<Arc<HashSet<ByteString>>> {
         let all: HashSet<ByteString> = self
@@ -505,6 +520,14 @@ impl Replays {
             ReplayCommand::Barrier(done) => {
                 let _ = done.send(());
             }
+            ReplayCommand::Unpark(token) => {
+                self.low_dirty = true;
+                if let Some(r) = self.running.get_mut(&token) {
+                    let n = r.stop_parking(broker);
+                    tracing::info!(messages = n, "a replay that cannot read transit: the live messages it held back delivered");
+                    return n > 0;
+                }
+            }
             ReplayCommand::End(token, done) => {
                 self.low_dirty = true;
                 let mut routed = false;
@@ -557,19 +580,38 @@ pub async fn serve_replays(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Re
     }
 }
 
-/// Times a replay is tried (a second apart) while JetStream cannot answer.
+/// Times a replay is tried (a second apart) while JetStream cannot answer
+/// with its sessions' takeovers waiting for it (and a repair in all).
 const REPLAY_TRIES: usize = 15;
+/// How long a replay is tried at most: as long as transit keeps messages.
+/// After [`REPLAY_TRIES`] its sessions may move meanwhile (a client must
+/// not wait on JetStream for minutes: seen, its transit stream without a
+/// leader for more than 15 s after a partition healed); those still here
+/// get what it reads once it can, after newer live messages then, but
+/// not lost.
+const REPLAY_FOR: Duration = AGE;
 
 async fn replay_and_report(inner: Arc<Inner>, mut request: ReplayRequest) {
     let clients = request.clients.len();
     let ids: Vec<ByteString> = request.clients.iter().cloned().collect();
+    let began = Instant::now();
     let mut replayed = Err(String::new());
-    for n in 1..=REPLAY_TRIES {
+    let mut waited_for = true;
+    for n in 1.. {
+        // From the last of the waited tries on, an origin that does not
+        // say what it withdrew no longer fails a read.
+        let last_try = n >= REPLAY_TRIES;
         // What an earlier try handed the sessions, they hold now.
         let mut handed = HashSet::new();
-        replayed = replay(&inner, &mut request, &mut handed, n == REPLAY_TRIES).await;
+        replayed = replay(&inner, &mut request, &mut handed, last_try).await;
         request.held.extend(handed);
-        if replayed.is_ok() || inner.broker().is_none() {
+        // Past the waited tries, a session that moved away meanwhile is
+        // left out (it may come back with a replay of its own).
+        if !waited_for {
+            let Some(broker) = inner.broker() else { break };
+            request.clients.retain(|id| broker.session(id).is_some());
+        }
+        if replayed.is_ok() || request.clients.is_empty() || began.elapsed() >= REPLAY_FOR {
             break;
         }
         tracing::info!(
@@ -577,21 +619,25 @@ async fn replay_and_report(inner: Arc<Inner>, mut request: ReplayRequest) {
             "replay not done, trying again: {:?}",
             replayed
         );
+        if n == REPLAY_TRIES {
+            tracing::warn!(
+                sessions = clients,
+                "a replay still cannot read transit: its sessions may move now; tried again \
+                 for at most {REPLAY_FOR:?}"
+            );
+            let _ = inner
+                .replays
+                .send(ReplayCommand::Unpark(request.token))
+                .await;
+            release(&inner, &ids);
+            waited_for = false;
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     end(&inner.replays, request.token).await;
-    {
-        let mut replaying = inner.replaying.lock();
-        for id in &ids {
-            if let Some(n) = replaying.get_mut(&**id) {
-                *n -= 1;
-                if *n == 0 {
-                    replaying.remove(&**id);
-                }
-            }
-        }
+    if waited_for {
+        release(&inner, &ids);
     }
-    inner.replay_done.notify_waiters();
     match replayed {
         Ok(n) => tracing::info!(
             sessions = clients,
@@ -603,6 +649,23 @@ async fn replay_and_report(inner: Arc<Inner>, mut request: ReplayRequest) {
             "messages in transit not replayed (some acknowledged messages may be missing): {e}"
         ),
     }
+}
+
+/// The takeovers of `ids` no longer wait for a replay of theirs (one
+/// fewer is running).
+fn release(inner: &Inner, ids: &[ByteString]) {
+    {
+        let mut replaying = inner.replaying.lock();
+        for id in ids {
+            if let Some(n) = replaying.get_mut(&**id) {
+                *n -= 1;
+                if *n == 0 {
+                    replaying.remove(&**id);
+                }
+            }
+        }
+    }
+    inner.replay_done.notify_waiters();
 }
 
 /// NATS dropped messages for this node's subscriptions (a slow consumer):
