@@ -47,7 +47,7 @@ pub async fn forward(inner: Arc<Inner>, mut rx: mpsc::Receiver<ToNats>) {
     // Since NATS was last away, until the outbox is empty again: what
     // waited meanwhile and whose publisher left unacknowledged is withdrawn.
     let mut behind = false;
-    let mut order = InOrder::default();
+    let mut order = InOrder::<ToNats>::default();
     while let Some(out) = next_in_order(&inner, &mut rx, &mut order).await {
         inner
             .outbox_bytes
@@ -98,7 +98,7 @@ pub async fn forward(inner: Arc<Inner>, mut rx: mpsc::Receiver<ToNats>) {
 async fn next_in_order(
     inner: &Inner,
     rx: &mut mpsc::Receiver<ToNats>,
-    order: &mut InOrder,
+    order: &mut InOrder<ToNats>,
 ) -> Option<ToNats> {
     loop {
         if let Some(out) = order.pop(&inner.skipped) {

@@ -41,6 +41,11 @@ pub struct Hold {
     pub gap: Option<(u64, std::time::Instant)>,
 }
 
+/// How long after a gap this node's routing counts as complete only from
+/// its beginning: as long as the transit stream keeps messages (its `AGE`;
+/// a replay cannot read further back anyway).
+pub const GAP_KEPT: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl Hold {
     /// Notes a gap from `from_ms` on (see [`Hold::complete_from_ms`]).
     pub fn note_gap(&mut self, from_ms: u64) {
@@ -52,7 +57,7 @@ impl Hold {
     }
 
     /// Since when this node's routing is complete, if a gap was repaired
-    /// less than [`crate::transit::AGE`] ago: its receipts and the cuts of
+    /// less than [`GAP_KEPT`] ago: its receipts and the cuts of
     /// its handovers say so, and the replays they start read transit from
     /// there, not from the moment they were written. A gap's repair can
     /// read a stale copy of transit (seen: nats-server 2.9 answered a
@@ -63,7 +68,7 @@ impl Hold {
     /// messages.
     pub fn complete_from_ms(&self) -> Option<u64> {
         self.gap
-            .filter(|(_, at)| at.elapsed() < crate::transit::AGE)
+            .filter(|(_, at)| at.elapsed() < GAP_KEPT)
             .map(|(ms, _)| ms)
     }
 
@@ -275,7 +280,7 @@ mod tests {
             Some(5_000),
             "the earlier gap still counts"
         );
-        hold.gap = Some((5_000, std::time::Instant::now() - crate::transit::AGE));
+        hold.gap = Some((5_000, std::time::Instant::now() - GAP_KEPT));
         assert_eq!(
             hold.complete_from_ms(),
             None,

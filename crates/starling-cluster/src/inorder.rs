@@ -18,7 +18,11 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::shared::ToNats;
+/// A message with its number on this node.
+pub trait Numbered {
+    /// Its stamp's `seq`.
+    fn seq(&self) -> u64;
+}
 
 /// How long a message waits for one with a lower stamp, at most: the
 /// stamp is taken and the message enters the outbox in one synchronous
@@ -50,19 +54,19 @@ impl Skipped {
 }
 
 /// Messages taken from the outbox, handed on in stamp order.
-pub struct InOrder {
+pub struct InOrder<T> {
     /// The stamp handed on next.
     next: u64,
-    waiting: BTreeMap<u64, ToNats>,
+    waiting: BTreeMap<u64, T>,
     /// Skipped stamps not reached yet.
     skips: BTreeSet<u64>,
     /// Since when the lowest waiting message waits for a lower stamp.
     gap_since: Option<Instant>,
     /// Messages that came after their place was passed over.
-    late: VecDeque<ToNats>,
+    late: VecDeque<T>,
 }
 
-impl Default for InOrder {
+impl<T> Default for InOrder<T> {
     fn default() -> Self {
         InOrder {
             next: 1,
@@ -74,11 +78,11 @@ impl Default for InOrder {
     }
 }
 
-impl InOrder {
+impl<T: Numbered> InOrder<T> {
     /// Takes a message from the outbox: back at once if its turn has come
     /// and nothing waits (as nearly always).
-    pub fn arrive(&mut self, out: ToNats) -> Option<ToNats> {
-        if out.seq == self.next && self.is_empty() {
+    pub fn arrive(&mut self, out: T) -> Option<T> {
+        if out.seq() == self.next && self.is_empty() {
             self.next += 1;
             return Some(out);
         }
@@ -86,16 +90,16 @@ impl InOrder {
         None
     }
 
-    fn push(&mut self, out: ToNats) {
-        if out.seq < self.next {
+    fn push(&mut self, out: T) {
+        if out.seq() < self.next {
             self.late.push_back(out);
         } else {
-            self.waiting.insert(out.seq, out);
+            self.waiting.insert(out.seq(), out);
         }
     }
 
     /// The next message to hand on, if its turn has come.
-    pub fn pop(&mut self, skipped: &Skipped) -> Option<ToNats> {
+    pub fn pop(&mut self, skipped: &Skipped) -> Option<T> {
         if let Some(out) = self.late.pop_front() {
             return Some(out);
         }
@@ -147,22 +151,23 @@ impl InOrder {
 mod tests {
     use super::*;
 
-    fn out(seq: u64) -> ToNats {
-        ToNats {
-            subject: "t".into(),
-            payload: bytes::Bytes::new(),
-            keep: false,
-            kept: None,
-            withdrawable: false,
-            seq,
+    struct Out(u64);
+
+    impl Numbered for Out {
+        fn seq(&self) -> u64 {
+            self.0
         }
     }
 
-    fn drain(q: &mut InOrder, skipped: &Skipped) -> Vec<u64> {
+    fn out(seq: u64) -> Out {
+        Out(seq)
+    }
+
+    fn drain(q: &mut InOrder<Out>, skipped: &Skipped) -> Vec<u64> {
         let mut v = Vec::new();
         for _ in 0..100 {
             match q.pop(skipped) {
-                Some(o) => v.push(o.seq),
+                Some(o) => v.push(o.0),
                 None => break,
             }
         }
@@ -172,7 +177,7 @@ mod tests {
     #[test]
     fn messages_that_overtook_wait_for_their_predecessor() {
         let skipped = Skipped::default();
-        let mut q = InOrder::default();
+        let mut q = InOrder::<Out>::default();
         q.push(out(1));
         assert_eq!(drain(&mut q, &skipped), vec![1]);
         q.push(out(3));
@@ -187,7 +192,7 @@ mod tests {
     #[test]
     fn skipped_stamps_are_not_waited_for() {
         let skipped = Skipped::default();
-        let mut q = InOrder::default();
+        let mut q = InOrder::<Out>::default();
         q.push(out(3));
         assert_eq!(drain(&mut q, &skipped), Vec::<u64>::new());
         skipped.skip(1);
@@ -198,7 +203,7 @@ mod tests {
     #[test]
     fn a_gap_passed_over_lets_the_rest_go_and_the_late_one_after() {
         let skipped = Skipped::default();
-        let mut q = InOrder::default();
+        let mut q = InOrder::<Out>::default();
         q.push(out(2));
         q.push(out(3));
         assert_eq!(drain(&mut q, &skipped), Vec::<u64>::new());
@@ -213,11 +218,11 @@ mod tests {
     #[test]
     fn too_many_waiting_pass_the_gap_over() {
         let skipped = Skipped::default();
-        let mut q = InOrder::default();
+        let mut q = InOrder::<Out>::default();
         for seq in 2..(MAX_WAITING as u64 + 2) {
             q.push(out(seq));
         }
-        let first = q.pop(&skipped).map(|o| o.seq);
+        let first = q.pop(&skipped).map(|o| o.0);
         assert_eq!(first, Some(2));
     }
 }

@@ -227,6 +227,12 @@ pub struct ToNats {
     pub seq: u64,
 }
 
+impl crate::inorder::Numbered for ToNats {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
 impl ToNats {
     /// Whether it is withdrawn: its publisher's connection ended before the
     /// acknowledgement, and the publisher owes it nothing or sends it again.

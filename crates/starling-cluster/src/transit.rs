@@ -38,7 +38,7 @@ use crate::shared::{Command, Inner, ReplayCommand, ReplayRequest};
 pub const STREAM: &str = "STARLING_TRANSIT";
 /// How long a message stays in transit: longer than a node's death takes
 /// to be noticed and its sessions rebuilt.
-pub const AGE: Duration = Duration::from_secs(120);
+pub const AGE: Duration = crate::backlog::GAP_KEPT;
 /// The stream's size at most (the oldest messages go first past it).
 const MAX_BYTES: i64 = 1 << 30;
 /// How long before a dead node's last receipt its replay starts (what it
