@@ -512,26 +512,35 @@ async fn rebuild_unknown(inner: &Inner, client_id: &str) -> bool {
     }
 }
 
-/// A takeover request: when it was sent (ms since the epoch), then the
-/// client id. A request that reaches the old node after the asker gave up
-/// on it (a NATS route cut, then back, delivers what it buffered) is
-/// not served: the asker has rebuilt the session elsewhere meanwhile.
+/// The first byte of a takeover request that says when it was sent (never
+/// the first byte of UTF-8 text: an earlier version's request, the client
+/// id alone, is told apart, and such a node does not answer this one).
+const TIMED: u8 = 0xFF;
+
+/// A takeover request: [`TIMED`], when it was sent (ms since the epoch),
+/// then the client id. A request that reaches the old node after the asker
+/// gave up on it (a NATS route cut, then back, delivers what it buffered)
+/// is not served: the asker has rebuilt the session elsewhere meanwhile.
 fn takeover_request(client_id: &str) -> Bytes {
-    let mut b = bytes::BytesMut::with_capacity(8 + client_id.len());
+    let mut b = bytes::BytesMut::with_capacity(9 + client_id.len());
+    b.extend_from_slice(&[TIMED]);
     b.extend_from_slice(&starling_broker::store::unix_ms().to_be_bytes());
     b.extend_from_slice(client_id.as_bytes());
     b.freeze()
 }
 
-/// A takeover request's client id and age, if it is one.
+/// A takeover request's client id and age (zero for an earlier version's
+/// request, which does not say), if it is one.
 fn read_takeover(payload: &[u8]) -> Option<(&str, std::time::Duration)> {
-    let (sent, id) = payload.split_at_checked(8)?;
+    let Some((&TIMED, rest)) = payload.split_first() else {
+        let id = std::str::from_utf8(payload).ok()?;
+        return Some((id, std::time::Duration::ZERO));
+    };
+    let (sent, id) = rest.split_at_checked(8)?;
     let sent = u64::from_be_bytes(sent.try_into().ok()?);
     let age = starling_broker::store::unix_ms().saturating_sub(sent);
-    Some((
-        std::str::from_utf8(id).ok()?,
-        std::time::Duration::from_millis(age),
-    ))
+    let id = std::str::from_utf8(id).ok()?;
+    Some((id, std::time::Duration::from_millis(age)))
 }
 
 /// Asks for the transit messages `dead` (a node, or this node's previous
@@ -939,5 +948,30 @@ pub async fn serve_handovers(inner: Arc<Inner>) {
         if let Err(e) = answer {
             tracing::debug!("a handover part was not sent: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod takeover_tests {
+    use super::*;
+
+    #[test]
+    fn a_takeover_request_says_its_age_and_an_earlier_versions_is_still_read() {
+        let raw = takeover_request("sub-ü");
+        let (id, age) = read_takeover(&raw).expect("read back");
+        assert_eq!(id, "sub-ü");
+        assert!(age < std::time::Duration::from_secs(60));
+        let mut old = bytes::BytesMut::new();
+        old.extend_from_slice(&[TIMED]);
+        old.extend_from_slice(&1_000u64.to_be_bytes());
+        old.extend_from_slice(b"c");
+        let (_, age) = read_takeover(&old).expect("read back");
+        assert!(age > std::time::Duration::from_secs(3600), "sent long ago");
+        assert_eq!(
+            read_takeover(b"plain-id"),
+            Some(("plain-id", std::time::Duration::ZERO))
+        );
+        assert_eq!(read_takeover(&[TIMED, 0, 1]), None, "too short");
+        assert_eq!(read_takeover(&[0xC3]), None, "not UTF-8");
     }
 }
