@@ -117,6 +117,13 @@ pub async fn run(inner: Arc<Inner>) {
             if lost_at.is_none() && was_reachable {
                 // Live messages wait for what this gap loses (see `gap`).
                 let _ = inner.local.send(crate::shared::ReplayCommand::GapBegins);
+                // And from now on this node's cuts and receipts say its
+                // routing is complete only from before the gap (a session
+                // handed over as the link comes back, before the repair
+                // begins, lost 1,571 acknowledged messages without it).
+                let from =
+                    connected_ms.saturating_sub(crate::transit::REPAIR_BACK.as_millis() as u64);
+                inner.replica.hold.lock().note_gap(from);
             }
             let since = *lost_at.get_or_insert(now);
             // Once the sessions are replicated (before, nothing was).
