@@ -292,6 +292,7 @@ impl BrokerState {
             routed.as_deref_mut().map(|r| &mut r.congested),
             Some(&mut stamp),
         );
+        journal.set_stamp(None);
         if let (Some(sessions), None) = (&parked, stamp) {
             // Not numbered: nothing to park it by; theirs now.
             offered += self.route_to(msg, Scope::Clients(sessions), Some(journal), None, None);
@@ -481,9 +482,10 @@ impl BrokerState {
     }
 
     /// Routes a message that came from another node to this node's
-    /// subscribers in `scope`, committing the store writes, followed (when
-    /// there are some) by [`crate::store::Op::Received`] with `stamp`, the node's run and
-    /// the message's number there. Never forwarded.
+    /// subscribers in `scope`, committing the store writes (each copy
+    /// labelled with `stamp`, the node's run and the message's number
+    /// there), followed (when there are some) by
+    /// [`crate::store::Op::Received`]. Never forwarded.
     pub fn route_from_cluster(
         &self,
         msg: &Arc<Message>,
@@ -491,6 +493,7 @@ impl BrokerState {
         stamp: (u64, u64),
     ) -> usize {
         let mut journal = Journal::new();
+        journal.set_stamp(Some(stamp));
         let offered = self.route_to(msg, scope, Some(&mut journal), None, None);
         if !journal.is_empty() {
             journal.received(stamp.0, stamp.1);
@@ -534,6 +537,9 @@ impl BrokerState {
             // Numbered while the index is held: see `Cluster::last_stamp`.
             if let Some(stamp) = stamp {
                 *stamp = self.cluster().next_stamp();
+                if let Some(journal) = journal.as_deref_mut() {
+                    journal.set_stamp(*stamp);
+                }
             }
             let mut m = Matches::default();
             tree.matches(&msg.topic, &mut m);

@@ -79,7 +79,7 @@ pub trait Cluster: Send + Sync + 'static {
     /// The number the next message accepted on this node carries across
     /// the cluster (this node's run, the message's number there), taken
     /// before the message is routed here, so that the store records it with
-    /// the copies this node keeps ([`crate::store::Op::Received`]): a node
+    /// the copies this node keeps ([`crate::store::Op::CameWith`]): a node
     /// that rebuilds them elsewhere then knows which it holds. `None` for a
     /// single node.
     fn next_stamp(&self) -> Option<(u64, u64)> {

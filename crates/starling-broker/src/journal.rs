@@ -29,6 +29,9 @@ pub struct Journal {
     submitted: usize,
     /// The number of the first store request they went in.
     first_request: Option<u64>,
+    /// The stamp of the message being routed, labelling its queued copies
+    /// (see [`Op::CameWith`]).
+    stamp: Option<(u64, u64)>,
 }
 
 impl Journal {
@@ -54,7 +57,13 @@ impl Journal {
     /// and record its in-flight state or its removal: a restart can neither
     /// resurrect a delivered message nor lose the in-flight record of a QoS 2
     /// one.
-    pub fn queue_changed(&mut self, store: &Persistence, ops: Vec<Op>) {
+    pub fn queue_changed(&mut self, store: &Persistence, mut ops: Vec<Op>) {
+        if let Some((origin, seq)) = self.stamp {
+            // In the same request as the copy: the label never parts from it.
+            if let Some(i) = ops.iter().position(|op| matches!(op, Op::Message(..))) {
+                ops.insert(i + 1, Op::CameWith(origin, seq));
+            }
+        }
         self.submitted += ops.len();
         let number = store.submit(ops);
         self.first_request.get_or_insert(number);
@@ -124,6 +133,12 @@ impl Journal {
     /// A waiting will was published or cancelled.
     pub fn will_done(&mut self, client: ByteString) {
         self.ops.push(Op::DeleteWill(client));
+    }
+
+    /// The message routed from now on (until set again) is numbered
+    /// `stamp`: each of its queued copies is labelled with it.
+    pub fn set_stamp(&mut self, stamp: Option<(u64, u64)>) {
+        self.stamp = stamp;
     }
 
     /// The writes so far came with a message from another node.
@@ -409,5 +424,58 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Records what it is given.
+    struct Recorder(Arc<parking_lot::Mutex<Vec<Op>>>);
+
+    impl crate::store::Store for Recorder {
+        fn apply(&mut self, ops: &[Op], _: bool) -> Result<(), crate::store::StoreError> {
+            self.0.lock().extend_from_slice(ops);
+            Ok(())
+        }
+        fn sync(&mut self) -> Result<(), crate::store::StoreError> {
+            Ok(())
+        }
+        fn load(&mut self) -> Result<crate::store::Loaded, crate::store::StoreError> {
+            Ok(Default::default())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_queued_copy_goes_to_the_store_with_its_stamp() {
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let store = Persistence::start(
+            Box::new(Recorder(seen.clone())),
+            crate::store::Durability::Always,
+            std::time::Duration::from_millis(100),
+        )
+        .unwrap();
+        let c = ByteString::from("c");
+        let copy = |seq| {
+            vec![
+                Op::Message(c.clone(), seq, Bytes::new()),
+                Op::DeleteMessage(c.clone(), seq - 1),
+            ]
+        };
+        let mut journal = Journal::new();
+        journal.set_stamp(Some((7, 505)));
+        journal.queue_changed(&store, copy(2));
+        journal.set_stamp(None);
+        journal.queue_changed(&store, copy(3));
+        assert_eq!(journal.len(), 5);
+        store.submit_and_wait(Vec::new()).await.unwrap();
+        let seen = seen.lock();
+        let labels: Vec<_> = seen
+            .iter()
+            .map(|op| match op {
+                Op::Message(_, seq, _) => format!("m{seq}"),
+                Op::CameWith(o, s) => format!("l{o}-{s}"),
+                Op::DeleteMessage(_, seq) => format!("d{seq}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        // The label is in the copy's own request, right after it.
+        assert_eq!(labels, ["m2", "l7-505", "d1", "m3", "d2"]);
     }
 }

@@ -182,7 +182,8 @@ impl Backlog {
             | Op::DeleteRetained(..)
             | Op::Will(..)
             | Op::DeleteWill(..)
-            | Op::Received(..) => {}
+            | Op::Received(..)
+            | Op::CameWith(..) => {}
         }
     }
 
@@ -208,7 +209,7 @@ impl Backlog {
                 Some(raw) => {
                     ops.push(Op::Message(c.clone(), *seq, raw.clone()));
                     if let Some((origin, n)) = held.stamp {
-                        ops.push(Op::Received(origin, n));
+                        ops.push(Op::CameWith(origin, n));
                     }
                 }
                 None => ops.push(Op::DeleteMessage(c.clone(), *seq)),
@@ -261,7 +262,8 @@ pub fn client_of(op: &Op) -> Option<&ByteString> {
         | Op::DeleteRetained(..)
         | Op::Will(..)
         | Op::DeleteWill(..)
-        | Op::Received(..) => None,
+        | Op::Received(..)
+        | Op::CameWith(..) => None,
     }
 }
 
@@ -327,7 +329,7 @@ mod tests {
         let ops = b.ops("c");
         assert!(matches!(ops[0], Op::DeleteMessage(_, 5)), "{ops:?}");
         assert!(matches!(ops[1], Op::Message(_, 12, _)), "{ops:?}");
-        assert!(matches!(ops[2], Op::Received(1, 3)), "{ops:?}");
+        assert!(matches!(ops[2], Op::CameWith(1, 3)), "{ops:?}");
         assert_eq!(ops.len(), 3);
         assert_eq!(b.early_messages(|_| false), Vec::<Bytes>::new());
     }

@@ -465,23 +465,7 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) -> bool {
 /// is rebuilt from its replica, and what `owner` may have missed replayed.
 /// `false`: the replica could not be read.
 async fn rebuild(inner: &Inner, owner: &str, client_id: &str) -> bool {
-    let mut held = HashSet::new();
-    let token = crate::transit::begin(inner, HashSet::from([ByteString::from(client_id)])).await;
-    match recover_session(inner, client_id, false, &mut held).await {
-        Rebuilt::Installed(mark) => {
-            let clients = HashMap::from([(ByteString::from(client_id), mark)]);
-            request_replay_from(inner, owner, clients, held, None, token);
-            true
-        }
-        Rebuilt::Nothing => {
-            crate::transit::abandon(inner, token).await;
-            true
-        }
-        Rebuilt::Failed => {
-            crate::transit::abandon(inner, token).await;
-            false
-        }
-    }
+    rebuild_from(inner, owner, client_id, None).await
 }
 
 /// No node along the session's owners holds it (each one's failed claim
@@ -492,13 +476,24 @@ async fn rebuild(inner: &Inner, owner: &str, client_id: &str) -> bool {
 /// the messages it was done with).
 async fn rebuild_unknown(inner: &Inner, client_id: &str) -> bool {
     tracing::warn!(%client_id, "the session was not found along its owners: rebuilt from its replica");
+    let nobody = crate::receipt::Receipt::default();
+    rebuild_from(inner, "", client_id, Some(nobody)).await
+}
+
+/// Rebuilds `client_id` from its replica and replays what `owner` (or,
+/// with an empty `receipt`, any node) may have missed.
+async fn rebuild_from(
+    inner: &Inner,
+    owner: &str,
+    client_id: &str,
+    receipt: Option<crate::receipt::Receipt>,
+) -> bool {
     let mut held = HashSet::new();
     let token = crate::transit::begin(inner, HashSet::from([ByteString::from(client_id)])).await;
     match recover_session(inner, client_id, false, &mut held).await {
         Rebuilt::Installed(mark) => {
             let clients = HashMap::from([(ByteString::from(client_id), mark)]);
-            let nobody = crate::receipt::Receipt::default();
-            request_replay_from(inner, "", clients, held, Some(nobody), token);
+            request_replay_from(inner, owner, clients, held, receipt, token);
             true
         }
         Rebuilt::Nothing => {

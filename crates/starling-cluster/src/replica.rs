@@ -305,7 +305,8 @@ impl ReplicatedStore {
         let suspect = hold.suspect;
         for (i, op) in ops.iter().enumerate() {
             let Some(c) = client_of(op) else {
-                if !matches!(op, Op::Received(..)) {
+                // Labels go again with their messages, below.
+                if !matches!(op, Op::CameWith(..)) {
                     direct.push(op.clone());
                 }
                 continue;
@@ -326,7 +327,7 @@ impl ReplicatedStore {
             }
             direct.push(op.clone());
             if let (Op::Message(..), Some((origin, seq))) = (op, came[i]) {
-                direct.push(Op::Received(origin, seq));
+                direct.push(Op::CameWith(origin, seq));
             }
         }
         // A receipt claims no held message: per origin, it stops below the
@@ -419,6 +420,7 @@ async fn replicate(
                 receipt_due = true;
                 continue;
             }
+            Op::CameWith(..) => continue,
             Op::Unsubscribe(c, f) => (filter_subject(c, f), Bytes::new()),
             Op::Message(c, seq, raw) => {
                 // A rewrite (in flight now) keeps the stamp of the first.
@@ -510,19 +512,16 @@ async fn replicate(
 /// stamp (`<origin hex>-<seq>`) it came with.
 const STAMP: &str = "Starling-Stamp";
 
-/// For each op, the stamp of the message from another node it came with:
-/// a message op takes the stamp of the first [`Op::Received`] after it (the
-/// one its journal ended with; a message of a journal without one, followed
-/// in the batch by another's, takes that one's, which only claims a stamp
-/// whose own message this batch also holds).
+/// For each op, the stamp of the message it came with: a message op takes
+/// the label ([`Op::CameWith`]) right after it, which the broker submits
+/// with the copy. (A label is never looked for further on: a rewrite of a
+/// message, in flight now, is not labelled, and would otherwise take
+/// another message's stamp, even another session's.)
 fn came_with(ops: &[Op]) -> Vec<Option<(u64, u64)>> {
     let mut out = vec![None; ops.len()];
-    let mut next = None;
-    for (i, op) in ops.iter().enumerate().rev() {
-        match op {
-            Op::Received(origin, seq) => next = Some((*origin, *seq)),
-            Op::Message(..) => out[i] = next,
-            _ => {}
+    for (i, pair) in ops.windows(2).enumerate() {
+        if let [Op::Message(..), Op::CameWith(origin, seq)] = pair {
+            out[i] = Some((*origin, *seq));
         }
     }
     out
@@ -842,14 +841,16 @@ mod tests {
     use starling_codec::ByteString;
 
     #[test]
-    fn a_message_takes_the_stamp_its_journal_ended_with() {
+    fn a_message_takes_the_label_right_after_it() {
         let c = ByteString::from("c");
         let ops = [
             Op::Message(c.clone(), 1, Bytes::new()),
-            Op::Received(7, 1),
+            Op::CameWith(7, 1),
             Op::DeleteMessage(c.clone(), 1),
+            // A rewrite (in flight), then another copy's label: not its own.
             Op::Message(c.clone(), 2, Bytes::new()),
             Op::Message(c.clone(), 3, Bytes::new()),
+            Op::CameWith(7, 2),
             Op::Received(7, 2),
             Op::Message(c, 4, Bytes::new()),
         ];
@@ -860,8 +861,9 @@ mod tests {
                 Some((7, 1)),
                 None,
                 None,
+                None,
                 Some((7, 2)),
-                Some((7, 2)),
+                None,
                 None,
                 None
             ]

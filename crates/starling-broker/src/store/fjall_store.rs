@@ -229,7 +229,7 @@ impl FjallStore {
                 }
                 Op::Will(c, r) => batch.insert(&self.wills, c.as_bytes().to_vec(), r.to_vec()),
                 Op::DeleteWill(c) => batch.remove(&self.wills, c.as_bytes().to_vec()),
-                Op::Received(..) => {}
+                Op::Received(..) | Op::CameWith(..) => {}
             }
         }
         batch.commit()

@@ -63,11 +63,18 @@ pub enum Op {
     Will(ByteString, Bytes),
     /// Deletes a waiting will.
     DeleteWill(ByteString),
-    /// The writes before it in the batch came with a message from another
-    /// node: that node's run and the message's number there. The embedded
-    /// store keeps nothing of it; a store that replicates the sessions
-    /// records which messages it holds (see the cluster's transit).
+    /// Every copy of a message this node keeps was handed to the store
+    /// before it: the message's node's run and its number there. The
+    /// embedded store keeps nothing of it; a store that replicates the
+    /// sessions may now claim the message in its receipt (see the cluster's
+    /// transit).
     Received(u64, u64),
+    /// Labels the [`Op::Message`] right before it: that message came with
+    /// this stamp (the node's run and the message's number there). Unlike
+    /// [`Op::Received`] it claims nothing about other copies; the embedded
+    /// store keeps nothing of it, a replicating store writes it with the
+    /// message, so that a session rebuilt elsewhere knows the message.
+    CameWith(u64, u64),
 }
 
 /// Everything read back at startup. Records that failed to decode were logged
