@@ -22,8 +22,13 @@ use starling_codec::ByteString;
 /// What the replicating store holds back, shared with `rejoin`.
 #[derive(Default)]
 pub struct Hold {
-    /// Every change is held (the node lost NATS and has not been audited).
+    /// Every change is held (the node lost NATS, or restarted with
+    /// sessions from its store, and has not been audited), but for the
+    /// sessions in `settled`.
     pub suspect: bool,
+    /// Sessions whose owner this node read as itself (a client's claim)
+    /// since it turned suspect: their changes are not held for it.
+    pub settled: HashSet<String>,
     /// The sessions behind, by client id.
     pub backlogs: HashMap<String, Backlog>,
     /// Sessions another node owns: their changes are not written.
@@ -47,6 +52,36 @@ pub struct Hold {
 pub const GAP_KEPT: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Hold {
+    /// Every change is held from now on, until an audit.
+    pub fn turn_suspect(&mut self) {
+        self.suspect = true;
+        self.settled.clear();
+    }
+
+    /// An audit found every session's owner.
+    pub fn audited(&mut self) {
+        self.suspect = false;
+        self.settled.clear();
+    }
+
+    /// A claim read this node as the owner of `client`'s session: while
+    /// suspect, its changes are no longer held (what was held of it goes
+    /// out with the next batch), as an audit would have found.
+    pub fn settle(&mut self, client: &str) {
+        if !self.suspect || self.fenced.contains(client) {
+            return;
+        }
+        self.settled.insert(client.to_string());
+        if self.backlogs.contains_key(client) {
+            self.due.insert(client.to_string());
+        }
+    }
+
+    /// Whether the changes to `client`'s session are held now.
+    pub fn holds(&self, client: &str) -> bool {
+        (self.suspect && !self.settled.contains(client)) || self.backlogs.contains_key(client)
+    }
+
     /// Notes a gap from `from_ms` on (see [`Hold::complete_from_ms`]).
     pub fn note_gap(&mut self, from_ms: u64) {
         let from = match self.complete_from_ms() {
@@ -81,7 +116,7 @@ impl Hold {
             ReplicaLag::Lost
         } else if !self.backlogs.contains_key(client) {
             ReplicaLag::Current
-        } else if self.suspect {
+        } else if self.suspect && !self.settled.contains(client) {
             ReplicaLag::Lost
         } else {
             ReplicaLag::Behind
@@ -305,6 +340,34 @@ mod tests {
         assert_eq!(hold.lag("d"), ReplicaLag::Current);
         hold.fenced.insert("d".into());
         assert_eq!(hold.lag("d"), ReplicaLag::Lost);
+    }
+
+    #[test]
+    fn a_session_claimed_while_suspect_is_no_longer_held() {
+        let mut hold = Hold::default();
+        hold.settle("c");
+        assert!(hold.settled.is_empty(), "nothing to settle: not suspect");
+        hold.turn_suspect();
+        hold.backlogs.insert("c".into(), Backlog::default());
+        hold.fenced.insert("f".into());
+        assert!(hold.holds("c") && hold.holds("d"));
+        hold.settle("c");
+        hold.settle("d");
+        hold.settle("f");
+        // What was held of it goes out with the next batch: behind until
+        // then, not lost.
+        assert!(hold.due.contains("c"));
+        assert_eq!(hold.lag("c"), ReplicaLag::Behind);
+        assert!(!hold.holds("d"));
+        assert_eq!(hold.lag("d"), ReplicaLag::Current);
+        assert_eq!(hold.lag("f"), ReplicaLag::Lost);
+        assert!(hold.holds("e"));
+        // A new cut, or the audit, starts over.
+        hold.turn_suspect();
+        assert!(hold.holds("d"));
+        hold.settle("d");
+        hold.audited();
+        assert!(!hold.suspect && hold.settled.is_empty());
     }
 
     #[test]

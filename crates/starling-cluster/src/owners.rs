@@ -125,6 +125,9 @@ async fn claim_owner(inner: &Inner, client_id: &str, persistent: bool) -> Owners
                 .broker()
                 .is_some_and(|b| b.session(client_id).is_some());
             if here || !persistent {
+                if here {
+                    settled(inner, client_id);
+                }
                 return Ownership::Local;
             }
             // Written by an earlier claim here whose answer was lost (a
@@ -148,6 +151,7 @@ async fn claim_owner(inner: &Inner, client_id: &str, persistent: bool) -> Owners
                     }
                     if persistent {
                         wrote(inner, client_id, revision);
+                        settled(inner, client_id);
                     }
                     return Ownership::Local;
                 }
@@ -164,6 +168,7 @@ async fn claim_owner(inner: &Inner, client_id: &str, persistent: bool) -> Owners
                 crate::holder::claim_succeeded(inner, client_id);
                 if persistent {
                     wrote(inner, client_id, revision);
+                    settled(inner, client_id);
                 }
                 return Ownership::Local;
             }
@@ -667,6 +672,14 @@ pub fn wrote(inner: &Inner, client_id: &str, revision: u64) {
     let mut owned = inner.owned_at.lock();
     let r = owned.entry(client_id.to_string()).or_default();
     *r = (*r).max(revision);
+}
+
+/// A claim found this node the owner of `client_id`'s session: its
+/// changes are not held for a restart or a cut not yet audited (see
+/// [`crate::backlog::Hold::settle`]), so that its client is not sent away
+/// (0x9C) for a QoS 2 message waiting on them.
+fn settled(inner: &Inner, client_id: &str) {
+    inner.replica.hold.lock().settle(client_id);
 }
 
 /// The session of `client_id` is no longer held here.

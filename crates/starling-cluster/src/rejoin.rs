@@ -129,7 +129,7 @@ pub async fn run(inner: Arc<Inner>) {
             // Once the sessions are replicated (before, nothing was).
             let linked = inner.replica.linked();
             if linked {
-                inner.replica.hold.lock().suspect = true;
+                inner.replica.hold.lock().turn_suspect();
             }
             if !persistent_fenced && (linked || now - since >= LEASE) {
                 persistent_fenced = true;
@@ -386,7 +386,7 @@ async fn audit(inner: &Arc<Inner>, broker: &Arc<BrokerState>, suspect: bool) {
             }
         }
         if inner.reachable() {
-            hold.suspect = false;
+            hold.audited();
         }
     }
     // The backlogs found due go out with the next batch: ask for one.

@@ -154,7 +154,7 @@ impl Replica {
         // restored, as after a drain: nothing to hold, and a session
         // claimed meanwhile is this node's.)
         if restored {
-            self.hold.lock().suspect = true;
+            self.hold.lock().turn_suspect();
         }
         let _ = self.link.set(link);
         Ok(())
@@ -295,7 +295,7 @@ impl ReplicatedStore {
         let mut direct = Vec::with_capacity(ops.len() * 2);
         let mut hold = self.replica.hold.lock();
         if link.client.connection_state() != async_nats::connection::State::Connected {
-            hold.suspect = true;
+            hold.turn_suspect();
         }
         for c in std::mem::take(&mut hold.due) {
             if let Some(b) = hold.backlogs.remove(&c) {
@@ -317,7 +317,7 @@ impl ReplicatedStore {
                 }
                 continue;
             }
-            if suspect || hold.backlogs.contains_key(&**c) {
+            if hold.holds(c) {
                 let written = |seq| self.queues.may_hold(c, seq);
                 hold.backlogs
                     .entry(c.to_string())

@@ -144,8 +144,8 @@ impl Replays {
     }
 
     /// A session left this node (handed over): the replays still running
-    /// here (one that cannot read transit lets its sessions move) no longer
-    /// route or park for it.
+    /// here (none should: a takeover waits for its session's replays) no
+    /// longer route or park for it.
     pub fn leave(&mut self, client_id: &str) {
         for r in self.running.values_mut() {
             if let Some((clients, _)) = &mut r.clients {
@@ -583,12 +583,15 @@ pub async fn serve_replays(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Re
 /// Times a replay is tried (a second apart) while JetStream cannot answer
 /// with its sessions' takeovers waiting for it (and a repair in all).
 const REPLAY_TRIES: usize = 15;
-/// How long a replay is tried at most: as long as transit keeps messages.
-/// After [`REPLAY_TRIES`] its sessions may move meanwhile (a client must
-/// not wait on JetStream for minutes: seen, its transit stream without a
-/// leader for more than 15 s after a partition healed); those still here
-/// get what it reads once it can, after newer live messages then, but
-/// not lost.
+/// How long a replay is tried at most: as long as transit keeps messages
+/// (seen: the transit stream without a leader for more than 15 s after a
+/// partition healed). After [`REPLAY_TRIES`] the live messages parked for
+/// its sessions go out (the clients connected here are served on; what it
+/// reads once it can comes after them, out of order but not lost), but its
+/// sessions still do not move: the node they would move to would not know
+/// what the replay owes them (a session that moved then lost 2,443
+/// acknowledged messages), so a client connecting elsewhere meanwhile is
+/// refused, and served here.
 const REPLAY_FOR: Duration = AGE;
 
 async fn replay_and_report(inner: Arc<Inner>, mut request: ReplayRequest) {
@@ -596,7 +599,6 @@ async fn replay_and_report(inner: Arc<Inner>, mut request: ReplayRequest) {
     let ids: Vec<ByteString> = request.clients.iter().cloned().collect();
     let began = Instant::now();
     let mut replayed = Err(String::new());
-    let mut waited_for = true;
     for n in 1.. {
         // From the last of the waited tries on, an origin that does not
         // say what it withdrew no longer fails a read.
@@ -605,12 +607,9 @@ async fn replay_and_report(inner: Arc<Inner>, mut request: ReplayRequest) {
         let mut handed = HashSet::new();
         replayed = replay(&inner, &mut request, &mut handed, last_try).await;
         request.held.extend(handed);
-        // Past the waited tries, a session that moved away meanwhile is
-        // left out (it may come back with a replay of its own).
-        if !waited_for {
-            let Some(broker) = inner.broker() else { break };
-            request.clients.retain(|id| broker.session(id).is_some());
-        }
+        // A session that ended meanwhile is left out.
+        let Some(broker) = inner.broker() else { break };
+        request.clients.retain(|id| broker.session(id).is_some());
         if replayed.is_ok() || request.clients.is_empty() || began.elapsed() >= REPLAY_FOR {
             break;
         }
@@ -622,22 +621,18 @@ async fn replay_and_report(inner: Arc<Inner>, mut request: ReplayRequest) {
         if n == REPLAY_TRIES {
             tracing::warn!(
                 sessions = clients,
-                "a replay still cannot read transit: its sessions may move now; tried again \
-                 for at most {REPLAY_FOR:?}"
+                "a replay still cannot read transit: the live messages parked for its \
+                 sessions go out now; tried again for at most {REPLAY_FOR:?}"
             );
             let _ = inner
                 .replays
                 .send(ReplayCommand::Unpark(request.token))
                 .await;
-            release(&inner, &ids);
-            waited_for = false;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     end(&inner.replays, request.token).await;
-    if waited_for {
-        release(&inner, &ids);
-    }
+    release(&inner, &ids);
     match replayed {
         Ok(n) => tracing::info!(
             sessions = clients,
