@@ -155,8 +155,8 @@ impl NatsCluster {
             commands_rx,
             (replays_rx, local_rx),
         ));
-        tokio::spawn(owners::serve_takeovers(inner.clone()));
-        tokio::spawn(owners::serve_handovers(inner.clone()));
+        tokio::spawn(crate::handover::serve_takeovers(inner.clone()));
+        tokio::spawn(crate::handover::serve_handovers(inner.clone()));
         tokio::spawn(crate::holder::serve(inner.clone()));
         tokio::spawn(crate::withdrawn::serve(inner.clone()));
         tokio::spawn(crate::probe::serve(inner.clone()));

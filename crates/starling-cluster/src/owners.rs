@@ -12,10 +12,10 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use starling_broker::cluster::Ownership;
-use starling_broker::BrokerState;
 use starling_codec::ByteString;
 
 use crate::shared::{Claim, Inner};
+use crate::takeover::Handed;
 use crate::{keys, replica};
 
 /// Claims `client_id` for this node. A clean session (`persistent` false)
@@ -52,35 +52,6 @@ pub async fn claim(inner: &Inner, client_id: &str, persistent: bool) -> Ownershi
             claims.remove(client_id);
             other
         }
-    }
-}
-
-/// Before a takeover request for `client_id` is served: waits, bounded by
-/// half the cluster timeout, for a claim of it here to finish and its
-/// client to attach. A claim still in progress then is marked lost, and
-/// `true` returned (it may still be getting the session).
-async fn await_claim(inner: &Inner, broker: &BrokerState, client_id: &str) -> bool {
-    let deadline = tokio::time::Instant::now() + inner.timeout / 2;
-    loop {
-        let late = tokio::time::Instant::now() >= deadline;
-        {
-            let mut claims = inner.claims.lock();
-            match claims.get(client_id).copied() {
-                None => return false,
-                Some(Claim::Lost) => return true,
-                Some(Claim::InProgress) if late => {
-                    claims.insert(client_id.to_string(), Claim::Lost);
-                    return true;
-                }
-                Some(Claim::InProgress) => {}
-                Some(Claim::Won(_)) if late || broker.is_connected(client_id) => {
-                    claims.remove(client_id);
-                    return false;
-                }
-                Some(Claim::Won(_)) => {}
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
 
@@ -273,7 +244,7 @@ async fn take_from(inner: &Inner, owner: &str, client_id: &str) -> bool {
     let (count, cut) = loop {
         let asked = inner
             .client
-            .request(keys::takeover(&owner), takeover_request(client_id));
+            .request(keys::takeover(&owner), crate::takeover::request(client_id));
         let answer = match tokio::time::timeout(inner.timeout, asked).await {
             Ok(Ok(reply)) => Handed::decode(&reply.payload).unwrap_or(Handed::Parts(0, None)),
             Ok(Err(e)) => {
@@ -512,37 +483,6 @@ async fn rebuild_from(
     }
 }
 
-/// The first byte of a takeover request that says when it was sent (never
-/// the first byte of UTF-8 text: an earlier version's request, the client
-/// id alone, is told apart, and such a node does not answer this one).
-const TIMED: u8 = 0xFF;
-
-/// A takeover request: [`TIMED`], when it was sent (ms since the epoch),
-/// then the client id. A request that reaches the old node after the asker
-/// gave up on it (a NATS route cut, then back, delivers what it buffered)
-/// is not served: the asker has rebuilt the session elsewhere meanwhile.
-fn takeover_request(client_id: &str) -> Bytes {
-    let mut b = bytes::BytesMut::with_capacity(9 + client_id.len());
-    b.extend_from_slice(&[TIMED]);
-    b.extend_from_slice(&starling_broker::store::unix_ms().to_be_bytes());
-    b.extend_from_slice(client_id.as_bytes());
-    b.freeze()
-}
-
-/// A takeover request's client id and age (zero for an earlier version's
-/// request, which does not say), if it is one.
-fn read_takeover(payload: &[u8]) -> Option<(&str, std::time::Duration)> {
-    let Some((&TIMED, rest)) = payload.split_first() else {
-        let id = std::str::from_utf8(payload).ok()?;
-        return Some((id, std::time::Duration::ZERO));
-    };
-    let (sent, id) = rest.split_at_checked(8)?;
-    let sent = u64::from_be_bytes(sent.try_into().ok()?);
-    let age = starling_broker::store::unix_ms().saturating_sub(sent);
-    let id = std::str::from_utf8(id).ok()?;
-    Some((id, std::time::Duration::from_millis(age)))
-}
-
 /// Asks for the transit messages `dead` (a node, or this node's previous
 /// run with its `receipt`) had not stored to be replayed to `clients`
 /// (each with this node's message number right after it was installed;
@@ -730,256 +670,7 @@ pub async fn release(inner: &Inner, client_id: &str) {
     }
 }
 
-/// A takeover's answer while the session's replay is in progress.
-const BUSY: u32 = u32::MAX;
-/// A takeover's answer from a node without the session, followed by the
-/// node that has it.
-const ELSEWHERE: u32 = u32::MAX - 1;
 /// Nodes a takeover follows from one to the next, at most.
 const HOPS: usize = 3;
-/// How long a takeover asks again while the answer is [`BUSY`].
+/// How long a takeover asks again while the answer is busy.
 const BUSY_FOR: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// How far two nodes' clocks may differ for a takeover request's age (see
-/// [`takeover_request`]).
-const CLOCKS_DIFFER: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// How long a handed-over session waits to be fetched.
-const HANDOVER_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Answers other nodes' takeover requests for clients of this node: the
-/// connection closes with 0x8E, and a persistent session is written out
-/// for the new node to fetch. The answer is how many parts it has.
-pub async fn serve_takeovers(inner: Arc<Inner>) {
-    let mut requests = match inner.client.subscribe(keys::takeover(&inner.node_id)).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("takeover requests cannot be served: {e}");
-            return;
-        }
-    };
-    while let Some(request) = requests.next().await {
-        let Some(broker) = inner.broker() else { return };
-        let Some((client_id, age)) = read_takeover(&request.payload) else {
-            continue;
-        };
-        // Each on its own task: one may wait for a claim to finish.
-        let client_id = client_id.to_string();
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            let answer = if age > inner.timeout + CLOCKS_DIFFER {
-                tracing::info!(%client_id, age_ms = age.as_millis() as u64, "a takeover request came after its asker gave up: not served");
-                Handed::Busy
-            } else {
-                hand_over(&inner, &broker, &client_id).await
-            };
-            if let Some(reply) = request.reply {
-                let _ = inner.client.publish(reply, answer.encode()).await;
-            }
-        });
-    }
-}
-
-/// Returns how many parts the session has, and what it had of each run's
-/// messages when it left this node's subscription index (the new node
-/// replays what came after from transit); or that the asker should ask
-/// again, or ask another node.
-async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) -> Handed {
-    let arrived = tokio::time::Instant::now();
-    let cut_short = await_claim(inner, broker, client_id).await;
-    if broker.session(client_id).is_none() {
-        // A claim here that could not get the session: it stayed with the
-        // node the claim asked (or is still being fetched from it).
-        if let Some(node) = crate::holder::redirect(inner, client_id) {
-            return Handed::Elsewhere(node);
-        }
-        return if cut_short {
-            Handed::Busy
-        } else {
-            Handed::Parts(0, None)
-        };
-    }
-    // A session whose messages are being replayed moves once they are in
-    // its queue, and one whose node reads what NATS may have dropped again
-    // once that is routed: until then the new node is told to ask again.
-    if !crate::transit::await_replay(inner, client_id, inner.timeout / 2).await {
-        return Handed::Busy;
-    }
-    let repairing = inner.repair_due.load(std::sync::atomic::Ordering::Relaxed)
-        || inner.repairing.load(std::sync::atomic::Ordering::Relaxed);
-    if repairing {
-        tracing::debug!(%client_id, "a repair is due or running: the takeover asks again");
-        return Handed::Busy;
-    }
-    // The asker waits `timeout` for the answer: past it, it rebuilds the
-    // session from its replica, and one handed over now would be left
-    // unfetched (and gone from here).
-    if arrived.elapsed() >= inner.timeout / 2 {
-        tracing::info!(%client_id, "a takeover took too long here: the asker asks again");
-        return Handed::Busy;
-    }
-    // Whatever ends here now, the claim is the new owner's: no release.
-    inner.handing_over.lock().insert(client_id.to_string());
-    if broker.kick_taken_over(client_id) {
-        // The connection closes on its own task; wait for it, bounded.
-        let deadline = tokio::time::Instant::now() + inner.timeout / 2;
-        while broker.is_connected(client_id) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
-    }
-    // A clean session ends with its connection, and its release takes the
-    // mark off; a persistent one leaves the index inside this node's routing
-    // task (what it had of each run is known exactly), then is written out.
-    let cut = cut_from_routing(inner, client_id).await;
-    let Some(chunks) = broker.hand_over(client_id).await else {
-        return Handed::Parts(0, None);
-    };
-    inner.handing_over.lock().remove(client_id);
-    forget(inner, client_id);
-    let parts = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
-    let now = tokio::time::Instant::now();
-    let mut out = inner.outgoing.lock();
-    out.by_client
-        .retain(|_, (_, at)| now.duration_since(*at) < HANDOVER_KEPT);
-    out.by_client.insert(client_id.to_string(), (chunks, now));
-    Handed::Parts(parts, cut)
-}
-
-/// A takeover's answer.
-enum Handed {
-    /// How many parts the session has (0: none here), and its cut.
-    Parts(u32, Option<crate::receipt::Receipt>),
-    /// Ask again (a replay or a claim of the session is in progress here).
-    Busy,
-    /// Not here: ask that node, where a failed claim here left it.
-    Elsewhere(String),
-}
-
-impl Handed {
-    fn encode(self) -> Bytes {
-        let mut answer = bytes::BytesMut::new();
-        match self {
-            Handed::Parts(parts, cut) => {
-                answer.extend_from_slice(&parts.to_be_bytes());
-                if let Some(cut) = cut {
-                    answer.extend_from_slice(&cut.encode());
-                }
-            }
-            Handed::Busy => answer.extend_from_slice(&BUSY.to_be_bytes()),
-            Handed::Elsewhere(node) => {
-                answer.extend_from_slice(&ELSEWHERE.to_be_bytes());
-                answer.extend_from_slice(node.as_bytes());
-            }
-        }
-        answer.freeze()
-    }
-
-    /// `None`: not an answer.
-    fn decode(payload: &[u8]) -> Option<Handed> {
-        let count = u32::from_be_bytes(payload.get(..4)?.try_into().ok()?);
-        Some(match count {
-            BUSY => Handed::Busy,
-            ELSEWHERE => Handed::Elsewhere(String::from_utf8(payload[4..].to_vec()).ok()?),
-            parts => Handed::Parts(parts, crate::receipt::Receipt::decode(&payload[4..])),
-        })
-    }
-}
-
-/// Takes `client_id`'s session out of the subscription index inside this
-/// node's routing task, which answers with the newest message number it
-/// had routed per run (this node's own too): the session had those and
-/// everything before them. `None` when the task did not answer in time or
-/// the session was not there to leave (then nothing is replayed).
-async fn cut_from_routing(inner: &Inner, client_id: &str) -> Option<crate::receipt::Receipt> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let command = crate::shared::Command::Cut(client_id.to_string(), tx);
-    inner.commands.send(command).ok()?;
-    let high = tokio::time::timeout(inner.timeout / 4, rx)
-        .await
-        .ok()?
-        .ok()??;
-    // After a gap, complete only from its beginning (see
-    // `backlog::Hold::complete_from_ms`).
-    let now = starling_broker::store::unix_ms();
-    let complete = inner.replica.hold.lock().complete_from_ms();
-    Some(crate::receipt::Receipt {
-        at_ms: complete.map_or(now, |from| from.min(now)),
-        own: inner.origin,
-        high,
-    })
-}
-
-/// Answers other nodes' requests for the parts of handed-over sessions.
-pub async fn serve_handovers(inner: Arc<Inner>) {
-    let mut requests = match inner.client.subscribe(keys::handover(&inner.node_id)).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("session handovers cannot be served: {e}");
-            return;
-        }
-    };
-    while let Some(request) = requests.next().await {
-        let Some(reply) = request.reply else { continue };
-        let p = &request.payload;
-        if p.len() < 4 {
-            continue;
-        }
-        let index = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
-        let client_id = String::from_utf8_lossy(&p[4..]).into_owned();
-        let part = {
-            let mut out = inner.outgoing.lock();
-            let part = out
-                .by_client
-                .get(&client_id)
-                .and_then(|(chunks, _)| chunks.get(index).cloned());
-            // The last part fetched: the session has moved.
-            if out
-                .by_client
-                .get(&client_id)
-                .is_some_and(|(c, _)| index + 1 == c.len())
-            {
-                out.by_client.remove(&client_id);
-            }
-            part
-        };
-        let answer = match part {
-            Some(chunk) => inner.client.publish(reply, chunk).await,
-            None => {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Starling-Missing", "1");
-                inner
-                    .client
-                    .publish_with_headers(reply, headers, Bytes::new())
-                    .await
-            }
-        };
-        if let Err(e) = answer {
-            tracing::debug!("a handover part was not sent: {e}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod takeover_tests {
-    use super::*;
-
-    #[test]
-    fn a_takeover_request_says_its_age_and_an_earlier_versions_is_still_read() {
-        let raw = takeover_request("sub-ü");
-        let (id, age) = read_takeover(&raw).expect("read back");
-        assert_eq!(id, "sub-ü");
-        assert!(age < std::time::Duration::from_secs(60));
-        let mut old = bytes::BytesMut::new();
-        old.extend_from_slice(&[TIMED]);
-        old.extend_from_slice(&1_000u64.to_be_bytes());
-        old.extend_from_slice(b"c");
-        let (_, age) = read_takeover(&old).expect("read back");
-        assert!(age > std::time::Duration::from_secs(3600), "sent long ago");
-        assert_eq!(
-            read_takeover(b"plain-id"),
-            Some(("plain-id", std::time::Duration::ZERO))
-        );
-        assert_eq!(read_takeover(&[TIMED, 0, 1]), None, "too short");
-        assert_eq!(read_takeover(&[0xC3]), None, "not UTF-8");
-    }
-}

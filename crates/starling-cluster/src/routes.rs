@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::dedup::Seen;
+use crate::replays::Replays;
 use crate::shared::ReplayCommand;
 use crate::shared::{Command, Inner};
-use crate::transit::Replays;
 use crate::{envelope, keys, probe, subject};
 
 /// A NATS subscription of this node: plain, or serving one shared group;

@@ -1,0 +1,225 @@
+//! The old node's side of a takeover: a request for one of its clients
+//! is served ([`serve_takeovers`]) once a claim of it here has settled and
+//! its replay is done; the connection closes (0x8E), the session leaves
+//! the subscription index inside the routing task, which says what it had
+//! of each run's messages (the cut), and is written out in parts that the
+//! new node fetches ([`serve_handovers`]).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use starling_broker::BrokerState;
+
+use crate::keys;
+use crate::owners::forget;
+use crate::shared::{Claim, Inner};
+use crate::takeover::Handed;
+
+/// How far two nodes' clocks may differ for a takeover request's age (see
+/// [`crate::takeover::request`]).
+const CLOCKS_DIFFER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a handed-over session waits to be fetched.
+const HANDOVER_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Answers other nodes' takeover requests for clients of this node: the
+/// connection closes with 0x8E, and a persistent session is written out
+/// for the new node to fetch. The answer is how many parts it has.
+pub async fn serve_takeovers(inner: Arc<Inner>) {
+    let mut requests = match inner.client.subscribe(keys::takeover(&inner.node_id)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("takeover requests cannot be served: {e}");
+            return;
+        }
+    };
+    while let Some(request) = requests.next().await {
+        let Some(broker) = inner.broker() else { return };
+        let Some((client_id, age)) = crate::takeover::read(&request.payload) else {
+            continue;
+        };
+        // Each on its own task: one may wait for a claim to finish.
+        let client_id = client_id.to_string();
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let answer = if age > inner.timeout + CLOCKS_DIFFER {
+                tracing::info!(%client_id, age_ms = age.as_millis() as u64, "a takeover request came after its asker gave up: not served");
+                Handed::Busy
+            } else {
+                hand_over(&inner, &broker, &client_id).await
+            };
+            if let Some(reply) = request.reply {
+                let _ = inner.client.publish(reply, answer.encode()).await;
+            }
+        });
+    }
+}
+
+/// Before a takeover request for `client_id` is served: waits, bounded by
+/// half the cluster timeout, for a claim of it here to finish and its
+/// client to attach. A claim still in progress then is marked lost, and
+/// `true` returned (it may still be getting the session).
+async fn await_claim(inner: &Inner, broker: &BrokerState, client_id: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + inner.timeout / 2;
+    loop {
+        let late = tokio::time::Instant::now() >= deadline;
+        {
+            let mut claims = inner.claims.lock();
+            match claims.get(client_id).copied() {
+                None => return false,
+                Some(Claim::Lost) => return true,
+                Some(Claim::InProgress) if late => {
+                    claims.insert(client_id.to_string(), Claim::Lost);
+                    return true;
+                }
+                Some(Claim::InProgress) => {}
+                Some(Claim::Won(_)) if late || broker.is_connected(client_id) => {
+                    claims.remove(client_id);
+                    return false;
+                }
+                Some(Claim::Won(_)) => {}
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// Returns how many parts the session has, and what it had of each run's
+/// messages when it left this node's subscription index (the new node
+/// replays what came after from transit); or that the asker should ask
+/// again, or ask another node.
+async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) -> Handed {
+    let arrived = tokio::time::Instant::now();
+    let cut_short = await_claim(inner, broker, client_id).await;
+    if broker.session(client_id).is_none() {
+        // A claim here that could not get the session: it stayed with the
+        // node the claim asked (or is still being fetched from it).
+        if let Some(node) = crate::holder::redirect(inner, client_id) {
+            return Handed::Elsewhere(node);
+        }
+        return if cut_short {
+            Handed::Busy
+        } else {
+            Handed::Parts(0, None)
+        };
+    }
+    // A session whose messages are being replayed moves once they are in
+    // its queue, and one whose node reads what NATS may have dropped again
+    // once that is routed: until then the new node is told to ask again.
+    if !crate::transit::await_replay(inner, client_id, inner.timeout / 2).await {
+        return Handed::Busy;
+    }
+    let repairing = inner.repair_due.load(std::sync::atomic::Ordering::Relaxed)
+        || inner.repairing.load(std::sync::atomic::Ordering::Relaxed);
+    if repairing {
+        tracing::debug!(%client_id, "a repair is due or running: the takeover asks again");
+        return Handed::Busy;
+    }
+    // The asker waits `timeout` for the answer: past it, it rebuilds the
+    // session from its replica, and one handed over now would be left
+    // unfetched (and gone from here).
+    if arrived.elapsed() >= inner.timeout / 2 {
+        tracing::info!(%client_id, "a takeover took too long here: the asker asks again");
+        return Handed::Busy;
+    }
+    // Whatever ends here now, the claim is the new owner's: no release.
+    inner.handing_over.lock().insert(client_id.to_string());
+    if broker.kick_taken_over(client_id) {
+        // The connection closes on its own task; wait for it, bounded.
+        let deadline = tokio::time::Instant::now() + inner.timeout / 2;
+        while broker.is_connected(client_id) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+    // A clean session ends with its connection, and its release takes the
+    // mark off; a persistent one leaves the index inside this node's routing
+    // task (what it had of each run is known exactly), then is written out.
+    let cut = cut_from_routing(inner, client_id).await;
+    let Some(chunks) = broker.hand_over(client_id).await else {
+        return Handed::Parts(0, None);
+    };
+    inner.handing_over.lock().remove(client_id);
+    forget(inner, client_id);
+    let parts = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+    let now = tokio::time::Instant::now();
+    let mut out = inner.outgoing.lock();
+    out.by_client
+        .retain(|_, (_, at)| now.duration_since(*at) < HANDOVER_KEPT);
+    out.by_client.insert(client_id.to_string(), (chunks, now));
+    Handed::Parts(parts, cut)
+}
+
+/// Takes `client_id`'s session out of the subscription index inside this
+/// node's routing task, which answers with the newest message number it
+/// had routed per run (this node's own too): the session had those and
+/// everything before them. `None` when the task did not answer in time or
+/// the session was not there to leave (then nothing is replayed).
+async fn cut_from_routing(inner: &Inner, client_id: &str) -> Option<crate::receipt::Receipt> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let command = crate::shared::Command::Cut(client_id.to_string(), tx);
+    inner.commands.send(command).ok()?;
+    let high = tokio::time::timeout(inner.timeout / 4, rx)
+        .await
+        .ok()?
+        .ok()??;
+    // After a gap, complete only from its beginning (see
+    // `backlog::Hold::complete_from_ms`).
+    let now = starling_broker::store::unix_ms();
+    let complete = inner.replica.hold.lock().complete_from_ms();
+    Some(crate::receipt::Receipt {
+        at_ms: complete.map_or(now, |from| from.min(now)),
+        own: inner.origin,
+        high,
+    })
+}
+
+/// Answers other nodes' requests for the parts of handed-over sessions.
+pub async fn serve_handovers(inner: Arc<Inner>) {
+    let mut requests = match inner.client.subscribe(keys::handover(&inner.node_id)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("session handovers cannot be served: {e}");
+            return;
+        }
+    };
+    while let Some(request) = requests.next().await {
+        let Some(reply) = request.reply else { continue };
+        let p = &request.payload;
+        if p.len() < 4 {
+            continue;
+        }
+        let index = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+        let client_id = String::from_utf8_lossy(&p[4..]).into_owned();
+        let part = {
+            let mut out = inner.outgoing.lock();
+            let part = out
+                .by_client
+                .get(&client_id)
+                .and_then(|(chunks, _)| chunks.get(index).cloned());
+            // The last part fetched: the session has moved.
+            if out
+                .by_client
+                .get(&client_id)
+                .is_some_and(|(c, _)| index + 1 == c.len())
+            {
+                out.by_client.remove(&client_id);
+            }
+            part
+        };
+        let answer = match part {
+            Some(chunk) => inner.client.publish(reply, chunk).await,
+            None => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Starling-Missing", "1");
+                inner
+                    .client
+                    .publish_with_headers(reply, headers, Bytes::new())
+                    .await
+            }
+        };
+        if let Err(e) = answer {
+            tracing::debug!("a handover part was not sent: {e}");
+        }
+    }
+}
