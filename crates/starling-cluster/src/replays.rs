@@ -456,14 +456,6 @@ impl Replays {
             ReplayCommand::Barrier(done) => {
                 let _ = done.send(());
             }
-            ReplayCommand::Unpark(token) => {
-                self.low_dirty = true;
-                if let Some(r) = self.running.get_mut(&token) {
-                    let n = r.stop_parking(broker);
-                    tracing::info!(messages = n, "a replay that cannot read transit: the live messages it held back delivered");
-                    return n > 0;
-                }
-            }
             ReplayCommand::End(token, done) => {
                 self.low_dirty = true;
                 let mut routed = false;

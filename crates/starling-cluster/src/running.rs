@@ -185,15 +185,8 @@ impl Running {
         n
     }
 
-    /// The replay ended: the parked messages it did not hand the sessions
-    /// go to them now, in the order they came.
-    /// Parks no more: what it parked goes out now (see
-    /// [`crate::shared::ReplayCommand::Unpark`]).
-    pub fn stop_parking(&mut self, broker: &starling_broker::BrokerState) -> usize {
-        self.parking = false;
-        self.unpark(broker)
-    }
-
+    /// The replay ended (or parks no more): the parked messages it did not
+    /// hand the sessions go to them now, in the order they came.
     pub fn unpark(&mut self, broker: &starling_broker::BrokerState) -> usize {
         self.parked_at.clear();
         self.low.clear();

@@ -292,10 +292,6 @@ pub enum ReplayCommand {
     Message(u64, Stamp, Arc<starling_broker::message::Message>),
     /// Answered once every earlier command is served.
     Barrier(tokio::sync::oneshot::Sender<()>),
-    /// Replay `.0` cannot read transit and lets its sessions move: what it
-    /// parked goes out now, and live messages are parked no more (noted,
-    /// so it skips them once it reads).
-    Unpark(u64),
     /// The replay is over.
     /// Answered once every earlier command is served (a handover waits for
     /// the replayed messages to be in the sessions' queues).
