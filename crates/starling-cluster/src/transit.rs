@@ -583,15 +583,20 @@ async fn read_since(
         let mut wanted = skip.wanted(inner, stamp, stored_ms);
         let mut was_withdrawn = false;
         if wanted {
-            if let std::collections::hash_map::Entry::Vacant(entry) = withdrawn.entry(stamp.origin)
+            // The dead node of a replay is asked only for an append that
+            // landed late (it may have been cut off, not dead: seen, a
+            // publisher's message appended after the heal, which it never
+            // acknowledged, replayed after the publisher's later ones).
+            let gone = skip.gone == Some(stamp.origin);
+            if !withdrawn.contains_key(&stamp.origin)
+                && (!gone || landed_late(&next.payload, stored_ms))
             {
-                // (The dead node of a replay is not asked.)
-                let asked = if skip.gone == Some(stamp.origin) {
-                    HashSet::new()
+                let asked = if gone {
+                    crate::withdrawn::for_late_append(inner, stamp.origin, skip.last_try).await?
                 } else {
                     crate::withdrawn::for_reader(inner, stamp.origin, skip.last_try).await?
                 };
-                entry.insert(asked);
+                withdrawn.insert(stamp.origin, asked);
             }
             was_withdrawn = withdrawn
                 .get(&stamp.origin)
@@ -626,4 +631,36 @@ async fn read_since(
     }
     tracing::debug!(token, read, handed, "transit read ends");
     Ok(handed)
+}
+
+/// Whether JetStream stored a transit message more than [`ON_THE_WAY`]
+/// after its node sent it (an append held in a cut NATS route, or tried
+/// again while JetStream could not take it).
+fn landed_late(payload: &[u8], stored_ms: u64) -> bool {
+    envelope::header(payload)
+        .and_then(|(_, sent)| sent)
+        .is_some_and(|sent| stored_ms.saturating_sub(sent) > ON_THE_WAY.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_append_stored_long_after_it_was_sent_landed_late() {
+        let m = starling_broker::message::Message {
+            topic: "t".into(),
+            payload: bytes::Bytes::from_static(b"p"),
+            qos: starling_codec::QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+            expires_at: None,
+            publisher: None,
+        };
+        let sent = starling_broker::store::unix_ms();
+        let raw = envelope::encode(&m, Stamp { origin: 1, seq: 2 }, Instant::now());
+        assert!(!landed_late(&raw, sent + 500));
+        assert!(landed_late(&raw, sent + 60_000));
+        assert!(!landed_late(b"not an envelope", sent + 60_000));
+    }
 }

@@ -114,6 +114,30 @@ pub async fn for_reader(
     Ok(HashSet::new())
 }
 
+/// What the dead node of a replay (run `origin`) withdrew, asked for an
+/// append of its that JetStream stored late: the node may only have been
+/// cut off, its publishers gone unacknowledged meanwhile, and such a node
+/// answers some seconds after the heal. Until it answers the read fails
+/// (tried again a second later), but on the `last_try` (delivered rather
+/// than not).
+pub async fn for_late_append(
+    inner: &Inner,
+    origin: u64,
+    last_try: bool,
+) -> Result<HashSet<u64>, String> {
+    match ask(inner, origin).await {
+        Ok(seqs) => Ok(seqs),
+        Err(e) if last_try => {
+            tracing::info!(origin, "an append that landed late delivered without knowing what its node withdrew: {e:?}");
+            Ok(HashSet::new())
+        }
+        Err(Unknown::Gone) => Err(format!(
+            "the node of run {origin}, whose append landed late, does not answer (yet)"
+        )),
+        Err(Unknown::NoAnswer(e)) => Err(e),
+    }
+}
+
 /// What `origin` withdrew, for a late copy: asked until [`LATE_ASKING`]
 /// has passed (the copy and its origin's later ones wait meanwhile; right
 /// after a partition heals, "nobody listens" may only mean its interest
