@@ -127,6 +127,21 @@ pub fn head(payload: &[u8]) -> String {
     String::from_utf8_lossy(&payload[..payload.len().min(16)]).into_owned()
 }
 
+/// The envelope of a plain QoS 1 message on `topic`, for tests.
+#[cfg(test)]
+pub fn sample(topic: &str, stamp: Stamp) -> Bytes {
+    let m = Message {
+        topic: topic.into(),
+        payload: Bytes::from_static(b"p"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+        expires_at: None,
+        publisher: None,
+    };
+    encode(&m, stamp, Instant::now())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

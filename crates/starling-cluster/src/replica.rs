@@ -219,7 +219,10 @@ impl Store for ReplicatedStore {
             return Ok(());
         };
         let (direct, receipts) = self.sort(link, ops);
-        if direct.is_empty() {
+        // Nothing to write: no change, and no receipt that may be written
+        // (while suspect, a batch of `Received` alone is not a failed one).
+        let only_received = direct.iter().all(|op| matches!(op, Op::Received(..)));
+        if direct.is_empty() || (only_received && receipts.is_none()) {
             return Ok(());
         }
         let counters = &self.replica.counters;

@@ -648,17 +648,8 @@ mod tests {
 
     #[test]
     fn an_append_stored_long_after_it_was_sent_landed_late() {
-        let m = starling_broker::message::Message {
-            topic: "t".into(),
-            payload: bytes::Bytes::from_static(b"p"),
-            qos: starling_codec::QoS::AtLeastOnce,
-            retain: false,
-            properties: Default::default(),
-            expires_at: None,
-            publisher: None,
-        };
         let sent = starling_broker::store::unix_ms();
-        let raw = envelope::encode(&m, Stamp { origin: 1, seq: 2 }, Instant::now());
+        let raw = envelope::sample("t", Stamp { origin: 1, seq: 2 });
         assert!(!landed_late(&raw, sent + 500));
         assert!(landed_late(&raw, sent + 60_000));
         assert!(!landed_late(b"not an envelope", sent + 60_000));

@@ -100,18 +100,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_takes_what_every_subscription_holds_in_each_runs_order() {
-        let now = tokio::time::Instant::now();
         let msg = |topic: &str, origin: u64, seq: u64| {
-            let m = starling_broker::message::Message {
-                topic: topic.into(),
-                payload: bytes::Bytes::from_static(b"p"),
-                qos: starling_codec::QoS::AtLeastOnce,
-                retain: false,
-                properties: Default::default(),
-                expires_at: None,
-                publisher: None,
-            };
-            let payload = envelope::encode(&m, envelope::Stamp { origin, seq }, now);
+            let payload = envelope::sample(topic, envelope::Stamp { origin, seq });
             async_nats::Message {
                 subject: topic.into(),
                 reply: None,
