@@ -48,7 +48,17 @@ pub async fn forward(inner: Arc<Inner>, mut rx: mpsc::Receiver<ToNats>) {
     // waited meanwhile and whose publisher left unacknowledged is withdrawn.
     let mut behind = false;
     let mut order = InOrder::<ToNats>::default();
+    let mut paused = inner.outbox_paused.subscribe();
     while let Some(out) = next_in_order(&inner, &mut rx, &mut order).await {
+        // Paused for this node's gap (see `Inner::outbox_paused`): what
+        // waited meanwhile and whose publisher left is withdrawn, as after
+        // a lost connection.
+        if *paused.borrow_and_update() {
+            if paused.wait_for(|p| !*p).await.is_err() {
+                return;
+            }
+            behind = true;
+        }
         inner
             .outbox_bytes
             .fetch_sub(out.payload.len(), Ordering::Relaxed);

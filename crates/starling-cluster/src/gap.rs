@@ -46,6 +46,11 @@ pub fn cost(msg: &Message) -> usize {
 /// partition heals.
 pub const HOLD_FOR: Duration = Duration::from_secs(60);
 
+/// How long a hold for another run waits for that run's repair to begin
+/// here (it waits for the repair running, if any: `repairs::serve`
+/// tries as long).
+pub const PENDING_FOR: Duration = Duration::from_secs(10);
+
 /// The live messages one repair holds back.
 pub struct Hold {
     /// The repair's token (`None`: this node's gap, whose repair has not
@@ -91,6 +96,27 @@ impl Hold {
         }
     }
 
+    /// A hold for the run `origin`, back from a gap of its own, begun as
+    /// it asks for its repair here: that repair takes it over.
+    pub fn pending_for(origin: u64) -> Hold {
+        Hold {
+            only: Some(origin),
+            ..Hold::pending()
+        }
+    }
+
+    /// Whether it waits for a repair of the run `only` (`None`: this
+    /// node's own gap's) to take it over.
+    pub fn pending_for_run(&self, only: Option<u64>) -> bool {
+        self.is_pending() && self.only == only
+    }
+
+    /// This node's own gap begins while it holds for another run's: it
+    /// holds every run's messages from now on, for this node's repair.
+    pub fn widen(&mut self) {
+        self.only = None;
+    }
+
     /// Whether it is repair `token`'s.
     pub fn is_for(&self, token: u64) -> bool {
         self.token == Some(token)
@@ -106,9 +132,15 @@ impl Hold {
         self.token = Some(token);
     }
 
-    /// Whether it has held for longer than [`HOLD_FOR`].
+    /// Whether it has held for longer than [`HOLD_FOR`], or, held for
+    /// another run whose repair has not begun, longer than
+    /// [`PENDING_FOR`].
     pub fn expired(&self) -> bool {
-        self.began.elapsed() > HOLD_FOR
+        let limit = match (self.token, self.only) {
+            (None, Some(_)) => PENDING_FOR,
+            _ => HOLD_FOR,
+        };
+        self.began.elapsed() > limit
     }
 
     /// Holds a live message: `Ok(true)` held, `Ok(false)` not one to hold
@@ -238,6 +270,32 @@ mod tests {
         h.taken_by(5);
         assert!(h.is_for(5) && !h.is_pending());
         assert_eq!(h.release().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_for_another_run_holds_its_messages_until_its_repair_takes_it_over() {
+        let mut h = Hold::pending_for(7);
+        assert!(h.pending_for_run(Some(7)) && !h.pending_for_run(None));
+        assert_eq!(h.hold(stamp(7, 1), &msg(b"x")), Ok(true));
+        assert_eq!(h.hold(stamp(8, 1), &msg(b"x")), Ok(false), "another run's");
+        h.taken_by(5);
+        assert!(h.is_for(5));
+        assert!(h.reached(stamp(7, 1)).is_some());
+        // Not taken over in time: it expires sooner than a repair's hold.
+        let waiting = Hold::pending_for(7);
+        let mut taken = Hold::pending_for(7);
+        taken.taken_by(5);
+        tokio::time::advance(PENDING_FOR + Duration::from_millis(1)).await;
+        assert!(waiting.expired());
+        assert!(!taken.expired());
+    }
+
+    #[test]
+    fn this_nodes_gap_widens_a_hold_for_another_run() {
+        let mut h = Hold::pending_for(7);
+        h.widen();
+        assert!(h.pending_for_run(None));
+        assert_eq!(h.hold(stamp(8, 1), &msg(b"x")), Ok(true));
     }
 
     #[tokio::test(start_paused = true)]

@@ -30,6 +30,7 @@ mod placement;
 mod probe;
 mod receipt;
 mod rejoin;
+mod repairs;
 mod replays;
 pub mod replica;
 mod retained;

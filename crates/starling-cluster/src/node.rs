@@ -118,6 +118,7 @@ impl NatsCluster {
             parking_any: Default::default(),
             repairing: Default::default(),
             repair_due: Default::default(),
+            outbox_paused: tokio::sync::watch::channel(false).0,
             retained: retained_tx,
             interest: Mutex::new(Default::default()),
             commands,
@@ -163,7 +164,7 @@ impl NatsCluster {
         tokio::spawn(crate::rejoin::run(inner.clone()));
         tokio::spawn(crate::rejoin::serve_merges(inner.clone()));
         tokio::spawn(crate::rejoin::watch_owners(inner.clone()));
-        tokio::spawn(crate::rejoin::serve_repairs(inner.clone()));
+        tokio::spawn(crate::repairs::serve(inner.clone()));
         tokio::spawn(open_buckets(
             inner.clone(),
             config.replicas,

@@ -33,18 +33,6 @@ use crate::holder::Holding;
 use crate::keys;
 use crate::shared::{Claim, Inner};
 
-/// When, after this node is back, the other nodes are asked (again) to
-/// repair its run: the first ask can be lost (a NATS server just back from a
-/// partition drops what it routes before the others' interest reaches it
-/// again), and so can the core copies of what this node's outbox sends to
-/// the transit stream as it empties, after the others' first repair read
-/// it.
-const REPAIR_ASKS: [Duration; 3] = [
-    Duration::ZERO,
-    Duration::from_secs(2),
-    Duration::from_secs(8),
-];
-
 /// How long a node without NATS keeps the clean clients whose wills the
 /// other nodes hold (and its persistent ones, before its sessions are
 /// replicated).
@@ -79,6 +67,10 @@ pub async fn run(inner: Arc<Inner>) {
     let mut isolated_gap = false;
     // (A node not yet connected has no gap to hold messages for.)
     let mut was_reachable = false;
+    // Since when this node is back with its outbox paused, and when it
+    // last asked the others for a repair (see `repairs`).
+    let mut back_at: Option<Instant> = None;
+    let mut asked_at: Option<Instant> = None;
     loop {
         tick.tick().await;
         let Some(broker) = inner.broker() else { return };
@@ -109,14 +101,19 @@ pub async fn run(inner: Arc<Inner>) {
                 } else if crate::transit::repair(&inner, from, None, true) {
                     repair_from = None;
                     isolated_gap = false;
-                    tokio::spawn(ask_repairs(inner.clone(), from));
+                    asked_at = Some(now);
+                    tokio::spawn(crate::repairs::ask(inner.clone(), from));
                 }
             }
+            resume_outbox(&inner, now, &mut back_at, repair_from.is_none(), asked_at);
         }
         if !inner.reachable() {
             if lost_at.is_none() && was_reachable {
-                // Live messages wait for what this gap loses (see `gap`).
+                // Live messages wait for what this gap loses (see `gap`),
+                // and so do this node's for the others (see `repairs`).
                 let _ = inner.local.send(crate::shared::ReplayCommand::GapBegins);
+                crate::repairs::pause(&inner);
+                back_at = None;
                 // And from now on this node's cuts and receipts say its
                 // routing is complete only from before the gap (a session
                 // handed over as the link comes back, before the repair
@@ -186,6 +183,37 @@ pub async fn run(inner: Arc<Inner>) {
         }
         audited = now;
         audit(&inner, &broker, suspect).await;
+    }
+}
+
+/// How long, once back, this node's outbox stays paused at most (a repair
+/// of its own that cannot begin while another runs delays its ask).
+const PAUSE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Back on NATS: the outbox paused for the gap goes on at once when no
+/// repair is due (nothing to ask the others), after [`PAUSE_LIMIT`] at
+/// most, and otherwise when the ask made at `asked_at` is answered
+/// (`repairs::ask` resumes it).
+fn resume_outbox(
+    inner: &Inner,
+    now: Instant,
+    back_at: &mut Option<Instant>,
+    none_due: bool,
+    asked_at: Option<Instant>,
+) {
+    if !crate::repairs::paused(inner) {
+        *back_at = None;
+        return;
+    }
+    let back = *back_at.get_or_insert(now);
+    let asking = asked_at.is_some_and(|t| now - t <= crate::repairs::ASK_WAIT + CHECK);
+    if (none_due && !asking) || now - back >= PAUSE_LIMIT {
+        if !none_due {
+            tracing::info!(
+                "the outbox goes on before the other nodes were asked to repair this node's run"
+            );
+        }
+        crate::repairs::resume(inner);
     }
 }
 
@@ -579,35 +607,6 @@ async fn merge_to(inner: &Inner, owner: &str, id: &str, records: Vec<Bytes>) {
     }
 }
 
-/// Serves other nodes' requests to read the transit window around their
-/// absence again.
-pub async fn serve_repairs(inner: Arc<Inner>) {
-    let mut requests = match inner.client.subscribe(keys::REPAIR).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("repair requests cannot be served: {e}");
-            return;
-        }
-    };
-    while let Some(request) = requests.next().await {
-        let mut p = request.payload.clone();
-        if p.len() != 16 {
-            continue;
-        }
-        let (from, origin) = (p.get_u64(), p.get_u64());
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            // One repair at a time: this one waits for the one running.
-            for _ in 0..40 {
-                if crate::transit::repair(&inner, from, Some(origin), true) {
-                    return;
-                }
-                tokio::time::sleep(CHECK).await;
-            }
-        });
-    }
-}
-
 /// Serves other nodes' merges into sessions this node owns.
 pub async fn serve_merges(inner: Arc<Inner>) {
     let mut requests = match inner.client.subscribe(keys::merge(&inner.node_id)).await {
@@ -651,23 +650,6 @@ fn decode(mut p: Bytes) -> Option<(String, Vec<Bytes>)> {
         records.push(p.split_to(len));
     }
     Some((id, records))
-}
-
-/// Asks the other nodes, at each of [`REPAIR_ASKS`], to repair this node's
-/// run from `from_ms` (what was routed already is not routed twice).
-async fn ask_repairs(inner: Arc<Inner>, from_ms: u64) {
-    let mut ask = BytesMut::with_capacity(16);
-    ask.put_u64(from_ms);
-    ask.put_u64(inner.origin);
-    let ask = ask.freeze();
-    let began = Instant::now();
-    for at in REPAIR_ASKS {
-        tokio::time::sleep_until(began + at).await;
-        if inner.broker().is_none() {
-            return;
-        }
-        let _ = inner.client.publish(keys::REPAIR, ask.clone()).await;
-    }
 }
 
 #[cfg(test)]

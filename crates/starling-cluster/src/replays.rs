@@ -157,8 +157,20 @@ impl Replays {
     /// This node's gap begins: live messages are held from now on until
     /// its repair is over.
     pub fn begin_gap(&mut self) {
+        match &mut self.gap {
+            None => self.gap = Some(crate::gap::Hold::pending()),
+            // Held for another run's repair, not begun yet: for this one's.
+            Some(g) if g.is_pending() => g.widen(),
+            Some(_) => {}
+        }
+    }
+
+    /// The node of run `origin` is back from a gap and asks for a repair:
+    /// its live messages are held until that repair takes the hold over
+    /// (one already held for holds on).
+    pub fn hold_for(&mut self, origin: u64) {
         if self.gap.is_none() {
-            self.gap = Some(crate::gap::Hold::pending());
+            self.gap = Some(crate::gap::Hold::pending_for(origin));
         }
     }
 
@@ -401,9 +413,16 @@ impl Replays {
                     // The same repair tried again holds on (its next try
                     // reads what the failed one did not reach).
                     Some(g) if g.is_for(token) => {}
-                    // This node's gap's repair takes the gap's hold over.
-                    Some(g) if g.is_pending() && only.is_none() => g.taken_by(token),
-                    // Another node's: the gap's hold waits for its own.
+                    // The repair a hold waits for takes it over (this
+                    // node's gap's, or the run's that asked for it).
+                    Some(g) if g.pending_for_run(only) => g.taken_by(token),
+                    // This node's gap's repair, while held for another
+                    // run's: it holds every run's messages now.
+                    Some(g) if g.is_pending() && only.is_none() => {
+                        g.widen();
+                        g.taken_by(token);
+                    }
+                    // Another run's: the hold waits for its own.
                     Some(g) if g.is_pending() => {}
                     _ => {
                         self.release_gap(broker);
@@ -413,6 +432,10 @@ impl Replays {
                 self.running.insert(token, Running::new(None));
             }
             ReplayCommand::GapBegins => self.begin_gap(),
+            ReplayCommand::HoldFor(origin, done) => {
+                self.hold_for(origin);
+                let _ = done.send(());
+            }
             ReplayCommand::HoldLocal(stamp, msg) => {
                 self.live(stamp, &msg, broker);
                 if let (Some(inner), Some(p)) = (&self.inner, &msg.publisher) {

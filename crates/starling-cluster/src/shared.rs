@@ -141,6 +141,12 @@ pub(crate) struct Inner {
     /// cut): a handover waits for it, as its cut (the newest message
     /// routed per run) would pass over what the repair brings.
     pub repair_due: std::sync::atomic::AtomicBool,
+    /// While true, nothing goes from the outbox to NATS (see
+    /// `appends::forward`): from the start of a gap of this node's until
+    /// the other nodes said they hold its live messages back for the
+    /// repair it asks of them (`repairs::ask`), so that none of them
+    /// reaches a session there before the older ones the repair brings.
+    pub outbox_paused: tokio::sync::watch::Sender<bool>,
     pub retained: mpsc::Sender<(String, bytes::Bytes)>,
     pub interest: Mutex<std::collections::HashMap<String, usize>>,
     pub commands: mpsc::UnboundedSender<Command>,
@@ -266,6 +272,10 @@ pub enum ReplayCommand {
     /// messages core NATS brings (of run `only`, or of every run) are held
     /// back until it reaches them (see `gap`).
     Repair { token: u64, only: Option<u64> },
+    /// The node of run `.0` is back from a gap and asks for a repair of
+    /// its run: its live messages are held from now on, until that repair
+    /// takes the hold over (see `gap`). Answered once served.
+    HoldFor(u64, tokio::sync::oneshot::Sender<()>),
     /// The sessions of replay `.0` had, as they were installed here, every
     /// message up to these numbers (per run; the dead node's receipt or
     /// the old node's cut): a repair does not give them those again; nor

@@ -1,0 +1,184 @@
+//! Repairs asked of the other nodes after this node's gap, and theirs
+//! served here.
+//!
+//! Back from a gap (a cut, a new NATS connection), a node asks the others
+//! to read its run in transit again: the core copies of what it sent
+//! meanwhile may be lost (its NATS server dropped them, having no route to
+//! the others' interest). Its live messages after the gap are newer than
+//! those: they must not reach a session before the repair brings the
+//! older ones. So the node's outbox pauses with the gap
+//! ([`pause`]) and goes on only once the others said they hold this run's
+//! live messages back for the repair ([`ask`]), or after [`ASK_WAIT`];
+//! each node, asked, starts holding before it answers ([`serve`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::keys;
+use crate::shared::{Inner, ReplayCommand};
+
+/// When, after this node is back, the other nodes are asked (again) to
+/// repair its run: the first ask can be lost (a NATS server just back from a
+/// partition drops what it routes before the others' interest reaches it
+/// again), and so can the core copies of what this node's outbox sends to
+/// the transit stream as it empties, after the others' first repair read
+/// it.
+const REPAIR_ASKS: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_secs(2),
+    Duration::from_secs(8),
+];
+
+/// How long the first ask waits for the other nodes' answers (then the
+/// outbox goes on without those not heard).
+pub const ASK_WAIT: Duration = Duration::from_secs(2);
+
+/// How often an asked repair is tried while another one runs here, and
+/// how many times: as long as the hold begun for it waits
+/// (`gap::PENDING_FOR`).
+const RETRY: Duration = Duration::from_millis(100);
+const RETRIES: u32 = 100;
+
+/// This node's gap begins: nothing leaves the outbox until [`ask`] (or
+/// [`resume`]).
+pub fn pause(inner: &Inner) {
+    inner.outbox_paused.send_replace(true);
+}
+
+/// The outbox goes on.
+pub fn resume(inner: &Inner) {
+    inner.outbox_paused.send_replace(false);
+}
+
+/// Whether the outbox is paused.
+pub fn paused(inner: &Inner) -> bool {
+    *inner.outbox_paused.borrow()
+}
+
+/// Asks the other nodes, at each of [`REPAIR_ASKS`], to repair this node's
+/// run from `from_ms` (what was routed already is not routed twice); the
+/// outbox goes on once the first ask is answered.
+pub async fn ask(inner: Arc<Inner>, from_ms: u64) {
+    let mut ask = BytesMut::with_capacity(16);
+    ask.put_u64(from_ms);
+    ask.put_u64(inner.origin);
+    let ask = ask.freeze();
+    let began = Instant::now();
+    for (i, at) in REPAIR_ASKS.into_iter().enumerate() {
+        tokio::time::sleep_until(began + at).await;
+        if inner.broker().is_none() {
+            return;
+        }
+        if i > 0 {
+            let _ = inner.client.publish(keys::REPAIR, ask.clone()).await;
+            continue;
+        }
+        let expected = inner.live.lock().len();
+        let heard = answered(&inner, ask.clone(), expected).await;
+        if heard < expected {
+            tracing::info!(
+                heard,
+                expected,
+                "not every node said it holds this node's messages for its repair"
+            );
+        }
+        resume(&inner);
+    }
+}
+
+/// Publishes `ask` with a reply subject and counts the answers, until
+/// `expected` or [`ASK_WAIT`].
+async fn answered(inner: &Inner, ask: Bytes, expected: usize) -> usize {
+    let inbox = inner.client.new_inbox();
+    let Ok(mut answers) = inner.client.subscribe(inbox.clone()).await else {
+        return 0;
+    };
+    let asked = inner
+        .client
+        .publish_with_reply(keys::REPAIR, inbox, ask)
+        .await;
+    if asked.is_err() {
+        return 0;
+    }
+    let deadline = Instant::now() + ASK_WAIT;
+    let mut heard = 0;
+    while heard < expected {
+        match tokio::time::timeout_at(deadline, answers.next()).await {
+            Ok(Some(_)) => heard += 1,
+            _ => break,
+        }
+    }
+    heard
+}
+
+/// Serves other nodes' asks to read the transit window around their
+/// absence again: their live messages are held here from now on (then it
+/// answers), and the repair begins (once the one running here, if any, is
+/// over).
+pub async fn serve(inner: Arc<Inner>) {
+    let mut requests = match inner.client.subscribe(keys::REPAIR).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("repair requests cannot be served: {e}");
+            return;
+        }
+    };
+    while let Some(request) = requests.next().await {
+        let Some((from, origin)) = decode(request.payload) else {
+            continue;
+        };
+        // (This node's own ask.)
+        if origin == inner.origin {
+            continue;
+        }
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            if let Some(reply) = request.reply {
+                hold_for(&inner, origin).await;
+                let _ = inner.client.publish(reply, Bytes::new()).await;
+            }
+            for _ in 0..RETRIES {
+                if crate::transit::repair(&inner, from, Some(origin), true) {
+                    return;
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+        });
+    }
+}
+
+/// Has the routing task hold run `origin`'s live messages from now on.
+async fn hold_for(inner: &Inner, origin: u64) {
+    let (done, served) = oneshot::channel();
+    let held = async {
+        let command = ReplayCommand::HoldFor(origin, done);
+        if inner.replays.send(command).await.is_ok() {
+            let _ = served.await;
+        }
+    };
+    let _ = tokio::time::timeout(ASK_WAIT, held).await;
+}
+
+/// An ask: from when (ms since the epoch), and whose run.
+fn decode(mut p: Bytes) -> Option<(u64, u64)> {
+    (p.len() == 16).then(|| (p.get_u64(), p.get_u64()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ask_reads_back() {
+        let mut b = BytesMut::new();
+        b.put_u64(5);
+        b.put_u64(9);
+        assert_eq!(decode(b.freeze()), Some((5, 9)));
+        assert_eq!(decode(Bytes::from_static(&[0; 15])), None);
+    }
+}
