@@ -79,7 +79,15 @@ pub async fn ask(inner: Arc<Inner>, from_ms: u64) {
             continue;
         }
         let expected = inner.live.lock().len();
+        let asked = Instant::now();
         let heard = answered(&inner, ask.clone(), expected).await;
+        tracing::debug!(
+            heard,
+            expected,
+            waited_ms = asked.elapsed().as_millis() as u64,
+            paused = paused(&inner),
+            "repair asked of the other nodes: the outbox goes on"
+        );
         if heard < expected {
             tracing::info!(
                 heard,
@@ -140,6 +148,10 @@ pub async fn serve(inner: Arc<Inner>) {
         tokio::spawn(async move {
             if let Some(reply) = request.reply {
                 hold_for(&inner, origin).await;
+                tracing::debug!(
+                    origin,
+                    "a node back from a gap asks for a repair: its messages held"
+                );
                 let _ = inner.client.publish(reply, Bytes::new()).await;
             }
             for _ in 0..RETRIES {
