@@ -11,9 +11,11 @@
 //! whatever the number of sessions). Subjects, under `starling.s.<p>.<client>`
 //! (the client id's hash): `.s` the session, `.f.<filter hash>` a
 //! subscription, `.m.<node hash>.<seq>` a message, `.q.<id>` a QoS 2 id,
-//! each the latest of its subject (the session's records by rollup; its
-//! messages and their tombstones as plain appends, as a rollup makes the
-//! server purge the subject); an empty payload is a removal (a delivered
+//! each the latest of its subject (the streams keep one message per
+//! subject: a plain publish replaces the one before, as in a key-value
+//! bucket; a rollup, which makes the server purge the subject, cost a
+//! QoS 2 exchange about 1 ms of JetStream's time, one after another);
+//! an empty payload is a removal (a delivered
 //! message becomes such a tombstone, pipelined with the rest, not a purge
 //! request, which JetStream serves one at a time).
 //! A session's messages are purged whole once none of them is left (and a
@@ -122,11 +124,21 @@ impl Replica {
                 name: format!("STARLING_SESSIONS_{p}"),
                 subjects: vec![format!("starling.s.{p}.>")],
                 allow_rollup: true,
+                max_messages_per_subject: 1,
                 num_replicas: replicas,
                 storage: stream::StorageType::File,
                 ..Default::default()
             };
-            streams.push(js.get_or_create_stream(config).await?);
+            let mut stream = js.get_or_create_stream(config.clone()).await?;
+            // Made by an earlier version (every message of a subject kept,
+            // the records written as rollups): one per subject from now on.
+            if stream.cached_info().config.max_messages_per_subject != 1 {
+                let mut config = stream.cached_info().config.clone();
+                config.max_messages_per_subject = 1;
+                js.update_stream(config).await?;
+                stream = js.get_stream(format!("STARLING_SESSIONS_{p}")).await?;
+            }
+            streams.push(stream);
         }
         let link = Link {
             js: js.clone(),
@@ -407,10 +419,7 @@ async fn replicate(
     let mut emptied = HashSet::new();
     let mut n = 0u64;
     for (i, op) in ops.iter().enumerate() {
-        // Messages and their tombstones are plain appends (the last of a
-        // subject counts): a rollup makes the server purge the subject, one
-        // costly operation per message.
-        let mut rollup = true;
+        // Each a plain publish: the stream keeps the last of a subject.
         let mut stamp = None;
         let (subject, payload) = match op {
             Op::Session(c, rec) => (format!("{}.s", base(c).0), rec.encode()),
@@ -429,7 +438,6 @@ async fn replicate(
                 // A rewrite (in flight now) keeps the stamp of the first.
                 let stamps = queues.live.entry(c.to_string()).or_default();
                 stamp = *stamps.entry(*seq).or_insert(came_with[i]);
-                rollup = false;
                 (message_subject(link, c, *seq), raw.clone())
             }
             Op::DeleteMessage(c, seq) => {
@@ -445,7 +453,6 @@ async fn replicate(
                 }
                 *queues.dead.entry(c.to_string()).or_default() += 1;
                 emptied.insert(c.to_string());
-                rollup = false;
                 (message_subject(link, c, *seq), Bytes::new())
             }
             Op::IncomingQos2(c, id) => (format!("{}.q.{id}", base(c).0), Bytes::from_static(b"1")),
@@ -467,13 +474,7 @@ async fn replicate(
                 continue
             }
         };
-        let ack = if rollup {
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Rollup", "sub");
-            link.js
-                .publish_with_headers(subject, headers, payload)
-                .await
-        } else if let Some((origin, seq)) = stamp {
+        let ack = if let Some((origin, seq)) = stamp {
             let mut headers = HeaderMap::new();
             headers.insert(STAMP, format!("{origin:x}-{seq}").as_str());
             link.js

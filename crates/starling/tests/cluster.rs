@@ -1738,3 +1738,72 @@ fn once_its_suback_is_sent_a_subscription_receives_what_other_nodes_publish() {
         );
     });
 }
+
+// ---------------------------------------------------------------------------
+// The session streams' configuration
+
+/// The per-subject limit of session stream `name`, as the server has it.
+async fn per_subject(js: &async_nats::jetstream::Context, name: &str) -> i64 {
+    let mut stream = js.get_stream(name).await.expect("the session stream");
+    stream
+        .info()
+        .await
+        .expect("its information")
+        .config
+        .max_messages_per_subject
+}
+
+/// The session streams keep one message per subject (a plain publish
+/// replaces the one before, no rollup), and a stream made by an earlier
+/// version (every message of a subject kept) is brought to it when a node
+/// starts.
+#[test]
+fn session_streams_keep_one_message_per_subject_even_when_made_by_an_earlier_version() {
+    let Some(mut c) = Cluster::start("per-subject") else {
+        return;
+    };
+    let nats = format!("{}:{}", c.nats[0].host, c.nats[0].port);
+    const NAME: &str = "STARLING_SESSIONS_0";
+    run(async {
+        let client = async_nats::connect(&nats).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        assert_eq!(per_subject(&js, NAME).await, 1);
+        // As an earlier version made it.
+        let mut stream = js.get_stream(NAME).await.unwrap();
+        let mut config = stream.info().await.unwrap().config.clone();
+        config.max_messages_per_subject = -1;
+        js.update_stream(config).await.unwrap();
+        assert_eq!(per_subject(&js, NAME).await, -1);
+    });
+    c.restart_node(1);
+    run(async {
+        let client = async_nats::connect(&nats).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        assert_eq!(
+            per_subject(&js, NAME).await,
+            1,
+            "brought to one per subject"
+        );
+        // And a persistent session works on it.
+        let mut o = options(c.port(1), "per-subject");
+        o.clean_start = false;
+        o.session_expiry = Some(300);
+        let (client, _) = Client::connect(o).await.unwrap();
+        client.subscribe("ps/#", QoS::ExactlyOnce).await.unwrap();
+        let publisher = connect(c.port(2), "ps-pub").await;
+        until_routed(&publisher, "ps/probe", &client).await;
+        publisher
+            .publish("ps/x", &b"x"[..], QoS::ExactlyOnce, false)
+            .await
+            .unwrap();
+        loop {
+            let m = tokio::time::timeout(WAIT, client.recv())
+                .await
+                .expect("the QoS 2 message arrives")
+                .unwrap();
+            if &*m.topic == "ps/x" {
+                break;
+            }
+        }
+    });
+}
