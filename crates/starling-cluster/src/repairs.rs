@@ -81,13 +81,20 @@ pub async fn ask(inner: Arc<Inner>, from_ms: u64) {
         let expected = inner.live.lock().len();
         let asked = Instant::now();
         let heard = answered(&inner, ask.clone(), expected).await;
-        tracing::info!(
+        tracing::debug!(
             heard,
             expected,
             waited_ms = asked.elapsed().as_millis() as u64,
             paused = paused(&inner),
-            "back from a gap: the other nodes asked to repair this node's run; the outbox goes on"
+            "repair asked of the other nodes: the outbox goes on"
         );
+        if heard < expected {
+            tracing::info!(
+                heard,
+                expected,
+                "not every node said it holds this node's messages for its repair"
+            );
+        }
         resume(&inner);
     }
 }
@@ -139,16 +146,13 @@ pub async fn serve(inner: Arc<Inner>) {
         }
         let inner = inner.clone();
         tokio::spawn(async move {
-            // Answered only once it holds (the asker goes on after
-            // `ASK_WAIT` without the answer anyway).
             if let Some(reply) = request.reply {
-                if hold_for(&inner, origin).await {
-                    tracing::debug!(
-                        origin,
-                        "a node back from a gap asks for a repair: its messages held"
-                    );
-                    let _ = inner.client.publish(reply, Bytes::new()).await;
-                }
+                hold_for(&inner, origin).await;
+                tracing::debug!(
+                    origin,
+                    "a node back from a gap asks for a repair: its messages held"
+                );
+                let _ = inner.client.publish(reply, Bytes::new()).await;
             }
             for _ in 0..RETRIES {
                 if crate::transit::repair(&inner, from, Some(origin), true) {
@@ -160,15 +164,16 @@ pub async fn serve(inner: Arc<Inner>) {
     }
 }
 
-/// Has the routing task hold run `origin`'s live messages from now on;
-/// whether it did within [`ASK_WAIT`].
-async fn hold_for(inner: &Inner, origin: u64) -> bool {
+/// Has the routing task hold run `origin`'s live messages from now on.
+async fn hold_for(inner: &Inner, origin: u64) {
     let (done, served) = oneshot::channel();
     let held = async {
         let command = ReplayCommand::HoldFor(origin, done);
-        inner.replays.send(command).await.is_ok() && served.await.is_ok()
+        if inner.replays.send(command).await.is_ok() {
+            let _ = served.await;
+        }
     };
-    tokio::time::timeout(ASK_WAIT, held).await.unwrap_or(false)
+    let _ = tokio::time::timeout(ASK_WAIT, held).await;
 }
 
 /// An ask: from when (ms since the epoch), and whose run.
