@@ -9,7 +9,9 @@
 //! older ones. So the node's outbox pauses with the gap
 //! ([`pause`]) and goes on only once the others said they hold this run's
 //! live messages back for the repair ([`ask`]), or after [`ASK_WAIT`];
-//! each node, asked, starts holding before it answers ([`serve`]).
+//! each node, asked, starts holding before it answers ([`serve`]; it
+//! answers after [`ASK_WAIT`] even if its routing task has not taken the
+//! hold by then).
 
 use std::sync::Arc;
 use std::time::Duration;
