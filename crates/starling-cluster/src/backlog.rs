@@ -124,6 +124,10 @@ impl Hold {
     }
 }
 
+/// A message record of a session, with the stamp it came with (see
+/// [`Backlog::early_messages`]).
+pub type Early = (Bytes, Option<(u64, u64)>);
+
 /// One held message: its record (`None`: removed), the stamp it came
 /// with from another node, whether the replica never had it (`fresh`) and
 /// whether it was held before the node turned suspect (`early`: it came
@@ -272,12 +276,12 @@ impl Backlog {
     /// The messages held since before the cut that the replica never had:
     /// what another owner of the session lacks; those `withdrawn` says
     /// were withdrawn (by stamp) left out.
-    pub fn early_messages(&self, withdrawn: impl Fn((u64, u64)) -> bool) -> Vec<Bytes> {
+    pub fn early_messages(&self, withdrawn: impl Fn((u64, u64)) -> bool) -> Vec<Early> {
         self.messages
             .values()
             .filter(|h| h.fresh && h.early)
             .filter(|h| !h.stamp.is_some_and(&withdrawn))
-            .filter_map(|h| h.raw.clone())
+            .filter_map(|h| Some((h.raw.clone()?, h.stamp)))
             .collect()
     }
 }
@@ -394,7 +398,7 @@ mod tests {
         assert!(matches!(ops[1], Op::Message(_, 12, _)), "{ops:?}");
         assert!(matches!(ops[2], Op::CameWith(1, 3)), "{ops:?}");
         assert_eq!(ops.len(), 3);
-        assert_eq!(b.early_messages(|_| false), Vec::<Bytes>::new());
+        assert!(b.early_messages(|_| false).is_empty());
     }
 
     #[test]

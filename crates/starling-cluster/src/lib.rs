@@ -24,6 +24,7 @@ mod holder;
 mod inorder;
 mod keys;
 mod late;
+mod merges;
 mod node;
 mod owners;
 mod placement;

@@ -162,7 +162,7 @@ impl NatsCluster {
         tokio::spawn(crate::withdrawn::serve(inner.clone()));
         tokio::spawn(crate::probe::serve(inner.clone()));
         tokio::spawn(crate::rejoin::run(inner.clone()));
-        tokio::spawn(crate::rejoin::serve_merges(inner.clone()));
+        tokio::spawn(crate::merges::serve(inner.clone()));
         tokio::spawn(crate::rejoin::watch_owners(inner.clone()));
         tokio::spawn(crate::repairs::serve(inner.clone()));
         tokio::spawn(open_buckets(

@@ -14,7 +14,8 @@
 //! who owns each of its sessions (the *audit*). A session it still owns
 //! has its held changes written out (`backlog`); one another node owns
 //! now is fenced, dropped here, and what only this node had of it (the
-//! messages it got before the cut and never replicated) goes to the owner.
+//! messages it got before the cut and never replicated) goes to the owner
+//! (see `merges`).
 //! Then the wills of its clients that ended meanwhile are published, each
 //! once (a fenced delete in the wills bucket, as a surviving node does).
 
@@ -24,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use starling_broker::BrokerState;
 use tokio::time::Instant;
@@ -43,8 +43,6 @@ const CHECK: Duration = Duration::from_millis(100);
 const AUDIT_EVERY: Duration = Duration::from_secs(1);
 /// Owners read at once during an audit.
 const READS: usize = 32;
-/// Bytes of message records per merge request, about.
-const MERGE_CHUNK: usize = 512 * 1024;
 
 /// Watches the NATS connection and whether the other nodes are reached
 /// through it (see `cutoff`): cut off, sends the persistent clients away
@@ -224,7 +222,7 @@ async fn give_up(
     broker: &Arc<BrokerState>,
     id: &str,
     owner: &str,
-    early: Vec<Bytes>,
+    early: Vec<crate::backlog::Early>,
 ) {
     // Handed over meanwhile (a takeover from the owner, once this node was
     // back): the owner has the whole session, these messages included (a
@@ -236,7 +234,7 @@ async fn give_up(
     tracing::info!(client_id = %id, %owner, early = early.len(), "session given up here: another node owns and holds it");
     crate::owners::forget(inner, id);
     broker.drop_fenced(id, inner.timeout / 2).await;
-    merge_to(inner, owner, id, early).await;
+    crate::merges::merge_to(inner, owner, id, early).await;
 }
 
 /// Watches who owns the client ids: a session held here that another node
@@ -563,114 +561,4 @@ async fn verdict(inner: &Inner, broker: &BrokerState, id: &str) -> Option<Verdic
         }
     }
     None
-}
-
-/// Sends `records` (messages of session `id` the owner lacks) to `owner`.
-async fn merge_to(inner: &Inner, owner: &str, id: &str, records: Vec<Bytes>) {
-    if records.is_empty() {
-        return;
-    }
-    let total = records.len();
-    let mut added = 0usize;
-    let mut rest = records.as_slice();
-    while !rest.is_empty() {
-        let mut body = BytesMut::new();
-        body.put_u16(u16::try_from(id.len()).unwrap_or(u16::MAX));
-        body.put_slice(id.as_bytes());
-        let mut taken = 0;
-        for r in rest {
-            if taken > 0 && body.len() + r.len() > MERGE_CHUNK {
-                break;
-            }
-            body.put_u32(u32::try_from(r.len()).unwrap_or(u32::MAX));
-            body.put_slice(r);
-            taken += 1;
-        }
-        rest = &rest[taken..];
-        let asked = inner.client.request(keys::merge(owner), body.freeze());
-        match tokio::time::timeout(inner.timeout, asked).await {
-            Ok(Ok(reply)) if reply.payload.len() == 4 => {
-                added += reply.payload.clone().get_u32() as usize;
-            }
-            _ => break,
-        }
-    }
-    if added < total {
-        tracing::warn!(
-            client_id = %id,
-            %owner,
-            lost = total - added,
-            "messages this node held for a session another node owns now did not reach it"
-        );
-    } else {
-        tracing::info!(client_id = %id, %owner, messages = total, "held messages handed to the session's owner");
-    }
-}
-
-/// Serves other nodes' merges into sessions this node owns.
-pub async fn serve_merges(inner: Arc<Inner>) {
-    let mut requests = match inner.client.subscribe(keys::merge(&inner.node_id)).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("merges from other nodes cannot be served: {e}");
-            return;
-        }
-    };
-    while let Some(request) = requests.next().await {
-        let Some(broker) = inner.broker() else { return };
-        let added = match decode(request.payload) {
-            Some((id, records)) => broker.merge_queued(&id, &records),
-            None => 0,
-        };
-        if let Some(reply) = request.reply {
-            let count = u32::try_from(added).unwrap_or(u32::MAX);
-            let _ = inner
-                .client
-                .publish(reply, Bytes::copy_from_slice(&count.to_be_bytes()))
-                .await;
-        }
-    }
-}
-
-fn decode(mut p: Bytes) -> Option<(String, Vec<Bytes>)> {
-    if p.len() < 2 {
-        return None;
-    }
-    let len = usize::from(p.get_u16());
-    if p.len() < len {
-        return None;
-    }
-    let id = String::from_utf8(p.split_to(len).to_vec()).ok()?;
-    let mut records = Vec::new();
-    while p.len() >= 4 {
-        let len = p.get_u32() as usize;
-        if p.len() < len {
-            return None;
-        }
-        records.push(p.split_to(len));
-    }
-    Some((id, records))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_merge_request_reads_back() {
-        let mut body = BytesMut::new();
-        body.put_u16(3);
-        body.put_slice(b"abc");
-        for r in [&b"x"[..], b"yz"] {
-            body.put_u32(r.len() as u32);
-            body.put_slice(r);
-        }
-        let (id, records) = decode(body.freeze()).expect("well formed");
-        assert_eq!(id, "abc");
-        assert_eq!(
-            records,
-            vec![Bytes::from_static(b"x"), Bytes::from_static(b"yz")]
-        );
-        assert!(decode(Bytes::from_static(&[0, 9, b'a'])).is_none());
-    }
 }

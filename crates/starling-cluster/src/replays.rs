@@ -232,6 +232,52 @@ impl Replays {
         inner.replica.hold.lock().routing_low = low;
     }
 
+    /// Adds to session `client`'s queue the messages another node had of
+    /// it (see `merges`), but those a replay, running or ended lately, gave
+    /// it already; a running one does not give it those it adds. Returns
+    /// how many the session has now (added, or had).
+    pub fn merge(&mut self, client: &str, records: Vec<(bytes::Bytes, Option<Stamp>)>) -> usize {
+        self.forget_ended();
+        let mine = |r: &Running| {
+            r.clients
+                .as_ref()
+                .is_some_and(|(c, _)| c.iter().any(|c| &**c == client))
+        };
+        let mut had = 0;
+        let mut add = Vec::with_capacity(records.len());
+        for (raw, stamp) in records {
+            if let Some(stamp) = stamp {
+                let ended = self.ended.iter().map(|(_, r)| r);
+                if ended
+                    .chain(self.running.values())
+                    .any(|r| mine(r) && r.had(stamp))
+                {
+                    tracing::debug!(client_id = %client, ?stamp, "a merged message the session had from a replay: left out");
+                    had += 1;
+                    continue;
+                }
+                for r in self.running.values_mut().filter(|r| mine(r)) {
+                    r.held.insert(stamp);
+                }
+            }
+            add.push(raw);
+        }
+        let broker = self.inner.as_ref().and_then(|i| i.broker());
+        had + broker.map_or(0, |b| b.merge_queued(client, &add))
+    }
+
+    /// Forgets the ended replays older than [`ENDED_KEPT`].
+    fn forget_ended(&mut self) {
+        let now = Instant::now();
+        while self
+            .ended
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > ENDED_KEPT)
+        {
+            self.ended.pop_front();
+        }
+    }
+
     /// Whether this node withdrew `stamp` (one of its own).
     fn withdrawn_here(&self, stamp: Stamp) -> bool {
         self.inner
@@ -250,14 +296,7 @@ impl Replays {
         broker: &starling_broker::BrokerState,
     ) -> Option<HashSet<ByteString>> {
         let mut had: Option<HashSet<ByteString>> = None;
-        let now = Instant::now();
-        while self
-            .ended
-            .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) > ENDED_KEPT)
-        {
-            self.ended.pop_front();
-        }
+        self.forget_ended();
         for (_, r) in &self.ended {
             if let (Some((clients, _)), true) = (&r.clients, r.had(stamp)) {
                 had.get_or_insert_with(HashSet::new)
@@ -476,6 +515,9 @@ impl Replays {
                         .extend(held.into_iter().map(|(origin, seq)| Stamp { origin, seq }));
                 }
             }
+            ReplayCommand::Merge(client, records, done) => {
+                let _ = done.send(self.merge(&client, records));
+            }
             ReplayCommand::Barrier(done) => {
                 let _ = done.send(());
             }
@@ -510,5 +552,44 @@ impl Replays {
             }
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn clients(ids: &[&str]) -> crate::shared::ReplayClients {
+        let ids = ids.iter().map(|c| ByteString::from(*c)).collect();
+        (Arc::new(ids), Arc::new(HashMap::new()))
+    }
+
+    #[test]
+    fn a_merge_leaves_out_what_a_replay_gave_the_session() {
+        let s = |seq| Stamp { origin: 9, seq };
+        let mut replays = Replays::default();
+        let mut gave_a = Running::new(Some(clients(&["a"])));
+        gave_a.replayed.insert(s(1));
+        replays.ended.push_back((Instant::now(), gave_a));
+        let mut gave_b = Running::new(Some(clients(&["b"])));
+        gave_b.replayed.insert(s(2));
+        replays.ended.push_back((Instant::now(), gave_b));
+        replays
+            .running
+            .insert(7, Running::new(Some(clients(&["a"]))));
+        replays
+            .running
+            .insert(8, Running::new(Some(clients(&["b"]))));
+        let m = Bytes::from_static(b"m");
+        let records = vec![(m.clone(), Some(s(1))), (m.clone(), Some(s(2))), (m, None)];
+        // No broker in this test: only the one the session had counts.
+        assert_eq!(replays.merge("a", records), 1);
+        // The replay running for "a" does not give it the merged one again;
+        // the one for "b" is not told.
+        assert!(replays.running[&7].had(s(2)));
+        assert!(!replays.running[&7].had(s(1)));
+        assert!(!replays.running[&8].held.contains(&s(2)));
     }
 }

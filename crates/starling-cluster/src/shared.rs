@@ -300,6 +300,14 @@ pub enum ReplayCommand {
     Reached(u64, Stamp, bool),
     /// A message for the sessions of replay `.0`, unless it came meanwhile.
     Message(u64, Stamp, Arc<starling_broker::message::Message>),
+    /// Messages another node had of session `.0`, which this node owns
+    /// now (see `merges`): added to its queue, but those a replay gave it.
+    /// Answered with how many are in the session now (added, or had).
+    Merge(
+        String,
+        Vec<(bytes::Bytes, Option<Stamp>)>,
+        tokio::sync::oneshot::Sender<usize>,
+    ),
     /// Answered once every earlier command is served.
     Barrier(tokio::sync::oneshot::Sender<()>),
     /// The replay is over.
