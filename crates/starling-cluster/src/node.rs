@@ -333,8 +333,10 @@ impl Cluster for NatsCluster {
         // past it a message is not forwarded (counted), and a QoS 1/2 one is
         // not acknowledged either: its sender is dropped with it, which
         // closes the publisher's connection (0x80) and the client sends it
-        // again. A QoS 0 message has nowhere to go while NATS is away.
-        let connected = inner.connected();
+        // again. A QoS 0 message has nowhere to go while NATS is away, nor
+        // while the outbox is paused for a repair (`repairs`): it would
+        // only fill the outbox and hold this node's publishers back.
+        let connected = inner.connected() && !crate::repairs::paused(inner);
         let qos = message.qos != starling_codec::QoS::AtMostOnce;
         if !connected && !qos {
             inner.skipped.skip(seq);
