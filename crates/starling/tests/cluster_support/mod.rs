@@ -612,6 +612,15 @@ impl Cluster {
         })
     }
 
+    /// What node `n` (1-based) says of the sessions whose client ids
+    /// start with `prefix` (the admin API's answer, body only; for a
+    /// failed check's report). Only for a cluster behind the proxy.
+    pub fn sessions(&self, n: usize, prefix: &str) -> Option<String> {
+        let (_, http) = self.nodes[n - 1].pinned?;
+        let answer = http_get(http, &format!("/api/v1/sessions?client_id_prefix={prefix}"))?;
+        answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+    }
+
     /// Waits (polling every 100 ms, at most `limit`) until node `n`'s
     /// `/readyz` answers with `status` in its body (`"ok"`, `"degraded"`),
     /// as HAProxy's check would see it. Only for a cluster behind the
@@ -639,12 +648,18 @@ impl Cluster {
 /// The whole answer (status line, headers, body) of `GET /readyz` on
 /// 127.0.0.1:`port` (`None`: none within a second).
 fn readyz(port: u16) -> Option<String> {
+    http_get(port, "/readyz")
+}
+
+/// The whole answer of `GET path` on 127.0.0.1:`port` (`None`: none within
+/// a second).
+fn http_get(port: u16, path: &str) -> Option<String> {
     use std::io::Write;
     let limit = Some(Duration::from_secs(1));
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(limit).ok()?;
     s.set_write_timeout(limit).ok()?;
-    s.write_all(b"GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .ok()?;
     let mut answer = String::new();
     s.take(64 * 1024).read_to_string(&mut answer).ok()?;

@@ -679,6 +679,13 @@ pub fn under_load_on(tag: &str, target: Target, fault: impl FnOnce(&mut Cluster)
     keep_logs(tag, &logs);
     let at = c.fault_at.unwrap_or(*fault_at.lock().unwrap());
     let v = check(&history, &logs, at);
+    if v.missing > 0 {
+        // Where the missing messages wait, if in a session's queue.
+        for n in 1..=c.nodes.len() {
+            let sessions = c.sessions(n, "sub");
+            eprintln!("{tag}: node {n}'s subscriber sessions: {sessions:?}");
+        }
+    }
     let (waited, who) = history
         .waits
         .iter()
