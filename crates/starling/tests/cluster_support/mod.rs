@@ -618,7 +618,9 @@ impl Cluster {
     pub fn sessions(&self, n: usize, prefix: &str) -> Option<String> {
         let (_, http) = self.nodes[n - 1].pinned?;
         let answer = http_get(http, &format!("/api/v1/sessions?client_id_prefix={prefix}"))?;
-        answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+        answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
     }
 
     /// Waits (polling every 100 ms, at most `limit`) until node `n`'s
