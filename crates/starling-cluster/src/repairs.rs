@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::keys;
-use crate::shared::{Inner, ReplayCommand};
+use crate::shared::{Command, Inner};
 
 /// When, after this node is back, the other nodes are asked (again) to
 /// repair its run: the first ask can be lost (a NATS server just back from a
@@ -169,13 +169,9 @@ pub async fn serve(inner: Arc<Inner>) {
 /// Has the routing task hold run `origin`'s live messages from now on.
 async fn hold_for(inner: &Inner, origin: u64) {
     let (done, served) = oneshot::channel();
-    let held = async {
-        let command = ReplayCommand::HoldFor(origin, done);
-        if inner.replays.send(command).await.is_ok() {
-            let _ = served.await;
-        }
-    };
-    let _ = tokio::time::timeout(ASK_WAIT, held).await;
+    if inner.commands.send(Command::HoldFor(origin, done)).is_ok() {
+        let _ = tokio::time::timeout(ASK_WAIT, served).await;
+    }
 }
 
 /// An ask: from when (ms since the epoch), and whose run.

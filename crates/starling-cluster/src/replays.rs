@@ -471,10 +471,6 @@ impl Replays {
                 self.running.insert(token, Running::new(None));
             }
             ReplayCommand::GapBegins => self.begin_gap(),
-            ReplayCommand::HoldFor(origin, done) => {
-                self.hold_for(origin);
-                let _ = done.send(());
-            }
             ReplayCommand::HoldLocal(stamp, msg) => {
                 self.live(stamp, &msg, broker);
                 if let (Some(inner), Some(p)) = (&self.inner, &msg.publisher) {

@@ -146,6 +146,10 @@ pub async fn run(
                     }
                     let _ = done.send(cut);
                 }
+                Some(Command::HoldFor(origin, done)) => {
+                    replays.hold_for(origin);
+                    let _ = done.send(());
+                }
                 Some(Command::Flush(done)) => {
                     let ok = inner.client.flush().await.is_ok() && queues.flush().await.is_ok();
                     let _ = done.send(ok);

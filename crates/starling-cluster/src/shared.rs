@@ -62,6 +62,12 @@ pub enum Command {
     /// with the newest message number routed so far per run (this node's
     /// own included); `None` if it was not there to leave.
     Cut(String, oneshot::Sender<Option<HashMap<u64, u64>>>),
+    /// The node of run `.0` is back from a gap and asks for a repair of
+    /// its run: its live messages are held from now on, until that repair
+    /// takes the hold over (see `gap`). Answered once served. (Here, not
+    /// with the replay commands: behind a replay's thousands of messages
+    /// it was seen to take more than the asker waits.)
+    HoldFor(u64, oneshot::Sender<()>),
 }
 
 /// A probe waiting for the nodes that have not answered yet.
@@ -272,10 +278,6 @@ pub enum ReplayCommand {
     /// messages core NATS brings (of run `only`, or of every run) are held
     /// back until it reaches them (see `gap`).
     Repair { token: u64, only: Option<u64> },
-    /// The node of run `.0` is back from a gap and asks for a repair of
-    /// its run: its live messages are held from now on, until that repair
-    /// takes the hold over (see `gap`). Answered once served.
-    HoldFor(u64, tokio::sync::oneshot::Sender<()>),
     /// The sessions of replay `.0` had, as they were installed here, every
     /// message up to these numbers (per run; the dead node's receipt or
     /// the old node's cut): a repair does not give them those again; nor
