@@ -808,35 +808,49 @@ async fn count_matching(stream: &stream::Stream, filter: &str) -> Result<usize, 
     Ok(n)
 }
 
+/// How often, and how many times at most, a recovered session's old copies
+/// are tried to be removed (see [`forget`]).
+const FORGET_EVERY: Duration = Duration::from_secs(1);
+const FORGET_TRIES: usize = 60;
+
 /// Removes the replicated messages that a recovered session's new owner
-/// has written again under its own subjects (tombstones, pipelined).
+/// has written again under its own subjects (tombstones, pipelined); tried
+/// again while JetStream does not take them, and not before the session's
+/// new copies are in the replica (held on this node, the replica would
+/// have neither).
 pub async fn forget(replica: &Replica, client_id: &str, subjects: Vec<String>) {
+    let mut last = String::new();
+    for _ in 0..FORGET_TRIES {
+        if replica.hold.lock().holds(client_id) {
+            last = "the session's new copies are held on this node".into();
+        } else {
+            match forget_once(replica, &subjects).await {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+        }
+        tokio::time::sleep(FORGET_EVERY).await;
+    }
+    tracing::warn!(%client_id, "old copies of a recovered session not removed: {last}");
+}
+
+async fn forget_once(replica: &Replica, subjects: &[String]) -> Result<(), String> {
     let Some(link) = replica.link.get() else {
-        return;
+        return Ok(());
     };
     let mut batch = Batch::default();
-    let mut failed = None;
     for subject in subjects {
-        match link.js.publish(subject, Bytes::new()).await {
-            Ok(ack) => batch.acks.push(ack),
-            Err(e) => {
-                failed = Some(e.to_string());
-                break;
-            }
-        }
+        let ack = link
+            .js
+            .publish(subject.clone(), Bytes::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        batch.acks.push(ack);
         if batch.acks.len() >= ACK_WINDOW {
-            if let Err(e) = await_acks(link, &mut batch).await {
-                failed = Some(e);
-                break;
-            }
+            await_acks(link, &mut batch).await?;
         }
     }
-    if let Err(e) = flush(link, &mut batch).await {
-        failed = Some(e);
-    }
-    if let Some(e) = failed {
-        tracing::warn!(%client_id, "old copies of a recovered session not removed: {e}");
-    }
+    flush(link, &mut batch).await
 }
 
 #[cfg(test)]
