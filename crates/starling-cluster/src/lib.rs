@@ -24,6 +24,7 @@ mod holder;
 mod inorder;
 mod keys;
 mod late;
+pub mod markers;
 mod merges;
 mod node;
 mod owners;

@@ -163,6 +163,7 @@ impl NatsCluster {
         tokio::spawn(crate::probe::serve(inner.clone()));
         tokio::spawn(crate::rejoin::run(inner.clone()));
         tokio::spawn(crate::merges::serve(inner.clone()));
+        tokio::spawn(crate::markers::run(inner.clone()));
         tokio::spawn(crate::rejoin::watch_owners(inner.clone()));
         tokio::spawn(crate::repairs::serve(inner.clone()));
         tokio::spawn(open_buckets(

@@ -1807,3 +1807,83 @@ fn session_streams_keep_one_message_per_subject_even_when_made_by_an_earlier_ver
         }
     });
 }
+
+// ---------------------------------------------------------------------------
+// Old removals leave the buckets whose keys come and go
+
+/// A client that ends cleanly leaves a removal marker under its owner key
+/// and its connection's will key; the sweep removes those older than it is
+/// told to keep, and nothing of a client still connected.
+#[test]
+fn old_removal_markers_are_swept_and_live_keys_stay() {
+    use futures_util::StreamExt;
+    use starling_cluster::markers::sweep;
+    let Some(c) = Cluster::start("markers") else {
+        return;
+    };
+    let nats = format!("{}:{}", c.nats[0].host, c.nats[0].port);
+    run(async {
+        let with_will = |id: &str| {
+            let mut o = options(c.port(1), id);
+            o.will = Some(starling_client::LastWill::new("mk/will", &b"gone"[..]));
+            o
+        };
+        let (stays, _) = Client::connect(with_will("mk-stays")).await.unwrap();
+        let (gone, _) = Client::connect(with_will("mk-gone")).await.unwrap();
+        gone.disconnect().await.unwrap();
+        let js = async_nats::jetstream::new(async_nats::connect(&nats).await.unwrap());
+        let timeout = Duration::from_secs(2);
+        let live_keys = |bucket: &'static str| {
+            let js = js.clone();
+            async move {
+                let kv = js.get_key_value(bucket).await.unwrap();
+                let keys = kv.keys().await.unwrap();
+                keys.filter_map(|k| async move { k.ok() }).count().await
+            }
+        };
+        for bucket in ["starling_wills", "starling_owners"] {
+            // Nothing is that old yet.
+            let kept = starling_cluster::markers::KEPT;
+            assert_eq!(sweep(&js, bucket, kept, timeout).await, Ok(0), "{bucket}");
+            // The removal is written a moment after the DISCONNECT.
+            let mut swept = 0;
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            for _ in 0..100 {
+                tick.tick().await;
+                swept += sweep(&js, bucket, Duration::ZERO, timeout).await.unwrap();
+                if swept > 0 {
+                    break;
+                }
+            }
+            assert!(swept >= 1, "{bucket}: mk-gone's removal swept");
+            assert_eq!(
+                sweep(&js, bucket, Duration::ZERO, timeout).await,
+                Ok(0),
+                "{bucket}: nothing left to sweep"
+            );
+            assert!(
+                live_keys(bucket).await >= 1,
+                "{bucket}: mk-stays's key stays"
+            );
+        }
+        // Every entry left in the wills bucket is a live will (mk-stays's).
+        let mut wills = js.get_stream("KV_starling_wills").await.unwrap();
+        let left = wills.info().await.unwrap().state.messages;
+        assert_eq!(left as usize, live_keys("starling_wills").await);
+        // The swept client id is served again, and its will kept.
+        let (back, _) = Client::connect(with_will("mk-gone")).await.unwrap();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        for _ in 0..100 {
+            tick.tick().await;
+            if live_keys("starling_wills").await >= 2 {
+                break;
+            }
+        }
+        assert_eq!(
+            live_keys("starling_wills").await,
+            2,
+            "mk-stays's and mk-gone's wills"
+        );
+        drop((stays, back));
+    });
+}
