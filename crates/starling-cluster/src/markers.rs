@@ -3,7 +3,7 @@
 //! connection, and a removal leaves a marker (in the owners bucket, with up
 //! to eight earlier revisions) that JetStream keeps for good: with client
 //! ids made up per connection, as many clients do, the buckets would grow
-//! without end. The lowest live node removes, every [`SWEEP_EVERY`], the
+//! without end. The lowest live node removes, every 10 minutes, the
 //! keys whose latest entry is a removal older than [`KEPT`]: a purge of the
 //! key up to that entry's sequence, so a key written again meanwhile keeps
 //! its new entry. A marker lives that long for what it guards: a will
@@ -60,7 +60,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
 
 /// Removes from key-value bucket `bucket` the keys whose latest entry is a
 /// removal (delete or purge) made more than `kept` ago, at most
-/// [`PER_SWEEP`] of them, [`PER_SECOND`] a second; returns how many.
+/// 100,000 of them, 200 a second; returns how many.
 /// `timeout` bounds each request.
 pub async fn sweep(
     js: &jetstream::Context,
