@@ -16,32 +16,122 @@ use tokio::time::Instant;
 use crate::shared::Inner;
 use crate::{envelope, keys};
 
+/// How often writes the bucket did not take are tried again.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Topics whose write waits to be tried again, at most (past it, a new
+/// one is not shared with the cluster).
+const WAITING_LIMIT: usize = 100_000;
+
 /// Writes what this node retains, and applies what any node retained, until
-/// the broker is gone.
+/// the broker is gone. A write the bucket did not take (NATS or JetStream
+/// away) is tried again each second, the latest per topic, unless another
+/// node wrote that topic after this node took the message.
 pub async fn run(inner: Arc<Inner>, store: kv::Store, mut writes: mpsc::Receiver<(String, Bytes)>) {
     let watcher = tokio::spawn(watch(inner.clone(), store.clone()));
-    while let Some((topic, envelope)) = writes.recv().await {
-        let key = keys::of(&topic);
-        let empty = envelope::decode(envelope.clone(), Instant::now())
-            .map(|(_, m)| m.payload.is_empty())
-            .unwrap_or(false);
-        let done = if empty {
-            store.delete(&key).await.map_err(|e| e.to_string())
-        } else {
-            store
-                .put(&key, envelope)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        };
-        if let Err(e) = done {
-            tracing::warn!(%topic, "retained message not shared with the cluster: {e}");
+    // Per key: the topic and the latest envelope the bucket did not take.
+    let mut waiting: HashMap<String, (String, Bytes)> = HashMap::new();
+    let mut retry = tokio::time::interval(RETRY_EVERY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            write = writes.recv() => {
+                let Some((topic, envelope)) = write else { break };
+                let key = keys::of(&topic);
+                // A later write replaces one not taken yet.
+                waiting.remove(&key);
+                let done = match inner.connected() {
+                    true => put(&store, &key, envelope.clone()).await,
+                    false => Err("not connected to NATS".to_string()),
+                };
+                if let Err(e) = done {
+                    // Said once per outage (each one would flood the log).
+                    if waiting.is_empty() {
+                        tracing::warn!(%topic, "retained message not shared with the cluster yet (tried again): {e}");
+                    }
+                    if waiting.len() < WAITING_LIMIT {
+                        waiting.insert(key, (topic, envelope));
+                    } else {
+                        tracing::debug!(%topic, "retained message not shared with the cluster: too many waiting");
+                    }
+                }
+            }
+            _ = retry.tick() => {
+                if waiting.is_empty() || !inner.connected() {
+                    continue;
+                }
+                let keys: Vec<String> = waiting.keys().cloned().collect();
+                for key in keys {
+                    let Some((topic, envelope)) = waiting.get(&key).cloned() else { continue };
+                    match put_unless_newer(&store, &key, envelope).await {
+                        Ok(written) => {
+                            waiting.remove(&key);
+                            if !written {
+                                tracing::info!(%topic, "a retained message not shared: another node retained its topic since");
+                            }
+                        }
+                        // Still away: the rest wait for the next round.
+                        Err(_) => break,
+                    }
+                }
+            }
         }
         if inner.broker().is_none() {
             break;
         }
     }
     watcher.abort();
+}
+
+/// Writes `envelope` (an empty payload clears the topic) under `key`.
+async fn put(store: &kv::Store, key: &str, envelope: Bytes) -> Result<(), String> {
+    let empty = envelope::decode(envelope.clone(), Instant::now())
+        .map(|(_, m)| m.payload.is_empty())
+        .unwrap_or(false);
+    if empty {
+        store.delete(key).await.map_err(|e| e.to_string())
+    } else {
+        store
+            .put(key, envelope)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// As [`put`], for a write tried again: not if the key was written (or
+/// cleared) after the message was sent, and fenced on the revision read.
+/// `Ok(false)`: a newer write stands.
+async fn put_unless_newer(store: &kv::Store, key: &str, envelope: Bytes) -> Result<bool, String> {
+    let sent_ms = envelope::header(&envelope).and_then(|(_, sent)| sent);
+    let current = store.entry(key).await.map_err(|e| e.to_string())?;
+    if let Some(entry) = &current {
+        let written_ms = (entry.created.unix_timestamp_nanos() / 1_000_000) as u64;
+        if sent_ms.is_none_or(|sent| written_ms > sent) {
+            return Ok(false);
+        }
+    }
+    let empty = envelope::decode(envelope.clone(), Instant::now())
+        .map(|(_, m)| m.payload.is_empty())
+        .unwrap_or(false);
+    let revision = current.as_ref().map_or(0, |e| e.revision);
+    let done = match (empty, revision) {
+        (true, 0) => return Ok(true),
+        (true, r) => store
+            .delete_expect_revision(key, Some(r))
+            .await
+            .map_err(|e| e.to_string()),
+        (false, 0) => store
+            .create(key, envelope)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        (false, r) => store
+            .update(key, envelope, r)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    };
+    done.map(|()| true)
 }
 
 /// Applies every retained message in the bucket, then every change, to this

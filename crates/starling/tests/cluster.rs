@@ -534,6 +534,44 @@ fn a_retained_message_is_seen_on_other_nodes_and_cleared_from_a_third() {
         tokio::task::block_in_place(|| c.restart_node(3));
         let back_at = tokio::time::Instant::now();
         until_retained(c.port(3), &[], &mut attempt, back_at).await;
+
+        // Retained on node 1 while its NATS server is down: the other
+        // nodes have it once it is back (the write is tried again).
+        c.stop_nats(1);
+        c.nodes[0]
+            .proc
+            .log
+            .wait_for(WAIT, |l| l.contains("lost the NATS connection"))
+            .expect("node 1 notices");
+        setter
+            .publish("r/w", &b"v3"[..], QoS::AtMostOnce, true)
+            .await
+            .unwrap();
+        c.nodes[0]
+            .proc
+            .log
+            .wait_for(WAIT, |l| {
+                l.contains("retained message not shared with the cluster yet")
+            })
+            .expect("node 1 keeps the write for later");
+        c.restart_nats(1);
+        let back_at = tokio::time::Instant::now();
+        let want = vec![("r/w".to_string(), b"v3".to_vec())];
+        loop {
+            attempt += 1;
+            let got = retained_at(c.port(2), "r/#", "r/mark", attempt).await;
+            if got == want {
+                break;
+            }
+            assert!(
+                back_at.elapsed() < WAIT,
+                "node 2 retains {got:?}, not {want:?}, {WAIT:?} after NATS was back"
+            );
+        }
+        eprintln!(
+            "retained: shared {:?} after NATS was back",
+            back_at.elapsed()
+        );
     });
 }
 
