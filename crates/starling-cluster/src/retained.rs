@@ -18,9 +18,10 @@ use crate::{envelope, keys};
 
 /// How often writes the bucket did not take are tried again.
 const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-/// Topics whose write waits to be tried again, at most (past it, a new
-/// one is not shared with the cluster).
+/// Topics whose write waits to be tried again, and their bytes, at most
+/// (past either, a new one is not shared with the cluster).
 const WAITING_LIMIT: usize = 100_000;
+const WAITING_BYTES: usize = 64 << 20;
 
 /// Writes what this node retains, and applies what any node retained, until
 /// the broker is gone. A write the bucket did not take (NATS or JetStream
@@ -30,6 +31,7 @@ pub async fn run(inner: Arc<Inner>, store: kv::Store, mut writes: mpsc::Receiver
     let watcher = tokio::spawn(watch(inner.clone(), store.clone()));
     // Per key: the topic and the latest envelope the bucket did not take.
     let mut waiting: HashMap<String, (String, Bytes)> = HashMap::new();
+    let mut waiting_bytes = 0usize;
     let mut retry = tokio::time::interval(RETRY_EVERY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -38,7 +40,9 @@ pub async fn run(inner: Arc<Inner>, store: kv::Store, mut writes: mpsc::Receiver
                 let Some((topic, envelope)) = write else { break };
                 let key = keys::of(&topic);
                 // A later write replaces one not taken yet.
-                waiting.remove(&key);
+                if let Some((_, old)) = waiting.remove(&key) {
+                    waiting_bytes -= old.len();
+                }
                 let done = match inner.connected() {
                     true => put(&store, &key, envelope.clone()).await,
                     false => Err("not connected to NATS".to_string()),
@@ -48,7 +52,10 @@ pub async fn run(inner: Arc<Inner>, store: kv::Store, mut writes: mpsc::Receiver
                     if waiting.is_empty() {
                         tracing::warn!(%topic, "retained message not shared with the cluster yet (tried again): {e}");
                     }
-                    if waiting.len() < WAITING_LIMIT {
+                    let room = waiting.len() < WAITING_LIMIT
+                        && waiting_bytes + envelope.len() <= WAITING_BYTES;
+                    if room {
+                        waiting_bytes += envelope.len();
                         waiting.insert(key, (topic, envelope));
                     } else {
                         tracing::debug!(%topic, "retained message not shared with the cluster: too many waiting");
@@ -64,7 +71,9 @@ pub async fn run(inner: Arc<Inner>, store: kv::Store, mut writes: mpsc::Receiver
                     let Some((topic, envelope)) = waiting.get(&key).cloned() else { continue };
                     match put_unless_newer(&store, &key, envelope).await {
                         Ok(written) => {
-                            waiting.remove(&key);
+                            if let Some((_, done)) = waiting.remove(&key) {
+                                waiting_bytes -= done.len();
+                            }
                             if !written {
                                 tracing::info!(%topic, "a retained message not shared: another node retained its topic since");
                             }
