@@ -5,11 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# A clean build of every test needs ~6 GB under target/; say early if the disk
+# A clean build of every test needs ~8 GB under target/; say early if the disk
 # is short, rather than failing mid-compile with "No space left on device".
 avail_kb=$(df -Pk . | awk 'NR==2 {print $4}')
 if [ "${avail_kb:-0}" -lt 8000000 ]; then
-    echo "warning: only $((avail_kb / 1024)) MiB free on $(df -P . | awk 'NR==2 {print $6}'); the build needs ~6 GB" >&2
+    echo "warning: only $((avail_kb / 1024)) MiB free on $(df -P . | awk 'NR==2 {print $6}'); the build needs ~8 GB" >&2
 fi
 
 for script in scripts/install-test-deps.d/*.sh; do

@@ -16,8 +16,10 @@ use tokio::time::Instant;
 use crate::shared::Inner;
 use crate::{envelope, keys};
 
-/// How often writes the bucket did not take are tried again.
+/// How often writes the bucket did not take are tried again, and how many
+/// at most each time (a round holds up the new writes meanwhile).
 const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const RETRY_BATCH: usize = 256;
 /// Topics whose write waits to be tried again, and their bytes, at most
 /// (past either, a new one is not shared with the cluster).
 const WAITING_LIMIT: usize = 100_000;
@@ -66,7 +68,7 @@ pub async fn run(inner: Arc<Inner>, store: kv::Store, mut writes: mpsc::Receiver
                 if waiting.is_empty() || !inner.connected() {
                     continue;
                 }
-                let keys: Vec<String> = waiting.keys().cloned().collect();
+                let keys: Vec<String> = waiting.keys().take(RETRY_BATCH).cloned().collect();
                 for key in keys {
                     let Some((topic, envelope)) = waiting.get(&key).cloned() else { continue };
                     match put_unless_newer(&store, &key, envelope).await {
