@@ -11,7 +11,8 @@ pub struct ApiError {
     #[serde(skip)]
     status: StatusCode,
     /// A stable, machine-readable code: `bad_request`, `unauthorized`,
-    /// `forbidden`, `not_found`, `unprocessable`, `unavailable`.
+    /// `forbidden`, `not_found`, `quota_exceeded`, `unprocessable`,
+    /// `unavailable`.
     code: &'static str,
     /// What went wrong, for people.
     message: String,

@@ -328,6 +328,13 @@ impl BrokerCollector {
         )?;
         counter(
             e,
+            "starling_retained_refused",
+            "Retained messages refused by max-retained-messages or max-retained-bytes (MQTT 5 QoS 1/2: 0x97; others delivered, not retained)",
+            None,
+            Metrics::get(&m.retained_refused),
+        )?;
+        counter(
+            e,
             "starling_publish_throttled",
             "Times a connection was not read because it published faster than max-publish-rate or max-publish-bytes-rate",
             None,
@@ -472,6 +479,13 @@ impl BrokerCollector {
             "Retained messages held",
             None,
             s.retained_count() as i64,
+        )?;
+        gauge(
+            e,
+            "starling_retained_bytes",
+            "Bytes of retained messages, as max-retained-bytes counts them",
+            None,
+            i64::try_from(s.retained_bytes()).unwrap_or(i64::MAX),
         )
     }
 

@@ -262,6 +262,48 @@ async fn retained_and_publish() {
 }
 
 #[tokio::test]
+async fn a_publish_past_the_retained_limit_is_a_409_and_counted() {
+    let config = starling_broker::Config {
+        max_retained_messages: 1,
+        ..starling_broker::Config::default()
+    };
+    let s = support::start_with(None, "retained-limit", config).await;
+    let client = reqwest::Client::new();
+    let publish = |topic: &str| {
+        client
+            .post(http(&s, "/api/v1/publish"))
+            .json(&json!({"topic": topic, "payload": "v", "retain": true}))
+            .send()
+    };
+    assert_eq!(publish("one").await.unwrap().status().as_u16(), 200);
+    let r = publish("two").await.unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "quota_exceeded");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("max-retained-messages"));
+    assert_eq!(
+        publish("one").await.unwrap().status().as_u16(),
+        200,
+        "a replacement"
+    );
+    let text = reqwest::get(http(&s, "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("starling_retained_refused_total 1"), "{text}");
+    let bytes = text
+        .lines()
+        .find_map(|l| l.strip_prefix("starling_retained_bytes "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(bytes.is_some_and(|b| b > 0), "{text}");
+}
+
+#[tokio::test]
 async fn tokens_guard_the_api_but_not_metrics_or_health() {
     let path = std::env::temp_dir().join(format!("starling-admin-tokens-{}", std::process::id()));
     std::fs::write(&path, "s3cret\n").unwrap();

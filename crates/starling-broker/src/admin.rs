@@ -171,7 +171,9 @@ impl BrokerState {
 
     /// Publishes a message as the broker (no client): routed, retained and
     /// forwarded as a client's would be. Returns how many sessions it was
-    /// offered to.
+    /// offered to, or why it was refused, as an MQTT 5 client's QoS 1/2
+    /// PUBLISH would be (a retained-message limit, or with
+    /// `queue-overflow = "reject"` a full queue).
     pub fn publish_as_operator(
         &self,
         topic: ByteString,
@@ -179,7 +181,7 @@ impl BrokerState {
         qos: QoS,
         retain: bool,
         properties: Properties,
-    ) -> usize {
+    ) -> Result<usize, crate::Refusal> {
         let now = Instant::now();
         let expires_at = properties
             .message_expiry_interval
@@ -194,8 +196,17 @@ impl BrokerState {
             publisher: None,
         });
         let mut journal = Journal::new();
-        let offered = self.publish(&msg, &mut journal);
+        // Refused as a client's MQTT 5 PUBLISH would be, so that the
+        // operator is told.
+        let mut routed = crate::broker::Routed {
+            may_refuse: true,
+            ..crate::broker::Routed::default()
+        };
+        let offered = self.publish_from_client(&msg, &mut journal, Some(&mut routed));
         commit(self.store(), journal);
-        offered
+        match routed.refused {
+            Some(why) => Err(why),
+            None => Ok(offered),
+        }
     }
 }

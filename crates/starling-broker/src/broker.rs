@@ -25,7 +25,7 @@ use crate::events::{DropReason, Event};
 use crate::journal::{commit, Journal};
 use crate::message::{Delivery, Message, Stored};
 use crate::metrics::Metrics;
-use crate::retained::RetainedTree;
+use crate::retained::{RetainedLimits, RetainedTree};
 use crate::session::{QueueLimits, Session, Sessions};
 use crate::store::Persistence;
 use crate::topic_tree::{Matches, TopicTree};
@@ -189,6 +189,11 @@ impl BrokerState {
         self.retained.read().len()
     }
 
+    /// What the retained messages held cost, as `max-retained-bytes` counts.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained.read().bytes()
+    }
+
     /// Deletes every retained message, from memory and from the store.
     /// Returns how many there were.
     pub fn clear_retained(&self) -> usize {
@@ -257,13 +262,25 @@ impl BrokerState {
     ) -> usize {
         if let Some(r) = routed.as_deref_mut() {
             if r.may_refuse && self.refused(msg) {
-                r.refused = true;
+                r.refused = Some(Refusal::QueueFull);
                 return 0;
             }
         }
-        if msg.retain {
-            self.retain(msg, journal);
-        }
+        let unretained;
+        let msg = match msg.retain && !self.retain_within_limits(msg, journal) {
+            false => msg,
+            true => {
+                Metrics::add(&self.metrics.retained_refused, 1);
+                if let Some(r) = routed.as_deref_mut().filter(|r| r.may_refuse) {
+                    r.refused = Some(Refusal::RetainedFull);
+                    return 0;
+                }
+                tracing::debug!(topic = %msg.topic, "delivered without being retained: the retained-message limit is reached");
+                // Nor retained by the other nodes of a cluster.
+                unretained = Arc::new(msg.unretained());
+                &unretained
+            }
+        };
         let cluster = self.cluster();
         // In a cluster a shared group is served through it, which picks one
         // member cluster-wide (this node's included).
@@ -434,13 +451,36 @@ impl BrokerState {
     /// Stores a retained message (or deletes one, for an empty payload), adding
     /// the store write to `journal`. `$SYS` topics are not persisted.
     pub fn retain(&self, msg: &Arc<Message>, journal: &mut Journal) {
+        self.retain_within(msg, journal, RetainedLimits::NONE);
+    }
+
+    /// As [`BrokerState::retain`], within `max-retained-messages` and
+    /// `max-retained-bytes` (`$SYS` topics, the broker's own, aside); `false`
+    /// when they refused it.
+    fn retain_within_limits(&self, msg: &Arc<Message>, journal: &mut Journal) -> bool {
+        let limits = RetainedLimits {
+            messages: self.config.max_retained_messages,
+            bytes: self.config.max_retained_bytes,
+        };
+        self.retain_within(msg, journal, limits)
+    }
+
+    fn retain_within(
+        &self,
+        msg: &Arc<Message>,
+        journal: &mut Journal,
+        limits: RetainedLimits,
+    ) -> bool {
         if !self.config.retain_available {
-            return;
+            return true;
         }
-        self.retained.write().set(msg.clone());
+        if !self.retained.write().set_within(msg.clone(), limits) {
+            return false;
+        }
         if self.store.is_some() && !msg.topic.starts_with("$SYS") {
             journal.retained(msg);
         }
+        true
     }
 
     /// Whether `queue-overflow = "reject"` refuses `msg`: a persistent
@@ -779,6 +819,15 @@ impl BrokerState {
     }
 }
 
+/// Why a PUBLISH was refused (MQTT 5: 0x97 Quota exceeded); nobody got it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `queue-overflow = "reject"`: a persistent subscriber's queue is full.
+    QueueFull,
+    /// A retained message past `max-retained-messages` or `max-retained-bytes`.
+    RetainedFull,
+}
+
 /// What routing a client's PUBLISH found, for its connection.
 #[derive(Debug, Default)]
 pub(crate) struct Routed {
@@ -786,8 +835,8 @@ pub(crate) struct Routed {
     pub congested: Vec<Arc<Session>>,
     /// Whether the client can be told the message was refused (MQTT 5).
     pub may_refuse: bool,
-    /// It was refused (`queue-overflow = "reject"`): nobody got it.
-    pub refused: bool,
+    /// It was refused, and why: nobody got it.
+    pub refused: Option<Refusal>,
     /// What its acknowledgement waits for in a cluster (see
     /// [`Cluster::forward`]).
     pub cluster_wait: Option<tokio::sync::oneshot::Receiver<()>>,

@@ -29,7 +29,7 @@ mod timers;
 pub mod topic_tree;
 mod transport;
 
-pub use broker::{BrokerState, Scope};
+pub use broker::{BrokerState, Refusal, Scope};
 pub use config::{Config, ConfigError, LogFormat};
 pub use handover::{HandoverBuilder, HandoverError, CHUNK as HANDOVER_CHUNK};
 pub use server::{

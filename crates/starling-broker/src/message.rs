@@ -34,6 +34,19 @@ pub struct Message {
 }
 
 impl Message {
+    /// A copy of the message without its RETAIN flag (its payload shared).
+    pub fn unretained(&self) -> Message {
+        Message {
+            topic: self.topic.clone(),
+            payload: self.payload.clone(),
+            qos: self.qos,
+            retain: false,
+            properties: self.properties.clone(),
+            expires_at: self.expires_at,
+            publisher: self.publisher.clone(),
+        }
+    }
+
     /// Builds a message from a PUBLISH whose topic alias has been resolved.
     pub fn from_publish(publish: Publish, publisher: Option<ByteString>, now: Instant) -> Message {
         let mut properties = publish.properties;

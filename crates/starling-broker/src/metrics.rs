@@ -48,6 +48,10 @@ pub struct Metrics {
     /// MQTT 5 PUBLISHes refused with 0x97 Quota exceeded because a
     /// persistent subscriber's queue was full (`queue-overflow = "reject"`).
     pub publishes_refused: AtomicU64,
+    /// Retained messages refused by `max-retained-messages` or
+    /// `max-retained-bytes`: MQTT 5 QoS 1/2 PUBLISHes refused with 0x97,
+    /// and the others, delivered without being retained.
+    pub retained_refused: AtomicU64,
     /// Times a connection stopped being read because it published faster
     /// than `max-publish-rate` or `max-publish-bytes-rate`.
     pub publish_throttled: AtomicU64,

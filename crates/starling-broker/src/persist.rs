@@ -202,6 +202,19 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
                 retained.set(Arc::new(msg));
             }
         }
+        // All are kept (they were accepted); new topics wait for room.
+        let (count, bytes) = (retained.len(), retained.bytes());
+        let c = &state.config;
+        if (c.max_retained_messages != 0 && count > c.max_retained_messages)
+            || (c.max_retained_bytes != 0 && bytes > c.max_retained_bytes)
+        {
+            tracing::warn!(
+                count,
+                bytes,
+                "the retained messages restored are past max-retained-messages or \
+                 max-retained-bytes: retained messages on new topics are refused until some are cleared"
+            );
+        }
     }
     for (client, rec) in loaded.wills {
         if too_deep(&rec.publish.topic, max_levels, "will", &client) {

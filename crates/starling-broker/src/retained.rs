@@ -8,6 +8,11 @@
 //! message (its topic is the node's path; its payload in an allocation of its
 //! own, not the publisher's receive buffer); the [`Message`] is made again for
 //! each delivery.
+//!
+//! The tree counts what it holds ([`RetainedTree::bytes`]), so that a broker
+//! can refuse a new retained message past its limits
+//! ([`RetainedTree::set_within`]): a client chooses how many topics it
+//! retains on, and how deep.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -156,10 +161,35 @@ impl<'a> Iterator for ChildIter<'a> {
     }
 }
 
+/// What one topic level of a retained message is counted as, beside the
+/// message's own weight: its node, its name's allocation and the children
+/// entry that points to it (a conservative figure: levels shared with other
+/// topics are counted for each).
+const LEVEL_COST: usize = 64;
+
+/// What a retained message of `msg`'s weight and topic costs the tree, in
+/// bytes, as [`RetainedTree::bytes`] counts it.
+pub fn cost(msg: &Message) -> usize {
+    let levels = msg.topic.split('/').count();
+    (msg.weight() as usize)
+        .saturating_add(levels.saturating_mul(LEVEL_COST))
+        .saturating_add(std::mem::size_of::<Kept>())
+}
+
+/// Whether limits leave `msg` aside: a `$SYS` message the broker made (a
+/// client's, a bridge's for one, counts).
+fn exempt(msg: &Message) -> bool {
+    msg.publisher.is_none() && msg.topic.starts_with("$SYS")
+}
+
 /// A retained message as the tree keeps it; its topic is the node's path.
 #[derive(Debug)]
 struct Kept {
     payload: Bytes,
+    /// What it was counted as ([`cost`]).
+    cost: usize,
+    /// The broker's own `$SYS` message: left aside by limits ([`exempt`]).
+    exempt: bool,
     expires_at: Option<Instant>,
     /// `None` when the message has no properties (most do not).
     properties: Option<Box<Properties>>,
@@ -173,6 +203,8 @@ impl Kept {
             // Its own allocation: a slice would keep the publisher's whole
             // receive buffer alive for as long as the message is retained.
             payload: Bytes::copy_from_slice(&msg.payload),
+            cost: cost(msg),
+            exempt: exempt(msg),
             expires_at: msg.expires_at,
             properties: (!none).then(|| Box::new(msg.properties.clone())),
             qos: msg.qos,
@@ -222,15 +254,39 @@ impl Drop for Node {
 pub struct RetainedTree {
     root: Node,
     count: usize,
+    /// The sum of the messages' [`cost`]s.
+    bytes: usize,
+    /// The count and bytes of the broker's own `$SYS` messages, which
+    /// limits leave aside ([`exempt`]).
+    exempt: (usize, usize),
 }
 
-/// Only the count: a derived `Debug` would recurse once per level.
+/// Only the figures: a derived `Debug` would recurse once per level.
 impl std::fmt::Debug for RetainedTree {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RetainedTree")
             .field("count", &self.count)
+            .field("bytes", &self.bytes)
             .finish_non_exhaustive()
     }
+}
+
+/// How much a [`RetainedTree`] may hold when a message is set within limits
+/// (0: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetainedLimits {
+    /// Retained messages.
+    pub messages: usize,
+    /// Their [`cost`]s, summed.
+    pub bytes: usize,
+}
+
+impl RetainedLimits {
+    /// No limit.
+    pub const NONE: RetainedLimits = RetainedLimits {
+        messages: 0,
+        bytes: 0,
+    };
 }
 
 /// One step of a resumable walk ([`RetainedTree::walk`]).
@@ -330,28 +386,93 @@ impl RetainedTree {
         self.count == 0
     }
 
+    /// What the retained messages cost, summed ([`cost`]).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Stores `msg` as the retained message of its topic, or deletes the retained
     /// message when the payload is empty.
     pub fn set(&mut self, msg: Arc<Message>) {
+        self.set_within(msg, RetainedLimits::NONE);
+    }
+
+    /// As [`RetainedTree::set`], unless the tree would then hold more than
+    /// `limits` allow: then nothing changes and `false` is returned. A
+    /// removal, and a message that replaces one no smaller, always fit.
+    /// The broker's own `$SYS` messages are neither limited nor counted
+    /// against the limits.
+    pub fn set_within(&mut self, msg: Arc<Message>, limits: RetainedLimits) -> bool {
         if msg.payload.is_empty() {
-            if self.remove(&msg.topic) {
-                self.count -= 1;
-            }
-            return;
+            self.remove(&msg.topic);
+            return true;
+        }
+        let new = cost(&msg);
+        let old = self.kept(&msg.topic).map(|k| (k.cost, k.exempt));
+        let kept = Kept::new(&msg);
+        // What the limits count: the others, with the new one in place.
+        let (mut count, mut bytes) = (self.count - self.exempt.0, self.bytes - self.exempt.1);
+        if let Some((cost, false)) = old {
+            (count, bytes) = (count - 1, bytes - cost);
+        }
+        let (count, bytes) = (count + 1, bytes.saturating_add(new));
+        let grows = old.is_none_or(|(old, _)| new > old);
+        let over = (limits.messages != 0 && count > limits.messages)
+            || (limits.bytes != 0 && bytes > limits.bytes);
+        if grows && over && !kept.exempt {
+            return false;
+        }
+        if let Some((cost, was_exempt)) = old {
+            self.untally(cost, was_exempt);
+        }
+        self.count += 1;
+        self.bytes = self.bytes.saturating_add(new);
+        if kept.exempt {
+            self.exempt.0 += 1;
+            self.exempt.1 = self.exempt.1.saturating_add(new);
         }
         let mut node = &mut self.root;
         for level in msg.topic.split('/') {
             node = node.children.child(level);
         }
-        if node.kept.replace(Box::new(Kept::new(&msg))).is_none() {
-            self.count += 1;
+        node.kept = Some(Box::new(kept));
+        true
+    }
+
+    /// Takes a message of `cost` out of the figures.
+    fn untally(&mut self, cost: usize, exempt: bool) {
+        self.count -= 1;
+        self.bytes -= cost;
+        if exempt {
+            self.exempt.0 -= 1;
+            self.exempt.1 -= cost;
         }
+    }
+
+    /// The message kept on `topic`, expired or not.
+    fn kept(&self, topic: &str) -> Option<&Kept> {
+        let mut node = &self.root;
+        for level in topic.split('/') {
+            node = node.children.get(level)?;
+        }
+        node.kept.as_deref()
+    }
+
+    /// Removes the message retained on `topic`, and the nodes left empty,
+    /// from the tree and its figures. Returns true if there was one.
+    fn remove(&mut self, topic: &str) -> bool {
+        let Some((cost, exempt)) = self.kept(topic).map(|k| (k.cost, k.exempt)) else {
+            return false;
+        };
+        self.remove_node(topic);
+        self.untally(cost, exempt);
+        true
     }
 
     /// Removes the message retained on `topic` and the nodes left empty.
     /// Returns true if there was one. Iterative: a topic's depth is the
     /// client's to choose, the stack's is not.
-    fn remove(&mut self, topic: &str) -> bool {
+    fn remove_node(&mut self, topic: &str) -> bool {
         let levels: Vec<&str> = topic.split('/').collect();
         // The depth of the last node on the path that must stay because it
         // holds something besides the path's next step.
@@ -505,9 +626,7 @@ impl RetainedTree {
             }
         });
         for topic in &expired {
-            if self.remove(topic) {
-                self.count -= 1;
-            }
+            self.remove(topic);
         }
         expired
     }
@@ -564,6 +683,102 @@ mod tests {
         tree.set(msg("a/b", ""));
         assert_eq!(topics(&tree, "a/#"), ["a", "a/b/c", "a/c"]);
         assert_eq!(tree.len(), 5);
+    }
+
+    #[test]
+    fn limits_refuse_new_topics_and_growth_but_not_replacement_or_removal() {
+        let mut tree = RetainedTree::default();
+        let two = RetainedLimits {
+            messages: 2,
+            bytes: 0,
+        };
+        assert!(tree.set_within(msg("a", "1"), two));
+        assert!(tree.set_within(msg("b/c", "1"), two));
+        assert!(!tree.set_within(msg("d", "1"), two), "a third topic");
+        assert_eq!(topics(&tree, "#"), ["a", "b/c"]);
+        assert!(
+            tree.set_within(msg("a", "a longer payload"), two),
+            "a replacement"
+        );
+        assert!(tree.set_within(msg("b/c", ""), two), "a removal");
+        assert!(tree.set_within(msg("d", "1"), two), "room again");
+        assert_eq!(tree.len(), 2);
+        // The broker's `$SYS` messages are left aside; a client's count.
+        assert!(tree.set_within(msg("$SYS/broker/uptime", "1"), two));
+        assert!(tree.set_within(msg("$SYS/broker/uptime", "12"), two));
+        assert_eq!(tree.len(), 3);
+        let bridged = Message {
+            publisher: Some("bridge".into()),
+            ..msg("$SYS/broker/connection/b/state", "1").unretained()
+        };
+        assert!(!tree.set_within(Arc::new(bridged), two));
+        assert!(tree.set_within(msg("$SYS/broker/uptime", ""), two));
+        assert!(
+            !tree.set_within(msg("e", "1"), two),
+            "still two of a client's"
+        );
+
+        const LONG: &str = "a payload of two hundred bytes or so, long enough that shrinking it \
+            to four bytes frees more than what a new one-byte topic costs beside its payload: \
+            a node, a name, a children entry, and the copy the tree keeps of it.";
+        let one = cost(&msg("x", LONG));
+        let bytes = RetainedLimits {
+            messages: 0,
+            bytes: one * 2,
+        };
+        let mut tree = RetainedTree::default();
+        assert!(tree.set_within(msg("x", LONG), bytes));
+        assert!(tree.set_within(msg("y", LONG), bytes));
+        assert_eq!(tree.bytes(), one * 2);
+        assert!(!tree.set_within(msg("z", "1"), bytes), "past the bytes");
+        let longer: &'static str = Box::leak(format!("{LONG}!").into_boxed_str());
+        assert!(
+            !tree.set_within(msg("x", longer), bytes),
+            "a larger replacement past them"
+        );
+        assert!(tree.set_within(msg("x", "1234"), bytes), "a smaller one");
+        assert!(tree.set_within(msg("y", "1234"), bytes));
+        assert!(
+            tree.set_within(msg("z", "1"), bytes),
+            "what the smaller ones freed"
+        );
+        // Deep topics cost per level: a client cannot hide a deep tree in
+        // a small payload.
+        let deep = "l/".repeat(100) + "end";
+        assert!(cost(&msg(&deep, "p")) >= 100 * LEVEL_COST);
+        assert!(!tree.set_within(msg(&deep, "p"), bytes));
+        for t in ["x", "y", "z"] {
+            tree.set(msg(t, ""));
+        }
+        assert_eq!((tree.len(), tree.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn the_figures_follow_sets_removals_and_sweeps() {
+        let mut tree = RetainedTree::default();
+        let now = Instant::now();
+        tree.set(msg("a/b", "payload"));
+        let expiring = Message {
+            topic: "e".into(),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: Properties::default(),
+            expires_at: Some(now),
+            publisher: None,
+        };
+        tree.set(Arc::new(expiring));
+        assert_eq!(
+            tree.bytes(),
+            cost(&msg("a/b", "payload")) + cost(&msg("e", "x"))
+        );
+        assert_eq!(tree.sweep(now).len(), 1);
+        assert_eq!(tree.bytes(), cost(&msg("a/b", "payload")));
+        tree.set(msg("a/b", "other"));
+        assert_eq!(tree.bytes(), cost(&msg("a/b", "other")));
+        tree.set(msg("a/b", ""));
+        assert_eq!((tree.len(), tree.bytes()), (0, 0));
+        assert!(tree.root.children.is_empty());
     }
 
     #[test]

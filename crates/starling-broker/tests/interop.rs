@@ -494,6 +494,31 @@ async fn paho_retained_messages() {
     b.stop().await;
 }
 
+/// `max-retained-messages` with paho: past it, an MQTT 5 QoS 1 retained
+/// PUBLISH gets PUBACK 0x97 and is not delivered; a 3.1.1 one, and QoS 0,
+/// are delivered without being retained; replacing and clearing still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_retained_limit() {
+    need_paho().await;
+    for v in VERSIONS {
+        let b = TestBroker::start(starling_broker::Config {
+            max_retained_messages: 2,
+            ..starling_broker::Config::default()
+        })
+        .await;
+        paho_ok(&b, "retained-limit", v).await;
+        assert_eq!(b.state.retained_count(), 0, "{v:?}");
+        assert_eq!(b.state.retained_bytes(), 0, "{v:?}");
+        let refused = b
+            .state
+            .metrics
+            .retained_refused
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(refused, 2, "{v:?}: the third topic and the QoS 0 one");
+        b.stop().await;
+    }
+}
+
 /// Persistent sessions with paho: MQTT 5 clean start 0 with session expiry
 /// 300 (3.1.1: clean session 0) resumes with session present 1, its
 /// subscription, and the QoS 1 and 2 messages queued while offline; DISCONNECT

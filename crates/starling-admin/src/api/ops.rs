@@ -8,6 +8,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use starling_broker::metrics::Metrics;
+use starling_broker::Refusal;
 use starling_codec::{Properties, QoS};
 
 use super::{ApiError, Body};
@@ -180,6 +181,7 @@ pub struct PublishResult {
         (status = 400, description = "Not valid JSON, or a bad topic, QoS or payload", body = ApiError),
         (status = 401, description = "No or a wrong token", body = ApiError),
         (status = 403, description = "Not from loopback (no token file)", body = ApiError),
+        (status = 409, description = "Refused: a retained-message limit, or a full queue with queue-overflow = \"reject\"", body = ApiError),
         (status = 422, description = "JSON of the wrong shape", body = ApiError),
     )
 )]
@@ -244,9 +246,20 @@ pub(crate) async fn publish(
             .collect(),
         ..Properties::default()
     };
-    let offered =
-        ctx.state
-            .publish_as_operator(req.topic.into(), payload, qos, req.retain, properties);
+    let offered = ctx
+        .state
+        .publish_as_operator(req.topic.into(), payload, qos, req.retain, properties)
+        .map_err(|why| {
+            let message = match why {
+                Refusal::RetainedFull => {
+                    "not published: the retained-message limit (max-retained-messages, max-retained-bytes) is reached"
+                }
+                Refusal::QueueFull => {
+                    "not published: a persistent subscriber's queue is full (queue-overflow = \"reject\")"
+                }
+            };
+            ApiError::new(StatusCode::CONFLICT, "quota_exceeded", message)
+        })?;
     Ok(Json(PublishResult {
         offered: offered as u64,
     }))

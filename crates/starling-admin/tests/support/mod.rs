@@ -56,13 +56,19 @@ impl Drop for Setup {
 /// after `name`, and its HTTP listener on `http://127.0.0.1:0` (with
 /// `token_file`, if given).
 pub async fn start(token_file: Option<PathBuf>, name: &str) -> Setup {
+    start_with(token_file, name, Config::default()).await
+}
+
+/// As [`start`], with `config`'s settings (its listeners and data directory
+/// are the test's).
+pub async fn start_with(token_file: Option<PathBuf>, name: &str, config: Config) -> Setup {
     let dir = std::env::temp_dir().join(format!("starling-admin-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let config = Config {
         listen: vec!["mqtt://127.0.0.1:0".into()],
         data_dir: dir.join("data"),
-        ..Config::default()
+        ..config
     };
     let broker = Broker::bind(config).await.expect("broker binds");
     let mqtt = broker.local_addrs()[0];

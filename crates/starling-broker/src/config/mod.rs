@@ -184,6 +184,16 @@ pub struct Config {
     pub max_client_id_len: usize,
     /// Whether retained messages are supported.
     pub retain_available: bool,
+    /// Most retained messages the broker holds (0: no limit). Past it a
+    /// retained PUBLISH on a new topic is refused: MQTT 5 QoS 1/2 with
+    /// PUBACK/PUBREC 0x97 Quota exceeded (not delivered either); QoS 0,
+    /// MQTT 3.x and wills are delivered without being retained. Counted in
+    /// `starling_retained_refused_total`.
+    pub max_retained_messages: usize,
+    /// Most bytes of retained messages (0: no limit), each counted as its
+    /// topic, payload and properties plus 64 bytes per topic level; past
+    /// it, as for `max-retained-messages`.
+    pub max_retained_bytes: usize,
     /// Seconds between `$SYS` updates; 0 disables them.
     pub sys_interval: u64,
     /// How shared subscription groups pick a member.
@@ -321,6 +331,8 @@ impl Default for Config {
             max_connection_rate: 0,
             max_client_id_len: 0,
             retain_available: true,
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 1024 * 1024 * 1024,
             sys_interval: 10,
             shared_subscription_strategy: SharedStrategy::RoundRobin,
             log_level: "info".to_string(),
@@ -438,6 +450,15 @@ impl Config {
                 self.max_store_queue_bytes
             ));
         }
+        if self.retain_available
+            && (self.max_retained_messages == 0 || self.max_retained_bytes == 0)
+        {
+            out.push(
+                "max-retained-messages or max-retained-bytes = 0: retained messages are not \
+                 bounded; clients that retain on many topics grow memory and the store"
+                    .into(),
+            );
+        }
         if self.slow_consumer_timeout_ms == 0 {
             out.push(
                 "slow-consumer-timeout-ms = 0: no backpressure; a subscriber that falls behind \
@@ -502,6 +523,12 @@ impl Config {
                 "must be 0 (no limit) or at least max-packet-size",
             );
         }
+        if self.max_retained_bytes != 0 && self.max_retained_bytes < self.max_packet_size as usize {
+            return invalid(
+                "max-retained-bytes",
+                "must be 0 (no limit) or at least max-packet-size",
+            );
+        }
         if self.max_subscriptions_per_client == 0 {
             return invalid("max-subscriptions-per-client", "must be at least 1");
         }
@@ -551,6 +578,29 @@ mod tests {
         assert!(weaker
             .iter()
             .any(|w| w.starts_with("max-queued-messages = 1000")));
+        let config = Config::from_toml("max-retained-messages = 0\n", Path::new("r.toml")).unwrap();
+        let weaker = config.weaker_than_defaults();
+        assert!(
+            weaker[0].contains("retained messages are not bounded"),
+            "{weaker:?}"
+        );
+    }
+
+    #[test]
+    fn retained_limits_load_and_are_checked() {
+        let text = "max-retained-messages = 10\nmax-retained-bytes = 2000000\n";
+        let config = Config::from_toml(text, Path::new("r.toml")).unwrap();
+        assert_eq!(
+            (config.max_retained_messages, config.max_retained_bytes),
+            (10, 2_000_000)
+        );
+        let err = Config::from_toml("max-retained-bytes = 1000\n", Path::new("r.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "r.toml: max-retained-bytes: must be 0 (no limit) or at least max-packet-size"
+        );
     }
 
     #[test]

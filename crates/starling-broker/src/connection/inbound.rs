@@ -11,7 +11,7 @@ use starling_codec::{
 use super::client::{Client, Close};
 use super::machine::Machine;
 use crate::auth::Access;
-use crate::broker::split_share;
+use crate::broker::{split_share, Refusal};
 use crate::events::Event;
 use crate::message::Message;
 use crate::metrics::SubscribeRefusal;
@@ -64,9 +64,12 @@ fn suback_reason(codes: &[ReasonCode]) -> Option<String> {
 }
 
 /// The Reason String of a refused PUBLISH.
-fn publish_refusal(code: ReasonCode) -> Option<&'static str> {
+fn publish_refusal(code: ReasonCode, why: Option<Refusal>) -> Option<&'static str> {
     match code {
         ReasonCode::NOT_AUTHORIZED => Some("not authorized to publish to this topic"),
+        ReasonCode::QUOTA_EXCEEDED if why == Some(Refusal::RetainedFull) => {
+            Some("the broker's retained-message limit is reached")
+        }
         ReasonCode::QUOTA_EXCEEDED => Some("a persistent subscriber's queue is full"),
         ReasonCode::PAYLOAD_FORMAT_INVALID => Some("the payload is not UTF-8"),
         _ => None,
@@ -309,6 +312,7 @@ impl Machine {
             }
         }
         let mut code = ReasonCode::SUCCESS;
+        let mut refusal = None;
         let mut cluster_wait = None;
         let journal_len = self.journal.len();
         if publish.properties.payload_format_indicator == Some(true)
@@ -343,7 +347,7 @@ impl Machine {
                 congested: std::mem::take(&mut self.congested),
                 // Only MQTT 5 can be told; QoS 0 has nothing to refuse.
                 may_refuse: v.is_v5() && qos != QoS::AtMostOnce,
-                refused: false,
+                refused: None,
                 cluster_wait: None,
                 // Unacknowledged when its connection ends, a QoS 1 message
                 // is sent again (and routed anew), a session ending with
@@ -357,10 +361,15 @@ impl Machine {
                     .publish_from_client(&msg, &mut self.journal, Some(&mut routed));
             self.congested = routed.congested;
             cluster_wait = routed.cluster_wait;
-            if routed.refused {
-                tracing::debug!(client_id = %client.client_id(), topic = %msg.topic, "publish refused: a persistent subscriber's queue is full");
+            if let Some(why) = routed.refused {
                 code = ReasonCode::QUOTA_EXCEEDED;
-                crate::metrics::Metrics::add(&self.broker.metrics.publishes_refused, 1);
+                refusal = Some(why);
+                if why == Refusal::QueueFull {
+                    tracing::debug!(client_id = %client.client_id(), topic = %msg.topic, "publish refused: a persistent subscriber's queue is full");
+                    crate::metrics::Metrics::add(&self.broker.metrics.publishes_refused, 1);
+                } else {
+                    tracing::debug!(client_id = %client.client_id(), topic = %msg.topic, "publish refused: the retained-message limit is reached");
+                }
             } else if offered == 0 && !self.broker.cluster().shares_across_nodes() {
                 // (In a cluster the subscribers may be on other nodes.)
                 code = ReasonCode::NO_MATCHING_SUBSCRIBERS;
@@ -376,7 +385,7 @@ impl Machine {
             ..Ack::default()
         };
         if code.is_error() && client.problem_info {
-            ack.properties.reason_string = publish_refusal(code).map(Into::into);
+            ack.properties.reason_string = publish_refusal(code, refusal).map(Into::into);
         }
         let persistent = client
             .session

@@ -19,6 +19,9 @@ Scenarios:
                 data, payload format, message expiry, subscription identifier,
                 topic alias and an assigned client identifier pass through
   retained      retained messages reach later subscribers with the retain flag
+  retained-limit  against a broker with max-retained-messages = 2: a third
+                retained topic is refused (v5 QoS 1: PUBACK 0x97, not
+                delivered) or delivered without being retained (3.1.1, QoS 0)
   session       a persistent session resumes (session present) with its queue
   will-victim   TOPIC PAYLOAD: connects with a will, prints CONNECTED, waits to be killed
   will-watch    TOPIC PAYLOAD: subscribes, prints SUBSCRIBED, expects the will
@@ -184,12 +187,17 @@ class Peer:
 
     def publish(self, topic, payload, qos, retain=False, properties=None):
         """Publishes and waits for the QoS flow to complete; returns the reason code."""
+        rc = self.publish_rc(topic, payload, qos, retain, properties)
+        check(not rc.is_failure, f"{self.name}: publish to {topic} refused: {rc}")
+        return rc
+
+    def publish_rc(self, topic, payload, qos, retain=False, properties=None):
+        """Publishes and waits for the QoS flow to complete; returns the reason
+        code, a refusal included."""
         info = self.c.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         check(info.rc == mqtt.MQTT_ERR_SUCCESS, f"{self.name}: publish() returned {info.rc}")
         self._wait(lambda: info.mid in self.published, f"the QoS {qos} flow of {topic}")
-        rc = self.published[info.mid]
-        check(not rc.is_failure, f"{self.name}: publish to {topic} refused: {rc}")
-        return rc
+        return self.published[info.mid]
 
     def recv(self, what="a message"):
         try:
@@ -374,6 +382,51 @@ def retained(port, version, tag):
         peer.disconnect()
 
 
+def retained_limit(port, version, tag):
+    """The broker holds at most 2 retained messages."""
+    t = f"rl/{tag}"
+    p = Peer(port, version, f"rl-pub-{tag}")
+    p.connect()
+    p.publish(f"{t}/a", b"a", 1, retain=True)
+    p.publish(f"{t}/b", b"b", 1, retain=True)
+    s = Peer(port, version, f"rl-sub-{tag}")
+    s.connect()
+    s.subscribe(f"{t}/+", 1)
+    got = sorted(m.topic for m in (s.recv(), s.recv()))
+    check(got == [f"{t}/a", f"{t}/b"], f"retained at subscribe: {got}")
+
+    rc = p.publish_rc(f"{t}/c", b"c", 1, retain=True)
+    if p.v5:
+        check(rc.value == 0x97, f"a third retained topic at QoS 1 got {rc}, expected 0x97")
+    else:
+        check(rc.value == 0, f"3.1.1 cannot be refused, got {rc}")
+        s.expect(f"{t}/c", b"c", 1)
+    # QoS 0 cannot be refused: delivered, not retained.
+    p.publish(f"{t}/d", b"d", 0, retain=True)
+    s.expect(f"{t}/d", b"d", 0)
+    # Replacing a retained message, and clearing one, still work; the room
+    # cleared takes a new topic.
+    p.publish(f"{t}/a", b"a2", 1, retain=True)
+    s.expect(f"{t}/a", b"a2", 1)
+    p.publish(f"{t}/b", b"", 1, retain=True)
+    s.expect(f"{t}/b", b"", 1)
+    p.publish(f"{t}/e", b"e", 1, retain=True)
+    s.expect(f"{t}/e", b"e", 1)
+
+    later = Peer(port, version, f"rl-later-{tag}")
+    later.connect()
+    later.subscribe(f"{t}/+", 1)
+    got = sorted((m.topic, m.payload) for m in (later.recv(), later.recv()))
+    want = [(f"{t}/a", b"a2"), (f"{t}/e", b"e")]
+    check(got == want, f"retained after the limit: {got}, expected {want}")
+    p.publish(f"{t}/marker", b"m", 1)
+    later.expect(f"{t}/marker", b"m", 1)
+    for topic in ("a", "e"):
+        p.publish(f"{t}/{topic}", b"", 1, retain=True)
+    for peer in (p, s, later):
+        peer.disconnect()
+
+
 def session(port, version, tag):
     v5 = version == mqtt.MQTTv5
     cid = f"persistent-{tag}"
@@ -538,6 +591,7 @@ SCENARIOS = {
     "pubsub": pubsub,
     "properties": properties,
     "retained": retained,
+    "retained-limit": retained_limit,
     "session": session,
     "will-victim": will_victim,
     "will-watch": will_watch,
