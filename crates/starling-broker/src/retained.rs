@@ -170,7 +170,7 @@ const LEVEL_COST: usize = 64;
 /// What a retained message of `msg`'s weight and topic costs the tree, in
 /// bytes, as [`RetainedTree::bytes`] counts it.
 pub fn cost(msg: &Message) -> usize {
-    let levels = msg.topic.split('/').count();
+    let levels = msg.topic.bytes().filter(|&b| b == b'/').count() + 1;
     (msg.weight() as usize)
         .saturating_add(levels.saturating_mul(LEVEL_COST))
         .saturating_add(std::mem::size_of::<Kept>())
@@ -407,36 +407,43 @@ impl RetainedTree {
             self.remove(&msg.topic);
             return true;
         }
-        let new = cost(&msg);
-        let old = self.kept(&msg.topic).map(|k| (k.cost, k.exempt));
         let kept = Kept::new(&msg);
-        // What the limits count: the others, with the new one in place.
-        let (mut count, mut bytes) = (self.count - self.exempt.0, self.bytes - self.exempt.1);
-        if let Some((cost, false)) = old {
-            (count, bytes) = (count - 1, bytes - cost);
+        // One walk, as without limits, unless the message would not fit as
+        // a new topic: then whether it replaces one decides.
+        if !kept.exempt && !self.fits(kept.cost, None, limits) {
+            let old = self.kept(&msg.topic).map(|k| (k.cost, k.exempt));
+            let fits = match old {
+                Some((old, false)) => kept.cost <= old || self.fits(kept.cost, Some(old), limits),
+                _ => false,
+            };
+            if !fits {
+                return false;
+            }
         }
-        let (count, bytes) = (count + 1, bytes.saturating_add(new));
-        let grows = old.is_none_or(|(old, _)| new > old);
-        let over = (limits.messages != 0 && count > limits.messages)
-            || (limits.bytes != 0 && bytes > limits.bytes);
-        if grows && over && !kept.exempt {
-            return false;
-        }
-        if let Some((cost, was_exempt)) = old {
-            self.untally(cost, was_exempt);
-        }
-        self.count += 1;
-        self.bytes = self.bytes.saturating_add(new);
-        if kept.exempt {
-            self.exempt.0 += 1;
-            self.exempt.1 = self.exempt.1.saturating_add(new);
-        }
+        let (cost, exempt) = (kept.cost, kept.exempt);
         let mut node = &mut self.root;
         for level in msg.topic.split('/') {
             node = node.children.child(level);
         }
-        node.kept = Some(Box::new(kept));
+        if let Some(old) = node.kept.replace(Box::new(kept)) {
+            self.untally(old.cost, old.exempt);
+        }
+        self.count += 1;
+        self.bytes = self.bytes.saturating_add(cost);
+        if exempt {
+            self.exempt.0 += 1;
+            self.exempt.1 = self.exempt.1.saturating_add(cost);
+        }
         true
+    }
+
+    /// Whether a message of `cost` fits within `limits` beside the others
+    /// the limits count, in place of one of `replaced` bytes if any.
+    fn fits(&self, cost: usize, replaced: Option<usize>, limits: RetainedLimits) -> bool {
+        let count = self.count - self.exempt.0 - usize::from(replaced.is_some()) + 1;
+        let bytes = (self.bytes - self.exempt.1 - replaced.unwrap_or(0)).saturating_add(cost);
+        (limits.messages == 0 || count <= limits.messages)
+            && (limits.bytes == 0 || bytes <= limits.bytes)
     }
 
     /// Takes a message of `cost` out of the figures.
