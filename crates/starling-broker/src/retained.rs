@@ -171,9 +171,11 @@ const LEVEL_COST: usize = 64;
 /// bytes, as [`RetainedTree::bytes`] counts it.
 pub fn cost(msg: &Message) -> usize {
     let levels = msg.topic.bytes().filter(|&b| b == b'/').count() + 1;
-    (msg.weight() as usize)
+    let cost = (msg.weight() as usize)
         .saturating_add(levels.saturating_mul(LEVEL_COST))
-        .saturating_add(std::mem::size_of::<Kept>())
+        .saturating_add(std::mem::size_of::<Kept>());
+    // As the tree keeps it (a packet is far smaller).
+    cost.min(u32::MAX as usize)
 }
 
 /// Whether limits leave `msg` aside: a `$SYS` message the broker made (a
@@ -186,8 +188,9 @@ fn exempt(msg: &Message) -> bool {
 #[derive(Debug)]
 struct Kept {
     payload: Bytes,
-    /// What it was counted as ([`cost`]).
-    cost: usize,
+    /// What it was counted as ([`cost`]; 4 bytes: one of these per
+    /// retained message).
+    cost: u32,
     /// The broker's own `$SYS` message: left aside by limits ([`exempt`]).
     exempt: bool,
     expires_at: Option<Instant>,
@@ -203,7 +206,7 @@ impl Kept {
             // Its own allocation: a slice would keep the publisher's whole
             // receive buffer alive for as long as the message is retained.
             payload: Bytes::copy_from_slice(&msg.payload),
-            cost: cost(msg),
+            cost: cost(msg) as u32,
             exempt: exempt(msg),
             expires_at: msg.expires_at,
             properties: (!none).then(|| Box::new(msg.properties.clone())),
@@ -410,23 +413,24 @@ impl RetainedTree {
         let kept = Kept::new(&msg);
         // One walk, as without limits, unless the message would not fit as
         // a new topic: then whether it replaces one decides.
-        if !kept.exempt && !self.fits(kept.cost, None, limits) {
-            let old = self.kept(&msg.topic).map(|k| (k.cost, k.exempt));
+        let cost = kept.cost as usize;
+        if !kept.exempt && !self.fits(cost, None, limits) {
+            let old = self.kept(&msg.topic).map(|k| (k.cost as usize, k.exempt));
             let fits = match old {
-                Some((old, false)) => kept.cost <= old || self.fits(kept.cost, Some(old), limits),
+                Some((old, false)) => cost <= old || self.fits(cost, Some(old), limits),
                 _ => false,
             };
             if !fits {
                 return false;
             }
         }
-        let (cost, exempt) = (kept.cost, kept.exempt);
+        let exempt = kept.exempt;
         let mut node = &mut self.root;
         for level in msg.topic.split('/') {
             node = node.children.child(level);
         }
         if let Some(old) = node.kept.replace(Box::new(kept)) {
-            self.untally(old.cost, old.exempt);
+            self.untally(old.cost as usize, old.exempt);
         }
         self.count += 1;
         self.bytes = self.bytes.saturating_add(cost);
@@ -468,7 +472,7 @@ impl RetainedTree {
     /// Removes the message retained on `topic`, and the nodes left empty,
     /// from the tree and its figures. Returns true if there was one.
     fn remove(&mut self, topic: &str) -> bool {
-        let Some((cost, exempt)) = self.kept(topic).map(|k| (k.cost, k.exempt)) else {
+        let Some((cost, exempt)) = self.kept(topic).map(|k| (k.cost as usize, k.exempt)) else {
             return false;
         };
         self.remove_node(topic);
@@ -762,6 +766,9 @@ mod tests {
 
     #[test]
     fn the_figures_follow_sets_removals_and_sweeps() {
+        // What each retained message keeps beside its node: no larger than
+        // before the figures (its cost is 4 bytes in the padding).
+        assert!(std::mem::size_of::<Kept>() <= 64);
         let mut tree = RetainedTree::default();
         let now = Instant::now();
         tree.set(msg("a/b", "payload"));
