@@ -40,6 +40,13 @@ const REPAIR_ASKS: [Duration; 3] = [
 /// outbox goes on without those not heard).
 pub const ASK_WAIT: Duration = Duration::from_secs(2);
 
+/// Within [`ASK_WAIT`], how often the first ask is published again while
+/// some node has not answered: right after a partition heals, the NATS
+/// server of an asked node may not have this node's interest yet, and
+/// drops the ask (as fault runs showed: one asked node of two held, the
+/// other never heard the ask).
+const ASK_AGAIN: Duration = Duration::from_millis(250);
+
 /// How often an asked repair is tried while another one runs here, and
 /// how many times: as long as the hold begun for it waits
 /// (`gap::PENDING_FOR`).
@@ -101,29 +108,58 @@ pub async fn ask(inner: Arc<Inner>, from_ms: u64) {
     }
 }
 
-/// Publishes `ask` with a reply subject and counts the answers, until
-/// `expected` or [`ASK_WAIT`].
+/// Publishes `ask` with a reply subject, again every [`ASK_AGAIN`], and
+/// counts the nodes that answer, until `expected` or [`ASK_WAIT`].
 async fn answered(inner: &Inner, ask: Bytes, expected: usize) -> usize {
     let inbox = inner.client.new_inbox();
     let Ok(mut answers) = inner.client.subscribe(inbox.clone()).await else {
         return 0;
     };
-    let asked = inner
-        .client
-        .publish_with_reply(keys::REPAIR, inbox, ask)
-        .await;
-    if asked.is_err() {
-        return 0;
-    }
     let deadline = Instant::now() + ASK_WAIT;
-    let mut heard = 0;
-    while heard < expected {
-        match tokio::time::timeout_at(deadline, answers.next()).await {
-            Ok(Some(_)) => heard += 1,
-            _ => break,
+    let mut again = tokio::time::interval(ASK_AGAIN);
+    let mut heard = Heard::default();
+    while heard.count() < expected {
+        tokio::select! {
+            _ = again.tick() => {
+                let asked = inner
+                    .client
+                    .publish_with_reply(keys::REPAIR, inbox.clone(), ask.clone())
+                    .await;
+                if let Err(e) = asked {
+                    tracing::debug!("repair not asked: {e}");
+                }
+            }
+            answer = tokio::time::timeout_at(deadline, answers.next()) => match answer {
+                Ok(Some(answer)) => heard.add(&answer.payload),
+                _ => break,
+            },
         }
     }
-    heard
+    heard.count()
+}
+
+/// The nodes that answered an ask, each counted once however many of its
+/// asks it answered (a node of an earlier version answers with nothing,
+/// and each of its answers counts).
+#[derive(Debug, Default)]
+struct Heard {
+    nodes: std::collections::HashSet<u64>,
+    unnamed: usize,
+}
+
+impl Heard {
+    fn add(&mut self, answer: &[u8]) {
+        match <[u8; 8]>::try_from(answer) {
+            Ok(origin) => {
+                self.nodes.insert(u64::from_be_bytes(origin));
+            }
+            Err(_) => self.unnamed += 1,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.nodes.len() + self.unnamed
+    }
 }
 
 /// Serves other nodes' asks to read the transit window around their
@@ -138,6 +174,9 @@ pub async fn serve(inner: Arc<Inner>) {
             return;
         }
     };
+    // The asks answered lately: one published again (`ASK_AGAIN`) is
+    // answered again, but its repair is not begun twice.
+    let mut answered: std::collections::HashMap<(u64, u64), Instant> = Default::default();
     while let Some(request) = requests.next().await {
         let Some((from, origin)) = decode(request.payload) else {
             continue;
@@ -146,15 +185,23 @@ pub async fn serve(inner: Arc<Inner>) {
         if origin == inner.origin {
             continue;
         }
+        answered.retain(|_, at| at.elapsed() < ASK_WAIT * 2);
+        let again =
+            request.reply.is_some() && answered.insert((from, origin), Instant::now()).is_some();
         let inner = inner.clone();
         tokio::spawn(async move {
             if let Some(reply) = request.reply {
                 hold_for(&inner, origin).await;
                 tracing::debug!(
                     origin,
+                    again,
                     "a node back from a gap asks for a repair: its messages held"
                 );
-                let _ = inner.client.publish(reply, Bytes::new()).await;
+                let me = Bytes::copy_from_slice(&inner.origin.to_be_bytes());
+                let _ = inner.client.publish(reply, me).await;
+            }
+            if again {
+                return;
             }
             for _ in 0..RETRIES {
                 if crate::transit::repair(&inner, from, Some(origin), true) {
@@ -182,6 +229,18 @@ fn decode(mut p: Bytes) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_node_that_answers_counts_once() {
+        let mut heard = Heard::default();
+        heard.add(&7u64.to_be_bytes());
+        heard.add(&7u64.to_be_bytes());
+        heard.add(&9u64.to_be_bytes());
+        assert_eq!(heard.count(), 2);
+        heard.add(&[]);
+        heard.add(&[]);
+        assert_eq!(heard.count(), 4, "an earlier version's answers each count");
+    }
 
     #[test]
     fn an_ask_reads_back() {
