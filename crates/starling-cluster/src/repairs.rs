@@ -109,30 +109,42 @@ pub async fn ask(inner: Arc<Inner>, from_ms: u64) {
 }
 
 /// Publishes `ask` with a reply subject, again every [`ASK_AGAIN`], and
-/// counts the nodes that answer, until `expected` or [`ASK_WAIT`].
+/// counts the nodes that answer, until `expected` or [`ASK_WAIT`]. Each
+/// time with a new reply subject: right after a partition heals, a node
+/// was seen to get every ask and answer each, and none of its answers
+/// came back (the interest in the first reply subject had not reached its
+/// NATS server, and did not for as long as the asker waited).
 async fn answered(inner: &Inner, ask: Bytes, expected: usize) -> usize {
-    let inbox = inner.client.new_inbox();
-    let Ok(mut answers) = inner.client.subscribe(inbox.clone()).await else {
-        return 0;
-    };
     let deadline = Instant::now() + ASK_WAIT;
     let mut again = tokio::time::interval(ASK_AGAIN);
+    let mut answers = futures_util::stream::SelectAll::new();
     let mut heard = Heard::default();
     while heard.count() < expected {
         tokio::select! {
             _ = again.tick() => {
+                let inbox = inner.client.new_inbox();
+                match inner.client.subscribe(inbox.clone()).await {
+                    Ok(s) => answers.push(s),
+                    Err(e) => {
+                        tracing::debug!("repair not asked: {e}");
+                        continue;
+                    }
+                }
                 let asked = inner
                     .client
-                    .publish_with_reply(keys::REPAIR, inbox.clone(), ask.clone())
+                    .publish_with_reply(keys::REPAIR, inbox, ask.clone())
                     .await;
                 if let Err(e) = asked {
                     tracing::debug!("repair not asked: {e}");
                 }
             }
-            answer = tokio::time::timeout_at(deadline, answers.next()) => match answer {
-                Ok(Some(answer)) => heard.add(&answer.payload),
-                _ => break,
-            },
+            answer = tokio::time::timeout_at(deadline, answers.next()), if !answers.is_empty() => {
+                match answer {
+                    Ok(Some(answer)) => heard.add(&answer.payload),
+                    _ => break,
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => break,
         }
     }
     heard.count()
