@@ -29,6 +29,12 @@ pub struct Replays {
     /// Replays that ended lately: a core copy of a message one of them
     /// handed its sessions, arriving late, must not reach them again.
     ended: std::collections::VecDeque<(Instant, Running)>,
+    /// Replays that ended longer ago than [`ENDED_KEPT`], kept only for
+    /// merges (see [`Replays::merge`]) up to [`GAVE_KEPT`]: a session's
+    /// copy on a node cut off for longer than transit keeps messages comes
+    /// back as a merge, and the stamps a replay gave the session then are
+    /// still not to be given again. Nothing else reads them.
+    gave: std::collections::VecDeque<(Instant, Running)>,
     /// What core NATS brought while a repair after a gap runs.
     gap: Option<crate::gap::Hold>,
     /// This node (`None` in unit tests).
@@ -43,6 +49,10 @@ pub struct Replays {
 /// reads no older ones), and at most [`ENDED_STAMPS`] stamps in all.
 const ENDED_KEPT: Duration = AGE;
 const ENDED_STAMPS: usize = 1_000_000;
+/// How long an ended replay's stamps are kept for merges (see
+/// [`Replays::gave`]); their stamps and the recent replays' count against
+/// [`ENDED_STAMPS`] together, the oldest dropped first.
+const GAVE_KEPT: Duration = Duration::from_secs(3600);
 
 impl Replays {
     /// The replays of `inner`'s routing task.
@@ -233,9 +243,9 @@ impl Replays {
     }
 
     /// Adds to session `client`'s queue the messages another node had of
-    /// it (see `merges`), but those a replay, running or ended lately, gave
-    /// it already; a running one does not give it those it adds. Returns
-    /// how many the session has now (added, or had).
+    /// it (see `merges`), but those a replay, running or ended within
+    /// [`GAVE_KEPT`], gave it already; a running one does not give it those
+    /// it adds. Returns how many the session has now (added, or had).
     pub fn merge(&mut self, client: &str, records: Vec<(bytes::Bytes, Option<Stamp>)>) -> usize {
         self.forget_ended();
         let mine = |r: &Running| {
@@ -247,8 +257,9 @@ impl Replays {
         let mut add = Vec::with_capacity(records.len());
         for (raw, stamp) in records {
             if let Some(stamp) = stamp {
-                let ended = self.ended.iter().map(|(_, r)| r);
+                let ended = self.gave.iter().chain(self.ended.iter());
                 if ended
+                    .map(|(_, r)| r)
                     .chain(self.running.values())
                     .any(|r| mine(r) && r.had(stamp))
                 {
@@ -266,7 +277,8 @@ impl Replays {
         had + broker.map_or(0, |b| b.merge_queued(client, &add))
     }
 
-    /// Forgets the ended replays older than [`ENDED_KEPT`].
+    /// Moves the ended replays older than [`ENDED_KEPT`] to those kept
+    /// for merges, and forgets those older than [`GAVE_KEPT`].
     fn forget_ended(&mut self) {
         let now = Instant::now();
         while self
@@ -274,7 +286,34 @@ impl Replays {
             .front()
             .is_some_and(|(at, _)| now.duration_since(*at) > ENDED_KEPT)
         {
-            self.ended.pop_front();
+            if let Some(old) = self.ended.pop_front() {
+                self.gave.push_back(old);
+            }
+        }
+        while self
+            .gave
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > GAVE_KEPT)
+        {
+            self.gave.pop_front();
+        }
+    }
+
+    /// Drops the oldest ended replays until their stamps are within `cap`
+    /// (the last one ended is kept whatever its size).
+    fn bound_ended(&mut self, cap: usize) {
+        let stamps = |r: &Running| r.replayed.len() + r.held.len();
+        let all = self.gave.iter().chain(self.ended.iter());
+        let mut kept: usize = all.map(|(_, r)| stamps(r)).sum();
+        while kept > cap && self.gave.len() + self.ended.len() > 1 {
+            let old = match self.gave.pop_front() {
+                Some(old) => old,
+                None => match self.ended.pop_front() {
+                    Some(old) => old,
+                    None => break,
+                },
+            };
+            kept -= stamps(&old.1);
         }
     }
 
@@ -534,13 +573,7 @@ impl Replays {
                     if r.clients.is_some() && keep {
                         r.core = HashSet::new();
                         self.ended.push_back((Instant::now(), r));
-                        let stamps = |r: &Running| r.replayed.len() + r.held.len();
-                        let mut kept: usize = self.ended.iter().map(|(_, r)| stamps(r)).sum();
-                        while kept > ENDED_STAMPS && self.ended.len() > 1 {
-                            if let Some((_, old)) = self.ended.pop_front() {
-                                kept -= stamps(&old);
-                            }
-                        }
+                        self.bound_ended(ENDED_STAMPS);
                     }
                 }
                 let _ = done.send(());
@@ -587,5 +620,46 @@ mod tests {
         assert!(replays.running[&7].had(s(2)));
         assert!(!replays.running[&7].had(s(1)));
         assert!(!replays.running[&8].held.contains(&s(2)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_merge_after_a_long_cut_still_leaves_out_what_a_replay_gave() {
+        let s = |seq| Stamp { origin: 9, seq };
+        let mut replays = Replays::default();
+        let mut gave = Running::new(Some(clients(&["a"])));
+        gave.replayed.insert(s(1));
+        replays.ended.push_back((Instant::now(), gave));
+        let m = Bytes::from_static(b"m");
+        // Past transit's age the replay no longer filters core copies, but
+        // a merge still leaves out what it gave.
+        tokio::time::advance(ENDED_KEPT * 5).await;
+        assert_eq!(replays.merge("a", vec![(m.clone(), Some(s(1)))]), 1);
+        assert!(
+            replays.ended.is_empty(),
+            "core copies: the replay is forgotten"
+        );
+        assert_eq!(replays.gave.len(), 1);
+        // Past an hour, it is forgotten for merges too.
+        tokio::time::advance(GAVE_KEPT).await;
+        assert_eq!(replays.merge("a", vec![(m, Some(s(1)))]), 0);
+        assert!(replays.gave.is_empty() && replays.ended.is_empty());
+    }
+
+    #[test]
+    fn the_stamps_kept_for_merges_and_lately_are_bounded_together() {
+        let mut replays = Replays::default();
+        for origin in 0..3u64 {
+            let mut r = Running::new(Some(clients(&["a"])));
+            for seq in 0..5 {
+                r.replayed.insert(Stamp { origin, seq });
+            }
+            replays.gave.push_back((Instant::now(), r));
+        }
+        replays.bound_ended(10);
+        assert_eq!(replays.gave.len(), 2, "the oldest dropped");
+        assert_eq!(
+            replays.gave[0].1.replayed.iter().next().map(|s| s.origin),
+            Some(1)
+        );
     }
 }
