@@ -81,6 +81,9 @@ pub fn holds(node: &str) -> String {
 /// it published then).
 pub const REPAIR: &str = "starling.repair";
 
+/// Requests to repair the run of a node that does not answer (see `moved`).
+pub const REPAIR_RUN: &str = "starling.repair.run";
+
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);

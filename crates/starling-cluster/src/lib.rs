@@ -26,6 +26,7 @@ mod keys;
 mod late;
 pub mod markers;
 mod merges;
+mod moved;
 mod node;
 mod owners;
 mod placement;

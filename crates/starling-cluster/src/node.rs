@@ -131,6 +131,7 @@ impl NatsCluster {
             restart_token: rand::random(),
             restored: restored.clone(),
             live: Mutex::new(Default::default()),
+            moved: Mutex::new(Default::default()),
             beat_ms: Default::default(),
             isolated: Default::default(),
             probes: Mutex::new(Default::default()),
@@ -166,6 +167,7 @@ impl NatsCluster {
         tokio::spawn(crate::markers::run(inner.clone()));
         tokio::spawn(crate::rejoin::watch_owners(inner.clone()));
         tokio::spawn(crate::repairs::serve(inner.clone()));
+        tokio::spawn(crate::moved::serve(inner.clone()));
         tokio::spawn(open_buckets(
             inner.clone(),
             config.replicas,

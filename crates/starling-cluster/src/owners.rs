@@ -25,7 +25,7 @@ use crate::{keys, replica};
 /// node that takes the id over waits for it here ([`await_claim`]), so that
 /// it finds the connection to close; a claim it could not wait for is lost
 /// and answered [`Ownership::Busy`].
-pub async fn claim(inner: &Inner, client_id: &str, persistent: bool) -> Ownership {
+pub async fn claim(inner: &Arc<Inner>, client_id: &str, persistent: bool) -> Ownership {
     {
         let now = tokio::time::Instant::now();
         let mut claims = inner.claims.lock();
@@ -56,7 +56,7 @@ pub async fn claim(inner: &Inner, client_id: &str, persistent: bool) -> Ownershi
 }
 
 /// Reads and writes the owner of `client_id` (see [`claim`]).
-async fn claim_owner(inner: &Inner, client_id: &str, persistent: bool) -> Ownership {
+async fn claim_owner(inner: &Arc<Inner>, client_id: &str, persistent: bool) -> Ownership {
     let unreachable = if persistent {
         Ownership::Unavailable
     } else {
@@ -237,7 +237,7 @@ async fn predecessor(
 /// and installs what comes. An owner that does not answer (it is gone) is
 /// passed over: the session is rebuilt from its replica. `false`: the
 /// session could not be had.
-async fn take_from(inner: &Inner, owner: &str, client_id: &str) -> bool {
+async fn take_from(inner: &Arc<Inner>, owner: &str, client_id: &str) -> bool {
     let deadline = tokio::time::Instant::now() + BUSY_FOR;
     let mut owner = owner.to_string();
     let mut hops = 0;
@@ -249,10 +249,12 @@ async fn take_from(inner: &Inner, owner: &str, client_id: &str) -> bool {
             Ok(Ok(reply)) => Handed::decode(&reply.payload).unwrap_or(Handed::Parts(0, None)),
             Ok(Err(e)) => {
                 tracing::info!(%client_id, %owner, "the previous owner did not answer: {e}");
+                crate::moved::before_connack(inner, &owner).await;
                 return rebuild(inner, &owner, client_id).await;
             }
             Err(_) => {
                 tracing::info!(%client_id, %owner, "the previous owner did not answer in time");
+                crate::moved::before_connack(inner, &owner).await;
                 return rebuild(inner, &owner, client_id).await;
             }
         };

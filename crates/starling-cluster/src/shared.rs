@@ -187,6 +187,9 @@ pub(crate) struct Inner {
     pub clearing: Mutex<std::collections::HashSet<(String, u64)>>,
     /// The other nodes heard beating, and when last.
     pub live: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// The repairs of silent nodes' runs asked lately, by node, and
+    /// whether each is over (see `moved`).
+    pub moved: Mutex<HashMap<String, (tokio::time::Instant, tokio::sync::watch::Receiver<bool>)>>,
     /// When the nodes bucket last took this node's heartbeat (ms since the
     /// epoch; 0: never), and whether the node is cut from the others
     /// though connected to NATS (see `cutoff`).

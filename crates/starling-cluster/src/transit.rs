@@ -188,6 +188,33 @@ fn release(inner: &Inner, ids: &[ByteString]) {
 /// meanwhile (see [`crate::gap`]; after a slow consumer's drops, order is
 /// lost already and nothing is held).
 pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>, gap: bool) -> bool {
+    start_repair(inner, from_ms, (only, None), gap, None)
+}
+
+/// Repairs run `run`, of a node that does not answer, from `from_ms` (see
+/// `moved`): its messages this node did not receive are routed here, as
+/// [`repair`] does, but for the appends that landed late, which only that
+/// node can say it withdrew (its own repair, once it is back, places
+/// them). `done` says whether it read transit; `false` (and nothing done)
+/// while another repair runs here.
+pub fn repair_silent(
+    inner: &Arc<Inner>,
+    from_ms: u64,
+    run: u64,
+    done: oneshot::Sender<bool>,
+) -> bool {
+    start_repair(inner, from_ms, (Some(run), Some(run)), false, Some(done))
+}
+
+/// [`repair`] of the runs `only` (all: `None`), that of a silent node
+/// `.1` not asked what it withdrew; `done` told when it ends.
+fn start_repair(
+    inner: &Arc<Inner>,
+    from_ms: u64,
+    (only, silent): (Option<u64>, Option<u64>),
+    gap: bool,
+    done: Option<oneshot::Sender<bool>>,
+) -> bool {
     if inner.transit.get().is_none() || inner.repairing.swap(true, Ordering::AcqRel) {
         return false;
     }
@@ -203,8 +230,9 @@ pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>, gap: bool) ->
         let mut repaired = Err(String::new());
         for n in 1..=REPLAY_TRIES {
             let last_try = n == REPLAY_TRIES;
-            repaired = repair_from(&inner, token, from_ms, only, gap, last_try).await;
-            if repaired.is_ok() || inner.broker().is_none() {
+            repaired = repair_from(&inner, token, from_ms, (only, silent), gap, last_try).await;
+            // (A silent node's repair is waited for: not tried again.)
+            if repaired.is_ok() || inner.broker().is_none() || silent.is_some() {
                 break;
             }
             if let Err(e) = &repaired {
@@ -220,6 +248,9 @@ pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>, gap: bool) ->
             }
         }
         inner.repairing.store(false, Ordering::Release);
+        if let Some(done) = done {
+            let _ = done.send(repaired.is_ok());
+        }
         match repaired {
             Ok(n) => tracing::info!(
                 messages = n,
@@ -235,7 +266,7 @@ async fn repair_from(
     inner: &Arc<Inner>,
     token: u64,
     from_ms: u64,
-    only: Option<u64>,
+    (only, silent): (Option<u64>, Option<u64>),
     gap: bool,
     last_try: bool,
 ) -> Result<usize, String> {
@@ -265,7 +296,8 @@ async fn repair_from(
         only,
         unknown_from_ms: None,
         last_try,
-        gone: None,
+        gone: silent,
+        ask_gone: silent.is_none(),
         own_places: false,
         settle: gap && only.is_none(),
     };
@@ -422,6 +454,7 @@ async fn replay_read(
         unknown_from_ms,
         last_try,
         gone: (!request.live).then_some(receipt.own),
+        ask_gone: true,
         own_places: true,
         settle: false,
     };
@@ -443,8 +476,13 @@ struct Skip<'a> {
     /// The read's last try: an origin that does not say which messages it
     /// withdrew no longer fails it.
     last_try: bool,
-    /// The run of the dead node whose sessions a replay rebuilds.
+    /// The run of the dead node whose sessions a replay rebuilds (or of a
+    /// silent node whose run a repair reads).
     gone: Option<u64>,
+    /// Whether that node is asked what it withdrew, for an append that
+    /// landed late; if not, the read ends at such an append (it and what
+    /// follows are left to that node's own repair once it is back).
+    ask_gone: bool,
     /// A replay, whose sessions this node's own later messages reached
     /// live (parked): the places of those are told to the routing task.
     own_places: bool,
@@ -588,9 +626,17 @@ async fn read_since(
             // publisher's message appended after the heal, which it never
             // acknowledged, replayed after the publisher's later ones).
             let gone = skip.gone == Some(stamp.origin);
-            if !withdrawn.contains_key(&stamp.origin)
-                && (!gone || landed_late(&next.payload, stored_ms))
-            {
+            let late = gone && landed_late(&next.payload, stored_ms);
+            if late && !skip.ask_gone {
+                // Not known to be deliverable: the read ends there, so
+                // that this one and the run's later ones keep their order
+                // (that node's own repair, once it is back, places them).
+                tracing::debug!(
+                    ?stamp,
+                    "a silent node's repair ends at an append that landed late"
+                );
+                break;
+            } else if !withdrawn.contains_key(&stamp.origin) && (!gone || late) {
                 let asked = if gone {
                     crate::withdrawn::for_late_append(inner, stamp.origin, skip.last_try).await?
                 } else {
@@ -601,7 +647,7 @@ async fn read_since(
             was_withdrawn = withdrawn
                 .get(&stamp.origin)
                 .is_some_and(|w| w.contains(&stamp.seq));
-            wanted = !was_withdrawn;
+            wanted &= !was_withdrawn;
         }
         tracing::debug!(?stamp, wanted, sseq, topic = %msg.topic, head = %envelope::head(&msg.payload), "read from transit");
         let own_later = stamp.origin == inner.origin && stamp.seq > skip.own_before;

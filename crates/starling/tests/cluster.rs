@@ -1927,3 +1927,61 @@ fn old_removal_markers_are_swept_and_live_keys_stay() {
         drop((stays, back));
     });
 }
+
+// ---------------------------------------------------------------------------
+// A client moving off a node that does not answer
+
+#[test]
+fn a_client_moving_off_a_silent_node_waits_for_its_run_to_be_repaired_everywhere() {
+    let Some(c) = Cluster::start("silent") else {
+        return;
+    };
+    let silent = c.nodes[2].proc.pid().to_string();
+    run(async {
+        // Node 3 stores a message from another node: its receipt (which
+        // names its run) is written.
+        let mut o = options(c.port(3), "s-sub");
+        o.clean_start = false;
+        o.session_expiry = Some(3600);
+        let (sub, _) = Client::connect(o).await.unwrap();
+        sub.subscribe("s/#", QoS::AtLeastOnce).await.unwrap();
+        let p1 = connect(c.port(1), "s-pub").await;
+        until_routed(&p1, "s/probe", &sub).await;
+        p1.publish("s/stored", "x", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        let stored = tokio::time::timeout(WAIT, sub.recv()).await;
+        assert!(matches!(stored, Ok(Some(_))), "{stored:?}");
+        let mover = connect(c.port(3), "s-mover").await;
+        mover
+            .publish("s/m", "before", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        // Node 3 stops answering; its client comes back through node 1.
+        let stopped = std::process::Command::new("kill")
+            .args(["-STOP", &silent])
+            .status();
+        assert!(stopped.is_ok_and(|s| s.success()));
+        drop(mover);
+        let moved = connect(c.port(1), "s-mover").await;
+        moved
+            .publish("s/m", "after", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    });
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &silent])
+        .status();
+    let repaired = c.nodes[0].proc.log.wait_for(WAIT, |l| {
+        l.contains("its run repaired here and by the others before its clients' CONNACKs")
+    });
+    let line = repaired.unwrap_or_else(|e| panic!("no repair of the silent node's run: {e}"));
+    assert!(
+        line.contains("here=true heard=1 expected=1"),
+        "node 1 and node 2 repaired it: {line}"
+    );
+    let served = c.nodes[1].proc.log.wait_for(WAIT, |l| {
+        l.contains("a silent node's run repaired here") && l.contains("repaired=true")
+    });
+    assert!(served.is_ok(), "node 2 served the repair: {served:?}");
+}
