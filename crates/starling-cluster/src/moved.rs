@@ -158,21 +158,45 @@ pub async fn serve(inner: Arc<Inner>) {
 }
 
 /// Repairs `run` from `from` (ms since the epoch), once the repair running
-/// here, if any, is over; `true` when it was done within [`WAIT`].
+/// here, if any, is over; `true` when it was done within [`WAIT`]. Two
+/// nodes asking at once (each had clients move off the silent node), this
+/// node's own ask and another's share one repair.
 async fn repair(inner: &Arc<Inner>, from: u64, run: u64) -> bool {
     let deadline = Instant::now() + WAIT;
-    loop {
-        let (done, repaired) = oneshot::channel();
-        if crate::transit::repair_silent(inner, from, run, done) {
-            return tokio::time::timeout_at(deadline, repaired)
-                .await
-                .is_ok_and(|r| r.unwrap_or(false));
+    let mut over = {
+        let mut repairs = inner.moved_repairs.lock();
+        repairs.retain(|_, (at, _)| at.elapsed() < AGAIN_AFTER);
+        match repairs.get(&run) {
+            Some((_, over)) => over.clone(),
+            None => {
+                let (done, over) = watch::channel(None);
+                repairs.insert(run, (Instant::now(), over.clone()));
+                tokio::spawn(repair_once(inner.clone(), from, run, done));
+                over
+            }
+        }
+    };
+    let done = tokio::time::timeout_at(deadline, over.wait_for(Option::is_some)).await;
+    done.is_ok_and(|d| d.is_ok_and(|r| *r == Some(true)))
+}
+
+/// One repair of `run`, once no other one runs here (tried for [`WAIT`]).
+async fn repair_once(inner: Arc<Inner>, from: u64, run: u64, done: watch::Sender<Option<bool>>) {
+    let deadline = Instant::now() + WAIT;
+    let repaired = loop {
+        if inner.transit.get().is_none() {
+            break false;
+        }
+        let (finished, repaired) = oneshot::channel();
+        if crate::transit::repair_silent(&inner, from, run, finished) {
+            break repaired.await.unwrap_or(false);
         }
         if Instant::now() >= deadline {
-            return false;
+            break false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    done.send_replace(Some(repaired));
 }
 
 /// A request: from when (ms since the epoch), and which run.

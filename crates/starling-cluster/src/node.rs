@@ -132,6 +132,7 @@ impl NatsCluster {
             restored: restored.clone(),
             live: Mutex::new(Default::default()),
             moved: Mutex::new(Default::default()),
+            moved_repairs: Mutex::new(Default::default()),
             beat_ms: Default::default(),
             isolated: Default::default(),
             probes: Mutex::new(Default::default()),

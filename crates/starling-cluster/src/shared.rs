@@ -190,6 +190,9 @@ pub(crate) struct Inner {
     /// The repairs of silent nodes' runs asked lately, by node, and
     /// whether each is over (see `moved`).
     pub moved: Mutex<HashMap<String, (tokio::time::Instant, tokio::sync::watch::Receiver<bool>)>>,
+    /// The repairs of silent nodes' runs begun here lately (this node's
+    /// own ask and the others' share one), by run, and how each ended.
+    pub moved_repairs: MovedRepairs,
     /// When the nodes bucket last took this node's heartbeat (ms since the
     /// epoch; 0: never), and whether the node is cut from the others
     /// though connected to NATS (see `cutoff`).
@@ -320,6 +323,17 @@ pub enum ReplayCommand {
     /// the replayed messages to be in the sessions' queues).
     End(u64, tokio::sync::oneshot::Sender<()>),
 }
+
+/// See [`Inner::moved_repairs`].
+pub type MovedRepairs = Mutex<
+    HashMap<
+        u64,
+        (
+            tokio::time::Instant,
+            tokio::sync::watch::Receiver<Option<bool>>,
+        ),
+    >,
+>;
 
 /// Sessions of dead node `dead` rebuilt here: asks for their replay.
 #[derive(Clone)]

@@ -103,6 +103,9 @@ pub async fn serve_replays(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Re
 /// say what it withdrew no longer fails its read (and a repair's tries in
 /// all).
 const REPLAY_TRIES: usize = 15;
+/// Times a silent node's repair (see `moved`) is tried: its first read can
+/// fail while JetStream elects the leaders the silent node's server had.
+const SILENT_TRIES: usize = 5;
 /// How long a replay is tried at most: as long as transit keeps messages
 /// (seen: JetStream "temporarily unavailable" for 20 s after a partition
 /// healed). Its sessions do not move meanwhile: the node they would move
@@ -228,11 +231,15 @@ fn start_repair(
         // One token for all tries: a gap's hold lasts until the last one.
         let token: u64 = rand::random();
         let mut repaired = Err(String::new());
-        for n in 1..=REPLAY_TRIES {
+        // (A silent node's repair is waited for by CONNACKs: fewer tries.)
+        let tries = match silent {
+            Some(_) => SILENT_TRIES,
+            None => REPLAY_TRIES,
+        };
+        for n in 1..=tries {
             let last_try = n == REPLAY_TRIES;
             repaired = repair_from(&inner, token, from_ms, (only, silent), gap, last_try).await;
-            // (A silent node's repair is waited for: not tried again.)
-            if repaired.is_ok() || inner.broker().is_none() || silent.is_some() {
+            if repaired.is_ok() || inner.broker().is_none() || n == tries {
                 break;
             }
             if let Err(e) = &repaired {
