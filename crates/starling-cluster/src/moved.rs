@@ -13,7 +13,12 @@
 //! say whether it withdrew them).
 //!
 //! One repair per run at a time, shared by every client that moves off
-//! it; the CONNACK waits at most [`WAIT`] for it.
+//! it; the CONNACK waits at most [`WAIT`] for it, once the client's
+//! session is installed here. A repair is tried once: while JetStream
+//! elects new leaders for what the silent node's server led (as a
+//! partition often makes it), its read fails, and reads tried again
+//! would only add to JetStream's load then; that node's own repair,
+//! once it is back, still places its messages.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,8 +32,10 @@ use crate::keys;
 use crate::receipt::Receipt;
 use crate::shared::Inner;
 
-/// How long a moving client's CONNACK waits at most for the repairs.
-pub const WAIT: Duration = Duration::from_secs(5);
+/// How long a moving client's CONNACK waits at most for the repairs (a
+/// repair that takes longer goes on, without ordering that client's next
+/// messages after it).
+pub const WAIT: Duration = Duration::from_secs(2);
 
 /// A run repaired this recently is not asked again for a client that
 /// moves off it later (all it had acknowledged is in transit by then).

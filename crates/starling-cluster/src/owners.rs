@@ -249,13 +249,11 @@ async fn take_from(inner: &Arc<Inner>, owner: &str, client_id: &str) -> bool {
             Ok(Ok(reply)) => Handed::decode(&reply.payload).unwrap_or(Handed::Parts(0, None)),
             Ok(Err(e)) => {
                 tracing::info!(%client_id, %owner, "the previous owner did not answer: {e}");
-                crate::moved::before_connack(inner, &owner).await;
-                return rebuild(inner, &owner, client_id).await;
+                return rebuild_silent(inner, &owner, client_id).await;
             }
             Err(_) => {
                 tracing::info!(%client_id, %owner, "the previous owner did not answer in time");
-                crate::moved::before_connack(inner, &owner).await;
-                return rebuild(inner, &owner, client_id).await;
+                return rebuild_silent(inner, &owner, client_id).await;
             }
         };
         match answer {
@@ -442,6 +440,17 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) -> bool {
 /// The previous owner of `client_id`, `owner`, did not answer: the session
 /// is rebuilt from its replica, and what `owner` may have missed replayed.
 /// `false`: the replica could not be read.
+/// [`rebuild`], for a previous owner that did not answer: once the session
+/// is here, the CONNACK waits for that node's run to be repaired (see
+/// `moved`). (Not before: the session would be nowhere meanwhile.)
+async fn rebuild_silent(inner: &Arc<Inner>, owner: &str, client_id: &str) -> bool {
+    let rebuilt = rebuild(inner, owner, client_id).await;
+    if rebuilt {
+        crate::moved::before_connack(inner, owner).await;
+    }
+    rebuilt
+}
+
 async fn rebuild(inner: &Inner, owner: &str, client_id: &str) -> bool {
     rebuild_from(inner, owner, client_id, None).await
 }

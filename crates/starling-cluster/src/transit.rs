@@ -103,9 +103,8 @@ pub async fn serve_replays(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Re
 /// say what it withdrew no longer fails its read (and a repair's tries in
 /// all).
 const REPLAY_TRIES: usize = 15;
-/// Times a silent node's repair (see `moved`) is tried: its first read can
-/// fail while JetStream elects the leaders the silent node's server had.
-const SILENT_TRIES: usize = 5;
+/// Times a silent node's repair (see `moved`) is tried.
+const SILENT_TRIES: usize = 1;
 /// How long a replay is tried at most: as long as transit keeps messages
 /// (seen: JetStream "temporarily unavailable" for 20 s after a partition
 /// healed). Its sessions do not move meanwhile: the node they would move
