@@ -668,6 +668,15 @@ mod tests {
         })
     }
 
+    /// A retained message on `topic` ("x") that expires `at`.
+    fn expiring(topic: &str, at: Instant) -> Message {
+        Message {
+            expires_at: Some(at),
+            retain: true,
+            ..msg(topic, "x").unretained()
+        }
+    }
+
     fn topics(tree: &RetainedTree, filter: &str) -> Vec<String> {
         let mut t: Vec<String> = tree
             .matching(filter, Instant::now())
@@ -772,16 +781,7 @@ mod tests {
         let mut tree = RetainedTree::default();
         let now = Instant::now();
         tree.set(msg("a/b", "payload"));
-        let expiring = Message {
-            topic: "e".into(),
-            payload: Bytes::from_static(b"x"),
-            qos: QoS::AtMostOnce,
-            retain: true,
-            properties: Properties::default(),
-            expires_at: Some(now),
-            publisher: None,
-        };
-        tree.set(Arc::new(expiring));
+        tree.set(Arc::new(expiring("e", now)));
         assert_eq!(
             tree.bytes(),
             cost(&msg("a/b", "payload")) + cost(&msg("e", "x"))
@@ -799,29 +799,11 @@ mod tests {
     fn expired_are_not_returned_and_are_swept() {
         let mut tree = RetainedTree::default();
         let now = Instant::now();
-        let mut m = Message {
-            topic: "e".into(),
-            payload: Bytes::from_static(b"x"),
-            qos: QoS::AtMostOnce,
-            retain: true,
-            properties: Properties::default(),
-            expires_at: Some(now),
-            publisher: None,
-        };
-        tree.set(Arc::new(m));
+        tree.set(Arc::new(expiring("e", now)));
         assert!(tree.matching("e", now).is_empty());
         assert_eq!(tree.sweep(now).len(), 1);
         assert!(tree.is_empty());
-        m = Message {
-            topic: "f".into(),
-            payload: Bytes::from_static(b"x"),
-            qos: QoS::AtMostOnce,
-            retain: true,
-            properties: Properties::default(),
-            expires_at: None,
-            publisher: None,
-        };
-        tree.set(Arc::new(m));
+        tree.set(msg("f", "x"));
         assert_eq!(tree.len(), 1);
     }
 

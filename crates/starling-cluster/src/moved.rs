@@ -23,13 +23,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::keys;
 use crate::receipt::Receipt;
+use crate::repairs::{decode, encode};
 use crate::shared::Inner;
 
 /// How long a moving client's CONNACK waits at most for the repairs (a
@@ -204,30 +205,4 @@ async fn repair_once(inner: Arc<Inner>, from: u64, run: u64, done: watch::Sender
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     done.send_replace(Some(repaired));
-}
-
-/// A request: from when (ms since the epoch), and which run.
-fn encode(from: u64, run: u64) -> Bytes {
-    let mut b = BytesMut::with_capacity(16);
-    b.put_u64(from);
-    b.put_u64(run);
-    b.freeze()
-}
-
-fn decode(mut p: Bytes) -> Option<(u64, u64)> {
-    (p.len() == 16).then(|| (p.get_u64(), p.get_u64()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_request_reads_back() {
-        assert_eq!(
-            decode(encode(1_700_000_000_000, 42)),
-            Some((1_700_000_000_000, 42))
-        );
-        assert_eq!(decode(Bytes::from_static(b"short")), None);
-    }
 }

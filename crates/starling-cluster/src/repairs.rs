@@ -73,10 +73,7 @@ pub fn paused(inner: &Inner) -> bool {
 /// run from `from_ms` (what was routed already is not routed twice); the
 /// outbox goes on once the first ask is answered.
 pub async fn ask(inner: Arc<Inner>, from_ms: u64) {
-    let mut ask = BytesMut::with_capacity(16);
-    ask.put_u64(from_ms);
-    ask.put_u64(inner.origin);
-    let ask = ask.freeze();
+    let ask = encode(from_ms, inner.origin);
     let began = Instant::now();
     for (i, at) in REPAIR_ASKS.into_iter().enumerate() {
         tokio::time::sleep_until(began + at).await;
@@ -234,7 +231,17 @@ async fn hold_for(inner: &Inner, origin: u64) {
 }
 
 /// An ask: from when (ms since the epoch), and whose run.
-fn decode(mut p: Bytes) -> Option<(u64, u64)> {
+/// An ask (also `moved`'s request): from when (ms since the epoch), and
+/// whose run.
+pub fn encode(from_ms: u64, run: u64) -> Bytes {
+    let mut b = BytesMut::with_capacity(16);
+    b.put_u64(from_ms);
+    b.put_u64(run);
+    b.freeze()
+}
+
+/// An ask read back ([`encode`]).
+pub fn decode(mut p: Bytes) -> Option<(u64, u64)> {
     (p.len() == 16).then(|| (p.get_u64(), p.get_u64()))
 }
 
@@ -256,10 +263,7 @@ mod tests {
 
     #[test]
     fn an_ask_reads_back() {
-        let mut b = BytesMut::new();
-        b.put_u64(5);
-        b.put_u64(9);
-        assert_eq!(decode(b.freeze()), Some((5, 9)));
+        assert_eq!(decode(encode(5, 9)), Some((5, 9)));
         assert_eq!(decode(Bytes::from_static(&[0; 15])), None);
     }
 }
