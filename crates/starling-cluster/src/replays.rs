@@ -433,7 +433,11 @@ impl Replays {
                 let Some(clients) = &r.clients else {
                     return false;
                 };
-                if !r.core.contains(&stamp) && r.replayed.insert(stamp) {
+                // Not what core NATS brought, nor what the sessions hold
+                // (their replicas, or a merge that came while this replay
+                // was still to read it).
+                let had = r.core.contains(&stamp) || r.held.contains(&stamp);
+                if !had && r.replayed.insert(stamp) {
                     let (all, own_before) = clients;
                     // This node's own messages reached a session installed
                     // before they were numbered.
@@ -453,7 +457,7 @@ impl Replays {
                     tracing::debug!(?stamp, topic = %msg.topic, head = %envelope::head(&msg.payload), routed = n, "replayed");
                     return n > 0;
                 }
-                tracing::debug!(?stamp, topic = %msg.topic, head = %envelope::head(&msg.payload), "not replayed: core NATS brought it");
+                tracing::debug!(?stamp, topic = %msg.topic, head = %envelope::head(&msg.payload), "not replayed: core NATS brought it, or the session holds it");
             }
             ReplayCommand::ParkLocal(stamp, msg, sessions) => {
                 // Parked by the replays running for them; the others'
@@ -589,6 +593,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::dedup::Seen;
 
     fn clients(ids: &[&str]) -> crate::shared::ReplayClients {
         let ids = ids.iter().map(|c| ByteString::from(*c)).collect();
@@ -620,6 +625,44 @@ mod tests {
         assert!(replays.running[&7].had(s(2)));
         assert!(!replays.running[&7].had(s(1)));
         assert!(!replays.running[&8].held.contains(&s(2)));
+    }
+
+    /// Seen in a partition run: the replay for a rebuilt session kept
+    /// failing (JetStream unavailable) until after the cut node merged its
+    /// early messages into the session; the replay then gave them again.
+    #[test]
+    fn a_replay_does_not_give_what_a_merge_gave_while_it_ran() {
+        let s = |seq| Stamp { origin: 9, seq };
+        let auth = Arc::new(starling_broker::auth::FileAuthenticator {
+            allow_anonymous: true,
+            passwords: None,
+        });
+        let broker =
+            starling_broker::BrokerState::new(starling_broker::Config::default(), auth, None);
+        let mut seen = Seen::default();
+        let mut replays = Replays::default();
+        let start = ReplayCommand::Start(7, Some(clients(&["a"])));
+        replays.serve(&broker, &mut seen, 1, start);
+        let m = Bytes::from_static(b"m");
+        replays.merge("a", vec![(m, Some(s(1)))]);
+        let msg = Arc::new(starling_broker::message::Message {
+            topic: "t".into(),
+            payload: Bytes::from_static(b"p"),
+            qos: starling_codec::QoS::ExactlyOnce,
+            retain: false,
+            properties: Default::default(),
+            expires_at: None,
+            publisher: None,
+        });
+        replays.serve(
+            &broker,
+            &mut seen,
+            1,
+            ReplayCommand::Message(7, s(1), msg.clone()),
+        );
+        assert!(!replays.running[&7].replayed.contains(&s(1)), "given again");
+        replays.serve(&broker, &mut seen, 1, ReplayCommand::Message(7, s(2), msg));
+        assert!(replays.running[&7].replayed.contains(&s(2)));
     }
 
     #[tokio::test(start_paused = true)]
