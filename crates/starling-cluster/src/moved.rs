@@ -8,9 +8,10 @@
 //! reach subscribers before its older ones. So before such a client's
 //! CONNACK, every node repairs that node's run from transit
 //! ([`before_connack`]): what it had not received goes out there, in
-//! order, ahead of anything the client publishes next. Appends that landed
-//! late are left to that node's own repair once it is back (only it can
-//! say whether it withdrew them).
+//! order, ahead of anything the client publishes next. A repair stops at
+//! that run's first append that landed late: only its node can say
+//! whether it withdrew it, so it and what follows are left to that node's
+//! own repair once it is back.
 //!
 //! One repair per run at a time, shared by every client that moves off
 //! it; the CONNACK waits at most [`WAIT`] for it, once the client's

@@ -437,9 +437,6 @@ pub async fn adopt_sessions_of(inner: &Arc<Inner>, dead: &str) -> bool {
     complete
 }
 
-/// The previous owner of `client_id`, `owner`, did not answer: the session
-/// is rebuilt from its replica, and what `owner` may have missed replayed.
-/// `false`: the replica could not be read.
 /// [`rebuild`], for a previous owner that did not answer: once the session
 /// is here, the CONNACK waits for that node's run to be repaired (see
 /// `moved`). (Not before: the session would be nowhere meanwhile.)
@@ -451,6 +448,9 @@ async fn rebuild_silent(inner: &Arc<Inner>, owner: &str, client_id: &str) -> boo
     rebuilt
 }
 
+/// The previous owner of `client_id`, `owner`, did not answer: the session
+/// is rebuilt from its replica, and what `owner` may have missed replayed.
+/// `false`: the replica could not be read.
 async fn rebuild(inner: &Inner, owner: &str, client_id: &str) -> bool {
     rebuild_from(inner, owner, client_id, None).await
 }

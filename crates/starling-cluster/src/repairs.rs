@@ -41,10 +41,9 @@ const REPAIR_ASKS: [Duration; 3] = [
 pub const ASK_WAIT: Duration = Duration::from_secs(2);
 
 /// Within [`ASK_WAIT`], how often the first ask is published again while
-/// some node has not answered: right after a partition heals, the NATS
-/// server of an asked node may not have this node's interest yet, and
-/// drops the ask (as fault runs showed: one asked node of two held, the
-/// other never heard the ask).
+/// some node has not answered: right after a partition heals, an ask or
+/// its answer can be lost while the NATS routes come back (in fault runs
+/// the second node's answer often came with the second ask).
 const ASK_AGAIN: Duration = Duration::from_millis(250);
 
 /// How often an asked repair is tried while another one runs here, and
@@ -106,11 +105,12 @@ pub async fn ask(inner: Arc<Inner>, from_ms: u64) {
 }
 
 /// Publishes `ask` with a reply subject, again every [`ASK_AGAIN`], and
-/// counts the nodes that answer, until `expected` or [`ASK_WAIT`]. Each
-/// time with a new reply subject: right after a partition heals, a node
-/// was seen to get every ask and answer each, and none of its answers
-/// came back (the interest in the first reply subject had not reached its
-/// NATS server, and did not for as long as the asker waited).
+/// counts the nodes that answer, until `expected` or [`ASK_WAIT`], each
+/// time with a reply subject of its own. (Seen in fault runs: a node got
+/// every ask and answered each, on every reply subject, and none of its
+/// answers came back within [`ASK_WAIT`]: one direction of a route
+/// stalls right after the heal. Its hold was in place; the asker cannot
+/// tell.)
 async fn answered(inner: &Inner, ask: Bytes, expected: usize) -> usize {
     let deadline = Instant::now() + ASK_WAIT;
     let mut again = tokio::time::interval(ASK_AGAIN);
@@ -230,7 +230,6 @@ async fn hold_for(inner: &Inner, origin: u64) {
     }
 }
 
-/// An ask: from when (ms since the epoch), and whose run.
 /// An ask (also `moved`'s request): from when (ms since the epoch), and
 /// whose run.
 pub fn encode(from_ms: u64, run: u64) -> Bytes {

@@ -195,10 +195,10 @@ pub fn repair(inner: &Arc<Inner>, from_ms: u64, only: Option<u64>, gap: bool) ->
 
 /// Repairs run `run`, of a node that does not answer, from `from_ms` (see
 /// `moved`): its messages this node did not receive are routed here, as
-/// [`repair`] does, but for the appends that landed late, which only that
-/// node can say it withdrew (its own repair, once it is back, places
-/// them). `done` says whether it read transit; `false` (and nothing done)
-/// while another repair runs here.
+/// [`repair`] does, up to its first append that landed late, which only
+/// that node can say it withdrew (its own repair, once it is back, places
+/// it and what follows). `done` says whether it read transit; `false`
+/// (and nothing done) while another repair runs here.
 pub fn repair_silent(
     inner: &Arc<Inner>,
     from_ms: u64,
@@ -257,12 +257,21 @@ fn start_repair(
         if let Some(done) = done {
             let _ = done.send(repaired.is_ok());
         }
-        match repaired {
-            Ok(n) => tracing::info!(
+        match (repaired, silent) {
+            (Ok(n), None) => tracing::info!(
                 messages = n,
                 "messages NATS dropped for this node read again from transit"
             ),
-            Err(e) => tracing::warn!("messages NATS dropped for this node not repaired: {e}"),
+            (Err(e), None) => {
+                tracing::warn!("messages NATS dropped for this node not repaired: {e}")
+            }
+            (Ok(n), Some(run)) => {
+                tracing::info!(run, messages = n, "a silent node's run read from transit")
+            }
+            // (Its own repair, once it is back, still places them.)
+            (Err(e), Some(run)) => {
+                tracing::info!(run, "a silent node's run not read from transit: {e}")
+            }
         }
     });
     true
