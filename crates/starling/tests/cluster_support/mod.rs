@@ -222,6 +222,19 @@ impl Proc {
         self.child.id()
     }
 
+    /// SIGSTOP: the process stops answering (sockets stay open) until the
+    /// returned guard is dropped, which sends SIGCONT.
+    pub fn stop(&self) -> Stopped {
+        let pid = self.pid().to_string();
+        let stopped = Command::new("kill").args(["-STOP", &pid]).status();
+        assert!(
+            stopped.is_ok_and(|s| s.success()),
+            "{} not stopped",
+            self.name
+        );
+        Stopped(pid)
+    }
+
     /// SIGTERM, then waits for the exit, at most `limit` (then SIGKILL).
     pub fn terminate(&mut self, limit: Duration) {
         let _ = Command::new("kill")
@@ -250,6 +263,15 @@ impl Proc {
             self.name,
             self.log.tail(30).join("\n  ")
         )
+    }
+}
+
+/// A process stopped by [`Proc::stop`]; dropping this continues it.
+pub struct Stopped(String);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
     }
 }
 
