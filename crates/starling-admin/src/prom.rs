@@ -335,6 +335,13 @@ impl BrokerCollector {
         )?;
         counter(
             e,
+            "starling_sessions_refused",
+            "CONNECTs refused with 0x97 Quota exceeded because the broker held max-sessions sessions",
+            None,
+            Metrics::get(&m.sessions_refused),
+        )?;
+        counter(
+            e,
             "starling_publish_throttled",
             "Times a connection was not read because it published faster than max-publish-rate or max-publish-bytes-rate",
             None,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use starling_codec::{Packet, ProtocolVersion as V, Publish};
+use starling_codec::{Packet, ProtocolVersion as V, Publish, ReasonCode};
 
 mod support;
 
@@ -259,6 +259,26 @@ async fn retained_and_publish() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
+}
+
+#[tokio::test]
+async fn connects_refused_by_max_sessions_are_counted() {
+    let config = starling_broker::Config {
+        max_sessions: 1,
+        ..starling_broker::Config::default()
+    };
+    let s = support::start_with(None, "session-limit", config).await;
+    let _held = Raw::connect(s.mqtt, "held", V::V5, true, 0).await;
+    let (_r, code) = Raw::try_connect(s.mqtt, "new", V::V5, true, 0).await;
+    assert_eq!(code, ReasonCode::QUOTA_EXCEEDED);
+    let text = reqwest::get(http(&s, "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("starling_sessions_refused_total 1"), "{text}");
+    assert!(text.contains("starling_sessions 1"), "{text}");
 }
 
 #[tokio::test]

@@ -168,6 +168,16 @@ impl BrokerState {
         self.sessions.lock().values().cloned().collect()
     }
 
+    /// Whether a CONNECT of `client_id` may have a session: the broker
+    /// holds one for it already, or holds fewer than `max-sessions`.
+    /// Checked before the session is made, so CONNECTs racing each other
+    /// may pass the limit by as many as run at once.
+    pub(crate) fn has_room_for_session(&self, client_id: &str) -> bool {
+        let max = self.config.max_sessions;
+        let sessions = self.sessions.lock();
+        max == 0 || sessions.len() < max || sessions.get(client_id).is_some()
+    }
+
     /// How many sessions the broker holds (connected or not).
     pub fn session_count(&self) -> usize {
         self.sessions.lock().len()

@@ -52,6 +52,9 @@ pub struct Metrics {
     /// `max-retained-bytes`: MQTT 5 QoS 1/2 PUBLISHes refused with 0x97,
     /// and the others, delivered without being retained.
     pub retained_refused: AtomicU64,
+    /// CONNECTs refused with 0x97 Quota exceeded because the broker held
+    /// `max-sessions` sessions.
+    pub sessions_refused: AtomicU64,
     /// Times a connection stopped being read because it published faster
     /// than `max-publish-rate` or `max-publish-bytes-rate`.
     pub publish_throttled: AtomicU64,

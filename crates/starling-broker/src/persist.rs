@@ -114,6 +114,16 @@ pub fn restore(state: &Arc<BrokerState>, loaded: Loaded) {
         }
         sessions.insert(client, session);
     }
+    // All are kept (they were accepted); new client ids wait for room.
+    let max = state.config.max_sessions;
+    if max != 0 && sessions.len() > max {
+        tracing::warn!(
+            sessions = sessions.len(),
+            max_sessions = max,
+            "the sessions restored are past max-sessions: CONNECTs with new client ids are \
+             refused until some expire"
+        );
+    }
     let mut granted = Vec::with_capacity(loaded.subscriptions.len());
     {
         let mut tree = state.topics.write();

@@ -327,3 +327,43 @@ async fn id_stealing_clients_do_not_spin_the_broker() {
         49
     );
 }
+
+/// `max-sessions`: past it a CONNECT that needs a new session is refused
+/// (MQTT 5: 0x97 Quota exceeded; 3.1.1: return code 3) and leaves nothing
+/// behind, while the sessions held resume, are taken over and start clean.
+#[tokio::test]
+async fn past_max_sessions_new_client_ids_are_refused_and_held_ones_still_connect() {
+    let b = TestBroker::start(Config {
+        max_sessions: 2,
+        ..Config::default()
+    })
+    .await;
+    let (a, ack) = Raw::connect(b.addr, persistent(V::V5, "ms-a")).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    disconnect(a).await;
+    let (_held, ack) = Raw::connect(b.addr, persistent(V::V3_1_1, "ms-b")).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    // Full: a clean session counts as well as a persistent one.
+    let (mut r, ack) = Raw::connect(b.addr, Connect::new(V::V5, "ms-c")).await;
+    assert_eq!(ack.reason_code, ReasonCode::QUOTA_EXCEEDED);
+    assert!(r.closed().await.is_empty(), "closed after the CONNACK");
+    let (mut r, ack) = Raw::connect(b.addr, persistent(V::V3_1_1, "ms-d")).await;
+    assert_eq!(
+        ack.reason_code,
+        ReasonCode::SERVER_UNAVAILABLE,
+        "3.x code 3"
+    );
+    assert!(r.closed().await.is_empty(), "closed after the CONNACK");
+    assert_eq!(b.state.session_count(), 2, "a refusal leaves no session");
+    // The sessions held: one resumes, the other is taken over with a clean start.
+    let (_a, ack) = Raw::connect(b.addr, persistent(V::V5, "ms-a")).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    assert!(ack.session_present);
+    let (_b, ack) = Raw::connect(b.addr, Connect::new(V::V3_1_1, "ms-b")).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+    assert!(!ack.session_present);
+    assert_eq!(b.state.session_count(), 2);
+    let refused = &b.state.metrics.sessions_refused;
+    assert_eq!(refused.load(std::sync::atomic::Ordering::Relaxed), 2);
+    b.stop().await;
+}

@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use starling_admin::{AdminConfig, AdminServer};
 use starling_broker::{Broker, Config};
 use starling_codec::{
-    Connect, Decoder, Packet, ProtocolVersion as V, QoS, Subscribe, Subscription,
+    Connect, Decoder, Packet, ProtocolVersion as V, QoS, ReasonCode, Subscribe, Subscription,
     SubscriptionOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -109,6 +109,19 @@ impl Raw {
     /// Connects as `id` (keep alive 60 s; MQTT 5 with `expiry` > 0 asks for a
     /// Session Expiry Interval) and expects CONNACK 0x00.
     pub async fn connect(addr: SocketAddr, id: &str, version: V, clean: bool, expiry: u32) -> Raw {
+        let (raw, code) = Raw::try_connect(addr, id, version, clean, expiry).await;
+        assert_eq!(code.0, 0, "CONNACK of {id}");
+        raw
+    }
+
+    /// As [`Raw::connect`], returning the CONNACK's reason code, whatever it is.
+    pub async fn try_connect(
+        addr: SocketAddr,
+        id: &str,
+        version: V,
+        clean: bool,
+        expiry: u32,
+    ) -> (Raw, ReasonCode) {
         let stream = TcpStream::connect(addr).await.unwrap();
         let mut raw = Raw {
             stream,
@@ -123,8 +136,10 @@ impl Raw {
             c.properties.session_expiry_interval = Some(expiry);
         }
         raw.send(Packet::Connect(Box::new(c))).await;
-        assert!(matches!(raw.recv().await, Some(Packet::ConnAck(a)) if a.reason_code.0 == 0));
-        raw
+        match raw.recv().await {
+            Some(Packet::ConnAck(a)) => (raw, a.reason_code),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
     }
 
     pub async fn send(&mut self, p: Packet) {

@@ -113,6 +113,14 @@ pub struct Config {
     pub connect_timeout: u64,
     /// Most simultaneous connections; 0 means no limit.
     pub max_connections: usize,
+    /// Most sessions the broker holds at once, with a connection or without
+    /// (0: no limit). Past it a CONNECT that needs a new session is refused
+    /// with CONNACK 0x97 Quota exceeded (3.x: 3, server unavailable);
+    /// resuming or taking over a session it holds always works. Client ids
+    /// are the client's choice and MQTT 3.x sessions never expire by
+    /// default, so without it a client could grow memory and the store
+    /// one session at a time.
+    pub max_sessions: usize,
     /// Largest packet accepted from a client, in bytes.
     pub max_packet_size: u32,
     /// The Receive Maximum told to MQTT 5 clients: most QoS 2 messages such a
@@ -309,6 +317,7 @@ impl Default for Config {
             max_keepalive: 65535,
             connect_timeout: 10,
             max_connections: 0,
+            max_sessions: 1_000_000,
             max_packet_size: 1024 * 1024,
             receive_maximum: 1024,
             max_inflight_messages: 100,
@@ -459,6 +468,13 @@ impl Config {
                     .into(),
             );
         }
+        if self.max_sessions == 0 {
+            out.push(
+                "max-sessions = 0: sessions are not bounded; clients that connect with new \
+                 client ids grow memory and the store"
+                    .into(),
+            );
+        }
         if self.slow_consumer_timeout_ms == 0 {
             out.push(
                 "slow-consumer-timeout-ms = 0: no backpressure; a subscriber that falls behind \
@@ -584,6 +600,15 @@ mod tests {
             weaker[0].contains("retained messages are not bounded"),
             "{weaker:?}"
         );
+        let config = Config::from_toml("max-sessions = 0\n", Path::new("s.toml")).unwrap();
+        let weaker = config.weaker_than_defaults();
+        assert!(
+            weaker[0].starts_with("max-sessions = 0: sessions are not bounded"),
+            "{weaker:?}"
+        );
+        let config = Config::from_toml("max-sessions = 5\n", Path::new("s.toml")).unwrap();
+        assert_eq!(config.max_sessions, 5);
+        assert!(config.weaker_than_defaults().is_empty());
     }
 
     #[test]

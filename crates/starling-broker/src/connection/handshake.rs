@@ -344,6 +344,15 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         } else {
             config.persistent_session_expiry.unwrap_or(u32::MAX)
         };
+        if !self.broker.has_room_for_session(&connect.client_id) {
+            crate::metrics::Metrics::add(&self.broker.metrics.sessions_refused, 1);
+            self.refuse(
+                &connect,
+                ReasonCode::QUOTA_EXCEEDED,
+                "the broker holds max-sessions sessions",
+            );
+            return None;
+        }
         // The session is this node's to serve (a cluster takes it over from
         // another node first).
         let cluster = self.broker.cluster();
