@@ -519,6 +519,28 @@ async fn paho_retained_limit() {
     }
 }
 
+/// `max-sessions` with paho: past it a new client id is refused (MQTT 5:
+/// CONNACK 0x97; 3.x: return code 3), and a session held resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_session_limit() {
+    need_paho().await;
+    for v in VERSIONS {
+        let b = TestBroker::start(starling_broker::Config {
+            max_sessions: 2,
+            ..starling_broker::Config::default()
+        })
+        .await;
+        paho_ok(&b, "session-limit", v).await;
+        let refused = b
+            .state
+            .metrics
+            .sessions_refused
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(refused >= 1, "{v:?}: the third client id was refused");
+        b.stop().await;
+    }
+}
+
 /// Persistent sessions with paho: MQTT 5 clean start 0 with session expiry
 /// 300 (3.1.1: clean session 0) resumes with session present 1, its
 /// subscription, and the QoS 1 and 2 messages queued while offline; DISCONNECT

@@ -23,6 +23,8 @@ Scenarios:
                 retained topic is refused (v5 QoS 1: PUBACK 0x97, not
                 delivered) or delivered without being retained (3.1.1, QoS 0)
   session       a persistent session resumes (session present) with its queue
+  session-limit against a broker with max-sessions = 2: a third client id is
+                refused (v5: CONNACK 0x97; 3.x: return code 3), a held one resumes
   will-victim   TOPIC PAYLOAD: connects with a will, prints CONNECTED, waits to be killed
   will-watch    TOPIC PAYLOAD: subscribes, prints SUBSCRIBED, expects the will
   will-graceful a will is not published after a normal DISCONNECT
@@ -145,16 +147,7 @@ class Peer:
     def connect(self, clean_start=True, expiry=None, expect_present=False):
         """Connects; checks the CONNACK reason code and session present flag.
         Returns the CONNACK properties (None for 3.1.1)."""
-        kwargs = {"keepalive": 30}
-        if self.v5:
-            kwargs["clean_start"] = clean_start
-            if expiry is not None:
-                kwargs["properties"] = props(PacketTypes.CONNECT, SessionExpiryInterval=expiry)
-        rc = self.c.connect(HOST, self.port, **kwargs)
-        check(rc == mqtt.MQTT_ERR_SUCCESS, f"{self.name}: connect() returned {rc}")
-        self.c.loop_start()
-        self._wait(lambda: self.connack is not None, "CONNACK")
-        flags, code, properties = self.connack
+        flags, code, properties = self.connack_of(clean_start, expiry)
         check(
             not code.is_failure and code.value == 0,
             f"{self.name}: CONNACK reason code {code.value:#04x} ({code})",
@@ -164,6 +157,20 @@ class Peer:
             f"{self.name}: session present is {flags.session_present}, expected {expect_present}",
         )
         return properties
+
+    def connack_of(self, clean_start=True, expiry=None):
+        """Connects and returns the CONNACK (flags, reason code, properties),
+        whatever its reason code."""
+        kwargs = {"keepalive": 30}
+        if self.v5:
+            kwargs["clean_start"] = clean_start
+            if expiry is not None:
+                kwargs["properties"] = props(PacketTypes.CONNECT, SessionExpiryInterval=expiry)
+        rc = self.c.connect(HOST, self.port, **kwargs)
+        check(rc == mqtt.MQTT_ERR_SUCCESS, f"{self.name}: connect() returned {rc}")
+        self.c.loop_start()
+        self._wait(lambda: self.connack is not None, "CONNACK")
+        return self.connack
 
     def subscribe(self, topic, qos, properties=None, **options):
         if self.v5:
@@ -427,6 +434,27 @@ def retained_limit(port, version, tag):
         peer.disconnect()
 
 
+def session_limit(port, version, tag):
+    """The broker holds at most 2 sessions."""
+    a = Peer(port, version, f"sl-a-{tag}", clean_session=False)
+    a.connect(clean_start=False, expiry=300)
+    b = Peer(port, version, f"sl-b-{tag}")
+    b.connect()
+    c = Peer(port, version, f"sl-c-{tag}")
+    flags, code, _ = c.connack_of()
+    # paho reports 3.x return code 3 as "Server unavailable" (0x88).
+    want = 0x97 if c.v5 else 0x88
+    check(code.value == want, f"a third session got CONNACK {code}, expected {want:#04x}")
+    check(not flags.session_present, "a refusal with session present")
+    c.c.loop_stop()
+    # A session held resumes at the limit.
+    a.disconnect()
+    again = Peer(port, version, f"sl-a-{tag}", clean_session=False)
+    again.connect(clean_start=False, expiry=300, expect_present=True)
+    again.disconnect()
+    b.disconnect()
+
+
 def session(port, version, tag):
     v5 = version == mqtt.MQTTv5
     cid = f"persistent-{tag}"
@@ -593,6 +621,7 @@ SCENARIOS = {
     "retained": retained,
     "retained-limit": retained_limit,
     "session": session,
+    "session-limit": session_limit,
     "will-victim": will_victim,
     "will-watch": will_watch,
     "will-graceful": will_graceful,
