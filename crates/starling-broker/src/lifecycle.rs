@@ -176,6 +176,9 @@ pub(crate) fn detach(broker: &Arc<BrokerState>, conn_id: u64, client: Departure)
     };
     if detached.is_some() {
         broker.redistribute_shared(&session);
+        if client.expiry_interval > 0 {
+            session.state.lock().park_queue();
+        }
     }
     let publish = |will| {
         let (username, acl) = (client.username.as_deref(), client.acl.as_deref());

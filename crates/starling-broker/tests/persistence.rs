@@ -420,3 +420,55 @@ async fn a_failed_store_write_withholds_the_acknowledgement() {
     publ.publish("f/lost", b"x", QoS::AtLeastOnce, 7).await;
     b.stop().await;
 }
+
+/// A persistent session whose client goes keeps its queue on disk only:
+/// what was in memory for the connection (here 38 messages behind a
+/// Receive Maximum of 2) is handed back to the store's spill, and comes back
+/// in order, after the two in flight, when the client returns.
+#[tokio::test]
+async fn an_offline_session_keeps_its_queue_on_disk_not_in_memory() {
+    const N: usize = 40;
+    let dir = data_dir("parked");
+    let b = TestBroker::start(config(&dir, Durability::Always)).await;
+    let mut c = persistent(V::V5, "parked");
+    c.properties.receive_maximum = Some(2);
+    let (mut sub, _) = Raw::connect(b.addr, c.clone()).await;
+    sub.subscribe("pk/#", QoS::AtLeastOnce).await;
+    let mut publ = Raw::client(b.addr, V::V5, "pub").await;
+    let payloads: Vec<&'static [u8]> = (0..N)
+        .map(|i| &*Box::leak(i.to_string().into_boxed_str().into_boxed_bytes()))
+        .collect();
+    for (i, p) in payloads.iter().enumerate() {
+        publ.publish("pk/x", p, QoS::AtLeastOnce, i as u16 + 1)
+            .await;
+    }
+    // Two in flight, unacknowledged; the rest queued in memory.
+    let inflight = [sub.expect_publish().await, sub.expect_publish().await];
+    let session = b.state.session("parked").expect("held");
+    assert!(session.state.lock().queued_bytes() > 0, "queued in memory");
+    sub.send(Packet::Disconnect(Disconnect::default())).await;
+    sub.closed().await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while session.is_connected() {
+        assert!(tokio::time::Instant::now() < deadline, "never detached");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    {
+        let st = session.state.lock();
+        assert_eq!(st.queued_bytes(), 0, "nothing queued in memory offline");
+        assert_eq!((st.queue_len(), st.inflight_len()), (N - 2, 2));
+    }
+    let (mut sub, ack) = Raw::connect(b.addr, c).await;
+    assert!(ack.session_present);
+    let mut got = Vec::new();
+    for _ in 0..N {
+        let p = sub.expect_publish().await;
+        sub.send(Packet::PubAck(Ack::new(p.packet_id))).await;
+        got.push(p.payload);
+    }
+    assert_eq!(&got[..2], [&inflight[0].payload, &inflight[1].payload]);
+    let want: Vec<&[u8]> = payloads.clone();
+    let got: Vec<&[u8]> = got.iter().map(|p| &p[..]).collect();
+    assert_eq!(got, want, "all, in order");
+    b.stop().await;
+}

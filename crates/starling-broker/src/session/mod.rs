@@ -402,13 +402,18 @@ mod tests {
     /// A session whose stored messages past one in memory spill to disk
     /// (no store here: the records are not written, the bookkeeping is the same).
     fn spilling(max_messages: usize, max_spilled: u64) -> Session {
+        spilling_above(max_messages, max_spilled, 1)
+    }
+
+    /// As `spilling`, with `high_water` messages in memory while connected.
+    fn spilling_above(max_messages: usize, max_spilled: u64, high_water: usize) -> Session {
         let limits = QueueLimits {
             max_messages,
             max_bytes: 1_000,
             max_memory_bytes: 1_000,
             spilled: Default::default(),
             max_spilled,
-            high_water: 1,
+            high_water,
             high_water_bytes: 1_000,
             policy: OverflowPolicy::DropOldest,
             qos0_offline: false,
@@ -485,6 +490,44 @@ mod tests {
         // then the oldest on disk, one each.
         assert_eq!(stored(&mut st, "e"), (Enqueued::DroppedOldest, vec![1, 2]));
         assert_eq!(st.queue_len(), 3);
+    }
+
+    #[test]
+    fn an_offline_session_keeps_its_stored_queue_on_disk_only() {
+        // Ten in memory while connected.
+        let s = spilling_above(100, 0, 10);
+        let mut st = s.state.lock();
+        st.attach(Link::new(1));
+        for p in ["a", "b", "c", "d"] {
+            stored(&mut st, p);
+        }
+        let sent = st.pop().expect("a");
+        st.push_inflight(Inflight {
+            packet_id: 1,
+            delivery: sent,
+            released: false,
+        });
+        let mut qos0 = delivery("q0", QoS::AtMostOnce, 0);
+        qos0.stored = Stored::NOT;
+        st.push(qos0);
+        assert_eq!(st.queue_len(), 4);
+        st.detach(1, 60).expect("detached");
+        assert_eq!(st.park_queue(), 3, "b, c and d");
+        assert_eq!(st.queued_bytes(), 0, "nothing in memory");
+        assert_eq!(st.queue_len(), 3, "counted on disk; QoS 0 dropped");
+        assert_eq!(st.inflight_len(), 1, "the window stays");
+        // Back: read from the first parked one, after the one in flight.
+        st.attach(Link::new(2));
+        let req = st.page_request().expect("a page is due");
+        assert_eq!((req.from, req.end), (2, 5));
+        // A message newer than every one in flight is parked even when an
+        // older stored one stays (in-flight numbers must not be re-read).
+        st.page_failed();
+        let older = delivery("old", QoS::AtLeastOnce, 1);
+        st.detach(2, 60).expect("detached");
+        st.restore(older);
+        assert_eq!(st.park_queue(), 0, "seq 1 is not above the one in flight");
+        assert_eq!(st.queued_bytes(), 3, "kept in memory");
     }
 
     #[test]

@@ -1065,6 +1065,62 @@ impl SessionState {
         Some(self.generation)
     }
 
+    /// A session left without a connection keeps no queue in memory when
+    /// its store reads queues back page by page: its stored messages join
+    /// the front of the spill (their records are in the store already), and
+    /// its QoS 0 messages are dropped unless `queue-qos0-offline` (as those
+    /// published while it is offline are). What is not stored otherwise
+    /// (rare: a retained message queued by a walk) stays, as do stored
+    /// messages older than one in flight (rare: after a restart). So an
+    /// offline session costs its subscriptions and in-flight window, not a
+    /// queue.
+    /// Returns how many messages were moved to the spill.
+    ///
+    /// A gap in the moved sequence numbers (a message taken off by
+    /// `take_queued`) makes the spill's count an estimate, as a restored
+    /// spill's is, until it is read back or swept.
+    pub(crate) fn park_queue(&mut self) -> usize {
+        if !self.limits.spill || self.link.is_some() {
+            return 0;
+        }
+        // The spill is read back from its first sequence number up: a
+        // message in flight must not be in that range (it would be read
+        // back a second time), so only those above every one in flight go.
+        let floor = (self.inflight.iter())
+            .filter_map(|i| i.delivery.stored.seq())
+            .max()
+            .unwrap_or(0);
+        let parks = |d: &Delivery| d.stored.seq().is_some_and(|seq| seq > floor);
+        let Some(first) = (self.queue.iter())
+            .filter(|d| parks(d))
+            .filter_map(|d| d.stored.seq())
+            .min()
+        else {
+            return 0;
+        };
+        let (mut count, mut bytes, mut expiry) = (0usize, 0usize, None);
+        let keep_qos0 = self.limits.qos0_offline;
+        let queue = std::mem::take(&mut self.queue);
+        self.queued_bytes = 0;
+        for d in queue {
+            if parks(&d) {
+                count += 1;
+                bytes += d.weight as usize;
+                expiry = earliest(expiry, d.msg.expires_at);
+            } else if d.stored.seq().is_some() || d.qos != QoS::AtMostOnce || keep_qos0 {
+                self.queued_bytes += d.weight as usize;
+                self.queue.push_back(d);
+            }
+        }
+        let spill = self.spill.get_or_insert_with(|| Spill::new(first, true));
+        spill.next = first;
+        spill.count += count;
+        spill.bytes += bytes;
+        spill.next_expiry = earliest(spill.next_expiry, expiry);
+        self.note_spilled(bytes, 0);
+        count
+    }
+
     /// Whether the session was resumed (or is attached) since `generation`.
     pub fn resumed_since(&self, generation: u64) -> bool {
         self.generation != generation || self.link.is_some()
