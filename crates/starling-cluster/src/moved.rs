@@ -15,11 +15,12 @@
 //!
 //! One repair per run at a time, shared by every client that moves off
 //! it; the CONNACK waits at most [`WAIT`] for it, once the client's
-//! session is installed here. A repair is tried once: while JetStream
-//! elects new leaders for what the silent node's server led (as a
-//! partition often makes it), its read fails, and reads tried again
-//! would only add to JetStream's load then; that node's own repair,
-//! once it is back, still places its messages.
+//! session is installed here. While JetStream elects new leaders for what
+//! the silent node's server led (as a partition often makes it), the
+//! repair's read fails: it is tried again, less and less often, within
+//! that bound. Past it the CONNACK goes on; that node's own repair, once
+//! it is back, still places its messages, but maybe after the client's
+//! next ones.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,8 +37,10 @@ use crate::shared::Inner;
 
 /// How long a moving client's CONNACK waits at most for the repairs (a
 /// repair that takes longer goes on, without ordering that client's next
-/// messages after it).
-pub const WAIT: Duration = Duration::from_secs(2);
+/// messages after it). Long enough for JetStream to elect new leaders for
+/// what a cut server led (its election timeouts are 4 to 9 s from the
+/// cut, and the client comes here some seconds after it).
+pub const WAIT: Duration = Duration::from_secs(6);
 
 /// A run repaired this recently is not asked again for a client that
 /// moves off it later (all it had acknowledged is in transit by then).
@@ -189,21 +192,37 @@ async fn repair(inner: &Arc<Inner>, from: u64, run: u64) -> bool {
     done.is_ok_and(|d| d.is_ok_and(|r| *r == Some(true)))
 }
 
-/// One repair of `run`, once no other one runs here (tried for [`WAIT`]).
+/// The repair of `run`, once no other one runs here, tried again while its
+/// read fails (JetStream electing leaders for what the silent node's
+/// server led: seen to take several seconds after a partition), half a
+/// second after the first failure and twice as long after each next, for
+/// [`WAIT`] in all.
 async fn repair_once(inner: Arc<Inner>, from: u64, run: u64, done: watch::Sender<Option<bool>>) {
     let deadline = Instant::now() + WAIT;
+    let mut pause = Duration::from_millis(500);
+    let mut tries = 0;
     let repaired = loop {
         if inner.transit.get().is_none() {
             break false;
         }
         let (finished, repaired) = oneshot::channel();
-        if crate::transit::repair_silent(&inner, from, run, finished) {
-            break repaired.await.unwrap_or(false);
-        }
-        if Instant::now() >= deadline {
+        let wait = if crate::transit::repair_silent(&inner, from, run, finished) {
+            tries += 1;
+            if repaired.await.unwrap_or(false) {
+                break true;
+            }
+            let wait = pause;
+            pause *= 2;
+            wait
+        } else {
+            // Another repair runs here.
+            Duration::from_millis(100)
+        };
+        if Instant::now() + wait >= deadline {
             break false;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(wait).await;
     };
+    tracing::debug!(run, tries, repaired, "a silent node's run: repair tries");
     done.send_replace(Some(repaired));
 }

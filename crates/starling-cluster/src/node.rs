@@ -118,6 +118,7 @@ impl NatsCluster {
             parking_any: Default::default(),
             repairing: Default::default(),
             repair_due: Default::default(),
+            gap_unrepaired: Default::default(),
             outbox_paused: tokio::sync::watch::channel(false).0,
             retained: retained_tx,
             interest: Mutex::new(Default::default()),

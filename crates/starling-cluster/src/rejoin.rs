@@ -63,6 +63,9 @@ pub async fn run(inner: Arc<Inner>) {
     // A gap to repair without a new connection: cut off from the others.
     let mut was_isolated = false;
     let mut isolated_gap = false;
+    // The gap due is one whose repair failed, not a new one: the others
+    // are not asked again.
+    let mut retry_only = false;
     // (A node not yet connected has no gap to hold messages for.)
     let mut was_reachable = false;
     // Since when this node is back with its outbox paused, and when it
@@ -79,13 +82,23 @@ pub async fn run(inner: Arc<Inner>) {
             let from = connected_ms.saturating_sub(crate::transit::REPAIR_BACK.as_millis() as u64);
             repair_from = Some(repair_from.map_or(from, |f| f.min(from)));
             isolated_gap = true;
+            retry_only = false;
         }
         was_isolated = isolated;
+        // A gap whose repair failed every try: due again (the others were
+        // asked already).
+        let failed = inner.gap_unrepaired.swap(0, Ordering::AcqRel);
+        if failed != 0 {
+            repair_from = Some(repair_from.map_or(failed, |f| f.min(failed)));
+            isolated_gap = true;
+            retry_only = true;
+        }
         // A new connection (however short the gap): what core NATS carried
         // around it may be lost, both ways.
         let c = stats.connects.load(Ordering::Relaxed);
         if c != connects {
             connects = c;
+            retry_only = false;
             let from = connected_ms.saturating_sub(crate::transit::REPAIR_BACK.as_millis() as u64);
             repair_from = Some(repair_from.map_or(from, |f| f.min(from)));
         }
@@ -99,8 +112,10 @@ pub async fn run(inner: Arc<Inner>) {
                 } else if crate::transit::repair(&inner, from, None, true) {
                     repair_from = None;
                     isolated_gap = false;
-                    asked_at = Some(now);
-                    tokio::spawn(crate::repairs::ask(inner.clone(), from));
+                    if !std::mem::take(&mut retry_only) {
+                        asked_at = Some(now);
+                        tokio::spawn(crate::repairs::ask(inner.clone(), from));
+                    }
                 }
             }
             resume_outbox(&inner, now, &mut back_at, repair_from.is_none(), asked_at);
@@ -168,9 +183,10 @@ pub async fn run(inner: Arc<Inner>) {
         lost_at = None;
         fenced = false;
         persistent_fenced = false;
+        let failed_since = inner.gap_unrepaired.load(Ordering::Acquire) != 0;
         inner
             .repair_due
-            .store(repair_from.is_some(), Ordering::Relaxed);
+            .store(repair_from.is_some() || failed_since, Ordering::Relaxed);
         let (suspect, behind) = {
             let hold = inner.replica.hold.lock();
             (hold.suspect, !hold.backlogs.is_empty())

@@ -147,6 +147,12 @@ pub(crate) struct Inner {
     /// cut): a handover waits for it, as its cut (the newest message
     /// routed per run) would pass over what the repair brings.
     pub repair_due: std::sync::atomic::AtomicBool,
+    /// Where a gap's repair that failed every try was to read from (ms
+    /// since the epoch; 0: none failed): the gap is due again, since a
+    /// session handed over before its repair would lack what the gap lost
+    /// (seen: JetStream answering 503 for the 15 s the repair was tried,
+    /// and a session handed over then lost 1,773 acknowledged messages).
+    pub gap_unrepaired: std::sync::atomic::AtomicU64,
     /// While true, nothing goes from the outbox to NATS (see
     /// `appends::forward`): from the start of a gap of this node's until
     /// the other nodes said they hold its live messages back for the

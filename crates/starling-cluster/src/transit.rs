@@ -253,6 +253,16 @@ fn start_repair(
                 let _ = served.await;
             }
         }
+        if gap && repaired.is_err() {
+            // Due again (see `Inner::gap_unrepaired`), before a takeover
+            // can see no repair running.
+            inner.repair_due.store(true, Ordering::Release);
+            let _ = inner
+                .gap_unrepaired
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| {
+                    Some(if f == 0 { from_ms } else { f.min(from_ms) })
+                });
+        }
         inner.repairing.store(false, Ordering::Release);
         if let Some(done) = done {
             let _ = done.send(repaired.is_ok());
@@ -261,6 +271,10 @@ fn start_repair(
             (Ok(n), None) => tracing::info!(
                 messages = n,
                 "messages NATS dropped for this node read again from transit"
+            ),
+            (Err(e), None) if gap => tracing::warn!(
+                "a gap's repair failed every try (due again; sessions are not handed over \
+                 until it is done): {e}"
             ),
             (Err(e), None) => {
                 tracing::warn!("messages NATS dropped for this node not repaired: {e}")
@@ -577,7 +591,7 @@ async fn read_since(
     // still catching up (a server just back), whose "nothing pending"
     // would end the read early.
     let state = &stream.cached_info().state;
-    let last = state.last_sequence;
+    let mut last = state.last_sequence;
     let nanos = i128::from(from_ms) * 1_000_000;
     let start_time =
         time::OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|e| e.to_string())?;
@@ -608,6 +622,9 @@ async fn read_since(
     let mut tail_end = Instant::now() + TAIL;
     let mut reached = false;
     let (mut read, mut handed) = (0usize, 0usize);
+    // The highest stream sequence read, and the times the stream's last
+    // one was asked again at the end of the tail (see [`longer`]).
+    let (mut highest, mut asked_again) = (0u64, 0usize);
     // Per origin, the messages its node withdrew (asked once per read).
     let mut withdrawn: HashMap<u64, HashSet<u64>> = HashMap::new();
     while read < REPLAY_LIMIT {
@@ -616,11 +633,18 @@ async fn read_since(
             Ok(Some(Ok(m))) => m,
             Ok(Some(Err(e))) => return Err(e.to_string()),
             Ok(None) => break,
-            Err(_) if reached => break,
+            Err(_) if reached => match longer(&mut stream, highest, &mut asked_again).await {
+                Some(now_last) => {
+                    (last, reached) = (now_last, false);
+                    continue;
+                }
+                None => break,
+            },
             Err(_) => return Err("the transit stream was not read in time".into()),
         };
         read += 1;
         let sseq = next.info().map(|i| i.stream_sequence).unwrap_or(0);
+        highest = highest.max(sseq);
         if !reached && sseq >= last {
             reached = true;
             tail_end = tail_end.max(Instant::now() + TAIL);
@@ -687,11 +711,46 @@ async fn read_since(
                 .map_err(|_| "the routing task is gone")?;
         }
         if reached && Instant::now() >= tail_end {
-            break;
+            match longer(&mut stream, highest, &mut asked_again).await {
+                Some(now_last) => (last, reached) = (now_last, false),
+                None => break,
+            }
         }
     }
     tracing::debug!(token, read, handed, "transit read ends");
     Ok(handed)
+}
+
+/// Times a read asks again for the stream's last message at its end.
+const ASK_LAST_AGAIN: usize = 5;
+/// How far the stream may be past the last message read when a read ends:
+/// the appends of the last moment, which core NATS brings live.
+const BEHIND: u64 = 256;
+
+/// At the end of a read's tail: asks the stream again for its last
+/// message, and returns it if it is more than [`BEHIND`] past `highest`,
+/// the last one read (at most [`ASK_LAST_AGAIN`] times a read). The first
+/// answer can be stale (a server just back from a cut can still answer for
+/// a stream it no longer leads), and a consumer on a loaded machine can
+/// deliver slower than the tail allows for (seen: a gap's repair that was
+/// told the stream ended at 2,008 of 6,684 stopped short, and what the
+/// node had missed past it was lost to it).
+async fn longer(stream: &mut stream::Stream, highest: u64, asked: &mut usize) -> Option<u64> {
+    if *asked >= ASK_LAST_AGAIN {
+        return None;
+    }
+    *asked += 1;
+    let info = tokio::time::timeout(Duration::from_secs(2), stream.info()).await;
+    let last = info.ok()?.ok()?.state.last_sequence;
+    if last > highest + BEHIND {
+        tracing::info!(
+            read_to = highest,
+            last,
+            "a transit read goes on: the stream holds more than it said at the start"
+        );
+        return Some(last);
+    }
+    None
 }
 
 /// Whether JetStream stored a transit message more than [`ON_THE_WAY`]
