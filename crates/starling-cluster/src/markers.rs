@@ -1,9 +1,12 @@
 //! Old removals swept from the buckets whose keys come and go. The owners
 //! bucket has a key per client id ever seen, the wills bucket one per
-//! connection, and a removal leaves a marker (in the owners bucket, with up
-//! to eight earlier revisions) that JetStream keeps for good: with client
-//! ids made up per connection, as many clients do, the buckets would grow
-//! without end. The lowest live node removes, every 10 minutes, the
+//! connection, the retained bucket one per topic, and a removal leaves a
+//! marker (in the owners bucket, with up to eight earlier revisions) that
+//! JetStream keeps for good: with client ids made up per connection, as
+//! many clients do, or retained messages set and cleared on ever new
+//! topics, the buckets would grow without end. (A node away from the
+//! retained bucket for longer than a marker is kept reads it whole once
+//! back, and clears what it no longer holds: see `retained`.) The lowest live node removes, every 10 minutes, the
 //! keys whose latest entry is a removal older than [`KEPT`]: a purge of the
 //! key up to that entry's sequence, so a key written again meanwhile keeps
 //! its new entry. A marker lives that long for what it guards: a will
@@ -29,8 +32,8 @@ const PER_SWEEP: usize = 100_000;
 /// sweep must not slow the writes clients wait for.
 const PER_SECOND: u32 = 200;
 
-/// Sweeps the owners and wills buckets while this node is the lowest live
-/// one (see the module's documentation).
+/// Sweeps the owners, wills and retained buckets while this node is the
+/// lowest live one (see the module's documentation).
 pub(crate) async fn run(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -48,7 +51,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         if !lowest || !inner.connected() {
             continue;
         }
-        for bucket in [keys::OWNERS, keys::WILLS] {
+        for bucket in [keys::OWNERS, keys::WILLS, keys::RETAINED] {
             match sweep(js, bucket, KEPT, inner.timeout).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(bucket, removed = n, "old removals swept from a bucket"),

@@ -2,7 +2,7 @@
 //! topic, written by the node that accepted the message and watched by every
 //! node into its own retained store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_nats::jetstream::kv::{self, Operation};
@@ -146,19 +146,37 @@ async fn put_unless_newer(store: &kv::Store, key: &str, envelope: Bytes) -> Resu
 }
 
 /// Applies every retained message in the bucket, then every change, to this
-/// node's store. Restarts from where it was when the watch ends.
+/// node's store. Restarts from where it was when the watch ends, or reads
+/// the bucket whole again when this node was away from it for longer than
+/// removal markers are kept (see [`Seen`]).
 async fn watch(inner: Arc<Inner>, store: kv::Store) {
     // Which topic each key stands for, to clear it when its key is deleted.
     let mut topics: HashMap<String, starling_codec::ByteString> = HashMap::new();
     // Those this node kept from before (its store): a removal made while
     // it was away arrives as a delete marker of their key.
+    let mut seen = Seen::default();
     if let Some(broker) = inner.broker() {
         for topic in broker.retained_topics() {
             topics.insert(keys::of(&topic), topic);
         }
+        seen.file = Some(broker.config.data_dir.join(SEEN_FILE));
     }
     let mut next = 0u64;
     loop {
+        // Away too long, markers of removals made meanwhile may be gone:
+        // the keys the bucket no longer holds are cleared once it is read
+        // whole.
+        let mut unheld: Option<HashSet<String>> = seen
+            .away_too_long()
+            .then(|| topics.keys().cloned().collect());
+        if unheld.is_some() {
+            next = 0;
+        }
+        // (An empty bucket brings no entry to tell a whole read by.)
+        if next == 0 && bucket_is_empty(&store).await {
+            clear_unheld(&inner, &mut topics, unheld.take());
+            seen.note(true);
+        }
         let started = if next == 0 {
             store.watch_with_history(">").await
         } else {
@@ -172,10 +190,21 @@ async fn watch(inner: Arc<Inner>, store: kv::Store) {
                 continue;
             }
         };
-        while let Some(entry) = entries.next().await {
+        let mut tick = tokio::time::interval(NOTE_EVERY);
+        loop {
+            let entry = tokio::select! {
+                entry = entries.next() => entry,
+                _ = tick.tick() => {
+                    seen.note(false);
+                    continue;
+                }
+            };
             let Some(broker) = inner.broker() else { return };
-            let Ok(entry) = entry else { break };
+            let Some(Ok(entry)) = entry else { break };
             next = entry.revision + 1;
+            if let Some(keys) = unheld.as_mut() {
+                keys.remove(&entry.key);
+            }
             match entry.operation {
                 Operation::Put => match envelope::decode(entry.value, Instant::now()) {
                     Ok((_, msg)) => {
@@ -190,12 +219,109 @@ async fn watch(inner: Arc<Inner>, store: kv::Store) {
                     }
                 }
             }
+            // The bucket read whole (what follows is new): this node is
+            // current with it.
+            if entry.delta == 0 {
+                clear_unheld(&inner, &mut topics, unheld.take());
+                seen.note(true);
+            } else {
+                seen.note(false);
+            }
         }
+        seen.current = false;
         if inner.broker().is_none() {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// Where, in the data directory, a node notes when it was last current
+/// with the retained bucket (milliseconds since the epoch).
+const SEEN_FILE: &str = "cluster-retained-seen";
+/// How often that note is written while the node is current.
+const NOTE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// When this node was last current with the bucket. A removal leaves a
+/// marker that the watch brings, but `markers` sweeps markers older than
+/// [`crate::markers::KEPT`]: a node away from the bucket longer (down, or
+/// cut off) could keep a retained message cleared meanwhile for good. So
+/// then the bucket is read whole, and the retained messages this node has
+/// whose key it no longer holds are cleared. A node that never noted it
+/// (its first time in a cluster: a single node's store made a cluster
+/// node) keeps what it has, as before.
+#[derive(Default)]
+struct Seen {
+    file: Option<std::path::PathBuf>,
+    /// The watch read the bucket whole and follows it.
+    current: bool,
+    /// When the note was last written.
+    noted: Option<Instant>,
+}
+
+impl Seen {
+    /// Whether this node was not current with the bucket for longer than
+    /// markers are kept (as noted, or since it stopped being current).
+    fn away_too_long(&self) -> bool {
+        let Some(file) = &self.file else { return false };
+        let Some(at) = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        else {
+            return false;
+        };
+        let now = starling_broker::store::unix_ms();
+        now.saturating_sub(at) >= crate::markers::KEPT.as_millis() as u64
+    }
+
+    /// An entry came; `whole`: the watch has read the bucket whole. While
+    /// current, the time is noted now and then.
+    fn note(&mut self, whole: bool) {
+        self.current |= whole;
+        if !self.current || self.noted.is_some_and(|t| t.elapsed() < NOTE_EVERY) {
+            return;
+        }
+        self.write();
+    }
+
+    fn write(&mut self) {
+        self.noted = Some(Instant::now());
+        let Some(file) = &self.file else { return };
+        let now = starling_broker::store::unix_ms().to_string();
+        if let Err(e) = std::fs::write(file, now) {
+            tracing::debug!(file = %file.display(), "when the retained bucket was read not noted: {e}");
+        }
+    }
+}
+
+/// Whether the bucket holds no entry at all (a watch of it then brings
+/// nothing to tell its whole read by). `false` when unknown.
+async fn bucket_is_empty(store: &kv::Store) -> bool {
+    store.status().await.is_ok_and(|s| s.values() == 0)
+}
+
+/// The bucket was read whole after this node was away too long (see
+/// [`Seen`]): the retained messages whose keys, among `unheld`, it did
+/// not hold are cleared here.
+fn clear_unheld(
+    inner: &Inner,
+    topics: &mut HashMap<String, starling_codec::ByteString>,
+    unheld: Option<HashSet<String>>,
+) {
+    let (Some(unheld), Some(broker)) = (unheld, inner.broker()) else {
+        return;
+    };
+    let mut cleared = 0usize;
+    for key in unheld {
+        if let Some(topic) = topics.remove(&key) {
+            broker.retain_from_cluster(&Arc::new(clear(topic)));
+            cleared += 1;
+        }
+    }
+    tracing::info!(
+        cleared,
+        "back after longer than removal markers are kept: the retained messages the cluster no longer holds cleared"
+    );
 }
 
 /// The message that clears the retained message on `topic`.

@@ -535,6 +535,54 @@ fn a_retained_message_is_seen_on_other_nodes_and_cleared_from_a_third() {
         let back_at = tokio::time::Instant::now();
         until_retained(c.port(3), &[], &mut attempt, back_at).await;
 
+        // The same, away for longer than removal markers are kept (its
+        // note of when it last read the bucket made an hour old), the
+        // marker swept meanwhile: node 3 reads the bucket whole and clears
+        // what it no longer holds.
+        setter
+            .publish("r/v", &b"v4"[..], QoS::AtLeastOnce, true)
+            .await
+            .unwrap();
+        let set_at = tokio::time::Instant::now();
+        until_retained(c.port(3), &[("r/v", b"v4")], &mut attempt, set_at).await;
+        c.nodes[2].proc.kill();
+        clearer
+            .publish("r/v", Bytes::new(), QoS::AtLeastOnce, true)
+            .await
+            .unwrap();
+        let nats = format!("{}:{}", c.nats[0].host, c.nats[0].port);
+        let js = async_nats::jetstream::new(async_nats::connect(&nats).await.unwrap());
+        let mut swept = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        for _ in 0..100 {
+            tick.tick().await;
+            let sweep = starling_cluster::markers::sweep(
+                &js,
+                "starling_retained",
+                Duration::ZERO,
+                Duration::from_secs(2),
+            );
+            swept += sweep.await.unwrap_or(0);
+            if swept >= 3 {
+                break;
+            }
+        }
+        assert_eq!(swept, 3, "r/t's, r/u's and r/v's removal markers swept");
+        let hour_ago = starling_broker::store::unix_ms() - 3_601_000;
+        let seen = c.dir.join("node3").join("cluster-retained-seen");
+        assert!(seen.exists(), "node 3 noted when it read the bucket");
+        std::fs::write(&seen, hour_ago.to_string()).unwrap();
+        tokio::task::block_in_place(|| c.restart_node(3));
+        let back_at = tokio::time::Instant::now();
+        until_retained(c.port(3), &[], &mut attempt, back_at).await;
+        let cleared = c.nodes[2].proc.log.wait_for(WAIT, |l| {
+            l.contains("the retained messages the cluster no longer holds cleared")
+        });
+        assert!(
+            cleared.as_deref().is_ok_and(|l| l.contains("cleared=1")),
+            "node 3 cleared r/v: {cleared:?}"
+        );
+
         // Retained on node 1 while its NATS server is down: the other
         // nodes have it once it is back (the write is tried again).
         c.stop_nats(1);
