@@ -6,7 +6,8 @@
 //! many clients do, or retained messages set and cleared on ever new
 //! topics, the buckets would grow without end. (A node away from the
 //! retained bucket for longer than a marker is kept reads it whole once
-//! back, and clears what it no longer holds: see `retained`.) The lowest live node removes, every 10 minutes, the
+//! back, and clears what it no longer holds: see `retained`.) The lowest
+//! live node removes, every 10 minutes, the
 //! keys whose latest entry is a removal older than [`KEPT`]: a purge of the
 //! key up to that entry's sequence, so a key written again meanwhile keeps
 //! its new entry. A marker lives that long for what it guards: a will

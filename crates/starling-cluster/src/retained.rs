@@ -274,8 +274,9 @@ impl Seen {
         now.saturating_sub(at) >= crate::markers::KEPT.as_millis() as u64
     }
 
-    /// An entry came; `whole`: the watch has read the bucket whole. While
-    /// current, the time is noted now and then.
+    /// An entry came, or a minute passed; `whole`: the watch has read the
+    /// bucket whole. While current, the time is noted at most once a
+    /// [`NOTE_EVERY`].
     fn note(&mut self, whole: bool) {
         self.current |= whole;
         if !self.current || self.noted.is_some_and(|t| t.elapsed() < NOTE_EVERY) {

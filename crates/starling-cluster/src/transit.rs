@@ -633,13 +633,15 @@ async fn read_since(
             Ok(Some(Ok(m))) => m,
             Ok(Some(Err(e))) => return Err(e.to_string()),
             Ok(None) => break,
-            Err(_) if reached => match longer(&mut stream, highest, &mut asked_again).await {
-                Some(now_last) => {
-                    (last, reached) = (now_last, false);
-                    continue;
+            Err(_) if reached => {
+                match longer(&mut stream, highest, &mut asked_again, inner.timeout).await {
+                    Some(now_last) => {
+                        (last, reached) = (now_last, false);
+                        continue;
+                    }
+                    None => break,
                 }
-                None => break,
-            },
+            }
             Err(_) => return Err("the transit stream was not read in time".into()),
         };
         read += 1;
@@ -711,7 +713,7 @@ async fn read_since(
                 .map_err(|_| "the routing task is gone")?;
         }
         if reached && Instant::now() >= tail_end {
-            match longer(&mut stream, highest, &mut asked_again).await {
+            match longer(&mut stream, highest, &mut asked_again, inner.timeout).await {
                 Some(now_last) => (last, reached) = (now_last, false),
                 None => break,
             }
@@ -734,13 +736,18 @@ const BEHIND: u64 = 256;
 /// a stream it no longer leads), and a consumer on a loaded machine can
 /// deliver slower than the tail allows for (seen: a gap's repair that was
 /// told the stream ended at 2,008 of 6,684 stopped short, and what the
-/// node had missed past it was lost to it).
-async fn longer(stream: &mut stream::Stream, highest: u64, asked: &mut usize) -> Option<u64> {
+/// node had missed past it was lost to it). `timeout` bounds the ask.
+async fn longer(
+    stream: &mut stream::Stream,
+    highest: u64,
+    asked: &mut usize,
+    timeout: Duration,
+) -> Option<u64> {
     if *asked >= ASK_LAST_AGAIN {
         return None;
     }
     *asked += 1;
-    let info = tokio::time::timeout(Duration::from_secs(2), stream.info()).await;
+    let info = tokio::time::timeout(timeout, stream.info()).await;
     let last = info.ok()?.ok()?.state.last_sequence;
     if last > highest + BEHIND {
         tracing::info!(

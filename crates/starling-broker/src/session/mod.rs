@@ -531,6 +531,19 @@ mod tests {
     }
 
     #[test]
+    fn an_offline_session_with_only_qos0_queued_keeps_none_of_it() {
+        let s = spilling_above(100, 0, 10);
+        let mut st = s.state.lock();
+        st.attach(Link::new(1));
+        let mut qos0 = delivery("q0", QoS::AtMostOnce, 0);
+        qos0.stored = Stored::NOT;
+        st.push(qos0);
+        st.detach(1, 60).expect("detached");
+        assert_eq!(st.park_queue(), 0, "nothing stored to park");
+        assert_eq!((st.queue_len(), st.queued_bytes()), (0, 0));
+    }
+
+    #[test]
     fn a_delivery_stays_64_bytes() {
         assert!(
             std::mem::size_of::<Delivery>() <= 64,

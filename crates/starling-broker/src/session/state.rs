@@ -1090,20 +1090,14 @@ impl SessionState {
             .filter_map(|i| i.delivery.stored.seq())
             .max()
             .unwrap_or(0);
-        let parks = |d: &Delivery| d.stored.seq().is_some_and(|seq| seq > floor);
-        let Some(first) = (self.queue.iter())
-            .filter(|d| parks(d))
-            .filter_map(|d| d.stored.seq())
-            .min()
-        else {
-            return 0;
-        };
-        let (mut count, mut bytes, mut expiry) = (0usize, 0usize, None);
+        let parked = |d: &Delivery| d.stored.seq().filter(|seq| *seq > floor);
+        let (mut first, mut count, mut bytes, mut expiry) = (None, 0usize, 0usize, None);
         let keep_qos0 = self.limits.qos0_offline;
         let queue = std::mem::take(&mut self.queue);
         self.queued_bytes = 0;
         for d in queue {
-            if parks(&d) {
+            if let Some(seq) = parked(&d) {
+                first = Some(first.map_or(seq, |f: u64| f.min(seq)));
                 count += 1;
                 bytes += d.weight as usize;
                 expiry = earliest(expiry, d.msg.expires_at);
@@ -1112,6 +1106,9 @@ impl SessionState {
                 self.queue.push_back(d);
             }
         }
+        let Some(first) = first else {
+            return 0;
+        };
         let spill = self.spill.get_or_insert_with(|| Spill::new(first, true));
         spill.next = first;
         spill.count += count;
