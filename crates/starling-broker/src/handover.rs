@@ -98,7 +98,8 @@ impl BrokerState {
     /// Writes out the offline session of `client_id` and removes it from this
     /// node (its wills and expiry timers see it as resumed and do nothing;
     /// the store forgets it). `None` when there is no such session or it is
-    /// not persistent; a connected session is left alone.
+    /// not persistent, or it is being handed over already; a connected
+    /// session is left alone.
     pub async fn hand_over(self: &Arc<Self>, client_id: &str) -> Option<Vec<Bytes>> {
         let session = self.session(client_id)?;
         let mut w = Writer::default();
@@ -107,6 +108,12 @@ impl BrokerState {
         {
             let st = session.state.lock();
             if st.is_connected() || st.expiry_interval() == 0 {
+                return None;
+            }
+            // Once only, decided under the lock: two takeovers served at
+            // once (seen: a claim and its client's retry on one node) would
+            // otherwise both write it out, the second with an empty queue.
+            if session.handed_over.swap(true, Ordering::Relaxed) {
                 return None;
             }
         }

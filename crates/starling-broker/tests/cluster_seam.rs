@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use starling_broker::cluster::{Cluster, ClusterFuture, Ownership};
 use starling_broker::message::Message;
 use starling_broker::{Broker, Config};
-use starling_codec::{Connect, Disconnect, Packet, ProtocolVersion as V, QoS, Unsubscribe};
+use starling_codec::{Connect, Disconnect, Packet, ProtocolVersion as V, QoS, Unsubscribe, Will};
 
 #[derive(Default)]
 struct Recorder {
@@ -21,6 +21,8 @@ struct Recorder {
     held: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
     /// Per message forwarded: its topic and whether it is withdrawable.
     withdrawable: Mutex<Vec<(String, bool)>>,
+    /// How long claims of client ids beginning with "slow" take.
+    slow_claim: std::time::Duration,
 }
 
 impl Cluster for Recorder {
@@ -55,6 +57,13 @@ impl Cluster for Recorder {
         } else {
             Ownership::Local
         };
+        if client_id.starts_with("slow") {
+            let slow = self.slow_claim;
+            return Box::pin(async move {
+                tokio::time::sleep(slow).await;
+                answer
+            });
+        }
         Box::pin(std::future::ready(answer))
     }
     fn release(&self, client_id: &str) {
@@ -198,5 +207,60 @@ async fn the_cluster_is_told_which_messages_it_may_withdraw() {
             .await
             .unwrap_or_else(|_| panic!("wait {n} of the gone publisher dropped"));
     }
+    b.stop().await;
+}
+
+fn with_will(id: &str) -> Connect {
+    let mut c = Connect::new(V::V5, id);
+    c.will = Some(Will {
+        topic: format!("will/{id}").as_str().into(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    c
+}
+
+/// A client that closes its connection while the cluster claims its id
+/// (for a second or more) gave up on that CONNECT: nothing attaches, no
+/// CONNACK, and its will is not published (it may be connected elsewhere
+/// by now). One that stays through the same slow claim is attached, and
+/// its will goes when it drops.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_leaves_during_a_slow_claim_is_not_attached() {
+    let recorder = Arc::new(Recorder {
+        slow_claim: std::time::Duration::from_secs(3),
+        ..Recorder::default()
+    });
+    let b = broker_with(recorder.clone()).await;
+    let mut watcher = Raw::client(b.addr, V::V5, "watcher").await;
+    watcher.subscribe("will/#", QoS::AtLeastOnce).await;
+
+    let mut gone = Raw::open(b.addr, V::V5).await;
+    gone.send(Packet::Connect(Box::new(with_will("slow-gone"))))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(gone);
+    let mut stays = Raw::open(b.addr, V::V5).await;
+    stays
+        .send(Packet::Connect(Box::new(with_will("slow-stays"))))
+        .await;
+    match stays.recv().await {
+        Packet::ConnAck(ack) => assert!(!ack.reason_code.is_error(), "{ack:?}"),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    assert!(
+        b.state.session("slow-gone").is_none(),
+        "the client that left is not attached"
+    );
+    drop(stays);
+    match watcher.recv().await {
+        Packet::Publish(p) => assert_eq!(p.topic, "will/slow-stays"),
+        other => panic!("expected the will of the client that stayed, got {other:?}"),
+    }
+    // Nothing else comes: the client that left has no will published.
+    watcher.send(Packet::PingReq).await;
+    assert!(matches!(watcher.recv().await, Packet::PingResp));
     b.stop().await;
 }

@@ -472,3 +472,50 @@ async fn an_offline_session_keeps_its_queue_on_disk_not_in_memory() {
     assert_eq!(got, want, "all, in order");
     b.stop().await;
 }
+
+/// Two takeovers of one offline session served at once (in a cluster: a
+/// claim and its client's retry) write it out once: the second gets
+/// nothing, not a copy whose queue the first took. The one written out
+/// holds every queued message, as the node it is installed on shows.
+#[tokio::test]
+async fn an_offline_session_is_handed_over_once_when_asked_twice_at_once() {
+    const N: u16 = 5;
+    let dir = data_dir("handed-twice");
+    let b = TestBroker::start(config(&dir, Durability::Always)).await;
+    let (mut sub, _) = Raw::connect(b.addr, persistent(V::V5, "handed")).await;
+    sub.subscribe("h/#", QoS::AtLeastOnce).await;
+    sub.send(Packet::Disconnect(Disconnect::default())).await;
+    sub.closed().await;
+    let session = b.state.session("handed").expect("held");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while session.is_connected() {
+        assert!(tokio::time::Instant::now() < deadline, "never detached");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut publ = Raw::client(b.addr, V::V5, "pub").await;
+    for i in 1..=N {
+        publ.publish("h/x", b"m", QoS::AtLeastOnce, i).await;
+    }
+    let (one, two) = tokio::join!(b.state.hand_over("handed"), b.state.hand_over("handed"));
+    let chunks = match (one, two) {
+        (Some(c), None) | (None, Some(c)) => c,
+        (one, two) => panic!(
+            "handed over {} times",
+            usize::from(one.is_some()) + usize::from(two.is_some())
+        ),
+    };
+    let dir2 = data_dir("handed-twice-to");
+    let b2 = TestBroker::start(config(&dir2, Durability::Always)).await;
+    b2.state
+        .take_handover("handed", &chunks)
+        .expect("installed");
+    let (mut sub, ack) = Raw::connect(b2.addr, persistent(V::V5, "handed")).await;
+    assert!(ack.session_present);
+    for _ in 0..N {
+        let p = sub.expect_publish().await;
+        assert_eq!(p.topic, "h/x");
+        sub.send(Packet::PubAck(Ack::new(p.packet_id))).await;
+    }
+    b.stop().await;
+    b2.stop().await;
+}

@@ -40,10 +40,48 @@ pub struct Hold {
     /// sessions (a gap's hold, a replay's parking): stored by none of them
     /// yet, so no receipt may claim it (a death now would lose it).
     pub routing_low: HashMap<u64, u64>,
+    /// What the replays running here may still give the sessions they are
+    /// for: no receipt claims it.
+    pub owed: Owed,
     /// This node's last gap (its own, or another node's run it was asked to
     /// repair): since when (ms since the epoch) its routing may have missed
     /// messages, and when that was noted.
     pub gap: Option<(u64, std::time::Instant)>,
+}
+
+/// What replays to sessions installed here (rebuilt from a replica,
+/// adopted, or handed over with a cut) may still give them, until they
+/// end: the node's receipt must not claim it. It names what every session
+/// here stored, and a node that rebuilt one of this node's sessions (this
+/// node dead, or not answering in time) would replay only what the
+/// receipt does not claim: seen, a session rebuilt elsewhere from a node
+/// whose replay to it was still running lost 2,954 acknowledged messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owed {
+    /// A replay has not yet said what its sessions had: it may owe them
+    /// anything, and the receipt claims nothing.
+    pub unknown: bool,
+    /// Per run, the sessions had its messages up to this one (the lowest
+    /// among the replays): the receipt claims no more of that run.
+    pub above: HashMap<u64, u64>,
+    /// The earliest time (ms since the epoch) a replay reads transit from:
+    /// the receipt is complete only from there, and claims nothing of runs
+    /// not in `above` (a replay gives their messages since then).
+    pub from_ms: Option<u64>,
+}
+
+impl Owed {
+    /// The receipt's claim of run `origin`, up to `high` as stored here.
+    pub fn claim(&self, origin: u64, high: u64) -> u64 {
+        if self.unknown {
+            return 0;
+        }
+        match (self.above.get(&origin), self.from_ms) {
+            (Some(above), _) => high.min(*above),
+            (None, Some(_)) => 0,
+            (None, None) => high,
+        }
+    }
 }
 
 /// How long after a gap this node's routing counts as complete only from

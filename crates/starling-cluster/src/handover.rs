@@ -46,8 +46,11 @@ pub async fn serve_takeovers(inner: Arc<Inner>) {
             let answer = if age > inner.timeout + CLOCKS_DIFFER {
                 tracing::info!(%client_id, age_ms = age.as_millis() as u64, "a takeover request came after its asker gave up: not served");
                 Handed::Busy
+            } else if let Some(_serving) = Serving::begin(&inner, &client_id) {
+                hand_over(&inner, &broker, &client_id, age).await
             } else {
-                hand_over(&inner, &broker, &client_id).await
+                tracing::info!(%client_id, "a takeover of this client id is being served already: the asker asks again");
+                Handed::Busy
             };
             if let Some(reply) = request.reply {
                 let _ = inner.client.publish(reply, answer.encode()).await;
@@ -56,12 +59,38 @@ pub async fn serve_takeovers(inner: Arc<Inner>) {
     }
 }
 
-/// Before a takeover request for `client_id` is served: waits, bounded by
-/// half the cluster timeout, for a claim of it here to finish and its
-/// client to attach. A claim still in progress then is marked lost, and
-/// `true` returned (it may still be getting the session).
-async fn await_claim(inner: &Inner, broker: &BrokerState, client_id: &str) -> bool {
-    let deadline = tokio::time::Instant::now() + inner.timeout / 2;
+/// A takeover request being served here ([`Inner::serving_takeover`]),
+/// one per client id at a time: two served at once would both write the
+/// session out, and the asker that installed the second copy would lose
+/// what the first took.
+struct Serving<'a> {
+    inner: &'a Inner,
+    client_id: &'a str,
+}
+
+impl<'a> Serving<'a> {
+    fn begin(inner: &'a Inner, client_id: &'a str) -> Option<Serving<'a>> {
+        let fresh = inner.serving_takeover.lock().insert(client_id.to_string());
+        fresh.then_some(Serving { inner, client_id })
+    }
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.inner.serving_takeover.lock().remove(self.client_id);
+    }
+}
+
+/// Before a takeover request for `client_id` is served: waits, until
+/// `deadline`, for a claim of it here to finish and its client to attach.
+/// A claim still in progress then is marked lost, and `true` returned (it
+/// may still be getting the session).
+async fn await_claim(
+    inner: &Inner,
+    broker: &BrokerState,
+    client_id: &str,
+    deadline: tokio::time::Instant,
+) -> bool {
     loop {
         let late = tokio::time::Instant::now() >= deadline;
         {
@@ -89,9 +118,28 @@ async fn await_claim(inner: &Inner, broker: &BrokerState, client_id: &str) -> bo
 /// messages when it left this node's subscription index (the new node
 /// replays what came after from transit); or that the asker should ask
 /// again, or ask another node.
-async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) -> Handed {
+///
+/// The asker waits the cluster timeout from its request, `age` ago: past
+/// it, it takes this node for gone and rebuilds the session from its
+/// replica, while this node would still hold it (seen: this node waited
+/// half the timeout for a claim here, then half for a replay, answered
+/// too late, and the session's replayed messages were lost with this
+/// copy). So the answer goes well within what the asker has left: the
+/// waits for a claim and a replay take two fifths of it, the connection's
+/// close a fifth and the cut a quarter.
+async fn hand_over(
+    inner: &Inner,
+    broker: &Arc<BrokerState>,
+    client_id: &str,
+    age: std::time::Duration,
+) -> Handed {
     let arrived = tokio::time::Instant::now();
-    let cut_short = await_claim(inner, broker, client_id).await;
+    let left = inner
+        .timeout
+        .saturating_sub(age)
+        .clamp(inner.timeout / 4, inner.timeout);
+    let waits_until = arrived + left * 2 / 5;
+    let cut_short = await_claim(inner, broker, client_id, waits_until).await;
     if broker.session(client_id).is_none() {
         // A claim here that could not get the session: it stayed with the
         // node the claim asked (or is still being fetched from it).
@@ -107,7 +155,8 @@ async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) ->
     // A session whose messages are being replayed moves once they are in
     // its queue, and one whose node reads what NATS may have dropped again
     // once that is routed: until then the new node is told to ask again.
-    if !crate::transit::await_replay(inner, client_id, inner.timeout / 2).await {
+    let replay_for = waits_until.saturating_duration_since(tokio::time::Instant::now());
+    if !crate::transit::await_replay(inner, client_id, replay_for).await {
         return Handed::Busy;
     }
     let repairing = inner.repair_due.load(std::sync::atomic::Ordering::Relaxed)
@@ -116,10 +165,9 @@ async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) ->
         tracing::debug!(%client_id, "a repair is due or running: the takeover asks again");
         return Handed::Busy;
     }
-    // The asker waits `timeout` for the answer: past it, it rebuilds the
-    // session from its replica, and one handed over now would be left
-    // unfetched (and gone from here).
-    if arrived.elapsed() >= inner.timeout / 2 {
+    // Past the asker's wait, one handed over now would be left unfetched
+    // (and gone from here).
+    if tokio::time::Instant::now() >= waits_until {
         tracing::info!(%client_id, "a takeover took too long here: the asker asks again");
         return Handed::Busy;
     }
@@ -127,7 +175,7 @@ async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) ->
     inner.handing_over.lock().insert(client_id.to_string());
     if broker.kick_taken_over(client_id) {
         // The connection closes on its own task; wait for it, bounded.
-        let deadline = tokio::time::Instant::now() + inner.timeout / 2;
+        let deadline = tokio::time::Instant::now() + left / 5;
         while broker.is_connected(client_id) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
@@ -135,7 +183,7 @@ async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) ->
     // A clean session ends with its connection, and its release takes the
     // mark off; a persistent one leaves the index inside this node's routing
     // task (what it had of each run is known exactly), then is written out.
-    let cut = cut_from_routing(inner, client_id).await;
+    let cut = cut_from_routing(inner, client_id, left / 4).await;
     let Some(chunks) = broker.hand_over(client_id).await else {
         return Handed::Parts(0, None);
     };
@@ -155,14 +203,15 @@ async fn hand_over(inner: &Inner, broker: &Arc<BrokerState>, client_id: &str) ->
 /// had routed per run (this node's own too): the session had those and
 /// everything before them. `None` when the task did not answer in time or
 /// the session was not there to leave (then nothing is replayed).
-async fn cut_from_routing(inner: &Inner, client_id: &str) -> Option<crate::receipt::Receipt> {
+async fn cut_from_routing(
+    inner: &Inner,
+    client_id: &str,
+    limit: std::time::Duration,
+) -> Option<crate::receipt::Receipt> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let command = crate::shared::Command::Cut(client_id.to_string(), tx);
     inner.commands.send(command).ok()?;
-    let high = tokio::time::timeout(inner.timeout / 4, rx)
-        .await
-        .ok()?
-        .ok()??;
+    let high = tokio::time::timeout(limit, rx).await.ok()?.ok()??;
     // After a gap, complete only from its beginning (see
     // `backlog::Hold::complete_from_ms`).
     let now = starling_broker::store::unix_ms();

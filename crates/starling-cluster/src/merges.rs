@@ -29,24 +29,41 @@ const STAMPS: &str = "Starling-Stamps";
 
 use crate::backlog::Early;
 
-/// Sends `records` (messages of session `id` the owner lacks) to `owner`.
+/// Times the owner is read again when it answers a merge without the
+/// session (it moved on meanwhile, or is being installed there), half a
+/// second apart. An owner that does not answer is not asked again.
+const OWNER_TRIES: usize = 5;
+
+/// Sends `records` (messages of session `id` the owner lacks) to `owner`;
+/// when a part finds no session there, to whoever owns it now (seen: the
+/// owner handed the session on just before the merge came, and 3,281
+/// acknowledged messages were dropped).
 pub async fn merge_to(inner: &Inner, owner: &str, id: &str, records: Vec<Early>) {
     if records.is_empty() {
         return;
     }
     let total = records.len();
-    let mut added = 0usize;
-    for chunk in chunks(&records) {
-        let (body, stamps) = encode(id, chunk);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(STAMPS, stamps.as_str());
-        let asked = inner
-            .client
-            .request_with_headers(keys::merge(owner), headers, body);
-        match tokio::time::timeout(inner.timeout * 3, asked).await {
-            Ok(Ok(reply)) if reply.payload.len() == 4 => {
-                added += reply.payload.clone().get_u32() as usize;
+    let parts = chunks(&records);
+    let (mut added, mut next) = (0usize, 0usize);
+    let mut owner = owner.to_string();
+    for _ in 0..OWNER_TRIES {
+        let mut answered = true;
+        while let Some(part) = parts.get(next) {
+            match merge_part(inner, &owner, id, part).await {
+                Some(0) => break,
+                Some(n) => (added, next) = (added + n, next + 1),
+                None => {
+                    answered = false;
+                    break;
+                }
             }
+        }
+        if next == parts.len() || !answered {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        match owner_now(inner, id).await {
+            Some(now) if now != inner.node_id => owner = now,
             _ => break,
         }
     }
@@ -59,6 +76,33 @@ pub async fn merge_to(inner: &Inner, owner: &str, id: &str, records: Vec<Early>)
         );
     } else {
         tracing::info!(client_id = %id, %owner, messages = total, "held messages handed to the session's owner");
+    }
+}
+
+/// Sends one part of a merge to `owner`: how many of its records the
+/// session has now (0: no session there), `None` without an answer.
+async fn merge_part(inner: &Inner, owner: &str, id: &str, part: &[Early]) -> Option<usize> {
+    let (body, stamps) = encode(id, part);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(STAMPS, stamps.as_str());
+    let asked = inner
+        .client
+        .request_with_headers(keys::merge(owner), headers, body);
+    match tokio::time::timeout(inner.timeout * 3, asked).await {
+        Ok(Ok(reply)) if reply.payload.len() == 4 => Some(reply.payload.clone().get_u32() as usize),
+        _ => None,
+    }
+}
+
+/// The node the owners bucket names for `id` now.
+async fn owner_now(inner: &Inner, id: &str) -> Option<String> {
+    let buckets = inner.buckets.get()?;
+    let read = buckets.owners.entry(keys::of(id));
+    match tokio::time::timeout(inner.timeout, read).await {
+        Ok(Ok(Some(e))) if e.operation == async_nats::jetstream::kv::Operation::Put => {
+            Some(keys::owner_node(&e.value))
+        }
+        _ => None,
     }
 }
 

@@ -17,7 +17,7 @@
 //! it; the CONNACK waits at most [`WAIT`] for it, once the client's
 //! session is installed here. While JetStream elects new leaders for what
 //! the silent node's server led (as a partition often makes it), the
-//! repair's read fails: it is tried again, less and less often, within
+//! repair's read fails: it is tried again soon after each failure, within
 //! that bound. Past it the CONNACK goes on; that node's own repair, once
 //! it is back, still places its messages, but maybe after the client's
 //! next ones.
@@ -38,9 +38,20 @@ use crate::shared::Inner;
 /// How long a moving client's CONNACK waits at most for the repairs (a
 /// repair that takes longer goes on, without ordering that client's next
 /// messages after it). Long enough for JetStream to elect new leaders for
-/// what a cut server led (its election timeouts are 4 to 9 s from the
-/// cut, and the client comes here some seconds after it).
-pub const WAIT: Duration = Duration::from_secs(6);
+/// what a cut server led: its election timeouts are 4 to 9 s from the
+/// cut, and the client comes here about 2.5 s after it (sent away at
+/// once, then its takeover request timed out). Seen with 6 s: reads that
+/// failed until 6.1 s, in 2 of 3 partition runs. A client that gives up
+/// meanwhile and connects here again waits for this claim (see
+/// `owners::begin_claim`).
+pub const WAIT: Duration = Duration::from_secs(8);
+
+/// How long after a failed read of the silent run the repair tries again.
+/// A try that fails has mostly waited for its request to time out
+/// (JetStream not answering while it elects a leader): the next one
+/// starts soon after, so that the first read JetStream can answer is not
+/// long in coming.
+const RETRY_AFTER: Duration = Duration::from_millis(250);
 
 /// A run repaired this recently is not asked again for a client that
 /// moves off it later (all it had acknowledged is in transit by then).
@@ -194,12 +205,10 @@ async fn repair(inner: &Arc<Inner>, from: u64, run: u64) -> bool {
 
 /// The repair of `run`, once no other one runs here, tried again while its
 /// read fails (JetStream electing leaders for what the silent node's
-/// server led: seen to take several seconds after a partition), half a
-/// second after the first failure and twice as long after each next, for
-/// [`WAIT`] in all.
+/// server led: seen to take several seconds after a partition),
+/// [`RETRY_AFTER`] after each failure, for [`WAIT`] in all.
 async fn repair_once(inner: Arc<Inner>, from: u64, run: u64, done: watch::Sender<Option<bool>>) {
     let deadline = Instant::now() + WAIT;
-    let mut pause = Duration::from_millis(500);
     let mut tries = 0;
     let repaired = loop {
         if inner.transit.get().is_none() {
@@ -211,9 +220,7 @@ async fn repair_once(inner: Arc<Inner>, from: u64, run: u64, done: watch::Sender
             if repaired.await.unwrap_or(false) {
                 break true;
             }
-            let wait = pause;
-            pause *= 2;
-            wait
+            RETRY_AFTER
         } else {
             // Another repair runs here.
             Duration::from_millis(100)

@@ -26,14 +26,13 @@ use crate::{keys, replica};
 /// it finds the connection to close; a claim it could not wait for is lost
 /// and answered [`Ownership::Busy`].
 pub async fn claim(inner: &Arc<Inner>, client_id: &str, persistent: bool) -> Ownership {
-    {
-        let now = tokio::time::Instant::now();
-        let mut claims = inner.claims.lock();
-        claims.retain(|_, c| !matches!(c, Claim::Won(at) if now - *at > inner.timeout));
-        claims.insert(client_id.to_string(), Claim::InProgress);
-    }
+    let Some(mut running) = begin_claim(inner, client_id).await else {
+        tracing::info!(%client_id, "an earlier claim of this client id here is still running");
+        return Ownership::Busy;
+    };
     let owned = claim_owner(inner, client_id, persistent).await;
     let mut claims = inner.claims.lock();
+    running.ended = true;
     let lost = claims.get(client_id) == Some(&Claim::Lost);
     match owned {
         Ownership::Local if !lost => {
@@ -45,6 +44,15 @@ pub async fn claim(inner: &Arc<Inner>, client_id: &str, persistent: bool) -> Own
         }
         Ownership::Local => {
             claims.remove(client_id);
+            drop(claims);
+            if inner
+                .broker()
+                .is_some_and(|b| b.session(client_id).is_some())
+            {
+                let mut lost = inner.lost_with_session.lock();
+                lost.retain(|_, at| at.elapsed() < LOST_KEPT_FOR);
+                lost.insert(client_id.to_string(), tokio::time::Instant::now());
+            }
             tracing::info!(%client_id, "another node took this client id over during the claim");
             Ownership::Busy
         }
@@ -52,6 +60,95 @@ pub async fn claim(inner: &Arc<Inner>, client_id: &str, persistent: bool) -> Own
             claims.remove(client_id);
             other
         }
+    }
+}
+
+/// How long a session that a lost claim left here counts as that claim's
+/// (see [`took_it_lately`]).
+const LOST_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether the session of `client_id` is here because an earlier claim
+/// here took it, lately, then lost the race for the id (another node's
+/// takeover came meanwhile, and will ask for it). A claim here now keeps
+/// that copy: it has what its replica has and what its replay brought,
+/// and fetching another node's over it would drop that (seen: a copy a
+/// node just back from a cut handed over, installed over one rebuilt and
+/// replayed here, lost 3,278 acknowledged messages). A session here for
+/// another reason (this node cut off meanwhile) is not this claim's: it is
+/// fetched from its owner as usual.
+fn took_it_lately(inner: &Inner, client_id: &str) -> bool {
+    let mut lost = inner.lost_with_session.lock();
+    lost.retain(|_, at| at.elapsed() < LOST_KEPT_FOR);
+    lost.remove(client_id).is_some()
+        && inner
+            .broker()
+            .is_some_and(|b| b.session(client_id).is_some())
+}
+
+/// How long a claim waits at most for an earlier one of its client id
+/// here to end: about as long as that one can take (a takeover asked
+/// again for [`BUSY_FOR`], then a session fetched or rebuilt).
+const EARLIER_CLAIM_FOR: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// A claim in progress here, marked in [`Inner::claims`]: a claim dropped
+/// before it ended (its connection's task gone) takes its mark off, so
+/// that later claims of its client id do not wait for it.
+struct Running<'a> {
+    inner: &'a Inner,
+    client_id: &'a str,
+    /// The claim wrote its outcome (under the lock): nothing to undo.
+    ended: bool,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let mut claims = self.inner.claims.lock();
+        if matches!(
+            claims.get(self.client_id),
+            Some(Claim::InProgress | Claim::Lost)
+        ) {
+            claims.remove(self.client_id);
+        }
+    }
+}
+
+/// Marks a claim of `client_id` in progress here, once no earlier claim of
+/// it here is (waited for, at most [`EARLIER_CLAIM_FOR`]; `None` past it).
+/// One at a time: a client that gave up on a slow CONNECT and connects
+/// again here would otherwise run a second claim beside the first, both
+/// would take the session from its owner, and the second's copy, installed
+/// over the first's, would lack the queue the first took (seen: 200
+/// acknowledged messages lost). Waited for, the earlier claim leaves the
+/// session here and the later one finds it.
+async fn begin_claim<'a>(inner: &'a Inner, client_id: &'a str) -> Option<Running<'a>> {
+    let deadline = tokio::time::Instant::now() + EARLIER_CLAIM_FOR;
+    let mut told = false;
+    loop {
+        {
+            let now = tokio::time::Instant::now();
+            let mut claims = inner.claims.lock();
+            claims.retain(|_, c| !matches!(c, Claim::Won(at) if now - *at > inner.timeout));
+            let running = matches!(claims.get(client_id), Some(Claim::InProgress | Claim::Lost));
+            if !running {
+                claims.insert(client_id.to_string(), Claim::InProgress);
+                return Some(Running {
+                    inner,
+                    client_id,
+                    ended: false,
+                });
+            }
+            if now >= deadline {
+                return None;
+            }
+        }
+        if !told {
+            tracing::info!(%client_id, "a claim waits for an earlier claim of this client id here");
+            told = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
 
@@ -113,10 +210,29 @@ async fn claim_owner(inner: &Arc<Inner>, client_id: &str, persistent: bool) -> O
         }),
     };
     match written {
+        Ok(revision) if persistent && took_it_lately(inner, client_id) => {
+            tracing::info!(%client_id, "the session an earlier claim here took is kept");
+            crate::holder::claim_succeeded(inner, client_id);
+            wrote(inner, client_id, revision);
+            settled(inner, client_id);
+            Ownership::Local
+        }
         Ok(revision) => {
-            let owner = match predecessor(inner, store, &key, read, revision).await {
-                Ok(Some(owner)) => Some(owner),
-                Ok(None) => {
+            let (owner, had) = match predecessor(inner, store, &key, read, revision).await {
+                Ok(Earlier::Owner(owner)) => {
+                    let had = take_from(inner, &owner, client_id).await;
+                    (Some(owner), had)
+                }
+                // This node's failed claims (a client trying again while
+                // JetStream could not give the replica) can fill the kept
+                // history: where the session was is not known, and a new
+                // one would lose it (seen: the wills' watcher's session
+                // started empty).
+                Ok(Earlier::OwnOnly) if persistent => {
+                    tracing::warn!(%client_id, "only this node's own claims are left in the key's history");
+                    (None, rebuild_unknown(inner, client_id).await)
+                }
+                Ok(Earlier::None | Earlier::OwnOnly) => {
                     if read > 0 && persistent {
                         tracing::info!(%client_id, "no earlier owner in the key's history: a new session");
                     }
@@ -128,12 +244,8 @@ async fn claim_owner(inner: &Arc<Inner>, client_id: &str, persistent: bool) -> O
                 }
                 Err(()) => {
                     tracing::warn!(%client_id, "the previous owner could not be read");
-                    None
+                    (None, false)
                 }
-            };
-            let had = match &owner {
-                Some(owner) => take_from(inner, owner, client_id).await,
-                None => false,
             };
             if had || !persistent {
                 crate::holder::claim_succeeded(inner, client_id);
@@ -183,6 +295,17 @@ async fn claim_owner(inner: &Arc<Inner>, client_id: &str, persistent: bool) -> O
     }
 }
 
+/// What the key's history says was before this node's write.
+#[derive(Debug, PartialEq, Eq)]
+enum Earlier {
+    /// That node owned it last.
+    Owner(String),
+    /// Nobody: the key is new, or its last owner released it.
+    None,
+    /// Only this node's own earlier writes are left in the kept history.
+    OwnOnly,
+}
+
 /// The node that owned the key just before this node's write at `written`
 /// (read at revision `read`), asked of the stream's leader: the owner read,
 /// or another node whose write landed in between. (Before nats-server
@@ -196,9 +319,10 @@ async fn predecessor(
     key: &str,
     read: u64,
     written: u64,
-) -> Result<Option<String>, ()> {
+) -> Result<Earlier, ()> {
     let subject = format!("{}{key}", store.prefix);
     let mut last = None;
+    let mut own = false;
     let mut from = read.max(1);
     // The history kept per key bounds the walk.
     for _ in 0..crate::buckets::OWNER_HISTORY {
@@ -225,11 +349,15 @@ async fn predecessor(
         let deleted = message.headers.get("KV-Operation").is_some();
         if deleted || keys::owner_node(&message.payload) != inner.node_id {
             last = Some((deleted, message));
+        } else {
+            own = true;
         }
     }
     Ok(match last {
-        Some((false, m)) => Some(keys::owner_node(&m.payload)),
-        _ => None,
+        Some((false, m)) => Earlier::Owner(keys::owner_node(&m.payload)),
+        Some((true, _)) => Earlier::None,
+        None if own => Earlier::OwnOnly,
+        None => Earlier::None,
     })
 }
 
@@ -241,6 +369,7 @@ async fn take_from(inner: &Arc<Inner>, owner: &str, client_id: &str) -> bool {
     let deadline = tokio::time::Instant::now() + BUSY_FOR;
     let mut owner = owner.to_string();
     let mut hops = 0;
+    tracing::info!(%client_id, %owner, "asking the session's owner to hand it over");
     let (count, cut) = loop {
         let asked = inner
             .client
@@ -468,7 +597,10 @@ async fn rebuild_unknown(inner: &Inner, client_id: &str) -> bool {
 }
 
 /// Rebuilds `client_id` from its replica and replays what `owner` (or,
-/// with an empty `receipt`, any node) may have missed.
+/// with an empty `receipt`, any node) may have missed. (A copy held here
+/// is replaced: it may be one this node kept while cut off, older than
+/// the replica. One an earlier claim here took lately is kept before it
+/// comes to this, see [`took_it_lately`].)
 async fn rebuild_from(
     inner: &Inner,
     owner: &str,

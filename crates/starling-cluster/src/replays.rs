@@ -239,7 +239,28 @@ impl Replays {
                 *e = (*e).min(*seq);
             }
         }
-        inner.replica.hold.lock().routing_low = low;
+        let owed = self.owed();
+        let mut hold = inner.replica.hold.lock();
+        hold.routing_low = low;
+        hold.owed = owed;
+    }
+
+    /// What the replays to sessions installed here may still give them
+    /// (see [`crate::backlog::Owed`]).
+    pub fn owed(&self) -> crate::backlog::Owed {
+        let mut owed = crate::backlog::Owed::default();
+        for r in self.running.values().filter(|r| r.clients.is_some()) {
+            let Some(from_ms) = r.covered_from_ms else {
+                owed.unknown = true;
+                continue;
+            };
+            owed.from_ms = Some(owed.from_ms.map_or(from_ms, |f: u64| f.min(from_ms)));
+            for (origin, high) in &r.covered {
+                let above = owed.above.entry(*origin).or_insert(*high);
+                *above = (*above).min(*high);
+            }
+        }
+        owed
     }
 
     /// Adds to session `client`'s queue the messages another node had of
@@ -379,13 +400,18 @@ impl Replays {
         command: ReplayCommand,
     ) -> bool {
         match command {
-            ReplayCommand::Start(token, clients) => match self.running.get_mut(&token) {
-                // Begun before the sessions were installed: now it knows them.
-                Some(r) => r.clients = clients,
-                None => {
-                    self.running.insert(token, Running::new(clients));
+            ReplayCommand::Start(token, clients) => {
+                // The receipt's bounds change (see `publish_low`).
+                self.low_dirty = true;
+                match self.running.get_mut(&token) {
+                    // Begun before the sessions were installed: now it
+                    // knows them.
+                    Some(r) => r.clients = clients,
+                    None => {
+                        self.running.insert(token, Running::new(clients));
+                    }
                 }
-            },
+            }
             ReplayCommand::Message(token, stamp, msg) => {
                 let Some(repair) = self.running.get(&token).map(|r| r.clients.is_none()) else {
                     return false;
@@ -547,9 +573,11 @@ impl Replays {
                     .get_mut(&token)
                     .is_some_and(|r| r.reached(stamp, own, have, broker) > 0);
             }
-            ReplayCommand::Covers(token, high, held) => {
+            ReplayCommand::Covers(token, high, held, from_ms) => {
                 if let Some(r) = self.running.get_mut(&token) {
+                    self.low_dirty = true;
                     r.covered = high;
+                    r.covered_from_ms = Some(from_ms);
                     r.held
                         .extend(held.into_iter().map(|(origin, seq)| Stamp { origin, seq }));
                 }
@@ -627,18 +655,22 @@ mod tests {
         assert!(!replays.running[&8].held.contains(&s(2)));
     }
 
+    /// A broker with the default configuration and no store.
+    fn broker() -> starling_broker::BrokerState {
+        let auth = Arc::new(starling_broker::auth::FileAuthenticator {
+            allow_anonymous: true,
+            passwords: None,
+        });
+        starling_broker::BrokerState::new(starling_broker::Config::default(), auth, None)
+    }
+
     /// Seen in a partition run: the replay for a rebuilt session kept
     /// failing (JetStream unavailable) until after the cut node merged its
     /// early messages into the session; the replay then gave them again.
     #[test]
     fn a_replay_does_not_give_what_a_merge_gave_while_it_ran() {
         let s = |seq| Stamp { origin: 9, seq };
-        let auth = Arc::new(starling_broker::auth::FileAuthenticator {
-            allow_anonymous: true,
-            passwords: None,
-        });
-        let broker =
-            starling_broker::BrokerState::new(starling_broker::Config::default(), auth, None);
+        let broker = broker();
         let mut seen = Seen::default();
         let mut replays = Replays::default();
         let start = ReplayCommand::Start(7, Some(clients(&["a"])));
@@ -663,6 +695,43 @@ mod tests {
         assert!(!replays.running[&7].replayed.contains(&s(1)), "given again");
         replays.serve(&broker, &mut seen, 1, ReplayCommand::Message(7, s(2), msg));
         assert!(replays.running[&7].replayed.contains(&s(2)));
+    }
+
+    /// While a replay to sessions installed here runs, the node's receipt
+    /// claims nothing it may still give them: before it said what they
+    /// had, nothing at all; then, per run, no more than they had, nothing
+    /// of runs they never had, and complete only from where it reads.
+    /// Once it ends, the receipt claims what the node stored again. A
+    /// repair (no sessions) leaves the receipt alone.
+    #[test]
+    fn a_receipt_claims_nothing_a_running_replay_may_still_give() {
+        let broker = broker();
+        let mut seen = Seen::default();
+        let mut replays = Replays::default();
+        replays.serve(&broker, &mut seen, 1, ReplayCommand::Start(3, None));
+        assert_eq!(replays.owed(), crate::backlog::Owed::default(), "a repair");
+        replays.serve(
+            &broker,
+            &mut seen,
+            1,
+            ReplayCommand::Start(7, Some(clients(&["a"]))),
+        );
+        let owed = replays.owed();
+        assert!(owed.unknown);
+        assert_eq!((owed.claim(9, 500), owed.claim(4, 80)), (0, 0));
+        let covers = ReplayCommand::Covers(7, HashMap::from([(9, 100)]), vec![], 5_000);
+        replays.serve(&broker, &mut seen, 1, covers);
+        let owed = replays.owed();
+        assert!(!owed.unknown);
+        assert_eq!(owed.from_ms, Some(5_000));
+        assert_eq!(owed.claim(9, 500), 100, "no more than the sessions had");
+        assert_eq!(owed.claim(9, 60), 60);
+        assert_eq!(owed.claim(4, 80), 0, "a run the sessions never had");
+        let (done, _) = tokio::sync::oneshot::channel();
+        replays.serve(&broker, &mut seen, 1, ReplayCommand::End(7, done));
+        let owed = replays.owed();
+        assert_eq!((owed.claim(9, 500), owed.claim(4, 80)), (500, 80));
+        assert_eq!(owed.from_ms, None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -362,6 +362,7 @@ impl ReplicatedStore {
         let receipts = receipts.map(|low| Bounds {
             low,
             complete_from_ms,
+            owed: hold.owed.clone(),
         });
         (direct, receipts)
     }
@@ -385,15 +386,17 @@ impl ReplicatedStore {
     }
 }
 
-/// What one batch asks of JetStream, in order: publishes are pipelined,
-/// purges follow them, a session's removal waits for both.
 /// What a receipt written after a batch may claim: per origin, below the
-/// lowest stamp held back; and since when the node's routing is complete.
+/// lowest stamp held back and nothing the replays here still owe their
+/// sessions; and since when the node's routing is complete.
 struct Bounds {
     low: HashMap<u64, u64>,
     complete_from_ms: Option<u64>,
+    owed: crate::backlog::Owed,
 }
 
+/// What one batch asks of JetStream, in order: publishes are pipelined,
+/// purges follow them, a session's removal waits for both.
 #[derive(Default)]
 struct Batch {
     acks: Vec<jetstream::context::PublishAckFuture>,
@@ -546,6 +549,7 @@ async fn write_receipt(
     Bounds {
         low,
         complete_from_ms,
+        owed,
     }: &Bounds,
 ) {
     let now = std::time::Instant::now();
@@ -557,10 +561,15 @@ async fn write_receipt(
     }
     received.retain(|_, (_, at)| now - *at < crate::receipt::FORGET_ORIGIN);
     let now_ms = starling_broker::store::unix_ms();
+    // After a gap, complete only from its beginning (see
+    // `backlog::Hold::complete_from_ms`), and from where the replays here
+    // read (with one that has not said what it owes: not known, 0).
+    let complete = [*complete_from_ms, owed.from_ms]
+        .into_iter()
+        .flatten()
+        .fold(now_ms, u64::min);
     let receipt = Receipt {
-        // After a gap, complete only from its beginning (see
-        // `backlog::Hold::complete_from_ms`).
-        at_ms: complete_from_ms.map_or(now_ms, |from| from.min(now_ms)),
+        at_ms: if owed.unknown { 0 } else { complete },
         own: link.origin,
         high: link
             .carried
@@ -574,8 +583,8 @@ async fn write_receipt(
             })
             .into_iter()
             .map(|(o, s)| match low.get(&o) {
-                Some(l) => (o, s.min(l.saturating_sub(1))),
-                None => (o, s),
+                Some(l) => (o, owed.claim(o, s.min(l.saturating_sub(1)))),
+                None => (o, owed.claim(o, s)),
             })
             .collect(),
     };

@@ -48,6 +48,9 @@ pub struct Running {
     /// What the sessions had at their install, per run (see
     /// `ReplayCommand::Covers`).
     pub covered: HashMap<u64, u64>,
+    /// Since when the replay reads transit, once it said what its sessions
+    /// had (`covered`): until then nothing is known of what it owes them.
+    pub covered_from_ms: Option<u64>,
     /// In the order they came; `None` once sent out where the replay
     /// reached it.
     parked: Vec<Option<(Stamp, Arc<Message>)>>,
@@ -74,6 +77,7 @@ impl Running {
             replayed: HashSet::new(),
             held: HashSet::new(),
             covered: HashMap::new(),
+            covered_from_ms: None,
             parked: Vec::new(),
             parked_at: HashMap::new(),
             parked_bytes: 0,

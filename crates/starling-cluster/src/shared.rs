@@ -153,6 +153,9 @@ pub(crate) struct Inner {
     /// (seen: JetStream answering 503 for the 15 s the repair was tried,
     /// and a session handed over then lost 1,773 acknowledged messages).
     pub gap_unrepaired: std::sync::atomic::AtomicU64,
+    /// Since when gap repairs have failed every try, one after another
+    /// (cleared by one that succeeds): given up after transit's `AGE`.
+    pub gap_failing_since: Mutex<Option<tokio::time::Instant>>,
     /// While true, nothing goes from the outbox to NATS (see
     /// `appends::forward`): from the start of a gap of this node's until
     /// the other nodes said they hold its live messages back for the
@@ -165,6 +168,12 @@ pub(crate) struct Inner {
     /// Client ids whose session here ends because another node took it:
     /// their release must not clear the new owner's claim.
     pub handing_over: Mutex<std::collections::HashSet<String>>,
+    /// Client ids whose session an earlier claim here took, then lost the
+    /// race for the id (see `owners::took_it_lately`), and when.
+    pub lost_with_session: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// Client ids whose takeover request is being served here: another
+    /// request for one of them meanwhile is told to ask again.
+    pub serving_takeover: Mutex<std::collections::HashSet<String>>,
     /// Client ids this node is claiming or just claimed: a takeover request
     /// for one of them waits for the client to attach before it is kicked.
     pub claims: Mutex<HashMap<String, Claim>>,
@@ -295,8 +304,9 @@ pub enum ReplayCommand {
     /// the old node's cut): a repair does not give them those again; nor
     /// those in `.2`, which their stores held as they were rebuilt here
     /// (a repair of another node's run, later, routed one of them to a
-    /// rebuilt session again: QoS 2 twice).
-    Covers(u64, HashMap<u64, u64>, Vec<(u64, u64)>),
+    /// rebuilt session again: QoS 2 twice). `.3`: since when (ms since the
+    /// epoch) the replay reads transit.
+    Covers(u64, HashMap<u64, u64>, Vec<(u64, u64)>, u64),
     /// A message published on this node (stamp, message) that was kept
     /// from these sessions, in replays: parked for them, or theirs now.
     ParkLocal(

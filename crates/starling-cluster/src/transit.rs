@@ -253,7 +253,20 @@ fn start_repair(
                 let _ = served.await;
             }
         }
-        if gap && repaired.is_err() {
+        // Transit keeps messages for `AGE`: repairs that failed for longer
+        // than that can no longer bring what the gap missed, and trying
+        // again for good would keep this node's sessions from moving
+        // (their takeovers wait for the repair).
+        let gone_by = gap && failing_for(&inner.gap_failing_since, repaired.is_ok()) > AGE;
+        if gap && repaired.is_err() && gone_by {
+            // A later gap's repairs are timed afresh.
+            *inner.gap_failing_since.lock() = None;
+            tracing::error!(
+                from_ms,
+                "a gap's repair failed for as long as transit keeps messages: given up (what NATS \
+                 did not bring this node meanwhile is missing from its sessions)"
+            );
+        } else if gap && repaired.is_err() {
             // Due again (see `Inner::gap_unrepaired`), before a takeover
             // can see no repair running.
             inner.repair_due.store(true, Ordering::Release);
@@ -272,7 +285,7 @@ fn start_repair(
                 messages = n,
                 "messages NATS dropped for this node read again from transit"
             ),
-            (Err(e), None) if gap => tracing::warn!(
+            (Err(e), None) if gap && !gone_by => tracing::warn!(
                 "a gap's repair failed every try (due again; sessions are not handed over \
                  until it is done): {e}"
             ),
@@ -289,6 +302,18 @@ fn start_repair(
         }
     });
     true
+}
+
+/// How long this node's gap repairs have failed, one after another, once
+/// this one `succeeded` or not (zero after a success); `since` is
+/// [`Inner::gap_failing_since`].
+fn failing_for(since: &parking_lot::Mutex<Option<Instant>>, succeeded: bool) -> Duration {
+    let mut since = since.lock();
+    if succeeded {
+        *since = None;
+        return Duration::ZERO;
+    }
+    since.get_or_insert_with(Instant::now).elapsed()
 }
 
 async fn repair_from(
@@ -344,13 +369,24 @@ async fn end(routes: &mpsc::Sender<ReplayCommand>, token: u64) {
 }
 
 /// Waits until no replay to `client_id`'s session is in progress, at most
-/// `limit` (a session handed over meanwhile would miss the rest).
+/// `limit` (a session handed over meanwhile would miss the rest), and none
+/// parks its live messages: one begun for it that has not installed it
+/// yet (a rebuild tried again while the session is here already) parks
+/// them too, and a session handed over meanwhile would leave them behind
+/// (seen: 255 acknowledged messages, parked while such a rebuild failed to
+/// read the replica, let out after the session had moved to nobody).
 /// Whether it ended.
 pub async fn await_replay(inner: &Inner, client_id: &str, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
+    let id = ByteString::from(client_id);
     loop {
         let done = inner.replay_done.notified();
-        if !inner.replaying.lock().contains_key(client_id) {
+        let parked = inner
+            .parking
+            .read()
+            .as_ref()
+            .is_some_and(|p| p.contains(&id));
+        if !parked && !inner.replaying.lock().contains_key(client_id) {
             return true;
         }
         if tokio::time::timeout_at(deadline, done).await.is_err() {
@@ -418,6 +454,8 @@ pub async fn extend(inner: &Inner, token: u64, clients: HashSet<ByteString>) {
 /// Ends a replay begun for sessions none of which was installed.
 pub async fn abandon(inner: &Inner, token: u64) {
     end(&inner.replays, token).await;
+    // What it parked is let out: a handover waiting for that goes on.
+    inner.replay_done.notify_waiters();
 }
 
 async fn replay_read(
@@ -466,7 +504,7 @@ async fn replay_read(
         "replaying transit from the dead node's receipt"
     );
     let held_stamps = held.iter().copied().collect();
-    let covers = ReplayCommand::Covers(token, receipt.high.clone(), held_stamps);
+    let covers = ReplayCommand::Covers(token, receipt.high.clone(), held_stamps, from_ms);
     inner
         .replays
         .send(covers)
@@ -772,6 +810,22 @@ fn landed_late(payload: &[u8], stored_ms: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn gap_repairs_failing_one_after_another_are_timed_until_one_succeeds() {
+        let since = parking_lot::Mutex::new(None);
+        assert_eq!(failing_for(&since, false), Duration::ZERO);
+        tokio::time::advance(Duration::from_secs(90)).await;
+        assert_eq!(failing_for(&since, false), Duration::from_secs(90));
+        tokio::time::advance(Duration::from_secs(40)).await;
+        assert!(
+            failing_for(&since, false) > AGE,
+            "given up past transit's age"
+        );
+        assert_eq!(failing_for(&since, true), Duration::ZERO);
+        tokio::time::advance(Duration::from_secs(40)).await;
+        assert_eq!(failing_for(&since, false), Duration::ZERO, "counted afresh");
+    }
 
     #[test]
     fn an_append_stored_long_after_it_was_sent_landed_late() {

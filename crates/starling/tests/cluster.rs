@@ -45,7 +45,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use cluster_support::{connect, options, run, until_routed, Cluster, Next, Raw, WAIT};
-use starling_client::{Client, Properties, QoS, SubscriptionOptions};
+use starling_client::{Client, ConnectOptions, Properties, QoS, SubscriptionOptions};
 use starling_codec::{Connect, Packet, ProtocolVersion, ReasonCode};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -984,6 +984,209 @@ fn a_persistent_session_and_its_queued_messages_move_to_the_new_node() {
             .expect("a new message reaches the moved subscription")
             .unwrap();
         assert_eq!(&*m.topic, "mv/after");
+    });
+}
+
+/// A client that gives up on a slow CONNECT and connects again to the same
+/// node: the second claim waits for the first, the session is taken from
+/// its owner once, and every queued message is there. (Seen in CI before
+/// claims waited: both claims took the session, the first copy with the
+/// queue, the second, installed over it, without: 200 messages lost.)
+/// Node 1, the owner, is stopped while both CONNECTs arrive, so that the
+/// first claim's takeover request waits for it.
+#[test]
+fn a_client_connecting_twice_at_once_takes_its_session_over_once() {
+    let Some(c) = Cluster::start("twice") else {
+        return;
+    };
+    run(async {
+        const N: usize = 50;
+        let mut o = options(c.port(1), "twice");
+        o.clean_start = false;
+        o.session_expiry = Some(300);
+        let (first, _) = Client::connect(o).await.unwrap();
+        first.subscribe("tw/#", QoS::AtLeastOnce).await.unwrap();
+        first.disconnect().await.unwrap();
+        let sub = connect(c.port(1), "tw-sub").await;
+        sub.subscribe("tw/#", QoS::AtLeastOnce).await.unwrap();
+        let publisher = connect(c.port(3), "tw-pub").await;
+        until_routed(&publisher, "tw/probe", &sub).await;
+        for i in 0..N {
+            let code = publisher
+                .publish(format!("tw/{i}"), i.to_string(), QoS::AtLeastOnce, false)
+                .await
+                .unwrap();
+            assert!(!code.is_error(), "{code}");
+        }
+        // Node 1 has queued them for the offline session once `tw-sub`,
+        // there too, has them all.
+        let mut seen = 0;
+        while seen < N {
+            let m = tokio::time::timeout(WAIT, sub.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if &*m.topic != "tw/probe" {
+                seen += 1;
+            }
+        }
+        let log = &c.nodes[1].proc.log;
+        let asking = |l: &str| l.contains("asking the session's owner") && l.contains("twice");
+        let stopped = c.nodes[0].proc.stop();
+        let port = c.port(2);
+        let slow = tokio::spawn(Raw::connect(port, persistent(ProtocolVersion::V5, "twice")));
+        log.wait_for(WAIT, asking)
+            .expect("the first claim asks node 1");
+        let skip = log.len();
+        let retry = tokio::spawn(Raw::connect(port, persistent(ProtocolVersion::V5, "twice")));
+        log.wait_for_after(skip, WAIT, |l| {
+            asking(l) || l.contains("waits for an earlier claim")
+        })
+        .expect("the second claim asks too, or waits");
+        // The client gave up on its first CONNECT; node 1 answers again.
+        slow.abort();
+        drop(stopped);
+        let (mut raw, ack) = retry
+            .await
+            .unwrap()
+            .expect("the second CONNECT is answered");
+        assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "{ack:?}");
+        assert!(ack.session_present, "{ack:?}");
+        let mut got = std::collections::BTreeSet::new();
+        while got.len() < N {
+            match raw.next(WAIT).await {
+                Next::Packet(Packet::Publish(p)) => {
+                    if p.qos != starling_codec::QoS::AtMostOnce {
+                        raw.send(Packet::PubAck(starling_codec::Ack::new(p.packet_id)))
+                            .await
+                            .unwrap();
+                    }
+                    if &*p.topic != "tw/probe" {
+                        got.insert(p.topic.to_string());
+                    }
+                }
+                other => panic!("{} of {N} queued messages, then {other:?}", got.len()),
+            }
+        }
+        let moved = log
+            .all()
+            .iter()
+            .filter(|l| l.contains("session moved from another node") && l.contains("twice"))
+            .count();
+        assert_eq!(moved, 1, "the session was taken from node 1 once");
+    });
+}
+
+/// Messages each owner-key test queues for its offline session.
+const QUEUED: usize = 5;
+
+/// Gives `id` a persistent session on node `node` subscribed to
+/// `<prefix>/#`, offline, with [`QUEUED`] QoS 1 messages queued (stored on
+/// that node: a witness there has them all); returns its options.
+async fn queued_session(c: &Cluster, node: usize, id: &str, prefix: &str) -> ConnectOptions {
+    let mut o = options(c.port(node), id);
+    o.clean_start = false;
+    o.session_expiry = Some(300);
+    let (first, _) = Client::connect(o.clone()).await.unwrap();
+    first
+        .subscribe(format!("{prefix}/#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let other = if node == 1 { 3 } else { 1 };
+    let publisher = connect(c.port(other), &format!("{id}-pub")).await;
+    until_routed(&publisher, &format!("{prefix}/probe"), &first).await;
+    let witness = connect(c.port(node), &format!("{id}-witness")).await;
+    witness
+        .subscribe(format!("{prefix}/#"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    first.disconnect().await.unwrap();
+    for i in 0..QUEUED {
+        publisher
+            .publish(
+                format!("{prefix}/{i}"),
+                i.to_string(),
+                QoS::AtLeastOnce,
+                false,
+            )
+            .await
+            .unwrap();
+    }
+    let mut seen = 0;
+    while seen < QUEUED {
+        let m = tokio::time::timeout(WAIT, witness.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if !m.topic.ends_with("/probe") {
+            seen += 1;
+        }
+    }
+    o
+}
+
+/// The owners bucket (through NATS server `nats`) and `id`'s key in it.
+async fn owner_key(
+    c: &Cluster,
+    nats: usize,
+    id: &str,
+) -> (async_nats::jetstream::kv::Store, String) {
+    let url = format!("{}:{}", c.nats[nats - 1].host, c.nats[nats - 1].port);
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let kv = js.get_key_value("starling_owners").await.unwrap();
+    let mut key = None;
+    let mut keys = kv.keys().await.unwrap();
+    let suffix = format!("\n{id}");
+    while let Some(k) = futures_util::StreamExt::next(&mut keys).await {
+        let k = k.unwrap();
+        let value = kv.get(&k).await.unwrap().unwrap_or_default();
+        if value.ends_with(suffix.as_bytes()) {
+            key = Some(k);
+        }
+    }
+    (kv, key.expect("the client id's owner key"))
+}
+
+/// Receives the [`QUEUED`] messages queued by [`queued_session`].
+async fn queued_arrive(client: &Client) {
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < QUEUED {
+        let m = tokio::time::timeout(WAIT, client.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the queued messages: got {got:?}"))
+            .unwrap();
+        if !m.topic.ends_with("/probe") {
+            got.insert(m.topic.to_string());
+        }
+    }
+}
+
+/// A node whose own failed claims fill the kept history of a client id's
+/// owner key (a client trying again while JetStream cannot give the
+/// replica) no longer knows where the session was: it rebuilds it from
+/// its replica, with its queued messages, rather than start it empty.
+/// Here the history is filled by hand with node 2's writes while node 1
+/// holds the session.
+#[test]
+fn a_claim_that_finds_only_its_own_writes_in_the_history_rebuilds_the_session() {
+    let Some(c) = Cluster::start("history") else {
+        return;
+    };
+    run(async {
+        let mut o = queued_session(&c, 1, "hist", "hi").await;
+        let (kv, key) = owner_key(&c, 2, "hist").await;
+        for _ in 0..8 {
+            kv.put(&key, Bytes::from_static(b"node2\nhist"))
+                .await
+                .unwrap();
+        }
+        o.port = c.port(2);
+        let (second, ack) = Client::connect(o).await.unwrap();
+        assert!(
+            ack.session_present,
+            "the session was rebuilt, not started empty: {ack:?}"
+        );
+        queued_arrive(&second).await;
     });
 }
 

@@ -85,6 +85,25 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         Ok(n > 0)
     }
 
+    /// Whether the peer closed the connection (or it failed) with nothing
+    /// it sent left to read: one read that does not wait. What it reads
+    /// (packets the client sent after its CONNECT) stays in the buffer.
+    pub(super) async fn peer_gone(&mut self) -> bool {
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        self.rbuf.reserve(HANDSHAKE_CHUNK);
+        let read = self.rd.read_buf(&mut self.rbuf);
+        match timeout(std::time::Duration::ZERO, read).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(n)) => {
+                Metrics::add(&self.broker.metrics.bytes_received, n as u64);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Writes out the buffer (bounded by a timeout) and shuts the socket down.
     pub(crate) async fn flush_and_close(&mut self) {
         let wr = &mut self.wr;

@@ -19,6 +19,10 @@ use crate::events::Event;
 use crate::lifecycle;
 use crate::session::{ConnInfo, Link};
 
+/// A claim that took this long or longer is followed by a look at the
+/// connection: a client that closed it meanwhile gave up on its CONNECT.
+const GAVE_UP_AFTER: Duration = Duration::from_secs(1);
+
 impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
     /// Reads the first packet, which must be CONNECT. On a malformed CONNECT the
     /// CONNACK the spec allows is left in the write buffer and an error returned.
@@ -357,7 +361,15 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         // another node first).
         let cluster = self.broker.cluster();
         let persistent = expiry_interval > 0;
+        let claimed_at = tokio::time::Instant::now();
         match cluster.claim(&connect.client_id, persistent).await {
+            Ownership::Local if claimed_at.elapsed() >= GAVE_UP_AFTER && self.peer_gone().await => {
+                // The client gave up on this CONNECT while the cluster
+                // claimed its id (and may be connected elsewhere by now):
+                // nothing attaches, so no will and no second connection.
+                tracing::info!(client_id = %connect.client_id, peer = %self.peer, "the client left while its CONNECT was served: not attached");
+                return None;
+            }
             Ownership::Local => {}
             Ownership::Unavailable => {
                 self.refuse(

@@ -46,6 +46,10 @@ pub struct Session {
     /// The minute (since the Unix epoch) a drop was last logged for this
     /// session: drops are logged at most once a minute per session.
     drop_logged: AtomicU32,
+    /// Set by the first [`crate::BrokerState::hand_over`] of the session:
+    /// it is written out once (a second, racing it, would write out the
+    /// queue the first took, empty, and the new node would install that).
+    pub(crate) handed_over: AtomicBool,
 }
 
 impl Session {
@@ -87,6 +91,7 @@ impl Session {
             dropped: AtomicU64::new(0),
             persistent: AtomicBool::new(false),
             drop_logged: AtomicU32::new(0),
+            handed_over: AtomicBool::new(false),
         }
     }
 

@@ -33,7 +33,8 @@
 //! - each publisher's will published once per connection it lost.
 //!
 //! The counts are small for CI; `FAULT_SCALE=10` runs ten times as many
-//! messages by hand.
+//! messages by hand, and `FAULT_CONNECT_TIMEOUT_MS` shortens how long the
+//! clients wait for a CONNACK before they connect again.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -127,7 +128,19 @@ pub fn client_options(port: u16, id: &str, persistent: bool) -> ConnectOptions {
         o.clean_start = !persistent;
     }
     o.keep_alive = Duration::from_secs(5);
+    if let Some(ms) = connect_timeout_ms() {
+        o.connect_timeout = Duration::from_millis(ms);
+    }
     o
+}
+
+/// `FAULT_CONNECT_TIMEOUT_MS`: how long the clients wait for a CONNACK
+/// before they give up and connect again (by hand: a client with a short
+/// timeout connects again while its first claim still runs). Default 10 s.
+fn connect_timeout_ms() -> Option<u64> {
+    std::env::var("FAULT_CONNECT_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
 }
 
 /// Connects through the proxy, trying again (every 100 ms) until `stop`
