@@ -36,18 +36,25 @@ pub async fn serve_takeovers(inner: Arc<Inner>) {
     };
     while let Some(request) = requests.next().await {
         let Some(broker) = inner.broker() else { return };
-        let Some((client_id, age)) = crate::takeover::read(&request.payload) else {
+        let Some(asked) = crate::takeover::read(&request.payload) else {
             continue;
         };
         // Each on its own task: one may wait for a claim to finish.
-        let client_id = client_id.to_string();
+        let (client_id, age) = (asked.client_id.to_string(), asked.age);
+        let asker = asked
+            .asker
+            .map(|(node, revision)| (node.to_string(), revision));
         let inner = inner.clone();
         tokio::spawn(async move {
             let answer = if age > inner.timeout + CLOCKS_DIFFER {
                 tracing::info!(%client_id, age_ms = age.as_millis() as u64, "a takeover request came after its asker gave up: not served");
                 Handed::Busy
             } else if let Some(_serving) = Serving::begin(&inner, &client_id) {
-                hand_over(&inner, &broker, &client_id, age).await
+                let answer = hand_over(&inner, &broker, &client_id, age, asker.as_ref()).await;
+                if let (Handed::Parts(1.., _), Some((asker, _))) = (&answer, &asker) {
+                    crate::holder::handed_to(&inner, &client_id, asker);
+                }
+                answer
             } else {
                 tracing::info!(%client_id, "a takeover of this client id is being served already: the asker asks again");
                 Handed::Busy
@@ -132,6 +139,7 @@ async fn hand_over(
     broker: &Arc<BrokerState>,
     client_id: &str,
     age: std::time::Duration,
+    asker: Option<&(String, u64)>,
 ) -> Handed {
     let arrived = tokio::time::Instant::now();
     let left = inner
@@ -142,7 +150,8 @@ async fn hand_over(
     let cut_short = await_claim(inner, broker, client_id, waits_until).await;
     if broker.session(client_id).is_none() {
         // A claim here that could not get the session: it stayed with the
-        // node the claim asked (or is still being fetched from it).
+        // node the claim asked (or is still being fetched from it); or it
+        // was handed over from here to the node that asked then.
         if let Some(node) = crate::holder::redirect(inner, client_id) {
             return Handed::Elsewhere(node);
         }
@@ -151,6 +160,10 @@ async fn hand_over(
         } else {
             Handed::Parts(0, None)
         };
+    }
+    if let Some((node, revision)) = asker.filter(|(_, r)| overtaken(inner, client_id, *r)) {
+        tracing::info!(%client_id, asker = %node, revision, "a takeover for a claim this node's own later claim overtook: not served");
+        return Handed::Superseded;
     }
     // A session whose messages are being replayed moves once they are in
     // its queue, and one whose node reads what NATS may have dropped again
@@ -196,6 +209,18 @@ async fn hand_over(
         .retain(|_, (_, at)| now.duration_since(*at) < HANDOVER_KEPT);
     out.by_client.insert(client_id.to_string(), (chunks, now));
     Handed::Parts(parts, cut)
+}
+
+/// Whether this node's own write of `client_id`'s owner key came after the
+/// asker's at `revision`: the asker's claim lost to this node's (it was
+/// still asking while the session came back here), and handed the session
+/// it would take it from the client connected here now.
+fn overtaken(inner: &Inner, client_id: &str, revision: u64) -> bool {
+    inner
+        .owned_at
+        .lock()
+        .get(client_id)
+        .is_some_and(|mine| *mine > revision)
 }
 
 /// Takes `client_id`'s session out of the subscription index inside this

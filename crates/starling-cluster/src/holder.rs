@@ -6,8 +6,9 @@
 //! away, that can leave the bucket naming a node without the session: for
 //! the length of the claim, or for good when the write back fails. Two
 //! things keep the session from being lost then:
-//! - a node whose claim failed remembers where the session stayed, and a
-//!   takeover asked of it is sent there ([`redirect`]);
+//! - a node whose claim failed remembers where the session stayed, and one
+//!   that handed a session over remembers where it went; a takeover asked
+//!   of it then is sent there ([`redirect`]);
 //! - a node holding a session that another node now owns asks that node
 //!   whether it holds it ([`ask`]) before it drops its copy: only a
 //!   [`Holding::Held`] answer lets it go; [`Holding::Not`] makes it claim
@@ -21,7 +22,7 @@ use futures_util::StreamExt;
 use crate::keys;
 use crate::shared::{Claim, Inner};
 
-/// How long a failed claim remembers where its session stayed.
+/// How long a node remembers where a session not here is.
 const REMEMBERED: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// What a node answers about a session the owners bucket says it owns.
@@ -40,22 +41,37 @@ pub enum Holding {
 /// Records that this node's claim of `client_id` could not get the session
 /// from `from`, which still holds it.
 pub fn claim_failed(inner: &Inner, client_id: &str, from: &str) {
-    let now = tokio::time::Instant::now();
-    let mut failed = inner.failed_claims.lock();
-    failed.retain(|_, (_, at)| now.duration_since(*at) < REMEMBERED);
-    failed.insert(client_id.to_string(), (from.to_string(), now));
+    remember(inner, client_id, from);
 }
 
-/// Forgets a failed claim of `client_id` (a later one succeeded).
+/// Records that this node handed `client_id`'s session over to `to`. A
+/// takeover asked here later is sent there, not answered "none here":
+/// the asker would rebuild the session from its replica, which lacks what
+/// was delivered since it was last written (seen: a node that had handed
+/// the session over to a claim that then lost its race answered the
+/// winner "none", and 618 QoS 2 messages were delivered again).
+pub fn handed_to(inner: &Inner, client_id: &str, to: &str) {
+    remember(inner, client_id, to);
+}
+
+fn remember(inner: &Inner, client_id: &str, node: &str) {
+    let now = tokio::time::Instant::now();
+    let mut known = inner.known_holders.lock();
+    known.retain(|_, (_, at)| now.duration_since(*at) < REMEMBERED);
+    known.insert(client_id.to_string(), (node.to_string(), now));
+}
+
+/// Forgets where `client_id`'s session was (a claim here got it).
 pub fn claim_succeeded(inner: &Inner, client_id: &str) {
-    inner.failed_claims.lock().remove(client_id);
+    inner.known_holders.lock().remove(client_id);
 }
 
 /// The node a takeover of `client_id`, which this node does not hold,
-/// should be asked of instead: the one a failed claim here left it with.
+/// should be asked of instead: the one a failed claim here left it with,
+/// or the one this node handed it over to.
 pub fn redirect(inner: &Inner, client_id: &str) -> Option<String> {
-    let failed = inner.failed_claims.lock();
-    failed
+    let known = inner.known_holders.lock();
+    known
         .get(client_id)
         .filter(|(_, at)| at.elapsed() < REMEMBERED)
         .map(|(node, _)| node.clone())

@@ -143,7 +143,7 @@ impl NatsCluster {
             wills,
             shared_wills: Default::default(),
             clearing: Default::default(),
-            failed_claims: Default::default(),
+            known_holders: Default::default(),
             withdrawn: Default::default(),
             outgoing: Mutex::new(Default::default()),
         });

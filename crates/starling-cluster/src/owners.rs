@@ -220,7 +220,11 @@ async fn claim_owner(inner: &Arc<Inner>, client_id: &str, persistent: bool) -> O
         Ok(revision) => {
             let (owner, had) = match predecessor(inner, store, &key, read, revision).await {
                 Ok(Earlier::Owner(owner)) => {
-                    let had = take_from(inner, &owner, client_id).await;
+                    let Ok(had) = take_from(inner, &owner, client_id, revision).await else {
+                        // The key names the old owner again: nothing to
+                        // put back, and the client is told to try later.
+                        return Ownership::Busy;
+                    };
                     (Some(owner), had)
                 }
                 // This node's failed claims (a client trying again while
@@ -295,6 +299,10 @@ async fn claim_owner(inner: &Arc<Inner>, client_id: &str, persistent: bool) -> O
     }
 }
 
+/// A claim that the old owner's later claim of the client id overtook.
+#[derive(Debug)]
+struct Superseded;
+
 /// What the key's history says was before this node's write.
 #[derive(Debug, PartialEq, Eq)]
 enum Earlier {
@@ -363,26 +371,33 @@ async fn predecessor(
 
 /// Asks node `owner` to close `client_id` there and hand its session over,
 /// and installs what comes. An owner that does not answer (it is gone) is
-/// passed over: the session is rebuilt from its replica. `false`: the
-/// session could not be had.
-async fn take_from(inner: &Arc<Inner>, owner: &str, client_id: &str) -> bool {
+/// passed over: the session is rebuilt from its replica. `Ok(false)`: the
+/// session could not be had; `Err`: the owner's own claim came after this
+/// node's write at `revision` (this claim lost).
+async fn take_from(
+    inner: &Arc<Inner>,
+    owner: &str,
+    client_id: &str,
+    revision: u64,
+) -> Result<bool, Superseded> {
     let deadline = tokio::time::Instant::now() + BUSY_FOR;
     let mut owner = owner.to_string();
     let mut hops = 0;
     tracing::info!(%client_id, %owner, "asking the session's owner to hand it over");
     let (count, cut) = loop {
-        let asked = inner
-            .client
-            .request(keys::takeover(&owner), crate::takeover::request(client_id));
+        let asked = inner.client.request(
+            keys::takeover(&owner),
+            crate::takeover::request(client_id, &inner.node_id, revision),
+        );
         let answer = match tokio::time::timeout(inner.timeout, asked).await {
             Ok(Ok(reply)) => Handed::decode(&reply.payload).unwrap_or(Handed::Parts(0, None)),
             Ok(Err(e)) => {
                 tracing::info!(%client_id, %owner, "the previous owner did not answer: {e}");
-                return rebuild_silent(inner, &owner, client_id).await;
+                return Ok(rebuild_silent(inner, &owner, client_id).await);
             }
             Err(_) => {
                 tracing::info!(%client_id, %owner, "the previous owner did not answer in time");
-                return rebuild_silent(inner, &owner, client_id).await;
+                return Ok(rebuild_silent(inner, &owner, client_id).await);
             }
         };
         match answer {
@@ -396,23 +411,27 @@ async fn take_from(inner: &Arc<Inner>, owner: &str, client_id: &str) -> bool {
                         .broker()
                         .is_some_and(|b| b.session(client_id).is_some())
                     {
-                        return true;
+                        return Ok(true);
                     }
-                    return rebuild_unknown(inner, client_id).await;
+                    return Ok(rebuild_unknown(inner, client_id).await);
                 }
                 owner = node;
                 continue;
             }
             Handed::Elsewhere(_) => {
-                return rebuild_unknown(inner, client_id).await;
+                return Ok(rebuild_unknown(inner, client_id).await);
             }
             Handed::Busy => {}
+            Handed::Superseded => {
+                tracing::info!(%client_id, %owner, "a later claim of the owner's took this client id first");
+                return Err(Superseded);
+            }
         }
         // Its messages are still being replayed there, or a claim there is
         // fetching it: asked again.
         if tokio::time::Instant::now() >= deadline {
             tracing::warn!(%client_id, %owner, "the session is still being rebuilt on its node");
-            return false;
+            return Ok(false);
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     };
@@ -423,7 +442,7 @@ async fn take_from(inner: &Arc<Inner>, owner: &str, client_id: &str) -> bool {
         // and the session started empty here): rebuilt from there, as from
         // a node that is gone (none there either: a new session).
         tracing::info!(%client_id, %owner, "no session to move from the other node: rebuilt from its replica");
-        return rebuild(inner, owner, client_id).await;
+        return Ok(rebuild(inner, owner, client_id).await);
     }
     let mut chunks = Vec::with_capacity(count as usize);
     for index in 0..count {
@@ -431,12 +450,12 @@ async fn take_from(inner: &Arc<Inner>, owner: &str, client_id: &str) -> bool {
             Some(chunk) => chunks.push(chunk),
             None => {
                 tracing::warn!(%client_id, %owner, "the session could not be moved: a part of it did not come");
-                return true;
+                return Ok(true);
             }
         }
     }
     let Some(broker) = inner.broker() else {
-        return true;
+        return Ok(true);
     };
     let client = ByteString::from(client_id);
     // What reached the session after it left the old node's index (and
@@ -461,7 +480,7 @@ async fn take_from(inner: &Arc<Inner>, owner: &str, client_id: &str) -> bool {
             }
         }
     }
-    true
+    Ok(true)
 }
 
 /// A node died (see `wills`): the sessions it owned are adopted here,

@@ -184,9 +184,10 @@ pub(crate) struct Inner {
     pub owned_at: Mutex<HashMap<String, u64>>,
     /// The clients that connected during this node's gap (see `arrivals`).
     pub arrivals: crate::arrivals::Arrivals,
-    /// Claims here that could not get their session, with the node that
-    /// still holds it and when (see `holder`).
-    pub failed_claims: Mutex<HashMap<String, (String, tokio::time::Instant)>>,
+    /// Sessions not here whose holder this node knows, with that node and
+    /// since when: a claim here could not get the session from it, or this
+    /// node handed the session over to it (see `holder`).
+    pub known_holders: Mutex<HashMap<String, (String, tokio::time::Instant)>>,
     /// This node's messages withdrawn (see `withdrawn`).
     pub withdrawn: Mutex<crate::withdrawals::Withdrawn>,
     /// The wills of this node's clients, to the task that shares them.

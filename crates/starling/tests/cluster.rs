@@ -674,6 +674,91 @@ fn a_client_id_connecting_to_another_node_takes_the_session_over() {
     });
 }
 
+/// A takeover request as a node of this version sends it: when it was
+/// sent, the revision of the asker's owner write, the asker, the client id.
+fn takeover_request(asker: &str, revision: u64, client_id: &str) -> Bytes {
+    let sent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut b = vec![0xFE];
+    b.extend_from_slice(&sent.to_be_bytes());
+    b.extend_from_slice(&revision.to_be_bytes());
+    b.push(asker.len() as u8);
+    b.extend_from_slice(asker.as_bytes());
+    b.extend_from_slice(client_id.as_bytes());
+    Bytes::from(b)
+}
+
+/// Asks node 1 to hand `client_id` over, again while it answers "ask
+/// again" (a repair or a replay running there), bounded.
+async fn ask_node1(nats: &async_nats::Client, request: Bytes) -> Bytes {
+    for _ in 0..40 {
+        let reply = tokio::time::timeout(
+            WAIT,
+            nats.request("starling.node.node1.takeover", request.clone()),
+        )
+        .await
+        .expect("node 1 answers in time")
+        .expect("node 1 answers");
+        if reply.payload[..4] != u32::MAX.to_be_bytes() {
+            return reply.payload;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("node 1 kept answering \"ask again\"");
+}
+
+/// The old node's side of a takeover, as another node of the cluster sees
+/// it: a claim written before the old node's own claim of the id (it was
+/// still asking while the client came back to the old node) is refused,
+/// and the client stays; a later claim is handed the session; and a third
+/// asking after that is sent where the session went, not told "none here"
+/// (it would rebuild the session from its replica, which lacks what was
+/// delivered since: seen, 618 QoS 2 messages delivered twice).
+#[test]
+fn a_takeover_for_an_overtaken_claim_is_refused_and_a_later_asker_is_sent_where_the_session_went() {
+    let Some(c) = Cluster::start("overtaken") else {
+        return;
+    };
+    run(async {
+        let connect = persistent(ProtocolVersion::V5, "overtaken");
+        let (mut first, ack) = Raw::connect(c.port(1), connect).await.unwrap();
+        assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "{ack:?}");
+        let (kv, key) = owner_key(&c, 1, "overtaken").await;
+        let mine = kv
+            .entry(&key)
+            .await
+            .unwrap()
+            .expect("node 1's write")
+            .revision;
+        let url = format!("{}:{}", c.nats[0].host, c.nats[0].port);
+        let nats = async_nats::connect(&url).await.unwrap();
+
+        let stale = takeover_request("node9", mine - 1, "overtaken");
+        let answer = ask_node1(&nats, stale).await;
+        assert_eq!(answer[..], (u32::MAX - 2).to_be_bytes(), "overtaken");
+        first.ping().await.expect("the client stays on node 1");
+
+        let later = takeover_request("node9", mine + 1, "overtaken");
+        let answer = ask_node1(&nats, later).await;
+        let parts = u32::from_be_bytes(answer[..4].try_into().unwrap());
+        assert!((1..u32::MAX - 2).contains(&parts), "handed over: {parts}");
+        match first.next(WAIT).await {
+            Next::Packet(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason_code, ReasonCode::SESSION_TAKEN_OVER, "{d:?}")
+            }
+            other => panic!("expected DISCONNECT 0x8E on node 1, got {other:?}"),
+        }
+
+        let third = takeover_request("node8", mine + 2, "overtaken");
+        let answer = ask_node1(&nats, third).await;
+        let mut elsewhere = (u32::MAX - 1).to_be_bytes().to_vec();
+        elsewhere.extend_from_slice(b"node9");
+        assert_eq!(answer[..], elsewhere[..], "sent where the session went");
+    });
+}
+
 // ---------------------------------------------------------------------------
 // 6. Two nodes racing for one client id
 
