@@ -236,7 +236,8 @@ async fn cut_from_routing(
     let (tx, rx) = tokio::sync::oneshot::channel();
     let command = crate::shared::Command::Cut(client_id.to_string(), tx);
     inner.commands.send(command).ok()?;
-    let high = tokio::time::timeout(limit, rx).await.ok()?.ok()??;
+    let mut high = tokio::time::timeout(limit, rx).await.ok()?.ok()??;
+    inner.carried.lock().raise(client_id, &mut high);
     // After a gap, complete only from its beginning (see
     // `backlog::Hold::complete_from_ms`).
     let now = starling_broker::store::unix_ms();

@@ -15,6 +15,7 @@ mod appends;
 mod arrivals;
 mod backlog;
 mod buckets;
+mod carried;
 mod cutoff;
 mod dedup;
 mod envelope;

@@ -145,6 +145,7 @@ impl NatsCluster {
             clearing: Default::default(),
             known_holders: Default::default(),
             withdrawn: Default::default(),
+            carried: Mutex::new(Default::default()),
             outgoing: Mutex::new(Default::default()),
         });
         // Before any message is routed: the sessions restored from the

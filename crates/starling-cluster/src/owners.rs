@@ -467,6 +467,7 @@ async fn take_from(
     match broker.take_handover(client_id, &chunks) {
         Ok(mark) => {
             tracing::info!(%client_id, %owner, parts = count, "session moved from another node");
+            inner.carried.lock().arrived(client_id, cut.as_ref());
             if let (Some(token), Some(cut)) = (token, cut) {
                 let clients = HashMap::from([(client, mark)]);
                 let cut = (Some(cut), true);
@@ -726,7 +727,10 @@ async fn recover_session(
         broker.take_handover(client_id, &chunks)
     };
     let mark = match installed {
-        Ok(mark) => mark,
+        Ok(mark) => {
+            inner.carried.lock().forget(client_id);
+            mark
+        }
         Err(e) => {
             tracing::warn!(%client_id, "the replicated session could not be installed: {e}");
             return Rebuilt::Failed;

@@ -227,6 +227,9 @@ pub(crate) struct Inner {
     /// The receipt this node's previous run left (it ended without its
     /// sessions being adopted: what it missed is replayed to them here).
     pub previous_run: Mutex<Option<crate::receipt::Receipt>>,
+    /// The cut each session handed over to this node came with (see
+    /// `carried`).
+    pub carried: Mutex<crate::carried::Carried>,
     /// Sessions handed over, until the new owner fetched them.
     pub outgoing: Mutex<Outgoing>,
 }
