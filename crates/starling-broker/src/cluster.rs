@@ -102,6 +102,14 @@ pub trait Cluster: Send + Sync + 'static {
     /// `persistent`: the session outlives the connection (a clean session
     /// may be served locally while the cluster is unreachable).
     fn claim(&self, client_id: &str, persistent: bool) -> ClusterFuture<Ownership>;
+    /// Before [`Cluster::claim`]: a future that completes once no claim of
+    /// `client_id` is running on this node (bounded by the
+    /// implementation), with whether it had to wait. A client that gave
+    /// up on its CONNECT meanwhile is then not served: its claim would
+    /// take the session from the connection it made since.
+    fn await_turn(&self, _client_id: &str) -> ClusterFuture<bool> {
+        Box::pin(std::future::ready(false))
+    }
     /// The session of `client_id` ended on this node.
     fn release(&self, client_id: &str);
     /// After a SUBSCRIBE: a future that completes once every interest

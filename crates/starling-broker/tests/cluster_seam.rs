@@ -23,6 +23,9 @@ struct Recorder {
     withdrawable: Mutex<Vec<(String, bool)>>,
     /// How long claims of client ids beginning with "slow" take.
     slow_claim: std::time::Duration,
+    /// How long client ids beginning with "queued" wait for an earlier
+    /// claim of theirs before their own.
+    turn_wait: std::time::Duration,
 }
 
 impl Cluster for Recorder {
@@ -50,6 +53,17 @@ impl Cluster for Recorder {
     fn interest(&self, filter: &str, added: bool) {
         self.log.lock().push(format!("interest {filter} {added}"));
     }
+    fn await_turn(&self, client_id: &str) -> ClusterFuture<bool> {
+        if !client_id.starts_with("queued") {
+            return Box::pin(std::future::ready(false));
+        }
+        let wait = self.turn_wait;
+        Box::pin(async move {
+            tokio::time::sleep(wait).await;
+            true
+        })
+    }
+
     fn claim(&self, client_id: &str, _persistent: bool) -> ClusterFuture<Ownership> {
         self.log.lock().push(format!("claim {client_id}"));
         let answer = if client_id == "elsewhere" {
@@ -262,5 +276,39 @@ async fn a_client_that_leaves_during_a_slow_claim_is_not_attached() {
     // Nothing else comes: the client that left has no will published.
     watcher.send(Packet::PingReq).await;
     assert!(matches!(watcher.recv().await, Packet::PingResp));
+    b.stop().await;
+}
+
+/// A client that closes its connection while its CONNECT waits for an
+/// earlier claim of its id on the node is not claimed for at all: the
+/// claim would take its session from the connection it made since. One
+/// that stays through the same wait is claimed for and attached.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_leaves_while_its_connect_waits_for_an_earlier_claim_is_not_claimed_for() {
+    let recorder = Arc::new(Recorder {
+        turn_wait: std::time::Duration::from_secs(3),
+        ..Recorder::default()
+    });
+    let b = broker_with(recorder.clone()).await;
+    let mut gone = Raw::open(b.addr, V::V5).await;
+    gone.send(Packet::Connect(Box::new(with_will("queued-gone"))))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(gone);
+    let mut stays = Raw::open(b.addr, V::V5).await;
+    stays
+        .send(Packet::Connect(Box::new(with_will("queued-stays"))))
+        .await;
+    match stays.recv().await {
+        Packet::ConnAck(ack) => assert!(!ack.reason_code.is_error(), "{ack:?}"),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let log = recorder.log.lock().clone();
+    assert!(log.contains(&"claim queued-stays".to_string()), "{log:?}");
+    assert!(
+        !log.contains(&"claim queued-gone".to_string()),
+        "no claim for the client that left: {log:?}"
+    );
+    assert!(b.state.session("queued-gone").is_none());
     b.stop().await;
 }

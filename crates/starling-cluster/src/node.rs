@@ -439,6 +439,12 @@ impl Cluster for NatsCluster {
         Box::pin(async move { owners::claim(&inner, &client_id, persistent).await })
     }
 
+    fn await_turn(&self, client_id: &str) -> ClusterFuture<bool> {
+        let inner = self.inner.clone();
+        let client_id = client_id.to_string();
+        Box::pin(async move { owners::await_turn(&inner, &client_id).await })
+    }
+
     fn release(&self, client_id: &str) {
         let inner = self.inner.clone();
         let client_id = client_id.to_string();

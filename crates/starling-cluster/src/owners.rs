@@ -152,6 +152,33 @@ async fn begin_claim<'a>(inner: &'a Inner, client_id: &'a str) -> Option<Running
     }
 }
 
+/// Waits until no claim of `client_id` is running here (at most
+/// [`EARLIER_CLAIM_FOR`]); whether it had to. The connection then checks
+/// that its client is still there before it claims (a client that gave up
+/// on a slow CONNECT may have connected elsewhere since, and a claim queued
+/// here for each of its attempts would take its session from there, one
+/// after another).
+pub async fn await_turn(inner: &Inner, client_id: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + EARLIER_CLAIM_FOR;
+    let mut waited = false;
+    while claim_running(inner, client_id) && tokio::time::Instant::now() < deadline {
+        if !waited {
+            tracing::info!(%client_id, "a claim waits for an earlier claim of this client id here");
+            waited = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    waited
+}
+
+/// Whether a claim of `client_id` is in progress here.
+fn claim_running(inner: &Inner, client_id: &str) -> bool {
+    matches!(
+        inner.claims.lock().get(client_id),
+        Some(Claim::InProgress | Claim::Lost)
+    )
+}
+
 /// Reads and writes the owner of `client_id` (see [`claim`]).
 async fn claim_owner(inner: &Arc<Inner>, client_id: &str, persistent: bool) -> Ownership {
     let unreachable = if persistent {

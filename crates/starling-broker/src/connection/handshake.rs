@@ -359,6 +359,14 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> Connection<S> {
         }
         // The session is this node's to serve (a cluster takes it over from
         // another node first).
+        let turn = self.broker.cluster().await_turn(&connect.client_id);
+        if turn.await && self.peer_gone().await {
+            // The client gave up on this CONNECT while an earlier claim of
+            // its id here ran: claimed now, its id would be taken from the
+            // connection it made since.
+            tracing::info!(client_id = %connect.client_id, peer = %self.peer, "the client left while its CONNECT waited for an earlier one: not served");
+            return None;
+        }
         let cluster = self.broker.cluster();
         let persistent = expiry_interval > 0;
         let claimed_at = tokio::time::Instant::now();
