@@ -36,14 +36,12 @@ pub async fn serve_takeovers(inner: Arc<Inner>) {
     };
     while let Some(request) = requests.next().await {
         let Some(broker) = inner.broker() else { return };
-        let Some(asked) = crate::takeover::read(&request.payload) else {
+        let Some((client_id, age)) = crate::takeover::read(&request.payload) else {
             continue;
         };
         // Each on its own task: one may wait for a claim to finish.
-        let (client_id, age) = (asked.client_id.to_string(), asked.age);
-        let asker = asked
-            .asker
-            .map(|(node, revision)| (node.to_string(), revision));
+        let client_id = client_id.to_string();
+        let asker = crate::takeover::asker(request.headers.as_ref());
         let inner = inner.clone();
         tokio::spawn(async move {
             let answer = if age > inner.timeout + CLOCKS_DIFFER {

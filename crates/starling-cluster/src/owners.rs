@@ -412,9 +412,10 @@ async fn take_from(
     let mut hops = 0;
     tracing::info!(%client_id, %owner, "asking the session's owner to hand it over");
     let (count, cut) = loop {
-        let asked = inner.client.request(
+        let asked = inner.client.request_with_headers(
             keys::takeover(&owner),
-            crate::takeover::request(client_id, &inner.node_id, revision),
+            crate::takeover::headers(&inner.node_id, revision),
+            crate::takeover::request(client_id),
         );
         let answer = match tokio::time::timeout(inner.timeout, asked).await {
             Ok(Ok(reply)) => Handed::decode(&reply.payload).unwrap_or(Handed::Parts(0, None)),

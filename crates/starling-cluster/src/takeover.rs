@@ -1,6 +1,6 @@
 //! A takeover over core NATS, as both nodes read it: the new node's
-//! request (the client id, when it was sent, and by which node) and the
-//! old node's answer
+//! request (the client id and when it was sent; in headers, the asker and
+//! the revision of its owner write) and the old node's answer
 //! ([`Handed`]: the session's parts and its cut, ask again, or ask
 //! another node). `owners` asks, `handover` answers.
 
@@ -11,80 +11,58 @@ use bytes::Bytes;
 /// id alone, is told apart, and such a node does not answer this one).
 pub(crate) const TIMED: u8 = 0xFF;
 
-/// The first byte of a takeover request that also names its asker.
-pub(crate) const FROM: u8 = 0xFE;
+/// The header naming a takeover's asker.
+const ASKER: &str = "Starling-Asker";
+/// The header with the revision of the asker's write of the owner key.
+const REVISION: &str = "Starling-Revision";
 
-/// A takeover request: [`FROM`], when it was sent (ms since the epoch),
-/// the revision of the asker's write of the owner key, the asker's node id
-/// (a length byte, then the id), then the client id ([`TIMED`] with the
-/// time alone where the id is longer than 255 bytes). A
-/// request that reaches the old node after the asker gave up on it (a NATS
-/// route cut, then back, delivers what it buffered) is not served: the
-/// asker has rebuilt the session elsewhere meanwhile. The asker is where
-/// the session goes: the old node sends later askers there. A revision
-/// older than the old node's own write of the key is a claim that lost to
-/// the old node's own later one: not served ([`Handed::Superseded`]).
-pub(crate) fn request(client_id: &str, asker: &str, revision: u64) -> Bytes {
-    let mut b = bytes::BytesMut::with_capacity(18 + asker.len() + client_id.len());
-    match u8::try_from(asker.len()) {
-        Ok(len) => {
-            b.extend_from_slice(&[FROM]);
-            b.extend_from_slice(&starling_broker::store::unix_ms().to_be_bytes());
-            b.extend_from_slice(&revision.to_be_bytes());
-            b.extend_from_slice(&[len]);
-            b.extend_from_slice(asker.as_bytes());
-        }
-        Err(_) => {
-            b.extend_from_slice(&[TIMED]);
-            b.extend_from_slice(&starling_broker::store::unix_ms().to_be_bytes());
-        }
-    }
+/// A takeover request: [`TIMED`], when it was sent (ms since the epoch),
+/// then the client id. A request that reaches the old node after the asker
+/// gave up on it (a NATS route cut, then back, delivers what it buffered)
+/// is not served: the asker has rebuilt the session elsewhere meanwhile.
+pub(crate) fn request(client_id: &str) -> Bytes {
+    let mut b = bytes::BytesMut::with_capacity(9 + client_id.len());
+    b.extend_from_slice(&[TIMED]);
+    b.extend_from_slice(&starling_broker::store::unix_ms().to_be_bytes());
     b.extend_from_slice(client_id.as_bytes());
     b.freeze()
 }
 
-/// A takeover request as the old node reads it.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Request<'a> {
-    pub client_id: &'a str,
-    /// Zero for an earlier version's request, which does not say.
-    pub age: std::time::Duration,
-    /// The node that asks and the revision of its write of the owner key,
-    /// where the request says.
-    pub asker: Option<(&'a str, u64)>,
+/// The headers of a takeover request: the asker and the revision of its
+/// owner write. The asker is where the session goes (the old node sends
+/// later askers there); a revision older than the old node's own write is
+/// a claim that lost to the old node's own later one, not served
+/// ([`Handed::Superseded`]). In headers, so that a node of an earlier
+/// version reads the request as before (and a request without them, from
+/// such a node, is served as before).
+pub(crate) fn headers(asker: &str, revision: u64) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(ASKER, asker);
+    headers.insert(REVISION, revision.to_string().as_str());
+    headers
 }
 
-/// A takeover request's parts, if it is one.
-pub(crate) fn read(payload: &[u8]) -> Option<Request<'_>> {
-    let (first, rest) = payload.split_first()?;
-    if *first != TIMED && *first != FROM {
-        let client_id = std::str::from_utf8(payload).ok()?;
-        let age = std::time::Duration::ZERO;
-        return Some(Request {
-            client_id,
-            age,
-            asker: None,
-        });
-    }
-    let (sent, mut rest) = rest.split_at_checked(8)?;
+/// A takeover request's asker and the revision of its owner write, where
+/// its headers say.
+pub(crate) fn asker(headers: Option<&async_nats::HeaderMap>) -> Option<(String, u64)> {
+    let headers = headers?;
+    let asker = headers.get(ASKER)?.as_str().to_string();
+    let revision = headers.get(REVISION)?.as_str().parse().ok()?;
+    Some((asker, revision))
+}
+
+/// A takeover request's client id and age (zero for an earlier version's
+/// request, which does not say), if it is one.
+pub(crate) fn read(payload: &[u8]) -> Option<(&str, std::time::Duration)> {
+    let Some((&TIMED, rest)) = payload.split_first() else {
+        let id = std::str::from_utf8(payload).ok()?;
+        return Some((id, std::time::Duration::ZERO));
+    };
+    let (sent, id) = rest.split_at_checked(8)?;
     let sent = u64::from_be_bytes(sent.try_into().ok()?);
     let age = starling_broker::store::unix_ms().saturating_sub(sent);
-    let mut asker = None;
-    if *first == FROM {
-        let (revision, after) = rest.split_at_checked(8)?;
-        let revision = u64::from_be_bytes(revision.try_into().ok()?);
-        let (len, after) = after.split_first()?;
-        let (name, after) = after.split_at_checked(usize::from(*len))?;
-        asker = Some((std::str::from_utf8(name).ok()?, revision));
-        rest = after;
-    }
-    let client_id = std::str::from_utf8(rest).ok()?;
-    let age = std::time::Duration::from_millis(age);
-    Some(Request {
-        client_id,
-        age,
-        asker,
-    })
+    let id = std::str::from_utf8(id).ok()?;
+    Some((id, std::time::Duration::from_millis(age)))
 }
 
 /// A takeover's answer while the session's replay is in progress.
@@ -150,38 +128,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_takeover_request_says_its_age_and_asker_and_earlier_versions_are_still_read() {
-        let raw = request("sub-ü", "node2", 17);
-        let read_back = read(&raw).expect("read back");
-        assert_eq!(read_back.client_id, "sub-ü");
-        assert_eq!(read_back.asker, Some(("node2", 17)));
-        assert!(read_back.age < std::time::Duration::from_secs(60));
-        let long = "n".repeat(300);
-        let raw = request("c", &long, 17);
-        let read_back = read(&raw).expect("read back");
-        assert_eq!((read_back.client_id, read_back.asker), ("c", None));
+    fn a_takeover_request_says_its_age_and_an_earlier_versions_is_still_read() {
+        let raw = request("sub-ü");
+        let (id, age) = read(&raw).expect("read back");
+        assert_eq!(id, "sub-ü");
+        assert!(age < std::time::Duration::from_secs(60));
         let mut old = bytes::BytesMut::new();
         old.extend_from_slice(&[TIMED]);
         old.extend_from_slice(&1_000u64.to_be_bytes());
         old.extend_from_slice(b"c");
-        let old = read(&old).expect("read back");
-        assert!(
-            old.age > std::time::Duration::from_secs(3600),
-            "sent long ago"
-        );
-        assert_eq!((old.client_id, old.asker), ("c", None));
-        let plain = read(b"plain-id").expect("read back");
+        let (_, age) = read(&old).expect("read back");
+        assert!(age > std::time::Duration::from_secs(3600), "sent long ago");
         assert_eq!(
-            (plain.client_id, plain.age),
-            ("plain-id", std::time::Duration::ZERO)
+            read(b"plain-id"),
+            Some(("plain-id", std::time::Duration::ZERO))
         );
         assert_eq!(read(&[TIMED, 0, 1]), None, "too short");
         assert_eq!(read(&[0xC3]), None, "not UTF-8");
-        let mut cut = bytes::BytesMut::new();
-        cut.extend_from_slice(&[FROM]);
-        cut.extend_from_slice(&1_000u64.to_be_bytes());
-        cut.extend_from_slice(&17u64.to_be_bytes());
-        cut.extend_from_slice(&[9, b'n']);
-        assert_eq!(read(&cut), None, "the asker cut short");
+    }
+
+    #[test]
+    fn a_takeover_requests_asker_is_read_from_its_headers() {
+        let h = headers("node2", 17);
+        assert_eq!(asker(Some(&h)), Some(("node2".to_string(), 17)));
+        assert_eq!(asker(None), None, "an earlier version's request");
+        let mut bad = async_nats::HeaderMap::new();
+        bad.insert(ASKER, "node2");
+        bad.insert(REVISION, "x");
+        assert_eq!(asker(Some(&bad)), None, "a revision that is no number");
     }
 }

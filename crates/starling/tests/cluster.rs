@@ -675,28 +675,36 @@ fn a_client_id_connecting_to_another_node_takes_the_session_over() {
 }
 
 /// A takeover request as a node of this version sends it: when it was
-/// sent, the revision of the asker's owner write, the asker, the client id.
-fn takeover_request(asker: &str, revision: u64, client_id: &str) -> Bytes {
+/// sent and the client id, and in headers the asker and the revision of
+/// its owner write.
+fn takeover_request(asker: &str, revision: u64, client_id: &str) -> (async_nats::HeaderMap, Bytes) {
     let sent = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let mut b = vec![0xFE];
+    let mut b = vec![0xFF];
     b.extend_from_slice(&sent.to_be_bytes());
-    b.extend_from_slice(&revision.to_be_bytes());
-    b.push(asker.len() as u8);
-    b.extend_from_slice(asker.as_bytes());
     b.extend_from_slice(client_id.as_bytes());
-    Bytes::from(b)
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Starling-Asker", asker);
+    headers.insert("Starling-Revision", revision.to_string().as_str());
+    (headers, Bytes::from(b))
 }
 
 /// Asks node 1 to hand `client_id` over, again while it answers "ask
 /// again" (a repair or a replay running there), bounded.
-async fn ask_node1(nats: &async_nats::Client, request: Bytes) -> Bytes {
+async fn ask_node1(
+    nats: &async_nats::Client,
+    (headers, body): (async_nats::HeaderMap, Bytes),
+) -> Bytes {
     for _ in 0..40 {
         let reply = tokio::time::timeout(
             WAIT,
-            nats.request("starling.node.node1.takeover", request.clone()),
+            nats.request_with_headers(
+                "starling.node.node1.takeover",
+                headers.clone(),
+                body.clone(),
+            ),
         )
         .await
         .expect("node 1 answers in time")
