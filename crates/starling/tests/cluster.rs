@@ -767,6 +767,49 @@ fn a_takeover_for_an_overtaken_claim_is_refused_and_a_later_asker_is_sent_where_
     });
 }
 
+/// A node stopping as in a rolling restart sends its MQTT 5 clients away:
+/// DISCONNECT 0x9C Use another server with the Server Reference set in
+/// `[cluster] server-reference` (the load balancer), or, where none is
+/// set, 0x8B Server shutting down.
+#[test]
+fn a_stopping_node_sends_its_mqtt_5_clients_to_its_server_reference_or_says_it_shuts_down() {
+    let Some(mut c) = Cluster::start("drain") else {
+        return;
+    };
+    c.restart_node_with(2, "server-reference = \"lb.example:1883\"");
+    run(async {
+        let (mut referred, ack) =
+            Raw::connect(c.port(2), Connect::new(ProtocolVersion::V5, "referred"))
+                .await
+                .unwrap();
+        assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "{ack:?}");
+        let (mut told, ack) = Raw::connect(c.port(3), Connect::new(ProtocolVersion::V5, "told"))
+            .await
+            .unwrap();
+        assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "{ack:?}");
+        c.nodes[1].proc.terminate(WAIT);
+        match referred.next(WAIT).await {
+            Next::Packet(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason_code, ReasonCode::USE_ANOTHER_SERVER, "{d:?}");
+                assert_eq!(
+                    d.properties.server_reference.as_deref(),
+                    Some("lb.example:1883"),
+                    "{d:?}"
+                );
+            }
+            other => panic!("expected DISCONNECT 0x9C from node 2, got {other:?}"),
+        }
+        c.nodes[2].proc.terminate(WAIT);
+        match told.next(WAIT).await {
+            Next::Packet(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason_code, ReasonCode::SERVER_SHUTTING_DOWN, "{d:?}");
+                assert_eq!(d.properties.server_reference, None, "{d:?}");
+            }
+            other => panic!("expected DISCONNECT 0x8B from node 3, got {other:?}"),
+        }
+    });
+}
+
 // ---------------------------------------------------------------------------
 // 6. Two nodes racing for one client id
 

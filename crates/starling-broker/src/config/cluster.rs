@@ -41,6 +41,12 @@ pub struct ClusterConfig {
     /// consumer) and the node repairs the gap for QoS 1/2 from the
     /// transit stream.
     pub subscription_capacity: usize,
+    /// Where this node sends its MQTT 5 clients when it stops (a rolling
+    /// restart) or is cut off from the cluster: the Server Reference of
+    /// its DISCONNECT 0x9C Use another server, such as the load balancer's
+    /// `host:port`. Without it a stopping node sends 0x8B Server shutting
+    /// down, and a cut-off one 0x9C alone.
+    pub server_reference: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -58,6 +64,7 @@ impl Default for ClusterConfig {
             replicas: 3,
             timeout_ms: 2000,
             subscription_capacity: 65_536,
+            server_reference: None,
         }
     }
 }
@@ -112,6 +119,19 @@ pub fn validate(c: &ClusterConfig) -> Result<(), (&'static str, String)> {
     if c.user.is_some() != c.password.is_some() {
         return Err(("cluster.user", "user and password go together".into()));
     }
+    if let Some(r) = &c.server_reference {
+        // A UTF-8 string property: at most 65,535 bytes, no NUL or other
+        // control characters ([MQTT-1.5.4-2]).
+        let ok = !r.is_empty()
+            && r.len() <= 1024
+            && !r.chars().any(|ch| ch.is_control() || ch.is_whitespace());
+        if !ok {
+            return Err((
+                "cluster.server-reference",
+                "needs 1 to 1,024 characters, without spaces or control characters (such as \"lb.example.com:1883\")".into(),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -144,5 +164,17 @@ mod tests {
         let mut c = good();
         c.replicas = 0;
         assert_eq!(validate(&c).unwrap_err().0, "cluster.replicas");
+        for bad in ["", "a b", "lb\u{0}:1883"] {
+            let mut c = good();
+            c.server_reference = Some(bad.into());
+            assert_eq!(
+                validate(&c).unwrap_err().0,
+                "cluster.server-reference",
+                "{bad:?}"
+            );
+        }
+        let mut c = good();
+        c.server_reference = Some("lb.example.com:1883".into());
+        assert!(validate(&c).is_ok());
     }
 }

@@ -57,9 +57,13 @@ pub(crate) enum Close {
 }
 
 impl Close {
-    /// The DISCONNECT reason the broker sends for this close, if it sends one.
-    pub(crate) fn server_reason(&self) -> Option<ReasonCode> {
+    /// The DISCONNECT reason the broker sends for this close, if it sends
+    /// one. `reference`: where a cluster node sends its clients away to
+    /// (`[cluster] server-reference`); without one, a stopping node says
+    /// it is shutting down rather than "use another server" unnamed.
+    pub(crate) fn server_reason(&self, reference: Option<&str>) -> Option<ReasonCode> {
         match self {
+            Close::Draining if reference.is_none() => Some(ReasonCode::SERVER_SHUTTING_DOWN),
             Close::KeepAlive => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
             Close::Protocol(code, _) => Some(*code),
             Close::TakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),

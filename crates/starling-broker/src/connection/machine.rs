@@ -683,8 +683,13 @@ impl Machine {
     pub(crate) fn disconnect(&mut self, client: &Client, close: &Close) {
         let version = client.version;
         if version.is_v5() {
-            if let Some(code) = close.server_reason() {
+            let cluster = self.broker.config.cluster.as_ref();
+            let reference = cluster.and_then(|c| c.server_reference.as_deref());
+            if let Some(code) = close.server_reason(reference) {
                 let mut disconnect = Disconnect::new(code);
+                if code == starling_codec::ReasonCode::USE_ANOTHER_SERVER {
+                    disconnect.properties.server_reference = reference.map(Into::into);
+                }
                 // A reason string says which rule was broken, unless it would
                 // push the packet over the client's maximum ([MQTT-3.1.2-25]).
                 if let Some(why) = close.reason_string() {
