@@ -60,10 +60,18 @@ EOF
     "$NATS" -c "$DIR/nats$i.conf" > "$DIR/nats$i.log" 2>&1 &
     PIDS+=($!)
 done
+# A node that stops (a rolling restart) sends its MQTT 5 clients to
+# HAProxy: DISCONNECT 0x9C Use another server, with this Server Reference.
 for i in 1 2 3; do
-    "$BIN" broker --listen "mqtt://127.0.0.1:${SP[$i]}?proxy-protocol=true" \
+    cat > "$DIR/node$i.toml" <<EOF
+[cluster]
+nats = ["nats://127.0.0.1:${CP[$i]}"]
+node-id = "node$i"
+server-reference = "127.0.0.1:$FRONT"
+EOF
+    "$BIN" broker --config "$DIR/node$i.toml" \
+        --listen "mqtt://127.0.0.1:${SP[$i]}?proxy-protocol=true" \
         --http-listen "http://127.0.0.1:${HP[$i]}" --data-dir "$DIR/node$i" \
-        --cluster "nats://127.0.0.1:${CP[$i]}" --node-id "node$i" \
         > "$DIR/node$i.log" 2>&1 &
     PIDS+=($!)
 done
