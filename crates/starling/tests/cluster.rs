@@ -783,6 +783,12 @@ fn a_stopping_node_sends_its_mqtt_5_clients_to_its_server_reference_or_says_it_s
                 .await
                 .unwrap();
         assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "{ack:?}");
+        // A client whose maximum packet size the reference would pass gets
+        // the DISCONNECT without it ([MQTT-3.1.2-24]).
+        let mut small = Connect::new(ProtocolVersion::V5, "small");
+        small.properties.maximum_packet_size = Some(20);
+        let (mut small, ack) = Raw::connect(c.port(2), small).await.unwrap();
+        assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "{ack:?}");
         let (mut told, ack) = Raw::connect(c.port(3), Connect::new(ProtocolVersion::V5, "told"))
             .await
             .unwrap();
@@ -798,6 +804,13 @@ fn a_stopping_node_sends_its_mqtt_5_clients_to_its_server_reference_or_says_it_s
                 );
             }
             other => panic!("expected DISCONNECT 0x9C from node 2, got {other:?}"),
+        }
+        match small.next(WAIT).await {
+            Next::Packet(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason_code, ReasonCode::USE_ANOTHER_SERVER, "{d:?}");
+                assert_eq!(d.properties.server_reference, None, "{d:?}");
+            }
+            other => panic!("expected a short DISCONNECT 0x9C from node 2, got {other:?}"),
         }
         c.nodes[2].proc.terminate(WAIT);
         match told.next(WAIT).await {

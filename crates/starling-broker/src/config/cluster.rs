@@ -120,8 +120,9 @@ pub fn validate(c: &ClusterConfig) -> Result<(), (&'static str, String)> {
         return Err(("cluster.user", "user and password go together".into()));
     }
     if let Some(r) = &c.server_reference {
-        // A UTF-8 string property: at most 65,535 bytes, no NUL or other
-        // control characters ([MQTT-1.5.4-2]).
+        // A UTF-8 string property, without NUL or other control
+        // characters ([MQTT-1.5.4-2]); a host and port need far less than
+        // the 65,535 bytes it may hold, and every DISCONNECT carries it.
         let ok = !r.is_empty()
             && r.len() <= 1024
             && !r.chars().any(|ch| ch.is_control() || ch.is_whitespace());

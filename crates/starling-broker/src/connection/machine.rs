@@ -691,15 +691,19 @@ impl Machine {
                     disconnect.properties.server_reference = reference.map(Into::into);
                 }
                 // A reason string says which rule was broken, unless it would
-                // push the packet over the client's maximum ([MQTT-3.1.2-25]).
-                if let Some(why) = close.reason_string() {
-                    disconnect.properties.reason_string = Some(why.into());
-                    let fits = Packet::Disconnect(disconnect.clone())
+                // push the packet over the client's maximum ([MQTT-3.1.2-25]);
+                // so does the reference, past that ([MQTT-3.1.2-24]).
+                disconnect.properties.reason_string = close.reason_string().map(Into::into);
+                let fits = |d: &Disconnect| {
+                    Packet::Disconnect(d.clone())
                         .encoded_len(version)
-                        .is_ok_and(|n| client.fits(n));
-                    if !fits {
-                        disconnect.properties.reason_string = None;
-                    }
+                        .is_ok_and(|n| client.fits(n))
+                };
+                if !fits(&disconnect) {
+                    disconnect.properties.reason_string = None;
+                }
+                if !fits(&disconnect) {
+                    disconnect.properties.server_reference = None;
                 }
                 self.send(&Packet::Disconnect(disconnect), version);
             }
